@@ -1,0 +1,21 @@
+"""twotower.kernels: Numba samplers and Triton kernels, usable without the rest of twotower.
+
+Submodules are imported lazily so that `import twotower.kernels` needs neither Numba nor Triton:
+`twotower.kernels.samplers` needs Numba, `twotower.kernels.infonce` needs torch (and Triton on CUDA
+or under TRITON_INTERPRET=1). Nothing here imports from `twotower` itself.
+"""
+
+import importlib
+from typing import Any
+
+_SUBMODULES = ("samplers", "infonce")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_SUBMODULES))
