@@ -1,11 +1,26 @@
 """twotower: train, evaluate and serve two-tower (dual-encoder) retrieval models.
 
-The package root stays light: it imports NumPy and the C++ scorer only. Torch-based parts
-(model, losses, training) and the kernels load when their modules are imported.
+The package root stays light: `import twotower` loads nothing heavy. The exact top-K scorer (C++)
+loads on first use of `twotower.topk` / `twotower.ExactIndex`; torch-based parts (model, losses,
+training) load when their modules are imported.
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-from twotower.scorer import ExactIndex, topk, topk_reference
+_LAZY = {
+    "ExactIndex": "twotower.scorer",
+    "topk": "twotower.scorer",
+    "topk_reference": "twotower.scorer",
+}
 
-__all__ = ["ExactIndex", "topk", "topk_reference", "__version__"]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'twotower' has no attribute {name!r}")
