@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ExactIndex": "twotower.scorer",
+    "available_simd": "twotower.scorer",
     "topk": "twotower.scorer",
     "topk_reference": "twotower.scorer",
 }

@@ -1,0 +1,247 @@
+// Python binding: argument validation, conversion and GIL handling only. Every check runs before
+// any kernel touches memory, and each error names the argument and what was seen.
+#include <omp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "topk.h"
+
+namespace py = pybind11;
+using twotower::ItemView;
+using twotower::PackedItems;
+using twotower::TopKArgs;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+py::array as_array(py::handle obj, const char* name) {
+    if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
+    try {
+        return py::module_::import("numpy").attr("asarray")(obj);
+    } catch (py::error_already_set&) {
+        throw py::type_error(std::string(name) + " must be a NumPy array or an object exposing the buffer protocol; got " +
+                             std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }
+}
+
+// A float32 [rows, D] array whose element strides are whole floats; copies only when they are not
+// (or when `contiguous_rows` is asked and the inner stride is not 1).
+py::array float_matrix(py::handle obj, const char* name, bool contiguous_rows) {
+    py::array a = as_array(obj, name);
+    if (!py::isinstance<py::array_t<float>>(a))
+        throw py::type_error(std::string(name) + " must be float32; got dtype " + std::string(py::str(a.dtype())) +
+                             " (convert with .astype(numpy.float32))");
+    if (a.ndim() != 2)
+        throw py::value_error(std::string(name) + " must be a 2-D array [rows, D]; got shape " + shape_str(a));
+    if (a.shape(1) < 1) throw py::value_error(std::string(name) + " must have D >= 1 columns; got shape " + shape_str(a));
+    const bool aligned = reinterpret_cast<std::uintptr_t>(a.data()) % sizeof(float) == 0 &&
+                         a.strides(0) % static_cast<py::ssize_t>(sizeof(float)) == 0 &&
+                         a.strides(1) % static_cast<py::ssize_t>(sizeof(float)) == 0;
+    const bool rows_ok = !contiguous_rows || a.strides(1) == sizeof(float) || a.shape(1) == 1;
+    if (!aligned || !rows_ok) a = py::module_::import("numpy").attr("ascontiguousarray")(a);
+    return a;
+}
+
+int64_t stride_elems(const py::array& a, int axis) { return a.strides(axis) / static_cast<py::ssize_t>(sizeof(float)); }
+
+int resolve_threads(const py::object& num_threads) {
+    if (num_threads.is_none()) return omp_get_max_threads();
+    if (py::isinstance<py::bool_>(num_threads) || !py::isinstance<py::int_>(num_threads))
+        throw py::type_error("num_threads must be an int or None; got " +
+                             std::string(py::str(py::type::of(num_threads).attr("__name__"))));
+    const long long n = num_threads.cast<long long>();
+    if (n < 1 || n > 4096) throw py::value_error("num_threads must be between 1 and 4096; got " + std::to_string(n));
+    return static_cast<int>(n);
+}
+
+int64_t resolve_k(const py::object& k, int64_t num_queries) {
+    if (py::isinstance<py::bool_>(k) || !py::isinstance<py::int_>(k))
+        throw py::type_error("k must be an int; got " + std::string(py::str(py::type::of(k).attr("__name__"))));
+    long long value;
+    try {
+        value = k.cast<long long>();
+    } catch (py::cast_error&) {
+        throw py::value_error("k is too large");
+    }
+    if (value < 1) throw py::value_error("k must be >= 1; got " + std::to_string(value));
+    const int64_t limit = (int64_t{1} << 40) / std::max<int64_t>(num_queries, 1);
+    if (value > limit)
+        throw py::value_error("k = " + std::to_string(value) + " with " + std::to_string(num_queries) +
+                              " queries asks for an output larger than 2^40 entries");
+    return value;
+}
+
+template <typename T>
+bool is_int_array(const py::array& a) {
+    return py::isinstance<py::array_t<T>>(a);
+}
+
+// Validated exclusion lists, sorted per query, ready for the kernels.
+struct Exclusions {
+    std::vector<int64_t> indptr;
+    std::vector<int64_t> ids;
+};
+
+std::optional<Exclusions> resolve_exclude(const py::object& indptr_obj, const py::object& indices_obj,
+                                          int64_t num_queries, int64_t num_items, int threads) {
+    if (indptr_obj.is_none() && indices_obj.is_none()) return std::nullopt;
+    if (indptr_obj.is_none() || indices_obj.is_none())
+        throw py::value_error("exclude needs both indptr and indices");
+    py::array indptr_any = as_array(indptr_obj, "exclude indptr");
+    py::array indices_any = as_array(indices_obj, "exclude indices");
+    for (auto [arr, name] : {std::pair{&indptr_any, "exclude indptr"}, std::pair{&indices_any, "exclude indices"}}) {
+        if (!is_int_array<int32_t>(*arr) && !is_int_array<int64_t>(*arr))
+            throw py::type_error(std::string(name) + " must be int32 or int64; got dtype " + std::string(py::str(arr->dtype())));
+        if (arr->ndim() != 1)
+            throw py::value_error(std::string(name) + " must be 1-D; got shape " + shape_str(*arr));
+    }
+    if (indptr_any.shape(0) != num_queries + 1)
+        throw py::value_error("exclude indptr must have B + 1 = " + std::to_string(num_queries + 1) +
+                              " entries; got " + std::to_string(indptr_any.shape(0)));
+    Exclusions ex;
+    auto indptr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(indptr_any);
+    ex.indptr.assign(indptr.data(), indptr.data() + indptr.shape(0));
+    const int64_t nnz = indices_any.shape(0);
+    if (ex.indptr[0] != 0) throw py::value_error("exclude indptr[0] must be 0; got " + std::to_string(ex.indptr[0]));
+    for (int64_t q = 0; q < num_queries; ++q)
+        if (ex.indptr[q + 1] < ex.indptr[q])
+            throw py::value_error("exclude indptr must be non-decreasing; indptr[" + std::to_string(q + 1) + "] = " +
+                                  std::to_string(ex.indptr[q + 1]) + " < indptr[" + std::to_string(q) + "] = " +
+                                  std::to_string(ex.indptr[q]));
+    if (ex.indptr[num_queries] != nnz)
+        throw py::value_error("exclude indptr[-1] must equal len(indices) = " + std::to_string(nnz) + "; got " +
+                              std::to_string(ex.indptr[num_queries]));
+    auto check_and_sort = [&](auto typed) {
+        const auto* ids = typed.data();
+        for (int64_t i = 0; i < nnz; ++i)
+            if (ids[i] < 0 || ids[i] >= num_items)
+                throw py::value_error("exclude indices must be item ids in [0, " + std::to_string(num_items) +
+                                      "); found " + std::to_string(static_cast<int64_t>(ids[i])) + " at position " +
+                                      std::to_string(i));
+        py::gil_scoped_release release;
+        ex.ids = twotower::sorted_exclusions(ex.indptr.data(), ids, num_queries, threads);
+    };
+    if (is_int_array<int32_t>(indices_any))
+        check_and_sort(py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(indices_any));
+    else
+        check_and_sort(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(indices_any));
+    return ex;
+}
+
+twotower::ScanFn resolve_simd(const std::string& simd) {
+    try {
+        return twotower::resolve_isa(simd);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+ItemView item_view(const py::array& items) {
+    return ItemView{static_cast<const float*>(items.data()), items.shape(0), items.shape(1), stride_elems(items, 0),
+                    stride_elems(items, 1)};
+}
+
+// Shared by topk() and PackedItems.search(): validates queries/k/exclude, allocates the outputs,
+// then runs `kernel` without the GIL.
+template <typename Kernel>
+py::tuple search(const py::object& queries_obj, int64_t num_items, int64_t dim, const py::object& k_obj,
+                 const py::object& exclude_indptr, const py::object& exclude_indices, const py::object& num_threads,
+                 const std::string& simd, Kernel&& kernel) {
+    py::array queries = float_matrix(queries_obj, "queries", /*contiguous_rows=*/true);
+    if (queries.shape(1) != dim)
+        throw py::value_error("queries and items must have the same dimension D; got queries " + shape_str(queries) +
+                              " and items of D = " + std::to_string(dim));
+    const int64_t num_queries = queries.shape(0);
+    const int64_t k = resolve_k(k_obj, num_queries);
+    const int threads = resolve_threads(num_threads);
+    const twotower::ScanFn scan = resolve_simd(simd);
+    std::optional<Exclusions> ex = resolve_exclude(exclude_indptr, exclude_indices, num_queries, num_items, threads);
+
+    py::array_t<float> scores({num_queries, k});
+    py::array_t<int64_t> ids({num_queries, k});
+    TopKArgs args{};
+    args.queries = static_cast<const float*>(queries.data());
+    args.num_queries = num_queries;
+    args.query_stride = num_queries > 1 ? stride_elems(queries, 0) : 0;
+    args.dim = dim;
+    args.k = k;
+    args.exclude_indptr = ex ? ex->indptr.data() : nullptr;
+    args.exclude_ids = ex ? ex->ids.data() : nullptr;
+    args.num_threads = threads;
+    args.scan = scan;
+    args.out_scores = scores.mutable_data();
+    args.out_ids = ids.mutable_data();
+    {
+        py::gil_scoped_release release;
+        kernel(args);
+    }
+    return py::make_tuple(scores, ids);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "twotower's C++ exact top-K scorer (see twotower.topk and twotower.ExactIndex).";
+
+    m.def(
+        "topk",
+        [](const py::object& queries, const py::object& items_obj, const py::object& k, const py::object& exclude_indptr,
+           const py::object& exclude_indices, const py::object& num_threads, const std::string& simd) {
+            py::array items = float_matrix(items_obj, "items", /*contiguous_rows=*/false);
+            const ItemView view = item_view(items);
+            return search(queries, view.num_items, view.dim, k, exclude_indptr, exclude_indices, num_threads, simd,
+                          [&](const TopKArgs& args) { twotower::topk_raw(args, view); });
+        },
+        py::arg("queries"), py::arg("items"), py::arg("k"), py::kw_only(), py::arg("exclude_indptr") = py::none(),
+        py::arg("exclude_indices") = py::none(), py::arg("num_threads") = py::none(), py::arg("simd") = "",
+        "Exact top-k of queries [B, D] against items [N, D] (float32). Returns (scores [B, k], ids [B, k]).");
+
+    py::class_<PackedItems>(m, "PackedItems", "An item matrix packed once into the scan kernels' panel layout.")
+        .def(py::init([](const py::object& items_obj, const py::object& num_threads) {
+                 py::array items = float_matrix(items_obj, "items", /*contiguous_rows=*/false);
+                 const int threads = resolve_threads(num_threads);
+                 const ItemView view = item_view(items);
+                 py::gil_scoped_release release;
+                 return new PackedItems(view, threads);
+             }),
+             py::arg("items"), py::kw_only(), py::arg("num_threads") = py::none())
+        .def(
+            "search",
+            [](const PackedItems& self, const py::object& queries, const py::object& k, const py::object& exclude_indptr,
+               const py::object& exclude_indices, const py::object& num_threads, const std::string& simd) {
+                return search(queries, self.num_items(), self.dim(), k, exclude_indptr, exclude_indices, num_threads, simd,
+                              [&](const TopKArgs& args) { twotower::topk_packed(args, self); });
+            },
+            py::arg("queries"), py::arg("k"), py::kw_only(), py::arg("exclude_indptr") = py::none(),
+            py::arg("exclude_indices") = py::none(), py::arg("num_threads") = py::none(), py::arg("simd") = "")
+        .def_property_readonly("num_items", &PackedItems::num_items)
+        .def_property_readonly("dim", &PackedItems::dim)
+        .def_property_readonly("nbytes", &PackedItems::nbytes);
+
+    m.def("available_simd", &twotower::available_isas, "SIMD paths this CPU supports, best first.");
+    m.def(
+        "selected_simd",
+        [](const std::string& simd) {
+            std::string name;
+            try {
+                twotower::resolve_isa(simd, &name);
+            } catch (const std::invalid_argument& e) {
+                throw py::value_error(e.what());
+            }
+            return name;
+        },
+        py::arg("simd") = "", "The SIMD path a call with this `simd` argument would use (honours TWOTOWER_SIMD).");
+}
