@@ -1,0 +1,166 @@
+"""Shared steps of the per-row losses: argument checks, logits, logQ correction, accidental-hit
+masks, the masked log-sum-exp and the reduction. Each step is small and pure so that the losses in
+`functional.py` and the selector in `select.py` compose the same pieces."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+Temperature = float | Tensor
+
+
+def check_reduction(reduction: str) -> None:
+    """Reject anything but "mean", "sum" or "none"."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_temperature(temperature: Temperature) -> None:
+    """A temperature is a positive finite float, or a 0-d floating tensor (learned; not checked
+    for sign, which would need a host sync on every step)."""
+    if isinstance(temperature, Tensor):
+        if temperature.dim() != 0:
+            raise ValueError(f"temperature tensor must be 0-d, got shape {tuple(temperature.shape)}")
+        if not temperature.is_floating_point():
+            raise TypeError(f"temperature tensor must be floating point, got {temperature.dtype}")
+        return
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float or a 0-d tensor, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """fp16/bf16 inputs are scored and reduced in fp32; fp32 and fp64 stay as they are."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def check_vectors(q: Tensor, pos: Tensor) -> tuple[int, int]:
+    """Check queries `q` [B, D] and positives `pos` [B, D]; return (B, D)."""
+    for name, t in (("q", q), ("pos", pos)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+    if q.dim() != 2:
+        raise ValueError(f"q must be [B, D], got shape {tuple(q.shape)}")
+    if pos.shape != q.shape:
+        raise ValueError(f"pos must have the shape of q {tuple(q.shape)}, got {tuple(pos.shape)}")
+    if pos.dtype != q.dtype or pos.device != q.device:
+        raise TypeError(f"pos ({pos.dtype}, {pos.device}) must match q ({q.dtype}, {q.device})")
+    if q.shape[0] == 0:
+        raise ValueError("q is an empty batch (B = 0); there is no loss to compute")
+    return q.shape[0], q.shape[1]
+
+
+def check_negatives(q: Tensor, neg: Tensor, name: str = "neg") -> None:
+    """Negatives are per-row [B, n, D] or shared by every row [M, D]."""
+    if not isinstance(neg, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(neg).__name__}")
+    if neg.dtype != q.dtype or neg.device != q.device:
+        raise TypeError(f"{name} ({neg.dtype}, {neg.device}) must match q ({q.dtype}, {q.device})")
+    b, d = q.shape
+    per_row_ok = neg.dim() == 3 and neg.shape[0] == b and neg.shape[2] == d
+    shared_ok = neg.dim() == 2 and neg.shape[1] == d
+    if not (per_row_ok or shared_ok):
+        raise ValueError(
+            f"{name} must be per-row [B, n, D] = [{b}, n, {d}] or shared [M, D] = [M, {d}], "
+            f"got shape {tuple(neg.shape)}"
+        )
+
+
+def check_side(t: Tensor | None, shape: tuple[int, ...], name: str, q: Tensor, integer: bool) -> None:
+    """Check an optional ids (`integer`) or log-q (floating) array against its expected shape."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if integer and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if not integer and not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.device != q.device:
+        raise TypeError(f"{name} is on {t.device}, q on {q.device}")
+
+
+def negatives_shape(q: Tensor, neg: Tensor) -> tuple[int, ...]:
+    """Shape of the ids / log-q arrays that go with `neg`: [B, n] per-row, [M] shared."""
+    return tuple(neg.shape[:2]) if neg.dim() == 3 else (neg.shape[0],)
+
+
+def positive_logits(
+    q: Tensor, pos: Tensor, temperature: Temperature, logq_pos: Tensor | None = None
+) -> Tensor:
+    """Logits of the positives [B]: q_b . pos_b / tau, minus log Q(pos_b) when `logq_pos` is given."""
+    c = compute_dtype(q)
+    s = (q.to(c) * pos.to(c)).sum(-1) / temperature
+    if logq_pos is not None:
+        s = s - logq_pos.to(s.dtype)
+    return s
+
+
+def negative_logits(
+    q: Tensor,
+    neg: Tensor,
+    temperature: Temperature,
+    logq_neg: Tensor | None = None,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Logits of the negatives [B, n] (or [B, M] for shared `neg` [M, D]) and their validity mask.
+
+    The mask is True where the negative is kept; it is False for accidental hits, negatives whose id
+    equals the row's positive id. It is None when no ids were given (every negative kept).
+    """
+    c = compute_dtype(q)
+    if neg.dim() == 3:
+        # bmm keeps the [B, n, D] tensor in its own dtype; only the [B, n] scores are upcast.
+        s = torch.bmm(neg, q.unsqueeze(-1)).squeeze(-1).to(c)
+    else:
+        s = (q @ neg.t()).to(c)
+    s = s / temperature
+    if logq_neg is not None:
+        s = s - logq_neg.to(s.dtype)
+    valid = None
+    if pos_ids is not None and neg_ids is not None:
+        valid = neg_ids != pos_ids.unsqueeze(1)
+    return s, valid
+
+
+def masked_logsumexp(logits: Tensor, valid: Tensor | None) -> Tensor:
+    """log sum_j exp(logits[b, j]) over the valid j of each row [B, C] -> [B].
+
+    Masked entries are set to -inf before the exponential (so their gradient is exactly zero, and no
+    0 * inf appears in backward); the shift by the row maximum over valid entries is detached, which
+    leaves the value and the gradient unchanged. Callers guarantee at least one valid entry per row
+    (the positive), so the result is always finite.
+    """
+    if valid is not None:
+        logits = logits.masked_fill(~valid, -math.inf)
+    m = logits.amax(dim=1, keepdim=True).detach()
+    return m.squeeze(1) + torch.exp(logits - m).sum(dim=1).log()
+
+
+def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean over the valid entries of each row [B, n] -> [B]; 0 for a row with none (or n = 0)."""
+    if valid is None:
+        n = values.shape[1]
+        return values.sum(dim=1) / max(n, 1)
+    kept = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return kept.sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(values.dtype)
+
+
+def reduce(per_row: Tensor, reduction: str) -> Tensor:
+    """Reduce per-row losses [B]: "mean" -> 0-d mean over rows, "sum" -> 0-d sum, "none" -> [B]."""
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row

@@ -1,0 +1,123 @@
+"""What to train with (`LossConfig`) and what one batch offers a loss (`LossInputs`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from twotower.losses._common import REDUCTIONS, check_temperature
+from twotower.losses.functional import check_margin
+
+__all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs"]
+
+KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce")
+IN_BATCH_KINDS = ("infonce", "mixed")
+_SOFTMAX_DEFAULT_TEMPERATURE = 0.1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss to train with and its options; saved into every checkpoint.
+
+    Attributes:
+        kind: "infonce": in-batch softmax (the other rows' positives are the negatives), plus any
+            shared or per-row negatives given. "mixed": the same loss, checked to have shared extra
+            negatives and the log-q of every candidate (mixed negative sampling, Yang et al. 2020).
+            "sampled_softmax", "bpr", "hinge", "bce": per-row losses over explicit negatives (see
+            `twotower.losses.functional`).
+        temperature: logits are q·k / temperature. None (default) picks 0.1 for the softmax kinds
+            (infonce, mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw dot products,
+            for bpr, hinge and bce. With `learn_temperature` it is the initial value.
+        learn_temperature: learn log(temperature) as a parameter of the loss module.
+        min_temperature: lower clamp of a learned temperature (as CLIP caps its logit scale at 100).
+        margin: hinge margin (>= 0), in units of the scaled scores; used by "hinge" only.
+        correct_positive: with logQ correction, correct the positive's logit too (Yi et al. 2019).
+            logQ correction is on when the inputs carry log-q arrays; bpr and hinge ignore them.
+        symmetric: add the item-to-query direction (CLIP style); infonce and mixed only.
+        remove_accidental_hits: mask negatives whose item id equals the row's positive id (and, for
+            the in-batch kinds, other rows of the same user); needs the ids in `LossInputs`.
+        reduction: "mean" (over rows) | "sum" | "none" (per-row losses [B]).
+    """
+
+    kind: str = "infonce"
+    temperature: float | None = None
+    learn_temperature: bool = False
+    min_temperature: float = 0.01
+    margin: float = 1.0
+    correct_positive: bool = True
+    symmetric: bool = False
+    remove_accidental_hits: bool = True
+    reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"loss kind must be one of {KINDS}, got {self.kind!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.temperature is not None:
+            check_temperature(self.temperature)
+        check_temperature(self.min_temperature)
+        check_margin(self.margin)
+        if self.learn_temperature and self.resolved_temperature < self.min_temperature:
+            raise ValueError(
+                f"temperature {self.resolved_temperature} is below min_temperature {self.min_temperature}"
+            )
+        if self.symmetric and self.kind not in IN_BATCH_KINDS:
+            raise ValueError(
+                f"symmetric applies to the in-batch kinds {IN_BATCH_KINDS}, not kind={self.kind!r}"
+            )
+
+    @property
+    def resolved_temperature(self) -> float:
+        """The temperature in use (or the initial one when learned), after the per-kind default."""
+        if self.temperature is not None:
+            return float(self.temperature)
+        return _SOFTMAX_DEFAULT_TEMPERATURE if self.kind in (*IN_BATCH_KINDS, "sampled_softmax") else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
+        """Inverse of `to_dict`; unknown keys raise a ValueError that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown loss config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a loss may need for one batch; each loss uses the fields that apply to it.
+
+    Attributes:
+        query: [B, D] query (user) vectors.
+        positive: [B, D] positive item vectors; in-batch kinds use the other rows as negatives.
+        negatives: [B, n, D] per-row negatives. The in-batch kinds share them across the batch
+            (every row sees every row's negatives, as DPR does with hard negatives).
+        shared_negatives: [M, D] negatives shared by every row.
+        user_ids: [B] query ids; in-batch kinds do not use a row of the same user as a negative.
+        item_ids: [B] positive item ids (accidental-hit masking).
+        negative_ids: [B, n] ids of `negatives`.
+        shared_ids: [M] ids of `shared_negatives`.
+        item_log_q: [B] log sampling probability of the positives (in-batch candidates).
+        negative_log_q: [B, n] log sampling probability of `negatives`.
+        shared_log_q: [M] log sampling probability of `shared_negatives`.
+    """
+
+    query: Tensor
+    positive: Tensor
+    negatives: Tensor | None = None
+    shared_negatives: Tensor | None = None
+    user_ids: Tensor | None = None
+    item_ids: Tensor | None = None
+    negative_ids: Tensor | None = None
+    shared_ids: Tensor | None = None
+    item_log_q: Tensor | None = None
+    negative_log_q: Tensor | None = None
+    shared_log_q: Tensor | None = None

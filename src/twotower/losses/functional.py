@@ -1,0 +1,280 @@
+"""Losses over explicit negatives: sampled softmax, BPR, pairwise hinge and pointwise BCE.
+
+Every loss here scores a query against its positive and a set of negatives that are either per-row
+(`neg` [B, n, D], e.g. sampled or mined for each query) or shared by the whole batch (`neg` [M, D],
+scored as q @ negᵀ without materialising [B, M, D]). In-batch InfoNCE, whose negatives are the other
+rows' positives, lives in `twotower.kernels.infonce`.
+
+Shared conventions:
+- Logits are s = q·k / temperature, computed in fp32 for fp16/bf16 inputs (fp64 stays fp64).
+  The softmax loss needs a temperature; BPR, hinge and BCE work on raw dot products by default
+  (temperature=1.0) and accept one for scaling (a learned temperature then sets the score scale the
+  margin and the sigmoid see).
+- logQ correction (sampled softmax and BCE): s_j - log Q(j) for each negative, where Q is the
+  probability the negative was sampled with, so popular items are not over-penalised
+  (Yi et al., RecSys 2019); with `correct_positive` the positive's logit is corrected too. BPR and
+  hinge compare two scores of the same row and take no correction.
+- Accidental hits: with `pos_ids` [B] and `neg_ids` ([B, n], or [M] for shared negatives), a negative
+  whose id equals the row's positive id is removed: -inf in the softmax (explicit masked
+  log-sum-exp), and left out of the average over negatives in BPR, hinge and BCE (not counted as a
+  zero). A row whose negatives are all removed gets a finite loss: 0 for softmax, BPR and hinge, the
+  positive's term alone for BCE.
+- reduction: "mean" (default) over the B rows, "sum" over rows, or "none" -> per-row losses [B].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from twotower.losses._common import (
+    Temperature,
+    check_negatives,
+    check_reduction,
+    check_side,
+    check_temperature,
+    check_vectors,
+    masked_logsumexp,
+    masked_mean,
+    negative_logits,
+    negatives_shape,
+    positive_logits,
+    reduce,
+)
+
+__all__ = ["bce", "bpr", "hinge", "sampled_softmax"]
+
+
+def softmax_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
+    """Per-row softmax cross-entropy with the positive as the target: lse(pos, valid negs) - pos."""
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    if valid is not None:
+        keep_pos = torch.ones_like(valid[:, :1])
+        valid = torch.cat([keep_pos, valid], dim=1)
+    return masked_logsumexp(logits, valid) - pos
+
+
+def bpr_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
+    """Per-row mean over valid negatives of -log sigmoid(pos - neg) = softplus(neg - pos)."""
+    return masked_mean(F.softplus(neg - pos.unsqueeze(1)), valid)
+
+
+def hinge_rows(pos: Tensor, neg: Tensor, valid: Tensor | None, margin: float) -> Tensor:
+    """Per-row mean over valid negatives of max(0, margin - pos + neg)."""
+    return masked_mean(F.relu(margin - pos.unsqueeze(1) + neg), valid)
+
+
+def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
+    """Per-row mean over the row's labelled pairs (the positive, label 1, and each valid negative,
+    label 0) of the binary cross-entropy with logits: softplus(-pos) and softplus(neg)."""
+    neg_terms = F.softplus(neg)
+    if valid is None:
+        total = neg_terms.sum(dim=1)
+        count = torch.full_like(pos, neg.shape[1])
+    else:
+        zero = torch.zeros((), dtype=neg_terms.dtype, device=neg_terms.device)
+        total = torch.where(valid, neg_terms, zero).sum(dim=1)
+        count = valid.sum(dim=1).to(pos.dtype)
+    return (F.softplus(-pos) + total) / (1 + count)
+
+
+def _logits(
+    q: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    temperature: Temperature,
+    logq_pos: Tensor | None,
+    logq_neg: Tensor | None,
+    pos_ids: Tensor | None,
+    neg_ids: Tensor | None,
+    reduction: str,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check every argument, then return (positive logits [B], negative logits [B, n|M], mask)."""
+    b, _ = check_vectors(q, pos)
+    check_negatives(q, neg)
+    check_temperature(temperature)
+    check_reduction(reduction)
+    n_shape = negatives_shape(q, neg)
+    check_side(logq_pos, (b,), "logq_pos", q, integer=False)
+    check_side(logq_neg, n_shape, "logq_neg", q, integer=False)
+    check_side(pos_ids, (b,), "pos_ids", q, integer=True)
+    check_side(neg_ids, n_shape, "neg_ids", q, integer=True)
+    if (pos_ids is None) != (neg_ids is None):
+        given, missing = ("pos_ids", "neg_ids") if neg_ids is None else ("neg_ids", "pos_ids")
+        raise ValueError(
+            f"accidental-hit masking needs both pos_ids and neg_ids: {given} given, {missing} missing"
+        )
+    s_pos = positive_logits(q, pos, temperature, logq_pos)
+    s_neg, valid = negative_logits(q, neg, temperature, logq_neg, pos_ids, neg_ids)
+    return s_pos, s_neg, valid
+
+
+def sampled_softmax(
+    q: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    temperature: Temperature,
+    logq_pos: Tensor | None = None,
+    logq_neg: Tensor | None = None,
+    correct_positive: bool = True,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Softmax cross-entropy of each query over its positive and its sampled negatives.
+
+    loss_b = -log( exp(s_pos) / (exp(s_pos) + sum_{valid j} exp(s_neg_j)) ), s = q·k / temperature,
+    with s_neg_j -= log Q(j) and, when `correct_positive`, s_pos -= log Q(pos).
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors.
+        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        temperature: float > 0, or a 0-d tensor (a learned temperature receives its gradient).
+        logq_pos: [B] log sampling probability of the positives; used only when `correct_positive`.
+        logq_neg: [B, n] (or [M]) log sampling probability of the negatives; must be finite.
+        correct_positive: also correct the positive's logit. Default True, matching the in-batch
+            loss, where positives are themselves sampled candidates (Yi et al. 2019).
+        pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
+        neg_ids: [B, n] (or [M]) negative item ids.
+        reduction: "mean" | "sum" | "none" ([B]).
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none"; fp32 for fp16/bf16 inputs.
+
+    Example:
+        >>> q, pos, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 5, 8)
+        >>> sampled_softmax(q, pos, neg, temperature=0.1).shape
+        torch.Size([])
+    """
+    s_pos, s_neg, valid = _logits(
+        q, pos, neg, temperature, logq_pos if correct_positive else None, logq_neg,
+        pos_ids, neg_ids, reduction,
+    )
+    return reduce(softmax_rows(s_pos, s_neg, valid), reduction)
+
+
+def bpr(
+    q: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    temperature: Temperature = 1.0,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Bayesian personalised ranking: mean over valid negatives of -log sigmoid(s_pos - s_neg).
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors.
+        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        temperature: scores are q·k / temperature; 1.0 (default) is plain BPR on dot products.
+        pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
+        neg_ids: [B, n] (or [M]) negative item ids.
+        reduction: "mean" | "sum" | "none" ([B]).
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none".
+
+    Example:
+        >>> q, pos, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 5, 8)
+        >>> bpr(q, pos, neg, reduction="none").shape
+        torch.Size([4])
+    """
+    s_pos, s_neg, valid = _logits(q, pos, neg, temperature, None, None, pos_ids, neg_ids, reduction)
+    return reduce(bpr_rows(s_pos, s_neg, valid), reduction)
+
+
+def hinge(
+    q: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    margin: float = 1.0,
+    temperature: Temperature = 1.0,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Pairwise hinge: mean over valid negatives of max(0, margin - s_pos + s_neg).
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors.
+        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        margin: required gap between the positive and each negative score, >= 0, in the units
+            of the scores (q·k / temperature).
+        temperature: scores are q·k / temperature; 1.0 (default) uses raw dot products.
+        pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
+        neg_ids: [B, n] (or [M]) negative item ids.
+        reduction: "mean" | "sum" | "none" ([B]).
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none".
+
+    Example:
+        >>> q, pos, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 5, 8)
+        >>> hinge(q, pos, neg, margin=0.5).shape
+        torch.Size([])
+    """
+    check_margin(margin)
+    s_pos, s_neg, valid = _logits(q, pos, neg, temperature, None, None, pos_ids, neg_ids, reduction)
+    return reduce(hinge_rows(s_pos, s_neg, valid, float(margin)), reduction)
+
+
+def bce(
+    q: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    *,
+    temperature: Temperature = 1.0,
+    logq_pos: Tensor | None = None,
+    logq_neg: Tensor | None = None,
+    correct_positive: bool = True,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Pointwise binary cross-entropy with logits: the positive labelled 1, each negative 0.
+
+    loss_b = (softplus(-s_pos) + sum_{valid j} softplus(s_neg_j)) / (1 + #valid), the mean over the
+    row's labelled pairs, with the same optional logQ correction as `sampled_softmax` (logit
+    adjustment for the sampling distribution).
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors.
+        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        temperature: logits are q·k / temperature; 1.0 (default) uses raw dot products.
+        logq_pos: [B] log sampling probability of the positives; used only when `correct_positive`.
+        logq_neg: [B, n] (or [M]) log sampling probability of the negatives.
+        correct_positive: also correct the positive's logit (default True).
+        pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
+        neg_ids: [B, n] (or [M]) negative item ids.
+        reduction: "mean" | "sum" | "none" ([B]).
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none".
+
+    Example:
+        >>> q, pos, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(6, 8)
+        >>> bce(q, pos, neg, reduction="sum").shape
+        torch.Size([])
+    """
+    s_pos, s_neg, valid = _logits(
+        q, pos, neg, temperature, logq_pos if correct_positive else None, logq_neg,
+        pos_ids, neg_ids, reduction,
+    )
+    return reduce(bce_rows(s_pos, s_neg, valid), reduction)
+
+
+def check_margin(margin: float) -> None:
+    """A hinge margin is a finite float >= 0."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    if not (margin >= 0 and margin != float("inf")):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")

@@ -1,0 +1,255 @@
+"""One loss object chosen by config, so the training loop never branches on the kind of loss.
+
+    loss_fn = make_loss(LossConfig(kind="mixed", learn_temperature=True)).to(device)
+    optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()])
+    loss = loss_fn(LossInputs(query=u, positive=v, shared_negatives=e, item_ids=items, ...))
+
+`loss_fn` is an `nn.Module` for every kind: its `parameters()` hold the learned temperature when
+`learn_temperature` is set and are empty otherwise, and its `state_dict()` goes into checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from twotower.losses._common import (
+    Temperature,
+    check_side,
+    check_vectors,
+    negative_logits,
+    positive_logits,
+    reduce,
+)
+from twotower.losses.config import LossConfig, LossInputs
+from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows, softmax_rows
+
+__all__ = ["Loss", "make_loss"]
+
+
+def _require(kind: str, why: str, fields: dict[str, Tensor | None]) -> None:
+    missing = [name for name, value in fields.items() if value is None]
+    if missing:
+        raise ValueError(f"loss kind={kind!r} {why} needs LossInputs.{', LossInputs.'.join(missing)}")
+
+
+def _check_set(q: Tensor, vectors: object, shape: str, name: str) -> None:
+    b, d = q.shape
+    ok = isinstance(vectors, Tensor) and (
+        (vectors.dim() == 3 and vectors.shape[0] == b and vectors.shape[2] == d)
+        if shape == "[B, n, D]"
+        else (vectors.dim() == 2 and vectors.shape[1] == d)
+    )
+    if not ok:
+        seen = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ValueError(f"LossInputs.{name} must be {shape} with B = {b}, D = {d}, got {seen}")
+    if vectors.dtype != q.dtype or vectors.device != q.device:
+        raise TypeError(
+            f"LossInputs.{name} ({vectors.dtype}, {vectors.device}) must match query ({q.dtype}, {q.device})"
+        )
+
+
+def _check_inputs(x: LossInputs) -> None:
+    """Shapes, dtypes and devices of every field given, with the field's name in the error."""
+    q = x.query
+    b = check_vectors(q, x.positive)[0]
+    if x.negatives is not None:
+        _check_set(q, x.negatives, "[B, n, D]", "negatives")
+        n = x.negatives.shape[1]
+        check_side(x.negative_ids, (b, n), "LossInputs.negative_ids", q, integer=True)
+        check_side(x.negative_log_q, (b, n), "LossInputs.negative_log_q", q, integer=False)
+    if x.shared_negatives is not None:
+        _check_set(q, x.shared_negatives, "[M, D]", "shared_negatives")
+        m = x.shared_negatives.shape[0]
+        check_side(x.shared_ids, (m,), "LossInputs.shared_ids", q, integer=True)
+        check_side(x.shared_log_q, (m,), "LossInputs.shared_log_q", q, integer=False)
+    check_side(x.user_ids, (b,), "LossInputs.user_ids", q, integer=True)
+    check_side(x.item_ids, (b,), "LossInputs.item_ids", q, integer=True)
+    check_side(x.item_log_q, (b,), "LossInputs.item_log_q", q, integer=False)
+
+
+def _logq_in_use(kind: str, candidates: dict[str, Tensor | None]) -> bool:
+    """logQ correction is on when any candidate set carries log-q; then every set must."""
+    if all(v is None for v in candidates.values()):
+        return False
+    _require(kind, "with logQ correction (some log-q given)", candidates)
+    return True
+
+
+class _Candidates(NamedTuple):
+    """One set of negatives with its ids and log-q (either may be None)."""
+
+    vectors: Tensor
+    ids: Tensor | None
+    log_q: Tensor | None
+    name: str  # "negative" or "shared": the LossInputs field prefix, for error messages
+
+
+def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
+    """The per-row and shared negative sets present in `x`; per-row ones flattened to [B * n, D]
+    (with their ids and log-q) when `flatten_per_row`."""
+    sets = []
+    if x.negatives is not None:
+        vectors, ids, log_q = x.negatives, x.negative_ids, x.negative_log_q
+        if flatten_per_row:
+            vectors = vectors.reshape(-1, vectors.shape[-1])
+            ids = None if ids is None else ids.reshape(-1)
+            log_q = None if log_q is None else log_q.reshape(-1)
+        sets.append(_Candidates(vectors, ids, log_q, "negative"))
+    if x.shared_negatives is not None:
+        sets.append(_Candidates(x.shared_negatives, x.shared_ids, x.shared_log_q, "shared"))
+    return sets
+
+
+def _cat(tensors: list[Tensor], dim: int) -> Tensor | None:
+    if not tensors:
+        return None
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
+class Loss(nn.Module):
+    """The loss chosen by a `LossConfig`; call it with a `LossInputs`. Build it with `make_loss`."""
+
+    def __init__(self, config: LossConfig) -> None:
+        super().__init__()
+        if not isinstance(config, LossConfig):
+            raise TypeError(f"config must be a LossConfig, got {type(config).__name__}")
+        self.config = config
+        if config.learn_temperature:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.resolved_temperature)))
+        else:
+            self.register_parameter("log_temperature", None)
+
+    @property
+    def temperature(self) -> Temperature:
+        """The float temperature, or the learned one as a 0-d tensor that carries its gradient."""
+        if self.log_temperature is None:
+            return self.config.resolved_temperature
+        return self.log_temperature.exp().clamp(min=self.config.min_temperature)
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        """The loss of one batch: 0-d for reduction "mean"/"sum", [B] for "none"."""
+        if not isinstance(inputs, LossInputs):
+            raise TypeError(f"a loss is called with LossInputs, got {type(inputs).__name__}")
+        _check_inputs(inputs)
+        return _DISPATCH[self.config.kind](self, inputs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+    def _in_batch(self, x: LossInputs) -> Tensor:
+        from twotower.kernels.infonce import infonce
+
+        cfg, kind = self.config, self.config.kind
+        if kind == "mixed":
+            _require(kind, "(in-batch + shared negatives with logQ)", {
+                "shared_negatives": x.shared_negatives,
+                "shared_log_q": x.shared_log_q,
+                "item_log_q": x.item_log_q,
+            })
+        # Candidates beyond the batch's positives; per-row negatives are flattened and shared by all rows.
+        extras = _candidate_sets(x, flatten_per_row=True)
+        logq_sets = {"item_log_q": x.item_log_q, **{f"{c.name}_log_q": c.log_q for c in extras}}
+        use_logq = _logq_in_use(kind, logq_sets)
+        mask = cfg.remove_accidental_hits
+        if mask:
+            _require(kind, "with remove_accidental_hits", {
+                "item_ids": x.item_ids, **{f"{c.name}_ids": c.ids for c in extras},
+            })
+        return infonce(
+            x.query,
+            x.positive,
+            temperature=self.temperature,
+            extra=_cat([c.vectors for c in extras], dim=0),
+            logq=x.item_log_q if use_logq else None,
+            logq_extra=_cat([c.log_q for c in extras], dim=0) if use_logq else None,
+            correct_positive=cfg.correct_positive,
+            query_ids=x.user_ids if mask else None,
+            item_ids=x.item_ids if mask else None,
+            extra_ids=_cat([c.ids for c in extras], dim=0) if mask else None,
+            reduction=cfg.reduction,
+            symmetric=cfg.symmetric,
+        )
+
+    def _row_logits(self, x: LossInputs, corrects: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Positive logits [B], negative logits [B, n + M] and the accidental-hit mask (or None)."""
+        cfg, kind = self.config, self.config.kind
+        sets = _candidate_sets(x, flatten_per_row=False)
+        if not sets:
+            raise ValueError(
+                f"loss kind={kind!r} needs negatives: LossInputs.negatives [B, n, D] and/or "
+                "LossInputs.shared_negatives [M, D]; got neither"
+            )
+        use_logq = False
+        if corrects:
+            logq_sets = {f"{c.name}_log_q": c.log_q for c in sets}
+            if cfg.correct_positive:
+                logq_sets = {"item_log_q": x.item_log_q, **logq_sets}
+            use_logq = _logq_in_use(kind, logq_sets)
+        mask = cfg.remove_accidental_hits
+        if mask:
+            _require(kind, "with remove_accidental_hits", {
+                "item_ids": x.item_ids, **{f"{c.name}_ids": c.ids for c in sets},
+            })
+        t = self.temperature
+        logq_pos = x.item_log_q if use_logq and cfg.correct_positive else None
+        s_pos = positive_logits(x.query, x.positive, t, logq_pos)
+        logits, masks = zip(*(
+            negative_logits(
+                x.query,
+                c.vectors,
+                t,
+                c.log_q if use_logq else None,
+                x.item_ids if mask else None,
+                c.ids if mask else None,
+            )
+            for c in sets
+        ))
+        return s_pos, _cat(list(logits), dim=1), _cat(list(masks), dim=1) if mask else None
+
+    def _sampled_softmax(self, x: LossInputs) -> Tensor:
+        return reduce(softmax_rows(*self._row_logits(x, corrects=True)), self.config.reduction)
+
+    def _bce(self, x: LossInputs) -> Tensor:
+        return reduce(bce_rows(*self._row_logits(x, corrects=True)), self.config.reduction)
+
+    def _bpr(self, x: LossInputs) -> Tensor:
+        return reduce(bpr_rows(*self._row_logits(x, corrects=False)), self.config.reduction)
+
+    def _hinge(self, x: LossInputs) -> Tensor:
+        s_pos, s_neg, valid = self._row_logits(x, corrects=False)
+        return reduce(hinge_rows(s_pos, s_neg, valid, float(self.config.margin)), self.config.reduction)
+
+
+_DISPATCH: dict[str, Callable[[Loss, LossInputs], Tensor]] = {
+    "infonce": Loss._in_batch,
+    "mixed": Loss._in_batch,
+    "sampled_softmax": Loss._sampled_softmax,
+    "bpr": Loss._bpr,
+    "hinge": Loss._hinge,
+    "bce": Loss._bce,
+}
+
+
+def make_loss(config: LossConfig) -> Loss:
+    """Build the loss module for `config`; the trainer calls it with `LossInputs` for every kind.
+
+    Args:
+        config: the loss settings.
+
+    Returns:
+        A `Loss` (nn.Module). Move it to the model's device and add its `parameters()` (the learned
+        temperature, if any) to the optimizer.
+
+    Example:
+        >>> loss_fn = make_loss(LossConfig(kind="bpr"))
+        >>> q, v, n = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 3, 8)
+        >>> ids, nids = torch.arange(4), torch.arange(12).view(4, 3) + 4
+        >>> loss_fn(LossInputs(query=q, positive=v, negatives=n, item_ids=ids, negative_ids=nids)).shape
+        torch.Size([])
+    """
+    return Loss(config)
