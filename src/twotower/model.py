@@ -1,0 +1,371 @@
+"""The two-tower model: a user tower, an item tower, a scoring function and a temperature; save/load.
+
+Public API: `TwoTowerModel`, `inner_product_form`, `save_model` / `load_model` (config.json +
+model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `FeatureSpec` and
+`TowerInputs` so `twotower.model` is the one import a trainer needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from twotower.model_config import FeatureSpec, ModelConfig, TowerConfig
+from twotower.towers import Tower, TowerInputs
+
+__all__ = [
+    "FeatureSpec",
+    "ModelConfig",
+    "TowerConfig",
+    "TowerInputs",
+    "TwoTowerModel",
+    "inner_product_form",
+    "load_model",
+    "save_model",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def inner_product_form(
+    queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, scoring: str
+) -> tuple[Any, Any]:
+    """Rewrites (query, item) vectors so that their inner product ranks items exactly by `scoring`.
+
+    - "dot": unchanged.
+    - "cosine": unchanged; the towers already L2-normalise their outputs, so the inner product is
+      the cosine.
+    - "neg_l2": -||q - v||^2 = 2 q.v - ||v||^2 - ||q||^2. The last term is the same for every item of
+      a query, so q' = [q, 1] and v' = [2 v, -||v||^2] give q'.v' = -||q - v||^2 + ||q||^2: the exact
+      score up to a per-query constant, hence the same ranking (and the same softmax over items).
+
+    Works on torch tensors (differentiable) and on NumPy arrays; either side may be None to
+    transform only the other.
+
+    Args:
+        queries: [B, D] or None.
+        items: [N, D] or None.
+        scoring: "dot", "cosine" or "neg_l2".
+
+    Returns:
+        (queries' [B, D'], items' [N, D']) with D' = D, or D + 1 for "neg_l2".
+
+    Example:
+        >>> q, v = np.ones((1, 2), np.float32), np.eye(2, dtype=np.float32)
+        >>> inner_product_form(q, v, "neg_l2")[1].tolist()
+        [[2.0, 0.0, -1.0], [0.0, 2.0, -1.0]]
+    """
+    if scoring in ("dot", "cosine"):
+        return queries, items
+    if scoring != "neg_l2":
+        raise ValueError(f"scoring must be 'dot', 'cosine' or 'neg_l2'; got {scoring!r}")
+    out_q = out_v = None
+    if queries is not None:
+        if isinstance(queries, torch.Tensor):
+            out_q = torch.cat([queries, torch.ones_like(queries[:, :1])], dim=1)
+        else:
+            out_q = np.concatenate([queries, np.ones_like(queries[:, :1])], axis=1)
+    if items is not None:
+        if isinstance(items, torch.Tensor):
+            out_v = torch.cat([2 * items, -(items * items).sum(dim=1, keepdim=True)], dim=1)
+        else:
+            wide = items.astype(np.float64)
+            out_v = np.concatenate([2 * wide, -(wide * wide).sum(axis=1, keepdims=True)], axis=1).astype(items.dtype)
+    return out_q, out_v
+
+
+class TwoTowerModel(nn.Module):
+    """User tower + item tower; scores are dot / cosine / negative squared L2 of their outputs.
+
+    Build with the data sizes and, optionally, the side features (a `twotower.data.FeatureTable`,
+    whose values are copied into the towers, or a `FeatureSpec` when the values come later, e.g.
+    from a checkpoint).
+
+    Cold start: code -1 stands for a user or item unseen in training. Its id embedding is the
+    reserved "unknown" row of the id table (trained through `ModelConfig.id_dropout`); its side
+    features come from `inputs=TowerInputs(...)` (missing when not given), so a new item with known
+    genres or a new user with a known history still gets a useful vector.
+
+    Example:
+        >>> model = TwoTowerModel(ModelConfig(embedding_dim=8), num_users=3, num_items=5)
+        >>> model.encode_users(torch.tensor([0, 2, -1])).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        num_users: int,
+        num_items: int,
+        user_features: Any | None = None,
+        item_features: Any | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.num_users, self.num_items = int(num_users), int(num_items)
+        user_spec = _as_spec(user_features, self.num_users, "user_features")
+        item_spec = _as_spec(item_features, self.num_items, "item_features")
+        self.user_spec, self.item_spec = user_spec, item_spec
+        item_id_dim = config.embedding_dim if config.item.id_dim is None else config.item.id_dim
+        shared = config.user_history and config.share_item_embeddings
+        history_dim = (item_id_dim if item_id_dim > 0 else config.embedding_dim) if config.user_history else 0
+        common = {"embedding_dim": config.embedding_dim, "id_dropout": config.id_dropout, "init_std": config.init_std}
+        self.item_tower = Tower(config.item, num_ids=self.num_items, features=item_spec, **common)
+        self.user_tower = Tower(
+            config.user,
+            num_ids=self.num_users,
+            features=user_spec,
+            history_dim=history_dim,
+            own_history_table=config.user_history and not shared,
+            # The shared table has num_items + 1 rows; history codes never use the unknown row.
+            history_table_rows=self.num_items,
+            history_length=config.history_length,
+            **common,
+        )
+        log_t = torch.tensor(math.log(config.temperature))
+        if config.learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        if user_features is not None and not isinstance(user_features, FeatureSpec):
+            self.user_tower.load_features(user_features)
+        if item_features is not None and not isinstance(item_features, FeatureSpec):
+            self.item_tower.load_features(item_features)
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def encode_users(
+        self,
+        users: torch.Tensor | np.ndarray,
+        *,
+        inputs: TowerInputs | None = None,
+        exclude_history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """User vectors [B, D] (L2-normalised for "cosine").
+
+        Args:
+            users: int [B] user codes; -1 = unseen user (cold start).
+            inputs: optional per-batch feature overrides (cold-start side features, a live history).
+            exclude_history: optional int [B] item per row to leave out of history pooling (pass the
+                training positives so the model cannot read the target from the history).
+        """
+        shared = self.item_tower.id_embedding.weight if (self.config.user_history and self.config.share_item_embeddings) else None
+        out = self.user_tower(
+            self._codes(users), inputs, history_table=shared, exclude_history=exclude_history
+        )
+        return self._finish(out)
+
+    def encode_items(self, items: torch.Tensor | np.ndarray, *, inputs: TowerInputs | None = None) -> torch.Tensor:
+        """Item vectors [B, D] (L2-normalised for "cosine"); code -1 = unseen item (cold start)."""
+        return self._finish(self.item_tower(self._codes(items), inputs))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """Scalar temperature (learned ones are clamped below at `min_temperature`)."""
+        return self.log_temperature.clamp(min=math.log(self.config.min_temperature)).exp()
+
+    def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Exact scores of every (user, item) pair under the model's scoring: [B, D] x [N, D] -> [B, N]."""
+        if self.config.scoring == "neg_l2":
+            return -torch.cdist(user_vectors, item_vectors).square()
+        return user_vectors @ item_vectors.T
+
+    def inner_product_form(self, queries: Any, items: Any) -> tuple[Any, Any]:
+        """See `twotower.model.inner_product_form`; uses this model's scoring."""
+        return inner_product_form(queries, items, self.config.scoring)
+
+    @torch.no_grad()
+    def user_search_vectors(
+        self, users: np.ndarray | None = None, *, inputs: TowerInputs | None = None, batch_size: int = 8192
+    ) -> np.ndarray:
+        """Float32 query vectors [B, D'] ready for `twotower.topk` / the HNSW index (eval mode).
+
+        Args:
+            users: int [B] codes; None = every user in code order.
+            inputs: optional feature overrides for the whole `users` batch (not batched further).
+            batch_size: users encoded at once.
+        """
+        codes = np.arange(self.num_users) if users is None else np.asarray(users)
+        return self._export(codes, inputs, batch_size, self.encode_users, query=True)
+
+    @torch.no_grad()
+    def item_search_vectors(
+        self, items: np.ndarray | None = None, *, inputs: TowerInputs | None = None, batch_size: int = 8192
+    ) -> np.ndarray:
+        """Float32 item vectors [N, D'] for the exact scorer / HNSW index; row i = item code i by default."""
+        codes = np.arange(self.num_items) if items is None else np.asarray(items)
+        return self._export(codes, inputs, batch_size, self.encode_items, query=False)
+
+    def set_history(self, history: Any) -> None:
+        """Sets the per-user item history used by history pooling.
+
+        Args:
+            history: a CSR (`indptr` [num_users + 1], `indices` item codes), e.g. the dataset's
+                `train_history`, or a time-ordered one when `history_length` should mean "recent".
+        """
+        self.user_tower.set_history(history.indptr, history.indices)
+
+    # -- description ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description that rebuilds this model's structure with `from_description`."""
+        return {
+            "config": self.config.to_dict(),
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "user_features": self.user_spec.to_dict() if self.user_spec else None,
+            "item_features": self.item_spec.to_dict() if self.item_spec else None,
+        }
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> TwoTowerModel:
+        """Rebuilds an untrained model of the described structure (load weights afterwards)."""
+        try:
+            config = ModelConfig.from_dict(description["config"])
+            specs = {
+                key: None if description.get(key) is None else FeatureSpec.from_dict(description[key])
+                for key in ("user_features", "item_features")
+            }
+            return cls(config, num_users=description["num_users"], num_items=description["num_items"], **specs)
+        except KeyError as err:
+            raise ValueError(f"model description lacks {err.args[0]!r}") from None
+
+    def data_buffer_names(self) -> list[str]:
+        """State-dict keys whose shapes follow the data (resized before loading a state dict)."""
+        return [f"user_tower.{n}" for n in self.user_tower.data_buffer_names()] + [
+            f"item_tower.{n}" for n in self.item_tower.data_buffer_names()
+        ]
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
+        """As `nn.Module.load_state_dict`, first resizing the data-sized buffers (history, bags)."""
+        for key in self.data_buffer_names():
+            if key in state_dict:
+                module_name, _, buffer_name = key.rpartition(".")
+                module = self.get_submodule(module_name)
+                current = getattr(module, buffer_name)
+                setattr(module, buffer_name, torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.config.scoring == "cosine":
+            return torch.nn.functional.normalize(out, dim=1)
+        return out
+
+    def _codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        device = self.log_temperature.device
+        if isinstance(codes, np.ndarray):
+            if codes.dtype.kind not in "iu":
+                raise TypeError(f"codes must be integers; got dtype {codes.dtype}")
+            codes = torch.from_numpy(codes.astype(np.int64, copy=False))
+        if codes.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"codes must be an int32/int64 tensor; got {codes.dtype}")
+        if codes.ndim != 1:
+            raise ValueError(f"codes must be 1-D [B]; got shape {tuple(codes.shape)}")
+        return codes.to(device=device, dtype=torch.int64)
+
+    def _export(self, codes: np.ndarray, inputs: TowerInputs | None, batch_size: int, encode: Any, *, query: bool) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            if inputs is not None:
+                chunks = [encode(codes, inputs=inputs)]
+            else:
+                chunks = [encode(codes[s : s + batch_size]) for s in range(0, len(codes), batch_size)]
+            vectors = torch.cat(chunks) if chunks else torch.zeros(0, self.config.embedding_dim)
+            q, v = self.inner_product_form(vectors, None) if query else self.inner_product_form(None, vectors)
+            out = q if query else v
+            return np.ascontiguousarray(out.float().cpu().numpy())
+        finally:
+            self.train(was_training)
+
+
+def _as_spec(features: Any | None, num_rows: int, name: str) -> FeatureSpec | None:
+    if features is None:
+        return None
+    if isinstance(features, FeatureSpec):
+        if features.num_rows != num_rows:
+            raise ValueError(f"{name} describes {features.num_rows} rows; expected {num_rows}")
+        return features
+    if not all(hasattr(features, a) for a in ("categorical", "multi_categorical", "dense")):
+        raise TypeError(f"{name} must be a FeatureTable or FeatureSpec; got {type(features).__name__}")
+    spec = FeatureSpec.from_table(features, num_rows)
+    return None if spec.empty else spec
+
+
+def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: dict[str, Any] | None = None) -> Path:
+    """Writes `model.safetensors` (weights + feature/history buffers) and `config.json`.
+
+    `config.json` holds `{"twotower_version", "model": model.describe(), **extra}`; a trainer can
+    write its own config.json with the same "model" key and `load_model` still reads it. Each file is
+    written to a temporary name and renamed, so a crash leaves either the old file or the new one.
+
+    Args:
+        directory: created if missing.
+        model: the model to save.
+        extra: more JSON-ready top-level entries (training settings, data fingerprint...).
+
+    Returns:
+        The directory path.
+    """
+    from twotower import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    config = {"twotower_version": __version__, "model": model.describe(), **(extra or {})}
+    text = json.dumps(config, indent=2, sort_keys=True)
+    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return directory
+
+
+def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TwoTowerModel:
+    """Rebuilds a model saved by `save_model` (or any directory with the same two files).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: config.json is not valid or does not describe a model, or the weights do not
+            match the described structure.
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {directory} a twotower model directory?")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{config_path} has no 'model' section: not a twotower model directory")
+    model = TwoTowerModel.from_description(config["model"])
+    state = load_file(str(weights_path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path} does not match the model described in {config_path}: {err}") from None
+    return model.to(device).eval()
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,182 @@
+"""Settings of a two-tower model, and the description of the side features its towers read.
+
+Everything here is a plain dataclass that survives `json.dumps(dataclasses.asdict(...))` and comes back
+with `from_dict`, so a saved model is rebuilt from `config.json` alone (weights and feature tables come
+from `model.safetensors`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCORINGS = ("dot", "cosine", "neg_l2")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
+POOLINGS = ("mean", "sum")
+
+
+@dataclass
+class TowerConfig:
+    """One tower: which inputs it embeds and the MLP on top.
+
+    Attributes:
+        id_dim: width of the id embedding; None = the model's `embedding_dim`; 0 = no id embedding
+            (a feature-only tower, which needs side features).
+        feature_dim: width of each categorical / multi-categorical feature embedding.
+        multi_pooling: "mean" or "sum" over the values of a multi-valued feature.
+        use_features: False ignores side features present in the data.
+        hidden_dims: widths of the hidden MLP layers (empty: no hidden layer). The concatenated inputs
+            go through them and then a final linear layer to `embedding_dim`; when there is no hidden
+            layer and the inputs already have width `embedding_dim` the final layer is left out, so an
+            id-only tower is plain matrix factorisation.
+        activation: one of "relu", "gelu", "silu", "tanh", "leaky_relu".
+        dropout: dropout after each hidden activation.
+        layer_norm: LayerNorm after each hidden linear layer.
+    """
+
+    id_dim: int | None = None
+    feature_dim: int = 16
+    multi_pooling: str = "mean"
+    use_features: bool = True
+    hidden_dims: list[int] = field(default_factory=list)
+    activation: str = "relu"
+    dropout: float = 0.0
+    layer_norm: bool = False
+
+    def validate(self, name: str) -> None:
+        """Raises ValueError naming the bad field (`name` is "user" or "item")."""
+        if self.id_dim is not None and self.id_dim < 0:
+            raise ValueError(f"{name}.id_dim must be >= 0 or None; got {self.id_dim}")
+        if self.feature_dim < 1:
+            raise ValueError(f"{name}.feature_dim must be >= 1; got {self.feature_dim}")
+        if self.multi_pooling not in POOLINGS:
+            raise ValueError(f"{name}.multi_pooling must be one of {POOLINGS}; got {self.multi_pooling!r}")
+        if any(int(h) < 1 for h in self.hidden_dims):
+            raise ValueError(f"{name}.hidden_dims must all be >= 1; got {list(self.hidden_dims)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}.activation must be one of {ACTIVATIONS}; got {self.activation!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
+class ModelConfig:
+    """All settings of a `TwoTowerModel` (data sizes and feature descriptions travel separately).
+
+    Attributes:
+        embedding_dim: output width D of both towers.
+        user, item: per-tower settings.
+        scoring: "dot" (inner product), "cosine" (both outputs L2-normalised, then inner product) or
+            "neg_l2" (negative squared Euclidean distance). Search goes through
+            `TwoTowerModel.inner_product_form`, which turns every scoring into an inner product.
+        temperature: logits = score / temperature in the losses.
+        learn_temperature: learn it (parametrised as log temperature, clamped to `min_temperature`).
+        min_temperature: lower clamp of a learned temperature.
+        user_history: add the mean of the user's history item embeddings to the user tower (YouTube-DNN).
+        history_length: pool only the last H entries of each history row (0 = the whole row). Rows are
+            taken in the order given to `set_history`: pass a time-ordered history for "recent".
+        share_item_embeddings: history pooling reads the item tower's id table (needs an item id
+            embedding); False gives the history its own table.
+        id_dropout: training-time probability of replacing an id by the reserved "unknown" row, which is
+            what trains the cold-start embedding; 0 leaves that row at its initial value.
+        init_std: standard deviation of the normal init of every embedding table.
+    """
+
+    embedding_dim: int = 64
+    user: TowerConfig = field(default_factory=TowerConfig)
+    item: TowerConfig = field(default_factory=TowerConfig)
+    scoring: str = "dot"
+    temperature: float = 1.0
+    learn_temperature: bool = False
+    min_temperature: float = 0.01
+    user_history: bool = False
+    history_length: int = 0
+    share_item_embeddings: bool = True
+    id_dropout: float = 0.0
+    init_std: float = 0.05
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field."""
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1; got {self.embedding_dim}")
+        self.user.validate("user")
+        self.item.validate("item")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}; got {self.scoring!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        if not 0 < self.min_temperature <= self.temperature:
+            raise ValueError(
+                f"min_temperature must be in (0, temperature={self.temperature}]; got {self.min_temperature}"
+            )
+        if self.history_length < 0:
+            raise ValueError(f"history_length must be >= 0 (0 = whole row); got {self.history_length}")
+        if self.user_history and self.share_item_embeddings and self.item.id_dim == 0:
+            raise ValueError("share_item_embeddings needs an item id embedding; item.id_dim is 0")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1); got {self.id_dropout}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0; got {self.init_std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError (a typo should not pass silently)."""
+        data = dict(data)
+        towers = {}
+        for name in ("user", "item"):
+            if name in data:
+                towers[name] = _from_dict(TowerConfig, data.pop(name), f"model.{name}")
+        config = _from_dict(cls, data, "model")
+        for name, tower in towers.items():
+            setattr(config, name, tower)
+        return config
+
+
+@dataclass
+class FeatureSpec:
+    """What a tower needs to know about one side's features (not the values).
+
+    Attributes:
+        num_rows: rows of the feature table (= number of users or items).
+        categorical: name -> cardinality (code 0 means missing/unknown).
+        multi_categorical: name -> cardinality.
+        dense: name -> width.
+    """
+
+    num_rows: int
+    categorical: dict[str, int] = field(default_factory=dict)
+    multi_categorical: dict[str, int] = field(default_factory=dict)
+    dense: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: Any, num_rows: int) -> FeatureSpec:
+        """Describes a `twotower.data.FeatureTable` (anything with the same three dict attributes)."""
+        return cls(
+            num_rows=int(num_rows),
+            categorical={name: int(card) for name, (_, card) in sorted(table.categorical.items())},
+            multi_categorical={name: int(card) for name, (_, card) in sorted(table.multi_categorical.items())},
+            dense={name: int(values.shape[1]) if values.ndim == 2 else 1 for name, values in sorted(table.dense.items())},
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.categorical or self.multi_categorical or self.dense)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return _from_dict(cls, data, "feature spec")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {where} setting(s) {unknown}; known: {sorted(names)}")
+    return cls(**data)
