@@ -41,23 +41,29 @@ inline const int64_t* excl_end(const TopKArgs& a, int64_t q) {
     return a.exclude_indptr ? a.exclude_ids + a.exclude_indptr[q + 1] : nullptr;
 }
 
+// Scans one block of `count` panels starting at panel `first_panel` for queries [q_begin, q_end).
+void scan_block(const TopKArgs& a, const ItemSource& src, int64_t q_begin, int64_t q_end, int64_t first_panel,
+                int64_t count, const float* panels, QueryState* states) {
+    ScanTask task;
+    task.queries = a.queries + q_begin * a.query_stride;
+    task.query_stride = a.query_stride;
+    task.num_queries = q_end - q_begin;
+    task.dim = a.dim;
+    task.panels = panels;
+    task.num_panels = count;
+    task.first_item = first_panel * kPanel;
+    task.num_items = src.num_items;
+    task.states = states;
+    a.scan(task);
+}
+
 // Scans panels [first_panel, end_panel) block by block for queries [q_begin, q_end).
 void scan_range(const TopKArgs& a, const ItemSource& src, int64_t q_begin, int64_t q_end, int64_t first_panel,
                 int64_t end_panel, QueryState* states, AlignedFloats& buffer) {
     const int64_t block = panels_per_block(a.dim);
     for (int64_t p = first_panel; p < end_panel; p += block) {
         const int64_t count = std::min(block, end_panel - p);
-        ScanTask task;
-        task.queries = a.queries + q_begin * a.query_stride;
-        task.query_stride = a.query_stride;
-        task.num_queries = q_end - q_begin;
-        task.dim = a.dim;
-        task.panels = src.block(p, count, buffer);
-        task.num_panels = count;
-        task.first_item = p * kPanel;
-        task.num_items = src.num_items;
-        task.states = states;
-        a.scan(task);
+        scan_block(a, src, q_begin, q_end, p, count, src.block(p, count, buffer), states);
     }
 }
 
@@ -70,25 +76,39 @@ void run(const TopKArgs& a, const ItemSource& src) {
     const int64_t total_panels = num_panels_for(src.num_items);
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, std::max<int64_t>(total_panels, 1))));
     const int64_t block_floats = panels_per_block(a.dim) * a.dim * kPanel;
-    std::vector<AlignedFloats> buffers(threads);
-    if (!src.packed)
-        for (auto& b : buffers) b.resize(block_floats);  // allocated here: nothing throws inside the parallel region
-    std::vector<QueryState> states;
+    std::vector<QueryState> states;  // every allocation happens outside the parallel regions
 
     if (threads == 1 || nq >= kMinQueriesPerThread * threads) {
-        // Threads split the queries; each query's heap lives in its output row.
+        // Threads split the queries; each query's heap lives in its output row. A raw item matrix is
+        // packed block by block into two shared buffers, each thread packing a share: the implicit
+        // barrier after packing block i also proves every thread is done scanning block i - 1, whose
+        // buffer block i + 1 reuses.
         const int64_t capacity = std::min(a.k, src.num_items);
         states.resize(nq);
         for (int64_t q = 0; q < nq; ++q)
             init_state(states[q], a.out_scores + q * a.k, a.out_ids + q * a.k, capacity, excl_begin(a, q), excl_end(a, q));
+        AlignedFloats shared[2];
+        if (!src.packed)
+            for (auto& b : shared) b.resize(block_floats);
+        const int64_t block = panels_per_block(a.dim);
 #pragma omp parallel num_threads(threads)
         {
             const int t = omp_get_thread_num();
             const int64_t q_begin = split_point(nq, threads, t), q_end = split_point(nq, threads, t + 1);
-            if (q_begin < q_end) {
-                scan_range(a, src, q_begin, q_end, 0, total_panels, states.data() + q_begin, buffers[t]);
-                for (int64_t q = q_begin; q < q_end; ++q) finalize_in_place(states[q], a.k);
+            for (int64_t p = 0, i = 0; p < total_panels; p += block, ++i) {
+                const int64_t count = std::min(block, total_panels - p);
+                const float* panels;
+                if (src.packed) {
+                    panels = src.packed + p * a.dim * kPanel;
+                } else {
+                    float* buffer = shared[i % 2].data.get();
+#pragma omp for schedule(static)
+                    for (int64_t j = 0; j < count; ++j) pack_panels(src.view, p + j, 1, buffer + j * a.dim * kPanel);
+                    panels = buffer;
+                }
+                if (q_begin < q_end) scan_block(a, src, q_begin, q_end, p, count, panels, states.data() + q_begin);
             }
+            for (int64_t q = q_begin; q < q_end; ++q) finalize_in_place(states[q], a.k);
         }
         return;
     }
@@ -102,6 +122,9 @@ void run(const TopKArgs& a, const ItemSource& src) {
         capacity[t] = std::min(a.k, std::max<int64_t>(items, 0));
         offset[t + 1] = offset[t] + capacity[t] * nq;
     }
+    std::vector<AlignedFloats> buffers(threads);
+    if (!src.packed)
+        for (auto& b : buffers) b.resize(block_floats);
     std::vector<float> heap_scores(offset[threads]);
     std::vector<int64_t> heap_ids(offset[threads]);
     states.resize(static_cast<size_t>(nq) * threads);
