@@ -1,0 +1,215 @@
+"""Plain-PyTorch InfoNCE: the oracle for the fused Triton kernel, the CPU path, and the benchmark baseline.
+
+Same signature and semantics as `twotower.kernels.infonce.infonce`; see that function for the maths.
+This module also holds the input checks both implementations share, so they reject exactly the same
+inputs with the same messages. Nothing here imports Triton.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["infonce_reference", "check_infonce_inputs", "REDUCTIONS"]
+
+REDUCTIONS = ("mean", "sum", "none")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_vectors(name: str, x: Tensor | None, length: int, device: torch.device, *, integer: bool) -> None:
+    if x is None:
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(f"infonce: {name} must be a torch.Tensor or None, got {type(x).__name__}")
+    if x.dim() != 1 or x.shape[0] != length:
+        raise ValueError(f"infonce: {name} must have shape [{length}], got {list(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"infonce: {name} is on {x.device} but q is on {device}")
+    if integer and (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool):
+        raise TypeError(f"infonce: {name} must be an integer tensor of ids, got {x.dtype}")
+    if not integer and not x.dtype.is_floating_point:
+        raise TypeError(f"infonce: {name} must be a floating tensor of log-probabilities, got {x.dtype}")
+
+
+def check_infonce_inputs(
+    q: Tensor,
+    k: Tensor,
+    *,
+    temperature: float | Tensor,
+    extra: Tensor | None,
+    logq: Tensor | None,
+    logq_extra: Tensor | None,
+    query_ids: Tensor | None,
+    item_ids: Tensor | None,
+    extra_ids: Tensor | None,
+    reduction: str,
+) -> None:
+    """Raises `TypeError`/`ValueError` naming the argument when the inputs of `infonce` are malformed.
+
+    Only shapes, dtypes, devices and scalar values are checked: nothing here reads device memory, so
+    the check never synchronises with a GPU (a tensor temperature is therefore not checked for > 0
+    unless it lives on the CPU).
+    """
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"infonce: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"infonce: {name} must be 2-D [B, D], got shape {list(x.shape)}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"infonce: {name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if q.shape != k.shape:
+        raise ValueError(f"infonce: q and k must have the same shape [B, D], got {list(q.shape)} and {list(k.shape)}")
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"infonce: q must have at least one row and one column, got shape {list(q.shape)}")
+    if k.dtype != q.dtype:
+        raise TypeError(f"infonce: q and k must have the same dtype, got {q.dtype} and {k.dtype}")
+    if k.device != q.device:
+        raise ValueError(f"infonce: q is on {q.device} but k is on {k.device}")
+    B, D = q.shape
+    M = 0
+    if extra is not None:
+        if not isinstance(extra, Tensor):
+            raise TypeError(f"infonce: extra must be a torch.Tensor or None, got {type(extra).__name__}")
+        if extra.dim() != 2 or extra.shape[1] != D:
+            raise ValueError(f"infonce: extra must have shape [M, {D}], got {list(extra.shape)}")
+        if extra.dtype != q.dtype:
+            raise TypeError(f"infonce: extra must have q's dtype {q.dtype}, got {extra.dtype}")
+        if extra.device != q.device:
+            raise ValueError(f"infonce: extra is on {extra.device} but q is on {q.device}")
+        M = extra.shape[0]
+    if logq_extra is not None and extra is None:
+        raise ValueError("infonce: logq_extra was given without extra")
+    if extra_ids is not None and extra is None:
+        raise ValueError("infonce: extra_ids was given without extra")
+    if extra_ids is not None and item_ids is None:
+        raise ValueError("infonce: extra_ids needs item_ids (the id of each row's positive, to compare against)")
+    if extra is not None and M > 0 and (logq is None) != (logq_extra is None):
+        raise ValueError(
+            "infonce: with extra negatives, pass both logq (in-batch candidates) and logq_extra (extra "
+            "negatives) or neither; correcting only one group would bias the softmax between them"
+        )
+    _check_vectors("logq", logq, B, q.device, integer=False)
+    _check_vectors("logq_extra", logq_extra, M, q.device, integer=False)
+    _check_vectors("query_ids", query_ids, B, q.device, integer=True)
+    _check_vectors("item_ids", item_ids, B, q.device, integer=True)
+    _check_vectors("extra_ids", extra_ids, M, q.device, integer=True)
+    if isinstance(temperature, bool):
+        raise TypeError("infonce: temperature must be a positive float or a 0-d floating tensor, got a bool")
+    if isinstance(temperature, Tensor):
+        if temperature.dim() != 0 or not temperature.dtype.is_floating_point:
+            raise ValueError(
+                f"infonce: a tensor temperature must be 0-d and floating, got shape {list(temperature.shape)} "
+                f"and dtype {temperature.dtype}"
+            )
+        if temperature.device.type == "cpu" and not bool(temperature.detach() > 0):
+            raise ValueError(f"infonce: temperature must be > 0, got {float(temperature)}")
+    elif isinstance(temperature, (int, float)):
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"infonce: temperature must be a finite number > 0, got {temperature}")
+    else:
+        raise TypeError(f"infonce: temperature must be a float or a 0-d tensor, got {type(temperature).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"infonce: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def accidental_hit_mask(
+    B: int,
+    M: int,
+    *,
+    query_ids: Tensor | None,
+    item_ids: Tensor | None,
+    extra_ids: Tensor | None,
+    device: torch.device,
+) -> Tensor | None:
+    """[B, B + M] bool, True where candidate j must leave row i's softmax; None when nothing is masked.
+
+    In-batch column j (j != i) leaves row i when it holds the same item as row i's positive
+    (`item_ids[j] == item_ids[i]`) or belongs to the same query (`query_ids[j] == query_ids[i]`);
+    extra column m leaves row i when `extra_ids[m] == item_ids[i]`. The positive itself is never masked.
+    The in-batch block is symmetric, so the item -> query direction uses its transpose unchanged.
+    """
+    if query_ids is None and item_ids is None:
+        return None
+    drop = torch.zeros(B, B + M, dtype=torch.bool, device=device)
+    inb = drop[:, :B]
+    if item_ids is not None:
+        inb |= item_ids[:, None] == item_ids[None, :]
+        if extra_ids is not None:
+            drop[:, B:] = item_ids[:, None] == extra_ids[None, :]
+    if query_ids is not None:
+        inb |= query_ids[:, None] == query_ids[None, :]
+    inb.fill_diagonal_(False)
+    return drop
+
+
+def infonce_reference(
+    q: Tensor,
+    k: Tensor,
+    *,
+    temperature: float | Tensor,
+    extra: Tensor | None = None,
+    logq: Tensor | None = None,
+    logq_extra: Tensor | None = None,
+    correct_positive: bool = True,
+    query_ids: Tensor | None = None,
+    item_ids: Tensor | None = None,
+    extra_ids: Tensor | None = None,
+    reduction: str = "mean",
+    symmetric: bool = False,
+) -> Tensor:
+    """InfoNCE over in-batch (+ shared extra) negatives, materialising the [B, B + M] logits.
+
+    Identical contract to `twotower.kernels.infonce.infonce`. Logits come from a GEMM in the input
+    dtype (fp16/bf16 GEMMs accumulate in fp32 but round their output, as eager PyTorch code does) and
+    everything after it (correction, masks, log-sum-exp) runs in float32, or float64 for float64
+    inputs, which is how the tests build the exact oracle. The loss is float32 (float64 for float64
+    inputs). `logq`/`logq_extra` are treated as constants (no gradient).
+
+    Example:
+        >>> q, k = torch.randn(4, 8), torch.randn(4, 8)
+        >>> infonce_reference(q, k, temperature=0.1).shape
+        torch.Size([])
+    """
+    check_infonce_inputs(
+        q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
+        query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
+    )
+    B = q.shape[0]
+    M = 0 if extra is None else extra.shape[0]
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cand = k if extra is None or M == 0 else torch.cat([k, extra], dim=0)  # [N, D], N = B + M
+    if isinstance(temperature, Tensor):
+        temp = temperature.to(device=q.device, dtype=compute)
+    else:
+        temp = float(temperature)
+    u = (q @ cand.T).to(compute) / temp  # [B, N] uncorrected logits
+    s = u
+    if logq is not None:
+        lq = logq if logq_extra is None or M == 0 else torch.cat([logq, logq_extra])
+        s = u - lq.detach().to(compute)[None, :]
+        if not correct_positive:
+            eye = torch.eye(B, B + M, dtype=torch.bool, device=q.device)
+            s = torch.where(eye, u, s)
+    drop = accidental_hit_mask(
+        B, M, query_ids=query_ids, item_ids=item_ids,
+        extra_ids=extra_ids if M > 0 else None, device=q.device,
+    )
+    if drop is not None:
+        s = s.masked_fill(drop, float("-inf"))
+    loss = torch.logsumexp(s, dim=1) - s[:, :B].diagonal()  # [B]
+    if symmetric:
+        # item -> query direction: column j (item j) softmaxes over the B queries, with the same
+        # accidental-hit mask and no logQ term (queries are not sampled; with correct_positive=True the
+        # per-column correction would cancel anyway). Extra negatives have no positive query: they
+        # take no part in this direction.
+        uc = u[:, :B]
+        if drop is not None:
+            uc = uc.masked_fill(drop[:, :B], float("-inf"))
+        loss = loss + (torch.logsumexp(uc, dim=0) - uc.diagonal())
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
