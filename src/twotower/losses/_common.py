@@ -100,7 +100,8 @@ def positive_logits(
 ) -> Tensor:
     """Logits of the positives [B]: q_b . pos_b / tau, minus log Q(pos_b) when `logq_pos` is given."""
     c = compute_dtype(q)
-    s = (q.to(c) * pos.to(c)).sum(-1) / temperature
+    with torch.autocast(q.device.type, enabled=False):
+        s = (q.to(c) * pos.to(c)).sum(-1) / temperature
     if logq_pos is not None:
         s = s - logq_pos.to(s.dtype)
     return s
@@ -120,12 +121,13 @@ def negative_logits(
     equals the row's positive id. It is None when no ids were given (every negative kept).
     """
     c = compute_dtype(q)
-    if neg.dim() == 3:
-        # bmm keeps the [B, n, D] tensor in its own dtype; only the [B, n] scores are upcast.
-        s = torch.bmm(neg, q.unsqueeze(-1)).squeeze(-1).to(c)
-    else:
-        s = (q @ neg.t()).to(c)
-    s = s / temperature
+    # Scores in fp32 even under AMP: a bf16 score carries ~3 significant digits, too few for a loss.
+    with torch.autocast(q.device.type, enabled=False):
+        if neg.dim() == 3:
+            s = torch.bmm(neg.to(c), q.to(c).unsqueeze(-1)).squeeze(-1)
+        else:
+            s = q.to(c) @ neg.to(c).t()
+        s = s / temperature
     if logq_neg is not None:
         s = s - logq_neg.to(s.dtype)
     valid = None

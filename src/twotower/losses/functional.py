@@ -6,7 +6,8 @@ scored as q @ negᵀ without materialising [B, M, D]). In-batch InfoNCE, whose n
 rows' positives, lives in `twotower.kernels.infonce`.
 
 Shared conventions:
-- Logits are s = q·k / temperature, computed in fp32 for fp16/bf16 inputs (fp64 stays fp64).
+- Logits are s = q·k / temperature, computed in fp32 for fp16/bf16 inputs and under autocast
+  (fp64 stays fp64).
   The softmax loss needs a temperature; BPR, hinge and BCE work on raw dot products by default
   (temperature=1.0) and accept one for scaling (a learned temperature then sets the score scale the
   margin and the sigmoid see).
@@ -55,9 +56,14 @@ def softmax_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
     return masked_logsumexp(logits, valid) - pos
 
 
+def _softplus(x: Tensor) -> Tensor:
+    # log(1 + e^x) exactly; F.softplus returns x itself above its threshold of 20 (~1e-9 off)
+    return -F.logsigmoid(-x)
+
+
 def bpr_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
     """Per-row mean over valid negatives of -log sigmoid(pos - neg) = softplus(neg - pos)."""
-    return masked_mean(F.softplus(neg - pos.unsqueeze(1)), valid)
+    return masked_mean(_softplus(neg - pos.unsqueeze(1)), valid)
 
 
 def hinge_rows(pos: Tensor, neg: Tensor, valid: Tensor | None, margin: float) -> Tensor:
@@ -68,7 +74,7 @@ def hinge_rows(pos: Tensor, neg: Tensor, valid: Tensor | None, margin: float) ->
 def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
     """Per-row mean over the row's labelled pairs (the positive, label 1, and each valid negative,
     label 0) of the binary cross-entropy with logits: softplus(-pos) and softplus(neg)."""
-    neg_terms = F.softplus(neg)
+    neg_terms = _softplus(neg)
     if valid is None:
         total = neg_terms.sum(dim=1)
         count = torch.full_like(pos, neg.shape[1])
@@ -76,7 +82,7 @@ def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
         zero = torch.zeros((), dtype=neg_terms.dtype, device=neg_terms.device)
         total = torch.where(valid, neg_terms, zero).sum(dim=1)
         count = valid.sum(dim=1).to(pos.dtype)
-    return (F.softplus(-pos) + total) / (1 + count)
+    return (_softplus(-pos) + total) / (1 + count)
 
 
 def _logits(
