@@ -1,0 +1,370 @@
+"""Full-ranking evaluation: every user against the whole catalogue, seen items excluded.
+
+Protocol (RecBole / LightGCN style): for the validation split, each user's train items are excluded
+and the validation items are the relevant ones; for the test split, train and validation items are
+excluded and the test items are relevant. Only users with at least one relevant item are evaluated.
+Rankings come from the exact C++ scorer (`twotower.ExactIndex`), by item id, so ties are broken by
+the lower item id and never inflate a metric. Metric definitions: `twotower.metrics`.
+
+Every ranker -- the model, the HNSW index, the most-popular and random baselines -- goes through the
+same `evaluate_rankings` loop, so their numbers are comparable.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> users, items = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(200, 8)).astype(np.float32)
+    >>> relevant = (np.arange(51) * 2, rng.integers(0, 200, 100))
+    >>> result = evaluate_vectors(users, items, relevant, ks=(10,), progress=False)
+    >>> sorted(result.metrics)[:3], result.num_users
+    (['coverage@10', 'hit@10', 'map@10'], 50)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from twotower.metrics import RankingMetrics, hit_matrix
+
+CSRPair = tuple[np.ndarray, np.ndarray]
+# A ranker maps (user codes [b], their exclusion CSR) to top-K item ids [b, K].
+Ranker = Callable[[np.ndarray, CSRPair | None], np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation run.
+
+    Attributes:
+        metrics: "<metric>@<k>" -> mean over evaluated users (plus "coverage@<k>").
+        num_users: users evaluated (those with at least one relevant item).
+        seconds: wall time of ranking + metrics.
+        users_per_second: num_users / seconds.
+        extra: more numbers (ANN recall, queries/s...).
+    """
+
+    metrics: dict[str, float]
+    num_users: int
+    seconds: float
+    users_per_second: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key] if key in self.metrics else self.extra[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": dict(self.metrics), "num_users": self.num_users, "seconds": self.seconds,
+                "users_per_second": self.users_per_second, **self.extra}
+
+
+def csr_pair(csr: Any) -> CSRPair:
+    """(indptr int64, indices int64) from a CSR object or an (indptr, indices) pair."""
+    if isinstance(csr, (tuple, list)) and len(csr) == 2:
+        indptr, indices = csr
+    elif hasattr(csr, "indptr") and hasattr(csr, "indices"):
+        indptr, indices = csr.indptr, csr.indices
+    else:
+        raise TypeError(f"expected a CSR (indptr, indices); got {type(csr).__name__}")
+    return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+
+
+def take_rows(csr: CSRPair, rows: np.ndarray) -> CSRPair:
+    """The CSR rows `rows` [b] (in that order) as a new CSR [b], vectorised."""
+    indptr, indices = csr
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    out_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out_ptr[1:])
+    positions = np.arange(out_ptr[-1], dtype=np.int64) + np.repeat(starts - out_ptr[:-1], lengths)
+    return out_ptr, indices[positions]
+
+
+def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPair:
+    """CSR [num_users] of each user's items (sorted, unique) from interaction columns."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.shape != items.shape:
+        raise ValueError(f"users and items must have one length; got {users.shape} and {items.shape}")
+    if len(users) and (users.min() < 0 or users.max() >= num_users):
+        raise ValueError(f"user codes must be in [0, {num_users})")
+    width = int(items.max(initial=0)) + 1
+    keys = np.unique(users * width + items)
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // width, minlength=num_users), out=indptr[1:])
+    return indptr, keys % width
+
+
+def evaluate_rankings(
+    ranker: Ranker,
+    relevant: Any,
+    *,
+    num_items: int,
+    ks: Sequence[int] = (10, 20, 50),
+    exclude: Any | None = None,
+    users: np.ndarray | None = None,
+    batch_size: int = 2048,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """Runs `ranker` over users in batches and accumulates the metrics.
+
+    Args:
+        ranker: (user codes [b], exclusion CSR of those users or None) -> top-K ids [b, K >= max(ks)].
+        relevant: CSR over all users (row = user code) of the relevant items.
+        num_items: catalogue size.
+        ks: cutoffs.
+        exclude: optional CSR over all users of the items to leave out of each ranking (seen items).
+        users: user codes to evaluate; default: every user with at least one relevant item.
+        batch_size: users per ranker call.
+        progress: show a tqdm bar (per user).
+        desc: bar label.
+
+    Returns:
+        EvalResult; `extra["rank_seconds"]` is the time spent inside `ranker` only.
+    """
+    relevant = csr_pair(relevant)
+    exclude = None if exclude is None else csr_pair(exclude)
+    num_rows = len(relevant[0]) - 1
+    if exclude is not None and len(exclude[0]) - 1 != num_rows:
+        raise ValueError(f"exclude has {len(exclude[0]) - 1} rows but relevant has {num_rows}: both are indexed by user code")
+    if users is None:
+        users = np.flatnonzero(np.diff(relevant[0]) > 0)
+    users = np.asarray(users, dtype=np.int64)
+    if len(users) and (users.min() < 0 or users.max() >= num_rows):
+        raise ValueError(f"users must be codes in [0, {num_rows})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    acc = RankingMetrics(ks, num_items)
+    start = time.perf_counter()
+    rank_seconds = 0.0
+    with tqdm(total=len(users), unit="user", desc=desc, disable=not progress, leave=False) as bar:
+        for s in range(0, len(users), batch_size):
+            batch = users[s : s + batch_size]
+            batch_exclude = None if exclude is None else take_rows(exclude, batch)
+            t0 = time.perf_counter()
+            ids = np.asarray(ranker(batch, batch_exclude))
+            rank_seconds += time.perf_counter() - t0
+            if ids.shape[0] != len(batch):
+                raise ValueError(f"ranker returned {ids.shape[0]} rows for {len(batch)} users")
+            acc.update(ids, *take_rows(relevant, batch))
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+    return EvalResult(
+        metrics=acc.result(),
+        num_users=acc.num_users,
+        seconds=seconds,
+        users_per_second=acc.num_users / seconds if seconds > 0 else float("inf"),
+        extra={"rank_seconds": rank_seconds},
+    )
+
+
+# -- rankers ------------------------------------------------------------------------------------------
+def exact_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, *, num_threads: int | None = None) -> Ranker:
+    """Ranks by inner product with the C++ exact scorer (items packed once).
+
+    Args:
+        user_vectors: float32 [num_users, D] (row = user code), e.g. `model.user_search_vectors()`.
+        item_vectors: float32 [num_items, D], e.g. `model.item_search_vectors()`.
+        k: list length.
+    """
+    from twotower import ExactIndex
+
+    index = ExactIndex(np.ascontiguousarray(item_vectors, dtype=np.float32))
+    queries = np.ascontiguousarray(user_vectors, dtype=np.float32)
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        return index.search(queries[users], k, exclude=exclude, num_threads=num_threads)[1]
+
+    return rank
+
+
+def popularity_ranker(item_counts: np.ndarray, k: int) -> Ranker:
+    """Most-popular baseline: every user gets the items with the highest counts (ties: lower id),
+    minus the excluded ones; runs through the exact scorer as a 1-D inner product."""
+    from twotower import ExactIndex
+
+    counts = np.asarray(item_counts)
+    if counts.ndim != 1 or (counts.size and counts.min() < 0):
+        raise ValueError("item_counts must be a 1-D array of non-negative counts [num_items]")
+    if counts.size and counts.max() >= 2**24:
+        raise ValueError("item counts >= 2**24 are not exact in float32; rescale them first")
+    index = ExactIndex(counts.astype(np.float32)[:, None])
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        return index.search(np.ones((len(users), 1), dtype=np.float32), k, exclude=exclude)[1]
+
+    return rank
+
+
+def random_ranker(num_items: int, k: int, *, seed: int = 0) -> Ranker:
+    """Random baseline: a uniformly random order of the non-excluded items for each user.
+
+    Reproducible for a given seed and sequence of batches (the generator advances batch by batch).
+    """
+    rng = np.random.default_rng(seed)
+    block = max(1, (1 << 22) // max(num_items, 1))  # users scored at once: bounds memory
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        for s in range(0, len(users), block):
+            e = min(s + block, len(users))
+            scores = rng.random((e - s, num_items), dtype=np.float32)
+            if exclude is not None:
+                indptr, indices = exclude
+                rows = np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1]))
+                scores[rows, indices[indptr[s] : indptr[e]]] = -np.inf
+            top = min(k, num_items)
+            part = np.argpartition(-scores, top - 1, axis=1)[:, :top] if top < num_items else np.tile(np.arange(num_items), (e - s, 1))
+            order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+            ids = np.take_along_axis(part, order, axis=1)
+            ids[np.take_along_axis(scores, ids, axis=1) == -np.inf] = -1
+            out[s:e, :top] = ids
+        return out
+
+    return rank
+
+
+def ann_ranker(index: Any, user_vectors: np.ndarray, k: int) -> Ranker:
+    """Ranks through an `twotower.index.HNSWIndex` (seen items filtered by over-fetching)."""
+    queries = np.ascontiguousarray(user_vectors, dtype=np.float32)
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        return index.search(queries[users], k, exclude=exclude)[1]
+
+    return rank
+
+
+# -- entry points -------------------------------------------------------------------------------------
+def split_targets(dataset: Any, split: str) -> tuple[CSRPair, CSRPair]:
+    """(relevant, exclude) CSRs over users for "valid" (exclude train) or "test" (exclude train + valid)."""
+    if split == "valid":
+        part, seen = dataset.valid, dataset.train_history
+    elif split == "test":
+        part, seen = dataset.test, dataset.train_valid_history
+    else:
+        raise ValueError(f"split must be 'valid' or 'test'; got {split!r}")
+    return group_by_user(part.users, part.items, dataset.num_users), csr_pair(seen)
+
+
+def evaluate_vectors(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    relevant: Any,
+    *,
+    exclude: Any | None = None,
+    ks: Sequence[int] = (10, 20, 50),
+    users: np.ndarray | None = None,
+    batch_size: int = 2048,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Full-ranking metrics of inner-product vectors with the exact scorer.
+
+    Args:
+        user_vectors: float32 [num_users, D] (row = user code); item_vectors: float32 [num_items, D].
+        relevant: CSR over users of the relevant items.
+        exclude: CSR over users of the items to exclude (seen items), or None.
+        ks, users, batch_size, progress: see `evaluate_rankings`.
+        num_threads: scorer threads (default: all cores).
+    """
+    ranker = exact_ranker(user_vectors, item_vectors, max(ks), num_threads=num_threads)
+    return evaluate_rankings(ranker, relevant, num_items=len(item_vectors), ks=ks, exclude=exclude, users=users,
+                             batch_size=batch_size, progress=progress, desc="exact")
+
+
+def evaluate_model(
+    model: Any,
+    dataset: Any,
+    *,
+    split: str = "valid",
+    ks: Sequence[int] = (10, 20, 50),
+    batch_size: int = 2048,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Encodes every user and item with `model` (eval mode) and evaluates on `split`.
+
+    Args:
+        model: a `TwoTowerModel` (anything with `user_search_vectors` / `item_search_vectors`).
+        dataset: a `twotower.data.SplitDataset`.
+        split: "valid" (train items excluded) or "test" (train + valid items excluded).
+    """
+    relevant, exclude = split_targets(dataset, split)
+    user_vectors, item_vectors = model.user_search_vectors(), model.item_search_vectors()
+    return evaluate_vectors(user_vectors, item_vectors, relevant, exclude=exclude, ks=ks, batch_size=batch_size,
+                            num_threads=num_threads, progress=progress)
+
+
+def evaluate_popularity(dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), progress: bool = True) -> EvalResult:
+    """Most-popular baseline (train interaction counts) under the same protocol as `evaluate_model`."""
+    relevant, exclude = split_targets(dataset, split)
+    counts = np.bincount(np.asarray(dataset.train.items, dtype=np.int64), minlength=dataset.num_items)
+    return evaluate_rankings(popularity_ranker(counts, max(ks)), relevant, num_items=dataset.num_items, ks=ks,
+                             exclude=exclude, progress=progress, desc="popular")
+
+
+def evaluate_random(
+    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), seed: int = 0, progress: bool = True
+) -> EvalResult:
+    """Random baseline (seeded) under the same protocol as `evaluate_model`."""
+    relevant, exclude = split_targets(dataset, split)
+    return evaluate_rankings(random_ranker(dataset.num_items, max(ks), seed=seed), relevant, num_items=dataset.num_items,
+                             ks=ks, exclude=exclude, progress=progress, desc="random")
+
+
+def evaluate_ann(
+    index: Any,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    relevant: Any,
+    *,
+    exclude: Any | None = None,
+    ks: Sequence[int] = (10, 20, 50),
+    users: np.ndarray | None = None,
+    batch_size: int = 2048,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Metrics through the HNSW index, next to the exact scorer's.
+
+    `extra` holds, for K = max(ks): "ann_recall@K" (mean over users of |ANN top-K ∩ exact top-K| /
+    |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps" (users ranked per second
+    by each, ranking time only), and the exact metrics as "exact/<metric>@<k>".
+    """
+    k = max(ks)
+    exact_ids: dict[int, np.ndarray] = {}
+    exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
+    ann = ann_ranker(index, user_vectors, k)
+
+    def exact_recording(batch: np.ndarray, excl: CSRPair | None) -> np.ndarray:
+        ids = exact(batch, excl)
+        exact_ids[int(batch[0]) if len(batch) else -1] = ids
+        return ids
+
+    overlap = [0, 0]
+
+    def ann_comparing(batch: np.ndarray, excl: CSRPair | None) -> np.ndarray:
+        ids = ann(batch, excl)
+        reference = exact_ids[int(batch[0]) if len(batch) else -1]
+        valid = reference >= 0
+        ref_ptr = np.zeros(len(batch) + 1, dtype=np.int64)
+        np.cumsum(valid.sum(axis=1), out=ref_ptr[1:])
+        hits, _ = hit_matrix(ids, ref_ptr, reference[valid])
+        overlap[0] += int(hits.sum())
+        overlap[1] += int(valid.sum())
+        return ids
+
+    common = {"num_items": len(item_vectors), "ks": ks, "exclude": exclude, "users": users, "batch_size": batch_size, "progress": progress}
+    exact_result = evaluate_rankings(exact_recording, relevant, desc="exact", **common)
+    result = evaluate_rankings(ann_comparing, relevant, desc="hnsw", **common)
+    result.extra.update({
+        f"ann_recall@{k}": overlap[0] / overlap[1] if overlap[1] else float("nan"),
+        "exact_qps": exact_result.num_users / exact_result.extra["rank_seconds"] if exact_result.extra["rank_seconds"] else float("inf"),
+        "ann_qps": result.num_users / result.extra["rank_seconds"] if result.extra["rank_seconds"] else float("inf"),
+        **{f"exact/{name}": value for name, value in exact_result.metrics.items()},
+    })
+    return result

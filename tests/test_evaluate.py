@@ -1,0 +1,171 @@
+"""Full-ranking evaluation: exact scorer vs a brute-force ranking, exclusion, baselines, model entry point."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_metrics import naive_metrics
+from twotower.evaluate import (
+    evaluate_model,
+    evaluate_popularity,
+    evaluate_random,
+    evaluate_rankings,
+    evaluate_vectors,
+    exact_ranker,
+    group_by_user,
+    popularity_ranker,
+    random_ranker,
+    take_rows,
+)
+from twotower.model import ModelConfig, TwoTowerModel
+
+
+def brute_force_topk(scores: np.ndarray, exclude: list[set[int]], k: int) -> np.ndarray:
+    """Sort each row (higher score, then lower id) after dropping the excluded items."""
+    out = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    for u, row in enumerate(scores):
+        order = sorted((i for i in range(len(row)) if i not in exclude[u]), key=lambda i: (-row[i], i))[:k]
+        out[u, : len(order)] = order
+    return out
+
+
+def sets_to_csr(sets: list[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.zeros(len(sets) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sets], out=indptr[1:])
+    return indptr, np.array([x for s in sets for x in sorted(s)], dtype=np.int64)
+
+
+def random_sets(rng: np.random.Generator, num_users: int, num_items: int, low: int, high: int) -> list[set[int]]:
+    return [set(rng.choice(num_items, size=rng.integers(low, high), replace=False).tolist()) for _ in range(num_users)]
+
+
+def test_exact_evaluation_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    num_users, num_items, dim = 57, 90, 6
+    users = rng.normal(size=(num_users, dim)).astype(np.float32)
+    items = rng.normal(size=(num_items, dim)).astype(np.float32)
+    seen = random_sets(rng, num_users, num_items, 0, 30)
+    relevant = [s - seen[u] for u, s in enumerate(random_sets(rng, num_users, num_items, 0, 10))]
+    ks = [5, 10, 20]
+    got = evaluate_vectors(users, items, sets_to_csr(relevant), exclude=sets_to_csr(seen), ks=ks, batch_size=16, progress=False)
+    want = naive_metrics(brute_force_topk(users.astype(np.float64) @ items.T.astype(np.float64), seen, 20), relevant, ks, num_items)
+    assert got.num_users == sum(1 for r in relevant if r)
+    for key, value in want.items():
+        assert got.metrics[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_exclusion_really_excludes() -> None:
+    # Items 0..4 score highest for everyone; user u has seen them and its relevant item is 5 + u.
+    num_users, num_items = 6, 30
+    items = np.zeros((num_items, 1), dtype=np.float32)
+    items[:5, 0] = 10.0
+    items[5 : 5 + num_users, 0] = 5.0
+    queries = np.ones((num_users, 1), dtype=np.float32)
+    relevant = sets_to_csr([{5 + u} for u in range(num_users)])
+    seen = sets_to_csr([set(range(5)) for _ in range(num_users)])
+    without = evaluate_vectors(queries, items, relevant, ks=[5], progress=False)
+    with_ = evaluate_vectors(queries, items, relevant, exclude=seen, ks=[5], progress=False)
+    assert without.metrics["recall@5"] == 0.0
+    # With items 0..4 excluded the top 5 is items 5..9 (equal scores: lower ids first), so users 0..4 hit.
+    ids = exact_ranker(queries, items, 5)(np.arange(num_users), seen)
+    assert not np.isin(ids, np.arange(5)).any()
+    assert ids.tolist() == [[5, 6, 7, 8, 9]] * num_users  # ties broken by the lower id
+    assert with_.metrics["recall@5"] == pytest.approx(5 / 6)
+
+
+def toy_dataset(seed: int = 0, num_users: int = 120, num_items: int = 80) -> SimpleNamespace:
+    """A SplitDataset-like object: skewed item popularity, per-user disjoint train/valid/test."""
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, num_items + 1) ** 0.8
+    parts = {"train": ([], []), "valid": ([], []), "test": ([], [])}
+    for u in range(num_users):
+        chosen = rng.choice(num_items, size=12, replace=False, p=pop / pop.sum())
+        for name, sl in (("train", slice(0, 8)), ("valid", slice(8, 10)), ("test", slice(10, 12))):
+            parts[name][0].extend([u] * len(chosen[sl]))
+            parts[name][1].extend(chosen[sl].tolist())
+    inter = {name: SimpleNamespace(users=np.array(us, np.int32), items=np.array(its, np.int32)) for name, (us, its) in parts.items()}
+    train_h = group_by_user(inter["train"].users, inter["train"].items, num_users)
+    tv_h = group_by_user(
+        np.concatenate([inter["train"].users, inter["valid"].users]),
+        np.concatenate([inter["train"].items, inter["valid"].items]),
+        num_users,
+    )
+    return SimpleNamespace(
+        num_users=num_users, num_items=num_items, **inter,
+        train_history=SimpleNamespace(indptr=train_h[0], indices=train_h[1].astype(np.int32)),
+        train_valid_history=SimpleNamespace(indptr=tv_h[0], indices=tv_h[1].astype(np.int32)),
+    )
+
+
+def test_popularity_baseline() -> None:
+    data = toy_dataset()
+    counts = np.bincount(data.train.items, minlength=data.num_items)
+    seen = [set(data.train_valid_history.indices[a:b].tolist()) for a, b in zip(data.train_valid_history.indptr[:-1], data.train_valid_history.indptr[1:])]
+    ids = popularity_ranker(counts, 10)(np.arange(data.num_users), take_rows((data.train_valid_history.indptr, data.train_valid_history.indices), np.arange(data.num_users)))
+    np.testing.assert_array_equal(ids, brute_force_topk(np.tile(counts.astype(np.float64), (data.num_users, 1)), seen, 10))
+    test_relevant = [set() for _ in range(data.num_users)]
+    for u, i in zip(data.test.users, data.test.items):
+        test_relevant[u].add(int(i))
+    got = evaluate_popularity(data, split="test", ks=[10], progress=False)
+    want = naive_metrics(ids, test_relevant, [10], data.num_items)
+    for key, value in want.items():
+        assert got.metrics[key] == pytest.approx(value, abs=1e-12), key
+    # On skewed data the popular items beat chance clearly.
+    assert got.metrics["recall@10"] > 2 * evaluate_random(data, split="test", ks=[10], progress=False).metrics["recall@10"]
+
+
+def test_random_baseline_is_seeded_uniform_and_excludes() -> None:
+    rng = np.random.default_rng(1)
+    num_users, num_items, k = 400, 60, 10
+    seen = random_sets(rng, num_users, num_items, 0, 20)
+    excl = sets_to_csr(seen)
+    ids = random_ranker(num_items, k, seed=3)(np.arange(num_users), excl)
+    again = random_ranker(num_items, k, seed=3)(np.arange(num_users), excl)
+    other = random_ranker(num_items, k, seed=4)(np.arange(num_users), excl)
+    np.testing.assert_array_equal(ids, again)
+    assert (ids != other).any()
+    for u in range(num_users):
+        assert len(set(ids[u].tolist())) == k and not set(ids[u].tolist()) & seen[u]
+    # Recall of one random relevant item ~ k / (items left); average over users, 4 standard errors.
+    relevant = [{int(rng.choice(sorted(set(range(num_items)) - s)))} for s in seen]
+    result = evaluate_rankings(random_ranker(num_items, k, seed=5), sets_to_csr(relevant), num_items=num_items, ks=[k], exclude=excl, progress=False)
+    p = np.array([k / (num_items - len(s)) for s in seen])
+    assert abs(result.metrics[f"recall@{k}"] - p.mean()) < 4 * np.sqrt((p * (1 - p)).sum()) / num_users
+    # Fewer items left than k: padded with -1.
+    tiny = random_ranker(4, 6, seed=0)(np.arange(2), sets_to_csr([{0}, set()]))
+    assert (tiny[0] == -1).sum() == 3 and (tiny[1] == -1).sum() == 2
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_evaluate_model_end_to_end(split: str) -> None:
+    torch.manual_seed(0)
+    data = toy_dataset(seed=2)
+    model = TwoTowerModel(ModelConfig(embedding_dim=8, scoring="neg_l2"), num_users=data.num_users, num_items=data.num_items)
+    got = evaluate_model(model, data, split=split, ks=[5, 20], batch_size=50, progress=False)
+    with torch.no_grad():
+        q = model.encode_users(torch.arange(data.num_users)).double()
+        v = model.encode_items(torch.arange(data.num_items)).double()
+        scores = (-torch.cdist(q, v).square()).numpy()
+    history = data.train_history if split == "valid" else data.train_valid_history
+    seen = [set(history.indices[a:b].tolist()) for a, b in zip(history.indptr[:-1], history.indptr[1:])]
+    target = getattr(data, split)
+    relevant = [set() for _ in range(data.num_users)]
+    for u, i in zip(target.users, target.items):
+        relevant[u].add(int(i))
+    want = naive_metrics(brute_force_topk(scores, seen, 20), relevant, [5, 20], data.num_items)
+    for key, value in want.items():
+        assert got.metrics[key] == pytest.approx(value, abs=1e-9), key
+    assert got.num_users == data.num_users and got.users_per_second > 0
+
+
+def test_bad_arguments() -> None:
+    data = toy_dataset()
+    with pytest.raises(ValueError, match="split must be"):
+        evaluate_popularity(data, split="train")
+    with pytest.raises(ValueError, match="both are indexed by user code"):
+        evaluate_rankings(lambda u, e: np.zeros((len(u), 5), np.int64), sets_to_csr([{1}]), num_items=3, ks=[5],
+                          exclude=sets_to_csr([{1}, {2}]), progress=False)

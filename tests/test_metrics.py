@@ -1,0 +1,119 @@
+"""Ranking metrics: vectorised implementation vs a per-user Python loop, and a hand-computed case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from twotower.metrics import RankingMetrics, hit_matrix, ranking_metrics
+
+
+def naive_metrics(topk: np.ndarray, relevant: list[set[int]], ks: list[int], num_items: int) -> dict[str, float]:
+    """Straight from the definitions, one user at a time (the oracle)."""
+    sums: dict[str, float] = {}
+    users = [u for u in range(len(relevant)) if relevant[u]]
+    for k in ks:
+        totals = dict.fromkeys(["recall", "ndcg", "mrr", "hit", "precision", "map"], 0.0)
+        for u in users:
+            rel = relevant[u]
+            top = [int(i) for i in topk[u, :k]]
+            hits = [1 if (i >= 0 and i in rel) else 0 for i in top]
+            n = sum(hits)
+            totals["recall"] += n / len(rel)
+            totals["precision"] += n / k
+            totals["hit"] += 1.0 if n else 0.0
+            totals["mrr"] += 1.0 / (hits.index(1) + 1) if n else 0.0
+            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+            idcg = sum(1 / math.log2(r + 2) for r in range(min(len(rel), k)))
+            totals["ndcg"] += dcg / idcg
+            ap = sum(sum(hits[: r + 1]) / (r + 1) for r, h in enumerate(hits) if h)
+            totals["map"] += ap / min(len(rel), k)
+        for name, total in totals.items():
+            sums[f"{name}@{k}"] = total / len(users)
+        shown = {int(i) for u in users for i in topk[u, :k] if i >= 0}
+        sums[f"coverage@{k}"] = len(shown) / num_items
+    return sums
+
+
+def to_csr(sets: list[set[int]], rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rows = [sorted(s) for s in sets]
+    if rng is not None:  # unsorted rows with duplicates: must not change anything
+        rows = [list(rng.permutation(r + r[:1])) for r in rows]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=indptr[1:])
+    return indptr, np.array([x for r in rows for x in r], dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_the_per_user_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    num_users, num_items, width = 70, 40, 12
+    topk = np.stack([rng.permutation(num_items)[:width] for _ in range(num_users)])
+    topk[rng.random(topk.shape) < 0.1] = -1  # padding slots
+    relevant = [set(rng.choice(num_items, size=rng.integers(0, 15), replace=False).tolist()) for _ in range(num_users)]
+    ks = [1, 3, 5, 12]
+    got = ranking_metrics(topk, *to_csr(relevant, rng), ks, num_items)
+    want = naive_metrics(topk, relevant, ks, num_items)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-12), key
+
+
+def test_hand_computed_case() -> None:
+    topk = np.array([[3, 1, 4, 2], [0, 5, -1, -1]])
+    indptr, indices = np.array([0, 3, 4]), np.array([1, 2, 9, 0])  # user 0: {1, 2, 9}; user 1: {0}
+    got = ranking_metrics(topk, indptr, indices, ks=[2, 4], num_items=10)
+    # User 0 hits at ranks 2 and 4; user 1 at rank 1.
+    # @4: recall (2/3 + 1)/2 = 5/6; precision (2/4 + 1/4)/2 = 0.375; MRR (1/2 + 1)/2 = 0.75;
+    #     NDCG user 0 = (1/log2 3 + 1/log2 5) / (1 + 1/log2 3 + 1/log2 4) = 1.061606 / 2.130930 = 0.498189,
+    #     user 1 = 1, mean 0.749095; MAP user 0 = (1/2 + 2/4) / min(3, 4) = 1/3, user 1 = 1, mean 2/3;
+    #     coverage = |{3, 1, 4, 2, 0, 5}| / 10 = 0.6.
+    assert got["recall@4"] == pytest.approx(5 / 6)
+    assert got["precision@4"] == pytest.approx(0.375)
+    assert got["mrr@4"] == pytest.approx(0.75)
+    assert got["hit@4"] == pytest.approx(1.0)
+    assert got["ndcg@4"] == pytest.approx(0.749095, abs=1e-6)
+    assert got["map@4"] == pytest.approx(2 / 3)
+    assert got["coverage@4"] == pytest.approx(0.6)
+    # @2: user 0 top [3, 1] hits at rank 2: recall 1/3, NDCG (1/log2 3) / (1 + 1/log2 3) = 0.386853,
+    #     MAP (1/2) / min(3, 2) = 1/4; user 1: recall 1, NDCG 1, MAP 1.
+    assert got["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
+    assert got["ndcg@2"] == pytest.approx((0.386853 + 1) / 2, abs=1e-6)
+    assert got["map@2"] == pytest.approx((0.25 + 1) / 2)
+    assert got["coverage@2"] == pytest.approx(0.4)
+
+
+def test_users_without_relevant_items_are_left_out() -> None:
+    topk = np.array([[0, 1], [0, 1]])
+    got = ranking_metrics(topk, np.array([0, 1, 1]), np.array([1]), ks=[2], num_items=3)
+    assert got["recall@2"] == 1.0 and got["mrr@2"] == 0.5  # only user 0 counts
+
+
+def test_batches_accumulate_like_one_call() -> None:
+    rng = np.random.default_rng(3)
+    topk = np.stack([rng.permutation(50)[:10] for _ in range(40)])
+    relevant = [set(rng.choice(50, size=rng.integers(1, 8), replace=False).tolist()) for _ in range(40)]
+    indptr, indices = to_csr(relevant)
+    acc = RankingMetrics([5, 10], 50)
+    for s in range(0, 40, 13):
+        e = min(s + 13, 40)
+        acc.update(topk[s:e], indptr[s : e + 1] - indptr[s], indices[indptr[s] : indptr[e]])
+    one = ranking_metrics(topk, indptr, indices, [5, 10], 50)
+    assert acc.num_users == 40
+    for key, value in one.items():
+        assert acc.result()[key] == pytest.approx(value, rel=1e-12)
+
+
+def test_hit_matrix_and_errors() -> None:
+    hits, counts = hit_matrix(np.array([[2, -1, 7]]), np.array([0, 3]), np.array([7, 7, 2]))
+    assert hits.tolist() == [[True, False, True]] and counts.tolist() == [2]
+    with pytest.raises(ValueError, match="U \\+ 1 = 2"):
+        hit_matrix(np.array([[1]]), np.array([0, 1, 1]), np.array([1]))
+    with pytest.raises(ValueError, match="largest cutoff 20"):
+        ranking_metrics(np.array([[1]]), np.array([0, 1]), np.array([1]), ks=[20], num_items=3)
+    with pytest.raises(ValueError, match="ks must be"):
+        RankingMetrics([], 3)
+    with pytest.raises(TypeError, match="integer"):
+        hit_matrix(np.array([[1.0]]), np.array([0, 1]), np.array([1]))
