@@ -570,6 +570,8 @@ def test_config_errors():
         LossConfig(temperature=0.001, learn_temperature=True)
     with pytest.raises(ValueError, match=r"unknown loss config keys \['temp'\]"):
         LossConfig.from_dict({"temp": 1.0})
+    with pytest.raises(TypeError, match="LossConfig.symmetric must be a bool"):
+        LossConfig(symmetric="yes")
     with pytest.raises(TypeError, match="LossConfig"):
         make_loss({"kind": "bpr"})
 

@@ -53,6 +53,9 @@ class LossConfig:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
+        for name in ("learn_temperature", "correct_positive", "symmetric", "remove_accidental_hits"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.kind not in KINDS:
             raise ValueError(f"loss kind must be one of {KINDS}, got {self.kind!r}")
         if self.reduction not in REDUCTIONS:
