@@ -60,16 +60,17 @@ _MAX_ITEMS = 2**31 - 1
 
 @njit(cache=True, nogil=True, inline="always")
 def _contains(indices, start, end, item):
-    """Whether `item` is in the sorted slice indices[start:end] (lower-bound binary search)."""
-    lo = start
-    hi = end
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if indices[mid] < item:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < end and indices[lo] == item
+    """Whether `item` is in the sorted slice indices[start:end] (branch-free binary search: the
+    halving compiles to a conditional move, so mispredictions do not dominate on random queries)."""
+    n = end - start
+    if n == 0:
+        return False
+    base = start
+    while n > 1:
+        half = n >> 1
+        base = base + half if indices[base + half] <= item else base
+        n -= half
+    return indices[base] == item
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -90,8 +91,55 @@ def _select_free(indices, start, end, rank):
     return rank + lo
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _use_bitmap(k, n):
+    """Whether n membership tests in a row of k ids are cheaper through a bitmap: marking and clearing
+    cost about 2k independent stores, n binary searches about n * log2(k) dependent loads."""
+    steps = 1
+    while (1 << steps) <= k:
+        steps += 1
+    return k <= 4 * n * steps
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mark(bitmap, indices, start, end):
+    """Sets the row's bits; a sorted row fills each word in a register before storing it."""
+    prev = -1
+    acc = np.uint64(0)
+    for j in range(start, end):
+        v = indices[j]
+        w = v >> 6
+        if w != prev:
+            if prev >= 0:
+                bitmap[prev] = acc
+            acc = np.uint64(0)
+            prev = w
+        acc |= np.uint64(1) << np.uint64(v & 63)
+    if prev >= 0:
+        bitmap[prev] = acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unmark(bitmap, indices, start, end):
+    """Zeroes the words `_mark` wrote (the bitmap is all zero between rows): the word span when it is
+    shorter than the row, else word by word."""
+    lo = indices[start] >> 6
+    hi = indices[end - 1] >> 6
+    if hi - lo < end - start:
+        for w in range(lo, hi + 1):
+            bitmap[w] = 0
+    else:
+        for j in range(start, end):
+            bitmap[indices[j] >> 6] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _marked(bitmap, item):
+    return (bitmap[item >> 6] >> np.uint64(item & 63)) & np.uint64(1) != 0
+
+
 @njit(cache=True, nogil=True)
-def _uniform_row(indices, start, end, num_items, key, max_tries, out, r):
+def _uniform_row(indices, start, end, num_items, key, max_tries, bitmap, out, r):
     """Fills out[r, :] with uniform ids in [0, num_items) not in indices[start:end]; -1 if none is free.
 
     Draw s uses counters s * (max_tries + 1) + t for rejection tries t < max_tries and
@@ -99,39 +147,65 @@ def _uniform_row(indices, start, end, num_items, key, max_tries, out, r):
     Rejection runs while at least half the catalogue is free (expected < 2 tries); when all tries of a
     draw fail, or when less than half is free, the draw is an exact rank selection among the free ids
     (a uniform rank in [0, free) mapped to the id by binary search). Both paths are exactly uniform over
-    the free ids, so their mixture is too.
+    the free ids, so their mixture is too. Membership during rejection is a binary search in the row,
+    or, when the row serves enough draws to pay for it, a bit test in `bitmap` (all-zero scratch of
+    ceil(N / 64) words, restored to zero on return); both give the same answer, hence the same ids.
     """
     n = out.shape[1]
-    free = num_items - (end - start)
+    k = end - start
+    free = num_items - k
     if free <= 0:
         for s in range(n):
             out[r, s] = -1
         return
     stride = max_tries + 1
-    if end == start:
+    if k == 0:
         for s in range(n):
             out[r, s] = bounded(bits(key, s * stride), num_items)
         return
-    reject = 2 * free >= num_items
+    if 2 * free < num_items:
+        for s in range(n):
+            out[r, s] = _select_free(indices, start, end, bounded(bits(key, s * stride + max_tries), free))
+        return
+    if _use_bitmap(k, n):
+        _mark(bitmap, indices, start, end)
+        for s in range(n):
+            c = s * stride
+            item = -1
+            for t in range(max_tries):
+                cand = bounded(bits(key, c + t), num_items)
+                if not _marked(bitmap, cand):
+                    item = cand
+                    break
+            if item < 0:
+                item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+            out[r, s] = item
+        _unmark(bitmap, indices, start, end)
+        return
     for s in range(n):
         c = s * stride
         item = -1
-        if reject:
-            for t in range(max_tries):
-                cand = bounded(bits(key, c + t), num_items)
-                if not _contains(indices, start, end, cand):
-                    item = cand
-                    break
+        for t in range(max_tries):
+            cand = bounded(bits(key, c + t), num_items)
+            if not _contains(indices, start, end, cand):
+                item = cand
+                break
         if item < 0:
             item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
         out[r, s] = item
 
 
 @njit(cache=True, nogil=True)
+def _new_bitmap(num_items):
+    return np.zeros((num_items + 63) >> 6, dtype=np.uint64)
+
+
+@njit(cache=True, nogil=True)
 def _uniform_kernel(users, indptr, indices, num_items, key, max_tries, out):
+    bitmap = _new_bitmap(num_items)
     for r in range(users.shape[0]):
         u = users[r]
-        _uniform_row(indices, indptr[u], indptr[u + 1], num_items, row_key(key, r), max_tries, out, r)
+        _uniform_row(indices, indptr[u], indptr[u + 1], num_items, row_key(key, r), max_tries, bitmap, out, r)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -171,6 +245,7 @@ def _popularity_kernel(users, indptr, indices, prob, alias, p, key, max_tries, o
     stride = max_tries + 1
     cum = np.empty(0, dtype=np.float64)
     ids = np.empty(0, dtype=np.int64)
+    bitmap = _new_bitmap(p.shape[0])
     for r in range(users.shape[0]):
         rk = row_key(key, r)
         u = users[r]
@@ -184,6 +259,9 @@ def _popularity_kernel(users, indptr, indices, prob, alias, p, key, max_tries, o
         for j in range(start, end):
             taken += p[indices[j]]
         reject = 1.0 - taken >= 0.5
+        marked = reject and _use_bitmap(end - start, n)
+        if marked:
+            _mark(bitmap, indices, start, end)
         m = -1
         total = 0.0
         for s in range(n):
@@ -192,7 +270,11 @@ def _popularity_kernel(users, indptr, indices, prob, alias, p, key, max_tries, o
             if reject:
                 for t in range(max_tries):
                     cand = _alias_draw(prob, alias, bits(rk, c + t))
-                    if not _contains(indices, start, end, cand):
+                    if marked:
+                        taken_item = _marked(bitmap, cand)
+                    else:
+                        taken_item = _contains(indices, start, end, cand)
+                    if not taken_item:
                         item = cand
                         break
             if item < 0:
@@ -208,6 +290,8 @@ def _popularity_kernel(users, indptr, indices, prob, alias, p, key, max_tries, o
                         k = m - 1
                     item = ids[k]
             out[r, s] = item
+        if marked:
+            _unmark(bitmap, indices, start, end)
 
 
 @njit(cache=True, nogil=True)
@@ -217,6 +301,7 @@ def _hard_kernel(users, candidates, indptr, indices, lo, hi, num_items, key, max
     `_uniform_row` with the same row stream."""
     n = out.shape[1]
     pool = np.empty(max(hi - lo, 1), dtype=np.int64)
+    bitmap = _new_bitmap(num_items)
     for r in range(users.shape[0]):
         rk = row_key(key, r)
         u = users[r]
@@ -230,7 +315,7 @@ def _hard_kernel(users, candidates, indptr, indices, lo, hi, num_items, key, max
             pool[e] = item
             e += 1
         if e == 0:
-            _uniform_row(indices, start, end, num_items, rk, max_tries, out, r)
+            _uniform_row(indices, start, end, num_items, rk, max_tries, bitmap, out, r)
             continue
         for s in range(n):
             if replace or s >= e:
