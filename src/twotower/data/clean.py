@@ -1,0 +1,218 @@
+"""Row validation and type normalisation of the role columns (user, item, rating, label, timestamp),
+all with pyarrow.compute over whole columns.
+
+The readers parse a file fast with inferred types; when that fails or leaves nulls, they re-read the
+file with every column as text and hand it here, where each malformed row is found with a vectorised
+check and mapped back to its line number for the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from twotower.data.types import DataError
+
+ROLES = ("user", "item", "rating", "label", "timestamp")
+NUMERIC_ROLES = ("rating", "label", "timestamp")
+MAX_REPORTED_LINES = 10
+
+_INT = r"^\s*[+-]?\d+\s*$"
+_NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+_DATETIME = r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
+_BOOL = r"^\s*(?i:true|false)\s*$"
+
+
+@dataclass(frozen=True)
+class ReadReport:
+    """What reading one source did.
+
+    Attributes:
+        source: file path (or "<table>").
+        rows_read: data rows seen (header and blank lines excluded).
+        rows_skipped: malformed rows dropped.
+        skipped_lines: the first few (<= 10) line numbers of dropped rows, 1-based physical lines
+            (row numbers for Parquet and in-memory tables).
+        reasons: reason -> number of rows dropped for it (a row is counted under its first reason).
+        blank_lines: empty lines (skipped, not counted as malformed).
+    """
+
+    source: str
+    rows_read: int
+    rows_skipped: int = 0
+    skipped_lines: tuple[int, ...] = ()
+    reasons: dict[str, int] = field(default_factory=dict)
+    blank_lines: int = 0
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_read - self.rows_skipped
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        text = f"{self.source}: {self.rows_read} rows read"
+        if self.rows_skipped:
+            why = ", ".join(f"{k}: {v}" for k, v in self.reasons.items())
+            lines = ", ".join(map(str, self.skipped_lines))
+            text += f", {self.rows_skipped} malformed rows skipped ({why}; first at lines {lines})"
+        return text
+
+
+def fast_path_ok(table: pa.Table, roles: dict[str, str]) -> bool:
+    """True when the typed columns need no row-level repair: acceptable types and no nulls."""
+    for role, name in roles.items():
+        col = table.column(name)
+        if col.null_count:
+            return False
+        t = col.type
+        if role in ("user", "item"):
+            ok = pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+        elif role == "timestamp":
+            ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t)
+        else:
+            ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+        if not ok:
+            return False
+        if role in ("user", "item") and not pa.types.is_integer(t) and pc.any(pc.equal(pc.utf8_trim_whitespace(col), "")).as_py():
+            return False
+    return True
+
+
+def normalise_types(table: pa.Table, roles: dict[str, str]) -> pa.Table:
+    """Renames role columns to their role and casts them: ids int64 or string (trimmed), rating and
+    label float64, timestamp int64 (datetimes as Unix seconds). Other columns pass through."""
+    out = {}
+    renamed = {name: role for role, name in roles.items()}
+    for name in table.column_names:
+        col = table.column(name)
+        role = renamed.get(name)
+        if role is None:
+            out[name] = col
+            continue
+        if role in ("user", "item"):
+            out[role] = _id_column(col)
+        elif role == "timestamp":
+            out[role] = _timestamp_column(col)
+        else:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                if pc.all(pc.match_substring_regex(col, _BOOL)).as_py():
+                    col = pc.utf8_lower(pc.utf8_trim_whitespace(col)).cast(pa.bool_())
+                else:
+                    col = pc.utf8_trim_whitespace(col)
+            out[role] = col.cast(pa.float64())
+    return pa.table(out)
+
+
+def _id_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_integer(col.type):
+        return col.cast(pa.int64())
+    col = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    if len(col) and pc.all(pc.match_substring_regex(col, r"^[+-]?\d{1,18}$")).as_py():
+        # all-integer text ids (e.g. a re-read after a bad row) become int64, like a clean read
+        return col.cast(pa.int64())
+    return col
+
+
+def _timestamp_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    t = col.type
+    if pa.types.is_integer(t):
+        return col.cast(pa.int64())
+    if pa.types.is_floating(t):
+        return pc.floor(col).cast(pa.int64())
+    if pa.types.is_timestamp(t):
+        return pc.divide(col.cast(pa.timestamp("ns")).cast(pa.int64()), 1_000_000_000)
+    text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    numeric = pc.match_substring_regex(text, _NUMBER)
+    if pc.all(numeric).as_py():
+        return pc.floor(text.cast(pa.float64())).cast(pa.int64())
+    # datetime rows via a naive timestamp cast; numeric rows (if mixed) via float
+    as_dt = pc.if_else(numeric, pa.scalar(None, pa.string()), pc.replace_substring(text, "T", " "))
+    seconds = pc.divide(as_dt.cast(pa.timestamp("ns")).cast(pa.int64()), 1_000_000_000)
+    as_num = pc.if_else(numeric, text, pa.scalar(None, pa.string())).cast(pa.float64())
+    return pc.coalesce(seconds, pc.floor(as_num).cast(pa.int64()))
+
+
+def check_rows(
+    table: pa.Table, roles: dict[str, str], line_numbers: np.ndarray
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]], np.ndarray]:
+    """Finds malformed rows in an all-text table.
+
+    Args:
+        table: every role column as string, one row per parsed line.
+        roles: role -> column name.
+        line_numbers: int64 [rows] physical line of each row.
+
+    Returns:
+        (bad bool [rows], [(reason, bool [rows])...] in check order, blank bool [rows]).
+    """
+    n = table.num_rows
+    blank = np.ones(n, dtype=np.bool_)
+    for name in roles.values():
+        blank &= pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0).to_numpy(zero_copy_only=False)
+    checks: list[tuple[str, np.ndarray]] = []
+    for role in ROLES:
+        if role not in roles:
+            continue
+        col = table.column(roles[role])
+        if role in ("user", "item"):
+            bad = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+            reason = f"empty {role} id"
+        elif role == "timestamp":
+            bad = pc.invert(pc.or_(pc.match_substring_regex(col, _NUMBER), pc.match_substring_regex(col, _DATETIME)))
+            reason = "non-numeric timestamp"
+        else:
+            ok = pc.match_substring_regex(col, _NUMBER)
+            if role == "label":
+                ok = pc.or_(ok, pc.match_substring_regex(col, _BOOL))
+            bad = pc.invert(ok)
+            reason = f"non-numeric {role}"
+        checks.append((reason, bad.to_numpy(zero_copy_only=False) & ~blank))
+    bad_any = np.zeros(n, dtype=np.bool_)
+    for _, mask in checks:
+        bad_any |= mask
+    return bad_any, checks, blank
+
+
+def build_report(
+    source: str,
+    rows_read: int,
+    row_problems: list[tuple[str, np.ndarray]],
+    line_numbers: np.ndarray,
+    parse_problems: list[tuple[int, str]],
+    blank_lines: int,
+    *,
+    strict: bool,
+    unit: str = "line",
+) -> ReadReport:
+    """Counts problems per reason; in strict mode raises on the first one (lowest line) instead."""
+    reasons: dict[str, int] = {}
+    lines: list[np.ndarray] = []
+    first: tuple[int, str] | None = None
+    taken = np.zeros(len(line_numbers), dtype=np.bool_)
+    if parse_problems:
+        reasons["wrong column count"] = len(parse_problems)
+        lines.append(np.array([ln for ln, _ in parse_problems], dtype=np.int64))
+        first = min(parse_problems)
+    for reason, mask in row_problems:
+        mask = mask & ~taken
+        taken |= mask
+        if mask.any():
+            reasons[reason] = int(mask.sum())
+            hit = line_numbers[mask]
+            lines.append(hit)
+            if first is None or hit[0] < first[0]:
+                first = (int(hit[0]), reason)
+    if strict and first is not None:
+        raise DataError(f"{source}:{first[0]}: malformed {unit} ({first[1]}); pass strict=False to skip such rows")
+    all_lines = np.sort(np.concatenate(lines)) if lines else np.zeros(0, dtype=np.int64)
+    skipped = int(sum(reasons.values()))
+    return ReadReport(
+        source=source,
+        rows_read=rows_read,
+        rows_skipped=skipped,
+        skipped_lines=tuple(int(x) for x in all_lines[:MAX_REPORTED_LINES]),
+        reasons=reasons,
+        blank_lines=blank_lines,
+    )

@@ -1,0 +1,267 @@
+"""One call from file(s) to a SplitDataset: read -> positives -> encode -> dedupe -> k-core ->
+split -> histories -> side features; and the encoded-arrays stage on its own (`load_encoded`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from twotower.data.clean import ReadReport
+from twotower.data.features import FeatureSource, load_features, movielens_item_features, movielens_user_features
+from twotower.data.filters import dedupe, kcore, select_positives
+from twotower.data.io import InteractionTable, from_table, read_interactions
+from twotower.data.split import TEST, TRAIN, VALID, assemble, leave_last_out, ratio_split, time_split
+from twotower.data.types import DataError, FeatureTable, Interactions, SplitDataset
+from twotower.data.vocab import Vocabulary, encode_ids
+
+log = logging.getLogger("twotower.data")
+SPLITS = ("ratio", "leave_last_out", "time", "given")
+Source = str | os.PathLike | pa.Table
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Everything that turns interaction files into a SplitDataset (JSON-friendly, saved with models).
+
+    Attributes:
+        format / columns / names / delimiter / header / strict: how to read (see `read_interactions`).
+        feedback: "all", "label" (label == 1) or "rating" (rating >= threshold).
+        threshold: rating threshold for feedback="rating".
+        dedupe: keep one row per (user, item) pair, the latest.
+        kcore: minimum positives per user and per item (one int for both, or (k_user, k_item)),
+            applied repeatedly until it holds; 0 or 1 disables.
+        split: "ratio" (per-user random, RecBole protocol), "leave_last_out" (per user, by time),
+            "time" (global cut), "given" (separate valid / test files).
+        ratios: (train, valid, test) for "ratio", and for "time" when `time_cuts` is None.
+        time_cuts: (valid_start, test_start) timestamps for "time".
+        n_valid / n_test: rows per user for "leave_last_out".
+        seed: the shuffle of the "ratio" split.
+    """
+
+    format: str = "auto"
+    columns: dict[str, str | int] | None = None
+    names: list[str] | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+    strict: bool = False
+    feedback: str = "all"
+    threshold: float | None = None
+    dedupe: bool = True
+    kcore: int | tuple[int, int] = 0
+    split: str = "ratio"
+    ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    time_cuts: tuple[int, int] | None = None
+    n_valid: int = 1
+    n_test: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        k = self.kcore if isinstance(self.kcore, (tuple, list)) else (self.kcore, self.kcore)
+        if len(k) != 2 or min(k) < 0:
+            raise ValueError(f"kcore must be an int >= 0 or a pair (k_user, k_item), got {self.kcore!r}")
+
+
+@dataclass(frozen=True)
+class EncodedInteractions:
+    """Positive interactions as codes, before any split.
+
+    Attributes:
+        users / items: int32 [n] codes; timestamps: int64 [n] or None; ratings: float64 [n] or None.
+        table: the positive rows as read (side-feature columns included), aligned with the codes.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray | None
+    ratings: np.ndarray | None
+    user_vocab: Vocabulary
+    item_vocab: Vocabulary
+    report: ReadReport
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _config(config: DataConfig | None, overrides: dict[str, Any]) -> DataConfig:
+    base = config or DataConfig()
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(DataConfig)}
+    if unknown:
+        raise TypeError(f"unknown data option(s) {sorted(unknown)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def read(source: Source, config: DataConfig, features: tuple[str, ...] = ()) -> InteractionTable:
+    """Reads a file or maps an in-memory table with the reading options of `config`."""
+    if isinstance(source, pa.Table):
+        return from_table(source, columns=config.columns, features=features, strict=config.strict)
+    return read_interactions(
+        source,
+        format=config.format,
+        columns=config.columns,
+        names=config.names,
+        delimiter=config.delimiter,
+        header=config.header,
+        features=features,
+        strict=config.strict,
+    )
+
+
+def _numpy(col: pa.ChunkedArray | None, dtype: type) -> np.ndarray | None:
+    return None if col is None else col.to_numpy().astype(dtype, copy=False)
+
+
+def load_encoded(source: Source, config: DataConfig | None = None, **options: Any) -> EncodedInteractions:
+    """File or table -> positive interactions as int32 codes with their vocabularies (no split).
+
+    Example:
+        >>> enc = load_encoded("ratings.csv", format="ml-latest", feedback="rating", threshold=4)  # doctest: +SKIP
+    """
+    cfg = _config(config, options)
+    read_result = read(source, cfg)
+    table = select_positives(read_result.table, cfg.feedback, cfg.threshold, source=read_result.report.source)
+    users, user_vocab = encode_ids(table.column("user"))
+    items, item_vocab = encode_ids(table.column("item"))
+    return EncodedInteractions(
+        users,
+        items,
+        _numpy(table.column("timestamp") if "timestamp" in table.column_names else None, np.int64),
+        _numpy(table.column("rating") if "rating" in table.column_names else None, np.float64),
+        user_vocab,
+        item_vocab,
+        read_result.report,
+        table,
+    )
+
+
+def build_dataset(
+    source: Source,
+    *,
+    valid: Source | None = None,
+    test: Source | None = None,
+    user_features: FeatureSource | str | os.PathLike | None = None,
+    item_features: FeatureSource | str | os.PathLike | None = None,
+    config: DataConfig | None = None,
+    **options: Any,
+) -> SplitDataset:
+    """Interaction file(s) -> SplitDataset, in one call.
+
+    Args:
+        source: the interaction file (or Arrow table); with `valid` / `test`, the training file.
+        valid / test: user-given validation and test files (implies split="given"; `valid` optional).
+        user_features / item_features: a FeatureSource, or a MovieLens file path (`u.user`,
+            `users.dat`; `u.item`, `movies.csv`).
+        config: a DataConfig; keyword `options` override its fields (e.g. split="leave_last_out").
+
+    Example:
+        >>> from twotower.data import build_dataset, generate
+        >>> ds = build_dataset(generate(num_users=100, num_items=80, interactions_per_user=10), kcore=2)
+        >>> ds.num_users, len(ds.train) > len(ds.test) > 0
+        (100, True)
+    """
+    cfg = _config(config, options)
+    if test is not None or valid is not None:
+        if test is None:
+            raise ValueError("given split files need at least a test file (test=...)")
+        cfg = dataclasses.replace(cfg, split="given")
+    elif cfg.split == "given":
+        raise ValueError("split='given' needs the test file (and optionally valid=...)")
+    feature_cols = tuple(
+        dict.fromkeys(c for fs in (user_features, item_features) if isinstance(fs, FeatureSource) and fs.source is None
+                      for spec in fs.specs for c in spec.columns)
+    )  # fmt: skip
+    parts = [("train", source)] + [(name, s) for name, s in (("valid", valid), ("test", test)) if s is not None]
+    tables, stats = [], {"sources": {}}
+    for name, src in parts:
+        result = read(src, cfg, feature_cols)
+        rep = result.report
+        stats["sources"][name] = dataclasses.asdict(rep)
+        if rep.rows_skipped:
+            log.warning("%s", rep.summary())
+        positives = select_positives(result.table, cfg.feedback, cfg.threshold, source=rep.source)
+        stats.setdefault("non_positive_rows", 0)
+        stats["non_positive_rows"] += result.table.num_rows - positives.num_rows
+        tables.append(positives)
+    stats["rows_read"] = sum(s["rows_read"] for s in stats["sources"].values())
+    stats["rows_skipped"] = sum(s["rows_skipped"] for s in stats["sources"].values())
+
+    table, part_of = _concat(tables, [{"train": TRAIN, "valid": VALID, "test": TEST}[n] for n, _ in parts])
+    users, user_vocab = encode_ids(table.column("user"))
+    items, item_vocab = encode_ids(table.column("item"))
+    ts = _numpy(table.column("timestamp") if "timestamp" in table.column_names else None, np.int64)
+    inter = Interactions(users, items, ts)
+
+    keep = np.ones(len(inter), dtype=np.bool_)
+    if cfg.dedupe:
+        for p in np.unique(part_of):
+            rows = np.flatnonzero(part_of == p)
+            mask = np.zeros(len(rows), dtype=np.bool_)
+            mask[dedupe(users[rows], items[rows], None if ts is None else ts[rows])] = True
+            keep[rows] &= mask
+        stats["duplicates_removed"] = int((~keep).sum())
+    k_user, k_item = cfg.kcore if isinstance(cfg.kcore, (tuple, list)) else (cfg.kcore, cfg.kcore)
+    train_rows = keep & (part_of == 0)
+    core = kcore(users[train_rows], items[train_rows], len(user_vocab), len(item_vocab), k_user, k_item)
+    stats["kcore_rows_removed"] = int((~core).sum())
+    if core.sum() == 0:
+        raise DataError(f"k-core filtering (k_user={k_user}, k_item={k_item}) removed every interaction")
+    keep[np.flatnonzero(train_rows)[~core]] = False
+    inter, part_of, table = inter.take(keep), part_of[keep], table.filter(pa.array(keep))
+
+    if cfg.split == "given":
+        assignment = np.where(part_of == 0, TRAIN, np.where(part_of == 1, VALID, TEST)).astype(np.int8)
+        require_valid = valid is not None
+    elif cfg.split == "ratio":
+        assignment = ratio_split(inter.users, tuple(cfg.ratios), seed=cfg.seed)
+        require_valid = len(cfg.ratios) == 3 and cfg.ratios[1] > 0
+    elif cfg.split == "leave_last_out":
+        assignment = leave_last_out(inter.users, inter.timestamps, cfg.n_valid, cfg.n_test)
+        require_valid = cfg.n_valid > 0
+    else:
+        ratios = None if cfg.time_cuts is not None else tuple(cfg.ratios)
+        assignment = time_split(inter.timestamps, cuts=cfg.time_cuts, ratios=ratios)  # type: ignore[arg-type]
+        require_valid = cfg.time_cuts[0] < cfg.time_cuts[1] if cfg.time_cuts is not None else cfg.ratios[1] > 0
+    ds = assemble(inter, assignment, user_vocab, item_vocab, require_valid=require_valid, stats=stats)
+    uf = _features(user_features, ds.user_vocab, table, "user")
+    itf = _features(item_features, ds.item_vocab, table, "item")
+    return dataclasses.replace(ds, user_features=uf, item_features=itf)
+
+
+def _concat(tables: list[pa.Table], parts: list[int]) -> tuple[pa.Table, np.ndarray]:
+    """One table of the given parts with consistent id types and shared columns, and the part of
+    each row [n] (0 train, 1 valid, 2 test)."""
+    common = [c for c in tables[0].column_names if all(c in t.column_names for t in tables)]
+    if "timestamp" in tables[0].column_names and "timestamp" not in common:
+        log.warning("not every split file has timestamps; timestamps are dropped")
+    for role in ("user", "item"):
+        if any(not pa.types.is_integer(t.column(role).type) for t in tables):  # mixed: compare as text
+            tables = [t.set_column(t.column_names.index(role), role, t.column(role).cast(pa.string())) for t in tables]
+    part = np.concatenate([np.full(t.num_rows, p, dtype=np.int8) for t, p in zip(tables, parts)])
+    return pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"), part
+
+
+def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary, table: pa.Table, kind: str) -> FeatureTable | None:
+    if spec is None:
+        return None
+    if isinstance(spec, FeatureSource):
+        return load_features(spec, vocab, table)
+    name = Path(spec).name.lower()
+    if kind == "item" and (name.startswith("u.item") or name == "movies.csv"):
+        return movielens_item_features(spec, vocab)
+    if kind == "user" and (name.startswith("u.user") or name == "users.dat"):
+        return movielens_user_features(spec, vocab)
+    raise ValueError(
+        f"{spec}: not a MovieLens {kind} file (u.item / movies.csv / u.user / users.dat); pass a FeatureSource "
+        f"with the key column and FeatureSpecs for other files"
+    )
+
+
