@@ -1,0 +1,480 @@
+"""Epoch iterator over training pairs: shuffled batches with negatives, prepared in a background thread.
+
+Each batch is a pure function of (config.seed, epoch, batch index): the shuffle of an epoch and every
+sampler call draw from seeds derived from those three numbers, so the same seed gives the same batches
+whatever the thread timing. The worker thread runs the Numba samplers, which release the GIL, so the
+training step overlaps with the sampling of the next batches (`prefetch` of them wait in a queue).
+
+The one piece of state carried across batches is the streaming frequency estimate (`log_q="streaming"`):
+it is updated in the consumer's thread, in consumption order, so it too is deterministic and counts
+exactly the batches the trainer used, not the ones prefetched and thrown away at an early stop.
+
+Example:
+    >>> import numpy as np
+    >>> from twotower.batches import BatchConfig, BatchIterator
+    >>> users = np.array([0, 0, 1, 2, 2, 2]); items = np.array([0, 3, 1, 2, 4, 0])
+    >>> it = BatchIterator(users, items, num_items=5, config=BatchConfig(batch_size=4, num_negatives=2, negative_kind="uniform"))
+    >>> with it.epoch(0) as batches:
+    ...     shapes = [(b.users.shape, b.negatives.shape) for b in batches]
+    >>> shapes
+    [((4,), (4, 2)), ((2,), (2, 2))]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from twotower.kernels import samplers
+from twotower.kernels._rng import derive_seed
+
+__all__ = ["Batch", "BatchConfig", "BatchIterator", "EpochBatches"]
+
+NEGATIVE_KINDS = ("none", "uniform", "popularity", "hard")
+SHARED_KINDS = ("uniform", "popularity")
+LOG_Q_KINDS = ("none", "static", "streaming")
+
+# Sub-stream tags: each sampler of a batch gets its own seed, so adding one never shifts another.
+_SHUFFLE, _NEGATIVES, _SHARED = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """How batches are cut and which negatives come with them.
+
+    Attributes:
+        batch_size: rows (user, positive item) per batch.
+        num_negatives: n per-row negatives (0: none; in-batch negatives need nothing here).
+        negative_kind: "none", "uniform", "popularity" (count**popularity_alpha) or "hard" (from
+            candidate lists given with `BatchIterator.set_candidates`; uniform until then).
+        exclude_positives: per-row negatives skip the user's training positives.
+        popularity_alpha: exponent of the popularity sampler (0.75 as in word2vec).
+        num_shared_negatives: M negatives drawn once per batch and shared by all rows (0: none).
+        shared_negative_kind: "uniform" or "popularity".
+        log_q: "none"; "static" (item_log_q from training counts); or "streaming" (Yi et al. estimate,
+            for catalogues too large or drifting for counts). Sampler log-probabilities (shared and
+            per-row negatives) are exact and come whenever log_q is not "none".
+        hard_rank_range: (a, b): hard negatives come from candidate ranks a <= rank < b (None: all).
+        streaming_buckets, streaming_hashes, streaming_learning_rate: the streaming estimator's size.
+        shuffle: shuffle rows each epoch (off: file order, for evaluation-like passes).
+        drop_last: drop the last, smaller batch of an epoch.
+        prefetch: batches prepared ahead by the worker thread (0: prepare in the caller's thread).
+        seed: the only source of randomness.
+    """
+
+    batch_size: int = 1024
+    num_negatives: int = 0
+    negative_kind: str = "none"
+    exclude_positives: bool = True
+    popularity_alpha: float = 0.75
+    num_shared_negatives: int = 0
+    shared_negative_kind: str = "uniform"
+    log_q: str = "none"
+    hard_rank_range: tuple[int, int | None] = (0, None)
+    streaming_buckets: int = 1 << 20
+    streaming_hashes: int = 2
+    streaming_learning_rate: float = 0.05
+    shuffle: bool = True
+    drop_last: bool = False
+    prefetch: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_negatives", "num_shared_negatives", "prefetch", "seed", "streaming_buckets", "streaming_hashes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"BatchConfig.{name} must be an int, got {type(value).__name__}")
+        if self.batch_size < 1:
+            raise ValueError(f"BatchConfig.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("num_negatives", "num_shared_negatives", "prefetch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"BatchConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name, kinds in (("negative_kind", NEGATIVE_KINDS), ("shared_negative_kind", SHARED_KINDS), ("log_q", LOG_Q_KINDS)):
+            if getattr(self, name) not in kinds:
+                raise ValueError(f"BatchConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
+        if (self.negative_kind == "none") != (self.num_negatives == 0):
+            raise ValueError(
+                f"BatchConfig: negative_kind={self.negative_kind!r} with num_negatives={self.num_negatives}; "
+                "set both (a kind and n > 0) or neither"
+            )
+        for name in ("exclude_positives", "shuffle", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"BatchConfig.{name} must be a bool")
+        if not np.isfinite(self.popularity_alpha) or self.popularity_alpha < 0:
+            raise ValueError(f"BatchConfig.popularity_alpha must be finite and >= 0, got {self.popularity_alpha}")
+        a, b = self.hard_rank_range
+        if a < 0 or (b is not None and b < a):
+            raise ValueError(f"BatchConfig.hard_rank_range must be (a, b) with 0 <= a <= b, got {self.hard_rank_range}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One training batch; every array is C-contiguous (wrap with `torch.from_numpy`, no copy).
+
+    Attributes:
+        users: [B] int64 user codes.
+        items: [B] int64 positive item codes.
+        negatives: [B, n] int64 per-row negatives, or None.
+        negative_log_q: [B, n] float32 log-probability of each per-row negative draw (uniform and
+            popularity kinds, when log_q is on), or None.
+        shared_negatives: [M] int64 ids shared by all rows, or None.
+        shared_log_q: [M] float32 log per-draw probability of each shared id, or None.
+        item_log_q: [B] float32 log per-draw probability of each positive under the training stream
+            (static: count / total; streaming: estimated occurrences per step / batch_size), for the
+            logQ correction of in-batch negatives, or None.
+        epoch, index: where the batch comes from.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    negatives: np.ndarray | None = None
+    negative_log_q: np.ndarray | None = None
+    shared_negatives: np.ndarray | None = None
+    shared_log_q: np.ndarray | None = None
+    item_log_q: np.ndarray | None = None
+    epoch: int = 0
+    index: int = 0
+
+
+def _history_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr int64, indices int32 sorted unique per row) of the pairs."""
+    keys = np.unique(users * num_items + items)
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=indptr[1:])
+    return indptr, (keys % num_items).astype(np.int32)
+
+
+class BatchIterator:
+    """Yields `Batch`es over training pairs, epoch after epoch.
+
+    Args:
+        users: [P] int user code of each training pair.
+        items: [P] int item code of each training pair.
+        num_items: catalogue size N (item codes are in [0, N)).
+        config: `BatchConfig`.
+        history: CSR (indptr int64 [U + 1], indices int32) of each user's positives to exclude from
+            per-row negatives (e.g. `SplitDataset.train_history`); built from the pairs when None.
+
+    Raises:
+        ValueError: mismatched or out-of-range pairs, a bad history, or a user with no possible
+            negative (every item in the history, or every item of positive weight for popularity).
+    """
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        *,
+        num_items: int,
+        config: BatchConfig,
+        history: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        if not isinstance(config, BatchConfig):
+            raise TypeError(f"config must be a BatchConfig, got {type(config).__name__}")
+        users = np.asarray(users)
+        items = np.asarray(items)
+        if users.ndim != 1 or items.shape != users.shape:
+            raise ValueError(f"users and items must be 1-D of the same length, got shapes {users.shape} and {items.shape}")
+        if users.size == 0:
+            raise ValueError("no training pairs: users and items are empty")
+        for name, arr in (("users", users), ("items", items)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"{name} must hold integer codes, got dtype {arr.dtype}")
+            if arr.min() < 0:
+                raise ValueError(f"{name} holds negative codes")
+        if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 1:
+            raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+        if items.max() >= num_items:
+            raise ValueError(f"items holds code {items.max()} >= num_items={num_items}")
+        self.config = config
+        self.num_items = int(num_items)
+        self._users = np.ascontiguousarray(users, dtype=np.int64)
+        self._items = np.ascontiguousarray(items, dtype=np.int64)
+        if history is None:
+            history = _history_from_pairs(self._users, self._items, int(self._users.max()) + 1, self.num_items)
+        samplers.validate_csr(history[0], history[1], self.num_items)
+        if self._users.max() >= history[0].size - 1:
+            raise ValueError(f"users holds code {self._users.max()} but history has {history[0].size - 1} rows")
+        self._history = (np.ascontiguousarray(history[0]), np.ascontiguousarray(history[1]))
+        counts = np.bincount(self._items, minlength=self.num_items).astype(np.float64)
+        self._item_log_p = np.log(np.maximum(counts, 1e-300) / counts.sum())
+        needs_table = config.negative_kind == "popularity" or (config.num_shared_negatives and config.shared_negative_kind == "popularity")
+        self._table = samplers.build_alias_table(samplers.popularity_weights(counts, config.popularity_alpha)) if needs_table else None
+        self._check_negatives_possible()
+        self._candidates: np.ndarray | None = None
+        self._estimator = (
+            samplers.StreamingFrequencyEstimator(
+                config.streaming_buckets,
+                num_hashes=config.streaming_hashes,
+                learning_rate=config.streaming_learning_rate,
+                seed=derive_seed(config.seed, 3),
+            )
+            if config.log_q == "streaming"
+            else None
+        )
+        self._next_epoch = 0
+
+    def _check_negatives_possible(self) -> None:
+        cfg = self.config
+        if cfg.negative_kind == "none" or not cfg.exclude_positives:
+            return
+        indptr, indices = self._history
+        if cfg.negative_kind == "popularity":
+            positive = (self._table.p > 0).astype(np.int64)
+            per_user = np.add.reduceat(np.append(positive[indices], 0), indptr[:-1]) * (np.diff(indptr) > 0)
+            full = np.nonzero(per_user >= positive.sum())[0]
+            what = "every item of nonzero popularity weight"
+        else:
+            full = np.nonzero(np.diff(indptr) >= self.num_items)[0]
+            what = "every item"
+        full = full[np.isin(full, self._users)]
+        if full.size:
+            raise ValueError(
+                f"{full.size} user(s) (e.g. user code {full[0]}) have {what} in their history, so no negative "
+                "excluding positives exists for them; drop them or set exclude_positives=False"
+            )
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = self._users.size, self.config.batch_size
+        return n // b if self.config.drop_last else -(-n // b)
+
+    def set_candidates(self, candidates: np.ndarray) -> None:
+        """Candidate lists for hard negatives, [U, C] item ids ranked best first (e.g. the top-K of the
+        current model for every user; -1 pads). Takes effect at the next epoch started."""
+        cand = np.asarray(candidates)
+        if cand.ndim != 2 or cand.shape[0] != self._history[0].size - 1:
+            raise ValueError(f"candidates must be [U={self._history[0].size - 1}, C], got shape {cand.shape}")
+        if cand.size and not np.issubdtype(cand.dtype, np.integer):
+            raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
+        if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
+            raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
+        self._candidates = np.ascontiguousarray(cand, dtype=np.int64)
+
+    def epoch(self, epoch: int) -> EpochBatches:
+        """The batches of epoch `epoch` (a context manager; close it to stop early)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._next_epoch = int(epoch) + 1
+        make = _BatchMaker(self, int(epoch))
+        return EpochBatches(make, len(self), self.config.prefetch, self._finish)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The batches of the next epoch (0, then 1, ...)."""
+        return self.epoch(self._next_epoch)
+
+    def _finish(self, batch: Batch) -> Batch:
+        """Consumer-side step: the streaming estimate, in consumption order."""
+        if self._estimator is None:
+            return batch
+        self._estimator.update(batch.items)
+        with np.errstate(divide="ignore"):
+            per_draw = self._estimator.probability(batch.items) / self.config.batch_size
+            log_q = np.log(per_draw).astype(np.float32)
+        return dataclasses.replace(batch, item_log_q=log_q)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays to resume from: the next epoch and the streaming estimator (no pickle)."""
+        state = {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
+        if self._estimator is not None:
+            state.update({f"estimator.{k}": v for k, v in self._estimator.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._next_epoch = int(state["next_epoch"][0])
+        if self._estimator is not None:
+            self._estimator.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")})
+
+
+class _BatchMaker:
+    """Builds batch `index` of one epoch; a snapshot of what it needs, safe to call from the worker."""
+
+    def __init__(self, owner: BatchIterator, epoch: int) -> None:
+        cfg = owner.config
+        self.cfg = cfg
+        self.epoch = epoch
+        self.users = owner._users
+        self.items = owner._items
+        self.num_items = owner.num_items
+        self.exclude = owner._history if cfg.exclude_positives else None
+        self.table = owner._table
+        self.item_log_p = owner._item_log_p
+        self.candidates = owner._candidates
+        self.order: np.ndarray | None = None
+
+    def _rows(self, index: int) -> np.ndarray:
+        if self.order is None:  # built lazily, in the worker thread
+            n = self.users.size
+            rng = np.random.default_rng(derive_seed(self.cfg.seed, self.epoch, _SHUFFLE))
+            self.order = rng.permutation(n) if self.cfg.shuffle else np.arange(n)
+        b = self.cfg.batch_size
+        return self.order[index * b : (index + 1) * b]
+
+    def __call__(self, index: int) -> Batch:
+        cfg = self.cfg
+        rows = self._rows(index)
+        users = self.users[rows]
+        items = self.items[rows]
+        log_q_on = cfg.log_q != "none"
+        negatives = negative_log_q = shared = shared_log_q = item_log_q = None
+        if cfg.negative_kind != "none":
+            seed = derive_seed(cfg.seed, self.epoch, _NEGATIVES, index)
+            if cfg.negative_kind == "uniform":
+                negatives = samplers.uniform_negatives(
+                    users, self.num_items, cfg.num_negatives, exclude=self.exclude, seed=seed, validate=False
+                )
+                if log_q_on:
+                    row = samplers.uniform_log_q(users, self.num_items, exclude=self.exclude)
+                    negative_log_q = np.ascontiguousarray(np.broadcast_to(row[:, None], negatives.shape))
+            elif cfg.negative_kind == "popularity":
+                negatives = samplers.popularity_negatives(
+                    users, self.table, cfg.num_negatives, exclude=self.exclude, seed=seed, validate=False
+                )
+                if log_q_on:
+                    negative_log_q = samplers.popularity_log_q(users, negatives, self.table, exclude=self.exclude)
+            else:
+                cand = self.candidates[users] if self.candidates is not None else np.zeros((users.size, 0), np.int64)
+                negatives = samplers.hard_negatives(
+                    users,
+                    cand,
+                    cfg.num_negatives,
+                    num_items=self.num_items,
+                    exclude=self.exclude,
+                    rank_range=cfg.hard_rank_range,
+                    seed=seed,
+                    validate=False,
+                )
+        if cfg.num_shared_negatives:
+            seed = derive_seed(cfg.seed, self.epoch, _SHARED, index)
+            if cfg.shared_negative_kind == "uniform":
+                shared, shared_log_q = samplers.shared_negatives(cfg.num_shared_negatives, num_items=self.num_items, seed=seed)
+            else:
+                shared, shared_log_q = samplers.shared_negatives(cfg.num_shared_negatives, table=self.table, seed=seed)
+            if not log_q_on:
+                shared_log_q = None
+        if cfg.log_q == "static":
+            item_log_q = self.item_log_p[items].astype(np.float32)
+        return Batch(
+            users=users,
+            items=items,
+            negatives=negatives,
+            negative_log_q=negative_log_q,
+            shared_negatives=shared,
+            shared_log_q=shared_log_q,
+            item_log_q=item_log_q,
+            epoch=self.epoch,
+            index=index,
+        )
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _produce(make: _BatchMaker, num_batches: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Worker loop: puts batches, then `_END` (or a `_Failure`); gives up as soon as `stop` is set."""
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for index in range(num_batches):
+            if stop.is_set() or not put(make(index)):
+                return
+        put(_END)
+    except BaseException as error:  # carried to the consumer, which re-raises it
+        put(_Failure(error))
+
+
+class EpochBatches:
+    """Iterator over one epoch's batches, prepared by a worker thread `prefetch` batches ahead.
+
+    Stopping early: leave a `with` block, call `close()`, or drop the iterator; the worker stops and
+    is joined. An exception raised while preparing a batch is re-raised here, in the consumer.
+    """
+
+    def __init__(self, make: _BatchMaker, num_batches: int, prefetch: int, finish: Any) -> None:
+        self._make = make
+        self._num_batches = num_batches
+        self._finish = finish
+        self._next = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if prefetch > 0 and num_batches > 0:
+            self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=_produce, args=(make, num_batches, self._queue, self._stop), name="twotower-batches", daemon=True
+            )
+            self._thread.start()
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> EpochBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._closed or self._next >= self._num_batches:
+            self.close()
+            raise StopIteration
+        if self._thread is None:
+            batch = self._make(self._next)
+        else:
+            item = self._get()
+            if isinstance(item, _Failure):
+                self.close()
+                raise item.error
+            if item is _END:  # cannot happen before num_batches batches; kept for safety
+                self.close()
+                raise StopIteration
+            batch = item
+        self._next += 1
+        return self._finish(batch)
+
+    def _get(self) -> Any:
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self.close()
+                    raise RuntimeError("the batch worker thread ended without a result") from None
+
+    def close(self) -> None:
+        """Stops the worker (if any) and waits for it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._stop.set()
+            while True:  # unblock a worker waiting on a full queue
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._thread.join()
+
+    def __enter__(self) -> EpochBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
