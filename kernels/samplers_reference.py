@@ -182,6 +182,7 @@ class StreamingFrequencyEstimator:
         self.hash_keys = np.array([derive_seed(seed, h) for h in range(num_hashes)], dtype=np.uint64)
         self.last_step = np.full((num_hashes, num_buckets), -1, dtype=np.int64)
         self.gap = np.zeros((num_hashes, num_buckets))
+        self.hits = np.zeros((num_hashes, num_buckets))
         self.count = np.zeros((num_hashes, num_buckets), dtype=np.int64)
         self.step = 0
 
@@ -193,9 +194,13 @@ class StreamingFrequencyEstimator:
         items = np.asarray(items, dtype=np.int64)
         buckets = self._buckets(items)
         t = self.step
-        for i in range(items.size):
-            for h in range(self.gap.shape[0]):
-                b = buckets[h, i]
+        for h in range(self.gap.shape[0]):
+            hits_now: dict[int, int] = {}  # bucket -> hits in this batch, in order of first hit
+            for b in buckets[h].tolist():
+                if b in hits_now:
+                    hits_now[b] += 1
+                    continue
+                hits_now[b] = 1
                 if self.last_step[h, b] < 0:
                     self.gap[h, b] = t + 1.0
                     self.count[h, b] = 1
@@ -204,6 +209,9 @@ class StreamingFrequencyEstimator:
                     a = max(self.learning_rate, 1.0 / self.count[h, b])
                     self.gap[h, b] = (1.0 - a) * self.gap[h, b] + a * (t - self.last_step[h, b])
                 self.last_step[h, b] = t
+            for b, c in hits_now.items():
+                a = max(self.learning_rate, 1.0 / self.count[h, b])
+                self.hits[h, b] = (1.0 - a) * self.hits[h, b] + a * c
         self.step += 1
 
     def probability(self, items) -> np.ndarray:
@@ -211,5 +219,5 @@ class StreamingFrequencyEstimator:
         buckets = self._buckets(items)
         rows = np.arange(self.gap.shape[0])[:, None]
         seen = (self.last_step[rows, buckets] >= 0).all(axis=0)
-        gap = self.gap[rows, buckets].max(axis=0)
-        return np.where(seen, 1.0 / np.where(seen, gap, 1.0), 0.0)
+        rate = (self.hits[rows, buckets] / np.where(seen, self.gap[rows, buckets], 1.0)).min(axis=0)
+        return np.where(seen, rate, 0.0)
