@@ -1,0 +1,195 @@
+"""Readers: every format on small generated files, column mapping, malformed rows and errors."""
+
+import gzip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from twotower.data import DataError, detect_format, from_table, read_interactions
+from twotower.data.io import _SeparatorStream
+
+ROWS = [(1, 10, 4.0, 100), (1, 11, 3.5, 101), (2, 10, 5.0, 102), (3, 12, 1.0, 103)]
+
+
+def _cols(result):
+    t = result.table
+    return {name: t.column(name).to_pylist() for name in t.column_names}
+
+
+def _expected():
+    return {
+        "user": [r[0] for r in ROWS],
+        "item": [r[1] for r in ROWS],
+        "rating": [r[2] for r in ROWS],
+        "timestamp": [r[3] for r in ROWS],
+    }
+
+
+def _write(path, header, sep, newline="\n"):
+    lines = ([sep.join(header)] if header else []) + [sep.join(str(x) for x in r) for r in ROWS]
+    path.write_bytes((newline.join(lines) + newline).encode())
+    return path
+
+
+def test_csv_with_header_guesses_columns(tmp_path):
+    path = _write(tmp_path / "x.csv", ["user_id", "item_id", "rating", "timestamp"], ",")
+    result = read_interactions(path)
+    assert _cols(result) == _expected()
+    assert result.table.schema.field("user").type == pa.int64()
+    assert result.report.rows_read == 4 and result.report.rows_skipped == 0
+
+
+def test_tsv_with_given_names_and_explicit_columns(tmp_path):
+    path = _write(tmp_path / "x.tsv", None, "\t")
+    result = read_interactions(path, names=["a", "b", "c", "d"], columns={"user": "a", "item": "b", "rating": "c", "timestamp": "d"})
+    assert _cols(result) == _expected()
+
+
+def test_positional_columns_for_headerless_file(tmp_path):
+    path = _write(tmp_path / "x.txt", None, ",")
+    result = read_interactions(path, format="csv", header=False, columns={"user": 1, "item": 0})
+    cols = _cols(result)
+    assert cols["user"] == [r[1] for r in ROWS] and cols["item"] == [r[0] for r in ROWS]
+
+
+def test_movielens_100k_udata(tmp_path):
+    path = _write(tmp_path / "u.data", None, "\t")
+    assert detect_format(path) == "ml-100k"
+    assert _cols(read_interactions(path)) == _expected()
+
+
+def test_movielens_1m_double_colon(tmp_path):
+    path = _write(tmp_path / "ratings.dat", None, "::")
+    assert detect_format(path) == "ml-1m"
+    assert _cols(read_interactions(path)) == _expected()
+
+
+def test_double_colon_split_across_chunk_boundary():
+    # ':' ':' falling on both sides of a 1 MiB read must still become one separator
+    body = b"x" * ((1 << 20) - 1) + b"::y::z\n"
+    raw = pa.BufferReader(body)
+    out = _SeparatorStream(raw, b"::", b"\t").readall()
+    assert out == b"x" * ((1 << 20) - 1) + b"\ty\tz\n"
+
+
+def test_many_rows_double_colon_matches_tab(tmp_path):
+    rng = np.random.default_rng(0)
+    u, i, t = rng.integers(0, 10**6, 200_000), rng.integers(0, 10**5, 200_000), rng.integers(0, 10**9, 200_000)
+    lines = "\n".join(f"{a}::{b}::{c % 5 + 1}::{c}" for a, b, c in zip(u, i, t)) + "\n"
+    (tmp_path / "ratings.dat").write_text(lines)  # > 4 MiB: several chunks of the separator stream
+    result = read_interactions(tmp_path / "ratings.dat")
+    assert result.table.column("user").to_numpy().tolist() == u.tolist()
+    assert result.table.column("timestamp").to_numpy().tolist() == t.tolist()
+
+
+def test_ml_latest_crlf(tmp_path):
+    path = _write(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], ",", newline="\r\n")
+    result = read_interactions(path, format="ml-latest")
+    assert _cols(result) == _expected()
+
+
+def test_parquet(tmp_path):
+    table = pa.table({"uid": ["a", "b", "a"], "iid": [5, 6, 7], "ts": [1, 2, 3]})
+    pq.write_table(table, tmp_path / "x.parquet")
+    result = read_interactions(tmp_path / "x.parquet", columns={"user": "uid", "item": "iid", "timestamp": "ts"})
+    assert _cols(result) == {"user": ["a", "b", "a"], "item": [5, 6, 7], "timestamp": [1, 2, 3]}
+
+
+def test_gzip_csv(tmp_path):
+    raw = _write(tmp_path / "x.csv", ["user", "item", "rating", "timestamp"], ",").read_bytes()
+    (tmp_path / "y.csv.gz").write_bytes(gzip.compress(raw))
+    assert _cols(read_interactions(tmp_path / "y.csv.gz")) == _expected()
+
+
+def test_adjacency_list(tmp_path):
+    (tmp_path / "train.txt").write_text("0 5 6 7\n1 5\n\n2\n3  8   9 \n")
+    result = read_interactions(tmp_path / "train.txt", format="adjacency")
+    assert _cols(result) == {"user": [0, 0, 0, 1, 3, 3], "item": [5, 6, 7, 5, 8, 9]}
+
+
+def test_string_ids_and_feature_columns(tmp_path):
+    (tmp_path / "x.csv").write_text("user,item,genre\nalice,i1,rock\nbob,i2,jazz\n")
+    result = read_interactions(tmp_path / "x.csv", features=["genre"])
+    assert _cols(result) == {"user": ["alice", "bob"], "item": ["i1", "i2"], "genre": ["rock", "jazz"]}
+
+
+def test_iso_datetime_timestamps(tmp_path):
+    (tmp_path / "x.csv").write_text("user,item,time\n1,2,2020-01-01 00:00:10\n1,3,2020-01-02T00:00:00\n")
+    result = read_interactions(tmp_path / "x.csv")
+    assert result.table.column("timestamp").to_pylist() == [1577836810, 1577923200]
+
+
+MALFORMED = (
+    "user,item,rating,timestamp\n"  # line 1
+    "1,10,4.0,100\n"  # 2 ok
+    "1,11\n"  # 3 wrong column count
+    "2,12,abc,101\n"  # 4 non-numeric rating
+    "\n"  # 5 blank: skipped silently
+    ",13,3.0,102\n"  # 6 empty user id
+    "3,14,2.0,1x3\n"  # 7 non-numeric timestamp
+    "4,15,5.0,104,9\n"  # 8 wrong column count
+    "5,16,1.0,105\n"  # 9 ok
+)
+
+
+def test_malformed_rows_skipped_with_line_numbers(tmp_path):
+    (tmp_path / "bad.csv").write_text(MALFORMED)
+    result = read_interactions(tmp_path / "bad.csv")
+    assert _cols(result) == {"user": [1, 5], "item": [10, 16], "rating": [4.0, 1.0], "timestamp": [100, 105]}
+    rep = result.report
+    assert rep.rows_skipped == 5 and rep.rows_read == 7 and rep.blank_lines == 1
+    assert rep.skipped_lines == (3, 4, 6, 7, 8)
+    assert rep.reasons == {"wrong column count": 2, "non-numeric rating": 1, "empty user id": 1, "non-numeric timestamp": 1}
+    assert "first at lines 3, 4, 6, 7, 8" in rep.summary()
+
+
+def test_malformed_late_in_large_file_is_found(tmp_path):
+    # the bad value sits far beyond pyarrow's first block, so type inference has already succeeded
+    lines = ["user,item,rating"] + [f"{k},{k % 97},3" for k in range(300_000)]
+    lines[250_001] = "7,7,oops"
+    (tmp_path / "big.csv").write_text("\n".join(lines) + "\n")
+    result = read_interactions(tmp_path / "big.csv")
+    assert result.report.skipped_lines == (250_002,)
+    assert result.num_rows == 299_999
+
+
+def test_strict_raises_on_first_with_file_and_line(tmp_path):
+    (tmp_path / "bad.csv").write_text(MALFORMED)
+    with pytest.raises(DataError, match=r"bad\.csv:3: malformed line \(expected 4 columns, found 2\)"):
+        read_interactions(tmp_path / "bad.csv", strict=True)
+    (tmp_path / "bad2.csv").write_text("user,item,rating\n1,2,3\n1,2,x\n")
+    with pytest.raises(DataError, match=r"bad2\.csv:3: .*non-numeric rating"):
+        read_interactions(tmp_path / "bad2.csv", strict=True)
+
+
+def test_table_with_nulls_reports_rows(tmp_path):
+    table = pa.table({"user": [1, None, 3, 4], "item": [1, 2, None, 4], "rating": [1.0, 2.0, 3.0, None]})
+    result = from_table(table)
+    assert result.table.column("user").to_pylist() == [1]
+    assert result.report.skipped_lines == (2, 3, 4)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_interactions(tmp_path / "nope.csv")
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        read_interactions(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("user,item\n")
+    with pytest.raises(DataError, match="no data rows"):
+        read_interactions(tmp_path / "h.csv")
+    (tmp_path / "c.csv").write_text("uid,iid\n1,2\n")
+    with pytest.raises(DataError, match=r"no column named 'movie'.*\['uid', 'iid'\]"):
+        read_interactions(tmp_path / "c.csv", columns={"user": "uid", "item": "movie"})
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"which column holds the user ids.*\['a', 'b'\]"):
+        read_interactions(tmp_path / "d.csv")
+    (tmp_path / "f.csv").write_text("user,item\n1,\n")
+    with pytest.raises(DataError, match="all 1 rows are malformed"):
+        read_interactions(tmp_path / "f.csv")
+    with pytest.raises(ValueError, match="unknown format"):
+        read_interactions(tmp_path / "c.csv", format="xml")
+    with pytest.raises(ValueError, match="unknown column role"):
+        read_interactions(tmp_path / "c.csv", columns={"user": "uid", "item": "iid", "price": "x"})
