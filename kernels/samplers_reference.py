@@ -111,7 +111,9 @@ def popularity_negatives(users, table, num_negatives, *, exclude=None, seed, max
     mass = np.array([np.cumsum(table.p[indices[indptr[u] : indptr[u + 1]]])[-1] if indptr[u + 1] > indptr[u] else 0.0 for u in users])
     _, flat = _flat_keys(indptr, indices, num_items)
     out = np.full((batch, n), -1, dtype=np.int64)
-    pending = np.repeat((1.0 - mass >= 0.5)[:, None], n, axis=1)
+    empty = indptr[users + 1] == indptr[users]  # no positives: plain alias draws, whatever max_tries
+    out[empty] = _alias_np(table, bits_np(keys[empty][:, None], np.arange(n)[None, :] * stride))
+    pending = np.repeat(((1.0 - mass >= 0.5) & ~empty)[:, None], n, axis=1)
     _reject(out, pending, keys, users, flat, num_items, stride, max_tries, lambda x: _alias_np(table, x))
     for r in np.unique(np.nonzero(out < 0)[0]):
         free = np.setdiff1d(np.arange(num_items), indices[indptr[users[r]] : indptr[users[r] + 1]])
