@@ -6,7 +6,9 @@ P[i]), extra candidates E [M, D]; N = B + M candidates C = P ++ E; temperature t
     u_ij = <A_i, C_j> / tau                      uncorrected logit
     s_ij = u_ij - logq_j    (masked: -inf)       logit in the row softmax (logq_i skipped on the
                                                  diagonal when correct_positive=False)
-    lse_i = log sum_j exp(s_ij)                  row log-sum-exp, fp32, the only thing saved
+    lse_i = log sum_j exp(s_ij)                  row log-sum-exp, fp32, the only thing saved (in
+                                                 base 2, lse_i * log2(e), so that backward's
+                                                 exp2(t - lse2) sees the forward's exact numbers)
     loss_i = lse_i - s_ii
 
 Logits live in base 2 inside the kernels: t = s * log2(e), computed as <A_i, C_j> * (log2(e) / tau)
@@ -227,7 +229,7 @@ def _fwd_kernel(
     LQP_ptr, LQE_ptr,  # [B], [M] log sampling probabilities (unused unless HAS_LOGQ)
     IDS_ptr, QIDS_ptr, EIDS_ptr,  # [B] item ids, [B] query ids, [M] extra ids (each optional)
     TEMP_ptr,  # 0-d fp32 temperature
-    LSE_ptr, LOSS_ptr,  # [B] fp32 outputs (SPLITS == 1)
+    LSE_ptr, LOSS_ptr,  # [B] fp32 outputs (SPLITS == 1): base-2 lse, natural-log loss
     PART_ptr,  # [3, SPLITS, B] fp32 partial (max2, sum, positive) outputs (SPLITS > 1)
     B, M, D,
     stride_a, stride_p, stride_e,
@@ -306,9 +308,9 @@ def _fwd_kernel(
             m_i, l_i = _online_lse(m_i, l_i, t)
 
     if SPLITS == 1:
-        lse = (m_i + tl.log2(tl.where(row_ok, l_i, 1.0))) * LN2  # padding rows: avoid log2(0)
-        tl.store(LSE_ptr + offs_m, lse, mask=row_ok)
-        tl.store(LOSS_ptr + offs_m, lse - pos * LN2, mask=row_ok)
+        lse2 = m_i + tl.log2(tl.where(row_ok, l_i, 1.0))  # padding rows: avoid log2(0)
+        tl.store(LSE_ptr + offs_m, lse2, mask=row_ok)
+        tl.store(LOSS_ptr + offs_m, (lse2 - pos) * LN2, mask=row_ok)
     else:
         part = PART_ptr + pid_s * B + offs_m
         tl.store(part, m_i, mask=row_ok)
@@ -332,9 +334,9 @@ def _fwd_combine_kernel(PART_ptr, LSE_ptr, LOSS_ptr, B, SPLITS: tl.constexpr, BL
         m_s = tl.load(PART_ptr + s * B + offs, mask=ok, other=0.0)
         l += tl.load(PART_ptr + (SPLITS + s) * B + offs, mask=ok, other=0.0) * tl.exp2(m_s - m_safe)
         pos += tl.load(PART_ptr + (2 * SPLITS + s) * B + offs, mask=ok, other=0.0)
-    lse = (m + tl.log2(tl.where(ok, l, 1.0))) * LN2
-    tl.store(LSE_ptr + offs, lse, mask=ok)
-    tl.store(LOSS_ptr + offs, lse - pos * LN2, mask=ok)
+    lse2 = m + tl.log2(tl.where(ok, l, 1.0))
+    tl.store(LSE_ptr + offs, lse2, mask=ok)
+    tl.store(LOSS_ptr + offs, (lse2 - pos) * LN2, mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +350,7 @@ def _bwd_dq_kernel(
     LQK_ptr, LQE_ptr,
     IDS_ptr, QIDS_ptr, EIDS_ptr,
     TEMP_ptr,
-    LSE_ptr, LSEC_ptr, G_ptr,  # [B] fp32: row lse, column lse (SYMMETRIC), upstream gradient per row
+    LSE_ptr, LSEC_ptr, G_ptr,  # [B] fp32: row lse2, column lse2 (SYMMETRIC), upstream grad per row
     DQ_ptr,  # [B, D] in q's dtype (SPLITS == 1) or [SPLITS, B, D] fp32 partials
     DT_ptr,  # [SPLITS, B] fp32 rowdot_i = sum_j dS_ij u_ij (COMPUTE_DTAU)
     B, M, D,
@@ -377,7 +379,7 @@ def _bwd_dq_kernel(
             mask=row_ok[:, None] & (offs_d[None, :] < D),
             other=0.0,
         )
-    lse2 = tl.load(LSE_ptr + offs_m, mask=row_ok, other=0.0) * LOG2E
+    lse2 = tl.load(LSE_ptr + offs_m, mask=row_ok, other=0.0)
     g = tl.load(G_ptr + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     rowdot = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -406,7 +408,7 @@ def _bwd_dq_kernel(
         # dS_ij = g_i (p_ij - [i == j]), p recomputed from the saved lse.
         ds = g[:, None] * (tl.exp2(t - lse2[:, None]) - onehot)
         if SYMMETRIC:
-            lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0) * LOG2E
+            lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0)
             g_c = tl.load(G_ptr + offs_n, mask=col_ok, other=0.0)
             pc = tl.exp2(tl.where(keep, u2, float("-inf")) - lsec2[None, :])
             ds += g_c[None, :] * (pc - onehot)
@@ -503,7 +505,7 @@ def _bwd_dc_kernel(
             id_c = tl.load(CIDS_ptr + offs_n, mask=col_ok, other=0)
     else:
         if SYMMETRIC:
-            lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0) * LOG2E
+            lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0)
             g_c = tl.load(G_ptr + offs_n, mask=col_ok, other=0.0)
     dc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # Tiles are oriented [candidates, anchors] so that dC += dSᵀ Q needs no transpose of dS.
@@ -515,7 +517,7 @@ def _bwd_dc_kernel(
             BLOCK_N, BLOCK_M, BLOCK_D, SINGLE_D, INTERPRET, PRECISION,
         )
         u2 = acc * scale  # [BLOCK_N, BLOCK_M]
-        lse2 = tl.load(LSE_ptr + offs_m, mask=row_ok, other=0.0) * LOG2E
+        lse2 = tl.load(LSE_ptr + offs_m, mask=row_ok, other=0.0)
         g = tl.load(G_ptr + offs_m, mask=row_ok, other=0.0)
         t = u2
         if IS_EXTRA:
@@ -679,7 +681,8 @@ def forward_lse(
 ) -> tuple[Tensor, Tensor]:
     """Row log-sum-exp and per-row loss of the anchors `a` [B, D] against `p` [B, D] ++ side.extra.
 
-    Returns (lse [B] fp32, loss [B] fp32). `temp` is a 0-d fp32 tensor on the device. `splits`
+    Returns (lse2 [B] fp32, loss [B] fp32): lse2 is the row log-sum-exp in base 2 (lse * log2(e)),
+    the form the backward launchers take; loss is in natural log. `temp` is a 0-d fp32 tensor on the device. `splits`
     overrides the split-column heuristic (tests use it to cover both paths).
     """
     B, D = a.shape

@@ -36,8 +36,9 @@ TOL = {
 
 
 @pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+def _poison_outputs_and_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kt, "POISON_OUTPUTS", True)
+    torch.manual_seed(0)  # tests that draw from the global generator see fixed inputs
 
 
 @dataclass
@@ -204,8 +205,9 @@ def test_fully_masked_rows_have_zero_loss_and_gradient() -> None:
 def test_every_negative_masked_in_symmetric_mode() -> None:
     # One shared query id: both directions lose every negative, the loss is 0 and finite.
     B, D = 6, 16
-    q = torch.randn(B, D, device=DEVICE, requires_grad=True)
-    k = torch.randn(B, D, device=DEVICE, requires_grad=True)
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(B, D, generator=g).to(DEVICE).requires_grad_(True)
+    k = torch.randn(B, D, generator=g).to(DEVICE).requires_grad_(True)
     loss = infonce(q, k, temperature=0.1, query_ids=torch.zeros(B, dtype=torch.int32, device=DEVICE), symmetric=True)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     loss.backward()
@@ -224,7 +226,7 @@ def test_split_columns_agree_with_reference(splits: int) -> None:
         inp["extra_ids"], True,
     )
     temp = torch.tensor(0.3, device=DEVICE)
-    lse, loss = kt.forward_lse(inp["q"], inp["k"], temp, side, splits=splits)
+    lse2, loss = kt.forward_lse(inp["q"], inp["k"], temp, side, splits=splits)
     # Reference lse: logsumexp over the masked, corrected float64 logits.
     q64, c64 = inp["q"].double(), torch.cat([inp["k"], inp["extra"]]).double()
     s = q64 @ c64.T / 0.3 - torch.cat([inp["logq"], inp["logq_extra"]]).double()[None, :]
@@ -235,10 +237,10 @@ def test_split_columns_agree_with_reference(splits: int) -> None:
         float("-inf"),
     )
     ref_lse = torch.logsumexp(s, 1)
-    assert_close_rel(lse, ref_lse, 1e-5, "lse")
+    assert_close_rel(lse2 * kt.LN2, ref_lse, 1e-5, "lse")
     assert_close_rel(loss, ref_lse - s[:, :B].diagonal(), 1e-5, "loss")
     g = torch.rand(B, device=DEVICE)
-    dq, rowdot = kt.backward_dq(inp["q"], inp["k"], temp, side, lse, None, g, compute_dtau=True, splits=splits)
+    dq, rowdot = kt.backward_dq(inp["q"], inp["k"], temp, side, lse2, None, g, compute_dtau=True, splits=splits)
     p = torch.softmax(s, 1)
     ds = g.double()[:, None] * (p - torch.eye(B, B + M, dtype=torch.float64, device=DEVICE))
     assert_close_rel(dq, ds @ c64 / 0.3, 5e-4, "dq")
@@ -256,7 +258,8 @@ def test_bitwise_deterministic() -> None:
 
 
 def test_temperature_float_and_tensor_agree() -> None:
-    q, k = torch.randn(20, 12, device=DEVICE), torch.randn(20, 12, device=DEVICE)
+    g = torch.Generator().manual_seed(6)
+    q, k = torch.randn(20, 12, generator=g).to(DEVICE), torch.randn(20, 12, generator=g).to(DEVICE)
     a = infonce(q, k, temperature=0.25)
     b = infonce(q, k, temperature=torch.tensor(0.25, device=DEVICE))
     assert torch.equal(a, b)
