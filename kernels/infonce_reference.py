@@ -132,16 +132,20 @@ def accidental_hit_mask(
     """
     if query_ids is None and item_ids is None:
         return None
-    drop = torch.zeros(B, B + M, dtype=torch.bool, device=device)
-    inb = drop[:, :B]
+    # Out-of-place throughout, so torch.compile can trace it.
+    inb = torch.zeros(B, B, dtype=torch.bool, device=device)
     if item_ids is not None:
-        inb |= item_ids[:, None] == item_ids[None, :]
-        if extra_ids is not None:
-            drop[:, B:] = item_ids[:, None] == extra_ids[None, :]
+        inb = inb | (item_ids[:, None] == item_ids[None, :])
     if query_ids is not None:
-        inb |= query_ids[:, None] == query_ids[None, :]
-    inb.fill_diagonal_(False)
-    return drop
+        inb = inb | (query_ids[:, None] == query_ids[None, :])
+    inb = inb & ~torch.eye(B, dtype=torch.bool, device=device)
+    if M == 0:
+        return inb
+    if extra_ids is not None and item_ids is not None:
+        ext = item_ids[:, None] == extra_ids[None, :]
+    else:
+        ext = torch.zeros(B, M, dtype=torch.bool, device=device)
+    return torch.cat([inb, ext], dim=1)
 
 
 def infonce_reference(
