@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._rng import bits_np, bounded_np, coin_np, derive_seed, row_keys_np, seed_key, unit53_np
-from .samplers import DEFAULT_MAX_TRIES, AliasTable
+from .samplers import DEFAULT_MAX_TRIES, AliasTable, ExclusionIndex
 
 __all__ = [
     "StreamingFrequencyEstimator",
@@ -28,7 +28,7 @@ __all__ = [
 def _history(exclude, batch: int, users: np.ndarray):
     if exclude is None:
         return np.zeros(batch, np.int64), np.zeros(2, np.int64), np.zeros(0, np.int64)
-    indptr, indices = exclude
+    indptr, indices = (exclude.indptr, exclude.indices) if isinstance(exclude, ExclusionIndex) else exclude
     return np.asarray(users, np.int64), np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
 
 

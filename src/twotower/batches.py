@@ -197,10 +197,13 @@ class BatchIterator:
         self._items = np.ascontiguousarray(items, dtype=np.int64)
         if history is None:
             history = _history_from_pairs(self._users, self._items, int(self._users.max()) + 1, self.num_items)
-        samplers.validate_csr(history[0], history[1], self.num_items)
-        if self._users.max() >= history[0].size - 1:
-            raise ValueError(f"users holds code {self._users.max()} but history has {history[0].size - 1} rows")
-        self._history = (np.ascontiguousarray(history[0]), np.ascontiguousarray(history[1]))
+        if not isinstance(history, tuple) or len(history) != 2:
+            raise TypeError("history must be a tuple (indptr, indices)")
+        # Validates the history once; its row bitmaps make every later exclusion test one bit.
+        self._index = samplers.build_exclusion_index(history[0], history[1], self.num_items)
+        if self._users.max() >= self._index.num_rows:
+            raise ValueError(f"users holds code {self._users.max()} but history has {self._index.num_rows} rows")
+        self._history = (self._index.indptr, self._index.indices)
         counts = np.bincount(self._items, minlength=self.num_items).astype(np.float64)
         self._item_log_p = np.log(np.maximum(counts, 1e-300) / counts.sum())
         needs_table = config.negative_kind == "popularity" or (config.num_shared_negatives and config.shared_negative_kind == "popularity")
@@ -301,7 +304,7 @@ class _BatchMaker:
         self.users = owner._users
         self.items = owner._items
         self.num_items = owner.num_items
-        self.exclude = owner._history if cfg.exclude_positives else None
+        self.exclude = owner._index if cfg.exclude_positives else None
         self.table = owner._table
         self.item_log_p = owner._item_log_p
         self.candidates = owner._candidates

@@ -71,8 +71,12 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     tries = int(rng.choice([0, 1, 3, 16]))
     seed = int(rng.integers(0, 2**63))
 
+    # The precomputed index (bitmaps for none, some or all rows) must not change a single id.
+    index = K.build_exclusion_index(*history, num_items, memory_ratio=float(rng.choice([0.0, 0.5, 4.0, 1e9])))
+
     got = K.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries)
     np.testing.assert_array_equal(got, R.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries))
+    np.testing.assert_array_equal(got, K.uniform_negatives(users, num_items, n, exclude=index, seed=seed, max_tries=tries))
     assert got.dtype == np.int64 and got.shape == (users.size, n) and got.flags.c_contiguous
 
     weights = rng.random(num_items) ** 3 * (rng.random(num_items) < 0.8)
@@ -81,7 +85,7 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     ref_table = R.build_alias_table(weights)
     np.testing.assert_array_equal(table.prob, ref_table.prob)
     np.testing.assert_array_equal(table.alias, ref_table.alias)
-    for exclude in (None, history):
+    for exclude in (None, history, index):
         got = K.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries)
         np.testing.assert_array_equal(got, R.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries))
 
@@ -89,7 +93,9 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     for replace in (True, False):
         for rank_range in ((0, None), (2, 9), (5, 5)):
             kwargs = dict(num_items=num_items, exclude=history, seed=seed, rank_range=rank_range, replace=replace, max_tries=tries)
-            np.testing.assert_array_equal(K.hard_negatives(users, cand, n, **kwargs), R.hard_negatives(users, cand, n, **kwargs))
+            got = K.hard_negatives(users, cand, n, **kwargs)
+            np.testing.assert_array_equal(got, R.hard_negatives(users, cand, n, **kwargs))
+            np.testing.assert_array_equal(got, K.hard_negatives(users, cand, n, **{**kwargs, "exclude": index}))
 
     for kwargs in (dict(num_items=num_items), dict(table=table)):
         ids, log_q = K.shared_negatives(n, seed=seed, **kwargs)
@@ -161,6 +167,25 @@ def test_rank_selection_hand_case():
     # selection with rank 0; v_i - i = [0, 0, 0, 1], the first > 0 is at i = 3, answer 0 + 3 = 3.
     history = (np.array([0, 4], np.int64), np.array([0, 1, 2, 4], np.int32))
     assert (K.uniform_negatives(np.zeros(5, np.int64), 5, 7, exclude=history, seed=9) == 3).all()
+
+
+def test_exclusion_index_bitmaps_match_rows_within_budget():
+    rng = np.random.default_rng(12)
+    num_items = 1000  # 16 words = 128 bytes per bitmap
+    history = make_history(rng, 30, num_items, rng.integers(0, 40, 30))
+    index = K.build_exclusion_index(*history, num_items, memory_ratio=2.0)
+    lengths = np.diff(history[0])
+    # A bitmap (128 bytes) only where it costs at most 2x the row's int32 ids: k >= 16.
+    np.testing.assert_array_equal(index.row_words >= 0, lengths >= 16)
+    assert index.words.nbytes <= 2.0 * history[1].nbytes
+    for u in np.nonzero(index.row_words >= 0)[0]:
+        words = index.words[index.row_words[u] : index.row_words[u] + 16]
+        ids = np.nonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))[0]
+        np.testing.assert_array_equal(ids, row(history, u))
+    with pytest.raises(ValueError, match="built for num_items=1000"):
+        K.uniform_negatives(np.array([0]), 999, 1, exclude=index, seed=0)
+    with pytest.raises(ValueError, match="not sorted"):
+        K.build_exclusion_index(np.array([0, 2], np.int64), np.array([5, 1], np.int32), num_items)
 
 
 # ---------------------------------------------------------------------------------- goodness of fit

@@ -1,0 +1,407 @@
+"""Numba kernels behind `twotower.kernels.samplers` (`cache=True`, `nogil=True`); the public API, the
+argument checks and the documentation of each sampler live there.
+
+Membership of an item in a user's positives is answered, in order of preference, by the user's
+precomputed row bitmap (`words[woff + item // 64]`, from an `ExclusionIndex`), by a scratch bitmap
+marked for the row when the row serves enough draws to pay for marking it, or by a branch-free binary
+search in the sorted CSR row. All three give the same answer, so the ids drawn never depend on which ran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._rng_jit import bits, bounded, coin, row_key, unit53
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _contains(indices, start, end, item):
+    """Whether `item` is in the sorted slice indices[start:end] (branch-free binary search: the
+    halving compiles to a conditional move, so mispredictions do not dominate on random queries)."""
+    n = end - start
+    if n == 0:
+        return False
+    base = start
+    while n > 1:
+        half = n >> 1
+        base = base + half if indices[base + half] <= item else base
+        n -= half
+    return indices[base] == item
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _select_free(indices, start, end, rank):
+    """The `rank`-th (0-based) item id NOT in the sorted row indices[start:end].
+
+    Below row value v_i (i-th in the row) lie v_i - i free ids, a non-decreasing sequence; the answer is
+    rank + i for the first i with v_i - i > rank.
+    """
+    lo = 0
+    hi = end - start
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if indices[start + mid] - mid > rank:
+            hi = mid
+        else:
+            lo = mid + 1
+    return rank + lo
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _use_bitmap(k, n):
+    """Whether n membership tests in a row of k ids are cheaper through a bitmap: marking and clearing
+    cost about 2k independent stores, n binary searches about n * log2(k) dependent loads."""
+    steps = 1
+    while (1 << steps) <= k:
+        steps += 1
+    return k <= 4 * n * steps
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mark(bitmap, indices, start, end):
+    """Sets the row's bits; a sorted row fills each word in a register before storing it."""
+    prev = -1
+    acc = np.uint64(0)
+    for j in range(start, end):
+        v = indices[j]
+        w = v >> 6
+        if w != prev:
+            if prev >= 0:
+                bitmap[prev] = acc
+            acc = np.uint64(0)
+            prev = w
+        acc |= np.uint64(1) << np.uint64(v & 63)
+    if prev >= 0:
+        bitmap[prev] = acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unmark(bitmap, indices, start, end):
+    """Zeroes the words `_mark` wrote (the bitmap is all zero between rows): the word span when it is
+    shorter than the row, else word by word."""
+    lo = indices[start] >> 6
+    hi = indices[end - 1] >> 6
+    if hi - lo < end - start:
+        for w in range(lo, hi + 1):
+            bitmap[w] = 0
+    else:
+        for j in range(start, end):
+            bitmap[indices[j] >> 6] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _marked(bitmap, base, item):
+    return (bitmap[base + (item >> 6)] >> np.uint64(item & 63)) & np.uint64(1) != 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_positive(indices, start, end, bitmap, base, item):
+    """Membership through the row's bitmap when it has one (base >= 0), else binary search."""
+    if base >= 0:
+        return _marked(bitmap, base, item)
+    return _contains(indices, start, end, item)
+
+
+@njit(cache=True, nogil=True)
+def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, scratch, out, r):
+    """Fills out[r, :] with uniform ids in [0, num_items) not in indices[start:end]; -1 if none is free.
+
+    Draw s uses counters s * (max_tries + 1) + t for rejection tries t < max_tries and
+    s * (max_tries + 1) + max_tries for the exact fallback, so every draw is reproducible on its own.
+    Rejection runs while at least half the catalogue is free (expected < 2 tries); when all tries of a
+    draw fail, or when less than half is free, the draw is an exact rank selection among the free ids
+    (a uniform rank in [0, free) mapped to the id by binary search). Both paths are exactly uniform over
+    the free ids, so their mixture is too. Membership: the row's precomputed bitmap words[woff:] when
+    woff >= 0; else `scratch` (all-zero, ceil(N / 64) words, left zero on return) marked for the row if
+    it serves enough draws; else binary search.
+    """
+    n = out.shape[1]
+    k = end - start
+    free = num_items - k
+    if free <= 0:
+        for s in range(n):
+            out[r, s] = -1
+        return
+    stride = max_tries + 1
+    if k == 0:
+        for s in range(n):
+            out[r, s] = bounded(bits(key, s * stride), num_items)
+        return
+    if 2 * free < num_items:
+        for s in range(n):
+            out[r, s] = _select_free(indices, start, end, bounded(bits(key, s * stride + max_tries), free))
+        return
+    bitmap = words
+    base = woff
+    marked = woff < 0 and _use_bitmap(k, n)
+    if marked:
+        _mark(scratch, indices, start, end)
+        bitmap = scratch
+        base = 0
+    for s in range(n):
+        c = s * stride
+        item = -1
+        for t in range(max_tries):
+            cand = bounded(bits(key, c + t), num_items)
+            if not _is_positive(indices, start, end, bitmap, base, cand):
+                item = cand
+                break
+        if item < 0:
+            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+        out[r, s] = item
+    if marked:
+        _unmark(scratch, indices, start, end)
+
+
+@njit(cache=True, nogil=True)
+def _new_bitmap(num_items):
+    return np.zeros((num_items + 63) >> 6, dtype=np.uint64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_offset(row_words, u):
+    """Offset of user u's precomputed bitmap, or -1 (no index, or no bitmap for this row)."""
+    if row_words.shape[0] == 0:
+        return -1
+    return row_words[u]
+
+
+@njit(cache=True, nogil=True)
+def _uniform_kernel(users, indptr, indices, row_words, words, num_items, key, max_tries, out):
+    scratch = _new_bitmap(num_items)
+    for r in range(users.shape[0]):
+        u = users[r]
+        woff = _row_offset(row_words, u)
+        _uniform_row(indices, indptr[u], indptr[u + 1], num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
+
+
+@njit(cache=True, nogil=True)
+def _build_row_bitmaps(indptr, indices, num_items, min_length):
+    """Bitmaps of ceil(N / 64) words for the rows with at least `min_length` ids: (offsets [U], words)."""
+    num_rows = indptr.shape[0] - 1
+    width = (num_items + 63) >> 6
+    offsets = np.full(num_rows, -1, dtype=np.int64)
+    total = 0
+    for u in range(num_rows):
+        k = indptr[u + 1] - indptr[u]
+        if k > 0 and k >= min_length:
+            offsets[u] = total
+            total += width
+    words = np.zeros(total, dtype=np.uint64)
+    for u in range(num_rows):
+        base = offsets[u]
+        if base >= 0:
+            for j in range(indptr[u], indptr[u + 1]):
+                v = indices[j]
+                words[base + (v >> 6)] |= np.uint64(1) << np.uint64(v & 63)
+    return offsets, words
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _alias_draw(prob, alias, x):
+    i = bounded(x, prob.shape[0])
+    if coin(x) < prob[i]:
+        return i
+    return alias[i]
+
+
+@njit(cache=True, nogil=True)
+def _complement_cumsum(indices, start, end, p, cum, ids):
+    """Writes the ids not in the sorted row and the running sum of their p; returns (count, total)."""
+    m = 0
+    total = 0.0
+    j = start
+    for i in range(p.shape[0]):
+        if j < end and indices[j] == i:
+            j += 1
+            continue
+        total += p[i]
+        cum[m] = total
+        ids[m] = i
+        m += 1
+    return m, total
+
+
+@njit(cache=True, nogil=True)
+def _popularity_kernel(users, indptr, indices, row_words, words, prob, alias, p, key, max_tries, out):
+    """Alias draws per row, rejecting the row's positives; exact fallback like `_uniform_row`.
+
+    Rejection runs while the positives hold at most half the probability mass; otherwise, or after
+    `max_tries` failures, the draw inverts the cumulative distribution of the free ids (built once per
+    row, O(N), only for rows that need it). Rows whose free ids all have zero weight get -1.
+    """
+    n = out.shape[1]
+    stride = max_tries + 1
+    cum = np.empty(0, dtype=np.float64)
+    ids = np.empty(0, dtype=np.int64)
+    scratch = _new_bitmap(p.shape[0])
+    for r in range(users.shape[0]):
+        rk = row_key(key, r)
+        u = users[r]
+        start = indptr[u]
+        end = indptr[u + 1]
+        if start == end:
+            for s in range(n):
+                out[r, s] = _alias_draw(prob, alias, bits(rk, s * stride))
+            continue
+        taken = 0.0
+        for j in range(start, end):
+            taken += p[indices[j]]
+        reject = 1.0 - taken >= 0.5
+        bitmap = words
+        base = _row_offset(row_words, u)
+        marked = reject and base < 0 and _use_bitmap(end - start, n)
+        if marked:
+            _mark(scratch, indices, start, end)
+            bitmap = scratch
+            base = 0
+        m = -1
+        total = 0.0
+        for s in range(n):
+            c = s * stride
+            item = -1
+            if reject:
+                for t in range(max_tries):
+                    cand = _alias_draw(prob, alias, bits(rk, c + t))
+                    if not _is_positive(indices, start, end, bitmap, base, cand):
+                        item = cand
+                        break
+            if item < 0:
+                if m < 0:
+                    if cum.shape[0] == 0:
+                        cum = np.empty(p.shape[0], dtype=np.float64)
+                        ids = np.empty(p.shape[0], dtype=np.int64)
+                    m, total = _complement_cumsum(indices, start, end, p, cum, ids)
+                if m > 0 and total > 0.0:
+                    target = unit53(bits(rk, c + max_tries)) * total
+                    k = np.searchsorted(cum[:m], target, side="right")
+                    if k >= m:
+                        k = m - 1
+                    item = ids[k]
+            out[r, s] = item
+        if marked:
+            _unmark(scratch, indices, start, end)
+
+
+@njit(cache=True, nogil=True)
+def _hard_kernel(users, candidates, indptr, indices, row_words, words, lo, hi, num_items, key, max_tries, replace, out):
+    """Per row: eligible = candidates[r, lo:hi] minus padding (-1) and the user's positives; draws from it
+    (with replacement, or a partial Fisher-Yates shuffle without); rows with nothing eligible fall back to
+    `_uniform_row` with the same row stream."""
+    n = out.shape[1]
+    pool = np.empty(max(hi - lo, 1), dtype=np.int64)
+    scratch = _new_bitmap(num_items)
+    for r in range(users.shape[0]):
+        rk = row_key(key, r)
+        u = users[r]
+        start = indptr[u]
+        end = indptr[u + 1]
+        woff = _row_offset(row_words, u)
+        e = 0
+        for c in range(lo, hi):
+            item = candidates[r, c]
+            if item < 0 or _is_positive(indices, start, end, words, woff, item):
+                continue
+            pool[e] = item
+            e += 1
+        if e == 0:
+            _uniform_row(indices, start, end, num_items, rk, max_tries, words, woff, scratch, out, r)
+            continue
+        for s in range(n):
+            if replace or s >= e:
+                out[r, s] = pool[bounded(bits(rk, s), e)]
+            else:
+                j = s + bounded(bits(rk, s), e - s)
+                tmp = pool[s]
+                pool[s] = pool[j]
+                pool[j] = tmp
+                out[r, s] = pool[s]
+
+
+@njit(cache=True, nogil=True)
+def _shared_uniform_kernel(num_items, key, out):
+    rk = row_key(key, 0)
+    for s in range(out.shape[0]):
+        out[s] = bounded(bits(rk, s), num_items)
+
+
+@njit(cache=True, nogil=True)
+def _shared_alias_kernel(prob, alias, key, out):
+    rk = row_key(key, 0)
+    for s in range(out.shape[0]):
+        out[s] = _alias_draw(prob, alias, bits(rk, s))
+
+
+@njit(cache=True, nogil=True)
+def _vose_kernel(p, prob, alias):
+    """Vose's alias method: O(N), stacks popped last-in first-out (the reference does the same)."""
+    n = p.shape[0]
+    scaled = p * n
+    small = np.empty(n, dtype=np.int64)
+    large = np.empty(n, dtype=np.int64)
+    ns = 0
+    nl = 0
+    for i in range(n):
+        if scaled[i] < 1.0:
+            small[ns] = i
+            ns += 1
+        else:
+            large[nl] = i
+            nl += 1
+    while ns > 0 and nl > 0:
+        ns -= 1
+        s = small[ns]
+        nl -= 1
+        g = large[nl]
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] = (scaled[g] + scaled[s]) - 1.0
+        if scaled[g] < 1.0:
+            small[ns] = g
+            ns += 1
+        else:
+            large[nl] = g
+            nl += 1
+    # What is left is 1 up to rounding: keep it whole.
+    while nl > 0:
+        nl -= 1
+        prob[large[nl]] = 1.0
+        alias[large[nl]] = large[nl]
+    while ns > 0:
+        ns -= 1
+        prob[small[ns]] = 1.0
+        alias[small[ns]] = small[ns]
+
+
+@njit(cache=True, nogil=True)
+def _check_rows(rows, indptr, indices, num_items):
+    """First problem in the given CSR rows: (code, row) with code 0 ok, 1 bad indptr, 2 id out of
+    range, 3 row not strictly increasing."""
+    nnz = indices.shape[0]
+    for r in rows:
+        start = indptr[r]
+        end = indptr[r + 1]
+        if start < 0 or end < start or end > nnz:
+            return 1, r
+        prev = -1
+        for j in range(start, end):
+            v = indices[j]
+            if v < 0 or v >= num_items:
+                return 2, r
+            if v <= prev:
+                return 3, r
+            prev = v
+    return 0, -1
+
+
+@njit(cache=True, nogil=True)
+def _row_mass(users, indptr, indices, p):
+    out = np.empty(users.shape[0], dtype=np.float64)
+    for r in range(users.shape[0]):
+        u = users[r]
+        taken = 0.0
+        for j in range(indptr[u], indptr[u + 1]):
+            taken += p[indices[j]]
+        out[r] = taken
+    return out
