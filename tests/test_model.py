@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from twotower.model import (
-    FeatureSpec,
+    FeatureLayout,
     ModelConfig,
     TowerConfig,
     TowerInputs,
@@ -94,7 +94,7 @@ def test_side_features_from_table_match_explicit_inputs() -> None:
     table = item_table(9)
     config = ModelConfig(embedding_dim=4, item=TowerConfig(feature_dim=3, hidden_dims=[8], layer_norm=True, dropout=0.1))
     model = TwoTowerModel(config, num_users=2, num_items=9, item_features=table).eval()
-    assert model.item_spec == FeatureSpec(9, {"brand": 4}, {"genres": 6}, {"price": 2})
+    assert model.item_layout == FeatureLayout(9, {"brand": 4}, {"genres": 6}, {"price": 2})
     assert model.item_tower.input_dim == 4 + 3 + 3 + 2
     rows = np.array([3, 0, 8, 3])
     stored = model.encode_items(rows)
@@ -103,6 +103,38 @@ def test_side_features_from_table_match_explicit_inputs() -> None:
     # A different feature value changes the vector.
     changed = TowerInputs(categorical={"brand": (table.categorical["brand"][0][rows] + 1) % 4})
     assert not torch.allclose(model.encode_items(rows, inputs=changed), stored)
+
+
+def test_real_feature_table_and_use_features_off() -> None:
+    from twotower.data import CSR, FeatureTable
+
+    genres = CSR.from_pairs(np.array([0, 0, 2, 3]), np.array([1, 3, 2, 1]), 4)
+    table = FeatureTable(
+        4,
+        categorical={"decade": (np.array([1, 2, 0, 1], np.int32), 3)},
+        multi_categorical={"genres": (genres, 4)},
+        dense={"year": np.array([[0.1], [0.2], [0.0], [0.4]], np.float32)},
+    )
+    model = TwoTowerModel(ModelConfig(embedding_dim=4, item=TowerConfig(hidden_dims=[4])), num_users=1, num_items=4, item_features=table).eval()
+    rows = np.array([3, 1, 0])
+    torch.testing.assert_close(model.encode_items(rows), model.encode_items(rows, inputs=TowerInputs.from_feature_table(table, rows)))
+    plain = TwoTowerModel(ModelConfig(embedding_dim=4, item=TowerConfig(use_features=False)), num_users=1, num_items=4, item_features=table)
+    assert plain.item_tower.input_dim == 4 and not plain.item_tower.categorical
+    with pytest.raises(ValueError, match="expected \\(4,\\)"):
+        TwoTowerModel(ModelConfig(embedding_dim=4), num_users=1, num_items=4,
+                      item_features=FeatureTable(5, categorical={"decade": (np.zeros(5, np.int32), 3)}))
+
+
+def test_tower_inputs_are_checked() -> None:
+    model = TwoTowerModel(ModelConfig(embedding_dim=4), num_users=2, num_items=9, item_features=item_table(9))
+    with pytest.raises(ValueError, match="brand.*\\[0, 4\\)"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(categorical={"brand": np.array([4])}))
+    with pytest.raises(ValueError, match="offsets must have B \\+ 1 = 2"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(multi_categorical={"genres": (np.array([0]), np.array([], np.int64))}))
+    with pytest.raises(ValueError, match="price.*expected \\(1, 2\\)"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(dense={"price": np.zeros((1, 3), np.float32)}))
+    with pytest.raises(TypeError, match="integers"):
+        model.encode_items(np.array([0.5]))
 
 
 @pytest.mark.parametrize("mode", ["mean", "sum"])
@@ -157,6 +189,16 @@ def test_history_pooling_uses_the_shared_item_table() -> None:
     # The gradient reaches the shared item table.
     model.encode_users(torch.tensor([0])).sum().backward()
     assert table.grad[[0, 2, 5]].abs().sum() > 0 and table.grad[[1, 3, 4]].abs().sum() == 0
+
+
+def test_history_dropout_only_in_training() -> None:
+    torch.manual_seed(9)
+    model = history_model(history_dropout=0.5)
+    model.set_history(csr([list(range(6)) * 20, [1], []]))  # 120 entries: some are surely dropped
+    table = model.item_tower.id_embedding.weight
+    full = table[list(range(6)) * 20].mean(0)
+    torch.testing.assert_close(model.eval().encode_users(torch.tensor([0]))[0], full)
+    assert not torch.allclose(model.train().encode_users(torch.tensor([0]))[0], full)
 
 
 def test_history_length_and_live_history_inputs() -> None:

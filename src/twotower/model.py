@@ -1,7 +1,7 @@
 """The two-tower model: a user tower, an item tower, a scoring function and a temperature; save/load.
 
 Public API: `TwoTowerModel`, `inner_product_form`, `save_model` / `load_model` (config.json +
-model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `FeatureSpec` and
+model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `FeatureLayout` and
 `TowerInputs` so `twotower.model` is the one import a trainer needs.
 """
 
@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from twotower.model_config import FeatureSpec, ModelConfig, TowerConfig
+from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
 from twotower.towers import Tower, TowerInputs
 
 __all__ = [
-    "FeatureSpec",
+    "FeatureLayout",
     "ModelConfig",
     "TowerConfig",
     "TowerInputs",
@@ -88,7 +88,7 @@ class TwoTowerModel(nn.Module):
     """User tower + item tower; scores are dot / cosine / negative squared L2 of their outputs.
 
     Build with the data sizes and, optionally, the side features (a `twotower.data.FeatureTable`,
-    whose values are copied into the towers, or a `FeatureSpec` when the values come later, e.g.
+    whose values are copied into the towers, or a `FeatureLayout` when the values come later, e.g.
     from a checkpoint).
 
     Cold start: code -1 stands for a user or item unseen in training. Its id embedding is the
@@ -115,23 +115,24 @@ class TwoTowerModel(nn.Module):
         config.validate()
         self.config = config
         self.num_users, self.num_items = int(num_users), int(num_items)
-        user_spec = _as_spec(user_features, self.num_users, "user_features")
-        item_spec = _as_spec(item_features, self.num_items, "item_features")
-        self.user_spec, self.item_spec = user_spec, item_spec
+        user_layout = _as_layout(user_features, self.num_users, "user_features")
+        item_layout = _as_layout(item_features, self.num_items, "item_features")
+        self.user_layout, self.item_layout = user_layout, item_layout
         item_id_dim = config.embedding_dim if config.item.id_dim is None else config.item.id_dim
         shared = config.user_history and config.share_item_embeddings
         history_dim = (item_id_dim if item_id_dim > 0 else config.embedding_dim) if config.user_history else 0
         common = {"embedding_dim": config.embedding_dim, "id_dropout": config.id_dropout, "init_std": config.init_std}
-        self.item_tower = Tower(config.item, num_ids=self.num_items, features=item_spec, **common)
+        self.item_tower = Tower(config.item, num_ids=self.num_items, features=item_layout, **common)
         self.user_tower = Tower(
             config.user,
             num_ids=self.num_users,
-            features=user_spec,
+            features=user_layout,
             history_dim=history_dim,
             own_history_table=config.user_history and not shared,
             # The shared table has num_items + 1 rows; history codes never use the unknown row.
             history_table_rows=self.num_items,
             history_length=config.history_length,
+            history_dropout=config.history_dropout,
             **common,
         )
         log_t = torch.tensor(math.log(config.temperature))
@@ -139,9 +140,9 @@ class TwoTowerModel(nn.Module):
             self.log_temperature = nn.Parameter(log_t)
         else:
             self.register_buffer("log_temperature", log_t)
-        if user_features is not None and not isinstance(user_features, FeatureSpec):
+        if user_features is not None and not isinstance(user_features, FeatureLayout):
             self.user_tower.load_features(user_features)
-        if item_features is not None and not isinstance(item_features, FeatureSpec):
+        if item_features is not None and not isinstance(item_features, FeatureLayout):
             self.item_tower.load_features(item_features)
 
     # -- encoding ---------------------------------------------------------------------------------
@@ -157,8 +158,11 @@ class TwoTowerModel(nn.Module):
         Args:
             users: int [B] user codes; -1 = unseen user (cold start).
             inputs: optional per-batch feature overrides (cold-start side features, a live history).
-            exclude_history: optional int [B] item per row to leave out of history pooling (pass the
-                training positives so the model cannot read the target from the history).
+            exclude_history: optional int [B] item per row to leave out of history pooling (the
+                training positive). Use it only together with `history_dropout` (0.5 works): alone,
+                the missing item is itself a signal the towers learn to read (the pooled mean moves
+                by -e_target / (n - 1)) and training collapses. Without it the target sits in its own
+                history, which is harmless for full-ranking evaluation (train items are excluded).
         """
         shared = self.item_tower.id_embedding.weight if (self.config.user_history and self.config.share_item_embeddings) else None
         out = self.user_tower(
@@ -223,8 +227,8 @@ class TwoTowerModel(nn.Module):
             "config": self.config.to_dict(),
             "num_users": self.num_users,
             "num_items": self.num_items,
-            "user_features": self.user_spec.to_dict() if self.user_spec else None,
-            "item_features": self.item_spec.to_dict() if self.item_spec else None,
+            "user_features": self.user_layout.to_dict() if self.user_layout else None,
+            "item_features": self.item_layout.to_dict() if self.item_layout else None,
         }
 
     @classmethod
@@ -232,11 +236,11 @@ class TwoTowerModel(nn.Module):
         """Rebuilds an untrained model of the described structure (load weights afterwards)."""
         try:
             config = ModelConfig.from_dict(description["config"])
-            specs = {
-                key: None if description.get(key) is None else FeatureSpec.from_dict(description[key])
+            layouts = {
+                key: None if description.get(key) is None else FeatureLayout.from_dict(description[key])
                 for key in ("user_features", "item_features")
             }
-            return cls(config, num_users=description["num_users"], num_items=description["num_items"], **specs)
+            return cls(config, num_users=description["num_users"], num_items=description["num_items"], **layouts)
         except KeyError as err:
             raise ValueError(f"model description lacks {err.args[0]!r}") from None
 
@@ -292,17 +296,17 @@ class TwoTowerModel(nn.Module):
             self.train(was_training)
 
 
-def _as_spec(features: Any | None, num_rows: int, name: str) -> FeatureSpec | None:
+def _as_layout(features: Any | None, num_rows: int, name: str) -> FeatureLayout | None:
     if features is None:
         return None
-    if isinstance(features, FeatureSpec):
+    if isinstance(features, FeatureLayout):
         if features.num_rows != num_rows:
             raise ValueError(f"{name} describes {features.num_rows} rows; expected {num_rows}")
         return features
     if not all(hasattr(features, a) for a in ("categorical", "multi_categorical", "dense")):
-        raise TypeError(f"{name} must be a FeatureTable or FeatureSpec; got {type(features).__name__}")
-    spec = FeatureSpec.from_table(features, num_rows)
-    return None if spec.empty else spec
+        raise TypeError(f"{name} must be a FeatureTable or FeatureLayout; got {type(features).__name__}")
+    layout = FeatureLayout.from_table(features, num_rows)
+    return None if layout.empty else layout
 
 
 def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: dict[str, Any] | None = None) -> Path:

@@ -76,6 +76,10 @@ class ModelConfig:
         user_history: add the mean of the user's history item embeddings to the user tower (YouTube-DNN).
         history_length: pool only the last H entries of each history row (0 = the whole row). Rows are
             taken in the order given to `set_history`: pass a time-ordered history for "recent".
+        history_dropout: training-time probability of dropping each history entry from the pooling.
+            Needed with `exclude_history`: leaving out exactly the target item tells the model which
+            item is the target (the pooled mean shifts by -e_target / (n - 1)), so an MLP can learn
+            to read it back and training collapses; random dropout hides that shift in noise.
         share_item_embeddings: history pooling reads the item tower's id table (needs an item id
             embedding); False gives the history its own table.
         id_dropout: training-time probability of replacing an id by the reserved "unknown" row, which is
@@ -92,6 +96,7 @@ class ModelConfig:
     min_temperature: float = 0.01
     user_history: bool = False
     history_length: int = 0
+    history_dropout: float = 0.0
     share_item_embeddings: bool = True
     id_dropout: float = 0.0
     init_std: float = 0.05
@@ -112,6 +117,8 @@ class ModelConfig:
             )
         if self.history_length < 0:
             raise ValueError(f"history_length must be >= 0 (0 = whole row); got {self.history_length}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must be in [0, 1); got {self.history_dropout}")
         if self.user_history and self.share_item_embeddings and self.item.id_dim == 0:
             raise ValueError("share_item_embeddings needs an item id embedding; item.id_dim is 0")
         if not 0.0 <= self.id_dropout < 1.0:
@@ -137,7 +144,7 @@ class ModelConfig:
 
 
 @dataclass
-class FeatureSpec:
+class FeatureLayout:
     """What a tower needs to know about one side's features (not the values).
 
     Attributes:
@@ -153,7 +160,7 @@ class FeatureSpec:
     dense: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: Any, num_rows: int) -> FeatureSpec:
+    def from_table(cls, table: Any, num_rows: int) -> FeatureLayout:
         """Describes a `twotower.data.FeatureTable` (anything with the same three dict attributes)."""
         return cls(
             num_rows=int(num_rows),
@@ -170,8 +177,8 @@ class FeatureSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        return _from_dict(cls, data, "feature spec")
+    def from_dict(cls, data: dict[str, Any]) -> FeatureLayout:
+        return _from_dict(cls, data, "feature layout")
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower.model_config import FeatureSpec, TowerConfig
+from twotower.model_config import FeatureLayout, TowerConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
@@ -66,8 +66,8 @@ class TowerInputs:
                 starts, ends = indptr[rows], indptr[rows + 1]
                 offsets = np.zeros(len(rows) + 1, dtype=np.int64)
                 np.cumsum(ends - starts, out=offsets[1:])
-                values = np.concatenate([indices[s:e] for s, e in zip(starts, ends)]) if len(rows) else indices[:0]
-                multi[name] = (offsets, values)
+                positions = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], ends - starts)
+                multi[name] = (offsets, indices[positions])
         return cls(categorical=categorical, multi_categorical=multi, dense=dense)
 
 
@@ -146,11 +146,12 @@ class Tower(nn.Module):
         *,
         num_ids: int,
         embedding_dim: int,
-        features: FeatureSpec | None = None,
+        features: FeatureLayout | None = None,
         history_dim: int = 0,
         own_history_table: bool = False,
         history_table_rows: int = 0,
         history_length: int = 0,
+        history_dropout: float = 0.0,
         id_dropout: float = 0.0,
         init_std: float = 0.05,
     ) -> None:
@@ -160,17 +161,19 @@ class Tower(nn.Module):
         self.num_ids = int(num_ids)
         self.id_dropout = float(id_dropout)
         self.history_length = int(history_length)
+        self.history_dropout = float(history_dropout)
         self.multi_pooling = config.multi_pooling
         id_dim = embedding_dim if config.id_dim is None else int(config.id_dim)
         self.id_embedding = nn.Embedding(self.num_ids + 1, id_dim) if id_dim > 0 else None
         width = id_dim
 
-        spec = features if (features is not None and config.use_features) else None
-        if spec is not None and spec.num_rows != self.num_ids:
-            raise ValueError(f"feature spec has {spec.num_rows} rows but the tower has {self.num_ids} ids")
-        self.categorical = dict(spec.categorical) if spec else {}
-        self.multi_categorical = dict(spec.multi_categorical) if spec else {}
-        self.dense = dict(spec.dense) if spec else {}
+        layout = features if (features is not None and config.use_features) else None
+        if layout is not None and layout.num_rows != self.num_ids:
+            raise ValueError(f"feature layout has {layout.num_rows} rows but the tower has {self.num_ids} ids")
+        # Sorted by name: buffer and module i belong to the i-th name whatever order a layout lists.
+        self.categorical = dict(sorted(layout.categorical.items())) if layout else {}
+        self.multi_categorical = dict(sorted(layout.multi_categorical.items())) if layout else {}
+        self.dense = dict(sorted(layout.dense.items())) if layout else {}
         self.cat_embeddings = nn.ModuleList(nn.Embedding(card, config.feature_dim) for card in self.categorical.values())
         for i in range(len(self.categorical)):
             self.register_buffer(f"cat_values_{i}", torch.zeros(self.num_ids, dtype=torch.int64))
@@ -208,7 +211,7 @@ class Tower(nn.Module):
         return names + (["history_indices"] if self.history_dim > 0 else [])
 
     def load_features(self, table: Any) -> None:
-        """Copies a FeatureTable's values (row r = code r) into the tower, checking them against the spec."""
+        """Copies a FeatureTable's values (row r = code r) into the tower, checking them against the layout."""
         if not (self.categorical or self.multi_categorical or self.dense):
             return
         for i, (name, card) in enumerate(self.categorical.items()):
@@ -341,6 +344,9 @@ class Tower(nn.Module):
         else:
             values, offsets, segment = gather_ragged(self.history_indptr, self.history_indices, codes, self.history_length)
         keep = None if exclude is None else values != exclude.to(values.device)[segment]
+        if self.training and self.history_dropout > 0:
+            kept = torch.rand(values.shape, device=values.device) >= self.history_dropout
+            keep = kept if keep is None else keep & kept
         return pool_bags(table, values, offsets, "mean", keep)
 
     def _batch_codes(self, values: Any, card: int, what: str, codes: torch.Tensor) -> torch.Tensor:
