@@ -95,14 +95,6 @@ def _marked(bitmap, base, item):
     return (bitmap[base + (item >> 6)] >> np.uint64(item & 63)) & np.uint64(1) != 0
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _is_positive(indices, start, end, bitmap, base, item):
-    """Membership through the row's bitmap when it has one (base >= 0), else binary search."""
-    if base >= 0:
-        return _marked(bitmap, base, item)
-    return _contains(indices, start, end, item)
-
-
 @njit(cache=True, nogil=True)
 def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, scratch, out, r):
     """Fills out[r, :] with uniform ids in [0, num_items) not in indices[start:end]; -1 if none is free.
@@ -132,26 +124,43 @@ def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, sc
         for s in range(n):
             out[r, s] = _select_free(indices, start, end, bounded(bits(key, s * stride + max_tries), free))
         return
-    bitmap = words
-    base = woff
-    marked = woff < 0 and _use_bitmap(k, n)
-    if marked:
+    # Separate loops per membership test: one shared loop with a test switch runs at half the speed.
+    if woff >= 0:
+        _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, words, woff, out, r)
+    elif _use_bitmap(k, n):
         _mark(scratch, indices, start, end)
-        bitmap = scratch
-        base = 0
-    for s in range(n):
+        _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, scratch, 0, out, r)
+        _unmark(scratch, indices, start, end)
+    else:
+        for s in range(n):
+            c = s * stride
+            item = -1
+            for t in range(max_tries):
+                cand = bounded(bits(key, c + t), num_items)
+                if not _contains(indices, start, end, cand):
+                    item = cand
+                    break
+            if item < 0:
+                item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+            out[r, s] = item
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, bitmap, base, out, r):
+    """The rejection loop of `_uniform_row` with membership from bitmap[base:]."""
+    stride = max_tries + 1
+    free = num_items - (end - start)
+    for s in range(out.shape[1]):
         c = s * stride
         item = -1
         for t in range(max_tries):
             cand = bounded(bits(key, c + t), num_items)
-            if not _is_positive(indices, start, end, bitmap, base, cand):
+            if not _marked(bitmap, base, cand):
                 item = cand
                 break
         if item < 0:
             item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
         out[r, s] = item
-    if marked:
-        _unmark(scratch, indices, start, end)
 
 
 @njit(cache=True, nogil=True)
@@ -172,8 +181,13 @@ def _uniform_kernel(users, indptr, indices, row_words, words, num_items, key, ma
     scratch = _new_bitmap(num_items)
     for r in range(users.shape[0]):
         u = users[r]
+        start = indptr[u]
+        end = indptr[u + 1]
         woff = _row_offset(row_words, u)
-        _uniform_row(indices, indptr[u], indptr[u + 1], num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
+        if woff >= 0 and 2 * (num_items - (end - start)) >= num_items:  # the common case, kept tight
+            _uniform_row_bitmap(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, out, r)
+        else:
+            _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
 
 
 @njit(cache=True, nogil=True)
@@ -261,10 +275,16 @@ def _popularity_kernel(users, indptr, indices, row_words, words, prob, alias, p,
         for s in range(n):
             c = s * stride
             item = -1
-            if reject:
+            if reject and base >= 0:  # separate loops per membership test, as in `_uniform_row`
                 for t in range(max_tries):
                     cand = _alias_draw(prob, alias, bits(rk, c + t))
-                    if not _is_positive(indices, start, end, bitmap, base, cand):
+                    if not _marked(bitmap, base, cand):
+                        item = cand
+                        break
+            elif reject:
+                for t in range(max_tries):
+                    cand = _alias_draw(prob, alias, bits(rk, c + t))
+                    if not _contains(indices, start, end, cand):
                         item = cand
                         break
             if item < 0:
@@ -299,12 +319,18 @@ def _hard_kernel(users, candidates, indptr, indices, row_words, words, lo, hi, n
         end = indptr[u + 1]
         woff = _row_offset(row_words, u)
         e = 0
-        for c in range(lo, hi):
-            item = candidates[r, c]
-            if item < 0 or _is_positive(indices, start, end, words, woff, item):
-                continue
-            pool[e] = item
-            e += 1
+        if woff >= 0:
+            for c in range(lo, hi):
+                item = candidates[r, c]
+                if item >= 0 and not _marked(words, woff, item):
+                    pool[e] = item
+                    e += 1
+        else:
+            for c in range(lo, hi):
+                item = candidates[r, c]
+                if item >= 0 and not _contains(indices, start, end, item):
+                    pool[e] = item
+                    e += 1
         if e == 0:
             _uniform_row(indices, start, end, num_items, rk, max_tries, words, woff, scratch, out, r)
             continue
