@@ -168,6 +168,7 @@ def test_gather_ragged_takes_rows_and_tails() -> None:
 
 def history_model(**overrides: object) -> TwoTowerModel:
     # User tower = mean of history item embeddings only (no user id, no MLP): easy to check by hand.
+    overrides.setdefault("history_dropout", 0.0)
     config = ModelConfig(embedding_dim=4, user=TowerConfig(id_dim=0), user_history=True, **overrides)
     model = TwoTowerModel(config, num_users=3, num_items=6)
     model.set_history(csr([[0, 2, 5], [1], []]))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from twotower.metrics import RankingMetrics, hit_matrix
+from twotower.metrics import RankingMetrics, hit_matrix, sorted_unique
 
 CSRPair = tuple[np.ndarray, np.ndarray]
 # A ranker maps (user codes [b], their exclusion CSR) to top-K item ids [b, K].
@@ -92,7 +92,7 @@ def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPa
     if len(users) and (users.min() < 0 or users.max() >= num_users):
         raise ValueError(f"user codes must be in [0, {num_users})")
     width = int(items.max(initial=0)) + 1
-    keys = np.unique(users * width + items)
+    keys = sorted_unique(users * width + items)
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // width, minlength=num_users), out=indptr[1:])
     return indptr, keys % width

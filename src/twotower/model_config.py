@@ -96,7 +96,7 @@ class ModelConfig:
     min_temperature: float = 0.01
     user_history: bool = False
     history_length: int = 0
-    history_dropout: float = 0.0
+    history_dropout: float = 0.5
     share_item_embeddings: bool = True
     id_dropout: float = 0.0
     init_std: float = 0.05
