@@ -142,6 +142,7 @@ class HNSWIndex:
         self.rebuild_threshold = rebuild_threshold
         self.max_fetch = int(max_fetch)
         self._lock = _ReadWriteLock()
+        self._labels: set[int] = set()  # every label in the graph, deleted ones included
         self._deleted: set[int] = set()
         self._exact_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._index = self._new_graph(max(int(max_elements), 1))
@@ -190,10 +191,10 @@ class HNSWIndex:
             return self._live_labels()
 
     def _live_labels(self) -> np.ndarray:
-        ids = np.asarray(self._index.get_ids_list(), dtype=np.int64)
-        if self._deleted:
-            ids = ids[~np.isin(ids, np.fromiter(self._deleted, dtype=np.int64))]
-        return np.sort(ids)
+        return np.sort(np.fromiter(self._labels - self._deleted, dtype=np.int64))
+
+    def _missing(self, labels: np.ndarray) -> list[int]:
+        return [label for label in labels.tolist() if label not in self._labels or label in self._deleted]
 
     # -- mutation ---------------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -211,8 +212,7 @@ class HNSWIndex:
             labels = self._check_labels(labels, len(vectors))
             if not len(labels):
                 return
-            present = set(self._index.get_ids_list())
-            is_present = np.fromiter((int(label) in present for label in labels), dtype=bool, count=len(labels))
+            is_present = np.fromiter((label in self._labels for label in labels.tolist()), dtype=bool, count=len(labels))
             revived = [int(label) for label in labels[is_present] if int(label) in self._deleted]
             for label in revived:
                 self._index.unmark_deleted(label)
@@ -225,18 +225,20 @@ class HNSWIndex:
                 if needed > self._index.get_max_elements():
                     self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
                 self._index.add_items(vectors[fresh], labels[fresh], num_threads=self.num_threads, replace_deleted=bool(self._deleted))
-                if self._deleted:  # slots were reused: their old labels are gone from hnswlib
-                    self._deleted &= set(self._index.get_ids_list())
+                if self._deleted:  # slots were reused (hnswlib picks which): their old labels are gone
+                    self._labels = set(self._index.get_ids_list())
+                    self._deleted &= self._labels
+                else:
+                    self._labels.update(labels[fresh].tolist())
             self._exact_cache = None
 
     def update(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         """Replaces the vectors of live items; unknown or removed labels raise ValueError."""
-        labels = np.asarray(labels)
+        labels = np.asarray(labels, dtype=np.int64)
         with self._lock.read():
-            live = self._live_labels()
-        missing = labels[~np.isin(labels, live)] if labels.size else labels
-        if missing.size:
-            raise ValueError(f"update of labels not in the index: {missing[:10].tolist()} (use add to insert)")
+            missing = self._missing(labels)
+        if missing:
+            raise ValueError(f"update of labels not in the index: {missing[:10]} (use add to insert)")
         self.add(vectors, labels)
 
     def remove(self, labels: np.ndarray) -> None:
@@ -244,12 +246,12 @@ class HNSWIndex:
 
         Rebuilds the graph when deleted slots exceed `rebuild_threshold` of all slots.
         """
-        labels = np.unique(np.asarray(labels, dtype=np.int64))
+        labels = np.sort(np.asarray(labels, dtype=np.int64).ravel())
+        labels = labels[np.concatenate(([True], labels[1:] != labels[:-1]))] if labels.size else labels
         with self._lock.write():
-            live = self._live_labels()
-            missing = labels[~np.isin(labels, live)]
-            if missing.size:
-                raise ValueError(f"remove of labels not in the index: {missing[:10].tolist()}")
+            missing = self._missing(labels)
+            if missing:
+                raise ValueError(f"remove of labels not in the index: {missing[:10]}")
             for label in labels.tolist():
                 self._index.mark_deleted(label)
                 self._deleted.add(label)
@@ -269,7 +271,7 @@ class HNSWIndex:
         graph = self._new_graph(max(len(labels), 1))
         if len(labels):
             graph.add_items(vectors, labels, num_threads=self.num_threads)
-        self._index, self._deleted, self._exact_cache = graph, set(), None
+        self._index, self._labels, self._deleted, self._exact_cache = graph, set(labels.tolist()), set(), None
 
     # -- search -----------------------------------------------------------------------------------
     def search(
@@ -421,6 +423,7 @@ class HNSWIndex:
         graph.set_ef(meta["ef"])  # hnswlib does not save ef
         graph.set_num_threads(index.num_threads if index.num_threads > 0 else os.cpu_count() or 1)
         index._index = graph
+        index._labels = set(graph.get_ids_list())
         index._deleted = set(int(x) for x in meta["deleted"])
         if len(index) != meta["count"]:
             raise ValueError(f"{index_path} holds {len(index)} live items; {meta_path} says {meta['count']}")
@@ -429,7 +432,7 @@ class HNSWIndex:
     # -- checks -----------------------------------------------------------------------------------
     def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray:
         if labels is None:
-            start = int(max(self._index.get_ids_list(), default=-1)) + 1
+            start = max(self._labels, default=-1) + 1
             return np.arange(start, start + n, dtype=np.int64)
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu":
