@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,11 +189,14 @@ def popularity_ranker(item_counts: np.ndarray, k: int) -> Ranker:
     from twotower import ExactIndex
 
     counts = np.asarray(item_counts)
-    if counts.ndim != 1 or (counts.size and counts.min() < 0):
-        raise ValueError("item_counts must be a 1-D array of non-negative counts [num_items]")
-    if counts.size and counts.max() >= 2**24:
-        raise ValueError("item counts >= 2**24 are not exact in float32; rescale them first")
-    index = ExactIndex(counts.astype(np.float32)[:, None])
+    if counts.ndim != 1 or not counts.size or counts.min() < 0:
+        raise ValueError("item_counts must be a non-empty 1-D array of non-negative counts [num_items]")
+    # Score = position in the (count desc, id asc) order, reversed: distinct small integers, exact in
+    # float32 whatever the counts (N < 2**24).
+    order = np.lexsort((np.arange(len(counts)), -counts.astype(np.float64)))
+    scores = np.empty(len(counts), dtype=np.float32)
+    scores[order] = np.arange(len(counts), 0, -1, dtype=np.float32)
+    index = ExactIndex(scores[:, None])
 
     def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
         return index.search(np.ones((len(users), 1), dtype=np.float32), k, exclude=exclude)[1]
@@ -336,20 +340,20 @@ def evaluate_ann(
     by each, ranking time only), and the exact metrics as "exact/<metric>@<k>".
     """
     k = max(ks)
-    exact_ids: dict[int, np.ndarray] = {}
+    exact_ids: deque[np.ndarray] = deque()  # per batch; both passes visit the same batches in the same order
     exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
     ann = ann_ranker(index, user_vectors, k)
 
     def exact_recording(batch: np.ndarray, excl: CSRPair | None) -> np.ndarray:
         ids = exact(batch, excl)
-        exact_ids[int(batch[0]) if len(batch) else -1] = ids
+        exact_ids.append(ids)
         return ids
 
     overlap = [0, 0]
 
     def ann_comparing(batch: np.ndarray, excl: CSRPair | None) -> np.ndarray:
         ids = ann(batch, excl)
-        reference = exact_ids[int(batch[0]) if len(batch) else -1]
+        reference = exact_ids.popleft()
         valid = reference >= 0
         ref_ptr = np.zeros(len(batch) + 1, dtype=np.int64)
         np.cumsum(valid.sum(axis=1), out=ref_ptr[1:])
