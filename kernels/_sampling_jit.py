@@ -132,17 +132,25 @@ def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, sc
         _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, scratch, 0, out, r)
         _unmark(scratch, indices, start, end)
     else:
-        for s in range(n):
-            c = s * stride
-            item = -1
-            for t in range(max_tries):
-                cand = bounded(bits(key, c + t), num_items)
-                if not _contains(indices, start, end, cand):
-                    item = cand
-                    break
-            if item < 0:
-                item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
-            out[r, s] = item
+        _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r):
+    """The rejection loop of `_uniform_row` with membership by binary search in the row."""
+    stride = max_tries + 1
+    free = num_items - (end - start)
+    for s in range(out.shape[1]):
+        c = s * stride
+        item = -1
+        for t in range(max_tries):
+            cand = bounded(bits(key, c + t), num_items)
+            if not _contains(indices, start, end, cand):
+                item = cand
+                break
+        if item < 0:
+            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+        out[r, s] = item
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -178,16 +186,42 @@ def _row_offset(row_words, u):
 
 @njit(cache=True, nogil=True)
 def _uniform_kernel(users, indptr, indices, row_words, words, num_items, key, max_tries, out):
+    """Uniform rows; an index (non-empty row_words) and a plain CSR get separate loops, each with its
+    common case inline (a row with positives and at least half the catalogue free) and the rest through
+    the general, out-of-line `_uniform_row`: a shared loop costs the one-draw case about half its speed."""
+    if row_words.shape[0] > 0:
+        _uniform_rows_indexed(users, indptr, indices, row_words, words, num_items, key, max_tries, out)
+    else:
+        _uniform_rows_csr(users, indptr, indices, num_items, key, max_tries, out)
+
+
+@njit(cache=True, nogil=True)
+def _uniform_rows_indexed(users, indptr, indices, row_words, words, num_items, key, max_tries, out):
     scratch = _new_bitmap(num_items)
     for r in range(users.shape[0]):
         u = users[r]
         start = indptr[u]
         end = indptr[u + 1]
-        woff = _row_offset(row_words, u)
-        if woff >= 0 and 2 * (num_items - (end - start)) >= num_items:  # the common case, kept tight
+        woff = row_words[u]
+        if woff >= 0 and 2 * (num_items - (end - start)) >= num_items:
             _uniform_row_bitmap(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, out, r)
         else:
             _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
+
+
+@njit(cache=True, nogil=True)
+def _uniform_rows_csr(users, indptr, indices, num_items, key, max_tries, out):
+    n = out.shape[1]
+    scratch = _new_bitmap(num_items)
+    for r in range(users.shape[0]):
+        u = users[r]
+        start = indptr[u]
+        end = indptr[u + 1]
+        k = end - start
+        if k > 0 and 2 * (num_items - k) >= num_items and not _use_bitmap(k, n):
+            _uniform_row_search(indices, start, end, num_items, row_key(key, r), max_tries, out, r)
+        else:
+            _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, scratch, -1, scratch, out, r)
 
 
 @njit(cache=True, nogil=True)
