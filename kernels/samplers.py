@@ -211,6 +211,13 @@ def build_exclusion_index(indptr: np.ndarray, indices: np.ndarray, num_items: in
         indptr, indices: the history (indptr int64 [U + 1], indices int32 [nnz], sorted unique rows).
         num_items: N.
         memory_ratio: bitmap budget relative to the history (0 disables bitmaps).
+
+    Example:
+        >>> index = build_exclusion_index(np.array([0, 2, 3], dtype=np.int64), np.array([1, 3, 0], dtype=np.int32), 5)
+        >>> index.row_words  # both rows get a one-word bitmap
+        array([0, 1])
+        >>> uniform_negatives(np.array([0, 1]), 5, 3, exclude=index, seed=0).shape
+        (2, 3)
     """
     validate_csr(indptr, indices, num_items)
     if not np.isfinite(memory_ratio) or memory_ratio < 0:
@@ -237,6 +244,14 @@ def uniform_negatives(
 ) -> np.ndarray:
     """Uniform negatives in [0, num_items), excluding each user's positives when `exclude` is given.
 
+    Each draw is exactly uniform over the user's free ids (the N - k ids not among its k positives).
+    While at least half the catalogue is free, a draw is by rejection: a uniform id, tested against the
+    user's positives (one bit of the row's bitmap, or a binary search in the sorted row), retried up to
+    `max_tries` times. When the tries run out, or when the user has more than half the catalogue (then
+    rejection would waste tries), the draw is an exact rank selection instead: a uniform rank in
+    [0, N - k) mapped to the rank-th free id by a binary search over the row, so users with almost every
+    item cost O(log k) per draw, never a long or unbounded loop.
+
     Args:
         users: [B] row of `exclude` for each batch row (users may repeat; rows draw independently).
         num_items: catalogue size N.
@@ -252,6 +267,12 @@ def uniform_negatives(
     Returns:
         [B, n] int64 ids. A user whose history holds every item has no negative: its row is all -1
         (the batch iterator refuses such users up front; a direct caller masks or drops them).
+
+    Example:
+        >>> indptr = np.array([0, 3, 3], dtype=np.int64); indices = np.array([0, 1, 2], dtype=np.int32)
+        >>> uniform_negatives(np.array([0, 0]), 4, 3, exclude=(indptr, indices), seed=7)  # only id 3 is free
+        array([[3, 3, 3],
+               [3, 3, 3]])
     """
     users = _check_users(users)
     num_items = _check_num_items(num_items)
@@ -328,6 +349,11 @@ def build_alias_table(weights: np.ndarray) -> AliasTable:
 
     Raises:
         ValueError: empty, negative, non-finite or all-zero weights.
+
+    Example:
+        >>> table = build_alias_table(popularity_weights(np.array([9, 1, 0, 4]), alpha=0.5))
+        >>> table.p  # 3 : 1 : 0 : 2
+        array([0.5       , 0.16666667, 0.        , 0.33333333])
     """
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0:
@@ -375,6 +401,12 @@ def popularity_negatives(
 
     Returns:
         [B, n] int64 ids; -1 for rows whose free ids all have zero weight.
+
+    Example:
+        >>> table = build_alias_table(np.array([3.0, 1.0, 0.0, 2.0]))
+        >>> popularity_negatives(np.array([0, 1]), table, 4, seed=0)
+        array([[0, 0, 0, 3],
+               [0, 0, 0, 3]])
     """
     users = _check_users(users)
     table = _check_table(table)
@@ -423,6 +455,11 @@ def shared_negatives(
         ids [M] int64 and log_q [M] float32: the natural log of the per-draw probability of each id
         (log(1/N) or log p_i). For sampled softmax, subtract log_q from the logits (logQ correction);
         add log(M) for the expected-count form when mixing with other negative sources.
+
+    Example:
+        >>> ids, log_q = shared_negatives(4, table=build_alias_table(np.array([3.0, 1.0, 0.0, 2.0])), seed=1)
+        >>> ids, np.exp(log_q).round(3)
+        (array([0, 0, 3, 0]), array([0.5  , 0.5  , 0.333, 0.5  ], dtype=float32))
     """
     num_samples = _check_count(num_samples, "num_samples")
     if (num_items is None) == (table is None):
@@ -469,6 +506,13 @@ def hard_negatives(
         [B, n] int64 ids. A row with no eligible candidate falls back to `uniform_negatives` for that
         row (same seed and row: the same ids that function returns), so a batch never has holes unless
         the user has every item (-1).
+
+    Example:
+        >>> cand = np.array([[5, 2, 7, 1, 4], [3, 0, 6, 2, -1]])  # e.g. each user's top-5
+        >>> exclude = (np.array([0, 1, 2], dtype=np.int64), np.array([7, 3], dtype=np.int32))
+        >>> hard_negatives(np.array([0, 1]), cand, 3, num_items=8, exclude=exclude, rank_range=(1, 4), replace=False, seed=0)
+        array([[2, 1, 2],
+               [0, 2, 6]])
     """
     users = _check_users(users)
     num_items = _check_num_items(num_items)
