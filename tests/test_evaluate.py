@@ -51,8 +51,12 @@ def test_exact_evaluation_matches_brute_force() -> None:
     seen = random_sets(rng, num_users, num_items, 0, 30)
     relevant = [s - seen[u] for u, s in enumerate(random_sets(rng, num_users, num_items, 0, 10))]
     ks = [5, 10, 20]
-    got = evaluate_vectors(users, items, sets_to_csr(relevant), exclude=sets_to_csr(seen), ks=ks, batch_size=16, progress=False)
-    want = naive_metrics(brute_force_topk(users.astype(np.float64) @ items.T.astype(np.float64), seen, 20), relevant, ks, num_items)
+    got = evaluate_vectors(
+        users, items, sets_to_csr(relevant), exclude=sets_to_csr(seen), ks=ks, batch_size=16, progress=False
+    )
+    want = naive_metrics(
+        brute_force_topk(users.astype(np.float64) @ items.T.astype(np.float64), seen, 20), relevant, ks, num_items
+    )
     assert got.num_users == sum(1 for r in relevant if r)
     for key, value in want.items():
         assert got.metrics[key] == pytest.approx(value, abs=1e-12), key
@@ -87,7 +91,10 @@ def toy_dataset(seed: int = 0, num_users: int = 120, num_items: int = 80) -> Sim
         for name, sl in (("train", slice(0, 8)), ("valid", slice(8, 10)), ("test", slice(10, 12))):
             parts[name][0].extend([u] * len(chosen[sl]))
             parts[name][1].extend(chosen[sl].tolist())
-    inter = {name: SimpleNamespace(users=np.array(us, np.int32), items=np.array(its, np.int32)) for name, (us, its) in parts.items()}
+    inter = {
+        name: SimpleNamespace(users=np.array(us, np.int32), items=np.array(its, np.int32))
+        for name, (us, its) in parts.items()
+    }
     train_h = group_by_user(inter["train"].users, inter["train"].items, num_users)
     tv_h = group_by_user(
         np.concatenate([inter["train"].users, inter["valid"].users]),
@@ -95,7 +102,9 @@ def toy_dataset(seed: int = 0, num_users: int = 120, num_items: int = 80) -> Sim
         num_users,
     )
     return SimpleNamespace(
-        num_users=num_users, num_items=num_items, **inter,
+        num_users=num_users,
+        num_items=num_items,
+        **inter,
         train_history=SimpleNamespace(indptr=train_h[0], indices=train_h[1].astype(np.int32)),
         train_valid_history=SimpleNamespace(indptr=tv_h[0], indices=tv_h[1].astype(np.int32)),
     )
@@ -104,9 +113,17 @@ def toy_dataset(seed: int = 0, num_users: int = 120, num_items: int = 80) -> Sim
 def test_popularity_baseline() -> None:
     data = toy_dataset()
     counts = np.bincount(data.train.items, minlength=data.num_items)
-    seen = [set(data.train_valid_history.indices[a:b].tolist()) for a, b in zip(data.train_valid_history.indptr[:-1], data.train_valid_history.indptr[1:])]
-    ids = popularity_ranker(counts, 10)(np.arange(data.num_users), take_rows((data.train_valid_history.indptr, data.train_valid_history.indices), np.arange(data.num_users)))
-    np.testing.assert_array_equal(ids, brute_force_topk(np.tile(counts.astype(np.float64), (data.num_users, 1)), seen, 10))
+    seen = [
+        set(data.train_valid_history.indices[a:b].tolist())
+        for a, b in zip(data.train_valid_history.indptr[:-1], data.train_valid_history.indptr[1:])
+    ]
+    ids = popularity_ranker(counts, 10)(
+        np.arange(data.num_users),
+        take_rows((data.train_valid_history.indptr, data.train_valid_history.indices), np.arange(data.num_users)),
+    )
+    np.testing.assert_array_equal(
+        ids, brute_force_topk(np.tile(counts.astype(np.float64), (data.num_users, 1)), seen, 10)
+    )
     test_relevant = [set() for _ in range(data.num_users)]
     for u, i in zip(data.test.users, data.test.items):
         test_relevant[u].add(int(i))
@@ -115,7 +132,9 @@ def test_popularity_baseline() -> None:
     for key, value in want.items():
         assert got.metrics[key] == pytest.approx(value, abs=1e-12), key
     # On skewed data the popular items beat chance clearly.
-    assert got.metrics["recall@10"] > 2 * evaluate_random(data, split="test", ks=[10], progress=False).metrics["recall@10"]
+    assert (
+        got.metrics["recall@10"] > 2 * evaluate_random(data, split="test", ks=[10], progress=False).metrics["recall@10"]
+    )
 
 
 def test_random_baseline_is_seeded_uniform_and_excludes() -> None:
@@ -132,7 +151,14 @@ def test_random_baseline_is_seeded_uniform_and_excludes() -> None:
         assert len(set(ids[u].tolist())) == k and not set(ids[u].tolist()) & seen[u]
     # Recall of one random relevant item ~ k / (items left); average over users, 4 standard errors.
     relevant = [{int(rng.choice(sorted(set(range(num_items)) - s)))} for s in seen]
-    result = evaluate_rankings(random_ranker(num_items, k, seed=5), sets_to_csr(relevant), num_items=num_items, ks=[k], exclude=excl, progress=False)
+    result = evaluate_rankings(
+        random_ranker(num_items, k, seed=5),
+        sets_to_csr(relevant),
+        num_items=num_items,
+        ks=[k],
+        exclude=excl,
+        progress=False,
+    )
     p = np.array([k / (num_items - len(s)) for s in seen])
     assert abs(result.metrics[f"recall@{k}"] - p.mean()) < 4 * np.sqrt((p * (1 - p)).sum()) / num_users
     # Fewer items left than k: padded with -1.
@@ -144,7 +170,9 @@ def test_random_baseline_is_seeded_uniform_and_excludes() -> None:
 def test_evaluate_model_end_to_end(split: str) -> None:
     torch.manual_seed(0)
     data = toy_dataset(seed=2)
-    model = TwoTowerModel(ModelConfig(embedding_dim=8, scoring="neg_l2"), num_users=data.num_users, num_items=data.num_items)
+    model = TwoTowerModel(
+        ModelConfig(embedding_dim=8, scoring="neg_l2"), num_users=data.num_users, num_items=data.num_items
+    )
     got = evaluate_model(model, data, split=split, ks=[5, 20], batch_size=50, progress=False)
     with torch.no_grad():
         q = model.encode_users(torch.arange(data.num_users)).double()
@@ -167,5 +195,11 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="split must be"):
         evaluate_popularity(data, split="train")
     with pytest.raises(ValueError, match="both are indexed by user code"):
-        evaluate_rankings(lambda u, e: np.zeros((len(u), 5), np.int64), sets_to_csr([{1}]), num_items=3, ks=[5],
-                          exclude=sets_to_csr([{1}, {2}]), progress=False)
+        evaluate_rankings(
+            lambda u, e: np.zeros((len(u), 5), np.int64),
+            sets_to_csr([{1}]),
+            num_items=3,
+            ks=[5],
+            exclude=sets_to_csr([{1}, {2}]),
+            progress=False,
+        )

@@ -32,7 +32,9 @@ def csr(rows: list[list[int]]) -> SimpleNamespace:
 def item_table(num_items: int, seed: int = 0) -> SimpleNamespace:
     """A FeatureTable-like description: one categorical, one multi-valued, one dense feature."""
     rng = np.random.default_rng(seed)
-    genres = [sorted(rng.choice(np.arange(1, 6), size=rng.integers(0, 4), replace=False).tolist()) for _ in range(num_items)]
+    genres = [
+        sorted(rng.choice(np.arange(1, 6), size=rng.integers(0, 4), replace=False).tolist()) for _ in range(num_items)
+    ]
     return SimpleNamespace(
         categorical={"brand": (rng.integers(0, 4, num_items).astype(np.int32), 4)},
         multi_categorical={"genres": (csr(genres), 6)},
@@ -52,7 +54,9 @@ def test_id_only_tower_is_matrix_factorisation() -> None:
 @pytest.mark.parametrize("scoring", ["dot", "cosine", "neg_l2"])
 def test_inner_product_form_ranks_like_the_score(scoring: str) -> None:
     torch.manual_seed(1)
-    model = TwoTowerModel(ModelConfig(embedding_dim=6, scoring=scoring, user=TowerConfig(hidden_dims=[9])), num_users=11, num_items=40)
+    model = TwoTowerModel(
+        ModelConfig(embedding_dim=6, scoring=scoring, user=TowerConfig(hidden_dims=[9])), num_users=11, num_items=40
+    )
     with torch.no_grad():
         q = model.encode_users(torch.arange(11)).double()
         v = model.encode_items(torch.arange(40)).double()
@@ -71,7 +75,9 @@ def test_inner_product_form_ranks_like_the_score(scoring: str) -> None:
     np.testing.assert_allclose(offset, offset[:, :1] * np.ones((1, 40)), atol=1e-5)
     if scoring == "neg_l2":
         np.testing.assert_allclose(offset[:, 0], (q.numpy() ** 2).sum(1), atol=1e-5)
-    np.testing.assert_array_equal(np.argsort(-ip, axis=1, kind="stable")[:, :10], np.argsort(-exact.numpy(), axis=1, kind="stable")[:, :10])
+    np.testing.assert_array_equal(
+        np.argsort(-ip, axis=1, kind="stable")[:, :10], np.argsort(-exact.numpy(), axis=1, kind="stable")[:, :10]
+    )
 
 
 def test_neg_l2_transform_by_hand() -> None:
@@ -92,7 +98,9 @@ def test_cosine_outputs_are_unit_vectors() -> None:
 def test_side_features_from_table_match_explicit_inputs() -> None:
     torch.manual_seed(2)
     table = item_table(9)
-    config = ModelConfig(embedding_dim=4, item=TowerConfig(feature_dim=3, hidden_dims=[8], layer_norm=True, dropout=0.1))
+    config = ModelConfig(
+        embedding_dim=4, item=TowerConfig(feature_dim=3, hidden_dims=[8], layer_norm=True, dropout=0.1)
+    )
     model = TwoTowerModel(config, num_users=2, num_items=9, item_features=table).eval()
     assert model.item_layout == FeatureLayout(9, {"brand": 4}, {"genres": 6}, {"price": 2})
     assert model.item_tower.input_dim == 4 + 3 + 3 + 2
@@ -115,14 +123,27 @@ def test_real_feature_table_and_use_features_off() -> None:
         multi_categorical={"genres": (genres, 4)},
         dense={"year": np.array([[0.1], [0.2], [0.0], [0.4]], np.float32)},
     )
-    model = TwoTowerModel(ModelConfig(embedding_dim=4, item=TowerConfig(hidden_dims=[4])), num_users=1, num_items=4, item_features=table).eval()
+    model = TwoTowerModel(
+        ModelConfig(embedding_dim=4, item=TowerConfig(hidden_dims=[4])), num_users=1, num_items=4, item_features=table
+    ).eval()
     rows = np.array([3, 1, 0])
-    torch.testing.assert_close(model.encode_items(rows), model.encode_items(rows, inputs=TowerInputs.from_feature_table(table, rows)))
-    plain = TwoTowerModel(ModelConfig(embedding_dim=4, item=TowerConfig(use_features=False)), num_users=1, num_items=4, item_features=table)
+    torch.testing.assert_close(
+        model.encode_items(rows), model.encode_items(rows, inputs=TowerInputs.from_feature_table(table, rows))
+    )
+    plain = TwoTowerModel(
+        ModelConfig(embedding_dim=4, item=TowerConfig(use_features=False)),
+        num_users=1,
+        num_items=4,
+        item_features=table,
+    )
     assert plain.item_tower.input_dim == 4 and not plain.item_tower.categorical
     with pytest.raises(ValueError, match="expected \\(4,\\)"):
-        TwoTowerModel(ModelConfig(embedding_dim=4), num_users=1, num_items=4,
-                      item_features=FeatureTable(5, categorical={"decade": (np.zeros(5, np.int32), 3)}))
+        TwoTowerModel(
+            ModelConfig(embedding_dim=4),
+            num_users=1,
+            num_items=4,
+            item_features=FeatureTable(5, categorical={"decade": (np.zeros(5, np.int32), 3)}),
+        )
 
 
 def test_tower_inputs_are_checked() -> None:
@@ -130,7 +151,9 @@ def test_tower_inputs_are_checked() -> None:
     with pytest.raises(ValueError, match="brand.*\\[0, 4\\)"):
         model.encode_items(np.array([-1]), inputs=TowerInputs(categorical={"brand": np.array([4])}))
     with pytest.raises(ValueError, match="offsets must have B \\+ 1 = 2"):
-        model.encode_items(np.array([-1]), inputs=TowerInputs(multi_categorical={"genres": (np.array([0]), np.array([], np.int64))}))
+        model.encode_items(
+            np.array([-1]), inputs=TowerInputs(multi_categorical={"genres": (np.array([0]), np.array([], np.int64))})
+        )
     with pytest.raises(ValueError, match="price.*expected \\(1, 2\\)"):
         model.encode_items(np.array([-1]), inputs=TowerInputs(dense={"price": np.zeros((1, 3), np.float32)}))
     with pytest.raises(TypeError, match="integers"):
@@ -216,7 +239,9 @@ def test_history_length_and_live_history_inputs() -> None:
 def test_cold_start_uses_the_unknown_row_and_side_features() -> None:
     torch.manual_seed(6)
     table = item_table(5, seed=1)
-    model = TwoTowerModel(ModelConfig(embedding_dim=4, item=TowerConfig(hidden_dims=[6])), num_users=2, num_items=5, item_features=table).eval()
+    model = TwoTowerModel(
+        ModelConfig(embedding_dim=4, item=TowerConfig(hidden_dims=[6])), num_users=2, num_items=5, item_features=table
+    ).eval()
     ids = model.item_tower.id_embedding.weight
     with torch.no_grad():
         ids[2] = ids[5]  # item 2's id embedding := the unknown row
@@ -245,7 +270,11 @@ def test_temperature_fixed_or_learned() -> None:
     fixed = TwoTowerModel(ModelConfig(embedding_dim=2, temperature=0.2), num_users=2, num_items=2)
     assert fixed.temperature.item() == pytest.approx(0.2)
     assert all("temperature" not in name for name, _ in fixed.named_parameters())
-    learned = TwoTowerModel(ModelConfig(embedding_dim=2, temperature=0.2, learn_temperature=True, min_temperature=0.05), num_users=2, num_items=2)
+    learned = TwoTowerModel(
+        ModelConfig(embedding_dim=2, temperature=0.2, learn_temperature=True, min_temperature=0.05),
+        num_users=2,
+        num_items=2,
+    )
     (1.0 / learned.temperature).backward()
     assert learned.log_temperature.grad is not None and learned.log_temperature.grad.item() < 0
     with torch.no_grad():
@@ -255,8 +284,13 @@ def test_temperature_fixed_or_learned() -> None:
 
 def test_save_load_round_trip(tmp_path) -> None:
     torch.manual_seed(8)
-    config = ModelConfig(embedding_dim=4, scoring="neg_l2", user_history=True, learn_temperature=True,
-                         item=TowerConfig(hidden_dims=[5], activation="gelu"))
+    config = ModelConfig(
+        embedding_dim=4,
+        scoring="neg_l2",
+        user_history=True,
+        learn_temperature=True,
+        item=TowerConfig(hidden_dims=[5], activation="gelu"),
+    )
     model = TwoTowerModel(config, num_users=3, num_items=6, item_features=item_table(6))
     model.set_history(csr([[0, 2, 5], [1], [3, 4]]))
     save_model(tmp_path, model, extra={"note": "round trip"})

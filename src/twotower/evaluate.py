@@ -58,8 +58,13 @@ class EvalResult:
         return self.metrics[key] if key in self.metrics else self.extra[key]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": dict(self.metrics), "num_users": self.num_users, "seconds": self.seconds,
-                "users_per_second": self.users_per_second, **self.extra}
+        return {
+            "metrics": dict(self.metrics),
+            "num_users": self.num_users,
+            "seconds": self.seconds,
+            "users_per_second": self.users_per_second,
+            **self.extra,
+        }
 
 
 def csr_pair(csr: Any) -> CSRPair:
@@ -131,7 +136,9 @@ def evaluate_rankings(
     exclude = None if exclude is None else csr_pair(exclude)
     num_rows = len(relevant[0]) - 1
     if exclude is not None and len(exclude[0]) - 1 != num_rows:
-        raise ValueError(f"exclude has {len(exclude[0]) - 1} rows but relevant has {num_rows}: both are indexed by user code")
+        raise ValueError(
+            f"exclude has {len(exclude[0]) - 1} rows but relevant has {num_rows}: both are indexed by user code"
+        )
     if users is None:
         users = np.flatnonzero(np.diff(relevant[0]) > 0)
     users = np.asarray(users, dtype=np.int64)
@@ -164,7 +171,9 @@ def evaluate_rankings(
 
 
 # -- rankers ------------------------------------------------------------------------------------------
-def exact_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, *, num_threads: int | None = None) -> Ranker:
+def exact_ranker(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, *, num_threads: int | None = None
+) -> Ranker:
     """Ranks by inner product with the C++ exact scorer (items packed once).
 
     Args:
@@ -222,7 +231,11 @@ def random_ranker(num_items: int, k: int, *, seed: int = 0) -> Ranker:
                 rows = np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1]))
                 scores[rows, indices[indptr[s] : indptr[e]]] = -np.inf
             top = min(k, num_items)
-            part = np.argpartition(-scores, top - 1, axis=1)[:, :top] if top < num_items else np.tile(np.arange(num_items), (e - s, 1))
+            part = (
+                np.argpartition(-scores, top - 1, axis=1)[:, :top]
+                if top < num_items
+                else np.tile(np.arange(num_items), (e - s, 1))
+            )
             order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
             ids = np.take_along_axis(part, order, axis=1)
             ids[np.take_along_axis(scores, ids, axis=1) == -np.inf] = -1
@@ -276,8 +289,17 @@ def evaluate_vectors(
         num_threads: scorer threads (default: all cores).
     """
     ranker = exact_ranker(user_vectors, item_vectors, max(ks), num_threads=num_threads)
-    return evaluate_rankings(ranker, relevant, num_items=len(item_vectors), ks=ks, exclude=exclude, users=users,
-                             batch_size=batch_size, progress=progress, desc="exact")
+    return evaluate_rankings(
+        ranker,
+        relevant,
+        num_items=len(item_vectors),
+        ks=ks,
+        exclude=exclude,
+        users=users,
+        batch_size=batch_size,
+        progress=progress,
+        desc="exact",
+    )
 
 
 def evaluate_model(
@@ -299,16 +321,33 @@ def evaluate_model(
     """
     relevant, exclude = split_targets(dataset, split)
     user_vectors, item_vectors = model.user_search_vectors(), model.item_search_vectors()
-    return evaluate_vectors(user_vectors, item_vectors, relevant, exclude=exclude, ks=ks, batch_size=batch_size,
-                            num_threads=num_threads, progress=progress)
+    return evaluate_vectors(
+        user_vectors,
+        item_vectors,
+        relevant,
+        exclude=exclude,
+        ks=ks,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        progress=progress,
+    )
 
 
-def evaluate_popularity(dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), progress: bool = True) -> EvalResult:
+def evaluate_popularity(
+    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), progress: bool = True
+) -> EvalResult:
     """Most-popular baseline (train interaction counts) under the same protocol as `evaluate_model`."""
     relevant, exclude = split_targets(dataset, split)
     counts = np.bincount(np.asarray(dataset.train.items, dtype=np.int64), minlength=dataset.num_items)
-    return evaluate_rankings(popularity_ranker(counts, max(ks)), relevant, num_items=dataset.num_items, ks=ks,
-                             exclude=exclude, progress=progress, desc="popular")
+    return evaluate_rankings(
+        popularity_ranker(counts, max(ks)),
+        relevant,
+        num_items=dataset.num_items,
+        ks=ks,
+        exclude=exclude,
+        progress=progress,
+        desc="popular",
+    )
 
 
 def evaluate_random(
@@ -316,8 +355,15 @@ def evaluate_random(
 ) -> EvalResult:
     """Random baseline (seeded) under the same protocol as `evaluate_model`."""
     relevant, exclude = split_targets(dataset, split)
-    return evaluate_rankings(random_ranker(dataset.num_items, max(ks), seed=seed), relevant, num_items=dataset.num_items,
-                             ks=ks, exclude=exclude, progress=progress, desc="random")
+    return evaluate_rankings(
+        random_ranker(dataset.num_items, max(ks), seed=seed),
+        relevant,
+        num_items=dataset.num_items,
+        ks=ks,
+        exclude=exclude,
+        progress=progress,
+        desc="random",
+    )
 
 
 def evaluate_ann(
@@ -362,13 +408,26 @@ def evaluate_ann(
         overlap[1] += int(valid.sum())
         return ids
 
-    common = {"num_items": len(item_vectors), "ks": ks, "exclude": exclude, "users": users, "batch_size": batch_size, "progress": progress}
+    common = {
+        "num_items": len(item_vectors),
+        "ks": ks,
+        "exclude": exclude,
+        "users": users,
+        "batch_size": batch_size,
+        "progress": progress,
+    }
     exact_result = evaluate_rankings(exact_recording, relevant, desc="exact", **common)
     result = evaluate_rankings(ann_comparing, relevant, desc="hnsw", **common)
-    result.extra.update({
-        f"ann_recall@{k}": overlap[0] / overlap[1] if overlap[1] else float("nan"),
-        "exact_qps": exact_result.num_users / exact_result.extra["rank_seconds"] if exact_result.extra["rank_seconds"] else float("inf"),
-        "ann_qps": result.num_users / result.extra["rank_seconds"] if result.extra["rank_seconds"] else float("inf"),
-        **{f"exact/{name}": value for name, value in exact_result.metrics.items()},
-    })
+    result.extra.update(
+        {
+            f"ann_recall@{k}": overlap[0] / overlap[1] if overlap[1] else float("nan"),
+            "exact_qps": exact_result.num_users / exact_result.extra["rank_seconds"]
+            if exact_result.extra["rank_seconds"]
+            else float("inf"),
+            "ann_qps": result.num_users / result.extra["rank_seconds"]
+            if result.extra["rank_seconds"]
+            else float("inf"),
+            **{f"exact/{name}": value for name, value in exact_result.metrics.items()},
+        }
+    )
     return result

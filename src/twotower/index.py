@@ -159,7 +159,9 @@ class HNSWIndex:
 
     def _new_graph(self, capacity: int) -> hnswlib.Index:
         graph = hnswlib.Index(space="ip", dim=self.dim)
-        graph.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.M, allow_replace_deleted=True)
+        graph.init_index(
+            max_elements=capacity, ef_construction=self.ef_construction, M=self.M, allow_replace_deleted=True
+        )
         graph.set_ef(self._ef)
         graph.set_num_threads(self.num_threads if self.num_threads > 0 else os.cpu_count() or 1)
         return graph
@@ -212,7 +214,9 @@ class HNSWIndex:
             labels = self._check_labels(labels, len(vectors))
             if not len(labels):
                 return
-            is_present = np.fromiter((label in self._labels for label in labels.tolist()), dtype=bool, count=len(labels))
+            is_present = np.fromiter(
+                (label in self._labels for label in labels.tolist()), dtype=bool, count=len(labels)
+            )
             revived = [int(label) for label in labels[is_present] if int(label) in self._deleted]
             for label in revived:
                 self._index.unmark_deleted(label)
@@ -224,7 +228,9 @@ class HNSWIndex:
                 needed = self._index.element_count + max(0, int(fresh.sum()) - len(self._deleted))
                 if needed > self._index.get_max_elements():
                     self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
-                self._index.add_items(vectors[fresh], labels[fresh], num_threads=self.num_threads, replace_deleted=bool(self._deleted))
+                self._index.add_items(
+                    vectors[fresh], labels[fresh], num_threads=self.num_threads, replace_deleted=bool(self._deleted)
+                )
                 if self._deleted:  # slots were reused (hnswlib picks which): their old labels are gone
                     self._labels = set(self._index.get_ids_list())
                     self._deleted &= self._labels
@@ -267,7 +273,11 @@ class HNSWIndex:
 
     def _rebuild(self) -> None:
         labels = self._live_labels()
-        vectors = self._index.get_items(labels, return_type="numpy").astype(np.float32) if len(labels) else np.zeros((0, self.dim), np.float32)
+        vectors = (
+            self._index.get_items(labels, return_type="numpy").astype(np.float32)
+            if len(labels)
+            else np.zeros((0, self.dim), np.float32)
+        )
         graph = self._new_graph(max(len(labels), 1))
         if len(labels):
             graph.add_items(vectors, labels, num_threads=self.num_threads)
@@ -299,8 +309,15 @@ class HNSWIndex:
         num = len(queries)
         if exclude is not None:
             indptr, indices = (np.asarray(part, dtype=np.int64) for part in exclude)
-            if indptr.shape != (num + 1,) or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
-                raise ValueError(f"exclude must be a CSR (indptr [B + 1 = {num + 1}], indices) with indptr from 0 to len(indices)")
+            if (
+                indptr.shape != (num + 1,)
+                or indptr[0] != 0
+                or indptr[-1] != len(indices)
+                or np.any(np.diff(indptr) < 0)
+            ):
+                raise ValueError(
+                    f"exclude must be a CSR (indptr [B + 1 = {num + 1}], indices) with indptr from 0 to len(indices)"
+                )
         scores = np.full((num, k), -np.inf, dtype=np.float32)
         ids = np.full((num, k), -1, dtype=np.int64)
         with self._lock.read():
@@ -329,13 +346,18 @@ class HNSWIndex:
                 scores[short], ids[short] = self._exact(queries[short], k, sub)
         return scores, ids
 
-    def _exact(self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(
+        self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the live vectors (labels mapped to rows of the packed matrix and back)."""
         from twotower import topk
 
         if self._exact_cache is None:
             labels = self._live_labels()
-            self._exact_cache = (labels, np.ascontiguousarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32))
+            self._exact_cache = (
+                labels,
+                np.ascontiguousarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32),
+            )
         labels, vectors = self._exact_cache
         rows_exclude = None
         if exclude is not None:
@@ -348,7 +370,9 @@ class HNSWIndex:
         return scores, np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike[str], *, num_items: int | None = None, item_ids: Any | None = None) -> Path:
+    def save(
+        self, directory: str | os.PathLike[str], *, num_items: int | None = None, item_ids: Any | None = None
+    ) -> Path:
         """Writes `index.hnsw` + `index.json` into `directory` (e.g. the model directory), atomically.
 
         Args:
@@ -364,12 +388,19 @@ class HNSWIndex:
                 self._index.save_index(tmp)
                 checksum = _sha256(Path(tmp))
                 meta = {
-                    "format": _FORMAT, "space": "ip", "dim": self.dim, "M": self.M,
-                    "ef_construction": self.ef_construction, "ef": self._ef,
-                    "rebuild_threshold": self.rebuild_threshold, "max_fetch": self.max_fetch,
+                    "format": _FORMAT,
+                    "space": "ip",
+                    "dim": self.dim,
+                    "M": self.M,
+                    "ef_construction": self.ef_construction,
+                    "ef": self._ef,
+                    "rebuild_threshold": self.rebuild_threshold,
+                    "max_fetch": self.max_fetch,
                     "max_elements": int(self._index.get_max_elements()),
-                    "count": len(self), "deleted": sorted(self._deleted),
-                    "sha256": checksum, "num_items": num_items,
+                    "count": len(self),
+                    "deleted": sorted(self._deleted),
+                    "sha256": checksum,
+                    "num_items": num_items,
                     "item_vocabulary": None if item_ids is None else vocabulary_fingerprint(item_ids),
                 }
                 os.replace(tmp, directory / INDEX_FILE)
@@ -411,13 +442,30 @@ class HNSWIndex:
             raise ValueError(f"{meta_path} is not a twotower HNSW index description (format {_FORMAT})")
         actual = _sha256(index_path)
         if actual != meta["sha256"]:
-            raise ValueError(f"{index_path} does not match its checksum in {meta_path} (sha256 {actual[:12]}... vs {meta['sha256'][:12]}...): rebuild the index")
+            raise ValueError(
+                f"{index_path} does not match its checksum in {meta_path} "
+                f"(sha256 {actual[:12]}... vs {meta['sha256'][:12]}...): rebuild the index"
+            )
         if num_items is not None and meta["num_items"] is not None and int(num_items) != meta["num_items"]:
-            raise ValueError(f"index in {directory} was built for {meta['num_items']} items; the model has {num_items}: rebuild the index")
-        if item_ids is not None and meta["item_vocabulary"] is not None and vocabulary_fingerprint(item_ids) != meta["item_vocabulary"]:
+            raise ValueError(
+                f"index in {directory} was built for {meta['num_items']} items; "
+                f"the model has {num_items}: rebuild the index"
+            )
+        if (
+            item_ids is not None
+            and meta["item_vocabulary"] is not None
+            and vocabulary_fingerprint(item_ids) != meta["item_vocabulary"]
+        ):
             raise ValueError(f"index in {directory} was built for a different item vocabulary: rebuild the index")
-        index = cls(meta["dim"], M=meta["M"], ef_construction=meta["ef_construction"], ef=meta["ef"],
-                    num_threads=num_threads, rebuild_threshold=meta["rebuild_threshold"], max_fetch=meta["max_fetch"])
+        index = cls(
+            meta["dim"],
+            M=meta["M"],
+            ef_construction=meta["ef_construction"],
+            ef=meta["ef"],
+            num_threads=num_threads,
+            rebuild_threshold=meta["rebuild_threshold"],
+            max_fetch=meta["max_fetch"],
+        )
         graph = hnswlib.Index(space="ip", dim=meta["dim"])
         graph.load_index(str(index_path), max_elements=meta["max_elements"], allow_replace_deleted=True)
         graph.set_ef(meta["ef"])  # hnswlib does not save ef

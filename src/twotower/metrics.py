@@ -60,14 +60,17 @@ def hit_matrix(topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray) ->
     num_users = topk_ids.shape[0]
     if indptr.shape != (num_users + 1,) or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
         raise ValueError(
-            f"relevant indptr must be non-decreasing with U + 1 = {num_users + 1} entries from 0 to len(indices) = {len(indices)}"
+            f"relevant indptr must be non-decreasing with U + 1 = {num_users + 1} entries "
+            f"from 0 to len(indices) = {len(indices)}"
         )
     if len(indices) and indices.min() < 0:
         raise ValueError("relevant item ids must be >= 0")
     width = int(max(indices.max(initial=-1), topk_ids.max(initial=-1))) + 1
     rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(indptr))
     keys = sorted_unique(rows * width + indices)  # duplicate (user, item) pairs collapse
-    num_relevant = np.bincount(keys // width, minlength=num_users).astype(np.int64) if width else np.zeros(num_users, np.int64)
+    num_relevant = (
+        np.bincount(keys // width, minlength=num_users).astype(np.int64) if width else np.zeros(num_users, np.int64)
+    )
     valid = topk_ids >= 0
     query = np.arange(num_users, dtype=np.int64)[:, None] * width + np.where(valid, topk_ids, 0)
     pos = np.searchsorted(keys, query)

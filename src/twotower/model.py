@@ -164,10 +164,12 @@ class TwoTowerModel(nn.Module):
                 by -e_target / (n - 1)) and training collapses. Without it the target sits in its own
                 history, which is harmless for full-ranking evaluation (train items are excluded).
         """
-        shared = self.item_tower.id_embedding.weight if (self.config.user_history and self.config.share_item_embeddings) else None
-        out = self.user_tower(
-            self._codes(users), inputs, history_table=shared, exclude_history=exclude_history
+        shared = (
+            self.item_tower.id_embedding.weight
+            if (self.config.user_history and self.config.share_item_embeddings)
+            else None
         )
+        out = self.user_tower(self._codes(users), inputs, history_table=shared, exclude_history=exclude_history)
         return self._finish(out)
 
     def encode_items(self, items: torch.Tensor | np.ndarray, *, inputs: TowerInputs | None = None) -> torch.Tensor:
@@ -257,7 +259,9 @@ class TwoTowerModel(nn.Module):
                 module_name, _, buffer_name = key.rpartition(".")
                 module = self.get_submodule(module_name)
                 current = getattr(module, buffer_name)
-                setattr(module, buffer_name, torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device))
+                setattr(
+                    module, buffer_name, torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device)
+                )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -278,7 +282,9 @@ class TwoTowerModel(nn.Module):
             raise ValueError(f"codes must be 1-D [B]; got shape {tuple(codes.shape)}")
         return codes.to(device=device, dtype=torch.int64)
 
-    def _export(self, codes: np.ndarray, inputs: TowerInputs | None, batch_size: int, encode: Any, *, query: bool) -> np.ndarray:
+    def _export(
+        self, codes: np.ndarray, inputs: TowerInputs | None, batch_size: int, encode: Any, *, query: bool
+    ) -> np.ndarray:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         was_training = self.training

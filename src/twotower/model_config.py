@@ -166,7 +166,9 @@ class FeatureLayout:
             num_rows=int(num_rows),
             categorical={name: int(card) for name, (_, card) in sorted(table.categorical.items())},
             multi_categorical={name: int(card) for name, (_, card) in sorted(table.multi_categorical.items())},
-            dense={name: int(values.shape[1]) if values.ndim == 2 else 1 for name, values in sorted(table.dense.items())},
+            dense={
+                name: int(values.shape[1]) if values.ndim == 2 else 1 for name, values in sorted(table.dense.items())
+            },
         )
 
     @property

@@ -126,7 +126,9 @@ def pool_bags(
         counts = (offsets[1:] - offsets[:-1]).to(weight.dtype)
     else:
         segment = torch.repeat_interleave(
-            torch.arange(offsets.shape[0] - 1, device=values.device), offsets[1:] - offsets[:-1], output_size=values.shape[0]
+            torch.arange(offsets.shape[0] - 1, device=values.device),
+            offsets[1:] - offsets[:-1],
+            output_size=values.shape[0],
         )
         counts = torch.zeros(offsets.shape[0] - 1, dtype=weight.dtype, device=values.device)
         counts.index_add_(0, segment, weights)
@@ -174,7 +176,9 @@ class Tower(nn.Module):
         self.categorical = dict(sorted(layout.categorical.items())) if layout else {}
         self.multi_categorical = dict(sorted(layout.multi_categorical.items())) if layout else {}
         self.dense = dict(sorted(layout.dense.items())) if layout else {}
-        self.cat_embeddings = nn.ModuleList(nn.Embedding(card, config.feature_dim) for card in self.categorical.values())
+        self.cat_embeddings = nn.ModuleList(
+            nn.Embedding(card, config.feature_dim) for card in self.categorical.values()
+        )
         for i in range(len(self.categorical)):
             self.register_buffer(f"cat_values_{i}", torch.zeros(self.num_ids, dtype=torch.int64))
         self.multi_embeddings = nn.ModuleList(
@@ -227,7 +231,9 @@ class Tower(nn.Module):
             csr = table.multi_categorical[name][0]
             indptr = np.asarray(csr.indptr, dtype=np.int64)
             if indptr.shape != (self.num_ids + 1,):
-                raise ValueError(f"multi-valued feature {name!r} has {indptr.shape[0] - 1} rows; expected {self.num_ids}")
+                raise ValueError(
+                    f"multi-valued feature {name!r} has {indptr.shape[0] - 1} rows; expected {self.num_ids}"
+                )
             indices = _check_codes(np.asarray(csr.indices), card, f"multi-valued feature {name!r}")
             getattr(self, f"multi_indptr_{i}").copy_(torch.from_numpy(indptr))
             indptr_buffer = getattr(self, f"multi_indptr_{i}")
@@ -299,7 +305,9 @@ class Tower(nn.Module):
             parts.append(self.cat_embeddings[i](values))
         for i, (name, card) in enumerate(self.multi_categorical.items()):
             if name in inputs.multi_categorical:
-                values, offsets = self._batch_bags(inputs.multi_categorical[name], card, f"multi-valued feature {name!r}", codes)
+                values, offsets = self._batch_bags(
+                    inputs.multi_categorical[name], card, f"multi-valued feature {name!r}", codes
+                )
             else:
                 values, offsets, _ = gather_ragged(
                     getattr(self, f"multi_indptr_{i}"), getattr(self, f"multi_indices_{i}"), codes
@@ -309,7 +317,10 @@ class Tower(nn.Module):
             if name in inputs.dense:
                 values = torch.as_tensor(inputs.dense[name], dtype=torch.float32, device=codes.device)
                 if values.shape != (codes.shape[0], dim):
-                    raise ValueError(f"dense feature {name!r} input has shape {tuple(values.shape)}; expected ({codes.shape[0]}, {dim})")
+                    raise ValueError(
+                        f"dense feature {name!r} input has shape {tuple(values.shape)}; "
+                        f"expected ({codes.shape[0]}, {dim})"
+                    )
             else:
                 stored = getattr(self, f"dense_values_{i}")
                 values = torch.where(known.unsqueeze(1), stored[safe], torch.zeros((), device=stored.device))
@@ -336,13 +347,19 @@ class Tower(nn.Module):
                 local = torch.arange(values.shape[0], device=values.device) - torch.repeat_interleave(
                     offsets[:-1], lengths, output_size=values.shape[0]
                 )
-                keep_recent = local >= torch.repeat_interleave(lengths - self.history_length, lengths, output_size=values.shape[0])
+                keep_recent = local >= torch.repeat_interleave(
+                    lengths - self.history_length, lengths, output_size=values.shape[0]
+                )
                 values, offsets = _compact(values, offsets, keep_recent)
             segment = torch.repeat_interleave(
-                torch.arange(codes.shape[0], device=codes.device), offsets[1:] - offsets[:-1], output_size=values.shape[0]
+                torch.arange(codes.shape[0], device=codes.device),
+                offsets[1:] - offsets[:-1],
+                output_size=values.shape[0],
             )
         else:
-            values, offsets, segment = gather_ragged(self.history_indptr, self.history_indices, codes, self.history_length)
+            values, offsets, segment = gather_ragged(
+                self.history_indptr, self.history_indices, codes, self.history_length
+            )
         keep = None if exclude is None else values != exclude.to(values.device)[segment]
         if self.training and self.history_dropout > 0:
             kept = torch.rand(values.shape, device=values.device) >= self.history_dropout
@@ -357,13 +374,17 @@ class Tower(nn.Module):
             raise ValueError(f"{what} input codes must be in [0, {card})")
         return values
 
-    def _batch_bags(self, bags: tuple[Any, Any], card: int, what: str, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_bags(
+        self, bags: tuple[Any, Any], card: int, what: str, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not (isinstance(bags, (tuple, list)) and len(bags) == 2):
             raise TypeError(f"{what} input must be a pair (offsets [B + 1], values)")
         offsets = torch.as_tensor(bags[0], device=codes.device).long()
         values = torch.as_tensor(bags[1], device=codes.device).long()
         if offsets.shape != (codes.shape[0] + 1,):
-            raise ValueError(f"{what} offsets must have B + 1 = {codes.shape[0] + 1} entries; got {tuple(offsets.shape)}")
+            raise ValueError(
+                f"{what} offsets must have B + 1 = {codes.shape[0] + 1} entries; got {tuple(offsets.shape)}"
+            )
         if int(offsets[0]) != 0 or int(offsets[-1]) != values.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
             raise ValueError(f"{what} offsets must start at 0, be non-decreasing and end at len(values)")
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= card):
@@ -374,7 +395,9 @@ class Tower(nn.Module):
 def _compact(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drops values where `keep` is False and recomputes the CSR offsets."""
     lengths = offsets[1:] - offsets[:-1]
-    segment = torch.repeat_interleave(torch.arange(lengths.shape[0], device=values.device), lengths, output_size=values.shape[0])
+    segment = torch.repeat_interleave(
+        torch.arange(lengths.shape[0], device=values.device), lengths, output_size=values.shape[0]
+    )
     new_lengths = torch.zeros_like(lengths)
     new_lengths.index_add_(0, segment, keep.long())
     new_offsets = torch.zeros_like(offsets)
@@ -401,5 +424,7 @@ def _check_codes(codes: np.ndarray, card: int, what: str) -> np.ndarray:
     if codes.dtype.kind not in "iu":
         raise TypeError(f"{what} must be integer codes; got dtype {codes.dtype}")
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= card):
-        raise ValueError(f"{what} must be codes in [0, {card}); found values in [{int(codes.min())}, {int(codes.max())}]")
+        raise ValueError(
+            f"{what} must be codes in [0, {card}); found values in [{int(codes.min())}, {int(codes.max())}]"
+        )
     return codes
