@@ -236,6 +236,10 @@ def test_bad_input_raises_clear_errors():
         BatchConfig(num_negatives=3)
     with pytest.raises(ValueError, match="log_q"):
         BatchConfig(log_q="yes")
+    with pytest.raises(TypeError, match="hard_rank_range"):
+        BatchConfig(num_negatives=2, negative_kind="hard", hard_rank_range=[0, 5])
+    with pytest.raises(ValueError, match="hard_rank_range"):
+        BatchConfig(num_negatives=2, negative_kind="hard", hard_rank_range=(5, 2))
     with pytest.raises(ValueError, match="same length"):
         BatchIterator(users, items[:-1], num_items=n_items, config=BatchConfig())
     with pytest.raises(ValueError, match="num_items"):

@@ -107,7 +107,11 @@ class BatchConfig:
                 raise TypeError(f"BatchConfig.{name} must be a bool")
         if not np.isfinite(self.popularity_alpha) or self.popularity_alpha < 0:
             raise ValueError(f"BatchConfig.popularity_alpha must be finite and >= 0, got {self.popularity_alpha}")
+        if not isinstance(self.hard_rank_range, tuple) or len(self.hard_rank_range) != 2:
+            raise TypeError(f"BatchConfig.hard_rank_range must be a tuple (a, b), got {self.hard_rank_range!r}")
         a, b = self.hard_rank_range
+        if not isinstance(a, int) or not (b is None or isinstance(b, int)):
+            raise TypeError(f"BatchConfig.hard_rank_range must hold ints (b may be None), got {self.hard_rank_range!r}")
         if a < 0 or (b is not None and b < a):
             raise ValueError(f"BatchConfig.hard_rank_range must be (a, b) with 0 <= a <= b, got {self.hard_rank_range}")
 
