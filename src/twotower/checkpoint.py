@@ -1,0 +1,181 @@
+"""Checkpoint and model directories that a crash can never leave half-written, loaded without pickle.
+
+A checkpoint directory holds:
+
+    config.json            every setting, the library version, the data fingerprint, the model description
+    model.safetensors      model weights (through `twotower.model.save_model`)
+    loss.safetensors       the loss module's state (a learned temperature), when it has one
+    optimizer.safetensors  optimizer tensors; optimizer.json holds the rest of its state dict
+    state.safetensors      torch RNG state and other arrays of the loop (sampler state, mined candidates)
+    trainer.json           epoch, step, best metric, early-stopping counter, metric history
+    user_vocab.parquet, item_vocab.parquet   the vocabularies (external id <-> code)
+
+It is written under a temporary name inside its parent and renamed into place; a `LATEST` file
+(replaced atomically) names the newest complete one, so `--resume` never reads a partial write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+
+from twotower.model import TwoTowerModel, save_model
+
+LATEST = "LATEST"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON to `path` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dir_atomic(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Creates directory `final` by filling a temporary sibling and renaming it into place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Splits an optimizer state dict into tensors (for safetensors) and JSON for everything else."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for param_id, entries in state["state"].items():
+        plain_entries = {}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain_entries[name] = value
+        plain["state"][str(param_id)] = plain_entries
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(entries) for pid, entries in plain["state"].items()}
+    for key, value in tensors.items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(
+    root: Path,
+    name: str,
+    *,
+    model: TwoTowerModel,
+    config: Mapping[str, Any],
+    loss_fn: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Writes checkpoint `root/name` atomically, points `root/LATEST` at it, prunes old ones.
+
+    Args:
+        model: saved with `save_model` (config.json gets `config` merged in).
+        config: JSON-ready settings (training config, version, data fingerprint).
+        loss_fn, optimizer: their states, when given.
+        trainer_state: JSON-ready loop state (epoch, step, best metric, history).
+        arrays: NumPy arrays of the loop (sampler state, candidates) for state.safetensors.
+        extra_files: filename -> writer(path), e.g. the vocabularies.
+        keep: newest checkpoints to keep.
+    """
+
+    def fill(tmp: Path) -> None:
+        save_model(tmp, model, extra=dict(config))
+        if loss_fn is not None and loss_fn.state_dict():
+            save_file({k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()}, str(tmp / "loss.safetensors"))
+        if optimizer is not None:
+            tensors, plain = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            write_json_atomic(tmp / "optimizer.json", plain)
+        state = {"torch_rng": torch.get_rng_state().numpy()}
+        state.update({f"loop.{k}": np.ascontiguousarray(v) for k, v in (arrays or {}).items()})
+        save_numpy(state, str(tmp / "state.safetensors"))
+        write_json_atomic(tmp / "trainer.json", dict(trainer_state or {}))
+        for filename, writer in (extra_files or {}).items():
+            writer(tmp / filename)
+
+    final = write_dir_atomic(Path(root) / name, fill)
+    pointer = Path(root) / f".{LATEST}.tmp"
+    pointer.write_text(name, encoding="utf-8")
+    os.replace(pointer, Path(root) / LATEST)
+    _prune(Path(root), keep, current=name)
+    return final
+
+
+def _prune(root: Path, keep: int, current: str) -> None:
+    checkpoints = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    old = [p for p in checkpoints if p.name != current][: max(0, len(checkpoints) - max(keep, 1))]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`, or None."""
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "trainer.json").is_file() else None
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: TwoTowerModel,
+    loss_fn: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Restores weights, loss and optimizer state and the torch RNG from checkpoint `path`.
+
+    Returns:
+        (trainer.json contents, the loop arrays saved with `arrays=`).
+    """
+    path = Path(path)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    if loss_fn is not None and (path / "loss.safetensors").is_file():
+        loss_fn.load_state_dict(load_file(str(path / "loss.safetensors")))
+    if optimizer is not None and (path / "optimizer.safetensors").is_file():
+        plain = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), plain))
+    state = load_numpy(str(path / "state.safetensors"))
+    torch.set_rng_state(torch.from_numpy(state.pop("torch_rng")))
+    arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("loop.")}
+    return json.loads((path / "trainer.json").read_text(encoding="utf-8")), arrays

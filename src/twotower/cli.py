@@ -1,0 +1,299 @@
+"""The `twotower` command: train, evaluate, index, recommend, data stats.
+
+Every failure a person can act on (a missing file, a wrong column, a bad option value, a model
+directory that does not match) ends with one line `twotower: error: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twotower import __version__
+from twotower.cli_options import add_config_flags, merge, overrides_from_args
+from twotower.config import TrainConfig
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An error message for the person at the terminal."""
+
+
+# -- train ------------------------------------------------------------------------------------------
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig().to_dict()
+    if args.config:
+        base = TrainConfig.from_toml(args.config).to_dict()
+    return TrainConfig.from_dict(merge(base, overrides_from_args(args)))
+
+
+def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str]) -> str:
+    header = f"{'':<22}" + "".join(f"{n:>13}" for n in names)
+    lines = [header]
+    for label, metrics in rows:
+        lines.append(f"{label:<22}" + "".join(f"{metrics.get(n, float('nan')):>13.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from twotower.train import fit
+
+    config = _config_from_args(args)
+    if args.quiet:
+        config.train.progress = False
+    out = Path(args.out)
+    source = config.data.path or (
+        f"built-in synthetic dataset ({config.data.synthetic_users} users, {config.data.synthetic_items} items)"
+    )
+    print(f"twotower {__version__}: training on {source} -> {out}", flush=True)
+    result = fit(config, out, resume=args.resume)
+    ks = config.train.ks
+    names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
+    print()
+    print(_metrics_table([
+        ("model, valid", result.valid.metrics),
+        ("most-popular, valid", result.popularity_valid.metrics),
+        ("model, test", result.test.metrics),
+        ("most-popular, test", result.popularity_test.metrics),
+    ], names))
+    print(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
+    print(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
+    return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+def _dataset_for(trained: Any, data_path: str | None) -> Any:
+    from twotower.datasets import fingerprint, load_dataset
+
+    config = TrainConfig.from_dict(trained.config["train_config"])
+    if data_path:
+        config.data.path = data_path
+    dataset = load_dataset(config.data)
+    if fingerprint(dataset) != trained.config.get("data_fingerprint"):
+        raise UserError(
+            f"the data ({config.data.path or 'synthetic'}) is not the data {trained.path} was trained on "
+            "(fingerprint mismatch): pass the same file and settings with --data"
+        )
+    return dataset
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, split_targets
+    from twotower.model_dir import load_model_dir
+
+    trained = load_model_dir(args.model_dir)
+    dataset = _dataset_for(trained, args.data)
+    ks = args.k or TrainConfig.from_dict(trained.config["train_config"]).train.ks
+    rows = []
+    for split in ("valid", "test"):
+        result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=not args.quiet)
+        rows.append((f"model, {split}", result.metrics))
+        rows.append((f"most-popular, {split}", evaluate_popularity(dataset, split=split, ks=ks, progress=False).metrics))
+    names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
+    print(_metrics_table(rows, names))
+    if args.ann:
+        index = _load_or_build_index(trained, args)
+        relevant, exclude = split_targets(dataset, "test")
+        users = trained.model.user_search_vectors()
+        items = trained.model.item_search_vectors()
+        ann = evaluate_ann(index, users, items, relevant, exclude=exclude, ks=ks, progress=not args.quiet)
+        k = max(ks)
+        print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
+              f"recall of ANN top-{k} vs exact top-{k}: {ann.extra[f'ann_recall@{k}']:.4f}; "
+              f"queries/s: ANN {ann.extra['ann_qps']:.0f}, exact {ann.extra['exact_qps']:.0f}")
+    return 0
+
+
+# -- index ------------------------------------------------------------------------------------------
+def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
+    from twotower.index import HNSWIndex
+
+    directory = trained.path / "index"
+    if (directory / "index.hnsw").is_file():
+        return HNSWIndex.load(directory, num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+    return HNSWIndex.build(trained.model.item_search_vectors(), M=getattr(args, "M", 16),
+                           ef_construction=getattr(args, "ef_construction", 200), ef=getattr(args, "ef", 100))
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from twotower.index import HNSWIndex
+    from twotower.model_dir import load_model_dir
+
+    trained = load_model_dir(args.model_dir)
+    if args.action == "build":
+        index = HNSWIndex.build(trained.model.item_search_vectors(), M=args.M, ef_construction=args.ef_construction, ef=args.ef)
+        path = index.save(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+        print(f"HNSW index over {len(index)} items (M={args.M}, ef_construction={args.ef_construction}, ef={args.ef}) saved to {path}")
+        return 0
+    if not args.user:
+        raise UserError("index query needs --user ID (one or more)")
+    index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+    if args.ef is not None:
+        index.ef = args.ef
+    _print_recommendations(trained, args.user, args.k, searcher=index.search, as_json=args.json)
+    return 0
+
+
+# -- recommend --------------------------------------------------------------------------------------
+def _print_recommendations(trained: Any, users: list[str], k: int, *, searcher: Any, as_json: bool) -> None:
+    codes = _user_codes(trained, users)
+    queries = trained.model.user_search_vectors(codes)
+    rows = [trained.seen.row(int(c)) for c in codes]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    scores, ids = searcher(queries, k, exclude=(indptr, indices))
+    out = []
+    for user, row_scores, row_ids in zip(users, scores, ids):
+        valid = row_ids >= 0
+        items = trained.item_vocab.decode(row_ids[valid])
+        out.append({"user": user, "items": [_plain(i) for i in items], "scores": [round(float(s), 6) for s in row_scores[valid]]})
+    if as_json:
+        print(json.dumps(out if len(out) > 1 else out[0]))
+        return
+    for entry in out:
+        print(f"user {entry['user']}: top {len(entry['items'])} (seen items filtered)")
+        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
+            print(f"  {rank:>3}. {item}  ({score:.4f})")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _user_codes(trained: Any, users: list[str]) -> np.ndarray:
+    vocab = trained.user_vocab
+    external: list[Any] = users
+    if vocab.is_integer:
+        try:
+            external = [int(u) for u in users]
+        except ValueError:
+            raise UserError(f"user ids of this model are integers; got {users}") from None
+    codes = vocab.encode(external)
+    unknown = [u for u, c in zip(users, codes) if c < 0]
+    if unknown:
+        raise UserError(f"unknown user id(s) {unknown[:5]}: not in the training data of {trained.path}")
+    return codes
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import twotower
+    from twotower.model_dir import load_model_dir
+
+    trained = load_model_dir(args.model_dir)
+    if args.ann:
+        from twotower.index import HNSWIndex
+
+        index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+        searcher = index.search
+    else:
+        exact = twotower.ExactIndex(trained.model.item_search_vectors())
+        searcher = exact.search
+    _print_recommendations(trained, args.user, args.k, searcher=searcher, as_json=args.json)
+    return 0
+
+
+# -- data stats -------------------------------------------------------------------------------------
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from twotower.data import describe, format_stats
+
+    options: dict[str, Any] = {"format": args.format}
+    if args.columns:
+        options["columns"] = dict(item.split("=", 1) for item in args.columns)
+    if args.feedback:
+        options["feedback"] = args.feedback
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    if not Path(args.file).exists():
+        raise UserError(f"file {args.file} does not exist")
+    stats = describe(args.file, **options)
+    print(json.dumps(stats, indent=2, default=str) if args.json else format_stats(stats))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twotower",
+        description="Train, evaluate and serve two-tower retrieval models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"twotower {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the built-in synthetic dataset)",
+        description="Train a two-tower model end to end: data -> towers -> loss -> evaluation -> saved model. "
+        "Every setting below can also be given in a TOML file (--config), one table per section; flags override it.",
+    )
+    train.add_argument("--config", metavar="FILE", help="TOML file of settings (sections as below)")
+    train.add_argument("--out", default="twotower-runs/latest", help="output directory (default: %(default)s)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="full-ranking metrics of a saved model (valid and test)")
+    evaluate.add_argument("model_dir", help="a model directory written by `twotower train` (OUT/model)")
+    evaluate.add_argument("--data", help="interaction file, when it moved since training (must be the same data)")
+    evaluate.add_argument("--ann", action="store_true", help="also evaluate through the HNSW index (recall vs exact, queries/s)")
+    evaluate.add_argument("-k", type=int, nargs="+", help="cut-offs K (default: those of training)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    index = sub.add_parser("index", help="build or query the HNSW index of a saved model")
+    index.add_argument("action", choices=["build", "query"])
+    index.add_argument("model_dir")
+    index.add_argument("--M", type=int, default=16, help="graph degree (default: %(default)s)")
+    index.add_argument("--ef-construction", type=int, default=200, help="build-time candidate list (default: %(default)s)")
+    index.add_argument("--ef", type=int, default=None, help="search-time candidate list (default: 100 at build, the saved value at query)")
+    index.add_argument("--user", nargs="+", help="external user id(s) to query")
+    index.add_argument("-k", type=int, default=10, help="results per user (default: %(default)s)")
+    index.add_argument("--json", action="store_true", help="print JSON")
+    index.set_defaults(func=cmd_index)
+
+    recommend = sub.add_parser("recommend", help="top-k items for users (external ids in and out, seen items filtered)")
+    recommend.add_argument("model_dir")
+    recommend.add_argument("--user", nargs="+", required=True, help="external user id(s)")
+    recommend.add_argument("-k", type=int, default=10, help="results per user (default: %(default)s)")
+    recommend.add_argument("--ann", action="store_true", help="use the saved HNSW index instead of the exact scorer")
+    recommend.add_argument("--json", action="store_true", help="print JSON")
+    recommend.set_defaults(func=cmd_recommend)
+
+    data = sub.add_parser("data", help="inspect interaction files")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    stats = data_sub.add_parser("stats", help="counts, sparsity, popularity skew of an interaction file")
+    stats.add_argument("file")
+    stats.add_argument("--format", default="auto", help="file format (default: detect)")
+    stats.add_argument("--columns", nargs="+", metavar="ROLE=COLUMN", help="e.g. user=userId item=movieId rating=rating")
+    stats.add_argument("--feedback", choices=["all", "label", "rating"], help="which rows are positives")
+    stats.add_argument("--threshold", type=float, help="rating threshold for --feedback rating")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=cmd_data_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "ef", 0) is None and args.command == "index" and args.action == "build":
+        args.ef = 100
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("twotower: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, ValueError, TypeError, RuntimeError) as err:
+        print(f"twotower: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

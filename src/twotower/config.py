@@ -1,0 +1,233 @@
+"""Every setting of a training run in one JSON/TOML-friendly dataclass, saved into every checkpoint.
+
+Sections and their owners: `data` (where interactions come from; `twotower.data.DataConfig` inside),
+`model` (`ModelConfig`), `loss` (`LossConfig`), `batches` (`BatchConfig`: batch size and negatives),
+`optim` and `train` (defined here). A TOML file has one table per section, e.g.
+
+    [data]
+    path = "ml-100k/u.data"
+    [model]
+    embedding_dim = 64
+    [loss]
+    kind = "infonce"
+
+and every key is also a command-line flag `--section.key` (flags override the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twotower.batches import BatchConfig
+from twotower.data import DataConfig
+from twotower.losses import LossConfig
+from twotower.model_config import ModelConfig, TowerConfig
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class DataSource:
+    """Where the interactions come from.
+
+    Attributes:
+        path: interaction file; empty = the built-in synthetic dataset.
+        valid: validation file for a user-given split (with `test`).
+        test: test file for a user-given split.
+        user_features: user side-feature file (MovieLens `u.user` is recognised).
+        item_features: item side-feature file (MovieLens `u.item` / `movies.csv` are recognised).
+        synthetic_users: users of the synthetic dataset.
+        synthetic_items: items of the synthetic dataset.
+        synthetic_interactions_per_user: mean interactions per synthetic user.
+        synthetic_seed: seed of the synthetic generator.
+        options: how to read and split (twotower.data.DataConfig: format, columns, feedback, kcore, split...).
+    """
+
+    path: str = ""
+    valid: str = ""
+    test: str = ""
+    user_features: str = ""
+    item_features: str = ""
+    synthetic_users: int = 2000
+    synthetic_items: int = 1000
+    synthetic_interactions_per_user: float = 25.0
+    synthetic_seed: int = 0
+    options: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        optimizer: "adamw" or "adam".
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of dense (MLP) weights; embedding tables get none.
+        embedding_weight_decay: weight decay of embedding tables (0: none, on purpose).
+        warmup_fraction: share of all steps spent warming the learning rate up linearly from 0.
+        schedule: after warm-up: "cosine" (to 0), "linear" (to 0) or "constant".
+        clip_norm: clip the gradient norm to this (0: no clipping).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    embedding_weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"
+    clip_norm: float = 1.0
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}; got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0; got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
+        if self.weight_decay < 0 or self.embedding_weight_decay < 0 or self.clip_norm < 0:
+            raise ValueError("optim.weight_decay, optim.embedding_weight_decay and optim.clip_norm must be >= 0")
+
+
+@dataclass
+class LoopConfig:
+    """The training loop: epochs, evaluation, early stopping, checkpoints, hardware.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        patience: stop after this many evaluations without improvement of `select_metric` (0: never).
+        select_metric: validation metric that picks the best epoch, e.g. "ndcg@10", "recall@20".
+        ks: cut-offs K of the reported metrics.
+        eval_every: evaluate on validation every this many epochs.
+        hard_mining_every: with batches.negative_kind = "hard", mine candidates from the current
+            model's exact top-K every this many epochs.
+        hard_candidates: candidates mined per user.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        amp: bf16 autocast on CUDA.
+        num_threads: CPU threads for torch and the scorer (0: all cores).
+        seed: seed of model initialisation and dropout (batches use batches.seed).
+        keep_checkpoints: newest checkpoints kept on disk.
+        progress: show progress bars.
+    """
+
+    epochs: int = 30
+    patience: int = 5
+    select_metric: str = "ndcg@10"
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    eval_every: int = 1
+    hard_mining_every: int = 1
+    hard_candidates: int = 100
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+    seed: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1; got {self.epochs}")
+        if self.patience < 0 or self.eval_every < 1 or self.hard_mining_every < 1 or self.hard_candidates < 1:
+            raise ValueError("train.patience must be >= 0; train.eval_every, hard_mining_every, hard_candidates >= 1")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"train.ks must be cut-offs >= 1; got {self.ks}")
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("recall", "ndcg", "mrr", "hit", "precision", "map") or not k.isdigit():
+            raise ValueError(f"train.select_metric must look like 'ndcg@10' (recall, ndcg, mrr, hit, precision, map); got {self.select_metric!r}")
+        if int(k) not in self.ks:
+            self.ks = sorted({*self.ks, int(k)})
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig(embedding_dim=64, scoring="cosine")
+
+
+def _default_batches() -> BatchConfig:
+    return BatchConfig(batch_size=1024, num_shared_negatives=1024, shared_negative_kind="uniform", log_q="static")
+
+
+def _default_loss() -> LossConfig:
+    return LossConfig(kind="mixed", temperature=0.1)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run. See the module docstring for the TOML / flag form."""
+
+    data: DataSource = field(default_factory=DataSource)
+    model: ModelConfig = field(default_factory=_default_model)
+    loss: LossConfig = field(default_factory=_default_loss)
+    batches: BatchConfig = field(default_factory=_default_batches)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.optim.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Builds a config from nested dicts (a parsed TOML file or a saved config.json section);
+        unknown keys raise ValueError naming them."""
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+NESTED: dict[type, dict[str, type]] = {
+    TrainConfig: {"data": DataSource, "model": ModelConfig, "loss": LossConfig, "batches": BatchConfig,
+                  "optim": OptimConfig, "train": LoopConfig},
+    DataSource: {"options": DataConfig},
+    ModelConfig: {"user": TowerConfig, "item": TowerConfig},
+}
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"[{where or 'root'}] must be a table of settings; got {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
+                         f"known in [{where or 'root'}]: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        nested = NESTED.get(cls, {}).get(key)
+        path = f"{where}.{key}" if where else key
+        if nested is not None:
+            value = _build(nested, value, path)
+        elif isinstance(value, list) and _is_tuple_field(cls, key):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _is_tuple_field(cls: type, name: str) -> bool:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return "tuple" in str(f.type)
+    return False

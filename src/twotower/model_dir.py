@@ -1,0 +1,92 @@
+"""The directory a finished training run leaves for `evaluate`, `index` and `recommend`.
+
+    config.json            training config, library version, data fingerprint, model description
+    model.safetensors      weights (the best epoch on validation)
+    user_vocab.parquet     external user id <-> code
+    item_vocab.parquet     external item id <-> code
+    seen.safetensors       every user's known items (train + valid + test) as CSR, for filtering
+    results.json           validation / test metrics and the baselines of the run
+
+Written atomically as a whole (temporary directory + rename).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from twotower.checkpoint import write_dir_atomic, write_json_atomic
+from twotower.data import CSR, SplitDataset, Vocabulary
+from twotower.model import TwoTowerModel, load_model, save_model
+
+REQUIRED = ("config.json", "model.safetensors", "user_vocab.parquet", "item_vocab.parquet", "seen.safetensors")
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model directory: the model (eval mode), both vocabularies, seen items, settings."""
+
+    model: TwoTowerModel
+    user_vocab: Vocabulary
+    item_vocab: Vocabulary
+    seen: CSR
+    config: dict[str, Any]
+    path: Path
+
+
+def all_seen(dataset: SplitDataset) -> CSR:
+    """Each user's train + valid + test items (sorted, unique): what serving must not recommend again."""
+    users = np.concatenate([dataset.train.users, dataset.valid.users, dataset.test.users])
+    items = np.concatenate([dataset.train.items, dataset.valid.items, dataset.test.items])
+    return CSR.from_pairs(users, items, dataset.num_users)
+
+
+def save_model_dir(
+    path: Path, model: TwoTowerModel, dataset: SplitDataset, config: dict[str, Any], results: dict[str, Any]
+) -> Path:
+    """Writes a complete model directory at `path` (replacing an older one only once complete)."""
+    seen = all_seen(dataset)
+
+    def fill(tmp: Path) -> None:
+        save_model(tmp, model, extra=config)
+        dataset.user_vocab.save(tmp / "user_vocab.parquet")
+        dataset.item_vocab.save(tmp / "item_vocab.parquet")
+        save_file({"indptr": np.ascontiguousarray(seen.indptr), "indices": np.ascontiguousarray(seen.indices)},
+                  str(tmp / "seen.safetensors"))
+        write_json_atomic(tmp / "results.json", results)
+
+    return write_dir_atomic(path, fill)
+
+
+def load_model_dir(path: str | Path) -> TrainedModel:
+    """Loads a directory written by `save_model_dir`.
+
+    Raises:
+        FileNotFoundError: `path` or one of its files is missing (named).
+        ValueError: the files do not agree with each other (vocabulary sizes vs the model).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete twotower model directory")
+    model = load_model(path)
+    user_vocab = Vocabulary.load(path / "user_vocab.parquet")
+    item_vocab = Vocabulary.load(path / "item_vocab.parquet")
+    if len(user_vocab) != model.num_users or len(item_vocab) != model.num_items:
+        raise ValueError(
+            f"{path}: vocabularies ({len(user_vocab)} users, {len(item_vocab)} items) do not match the model "
+            f"({model.num_users} users, {model.num_items} items)"
+        )
+    arrays = load_file(str(path / "seen.safetensors"))
+    seen = CSR(arrays["indptr"], arrays["indices"])
+    if seen.num_rows != model.num_users:
+        raise ValueError(f"{path / 'seen.safetensors'} has {seen.num_rows} users; the model has {model.num_users}")
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return TrainedModel(model, user_vocab, item_vocab, seen, config, path)

@@ -1,0 +1,44 @@
+"""PNG plots of a training run: what a person would rather see than read."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training(history: list[dict[str, Any]], path: str | Path, *, select_metric: str = "ndcg@10") -> Path:
+    """Training loss and validation metrics per epoch, side by side, written atomically to `path`."""
+    path = Path(path)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [r["epoch"] for r in history]
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    evaluated = [r for r in history if "valid" in r]
+    if evaluated:
+        names = sorted({name for r in evaluated for name in r["valid"] if name.split("@")[0] in ("recall", "ndcg", "mrr")})
+        for name in names:
+            style = "-" if name == select_metric else "--"
+            ax_metric.plot([r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name)
+        best = max(evaluated, key=lambda r: r["valid"][select_metric])
+        ax_metric.axvline(best["epoch"], color="grey", linewidth=0.8, linestyle=":")
+        ax_metric.legend(fontsize="small", ncol=2)
+    ax_metric.set(title=f"validation (best epoch by {select_metric})", xlabel="epoch", ylabel="metric")
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,291 @@
+"""The training loop: batches -> towers -> loss -> optimizer, with validation, early stopping,
+checkpoints that survive a crash, and `--resume` that continues exactly where a run stopped.
+
+Reads top to bottom: `fit` builds everything from a `TrainConfig`, then runs epochs. Each epoch's
+batches are a pure function of (seed, epoch), the torch RNG is checkpointed at every epoch end, and
+the learning rate is a pure function of the step, so a run killed at any point and resumed from its
+last checkpoint finishes with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from twotower import __version__
+from twotower.batches import Batch, BatchIterator
+from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_dir_atomic, write_json_atomic
+from twotower.config import TrainConfig
+from twotower.data import SplitDataset
+from twotower.datasets import fingerprint, load_dataset
+from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
+from twotower.losses import LossInputs, make_loss
+from twotower.model import TwoTowerModel, save_model
+from twotower.model_dir import save_model_dir
+from twotower.optim import learning_rate, make_optimizer
+from twotower.plots import plot_training
+
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    model_dir: Path
+    best_epoch: int
+    valid: EvalResult
+    test: EvalResult
+    popularity_valid: EvalResult
+    popularity_test: EvalResult
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
+    """The model for `dataset`; the loss's temperature is the one source of truth for training and
+    is written into the model (fixed) so that a saved model reports the temperature it trained with."""
+    model_config = dataclasses.replace(config.model, learn_temperature=False)
+    model = TwoTowerModel(
+        model_config,
+        num_users=dataset.num_users,
+        num_items=dataset.num_items,
+        user_features=dataset.user_features,
+        item_features=dataset.item_features,
+    )
+    if model_config.user_history:
+        model.set_history(dataset.train_history)
+    return model
+
+
+def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(array).to(device, non_blocking=True)
+
+
+def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Encodes one batch with both towers and returns its loss. Item-side vectors go through the
+    model's inner-product form, so every loss (dot products) ranks by the model's scoring."""
+    users, items = _tensor(batch.users, device), _tensor(batch.items, device)
+    negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
+    history_target = items if model.config.user_history else None
+    query = model.encode_users(users, exclude_history=history_target)
+
+    def item_side(codes: torch.Tensor) -> torch.Tensor:
+        return model.inner_product_form(None, model.encode_items(codes))[1]
+
+    query = model.inner_product_form(query, None)[0]
+    negative_vectors = None
+    if negatives is not None:
+        negative_vectors = item_side(negatives.reshape(-1)).view(*negatives.shape, -1)
+    inputs = LossInputs(
+        query=query,
+        positive=item_side(items),
+        negatives=negative_vectors,
+        shared_negatives=None if shared is None else item_side(shared),
+        user_ids=users,
+        item_ids=items,
+        negative_ids=negatives,
+        shared_ids=shared,
+        item_log_q=_tensor(batch.item_log_q, device),
+        negative_log_q=_tensor(batch.negative_log_q, device),
+        shared_log_q=_tensor(batch.shared_log_q, device),
+    )
+    return loss_fn(inputs)
+
+
+def _select(result: EvalResult, metric: str) -> float:
+    return float(result.metrics[metric])
+
+
+def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int, threads: int | None) -> np.ndarray:
+    """[U, count] best-scoring items of every user under the current model, train items excluded."""
+    import twotower
+
+    model.eval()
+    users, items = model.user_search_vectors(), model.item_search_vectors()
+    model.train()
+    history = dataset.train_history
+    _, ids = twotower.topk(users, items, count, exclude=(history.indptr, history.indices), num_threads=threads)
+    return ids
+
+
+def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False) -> TrainResult:
+    """Trains a two-tower model as `config` says and writes everything under `out_dir`.
+
+    `out_dir` receives `checkpoints/` (one per epoch, newest kept), `model/` (the best epoch on
+    validation: see `twotower.model_dir`), `metrics.jsonl` (one line per epoch), `training.png`.
+
+    Args:
+        config: every setting (validated here).
+        out_dir: output directory (created).
+        dataset: an already built dataset; default: `load_dataset(config.data)`.
+        resume: continue from the newest checkpoint in `out_dir/checkpoints` (which must come from
+            the same config and data).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the step is named).
+        ValueError: inconsistent settings, or a checkpoint from another config or dataset.
+    """
+    config.validate()
+    loop = config.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(loop.device)
+    threads = loop.num_threads or None
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = dataset if dataset is not None else load_dataset(config.data)
+    data_fp = fingerprint(dataset)
+    saved_config = {"twotower_version": __version__, "train_config": config.to_dict(), "data_fingerprint": data_fp}
+
+    torch.manual_seed(loop.seed)
+    model = build_model(config, dataset).to(device)
+    loss_fn = make_loss(config.loss).to(device)
+    optimizer = make_optimizer([model, loss_fn], config.optim)
+    batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
+                            config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
+    total_steps = loop.epochs * len(batches)
+    autocast = device.type == "cuda" and loop.amp
+
+    start_epoch, step, best, best_epoch, stale, history = 0, 0, -math.inf, -1, 0, []
+    candidates: np.ndarray | None = None
+    checkpoint_root = out_dir / CHECKPOINTS
+    if resume:
+        last = latest_checkpoint(checkpoint_root)
+        if last is None:
+            raise ValueError(f"--resume: no checkpoint in {checkpoint_root}")
+        saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
+        if saved.get("data_fingerprint") != data_fp:
+            raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
+        if saved.get("train_config") != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"--resume: {last} was written with different settings; resume with the same config")
+        state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best, best_epoch, stale, history = state["best"], state["best_epoch"], state["stale"], state["history"]
+        batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
+        if "candidates" in arrays:
+            candidates = arrays["candidates"]
+            batches.set_candidates(candidates)
+
+    metrics_log = out_dir / "metrics.jsonl"
+    if not resume:
+        metrics_log.unlink(missing_ok=True)
+    best_dir = out_dir / "best"
+    for epoch in range(start_epoch, loop.epochs):
+        if stale >= loop.patience > 0:
+            break
+        if config.batches.negative_kind == "hard" and epoch > 0 and epoch % loop.hard_mining_every == 0:
+            candidates = _mine_hard_negatives(model, dataset, loop.hard_candidates, threads)
+            batches.set_candidates(candidates)
+        model.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        with batches.epoch(epoch) as epoch_batches:
+            bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{loop.epochs}", disable=not loop.progress, leave=False)
+            for batch in bar:
+                lr = learning_rate(step, total_steps, config.optim)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = batch_loss(model, loss_fn, batch, device)
+                value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. The last good "
+                        f"checkpoint is in {checkpoint_root} (try a lower optim.lr or optim.clip_norm)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.optim.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.clip_norm)
+                optimizer.step()
+                step += 1
+                loss_sum += value * len(batch.users)
+                seen += len(batch.users)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+                                  "samples_per_s": seen / seconds, "epoch_seconds": seconds}
+        if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs:
+            model.eval()
+            valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads, progress=False)
+            record["valid"] = valid.metrics
+            score = _select(valid, loop.select_metric)
+            if score > best:
+                best, best_epoch, stale = score, epoch + 1, 0
+                _save_best(best_dir, model, saved_config)
+            else:
+                stale += 1
+        history.append(record)
+        with metrics_log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if loop.progress:
+            shown = f" valid {loop.select_metric} {record['valid'][loop.select_metric]:.4f}" if "valid" in record else ""
+            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s{shown}")
+        arrays = {f"batches.{k}": v for k, v in batches.state_dict().items()}
+        if candidates is not None:
+            arrays["candidates"] = candidates
+        save_checkpoint(checkpoint_root, f"epoch-{epoch + 1:04d}", model=model, config=saved_config, loss_fn=loss_fn,
+                        optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints,
+                        trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
+                                       "stale": stale, "history": history})
+    return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
+
+
+def _save_best(best_dir: Path, model: TwoTowerModel, saved_config: dict[str, Any]) -> None:
+    """The weights of the best epoch so far, kept apart from the rolling checkpoints."""
+    write_dir_atomic(best_dir, lambda tmp: save_model(tmp, model, extra=saved_config))
+
+
+def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, dataset: SplitDataset,
+            saved_config: dict[str, Any], best_epoch: int, history: list[dict[str, Any]], threads: int | None) -> TrainResult:
+    """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
+    the model directory and the plot."""
+    from safetensors.torch import load_file
+
+    loop = config.train
+    best_weights = out_dir / "best" / "model.safetensors"
+    if best_weights.is_file():
+        model.load_state_dict(load_file(str(best_weights)))
+    temperature = loss_fn.temperature
+    with torch.no_grad():
+        model.log_temperature.copy_(torch.as_tensor(temperature, dtype=torch.float32).log())
+    model.eval()
+    kwargs = {"ks": loop.ks, "progress": False}
+    valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
+    test = evaluate_model(model, dataset, split="test", num_threads=threads, **kwargs)
+    pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
+    pop_test = evaluate_popularity(dataset, split="test", **kwargs)
+    results = {
+        "best_epoch": best_epoch,
+        "temperature": float(temperature),
+        "valid": valid.to_dict(),
+        "test": test.to_dict(),
+        "popularity": {"valid": pop_valid.to_dict(), "test": pop_test.to_dict()},
+        "data": {"users": dataset.num_users, "items": dataset.num_items, "train": len(dataset.train.users),
+                 "valid": len(dataset.valid.users), "test": len(dataset.test.users)},
+    }
+    model_dir = save_model_dir(out_dir / MODEL, model, dataset, saved_config, results)
+    write_json_atomic(out_dir / "results.json", results)
+    plot_training(history, out_dir / "training.png", select_metric=loop.select_metric)
+    return TrainResult(model_dir, best_epoch, valid, test, pop_valid, pop_test, history)
