@@ -109,6 +109,14 @@ def test_adjacency_list(tmp_path):
     assert _cols(result) == {"user": [0, 0, 0, 1, 3, 3], "item": [5, 6, 7, 5, 8, 9]}
 
 
+def test_space_separated_table_is_not_an_adjacency_list(tmp_path):
+    path = _write(tmp_path / "x.txt", None, " ")
+    assert detect_format(path) == "space"
+    assert _cols(read_interactions(path)) == _expected()
+    (tmp_path / "adj.txt").write_text("1 2 3 4\n2 5 6 7\n3 8\n")
+    assert detect_format(tmp_path / "adj.txt") == "adjacency"
+
+
 def test_string_ids_and_feature_columns(tmp_path):
     (tmp_path / "x.csv").write_text("user,item,genre\nalice,i1,rock\nbob,i2,jazz\n")
     result = read_interactions(tmp_path / "x.csv", features=["genre"])

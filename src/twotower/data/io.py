@@ -1,8 +1,8 @@
 """Readers: interaction files -> an Arrow table with canonical role columns, through pyarrow.
 
 Formats: CSV / TSV (with a header or given column names), Parquet, MovieLens `u.data` (tab, no
-header), `ratings.dat` (`::`), ml-latest `ratings.csv` (CRLF), and adjacency lists
-(`user item item ...` per line). Gzip/bz2 files are decompressed on the fly (by extension).
+header), `ratings.dat` (`::`), ml-latest `ratings.csv` (CRLF), single-space-separated tables
+without header, and adjacency lists (`user item item ...` per line). Gzip/bz2 files are decompressed on the fly (by extension).
 
 A clean file is read once, multi-threaded, with inferred types. When that read reports a malformed
 row (wrong column count, a non-numeric rating or timestamp, an empty id), the file is read again
@@ -47,6 +47,7 @@ FORMATS: dict[str, Format] = {
     "tsv": Format("csv", "\t"),
     "parquet": Format("parquet"),
     "adjacency": Format("adjacency"),
+    "space": Format("csv", " ", header=False),
     "ml-100k": Format("csv", "\t", header=False, names=_ML_NAMES),
     "ml-1m": Format("csv", "::", header=False, names=_ML_NAMES),
     "ml-latest": Format(
@@ -90,14 +91,19 @@ def detect_format(path: PathLike) -> str:
         return "parquet"
     if name == "u.data" or name.endswith((".base", ".test")) and name.startswith("u"):
         return "ml-100k"
-    first = _peek(path, 1)
-    line = first[0] if first else ""
+    head = [ln for ln in _peek(path, 50) if ln.strip()]
+    line = head[0] if head else ""
     if "::" in line:
         return "ml-1m"
     if name.endswith(".tsv") or name.endswith(".tab") or "\t" in line:
         return "tsv"
     if name.endswith(".csv") or "," in line:
         return "csv"
+    # whitespace-separated: a table ("user item rating ts") when every line has the same 3+ fields,
+    # else an adjacency list ("user item item ..."); with 2 fields per line both read the same
+    widths = {len(ln.split()) for ln in head}
+    if len(widths) == 1 and widths.pop() >= 3 and all(ln == " ".join(ln.split()) for ln in head):
+        return "space"
     return "adjacency"
 
 
