@@ -1,0 +1,154 @@
+"""The `twotower` command as a person uses it: train, evaluate, index, recommend, data stats, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from twotower.cli import main
+from twotower.cli_options import HIDDEN
+from twotower.config import NESTED, TrainConfig
+
+TINY = [
+    "--quiet", "--data.synthetic_users", "300", "--data.synthetic_items", "200",
+    "--data.synthetic_interactions_per_user", "20", "--model.embedding_dim", "16",
+    "--batches.batch_size", "256", "--batches.num_shared_negatives", "128",
+    "--train.epochs", "5", "--train.num_threads", "1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    import os
+
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        assert main(["train", "--out", str(out), *TINY]) == 0
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    return out
+
+
+def leaf_settings(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    names = []
+    for f in dataclasses.fields(cls):
+        nested = NESTED.get(cls, {}).get(f.name)
+        names += leaf_settings(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
+    return names
+
+
+def test_train_help_lists_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in leaf_settings():
+        if name not in HIDDEN:
+            assert f"--{name}" in text, name
+    assert text.count("(default:") >= len(leaf_settings()) - len(HIDDEN)
+
+
+def test_train_prints_metrics_next_to_popularity(trained):
+    results = json.loads((trained / "results.json").read_text())
+    assert results["valid"]["metrics"]["ndcg@10"] > results["popularity"]["valid"]["metrics"]["ndcg@10"]
+    assert (trained / "model" / "seen.safetensors").is_file()
+
+
+def test_evaluate_reproduces_the_training_metrics(trained, capsys):
+    assert main(["evaluate", str(trained / "model"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((trained / "results.json").read_text())
+    test_line = next(line for line in out.splitlines() if line.startswith("model, test"))
+    assert f"{results['test']['metrics']['recall@10']:.4f}" in test_line
+
+
+def test_recommend_gives_external_ids_and_filters_seen_items(trained, capsys):
+    from twotower.model_dir import load_model_dir
+
+    model = load_model_dir(trained / "model")
+    user = model.user_vocab.ids[5]
+    assert main(["recommend", str(trained / "model"), "--user", str(user), "-k", "7", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["user"] == str(user) and len(answer["items"]) == 7
+    codes = model.item_vocab.encode(np.array(answer["items"]))
+    assert np.all(codes >= 0)
+    assert not set(codes.tolist()) & set(model.seen.row(5).tolist())
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
+
+
+def test_index_build_and_query_agree_with_exact(trained, capsys):
+    model_dir = str(trained / "model")
+    assert main(["index", "build", model_dir]) == 0
+    capsys.readouterr()
+    assert main(["index", "query", model_dir, "--user", "1", "2", "-k", "5", "--json"]) == 0
+    ann = json.loads(capsys.readouterr().out)
+    assert main(["recommend", model_dir, "--user", "1", "2", "-k", "5", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    overlap = [len(set(a["items"]) & set(e["items"])) for a, e in zip(ann, exact)]
+    assert sum(overlap) >= 8  # HNSW on 200 items is near exact
+    assert main(["evaluate", model_dir, "--ann", "--quiet"]) == 0
+    assert "recall of ANN top-50 vs exact top-50" in capsys.readouterr().out
+
+
+def test_config_file_and_flags_compose(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nembedding_dim = 8\n[train]\nepochs = 1\nks = [5, 10]\n[loss]\nkind = "infonce"\n')
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(config), "--out", str(out), *TINY[:-6], "--train.num_threads", "1"]) == 0
+    saved = json.loads((out / "model" / "config.json").read_text())["train_config"]
+    assert saved["model"]["embedding_dim"] == 16  # the flag in TINY overrides the file's 8
+    assert saved["train"]["ks"] == [5, 10] and saved["loss"]["kind"] == "infonce"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data.path", "no/such/file.csv"], "data.path: file no/such/file.csv does not exist"),
+        (["train", "--loss.kind", "softmaxx"], "loss kind must be one of"),
+        (["train", "--optim.lr", "-1"], "optim.lr must be > 0"),
+        (["train", "--model.scoring", "manhattan"], "scoring must be one of"),
+        (["evaluate", "no/such/dir"], "model directory no/such/dir does not exist"),
+        (["data", "stats", "missing.tsv"], "missing.tsv does not exist"),
+    ],
+)
+def test_errors_are_one_clear_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main([*argv, *(["--out", str(tmp_path)] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twotower: error:") and message in err
+
+
+def test_wrong_column_name_lists_the_columns(tmp_path, capsys):
+    data = tmp_path / "events.csv"
+    data.write_text("uid,iid,ts\n1,2,3\n2,3,4\n")
+    code = main(["train", "--out", str(tmp_path / "o"), "--data.path", str(data),
+                 "--data.options.columns", "user=user_id", "item=iid"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "user_id" in err and "uid" in err and "iid" in err
+
+
+def test_unknown_user_and_incompatible_model_dir(trained, tmp_path, capsys):
+    assert main(["recommend", str(trained / "model"), "--user", "no-such-user"]) == 2
+    assert "user" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    assert main(["recommend", str(broken), "--user", "1"]) == 2
+    assert "not a complete twotower model directory" in capsys.readouterr().err
+
+
+def test_data_stats(tmp_path, capsys):
+    data = tmp_path / "u.data"
+    rows = [(u, i, 5, 1000 + u * 10 + i) for u in range(1, 6) for i in range(1, 1 + u)]
+    data.write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    assert main(["data", "stats", str(data), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert json.dumps(stats).count("15") >= 1  # 15 interactions
+    text = json.dumps(stats)
+    assert "gini" in text
