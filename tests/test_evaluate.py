@@ -172,7 +172,7 @@ def test_evaluate_model_end_to_end(split: str) -> None:
     data = toy_dataset(seed=2)
     model = TwoTowerModel(
         ModelConfig(embedding_dim=8, scoring="neg_l2"), num_users=data.num_users, num_items=data.num_items
-    )
+    ).eval()
     got = evaluate_model(model, data, split=split, ks=[5, 20], batch_size=50, progress=False)
     with torch.no_grad():
         q = model.encode_users(torch.arange(data.num_users)).double()

@@ -44,7 +44,7 @@ def item_table(num_items: int, seed: int = 0) -> SimpleNamespace:
 
 def test_id_only_tower_is_matrix_factorisation() -> None:
     torch.manual_seed(0)
-    model = TwoTowerModel(ModelConfig(embedding_dim=8), num_users=5, num_items=7)
+    model = TwoTowerModel(ModelConfig(embedding_dim=8), num_users=5, num_items=7).eval()
     # No hidden layer and id width == D: the tower is the embedding table itself.
     users = torch.tensor([0, 4, 2])
     torch.testing.assert_close(model.encode_users(users), model.user_tower.id_embedding.weight[users])
@@ -56,7 +56,7 @@ def test_inner_product_form_ranks_like_the_score(scoring: str) -> None:
     torch.manual_seed(1)
     model = TwoTowerModel(
         ModelConfig(embedding_dim=6, scoring=scoring, user=TowerConfig(hidden_dims=[9])), num_users=11, num_items=40
-    )
+    ).eval()
     with torch.no_grad():
         q = model.encode_users(torch.arange(11)).double()
         v = model.encode_items(torch.arange(40)).double()

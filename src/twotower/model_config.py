@@ -83,7 +83,9 @@ class ModelConfig:
         share_item_embeddings: history pooling reads the item tower's id table (needs an item id
             embedding); False gives the history its own table.
         id_dropout: training-time probability of replacing an id by the reserved "unknown" row, which is
-            what trains the cold-start embedding; 0 leaves that row at its initial value.
+            what trains the cold-start embedding; 0 leaves that row at its initial value. The default
+            0.02 costs no measurable accuracy (ML-100K, valid NDCG@10 within noise of 0) and makes
+            an unseen user or item get a trained vector (close to "what everyone likes").
         init_std: standard deviation of the normal init of every embedding table.
     """
 
@@ -98,7 +100,7 @@ class ModelConfig:
     history_length: int = 0
     history_dropout: float = 0.5
     share_item_embeddings: bool = True
-    id_dropout: float = 0.0
+    id_dropout: float = 0.02
     init_std: float = 0.05
 
     def validate(self) -> None:
