@@ -155,13 +155,22 @@ def _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r):
 
 @njit(cache=True, nogil=True, inline="always")
 def _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, bitmap, base, out, r):
-    """The rejection loop of `_uniform_row` with membership from bitmap[base:]."""
+    """The rejection loop of `_uniform_row` with membership from bitmap[base:].
+
+    Two passes with the same counters as one: every draw's first try is generated for the whole row in
+    a loop the compiler vectorises (the hash needs no state), then only the rejected ones retry."""
+    n = out.shape[1]
     stride = max_tries + 1
     free = num_items - (end - start)
-    for s in range(out.shape[1]):
+    if max_tries > 0:
+        for s in range(n):
+            out[r, s] = bounded(bits(key, s * stride), num_items)
+    for s in range(n):
+        if max_tries > 0 and not _marked(bitmap, base, out[r, s]):
+            continue
         c = s * stride
         item = -1
-        for t in range(max_tries):
+        for t in range(1, max_tries):
             cand = bounded(bits(key, c + t), num_items)
             if not _marked(bitmap, base, cand):
                 item = cand
