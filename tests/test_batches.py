@@ -120,6 +120,23 @@ def test_negatives_exclude_positives_and_log_q_is_exact(kind):
             np.testing.assert_allclose(b.negative_log_q[r], expected, rtol=1e-5)
 
 
+def test_history_as_a_csr_object_is_accepted():
+    """`twotower.data`'s CSR (any object with indptr and indices) works like the tuple."""
+
+    class CSRLike:
+        def __init__(self, indptr, indices):
+            self.indptr, self.indices = indptr, indices
+
+    users, items, n_items = make_pairs()
+    config = BatchConfig(batch_size=16, num_negatives=3, negative_kind="uniform", seed=4)
+    plain = BatchIterator(users, items, num_items=n_items, config=config)
+    history = plain._history
+    as_object = BatchIterator(users, items, num_items=n_items, config=config, history=CSRLike(*history))
+    as_tuple = BatchIterator(users, items, num_items=n_items, config=config, history=history)
+    assert_same_batches(collect(as_object, 0), collect(as_tuple, 0))
+    assert_same_batches(collect(as_object, 1), collect(plain, 1))
+
+
 def test_hard_negatives_come_from_candidates_once_set():
     users, items, n_items = make_pairs()
     config = BatchConfig(batch_size=16, num_negatives=4, negative_kind="hard", hard_rank_range=(2, 10), seed=3)

@@ -161,8 +161,9 @@ class BatchIterator:
         items: [P] int item code of each training pair.
         num_items: catalogue size N (item codes are in [0, N)).
         config: `BatchConfig`.
-        history: CSR (indptr int64 [U + 1], indices int32) of each user's positives to exclude from
-            per-row negatives (e.g. `SplitDataset.train_history`); built from the pairs when None.
+        history: each user's positives to exclude from per-row negatives, as `twotower.data`'s `CSR`
+            (e.g. `SplitDataset.train_history`) or a tuple (indptr int64 [U + 1], indices int32 [nnz]);
+            built from the pairs when None.
 
     Raises:
         ValueError: mismatched or out-of-range pairs, a bad history, or a user with no possible
@@ -176,7 +177,7 @@ class BatchIterator:
         *,
         num_items: int,
         config: BatchConfig,
-        history: tuple[np.ndarray, np.ndarray] | None = None,
+        history: Any = None,
     ) -> None:
         if not isinstance(config, BatchConfig):
             raise TypeError(f"config must be a BatchConfig, got {type(config).__name__}")
@@ -201,8 +202,10 @@ class BatchIterator:
         self._items = np.ascontiguousarray(items, dtype=np.int64)
         if history is None:
             history = _history_from_pairs(self._users, self._items, int(self._users.max()) + 1, self.num_items)
+        if hasattr(history, "indptr") and hasattr(history, "indices"):  # twotower.data's CSR
+            history = (history.indptr, history.indices)
         if not isinstance(history, tuple) or len(history) != 2:
-            raise TypeError("history must be a tuple (indptr, indices)")
+            raise TypeError("history must be a CSR or a tuple (indptr, indices)")
         # Validates the history once; its row bitmaps make every later exclusion test one bit.
         self._index = samplers.build_exclusion_index(history[0], history[1], self.num_items)
         if self._users.max() >= self._index.num_rows:
