@@ -75,18 +75,27 @@ def python_loop_read(path: Path) -> tuple[list[int], list[int]]:
 CASES: dict[str, Callable[[Path], object]] = {"pyarrow read_csv": bare_read, "twotower load_encoded": encoded_read}
 
 
+# ru_maxrss survives fork + exec on Linux (a child starts at its parent's peak), so the child reads
+# its own high-water mark, VmHWM, which belongs to its fresh address space.
 _CHILD = """
-import resource, sys
+import sys
 from pathlib import Path
 from benchmarks.bench_io import CASES
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+base = hwm()
 CASES[sys.argv[1]](Path(sys.argv[2]))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+print(hwm() - base)
 """
 
 
 def peak_memory(name: str, path: Path) -> int:
-    """Bytes of peak RSS growth of one call of case `name`, in a fresh Python process."""
+    """Bytes of peak RSS growth of one call of case `name`, in a fresh Python process (Linux)."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, name, str(path)], cwd=root, capture_output=True, text=True, timeout=900, check=True
@@ -102,7 +111,7 @@ def run_file(label: str, path: Path, repeats: int, with_python: bool = False) ->
     bare = timings["pyarrow read_csv"].median
     size_mb = path.stat().st_size / 2**20
     for name, t in timings.items():
-        mem = f"{peak_memory(name, path) / 2**20:.0f}" if name in CASES else "-"
+        mem = f"{peak_memory(name, path) / 2**20:.0f}" if name in CASES and Path("/proc/self/status").exists() else "-"
         rows.append([label, f"{size_mb:.0f}", name, f"{t.median:.3f}", f"{t.minimum:.3f}-{t.maximum:.3f}", f"{t.median / bare:.2f}x", mem])
     return rows
 

@@ -113,9 +113,8 @@ def _open(path: Path) -> pa.NativeFile:
 
 def _peek(path: Path, n: int) -> list[str]:
     with _open(path) as f:
-        head = f.read(1 << 16)
-    lines = head.decode("utf-8", errors="replace").splitlines()
-    return [ln for ln in lines[:n]]
+        head = f.read(1 << 14)
+    return head.decode("utf-8", errors="replace").splitlines()[:n]
 
 
 class _SeparatorStream(io.RawIOBase):
