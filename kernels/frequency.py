@@ -99,7 +99,7 @@ class StreamingFrequencyEstimator:
     Args:
         num_buckets: hash buckets per hash function (a few times the number of active items keeps
             collisions rare).
-        num_hashes: independent hash functions; the estimate takes the largest gap over them.
+        num_hashes: independent hash functions; an item takes its smallest estimate over them.
         learning_rate: the moving-average rate once warmed up (Yi et al. use 0.01-0.1).
         seed: picks the hash functions.
 
