@@ -55,6 +55,20 @@ def test_seen_items_are_filtered(built) -> None:
     assert overlap(ids, exact_ids) >= 0.95
 
 
+def test_light_and_heavy_queries_are_grouped_without_changing_results(built) -> None:
+    index, items, queries = built
+    rng = np.random.default_rng(11)
+    rows = [rng.choice(len(items), size=n, replace=False) for n in (0, 3, 500, 40, 0, 900)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    exclude = (indptr, np.concatenate(rows))
+    scores, ids = index.search(queries[:6], 10, exclude=exclude)
+    for q in range(6):
+        alone = index.search(queries[q : q + 1], 10, exclude=(np.array([0, len(rows[q])]), rows[q]))
+        np.testing.assert_array_equal(ids[q], alone[1][0])
+        np.testing.assert_array_equal(scores[q], alone[0][0])
+        assert not np.isin(ids[q], rows[q]).any()
+
+
 def test_exact_fallback_when_too_few_remain() -> None:
     items, queries = data(2, n=300, queries=5)
     index = HNSWIndex.build(items, ef=32, max_fetch=20)

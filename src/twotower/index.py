@@ -289,11 +289,11 @@ class HNSWIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k by inner product, with per-query seen-item filtering.
 
-        With `exclude`, the batch over-fetches k + (largest number of excluded items of a query)
-        neighbours, capped at `max_fetch`, and drops the excluded ones; a query left with fewer than k
-        results while more items exist is answered by the exact scorer over the live vectors instead
-        (as is the whole batch if hnswlib cannot return that many neighbours). Same output contract as
-        `twotower.topk`.
+        With `exclude`, each query over-fetches k + (its number of excluded items) neighbours (rounded
+        up to a power of two so queries share hnswlib calls; capped at `max_fetch`) and drops the
+        excluded ones; a query left with fewer than k results while more items exist is answered by
+        the exact scorer over the live vectors instead (as is a whole group of queries if hnswlib
+        cannot return that many neighbours). Same output contract as `twotower.topk`.
 
         Args:
             queries: float32 [B, D].
@@ -324,26 +324,40 @@ class HNSWIndex:
             live = len(self)
             if num == 0 or live == 0:
                 return scores, ids
-            extra = int(np.diff(indptr).max()) if exclude is not None and num else 0
-            fetch = min(max(k, min(k + extra, self.max_fetch)), live)
-            try:
-                labels, distances = self._index.knn_query(queries, k=fetch, num_threads=self.num_threads)
-            except RuntimeError:  # hnswlib could not find `fetch` live neighbours for some query
-                return self._exact(queries, k, exclude)
-            labels = labels.astype(np.int64)
-            found = (1.0 - distances).astype(np.float32)  # 'ip' space: distance = 1 - <q, v>
-            keep = np.ones(labels.shape, dtype=bool) if exclude is None else ~hit_matrix(labels, indptr, indices)[0]
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in rank order
-            n_keep = np.minimum(keep.sum(axis=1), k)
-            width = order.shape[1]
-            taken = np.arange(width)[None, :] < n_keep[:, None]
-            ids[:, :width] = np.where(taken, np.take_along_axis(labels, order, axis=1), -1)
-            scores[:, :width] = np.where(taken, np.take_along_axis(found, order, axis=1), -np.inf)
-            # Short rows: fewer than k kept although the fetch did not cover every live item.
-            short = np.flatnonzero((n_keep < k) & (fetch < live))
-            if short.size:
-                sub = None if exclude is None else _take_rows(indptr, indices, short)
-                scores[short], ids[short] = self._exact(queries[short], k, sub)
+            cap = min(max(k, self.max_fetch), live)
+            need = np.full(num, k, dtype=np.int64) if exclude is None else k + np.diff(indptr)
+            # Queries grouped by fetch size (powers of two), so a light user does not pay for a heavy one.
+            fetch = np.minimum(np.left_shift(1, np.ceil(np.log2(need)).astype(np.int64)), cap)
+            for size in np.unique(fetch).tolist():
+                rows = np.flatnonzero(fetch == size)
+                sub = None if exclude is None else _take_rows(indptr, indices, rows)
+                scores[rows], ids[rows] = self._search_group(queries[rows], k, size, sub, live)
+        return scores, ids
+
+    def _search_group(
+        self, queries: np.ndarray, k: int, fetch: int, exclude: tuple[np.ndarray, np.ndarray] | None, live: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fetches `fetch` neighbours per query, drops excluded ones, answers short rows exactly."""
+        try:
+            labels, distances = self._index.knn_query(queries, k=fetch, num_threads=self.num_threads)
+        except RuntimeError:  # hnswlib could not find `fetch` live neighbours for some query
+            return self._exact(queries, k, exclude)
+        labels = labels.astype(np.int64)
+        found = (1.0 - distances).astype(np.float32)  # 'ip' space: distance = 1 - <q, v>
+        keep = np.ones(labels.shape, dtype=bool) if exclude is None else ~hit_matrix(labels, *exclude)[0]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in rank order
+        n_keep = np.minimum(keep.sum(axis=1), k)
+        width = order.shape[1]
+        taken = np.arange(width)[None, :] < n_keep[:, None]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        ids[:, :width] = np.where(taken, np.take_along_axis(labels, order, axis=1), -1)
+        scores[:, :width] = np.where(taken, np.take_along_axis(found, order, axis=1), -np.inf)
+        # Short rows: fewer than k kept although the fetch did not cover every live item.
+        short = np.flatnonzero((n_keep < k) & (fetch < live))
+        if short.size:
+            sub = None if exclude is None else _take_rows(*exclude, short)
+            scores[short], ids[short] = self._exact(queries[short], k, sub)
         return scores, ids
 
     def _exact(
