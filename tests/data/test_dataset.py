@@ -124,3 +124,19 @@ def test_gini_and_describe(tmp_path):
     assert "item_gini" in format_stats(stats)
     enc = load_encoded(tmp_path / "r.csv")
     assert enc.users.dtype == np.int32 and enc.user_vocab.ids.tolist() == [1, 2]
+
+
+def test_config_round_trip_through_json():
+    import json
+
+    cfg = DataConfig(feedback="rating", threshold=3.5, kcore=(5, 2), split="time", time_cuts=(10, 20), columns={"user": "u", "item": "i"})
+    again = DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown DataConfig field"):
+        DataConfig.from_dict({"splitt": "x"})
+
+
+def test_float_ids_from_pandas_like_tables():
+    table = pa.table({"user": [1.0, 2.0, 2.0, 1.0], "item": [3.0, 3.0, 4.0, 4.0]})
+    enc = load_encoded(table)
+    assert enc.user_vocab.ids.tolist() == [1, 2] and enc.user_vocab.ids.dtype == np.int64

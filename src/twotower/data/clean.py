@@ -69,13 +69,16 @@ def fast_path_ok(table: pa.Table, roles: dict[str, str]) -> bool:
         t = col.type
         if role in ("user", "item"):
             ok = pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+            if pa.types.is_floating(t):  # float ids (e.g. from pandas) are fine when all integral
+                ok = bool(pc.all(pc.equal(pc.floor(col), col)).as_py())
         elif role == "timestamp":
             ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t)
         else:
             ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
         if not ok:
             return False
-        if role in ("user", "item") and not pa.types.is_integer(t) and pc.any(pc.equal(pc.utf8_trim_whitespace(col), "")).as_py():
+        text_id = role in ("user", "item") and not (pa.types.is_integer(t) or pa.types.is_floating(t))
+        if text_id and pc.any(pc.equal(pc.utf8_trim_whitespace(col), "")).as_py():
             return False
     return True
 
@@ -106,7 +109,7 @@ def normalise_types(table: pa.Table, roles: dict[str, str]) -> pa.Table:
 
 
 def _id_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_integer(col.type):
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # floats: checked integral
         return col.cast(pa.int64())
     col = pc.utf8_trim_whitespace(col.cast(pa.string()))
     if len(col) and pc.all(pc.match_substring_regex(col, r"^[+-]?\d{1,18}$")).as_py():

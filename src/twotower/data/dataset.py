@@ -69,6 +69,19 @@ class DataConfig:
         if len(k) != 2 or min(k) < 0:
             raise ValueError(f"kcore must be an int >= 0 or a pair (k_user, k_item), got {self.kcore!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable fields (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        """The inverse of `to_dict`; unknown keys are an error, missing ones take their defaults."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DataConfig field(s) {sorted(unknown)}")
+        fixed = {k: tuple(v) if isinstance(v, list) and k in ("ratios", "time_cuts", "kcore") else v for k, v in data.items()}
+        return cls(**fixed)
+
 
 @dataclass(frozen=True)
 class EncodedInteractions:
