@@ -137,15 +137,12 @@ def _timestamp_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.coalesce(seconds, pc.floor(as_num).cast(pa.int64()))
 
 
-def check_rows(
-    table: pa.Table, roles: dict[str, str], line_numbers: np.ndarray
-) -> tuple[np.ndarray, list[tuple[str, np.ndarray]], np.ndarray]:
+def check_rows(table: pa.Table, roles: dict[str, str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]], np.ndarray]:
     """Finds malformed rows in an all-text table.
 
     Args:
         table: every role column as string, one row per parsed line.
         roles: role -> column name.
-        line_numbers: int64 [rows] physical line of each row.
 
     Returns:
         (bad bool [rows], [(reason, bool [rows])...] in check order, blank bool [rows]).
@@ -153,7 +150,8 @@ def check_rows(
     n = table.num_rows
     blank = np.ones(n, dtype=np.bool_)
     for name in roles.values():
-        blank &= pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0).to_numpy(zero_copy_only=False)
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name))), 0)
+        blank &= empty.to_numpy(zero_copy_only=False)
     checks: list[tuple[str, np.ndarray]] = []
     for role in ROLES:
         if role not in roles:

@@ -2,7 +2,8 @@
 
 Formats: CSV / TSV (with a header or given column names), Parquet, MovieLens `u.data` (tab, no
 header), `ratings.dat` (`::`), ml-latest `ratings.csv` (CRLF), single-space-separated tables
-without header, and adjacency lists (`user item item ...` per line). Gzip/bz2 files are decompressed on the fly (by extension).
+without header, and adjacency lists (`user item item ...` per line). Gzip / bz2 files are
+decompressed on the fly (by extension).
 
 A clean file is read once, multi-threaded, with inferred types. When that read reports a malformed
 row (wrong column count, a non-numeric rating or timestamp, an empty id), the file is read again
@@ -204,7 +205,7 @@ def read_interactions(
         table = pq.read_table(path)
         return from_table(table, columns=columns or dict(fmt.columns), features=features, strict=strict, source=str(path))
     if fmt.kind == "adjacency":
-        return _read_adjacency(path, strict=strict)
+        return _read_adjacency(path)
     delim = delimiter or fmt.delimiter
     if names is not None:
         has_header = False
@@ -317,7 +318,10 @@ def _read_delimited(
 def _read_text(
     path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool
 ) -> InteractionTable:
-    """Single-threaded all-text read, so that pyarrow gives line numbers of rows it cannot parse."""
+    """Single-threaded all-text read, so that pyarrow gives line numbers of rows it cannot parse.
+
+    Line numbers of the other rows are counted from those: exact unless a quoted field spans lines.
+    """
     problems: list[tuple[int, str]] = []
 
     def record(row: Any) -> str:
@@ -341,13 +345,10 @@ def _read_text(
     bad_lines = np.array([ln for ln, _ in problems], dtype=np.int64) - first_line
     is_row[bad_lines[(bad_lines >= 0) & (bad_lines < total)]] = False
     line_numbers = np.flatnonzero(is_row).astype(np.int64) + first_line
-    if len(line_numbers) != table.num_rows:  # quoted fields spanning lines: numbers are approximate
-        line_numbers = np.arange(table.num_rows, dtype=np.int64) + first_line
-    bad, checks, blank = check_rows(table, roles, line_numbers)
+    bad, checks, blank = check_rows(table, roles)
     blank_lines = int(blank.sum())
-    report = build_report(
-        str(path), table.num_rows - blank_lines + len(problems), checks, line_numbers, sorted(problems), blank_lines, strict=strict
-    )
+    rows_read = table.num_rows - blank_lines + len(problems)
+    report = build_report(str(path), rows_read, checks, line_numbers, sorted(problems), blank_lines, strict=strict)
     kept = table.filter(pa.array(~(bad | blank)))
     if report.rows_read == 0:
         raise DataError(f"{path} has no data rows")
@@ -377,7 +378,7 @@ def from_table(
         return InteractionTable(normalise_types(table, roles), ReadReport(source, table.num_rows))
     text = pa.table({name: pc.cast(table.column(name), pa.string()).fill_null("") for name in roles.values()})
     rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
-    bad, checks, blank = check_rows(text, roles, rows)
+    bad, checks, blank = check_rows(text, roles)
     checks.append(("empty row", blank))
     report = build_report(source, table.num_rows, checks, rows, [], 0, strict=strict, unit="row")
     keep = pa.array(~(bad | blank))
@@ -389,7 +390,7 @@ def from_table(
     return InteractionTable(normalise_types(kept, roles), report)
 
 
-def _read_adjacency(path: Path, *, strict: bool) -> InteractionTable:
+def _read_adjacency(path: Path) -> InteractionTable:
     """`user item item ...` per line, whitespace-separated; a line with only a user adds nothing."""
     with _open(path) as f:
         lines = pacsv.read_csv(
