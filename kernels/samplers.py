@@ -40,6 +40,7 @@ from ._sampling_jit import (
     _build_row_bitmaps,
     _check_rows,
     _hard_kernel,
+    _min_max,
     _popularity_kernel,
     _row_mass,
     _shared_alias_kernel,
@@ -93,7 +94,7 @@ def _check_users(users: Any, name: str = "users") -> np.ndarray:
     arr = np.asarray(users)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D [B], got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu" and arr.size:
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
@@ -127,7 +128,7 @@ def _check_exclude(
         raise TypeError(f"exclude must be a tuple (indptr, indices) or an ExclusionIndex, got {type(exclude).__name__}")
     num_rows = indptr.size - 1
     if users.size:
-        lo, hi = int(users.min()), int(users.max())
+        lo, hi = _min_max(users)
         if lo < 0 or hi >= num_rows:
             raise ValueError(f"users must lie in [0, {num_rows}) (rows of exclude), got range [{lo}, {hi}]")
     if validate and users.size:
