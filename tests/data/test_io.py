@@ -201,3 +201,14 @@ def test_errors(tmp_path):
         read_interactions(tmp_path / "c.csv", format="xml")
     with pytest.raises(ValueError, match="unknown column role"):
         read_interactions(tmp_path / "c.csv", columns={"user": "uid", "item": "iid", "price": "x"})
+
+
+def test_encoding_and_unparseable_text(tmp_path):
+    (tmp_path / "l1.csv").write_bytes("user,item\nJos\xe9,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l1\.csv: cannot read.*encoding="):
+        read_interactions(tmp_path / "l1.csv")
+    result = read_interactions(tmp_path / "l1.csv", encoding="latin-1")
+    assert _cols(result) == {"user": ["José"], "item": ["café"]}
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="empty"):
+        read_interactions(tmp_path / "empty.txt", format="adjacency")

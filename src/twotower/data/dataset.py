@@ -31,7 +31,8 @@ class DataConfig:
     """Everything that turns interaction files into a SplitDataset (JSON-friendly, saved with models).
 
     Attributes:
-        format / columns / names / delimiter / header / strict: how to read (see `read_interactions`).
+        format / columns / names / delimiter / header / strict / encoding: how to read (see
+            `read_interactions`).
         feedback: "all", "label" (label == 1) or "rating" (rating >= threshold).
         threshold: rating threshold for feedback="rating".
         dedupe: keep one row per (user, item) pair, the latest.
@@ -51,6 +52,7 @@ class DataConfig:
     delimiter: str | None = None
     header: bool | None = None
     strict: bool = False
+    encoding: str = "utf8"
     feedback: str = "all"
     threshold: float | None = None
     dedupe: bool = True
@@ -126,6 +128,7 @@ def read(source: Source, config: DataConfig, features: tuple[str, ...] = ()) -> 
         header=config.header,
         features=features,
         strict=config.strict,
+        encoding=config.encoding,
     )
 
 

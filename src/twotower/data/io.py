@@ -169,6 +169,7 @@ def read_interactions(
     header: bool | None = None,
     features: list[str] | tuple[str, ...] = (),
     strict: bool = False,
+    encoding: str = "utf8",
 ) -> InteractionTable:
     """Reads one interaction file.
 
@@ -183,6 +184,7 @@ def read_interactions(
         header: overrides whether the first line is a header.
         features: further source columns to keep (side features), under their own names.
         strict: raise a DataError at the first malformed row instead of skipping it.
+        encoding: text encoding of the file (e.g. "latin-1"); UTF-8 by default.
 
     Returns:
         The table and a ReadReport (rows read, skipped, first bad line numbers).
@@ -200,36 +202,55 @@ def read_interactions(
     fmt_name = detect_format(path) if format == "auto" else format
     if fmt_name not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {sorted(FORMATS)} or 'auto'")
+    try:
+        return _read_any(path, fmt_name, columns, names, delimiter, header, tuple(features), strict, encoding)
+    except pa.ArrowInvalid as e:  # what pyarrow itself cannot parse (bad UTF-8, broken quoting, ...)
+        hint = " (pass encoding=..., e.g. 'latin-1')" if "UTF8" in str(e) or "utf8" in str(e) else ""
+        raise DataError(f"{path}: cannot read as {fmt_name!r}: {e}{hint}") from e
+
+
+def _read_any(
+    path: Path,
+    fmt_name: str,
+    columns: dict[str, str | int] | None,
+    names: list[str] | None,
+    delimiter: str | None,
+    header: bool | None,
+    features: tuple[str, ...],
+    strict: bool,
+    encoding: str,
+) -> InteractionTable:
     fmt = FORMATS[fmt_name]
     if fmt.kind == "parquet":
         table = pq.read_table(path)
         return from_table(table, columns=columns or dict(fmt.columns), features=features, strict=strict, source=str(path))
     if fmt.kind == "adjacency":
-        return _read_adjacency(path)
+        return _read_adjacency(path, encoding)
     delim = delimiter or fmt.delimiter
     if names is not None:
         has_header = False
     else:
         has_header = fmt.header if header is None else header
         names = list(fmt.names) if (fmt.names and not has_header) else None
-    file_names = _column_names(path, delim, has_header, names)
+    file_names = _column_names(path, delim, has_header, names, encoding)
     roles = _resolve_roles(file_names, {**dict(fmt.columns), **(columns or {})}, path, has_header or names is not None)
     missing = [c for c in features if c not in file_names]
     if missing:
         raise DataError(f"{path}: no column(s) {missing}; the columns are {file_names}")
     wanted = list(dict.fromkeys([*roles.values(), *features]))
-    return _read_delimited(path, delim, has_header, file_names, roles, wanted, strict)
+    return _read_delimited(path, delim, has_header, file_names, roles, wanted, strict, encoding)
 
 
-def _column_names(path: Path, delim: str, has_header: bool, names: list[str] | None) -> list[str]:
-    lines = _peek(path, 2)
-    if not lines or not any(ln.strip() for ln in lines):
+def _column_names(path: Path, delim: str, has_header: bool, names: list[str] | None, encoding: str) -> list[str]:
+    with _open(path) as f:
+        head_bytes = f.read(1 << 14)
+    if not head_bytes.strip():
         raise DataError(f"{path} is empty")
-    first = lines[0].encode() + b"\n"
+    first = head_bytes.split(b"\n", 1)[0].rstrip(b"\r") + b"\n"
     source, d = (io.BytesIO(first), delim) if len(delim) == 1 else (io.BytesIO(first.replace(delim.encode(), b"\x1f")), "\x1f")
     head = pacsv.read_csv(
         source,
-        read_options=pacsv.ReadOptions(autogenerate_column_names=not has_header),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=not has_header, encoding=encoding),
         parse_options=pacsv.ParseOptions(delimiter=d),
         convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False),
     )
@@ -286,9 +307,10 @@ def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: P
 
 
 def _read_delimited(
-    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool
-) -> InteractionTable:
-    read_opts = dict(column_names=None if has_header else file_names)
+    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool,
+    encoding: str,
+) -> InteractionTable:  # fmt: skip
+    read_opts = dict(column_names=None if has_header else file_names, encoding=encoding)
     invalid: list[int] = []
 
     def count_invalid(row: Any) -> str:
@@ -312,12 +334,13 @@ def _read_delimited(
         if table.num_rows == 0:
             raise DataError(f"{path} has no data rows")
         return InteractionTable(normalise_types(table, roles), ReadReport(str(path), table.num_rows))
-    return _read_text(path, delim, has_header, file_names, roles, wanted, strict)
+    return _read_text(path, delim, has_header, file_names, roles, wanted, strict, encoding)
 
 
 def _read_text(
-    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool
-) -> InteractionTable:
+    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool,
+    encoding: str,
+) -> InteractionTable:  # fmt: skip
     """Single-threaded all-text read, so that pyarrow gives line numbers of rows it cannot parse.
 
     Line numbers of the other rows are counted from those: exact unless a quoted field spans lines.
@@ -332,7 +355,7 @@ def _read_text(
     with source:
         table = pacsv.read_csv(
             source,
-            read_options=pacsv.ReadOptions(column_names=None if has_header else file_names, use_threads=False),
+            read_options=pacsv.ReadOptions(column_names=None if has_header else file_names, use_threads=False, encoding=encoding),
             parse_options=pacsv.ParseOptions(delimiter=d, invalid_row_handler=record, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(
                 include_columns=wanted, column_types={c: pa.string() for c in wanted}, strings_can_be_null=False
@@ -390,12 +413,12 @@ def from_table(
     return InteractionTable(normalise_types(kept, roles), report)
 
 
-def _read_adjacency(path: Path) -> InteractionTable:
+def _read_adjacency(path: Path, encoding: str) -> InteractionTable:
     """`user item item ...` per line, whitespace-separated; a line with only a user adds nothing."""
     with _open(path) as f:
         lines = pacsv.read_csv(
             f,
-            read_options=pacsv.ReadOptions(column_names=["line"]),
+            read_options=pacsv.ReadOptions(column_names=["line"], encoding=encoding),
             parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
         ).column("line")
