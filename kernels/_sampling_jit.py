@@ -227,7 +227,11 @@ def _uniform_rows_csr(users, indptr, indices, num_items, key, max_tries, out):
         start = indptr[u]
         end = indptr[u + 1]
         k = end - start
-        if k > 0 and 2 * (num_items - k) >= num_items and not _use_bitmap(k, n):
+        if k == 0:  # nothing to exclude (also every row of a call without `exclude`)
+            rk = row_key(key, r)
+            for s in range(n):
+                out[r, s] = bounded(bits(rk, s * (max_tries + 1)), num_items)
+        elif 2 * (num_items - k) >= num_items and not _use_bitmap(k, n):
             _uniform_row_search(indices, start, end, num_items, row_key(key, r), max_tries, out, r)
         else:
             _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, scratch, -1, scratch, out, r)
