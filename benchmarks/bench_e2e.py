@@ -1,0 +1,141 @@
+"""End to end on CPU: load, train a fixed number of epochs, full evaluation, for twotower and for a
+plain PyTorch pipeline in the style of the one it replaces (`benchmarks/e2e_reference.py`), on the
+same data with the same model, loss and settings.
+
+Datasets: MovieLens-100K (`../shared/data/ml-100k/u.data`, skipped when absent) and a generated one
+of about one million interactions (written to a temporary CSV, so both pipelines read a file).
+Settings shared by both: 64-d id embeddings with cosine scores, sampled softmax over the positive and
+16 uniform negatives excluding the user's train items, temperature 0.1, AdamW lr 0.005, batch 1024.
+twotower is also timed with its recommended loss (in-batch + 1024 shared negatives, "mixed").
+
+    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md
+    pytest benchmarks/bench_e2e.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+import torch
+
+from benchmarks import e2e_reference as ref
+from benchmarks.runner import markdown_table, write_results
+from twotower.config import TrainConfig
+from twotower.data import build_dataset, generate
+from twotower.evaluate import evaluate_model
+from twotower.train import fit
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+NEGATIVES, DIM, BATCH, LR, TEMPERATURE = 16, 64, 1024, 0.005, 0.1
+
+
+def twotower_config(epochs: int, recommended: bool) -> TrainConfig:
+    config = TrainConfig()
+    config.model.embedding_dim = DIM
+    config.optim = dataclasses.replace(config.optim, lr=LR, warmup_fraction=0.0, schedule="constant", clip_norm=0.0)
+    config.train = dataclasses.replace(config.train, epochs=epochs, patience=0, eval_every=epochs, progress=False)
+    if not recommended:
+        config.batches = dataclasses.replace(config.batches, batch_size=BATCH, num_negatives=NEGATIVES, negative_kind="uniform",
+                                             num_shared_negatives=0, log_q="none")
+        config.loss = dataclasses.replace(config.loss, kind="sampled_softmax", temperature=TEMPERATURE, remove_accidental_hits=False)
+    return config
+
+
+def run_twotower(path: str, fmt: str, epochs: int, recommended: bool, out: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    dataset = build_dataset(path, format=fmt)
+    load = time.perf_counter() - start
+    config = twotower_config(epochs, recommended)
+    result = fit(config, out, dataset=dataset)
+    train_seconds = sum(r["epoch_seconds"] for r in result.history)
+    samples = sum(len(dataset.train.users) for _ in result.history)
+    start = time.perf_counter()
+    test = evaluate_model(result_model(out), dataset, split="test", ks=(10,), progress=False)
+    eval_seconds = time.perf_counter() - start
+    return {"load": load, "train": train_seconds, "samples_per_s": samples / train_seconds, "eval": eval_seconds,
+            "users_per_s": test.num_users / eval_seconds, "total": load + train_seconds + eval_seconds,
+            "ndcg@10": test.metrics["ndcg@10"], "recall@10": test.metrics["recall@10"]}
+
+
+def result_model(out: Path):
+    from twotower.model_dir import load_model_dir
+
+    return load_model_dir(out / "model").model
+
+
+def run_reference(path: str, delimiter: str, epochs: int) -> dict[str, float]:
+    start = time.perf_counter()
+    data = ref.read_and_split(path, delimiter)
+    load = time.perf_counter() - start
+    model, train_seconds, samples = ref.train(data, dim=DIM, epochs=epochs, batch_size=BATCH, num_negatives=NEGATIVES,
+                                               lr=LR, temperature=TEMPERATURE)
+    metrics, eval_seconds, users = ref.evaluate(model, data)
+    return {"load": load, "train": train_seconds, "samples_per_s": samples / train_seconds, "eval": eval_seconds,
+            "users_per_s": users / eval_seconds, "total": load + train_seconds + eval_seconds, **metrics}
+
+
+def generated_csv(directory: Path, num_users: int = 20_000, num_items: int = 20_000, per_user: float = 50.0) -> Path:
+    """About num_users * per_user interactions as `user,item,timestamp` with a header."""
+    path = directory / "generated.csv"
+    pacsv.write_csv(generate(num_users, num_items, interactions_per_user=per_user, seed=0), str(path))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = []
+        if (DATA / "ml-100k" / "u.data").is_file():
+            cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs))
+        big = generated_csv(tmp)
+        cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1))
+        for name, path, fmt, delimiter, epochs in cases:
+            print(f"{name}: reference pipeline ...", flush=True)
+            base = run_reference(path, delimiter, epochs)
+            print(f"{name}: twotower (same settings) ...", flush=True)
+            same = run_twotower(path, fmt, epochs, False, tmp / f"same-{fmt}")
+            print(f"{name}: twotower (recommended loss) ...", flush=True)
+            rec = run_twotower(path, fmt, epochs, True, tmp / f"rec-{fmt}")
+            for label, r in (("reference PyTorch pipeline", base), ("twotower, same settings", same),
+                             ("twotower, mixed negatives", rec)):
+                rows.append([name, epochs, label, f"{r['load']:.2f}", f"{r['train']:.1f}", f"{r['samples_per_s']:,.0f}",
+                             f"{r['eval']:.2f}", f"{r['users_per_s']:,.0f}", f"{r['total']:.1f}",
+                             f"{base['total'] / r['total']:.1f}x", f"{r['ndcg@10']:.4f}"])
+            print(markdown_table(HEADER, rows[-3:]), flush=True)
+    table = markdown_table(HEADER, rows)
+    path = write_results("e2e", table, {"rows": rows})
+    print(table)
+    print(f"written to {path}")
+
+
+HEADER = ["data", "epochs", "pipeline", "load s", "train s", "samples/s", "eval s", "users/s", "total s",
+          "speed-up (total)", "test ndcg@10"]
+
+
+@pytest.mark.skipif(not (DATA / "ml-100k" / "u.data").is_file(), reason="MovieLens-100K not present")
+def test_e2e_twotower_ml100k(benchmark, tmp_path):
+    path = str(DATA / "ml-100k" / "u.data")
+    benchmark.pedantic(run_twotower, args=(path, "ml-100k", 1, False, tmp_path / "run"), rounds=1, warmup_rounds=0)
+
+
+@pytest.mark.skipif(not (DATA / "ml-100k" / "u.data").is_file(), reason="MovieLens-100K not present")
+def test_e2e_reference_ml100k(benchmark):
+    path = str(DATA / "ml-100k" / "u.data")
+    benchmark.pedantic(run_reference, args=(path, "\t", 1), rounds=1, warmup_rounds=0)
+
+
+if __name__ == "__main__":
+    main()
