@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twotower.data import DataError, detect_format, from_table, read_interactions
 from twotower.data.io import _SeparatorStream
@@ -212,3 +214,41 @@ def test_encoding_and_unparseable_text(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(DataError, match="empty"):
         read_interactions(tmp_path / "empty.txt", format="adjacency")
+
+
+_CORRUPT = {
+    "short": lambda u, i, r, t: f"{u},{i}",
+    "long": lambda u, i, r, t: f"{u},{i},{r},{t},7",
+    "rating": lambda u, i, r, t: f"{u},{i},x{r},{t}",
+    "time": lambda u, i, r, t: f"{u},{i},{r},{t}y",
+    "user": lambda u, i, r, t: f" ,{i},{r},{t}",
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 50), st.integers(-5, 10**12), st.integers(0, 10), st.integers(0, 2**40)), min_size=1, max_size=30),
+    marks=st.lists(st.sampled_from([None, None, None, "blank", *_CORRUPT]), min_size=30, max_size=30),
+    crlf=st.booleans(),
+)
+def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
+    # every corrupted line is reported by its physical number; blank lines shift numbers but are not errors
+    lines, kept, bad_lines = ["user,item,rating,timestamp"], [], []
+    for (u, i, r, t), mark in zip(rows, marks):
+        if mark == "blank":
+            lines.append("")
+        if mark in _CORRUPT:
+            lines.append(_CORRUPT[mark](u, i, r / 2, t))
+            bad_lines.append(len(lines))
+        else:
+            lines.append(f"{u},{i},{r / 2},{t}")
+            kept.append((u, i, r / 2, t))
+    if not kept:
+        return
+    path = tmp_path_factory.mktemp("p") / "r.csv"
+    path.write_bytes((("\r\n" if crlf else "\n").join(lines) + "\n").encode())
+    result = read_interactions(path)
+    t = result.table
+    assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")))) == kept
+    assert result.report.rows_skipped == len(bad_lines)
+    assert result.report.skipped_lines == tuple(bad_lines[:10])
