@@ -191,32 +191,52 @@ def build_dataset(
         cfg = dataclasses.replace(cfg, split="given")
     elif cfg.split == "given":
         raise ValueError("split='given' needs the test file (and optionally valid=...)")
-    feature_cols = tuple(
-        dict.fromkeys(c for fs in (user_features, item_features) if isinstance(fs, FeatureSource) and fs.source is None
-                      for spec in fs.specs for c in spec.columns)
-    )  # fmt: skip
-    parts = [("train", source)] + [(name, s) for name, s in (("valid", valid), ("test", test)) if s is not None]
-    tables, stats = [], {"sources": {}}
-    for name, src in parts:
-        result = read(src, cfg, feature_cols)
+    parts = [(TRAIN, source)] + [(code, s) for code, s in ((VALID, valid), (TEST, test)) if s is not None]
+    stats: dict[str, Any] = {}
+    table, part_of = _read_parts(parts, cfg, _interaction_feature_columns(user_features, item_features), stats)
+    users, user_vocab = encode_ids(table.column("user"))
+    items, item_vocab = encode_ids(table.column("item"))
+    ts = _numpy(table.column("timestamp") if "timestamp" in table.column_names else None, np.int64)
+    keep = _filter_rows(users, items, ts, part_of, len(user_vocab), len(item_vocab), cfg, stats)
+    inter, part_of, table = Interactions(users, items, ts).take(keep), part_of[keep], table.filter(pa.array(keep))
+    assignment, require_valid = _assign(cfg, inter, part_of, has_valid=valid is not None)
+    ds = assemble(inter, assignment, user_vocab, item_vocab, require_valid=require_valid, stats=stats)
+    uf = _features(user_features, ds.user_vocab, table, "user")
+    itf = _features(item_features, ds.item_vocab, table, "item")
+    return dataclasses.replace(ds, user_features=uf, item_features=itf)
+
+
+def _interaction_feature_columns(*sources: FeatureSource | str | os.PathLike | None) -> tuple[str, ...]:
+    """Columns of the (training) interaction file that FeatureSources without a file of their own need."""
+    cols = [c for fs in sources if isinstance(fs, FeatureSource) and fs.source is None for spec in fs.specs for c in spec.columns]
+    return tuple(dict.fromkeys(cols))
+
+
+def _read_parts(
+    parts: list[tuple[int, Source]], cfg: DataConfig, feature_cols: tuple[str, ...], stats: dict[str, Any]
+) -> tuple[pa.Table, np.ndarray]:
+    """Reads each part (train, and valid / test when given) and keeps its positives."""
+    tables, stats["sources"], stats["non_positive_rows"] = [], {}, 0
+    for code, src in parts:
+        result = read(src, cfg, feature_cols if code == TRAIN else ())
         rep = result.report
-        stats["sources"][name] = dataclasses.asdict(rep)
+        stats["sources"][("train", "valid", "test")[code]] = dataclasses.asdict(rep)
         if rep.rows_skipped:
             log.warning("%s", rep.summary())
         positives = select_positives(result.table, cfg.feedback, cfg.threshold, source=rep.source)
-        stats.setdefault("non_positive_rows", 0)
         stats["non_positive_rows"] += result.table.num_rows - positives.num_rows
         tables.append(positives)
     stats["rows_read"] = sum(s["rows_read"] for s in stats["sources"].values())
     stats["rows_skipped"] = sum(s["rows_skipped"] for s in stats["sources"].values())
+    return _concat(tables, [code for code, _ in parts])
 
-    table, part_of = _concat(tables, [{"train": TRAIN, "valid": VALID, "test": TEST}[n] for n, _ in parts])
-    users, user_vocab = encode_ids(table.column("user"))
-    items, item_vocab = encode_ids(table.column("item"))
-    ts = _numpy(table.column("timestamp") if "timestamp" in table.column_names else None, np.int64)
-    inter = Interactions(users, items, ts)
 
-    keep = np.ones(len(inter), dtype=np.bool_)
+def _filter_rows(
+    users: np.ndarray, items: np.ndarray, ts: np.ndarray | None, part_of: np.ndarray, num_users: int, num_items: int,
+    cfg: DataConfig, stats: dict[str, Any],
+) -> np.ndarray:  # fmt: skip
+    """Bool mask [n]: duplicates removed within each part, k-core applied to the training part."""
+    keep = np.ones(len(users), dtype=np.bool_)
     if cfg.dedupe:
         for p in np.unique(part_of):
             rows = np.flatnonzero(part_of == p)
@@ -225,31 +245,30 @@ def build_dataset(
             keep[rows] &= mask
         stats["duplicates_removed"] = int((~keep).sum())
     k_user, k_item = cfg.kcore if isinstance(cfg.kcore, (tuple, list)) else (cfg.kcore, cfg.kcore)
-    train_rows = keep & (part_of == 0)
-    core = kcore(users[train_rows], items[train_rows], len(user_vocab), len(item_vocab), k_user, k_item)
+    train_rows = np.flatnonzero(keep & (part_of == TRAIN))
+    core = kcore(users[train_rows], items[train_rows], num_users, num_items, k_user, k_item)
     stats["kcore_rows_removed"] = int((~core).sum())
-    if core.sum() == 0:
+    if not core.any():
         raise DataError(f"k-core filtering (k_user={k_user}, k_item={k_item}) removed every interaction")
-    keep[np.flatnonzero(train_rows)[~core]] = False
-    inter, part_of, table = inter.take(keep), part_of[keep], table.filter(pa.array(keep))
+    keep[train_rows[~core]] = False
+    return keep
 
+
+def _assign(cfg: DataConfig, inter: Interactions, part_of: np.ndarray, *, has_valid: bool) -> tuple[np.ndarray, bool]:
+    """(train / valid / test assignment int8 [n], whether an empty validation set is an error)."""
     if cfg.split == "given":
-        assignment = np.where(part_of == 0, TRAIN, np.where(part_of == 1, VALID, TEST)).astype(np.int8)
-        require_valid = valid is not None
-    elif cfg.split == "ratio":
-        assignment = ratio_split(inter.users, tuple(cfg.ratios), seed=cfg.seed)
-        require_valid = len(cfg.ratios) == 3 and cfg.ratios[1] > 0
-    elif cfg.split == "leave_last_out":
-        assignment = leave_last_out(inter.users, inter.timestamps, cfg.n_valid, cfg.n_test)
-        require_valid = cfg.n_valid > 0
-    else:
-        ratios = None if cfg.time_cuts is not None else tuple(cfg.ratios)
-        assignment = time_split(inter.timestamps, cuts=cfg.time_cuts, ratios=ratios)  # type: ignore[arg-type]
-        require_valid = cfg.time_cuts[0] < cfg.time_cuts[1] if cfg.time_cuts is not None else cfg.ratios[1] > 0
-    ds = assemble(inter, assignment, user_vocab, item_vocab, require_valid=require_valid, stats=stats)
-    uf = _features(user_features, ds.user_vocab, table, "user")
-    itf = _features(item_features, ds.item_vocab, table, "item")
-    return dataclasses.replace(ds, user_features=uf, item_features=itf)
+        return part_of.astype(np.int8), has_valid
+    if cfg.split == "ratio":
+        return ratio_split(inter.users, tuple(cfg.ratios), seed=cfg.seed), len(cfg.ratios) == 3 and cfg.ratios[1] > 0
+    if cfg.split == "leave_last_out":
+        return leave_last_out(inter.users, inter.timestamps, cfg.n_valid, cfg.n_test), cfg.n_valid > 0
+    if cfg.time_cuts is not None:
+        cuts = (int(cfg.time_cuts[0]), int(cfg.time_cuts[1]))
+        return time_split(inter.timestamps, cuts=cuts), cuts[0] < cuts[1]
+    ratios = tuple(cfg.ratios)
+    if len(ratios) != 3:
+        raise ValueError(f"split='time' with ratios needs (train, valid, test), got {ratios}")
+    return time_split(inter.timestamps, ratios=ratios), ratios[1] > 0  # type: ignore[arg-type]
 
 
 def _concat(tables: list[pa.Table], parts: list[int]) -> tuple[pa.Table, np.ndarray]:
