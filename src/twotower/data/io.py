@@ -191,7 +191,7 @@ def read_interactions(
 
     Example:
         >>> t = read_interactions("ratings.csv", format="ml-latest")  # doctest: +SKIP
-        >>> t.table.column_names
+        >>> t.table.column_names  # doctest: +SKIP
         ['user', 'item', 'rating', 'timestamp']
     """
     path = Path(path)
