@@ -61,3 +61,8 @@ def test_side_feature_tables():
     assert truth.item_table.column_names == ["item", "category", "tags", "quality"]
     agree = np.array([c == f"c{k}" for c, k in zip(truth.item_table.column("category").to_pylist(), truth.item_cluster)])
     assert 0.8 < agree.mean() <= 1.0  # a noisy copy of the cluster
+
+
+def test_tiny_catalogue():
+    t = generate(num_users=5, num_items=2, interactions_per_user=1, seed=0)
+    assert t.num_rows == 5 and set(t.column("item").to_pylist()) <= {1, 2}

@@ -112,9 +112,10 @@ def generate_with_truth(
     ranks = rng.permutation(num_items) + 1
     log_pop = -popularity_exponent * np.log(ranks.astype(np.float64))
 
-    # interactions per user: log-normal around the mean, at least 3, at most half the catalogue
+    # interactions per user: log-normal around the mean, at least 3, at most half the catalogue (>= 1)
     counts = np.exp(rng.normal(np.log(interactions_per_user) - 0.18, 0.6, size=num_users))
-    counts = np.clip(np.round(counts), 3, max(3, num_items // 2)).astype(np.int64)
+    upper = max(1, num_items // 2)
+    counts = np.clip(np.round(counts), min(3, upper), upper).astype(np.int64)
     k_max = int(counts.max())
 
     users_out, items_out = [], []
