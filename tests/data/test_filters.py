@@ -29,6 +29,19 @@ def test_dedupe_keeps_latest():
     assert dedupe(users, items, None).tolist() == [2, 3, 4]  # last in file order
 
 
+@pytest.mark.parametrize("with_time", [True, False])
+def test_dedupe_matches_naive(with_time):
+    rng = np.random.default_rng(7)
+    users, items = rng.integers(0, 20, 3000), rng.integers(0, 30, 3000)
+    ts = rng.integers(0, 5, 3000) if with_time else None  # many ties in time
+    best = {}
+    for r in range(3000):  # keep the latest; on a tie (or without time) the later row
+        pair = (users[r], items[r])
+        if pair not in best or ts is None or ts[r] >= ts[best[pair]]:
+            best[pair] = r
+    assert dedupe(users, items, ts).tolist() == sorted(best.values())
+
+
 def _naive_kcore(users, items, ku, ki):
     alive = set(range(len(users)))
     while True:

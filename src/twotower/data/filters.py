@@ -51,12 +51,21 @@ def dedupe(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) 
     """Row indices [m] (ascending) that keep one row per (user, item) pair: the latest by timestamp,
     the last in file order on ties or without timestamps."""
     n = len(users)
-    order_keys = [np.arange(n)] + ([timestamps] if timestamps is not None else []) + [items, users]
-    order = np.lexsort(order_keys)
-    u, i = users[order], items[order]
-    last = np.ones(n, dtype=np.bool_)
-    last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    return np.sort(order[last])
+    key = users.astype(np.int64) * (int(items.max()) + 1 if n else 1) + items
+    order = np.argsort(key, kind="stable")  # rows of one pair together, in file order
+    k = key[order]
+    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    if len(starts) == n:
+        return np.arange(n)  # no duplicates: the common case, one sort
+    ends = np.append(starts[1:], n) - 1
+    if timestamps is None:
+        return np.sort(order[ends])
+    ts = timestamps[order]
+    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    latest = ts == np.maximum.reduceat(ts, starts)[group]
+    hit = np.flatnonzero(latest)  # the last latest row of each group is the one kept
+    last = np.append(group[hit][1:] != group[hit][:-1], True)
+    return np.sort(order[hit[last]])
 
 
 def kcore(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, k_user: int, k_item: int) -> np.ndarray:

@@ -143,8 +143,8 @@ def assemble(
     held = ~is_train
     cold_u = held & ~seen_u[inter.users]
     cold_i = held & ~seen_i[inter.items]
-    stats["cold_start_users"] = int(len(np.unique(inter.users[cold_u])))
-    stats["cold_start_items"] = int(len(np.unique(inter.items[cold_i])))
+    stats["cold_start_users"] = int(np.count_nonzero(np.bincount(inter.users[cold_u], minlength=1)))
+    stats["cold_start_items"] = int(np.count_nonzero(np.bincount(inter.items[cold_i], minlength=1)))
     stats["cold_start_rows_dropped"] = int((cold_u | cold_i).sum())
     keep = ~(cold_u | cold_i)
     inter, assignment = inter.take(keep), assignment[keep]

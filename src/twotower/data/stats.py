@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from twotower.data.dataset import DataConfig, EncodedInteractions, load_encoded
-from twotower.data.types import SplitDataset
+from twotower.data.types import SplitDataset, sorted_unique
 
 
 def gini(counts: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def describe_arrays(users: np.ndarray, items: np.ndarray, num_users: int, num_it
     n = len(users)
     per_user = np.bincount(users, minlength=num_users)
     per_item = np.bincount(items, minlength=num_items)
-    pairs = len(np.unique(users.astype(np.int64) * max(1, num_items) + items))
+    pairs = len(sorted_unique(users.astype(np.int64) * max(1, num_items) + items))
     out: dict[str, Any] = {
         "interactions": n,
         "users": num_users,
