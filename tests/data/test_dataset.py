@@ -91,6 +91,22 @@ def test_features_from_the_interaction_file(tmp_path):
     assert [ds.item_features.values["genre"][c - 1] for c in codes] == ["rock", "jazz", "pop"]
 
 
+def test_generic_feature_file_is_inferred(tmp_path):
+    (tmp_path / "items.csv").write_text(
+        "title,movie_id,kind,tags,price,rank\n"
+        + "".join(f"Film number {i},{i},{'ab'[i % 2]},t{i % 3}|t{i % 5},{i * 1.5},{i}\n" for i in range(1000, 1300))
+    )
+    ds = build_dataset(_raw(4), kcore=2, item_features=tmp_path / "items.csv")
+    ft = ds.item_features
+    assert set(ft.categorical) == {"kind"} and set(ft.multi_categorical) == {"tags"} and set(ft.dense) == {"price", "rank"}
+    # aligned by the key column movie_id (found by name though it is not the first column)
+    ids = ds.item_vocab.ids
+    kinds = [ft.values["kind"][c - 1] for c in ft.categorical["kind"][0]]
+    assert kinds == ["ab"[i % 2] for i in ids]
+    price = ft.dense["price"][:, 0]
+    assert np.corrcoef(price, ids)[0, 1] > 0.999  # standardized, but still the same order
+
+
 def test_errors():
     raw = _raw(3)
     with pytest.raises(DataError, match="no positive interactions"):
@@ -101,7 +117,7 @@ def test_errors():
         build_dataset(raw, splitt="ratio")
     with pytest.raises(ValueError, match="split must be one of"):
         DataConfig(split="kfold")
-    with pytest.raises(ValueError, match="not a MovieLens item file"):
+    with pytest.raises(FileNotFoundError, match="items.csv"):
         build_dataset(raw, item_features="items.csv")
 
 

@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from twotower.data.clean import ReadReport
-from twotower.data.features import FeatureSource, load_features, movielens_item_features, movielens_user_features
+from twotower.data.features import (
+    FeatureSource,
+    infer_source,
+    load_features,
+    movielens_item_features,
+    movielens_user_features,
+)
 from twotower.data.filters import dedupe, kcore, select_positives
 from twotower.data.io import InteractionTable, from_table, read_interactions
 from twotower.data.split import TEST, TRAIN, VALID, assemble, leave_last_out, ratio_split, time_split
@@ -174,8 +180,9 @@ def build_dataset(
     Args:
         source: the interaction file (or Arrow table); with `valid` / `test`, the training file.
         valid / test: user-given validation and test files (implies split="given"; `valid` optional).
-        user_features / item_features: a FeatureSource, or a MovieLens file path (`u.user`,
-            `users.dat`; `u.item`, `movies.csv`).
+        user_features / item_features: a FeatureSource, a MovieLens file (`u.user`, `users.dat`;
+            `u.item`, `movies.csv`), or any feature file with a header (specs guessed by
+            `features.infer_source`: key column by name, numbers dense, `a|b` text multi-valued).
         config: a DataConfig; keyword `options` override its fields (e.g. split="leave_last_out").
 
     Example:
@@ -294,9 +301,8 @@ def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary,
         return movielens_item_features(spec, vocab)
     if kind == "user" and (name.startswith("u.user") or name == "users.dat"):
         return movielens_user_features(spec, vocab)
-    raise ValueError(
-        f"{spec}: not a MovieLens {kind} file (u.item / movies.csv / u.user / users.dat); pass a FeatureSource "
-        f"with the key column and FeatureSpecs for other files"
-    )
+    inferred = infer_source(spec, kind)
+    log.info("%s features from %s: key %r, %s", kind, spec, inferred.key, [(f.name, f.kind) for f in inferred.specs])
+    return load_features(inferred, vocab)
 
 

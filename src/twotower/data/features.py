@@ -1,7 +1,8 @@
 """Side features keyed by external user / item id -> FeatureTable rows aligned with codes.
 
 Generic: categorical (single-valued), multi-valued categorical (`a|b|c` in one cell) and dense
-columns from any table or file with an id column. MovieLens: `u.item` (19 binary genre columns) and
+columns from any table or file with an id column, described by FeatureSpecs or guessed from the
+column types (`infer_source`). MovieLens: `u.item` (19 binary genre columns) and
 `movies.csv` (`|`-separated genres), `u.user` / `users.dat` (age, gender, occupation, zip prefix).
 Code 0 of every categorical feature means missing: an entity absent from the feature file, or an
 empty value; real values get codes 1..K in ascending order of their text.
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from twotower.data.io import open_source
+from twotower.data.io import COLUMN_ALIASES, open_source
 from twotower.data.types import CSR, DataError, FeatureTable
 from twotower.data.vocab import Vocabulary, encode_ids
 
@@ -205,6 +206,50 @@ def load_features(source: FeatureSource, vocab: Vocabulary, interactions: pa.Tab
     if source.key not in table.column_names:
         raise DataError(f"feature source: no key column {source.key!r}; the columns are {table.column_names}")
     return build_features(table.column(source.key), table, source.specs, vocab)
+
+
+def infer_specs(table: pa.Table, key: str, *, max_unique_share: float = 0.5, max_int_categories: int = 32) -> tuple[FeatureSpec, ...]:
+    """A FeatureSpec for each non-key column, guessed from its values.
+
+    Floats -> dense (standardized); integers -> categorical with at most `max_int_categories` distinct
+    values (codes, flags), else dense; text with a `|` -> multi-valued; other text -> categorical,
+    except text that is nearly unique per row (more than `max_unique_share` of rows distinct: titles,
+    URLs), which is skipped. Pass explicit FeatureSpecs where a guess is wrong.
+    """
+    specs = []
+    for name in table.column_names:
+        if name == key:
+            continue
+        col = table.column(name)
+        t = col.type
+        distinct = len(pc.unique(col.drop_null()))
+        if pa.types.is_floating(t):
+            specs.append(FeatureSpec(name, "dense", standardize=True))
+        elif pa.types.is_integer(t):
+            kind = "categorical" if distinct <= max_int_categories else "dense"
+            specs.append(FeatureSpec(name, kind, standardize=kind == "dense"))
+        elif pa.types.is_boolean(t):
+            specs.append(FeatureSpec(name, "categorical"))
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            if pc.any(pc.match_substring(col, "|")).as_py():
+                specs.append(FeatureSpec(name, "multi"))
+            elif distinct <= max_unique_share * max(1, table.num_rows):
+                specs.append(FeatureSpec(name, "categorical"))
+    return tuple(specs)
+
+
+def infer_source(source: str | os.PathLike | pa.Table, kind: str, *, delimiter: str | None = None) -> FeatureSource:
+    """A FeatureSource for a feature file with a header: the key is the first column named like a
+    `kind` ("user" / "item") id column (user_id, movieId, ...), else the first column; the specs
+    come from `infer_specs`."""
+    if kind not in ("user", "item"):
+        raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+    table = source if isinstance(source, pa.Table) else read_table(source, delimiter=delimiter)
+    key = next((c for c in table.column_names if c.lower() in COLUMN_ALIASES[kind]), table.column_names[0])
+    specs = infer_specs(table, key)
+    if not specs:
+        raise DataError(f"{source if not isinstance(source, pa.Table) else '<table>'}: no usable feature column besides the key {key!r}")
+    return FeatureSource(table, key, specs)
 
 
 def movielens_item_features(path: str | os.PathLike, vocab: Vocabulary) -> FeatureTable:

@@ -57,7 +57,7 @@ FORMATS: dict[str, Format] = {
 }
 
 # header names recognised when `columns` leaves a role out (compared lower-case)
-_ALIASES = {
+COLUMN_ALIASES = {
     "user": ("user", "user_id", "userid", "uid", "user id", "users", "customer_id", "visitorid"),
     "item": ("item", "item_id", "itemid", "iid", "movieid", "movie_id", "artistid", "product_id", "business_id", "track_id"),
     "rating": ("rating", "ratings", "score", "stars"),
@@ -264,9 +264,9 @@ def _column_names(path: Path, delim: str, has_header: bool, names: list[str] | N
 
 
 def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: Path, named: bool) -> dict[str, str]:
-    unknown = set(columns) - set(_ALIASES)
+    unknown = set(columns) - set(COLUMN_ALIASES)
     if unknown:
-        raise ValueError(f"unknown column role(s) {sorted(unknown)}; roles are {list(_ALIASES)}")
+        raise ValueError(f"unknown column role(s) {sorted(unknown)}; roles are {list(COLUMN_ALIASES)}")
     roles: dict[str, str] = {}
     for role, col in columns.items():
         if col is None:
@@ -288,12 +288,12 @@ def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: P
             if i < len(file_names) and file_names[i] not in roles.values():
                 roles[role] = file_names[i]
             continue
-        for alias in _ALIASES[role]:
+        for alias in COLUMN_ALIASES[role]:
             if alias in lower and lower[alias] not in roles.values():
                 roles[role] = lower[alias]
                 break
     if "label" not in roles and not positional:
-        for alias in _ALIASES["label"]:
+        for alias in COLUMN_ALIASES["label"]:
             if alias in lower and lower[alias] not in roles.values():
                 roles["label"] = lower[alias]
                 break
