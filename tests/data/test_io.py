@@ -252,3 +252,10 @@ def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
     assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")))) == kept
     assert result.report.rows_skipped == len(bad_lines)
     assert result.report.skipped_lines == tuple(bad_lines[:10])
+
+
+def test_large_integer_timestamps_stay_exact_on_the_text_path(tmp_path):
+    # a bad row forces the all-text re-read; 19-digit nanosecond epochs must not pass through float64
+    (tmp_path / "ns.csv").write_text("user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n")
+    result = read_interactions(tmp_path / "ns.csv")
+    assert result.table.column("timestamp").to_pylist() == [1600000000123456789, 1600000000123456791]

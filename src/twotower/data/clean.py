@@ -127,6 +127,8 @@ def _timestamp_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_timestamp(t):
         return pc.divide(col.cast(pa.timestamp("ns")).cast(pa.int64()), 1_000_000_000)
     text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    if pc.all(pc.match_substring_regex(text, _INT)).as_py():
+        return text.cast(pa.int64())  # exact, also for nanosecond epochs beyond float precision
     numeric = pc.match_substring_regex(text, _NUMBER)
     if pc.all(numeric).as_py():
         return pc.floor(text.cast(pa.float64())).cast(pa.int64())
