@@ -25,6 +25,7 @@ negatives, hard negatives from candidate lists, the streaming frequency estimato
 from __future__ import annotations
 
 import functools
+import os
 import random
 import statistics
 import time
@@ -262,8 +263,10 @@ def main() -> None:
         print(other[-1], flush=True)
     other_table = markdown_table(["operation", "ms per call (median)", "throughput"], other)
 
+    load = os.getloadavg()
     note = (
-        f"\n\nExclusionIndex build (validation + row bitmaps, {index.words.nbytes / 1e3:.0f} KB): "
+        f"\n\nLoad average during the run: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min) on {os.cpu_count()} cores. "
+        f"ExclusionIndex build (validation + row bitmaps, {index.words.nbytes / 1e3:.0f} KB): "
         f"{t_index.median * 1e3:.2f} ms, once per history. "
         f"Histories: {source}, {indptr.size - 1} users, {num_items} items, {indices.size} positives "
         f"(mean {indices.size / (indptr.size - 1):.0f} per user). Batches of {BATCH} training rows. "
@@ -276,7 +279,7 @@ def main() -> None:
     text = "## Uniform negatives excluding positives\n\n" + main_table + "\n\n## Targets\n\n" + target_table
     text += "\n\n## Other samplers\n\n" + other_table + note
     print(text)
-    write_results("samplers", text, {"uniform": rows, "targets": summary, "other": other, "source": source})
+    write_results("samplers", text, {"uniform": rows, "targets": summary, "other": other, "source": source, "load_average": load})
 
 
 # ---------------------------------------------------------------------------------- pytest-benchmark
