@@ -341,26 +341,33 @@ def _read_text(
     path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool,
     encoding: str,
 ) -> InteractionTable:  # fmt: skip
-    """Single-threaded all-text read, so that pyarrow gives line numbers of rows it cannot parse.
+    """All-text read that finds every malformed row with its line number.
 
-    Line numbers of the other rows are counted from those: exact unless a quoted field spans lines.
+    First multi-threaded; pyarrow numbers the rows it cannot split only when reading on one thread,
+    so if there are such rows the file is read once more single-threaded. Line numbers of the other
+    rows are counted from those: exact unless a quoted field spans lines.
     """
-    problems: list[tuple[int, str]] = []
+    for use_threads in (True, False):
+        problems: list[tuple[int, str]] = []
 
-    def record(row: Any) -> str:
-        problems.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
-        return "skip"
+        def record(row: Any) -> str:
+            problems.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
+            return "skip"
 
-    source, d = open_source(path, delim)
-    with source:
-        table = pacsv.read_csv(
-            source,
-            read_options=pacsv.ReadOptions(column_names=None if has_header else file_names, use_threads=False, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=d, invalid_row_handler=record, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types={c: pa.string() for c in wanted}, strings_can_be_null=False
-            ),
-        )
+        source, d = open_source(path, delim)
+        with source:
+            table = pacsv.read_csv(
+                source,
+                read_options=pacsv.ReadOptions(
+                    column_names=None if has_header else file_names, use_threads=use_threads, encoding=encoding
+                ),
+                parse_options=pacsv.ParseOptions(delimiter=d, invalid_row_handler=record, ignore_empty_lines=False),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=wanted, column_types={c: pa.string() for c in wanted}, strings_can_be_null=False
+                ),
+            )
+        if not problems:
+            break
     # every physical line after the header is either a parsed row or an invalid one; rows take the rest
     first_line = 2 if has_header else 1
     total = table.num_rows + len(problems)
