@@ -46,6 +46,9 @@ from torch import Tensor
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# The same constants as compile-time values for the kernels (plain globals are not visible there).
+_K_LOG2E = tl.constexpr(LOG2E)
+_K_LN2 = tl.constexpr(LN2)
 
 # Column range granularity of one split of the forward / row pass: every BLOCK_N divides it, so a
 # split boundary never falls inside a tile and tiles never straddle two splits.
@@ -62,18 +65,30 @@ def interpreting() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Block-size heuristics. Tile shapes follow FlashAttention-2's forward / backward choices for the same
-# head dimension on H100 (and Triton's fused-attention tutorial); they have NOT been re-measured for
-# this kernel (no GPU was available while writing it): `benchmarks/gpu/run_infonce.py` is the place
-# to check them, and TWOTOWER_INFONCE_AUTOTUNE=1 searches a small space on the GPU instead.
-# Under the interpreter tiles are 64 wide and D is cut into 64-wide chunks, so that the tests at
-# small sizes walk several row blocks, column blocks and D chunks.
+# Block-size heuristics, from D and the dtype. Half-precision tiles follow FlashAttention-2 / Triton's
+# fused-attention tutorial for the same head dimension on H100, trimmed until ptxas reports no (or a
+# few bytes of) register spills for sm_90 (`python -m benchmarks.gpu.compile_infonce`, which compiles
+# without a GPU); their speed has NOT been measured yet (no GPU while writing them):
+# `benchmarks/gpu/run_infonce.py` is the place to check them, and TWOTOWER_INFONCE_AUTOTUNE=1
+# searches a small space on the GPU instead. float32 operands take the exact ("ieee") FMA path
+# (torch's default float32 matmul precision), whose register-hungry layout needs small tiles and D
+# chunks of 64. Under the interpreter tiles are 64 wide and D is cut into 64-wide chunks, so that the
+# tests at small sizes walk several row blocks, column blocks and D chunks.
 # ---------------------------------------------------------------------------------------------------
 
 
+def _fp32(args: dict) -> bool:
+    x = args["A_ptr"] if "A_ptr" in args else args["Q_ptr"]
+    return x.dtype == torch.float32
+
+
 def _block_d(args: dict) -> int:
-    cap = 64 if args["INTERPRET"] else 256
-    return max(16, min(triton.next_power_of_2(args["D"]), cap))
+    """Whole D on chip up to 256 (half precision); beyond, D is streamed in chunks of 128, which keep
+    the chunked loops free of register spills."""
+    D = args["D"]
+    if args["INTERPRET"] or _fp32(args):
+        return max(16, min(triton.next_power_of_2(D), 64))
+    return max(16, triton.next_power_of_2(D)) if D <= 256 else 128
 
 
 def _single_d(args: dict) -> bool:
@@ -81,41 +96,40 @@ def _single_d(args: dict) -> bool:
 
 
 def _fwd_block_m(args: dict) -> int:
-    return 64 if args["INTERPRET"] else 128
+    """Forward: rows per program (the query tile held on chip)."""
+    return 64 if args["INTERPRET"] or _fp32(args) else 128
 
 
 def _fwd_block_n(args: dict) -> int:
+    """Forward: candidate columns per step of the sweep."""
     if args["INTERPRET"]:
         return 64
-    return 128 if args["D"] <= 64 else 64
-
-
-def _fwd_warps(args: dict) -> int:
-    return 4 if args["D"] <= 64 else 8
-
-
-def _fwd_stages(args: dict) -> int:
-    return 2 if args["D"] > 128 else 3
+    return 32 if _fp32(args) else 64
 
 
 def _bwd_block_own(args: dict) -> int:
-    """Rows (dQ pass) or columns (dC pass) whose fp32 gradient a program keeps in registers:
-    [BLOCK, D] fp32 must fit beside the resident input tile, hence half the rows at D > 128."""
-    if args["INTERPRET"]:
+    """Backward: rows (dQ pass) or columns (dC pass) whose fp32 gradient a program keeps in
+    registers; [BLOCK, D] fp32 must fit beside the resident input tile, hence half at D > 128."""
+    if args["INTERPRET"] or _fp32(args):
         return 64
     return 128 if args["D"] <= 128 else 64
 
 
-def _dq_block_n(args: dict) -> int:
-    if args["INTERPRET"]:
-        return 64
-    return 64 if args["D"] <= 128 else 32
+def _bwd_block_stream(args: dict) -> int:
+    """Backward: rows / columns streamed past the resident block per step."""
+    return 64 if args["INTERPRET"] else 32
 
 
-def _dc_block_m(args: dict) -> int:
-    if args["INTERPRET"]:
-        return 64
-    return 64 if args["D"] <= 128 else 32
+def _num_warps(args: dict) -> int:
+    if _fp32(args):
+        return 8
+    return 4 if args["D"] <= 64 else 8
+
+
+def _num_stages(args: dict) -> int:
+    if _fp32(args):
+        return 2
+    return 2 if args["D"] > 128 else 3
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,7 +259,7 @@ def _fwd_kernel(
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_ok = offs_m < B
     offs_d = tl.arange(0, BLOCK_D)
-    scale = LOG2E / tl.load(TEMP_ptr).to(tl.float32)  # log2(e) / tau folded into one multiply
+    scale = _K_LOG2E / tl.load(TEMP_ptr).to(tl.float32)  # log2(e) / tau folded into one multiply
     a = 0.0
     if SINGLE_D:  # the whole D of this row block stays on chip for the entire column sweep
         a = tl.load(
@@ -273,7 +287,7 @@ def _fwd_kernel(
         t = acc * scale
         keep, diag = _inbatch_keep(offs_m, offs_n, row_ok, col_ok, IDS_ptr, QIDS_ptr, HAS_IDS, HAS_QIDS)
         if HAS_LOGQ:
-            lq = tl.load(LQP_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * LOG2E
+            lq = tl.load(LQP_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
             if CORRECT_POS:
                 t = t - lq[None, :]
             else:
@@ -297,7 +311,7 @@ def _fwd_kernel(
             )
             t = acc * scale
             if HAS_LOGQ:
-                lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * LOG2E
+                lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
                 t = t - lq[None, :]
             keep = row_ok[:, None] & col_ok[None, :]
             if HAS_EIDS:
@@ -310,7 +324,7 @@ def _fwd_kernel(
     if SPLITS == 1:
         lse2 = m_i + tl.log2(tl.where(row_ok, l_i, 1.0))  # padding rows: avoid log2(0)
         tl.store(LSE_ptr + offs_m, lse2, mask=row_ok)
-        tl.store(LOSS_ptr + offs_m, (lse2 - pos) * LN2, mask=row_ok)
+        tl.store(LOSS_ptr + offs_m, (lse2 - pos) * _K_LN2, mask=row_ok)
     else:
         part = PART_ptr + pid_s * B + offs_m
         tl.store(part, m_i, mask=row_ok)
@@ -336,7 +350,7 @@ def _fwd_combine_kernel(PART_ptr, LSE_ptr, LOSS_ptr, B, SPLITS: tl.constexpr, BL
         pos += tl.load(PART_ptr + (2 * SPLITS + s) * B + offs, mask=ok, other=0.0)
     lse2 = m + tl.log2(tl.where(ok, l, 1.0))
     tl.store(LSE_ptr + offs, lse2, mask=ok)
-    tl.store(LOSS_ptr + offs, (lse2 - pos) * LN2, mask=ok)
+    tl.store(LOSS_ptr + offs, (lse2 - pos) * _K_LN2, mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,7 +385,7 @@ def _bwd_dq_kernel(
     offs_do = pid_d * BLOCK_D + offs_d
     do_ok = offs_do < D
     temp = tl.load(TEMP_ptr).to(tl.float32)
-    scale = LOG2E / temp
+    scale = _K_LOG2E / temp
     a = 0.0
     if SINGLE_D:
         a = tl.load(
@@ -398,7 +412,7 @@ def _bwd_dq_kernel(
         keep, diag = _inbatch_keep(offs_m, offs_n, row_ok, col_ok, IDS_ptr, QIDS_ptr, HAS_IDS, HAS_QIDS)
         t = u2
         if HAS_LOGQ:
-            lq = tl.load(LQK_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * LOG2E
+            lq = tl.load(LQK_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
             if CORRECT_POS:
                 t = t - lq[None, :]
             else:
@@ -435,7 +449,7 @@ def _bwd_dq_kernel(
             u2 = acc * scale
             t = u2
             if HAS_LOGQ:
-                lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * LOG2E
+                lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
                 t = t - lq[None, :]
             keep = row_ok[:, None] & col_ok[None, :]
             if HAS_EIDS:
@@ -459,7 +473,7 @@ def _bwd_dq_kernel(
     tl.store(out, dq.to(DQ_ptr.dtype.element_ty), mask=row_ok[:, None] & do_ok[None, :])
     if COMPUTE_DTAU:
         if pid_d == 0:
-            tl.store(DT_ptr + pid_s * B + offs_m, rowdot * LN2, mask=row_ok)
+            tl.store(DT_ptr + pid_s * B + offs_m, rowdot * _K_LN2, mask=row_ok)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,7 +504,7 @@ def _bwd_dc_kernel(
     offs_do = pid_d * BLOCK_D + offs_d
     do_ok = offs_do < D
     temp = tl.load(TEMP_ptr).to(tl.float32)
-    scale = LOG2E / temp
+    scale = _K_LOG2E / temp
     c = 0.0
     if SINGLE_D:
         c = tl.load(
@@ -499,7 +513,7 @@ def _bwd_dc_kernel(
             other=0.0,
         )
     if HAS_LOGQ:
-        lq = tl.load(LQC_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * LOG2E
+        lq = tl.load(LQC_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
     if IS_EXTRA:
         if HAS_CIDS:
             id_c = tl.load(CIDS_ptr + offs_n, mask=col_ok, other=0)
@@ -565,15 +579,15 @@ _D_HEURISTICS = {"BLOCK_D": _block_d, "SINGLE_D": _single_d}
 
 _fwd_heur = triton.heuristics(
     {"BLOCK_M": _fwd_block_m, "BLOCK_N": _fwd_block_n, **_D_HEURISTICS,
-     "num_warps": _fwd_warps, "num_stages": _fwd_stages}
+     "num_warps": _num_warps, "num_stages": _num_stages}
 )(_fwd_kernel)
 _dq_heur = triton.heuristics(
-    {"BLOCK_M": _bwd_block_own, "BLOCK_N": _dq_block_n, **_D_HEURISTICS,
-     "num_warps": _fwd_warps, "num_stages": _fwd_stages}
+    {"BLOCK_M": _bwd_block_own, "BLOCK_N": _bwd_block_stream, **_D_HEURISTICS,
+     "num_warps": _num_warps, "num_stages": _num_stages}
 )(_bwd_dq_kernel)
 _dc_heur = triton.heuristics(
-    {"BLOCK_M": _dc_block_m, "BLOCK_N": _bwd_block_own, **_D_HEURISTICS,
-     "num_warps": _fwd_warps, "num_stages": _fwd_stages}
+    {"BLOCK_M": _bwd_block_stream, "BLOCK_N": _bwd_block_own, **_D_HEURISTICS,
+     "num_warps": _num_warps, "num_stages": _num_stages}
 )(_bwd_dc_kernel)
 
 
