@@ -96,7 +96,7 @@ def _marked(bitmap, base, item):
 
 
 @njit(cache=True, nogil=True)
-def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, scratch, out, r):
+def _uniform_row(indptr, indices, u, num_items, key, max_tries, words, woff, scratch, out, r):
     """Fills out[r, :] with uniform ids in [0, num_items) not in indices[start:end]; -1 if none is free.
 
     Draw s uses counters s * (max_tries + 1) + t for rejection tries t < max_tries and
@@ -109,6 +109,8 @@ def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, sc
     it serves enough draws; else binary search.
     """
     n = out.shape[1]
+    start = indptr[u]
+    end = indptr[u + 1]
     k = end - start
     free = num_items - k
     if free <= 0:
@@ -126,10 +128,10 @@ def _uniform_row(indices, start, end, num_items, key, max_tries, words, woff, sc
         return
     # Separate loops per membership test: one shared loop with a test switch runs at half the speed.
     if woff >= 0:
-        _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, words, woff, out, r)
+        _uniform_row_bitmap(indptr, indices, u, num_items, key, max_tries, words, woff, out, r)
     elif _use_bitmap(k, n):
         _mark(scratch, indices, start, end)
-        _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, scratch, 0, out, r)
+        _uniform_row_bitmap(indptr, indices, u, num_items, key, max_tries, scratch, 0, out, r)
         _unmark(scratch, indices, start, end)
     else:
         _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r)
@@ -154,14 +156,14 @@ def _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, bitmap, base, out, r):
-    """The rejection loop of `_uniform_row` with membership from bitmap[base:].
+def _uniform_row_bitmap(indptr, indices, u, num_items, key, max_tries, bitmap, base, out, r):
+    """The rejection loop of `_uniform_row` for row u with membership from bitmap[base:].
 
     Two passes with the same counters as one: every draw's first try is generated for the whole row in
-    a loop the compiler vectorises (the hash needs no state), then only the rejected ones retry."""
+    a loop the compiler vectorises (the hash needs no state), then only the rejected ones retry. The
+    row's extent is read only for the exact fallback (the bitmap answers everything else)."""
     n = out.shape[1]
     stride = max_tries + 1
-    free = num_items - (end - start)
     if max_tries > 0:
         for s in range(n):
             out[r, s] = bounded(bits(key, s * stride), num_items)
@@ -176,7 +178,9 @@ def _uniform_row_bitmap(indices, start, end, num_items, key, max_tries, bitmap, 
                 item = cand
                 break
         if item < 0:
-            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+            start = indptr[u]
+            end = indptr[u + 1]
+            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), num_items - (end - start)))
         out[r, s] = item
 
 
@@ -209,13 +213,11 @@ def _uniform_rows_indexed(users, indptr, indices, row_words, words, num_items, k
     scratch = _new_bitmap(num_items)
     for r in range(users.shape[0]):
         u = users[r]
-        start = indptr[u]
-        end = indptr[u + 1]
         woff = row_words[u]
-        if woff >= 0 and 2 * (num_items - (end - start)) >= num_items:
-            _uniform_row_bitmap(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, out, r)
+        if woff >= 0:  # has a bitmap, hence positives and at least half the catalogue free
+            _uniform_row_bitmap(indptr, indices, u, num_items, row_key(key, r), max_tries, words, woff, out, r)
         else:
-            _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
+            _uniform_row(indptr, indices, u, num_items, row_key(key, r), max_tries, words, woff, scratch, out, r)
 
 
 @njit(cache=True, nogil=True)
@@ -234,19 +236,20 @@ def _uniform_rows_csr(users, indptr, indices, num_items, key, max_tries, out):
         elif 2 * (num_items - k) >= num_items and not _use_bitmap(k, n):
             _uniform_row_search(indices, start, end, num_items, row_key(key, r), max_tries, out, r)
         else:
-            _uniform_row(indices, start, end, num_items, row_key(key, r), max_tries, scratch, -1, scratch, out, r)
+            _uniform_row(indptr, indices, u, num_items, row_key(key, r), max_tries, scratch, -1, scratch, out, r)
 
 
 @njit(cache=True, nogil=True)
 def _build_row_bitmaps(indptr, indices, num_items, min_length):
-    """Bitmaps of ceil(N / 64) words for the rows with at least `min_length` ids: (offsets [U], words)."""
+    """Bitmaps of ceil(N / 64) words for the rows with at least `min_length` ids and at least half the
+    catalogue free (fuller rows never reject: they take the exact rank selection): (offsets [U], words)."""
     num_rows = indptr.shape[0] - 1
     width = (num_items + 63) >> 6
     offsets = np.full(num_rows, -1, dtype=np.int64)
     total = 0
     for u in range(num_rows):
         k = indptr[u + 1] - indptr[u]
-        if k > 0 and k >= min_length:
+        if k > 0 and k >= min_length and 2 * (num_items - k) >= num_items:
             offsets[u] = total
             total += width
     words = np.zeros(total, dtype=np.uint64)
@@ -379,7 +382,7 @@ def _hard_kernel(users, candidates, indptr, indices, row_words, words, lo, hi, n
                     pool[e] = item
                     e += 1
         if e == 0:
-            _uniform_row(indices, start, end, num_items, rk, max_tries, words, woff, scratch, out, r)
+            _uniform_row(indptr, indices, u, num_items, rk, max_tries, words, woff, scratch, out, r)
             continue
         for s in range(n):
             if replace or s >= e:

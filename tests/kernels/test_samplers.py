@@ -182,6 +182,9 @@ def test_exclusion_index_bitmaps_match_rows_within_budget():
         words = index.words[index.row_words[u] : index.row_words[u] + 16]
         ids = np.nonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))[0]
         np.testing.assert_array_equal(ids, row(history, u))
+    # Rows over half full never reject (exact rank selection), so they get no bitmap.
+    full = K.build_exclusion_index(*make_history(rng, 2, num_items, [500, 501]), num_items)
+    np.testing.assert_array_equal(full.row_words, [0, -1])
     with pytest.raises(ValueError, match="built for num_items=1000"):
         K.uniform_negatives(np.array([0]), 999, 1, exclude=index, seed=0)
     with pytest.raises(ValueError, match="not sorted"):
