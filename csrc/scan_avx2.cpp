@@ -5,6 +5,7 @@
 #include "scan.h"
 
 namespace twotower {
+namespace avx2 {  // named, so a disassembly shows which kernel a function belongs to
 namespace {
 
 inline void check(const __m256 lo, const __m256 hi, QueryState& state, int64_t first_id, int64_t num_items) {
@@ -45,17 +46,18 @@ void scan_rows(const ScanTask& t, int64_t q0) {
 }
 
 }  // namespace
+}  // namespace avx2
 
 void scan_avx2(const ScanTask& t) {
     constexpr int kRows = 6;
     int64_t q0 = 0;
-    for (; q0 + kRows <= t.num_queries; q0 += kRows) scan_rows<kRows>(t, q0);
+    for (; q0 + kRows <= t.num_queries; q0 += kRows) avx2::scan_rows<kRows>(t, q0);
     switch (t.num_queries - q0) {
-        case 5: scan_rows<5>(t, q0); break;
-        case 4: scan_rows<4>(t, q0); break;
-        case 3: scan_rows<3>(t, q0); break;
-        case 2: scan_rows<2>(t, q0); break;
-        case 1: scan_rows<1>(t, q0); break;
+        case 5: avx2::scan_rows<5>(t, q0); break;
+        case 4: avx2::scan_rows<4>(t, q0); break;
+        case 3: avx2::scan_rows<3>(t, q0); break;
+        case 2: avx2::scan_rows<2>(t, q0); break;
+        case 1: avx2::scan_rows<1>(t, q0); break;
         default: break;
     }
 }

@@ -5,6 +5,7 @@
 #include "scan.h"
 
 namespace twotower {
+namespace avx512 {  // named, so a disassembly shows which kernel a function belongs to
 namespace {
 
 inline void check(const __m512 acc, QueryState& state, int64_t first_id, int64_t num_items) {
@@ -59,19 +60,20 @@ void scan_rows(const ScanTask& t, int64_t q0) {
 }
 
 }  // namespace
+}  // namespace avx512
 
 void scan_avx512(const ScanTask& t) {
     constexpr int kRows = 8;
     int64_t q0 = 0;
-    for (; q0 + kRows <= t.num_queries; q0 += kRows) scan_rows<kRows>(t, q0);
+    for (; q0 + kRows <= t.num_queries; q0 += kRows) avx512::scan_rows<kRows>(t, q0);
     switch (t.num_queries - q0) {
-        case 7: scan_rows<7>(t, q0); break;
-        case 6: scan_rows<6>(t, q0); break;
-        case 5: scan_rows<5>(t, q0); break;
-        case 4: scan_rows<4>(t, q0); break;
-        case 3: scan_rows<3>(t, q0); break;
-        case 2: scan_rows<2>(t, q0); break;
-        case 1: scan_rows<1>(t, q0); break;
+        case 7: avx512::scan_rows<7>(t, q0); break;
+        case 6: avx512::scan_rows<6>(t, q0); break;
+        case 5: avx512::scan_rows<5>(t, q0); break;
+        case 4: avx512::scan_rows<4>(t, q0); break;
+        case 3: avx512::scan_rows<3>(t, q0); break;
+        case 2: avx512::scan_rows<2>(t, q0); break;
+        case 1: avx512::scan_rows<1>(t, q0); break;
         default: break;
     }
 }

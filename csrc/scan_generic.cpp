@@ -6,6 +6,7 @@
 #include "scan.h"
 
 namespace twotower {
+namespace generic {  // named, so a disassembly shows which kernel a function belongs to
 namespace {
 
 template <int NQ>
@@ -34,15 +35,16 @@ void scan_rows(const ScanTask& t, int64_t q0) {
 }
 
 }  // namespace
+}  // namespace generic
 
 void scan_generic(const ScanTask& t) {
     constexpr int kRows = 4;
     int64_t q0 = 0;
-    for (; q0 + kRows <= t.num_queries; q0 += kRows) scan_rows<kRows>(t, q0);
+    for (; q0 + kRows <= t.num_queries; q0 += kRows) generic::scan_rows<kRows>(t, q0);
     switch (t.num_queries - q0) {
-        case 3: scan_rows<3>(t, q0); break;
-        case 2: scan_rows<2>(t, q0); break;
-        case 1: scan_rows<1>(t, q0); break;
+        case 3: generic::scan_rows<3>(t, q0); break;
+        case 2: generic::scan_rows<2>(t, q0); break;
+        case 1: generic::scan_rows<1>(t, q0); break;
         default: break;
     }
 }
