@@ -145,7 +145,7 @@ def test_hard_negatives_come_from_candidates_once_set():
     uniform = BatchIterator(users, items, num_items=n_items, config=BatchConfig(batch_size=16, num_negatives=4, negative_kind="uniform", seed=3))
     assert_same_batches(collect(it, 0), collect(uniform, 0))
     rng = np.random.default_rng(0)
-    candidates = np.stack([rng.permutation(n_items)[:20] for _ in range(40)])
+    candidates = np.stack([rng.permutation(n_items)[:20] for _ in range(40)]).astype(np.int32)  # int32 kept as is
     it.set_candidates(candidates)
     positives = {u: set(items[users == u].tolist()) for u in np.unique(users)}
     for b in collect(it, 1):

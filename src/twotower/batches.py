@@ -264,7 +264,8 @@ class BatchIterator:
             raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
         if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
             raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
-        self._candidates = np.ascontiguousarray(cand, dtype=np.int64)
+        # int32 lists stay int32 (half the memory for U x C); each batch's rows are widened when drawn.
+        self._candidates = np.ascontiguousarray(cand, dtype=cand.dtype if cand.dtype in (np.int32, np.int64) else np.int64)
 
     def epoch(self, epoch: int) -> EpochBatches:
         """The batches of epoch `epoch` (a context manager; close it to stop early)."""
