@@ -18,6 +18,9 @@ Samplers:
     hard_negatives        from per-user candidate lists (e.g. top-K of the current model), minus positives,
                           optionally from ranks [a, b) only (semi-hard)
     StreamingFrequencyEstimator  streaming item-frequency estimate for logQ (Yi et al., RecSys 2019)
+    uniform_log_q, popularity_log_q  log-probability of each per-row draw, for the logQ correction
+
+All log-probabilities are natural logs of the probability of one draw (per-draw, not per-batch).
 
 Example:
     >>> import numpy as np
