@@ -1,8 +1,8 @@
 """Reading and encoding: file -> encoded int32 arrays (`twotower.data.load_encoded`) against the bare
 `pyarrow.csv.read_csv` of the same file, on ml-latest-small `ratings.csv` and a generated
-10-million-row CSV. Target: within 1.5x of the bare read. Peak memory is measured in a fresh
-process per case (peak RSS minus the RSS after imports), so one case's allocations do not hide
-another's.
+10-million-row CSV. Target: within 1.5x of the bare read. The two are timed in turns (the machine
+is shared); peak memory is measured in a fresh process per case (peak RSS minus the RSS after
+imports), so one case's allocations do not hide another's.
 
     python -m benchmarks.bench_io            # full sizes, writes benchmarks/results/bench_io.md
     pytest benchmarks/bench_io.py --benchmark-only
@@ -11,9 +11,11 @@ another's.
 from __future__ import annotations
 
 import csv
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from benchmarks.runner import markdown_table, measure, write_results
+from benchmarks.runner import Timing, markdown_table, measure, write_results
 from twotower.data import load_encoded
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -103,9 +105,23 @@ def peak_memory(name: str, path: Path) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Times the cases in turns (a, b, a, b, ...) after one warm-up each, so that load from other
+    processes on a shared machine falls on all of them alike; median and spread per case."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {n: Timing(statistics.median(v), min(v), max(v), len(v)) for n, v in samples.items()}
+
+
 def run_file(label: str, path: Path, repeats: int, with_python: bool = False) -> list[list[object]]:
     rows: list[list[object]] = []
-    timings = {name: measure(lambda fn=fn: fn(path), warmup=1, repeats=repeats) for name, fn in CASES.items()}
+    timings = interleaved({name: (lambda fn=fn: fn(path)) for name, fn in CASES.items()}, repeats)
     if with_python:
         timings["python csv loop (reference)"] = measure(lambda: python_loop_read(path), warmup=0, repeats=1)
     bare = timings["pyarrow read_csv"].median
@@ -120,12 +136,12 @@ def main() -> None:
     header = ["file", "MiB", "method", "median s", "min-max s", "vs bare read", "peak MiB (fresh process)"]
     rows: list[list[object]] = []
     if ML_LATEST.exists():
-        rows += run_file("ml-latest-small ratings.csv (100,836 rows)", ML_LATEST, repeats=7, with_python=True)
+        rows += run_file("ml-latest-small ratings.csv (100,836 rows)", ML_LATEST, repeats=21, with_python=True)
     else:
         print(f"skipping ml-latest-small: {ML_LATEST} not found", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         big = make_csv(Path(tmp) / "ratings_10m.csv", BIG_ROWS)
-        rows += run_file(f"generated CSV ({BIG_ROWS:,} rows)", big, repeats=3)
+        rows += run_file(f"generated CSV ({BIG_ROWS:,} rows)", big, repeats=5)
     table = markdown_table(header, rows)
     note = (
         "\n\n`twotower load_encoded` = read (ml-latest column mapping, validation) + int32 encoding of users "
