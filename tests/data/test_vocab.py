@@ -60,3 +60,13 @@ def test_load_errors(tmp_path):
         Vocabulary.load(tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="unique"):
         Vocabulary([1, 1])
+
+
+def test_chunked_input_matches_flat():
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(100, 900, k) for k in (0, 7, 1000, 1)]
+    chunked = pa.chunked_array([pa.array(p, type=pa.int32()) for p in parts], type=pa.int32())
+    codes, vocab = encode_ids(chunked)
+    flat_codes, flat_vocab = encode_ids(np.concatenate(parts))
+    np.testing.assert_array_equal(codes, flat_codes)
+    assert vocab == flat_vocab and vocab.ids.dtype == np.int64

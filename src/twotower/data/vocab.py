@@ -147,24 +147,19 @@ def encode_ids(values: object) -> tuple[np.ndarray, Vocabulary]:
     lookup table (O(n + range)); others through pyarrow's hash dictionary encoding, whose (small)
     dictionary is then sorted.
     """
+    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type) and not values.null_count:
+        compact = _encode_compact_ints([c.cast(pa.int64()).to_numpy() for c in values.chunks], len(values))
+        if compact is not None:  # straight from the chunks, no concatenated copy
+            return compact
     arr = _normalise(_to_arrow(values))
     if arr.null_count:
         raise ValueError("ids contain nulls; drop or repair those rows before encoding")
-    n = len(arr)
-    if n == 0:
+    if len(arr) == 0:
         return np.zeros(0, dtype=np.int32), Vocabulary(pa.array([], type=arr.type))
     if pa.types.is_integer(arr.type):
-        ids = arr.to_numpy()
-        lo, hi = int(ids.min()), int(ids.max())
-        if hi - lo <= 2 * n + (1 << 20):
-            present = np.zeros(hi - lo + 1, dtype=np.bool_)
-            shifted = ids - lo
-            present[shifted] = True
-            rank = np.cumsum(present, dtype=np.int32) - 1
-            vocab = Vocabulary.__new__(Vocabulary)
-            vocab.ids = np.flatnonzero(present).astype(np.int64) + lo
-            vocab._arrow = pa.array(vocab.ids)
-            return rank[shifted], vocab
+        compact = _encode_compact_ints([arr.to_numpy()], len(arr))
+        if compact is not None:
+            return compact
     encoded = pc.dictionary_encode(arr)
     order = pc.sort_indices(encoded.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int32)
@@ -175,4 +170,29 @@ def encode_ids(values: object) -> tuple[np.ndarray, Vocabulary]:
     vocab.ids = vocab._arrow.to_numpy(zero_copy_only=False)
     if vocab.ids.dtype.kind != "O" and not pa.types.is_integer(arr.type):
         vocab.ids = vocab.ids.astype(object)
+    return codes, vocab
+
+
+def _encode_compact_ints(chunks: list[np.ndarray], n: int) -> tuple[np.ndarray, Vocabulary] | None:
+    """Lookup-table encoding of int64 ids given in pieces [n_k]; None when their range is too wide
+    (more than 2n + 2**20 values) for a table to pay off."""
+    chunks = [c for c in chunks if len(c)]
+    if not chunks:
+        return None
+    lo = min(int(c.min()) for c in chunks)
+    hi = max(int(c.max()) for c in chunks)
+    if hi - lo > 2 * n + (1 << 20):
+        return None
+    present = np.zeros(hi - lo + 1, dtype=np.bool_)
+    for c in chunks:
+        present[c - lo] = True
+    rank = np.cumsum(present, dtype=np.int32) - 1
+    codes = np.empty(n, dtype=np.int32)
+    start = 0
+    for c in chunks:
+        codes[start : start + len(c)] = rank[c - lo]
+        start += len(c)
+    vocab = Vocabulary.__new__(Vocabulary)
+    vocab.ids = np.flatnonzero(present).astype(np.int64) + lo
+    vocab._arrow = pa.array(vocab.ids)
     return codes, vocab
