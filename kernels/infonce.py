@@ -88,6 +88,7 @@ class _InfoNCEFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col = ctx.saved_tensors
         kt = _kernels()

@@ -35,6 +35,7 @@ every lse is finite (a row whose negatives are all masked has lse_i = s_ii and l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -488,16 +489,19 @@ def _bwd_dc_kernel(
     IDS_ptr, QIDS_ptr, CIDS_ptr,  # [B] item ids, [B] query ids, [NC] extra ids (IS_EXTRA)
     TEMP_ptr,
     LSE_ptr, LSEC_ptr, G_ptr,
-    DC_ptr,  # [NC, D] in the candidates' dtype
+    DC_ptr,  # [NC, D] in the candidates' dtype (SPLITS == 1) or [SPLITS, NC, D] fp32 partials
     B, NC, D,
-    stride_q, stride_c, stride_dc,
+    stride_q, stride_c, stride_dc, stride_dc_split,
+    rows_per_split,
     IS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
     HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_CIDS: tl.constexpr, SYMMETRIC: tl.constexpr,
+    SPLITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)  # which share of the anchor rows this program sweeps
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     col_ok = offs_n < NC
     offs_d = tl.arange(0, BLOCK_D)
@@ -522,10 +526,12 @@ def _bwd_dc_kernel(
             lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0)
             g_c = tl.load(G_ptr + offs_n, mask=col_ok, other=0.0)
     dc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    row_lo = pid_s * rows_per_split
+    row_hi = tl.minimum(row_lo + rows_per_split, B)
     # Tiles are oriented [candidates, anchors] so that dC += dSᵀ Q needs no transpose of dS.
-    for m0 in range(0, B, BLOCK_M):
+    for m0 in range(row_lo, row_hi, BLOCK_M):
         offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        row_ok = offs_m < B
+        row_ok = offs_m < row_hi
         acc, qt = _tile_scores(
             c, C_ptr, offs_n, col_ok, stride_c, Q_ptr, offs_m, row_ok, stride_q, D,
             BLOCK_N, BLOCK_M, BLOCK_D, SINGLE_D, INTERPRET, PRECISION,
@@ -565,7 +571,7 @@ def _bwd_dc_kernel(
         dc = _mma(dst.to(qt.dtype), qt, dc, INTERPRET, PRECISION)
     dc = dc / temp
     tl.store(
-        DC_ptr + offs_n[:, None] * stride_dc + offs_do[None, :],
+        DC_ptr + pid_s * stride_dc_split + offs_n[:, None] * stride_dc + offs_do[None, :],
         dc.to(DC_ptr.dtype.element_ty),
         mask=col_ok[:, None] & do_ok[None, :],
     )
@@ -643,6 +649,11 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _on_device(x: Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' device for the launch."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -654,19 +665,21 @@ def _num_sms(device: torch.device) -> int:
     return 4  # interpreter: pretend a tiny GPU so that small batches exercise the split path
 
 
-def choose_splits(B: int, N: int, device: torch.device) -> int:
-    """How many programs share one row block's candidate columns: enough row-block programs to fill
-    the SMs about once, but at least 1024 columns (4 granules) per split so each split amortises
-    loading its query tile. 1 when B alone fills the GPU."""
-    row_blocks = triton.cdiv(B, 64 if interpreting() else 128)
+def choose_splits(programs: int, streamed: int, device: torch.device) -> int:
+    """How many programs share one block's sweep over `streamed` rows or columns, given about
+    `programs` resident blocks (rows of the forward / dQ pass, candidate columns of the dC pass):
+    enough to fill the SMs about once, but at least 1024 streamed items (4 granules) per split so
+    each split amortises loading its resident tile. 1 when the blocks alone fill the GPU."""
+    blocks = triton.cdiv(programs, 64 if interpreting() else 128)
     sms = _num_sms(device)
-    if row_blocks >= sms:
+    if blocks >= sms:
         return 1
-    max_by_cols = max(1, triton.cdiv(N, 4 * SPLIT_GRANULE if not interpreting() else SPLIT_GRANULE))
-    return max(1, min(triton.cdiv(sms, row_blocks), max_by_cols))
+    granule = SPLIT_GRANULE if interpreting() else 4 * SPLIT_GRANULE
+    return max(1, min(triton.cdiv(sms, blocks), triton.cdiv(streamed, granule)))
 
 
 def _cols_per_split(N: int, splits: int) -> int:
+    """Items per split: N / splits rounded up to whole granules (so every tile divides it)."""
     return triton.cdiv(triton.cdiv(N, splits), SPLIT_GRANULE) * SPLIT_GRANULE
 
 
@@ -696,8 +709,8 @@ def forward_lse(
     """Row log-sum-exp and per-row loss of the anchors `a` [B, D] against `p` [B, D] ++ side.extra.
 
     Returns (lse2 [B] fp32, loss [B] fp32): lse2 is the row log-sum-exp in base 2 (lse * log2(e)),
-    the form the backward launchers take; loss is in natural log. `temp` is a 0-d fp32 tensor on the device. `splits`
-    overrides the split-column heuristic (tests use it to cover both paths).
+    the form the backward launchers take; loss is in natural log. `temp` is a 0-d fp32 tensor on
+    the device. `splits` overrides the split-column heuristic (tests use it to cover both paths).
     """
     B, D = a.shape
     M = 0 if side.extra is None else side.extra.shape[0]
@@ -711,26 +724,28 @@ def forward_lse(
     part = _empty((3, splits, B), torch.float32, dev) if splits > 1 else lse
     extra = side.extra if side.extra is not None else a
     fwd, _, _ = _kernels()
-    fwd[lambda meta: (triton.cdiv(B, meta["BLOCK_M"]), splits)](
-        a, p, extra,
-        side.logq if side.logq is not None else lse,
-        side.logq_extra if side.logq_extra is not None else lse,
-        side.item_ids if side.item_ids is not None else lse,
-        side.query_ids if side.query_ids is not None else lse,
-        side.extra_ids if side.extra_ids is not None else lse,
-        temp, lse, loss, part,
-        B, M, D,
-        a.stride(0), p.stride(0), extra.stride(0),
-        cols,
-        HAS_EXTRA=M > 0,
-        HAS_EIDS=side.extra_ids is not None and M > 0,
-        SPLITS=splits,
-        INTERPRET=interpreting(),
-        PRECISION=_precision(a.dtype),
-        **_flags(side),
-    )
-    if splits > 1:
-        _fwd_combine_kernel[(triton.cdiv(B, 128),)](part, lse, loss, B, SPLITS=splits, BLOCK=128)
+    grid = lambda meta: (triton.cdiv(B, meta["BLOCK_M"]), splits)  # noqa: E731
+    with _on_device(a):
+        fwd[grid](
+            a, p, extra,
+            side.logq if side.logq is not None else lse,
+            side.logq_extra if side.logq_extra is not None else lse,
+            side.item_ids if side.item_ids is not None else lse,
+            side.query_ids if side.query_ids is not None else lse,
+            side.extra_ids if side.extra_ids is not None else lse,
+            temp, lse, loss, part,
+            B, M, D,
+            a.stride(0), p.stride(0), extra.stride(0),
+            cols,
+            HAS_EXTRA=M > 0,
+            HAS_EIDS=side.extra_ids is not None and M > 0,
+            SPLITS=splits,
+            INTERPRET=interpreting(),
+            PRECISION=_precision(a.dtype),
+            **_flags(side),
+        )
+        if splits > 1:
+            _fwd_combine_kernel[(triton.cdiv(B, 128),)](part, lse, loss, B, SPLITS=splits, BLOCK=128)
     return lse, loss
 
 
@@ -764,26 +779,30 @@ def backward_dq(
     dt = _empty((splits, B), torch.float32, dev) if compute_dtau else lse
     extra = side.extra if side.extra is not None else q
     _, dq_kernel, _ = _kernels()
-    dq_kernel[lambda meta: (triton.cdiv(B, meta["BLOCK_M"]), 1 if meta["SINGLE_D"] else triton.cdiv(D, meta["BLOCK_D"]), splits)](
-        q, k, extra,
-        side.logq if side.logq is not None else lse,
-        side.logq_extra if side.logq_extra is not None else lse,
-        side.item_ids if side.item_ids is not None else lse,
-        side.query_ids if side.query_ids is not None else lse,
-        side.extra_ids if side.extra_ids is not None else lse,
-        temp, lse, lse_col if lse_col is not None else lse, g, dq, dt,
-        B, M, D,
-        q.stride(0), k.stride(0), extra.stride(0), D, stride_dq_split,
-        cols,
-        HAS_EXTRA=M > 0,
-        HAS_EIDS=side.extra_ids is not None and M > 0,
-        SYMMETRIC=lse_col is not None,
-        COMPUTE_DTAU=compute_dtau,
-        SPLITS=splits,
-        INTERPRET=interpreting(),
-        PRECISION=_precision(q.dtype),
-        **_flags(side),
+    grid = lambda meta: (  # noqa: E731
+        triton.cdiv(B, meta["BLOCK_M"]), 1 if meta["SINGLE_D"] else triton.cdiv(D, meta["BLOCK_D"]), splits
     )
+    with _on_device(q):
+        dq_kernel[grid](
+            q, k, extra,
+            side.logq if side.logq is not None else lse,
+            side.logq_extra if side.logq_extra is not None else lse,
+            side.item_ids if side.item_ids is not None else lse,
+            side.query_ids if side.query_ids is not None else lse,
+            side.extra_ids if side.extra_ids is not None else lse,
+            temp, lse, lse_col if lse_col is not None else lse, g, dq, dt,
+            B, M, D,
+            q.stride(0), k.stride(0), extra.stride(0), D, stride_dq_split,
+            cols,
+            HAS_EXTRA=M > 0,
+            HAS_EIDS=side.extra_ids is not None and M > 0,
+            SYMMETRIC=lse_col is not None,
+            COMPUTE_DTAU=compute_dtau,
+            SPLITS=splits,
+            INTERPRET=interpreting(),
+            PRECISION=_precision(q.dtype),
+            **_flags(side),
+        )
     if splits > 1:
         dq = dq.sum(dim=0).to(q.dtype)  # fixed-order reduction over splits: deterministic
     rowdot = dt.sum(dim=0) if compute_dtau else None
@@ -800,34 +819,52 @@ def backward_dc(
     g: Tensor,
     *,
     is_extra: bool,
+    splits: int | None = None,
 ) -> Tensor:
-    """Column pass: d(candidates) [NC, D] for `c` = k (is_extra=False) or `c` = side.extra."""
+    """Column pass: d(candidates) [NC, D] for `c` = k (is_extra=False) or `c` = side.extra. When the
+    candidate blocks alone do not fill the GPU, the anchor rows are split over `splits` programs per
+    block whose fp32 partials are summed in a fixed order (deterministic)."""
     B, D = q.shape
     NC = c.shape[0]
-    dc = _empty((NC, D), c.dtype, c.device)
+    dev = c.device
     if NC == 0:
-        return dc
+        return _empty((NC, D), c.dtype, dev)
+    splits = choose_splits(NC, B, dev) if splits is None else int(splits)
+    rows = _cols_per_split(B, splits)
+    splits = triton.cdiv(B, rows)
+    if splits == 1:
+        dc = _empty((NC, D), c.dtype, dev)
+    else:
+        dc = _empty((splits, NC, D), torch.float32, dev)
     logq = side.logq_extra if is_extra else side.logq
     _, _, dc_kernel = _kernels()
-    dc_kernel[lambda meta: (triton.cdiv(NC, meta["BLOCK_N"]), 1 if meta["SINGLE_D"] else triton.cdiv(D, meta["BLOCK_D"]))](
-        q, c,
-        logq if logq is not None else lse,
-        side.item_ids if side.item_ids is not None else lse,
-        side.query_ids if side.query_ids is not None else lse,
-        side.extra_ids if (is_extra and side.extra_ids is not None) else lse,
-        temp, lse, lse_col if lse_col is not None else lse, g, dc,
-        B, NC, D,
-        q.stride(0), c.stride(0), D,
-        IS_EXTRA=is_extra,
-        HAS_LOGQ=logq is not None,
-        CORRECT_POS=bool(side.correct_positive),
-        HAS_IDS=side.item_ids is not None,
-        HAS_QIDS=side.query_ids is not None,
-        HAS_CIDS=is_extra and side.extra_ids is not None,
-        SYMMETRIC=(lse_col is not None) and not is_extra,
-        INTERPRET=interpreting(),
-        PRECISION=_precision(q.dtype),
+    grid = lambda meta: (  # noqa: E731
+        triton.cdiv(NC, meta["BLOCK_N"]), 1 if meta["SINGLE_D"] else triton.cdiv(D, meta["BLOCK_D"]), splits
     )
+    with _on_device(q):
+        dc_kernel[grid](
+            q, c,
+            logq if logq is not None else lse,
+            side.item_ids if side.item_ids is not None else lse,
+            side.query_ids if side.query_ids is not None else lse,
+            side.extra_ids if (is_extra and side.extra_ids is not None) else lse,
+            temp, lse, lse_col if lse_col is not None else lse, g, dc,
+            B, NC, D,
+            q.stride(0), c.stride(0), D, NC * D if splits > 1 else 0,
+            rows,
+            IS_EXTRA=is_extra,
+            HAS_LOGQ=logq is not None,
+            CORRECT_POS=bool(side.correct_positive),
+            HAS_IDS=side.item_ids is not None,
+            HAS_QIDS=side.query_ids is not None,
+            HAS_CIDS=is_extra and side.extra_ids is not None,
+            SYMMETRIC=(lse_col is not None) and not is_extra,
+            SPLITS=splits,
+            INTERPRET=interpreting(),
+            PRECISION=_precision(q.dtype),
+        )
+    if splits > 1:
+        dc = dc.sum(dim=0).to(c.dtype)  # fixed-order reduction over splits: deterministic
     return dc
 
 
