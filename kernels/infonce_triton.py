@@ -23,6 +23,11 @@ Backward. With g_i the upstream gradient of loss_i and p_ij = exp(s_ij - lse_i):
             (logq_j does not depend on tau), accumulated per row in the row pass as rowdot_i =
             sum_j dS_ij u_ij and summed on the host in a fixed order.
 
+Work: forward 1 GEMM-equivalent (A Cᵀ), row pass 2 (recomputed S, dS C), column pass 2 (recomputed
+Sᵀ, dSᵀ A): 10·B·N·D FLOPs in all, O(B + N) extra memory. When B alone does not fill the GPU the
+streamed axis is split over several programs per block, whose partial (max, sum) pairs or fp32
+gradient partials are combined in a fixed order: results are bitwise reproducible run to run.
+
 Symmetric (CLIP-style) adds the item -> query direction over the in-batch block: column j softmaxes
 over the B anchors with the uncorrected logits u (no logQ; extra columns take no part), lse'_j is
 saved, and the in-batch block's dS gains g_j (p'_ij - [i == j]) with p'_ij = exp(u_ij - lse'_j).
@@ -51,8 +56,9 @@ LN2 = 0.6931471805599453
 _K_LOG2E = tl.constexpr(LOG2E)
 _K_LN2 = tl.constexpr(LN2)
 
-# Column range granularity of one split of the forward / row pass: every BLOCK_N divides it, so a
-# split boundary never falls inside a tile and tiles never straddle two splits.
+# Granularity of the share of the streamed axis one split sweeps (candidate columns in the forward
+# and dQ passes, anchor rows in the dC pass): every streamed block size divides it, so split
+# boundaries fall between tiles.
 SPLIT_GRANULE = 256
 
 # Tests set this to True: every output and scratch buffer is then filled with NaN before the kernels
