@@ -250,14 +250,14 @@ def _fwd_kernel(
     LQP_ptr, LQE_ptr,  # [B], [M] log sampling probabilities (unused unless HAS_LOGQ)
     IDS_ptr, QIDS_ptr, EIDS_ptr,  # [B] item ids, [B] query ids, [M] extra ids (each optional)
     TEMP_ptr,  # 0-d fp32 temperature
-    LSE_ptr, LOSS_ptr,  # [B] fp32 outputs (SPLITS == 1): base-2 lse, natural-log loss
-    PART_ptr,  # [3, SPLITS, B] fp32 partial (max2, sum, positive) outputs (SPLITS > 1)
+    LSE_ptr, LOSS_ptr,  # [B] fp32 outputs (one split): base-2 lse, natural-log loss
+    PART_ptr,  # [3, n_splits, B] fp32 partial (max2, sum, positive) outputs (IS_SPLIT)
     B, M, D,
     stride_a, stride_p, stride_e,
-    cols_per_split,
+    cols_per_split, n_splits,
     HAS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
     HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr,
-    SPLITS: tl.constexpr,
+    IS_SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -328,15 +328,15 @@ def _fwd_kernel(
             t = tl.where(keep, t, float("-inf"))
             m_i, l_i = _online_lse(m_i, l_i, t)
 
-    if SPLITS == 1:
+    if not IS_SPLIT:
         lse2 = m_i + tl.log2(tl.where(row_ok, l_i, 1.0))  # padding rows: avoid log2(0)
         tl.store(LSE_ptr + offs_m, lse2, mask=row_ok)
         tl.store(LOSS_ptr + offs_m, (lse2 - pos) * _K_LN2, mask=row_ok)
     else:
         part = PART_ptr + pid_s * B + offs_m
         tl.store(part, m_i, mask=row_ok)
-        tl.store(part + SPLITS * B, l_i, mask=row_ok)
-        tl.store(part + 2 * SPLITS * B, pos, mask=row_ok)
+        tl.store(part + n_splits * B, l_i, mask=row_ok)
+        tl.store(part + 2 * n_splits * B, pos, mask=row_ok)
 
 
 @triton.jit
@@ -372,14 +372,14 @@ def _bwd_dq_kernel(
     IDS_ptr, QIDS_ptr, EIDS_ptr,
     TEMP_ptr,
     LSE_ptr, LSEC_ptr, G_ptr,  # [B] fp32: row lse2, column lse2 (SYMMETRIC), upstream grad per row
-    DQ_ptr,  # [B, D] in q's dtype (SPLITS == 1) or [SPLITS, B, D] fp32 partials
-    DT_ptr,  # [SPLITS, B] fp32 rowdot_i = sum_j dS_ij u_ij (COMPUTE_DTAU)
+    DQ_ptr,  # [B, D] in q's dtype (one split) or [n_splits, B, D] fp32 partials
+    DT_ptr,  # [n_splits, B] fp32 rowdot_i = sum_j dS_ij u_ij (COMPUTE_DTAU)
     B, M, D,
     stride_q, stride_k, stride_e, stride_dq, stride_dq_split,
     cols_per_split,
     HAS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
     HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr,
-    SYMMETRIC: tl.constexpr, COMPUTE_DTAU: tl.constexpr, SPLITS: tl.constexpr,
+    SYMMETRIC: tl.constexpr, COMPUTE_DTAU: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -495,13 +495,12 @@ def _bwd_dc_kernel(
     IDS_ptr, QIDS_ptr, CIDS_ptr,  # [B] item ids, [B] query ids, [NC] extra ids (IS_EXTRA)
     TEMP_ptr,
     LSE_ptr, LSEC_ptr, G_ptr,
-    DC_ptr,  # [NC, D] in the candidates' dtype (SPLITS == 1) or [SPLITS, NC, D] fp32 partials
+    DC_ptr,  # [NC, D] in the candidates' dtype (one split) or [n_splits, NC, D] fp32 partials
     B, NC, D,
     stride_q, stride_c, stride_dc, stride_dc_split,
     rows_per_split,
     IS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
     HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_CIDS: tl.constexpr, SYMMETRIC: tl.constexpr,
-    SPLITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -742,10 +741,10 @@ def forward_lse(
             temp, lse, loss, part,
             B, M, D,
             a.stride(0), p.stride(0), extra.stride(0),
-            cols,
+            cols, splits,
             HAS_EXTRA=M > 0,
             HAS_EIDS=side.extra_ids is not None and M > 0,
-            SPLITS=splits,
+            IS_SPLIT=splits > 1,
             INTERPRET=interpreting(),
             PRECISION=_precision(a.dtype),
             **_flags(side),
@@ -804,7 +803,6 @@ def backward_dq(
             HAS_EIDS=side.extra_ids is not None and M > 0,
             SYMMETRIC=lse_col is not None,
             COMPUTE_DTAU=compute_dtau,
-            SPLITS=splits,
             INTERPRET=interpreting(),
             PRECISION=_precision(q.dtype),
             **_flags(side),
@@ -865,7 +863,6 @@ def backward_dc(
             HAS_QIDS=side.query_ids is not None,
             HAS_CIDS=is_extra and side.extra_ids is not None,
             SYMMETRIC=(lse_col is not None) and not is_extra,
-            SPLITS=splits,
             INTERPRET=interpreting(),
             PRECISION=_precision(q.dtype),
         )

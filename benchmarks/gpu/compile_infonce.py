@@ -70,20 +70,20 @@ def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tupl
                 ce, opts = _heuristic_values(kt._fwd_heur, base)
                 ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64"}
                 yield (f"fwd {tag}", kt._fwd_kernel, ptrs,
-                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, SPLITS=2 if all_on else 1, **flags, **ce), opts)
+                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, IS_SPLIT=all_on, **flags, **ce), opts)
                 ce, opts = _heuristic_values(kt._dq_heur, base)
                 ptrs = {"Q_ptr": dt, "K_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64",
                         "DQ_ptr": "fp32" if all_on else dt}
                 yield (f"dq  {tag}", kt._bwd_dq_kernel, ptrs,
                        dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, SYMMETRIC=all_on, COMPUTE_DTAU=all_on,
-                            SPLITS=2 if all_on else 1, **flags, **ce), opts)
+                            **flags, **ce), opts)
                 ce, opts = _heuristic_values(kt._dc_heur, base)
                 for is_extra in (False, True):
                     ptrs = {"Q_ptr": dt, "C_ptr": dt, "DC_ptr": "fp32" if all_on else dt, "IDS_ptr": "i64",
                             "QIDS_ptr": "i64", "CIDS_ptr": "i64"}
                     yield (f"dc{'e' if is_extra else 'k'} {tag}", kt._bwd_dc_kernel, ptrs,
                            dict(IS_EXTRA=is_extra, HAS_CIDS=all_on and is_extra, SYMMETRIC=all_on and not is_extra,
-                                SPLITS=2 if all_on else 1, **flags, **ce), opts)
+                                **flags, **ce), opts)
     yield "combine", kt._fwd_combine_kernel, {}, dict(SPLITS=3, BLOCK=128), dict(num_warps=4, num_stages=1)
 
 
