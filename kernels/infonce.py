@@ -204,12 +204,19 @@ def infonce(
     def vec(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         return None if x is None else x.detach().to(dtype).contiguous()
 
-    return _InfoNCEFunction.apply(
+    return _apply_kernel(
         rows(q), rows(k), None if extra is None else rows(extra), temp,
         vec(logq, torch.float32), vec(logq_extra, torch.float32),
         vec(query_ids, torch.int64), vec(item_ids, torch.int64), vec(extra_ids, torch.int64),
         bool(correct_positive), reduction, bool(symmetric),
     )
+
+
+@torch.compiler.disable
+def _apply_kernel(*args):
+    """The kernel path runs eagerly inside torch.compile'd code (a graph break), rather than asking
+    Dynamo to trace heuristics-wrapped Triton launches."""
+    return _InfoNCEFunction.apply(*args)
 
 
 class InfoNCE(torch.nn.Module):
