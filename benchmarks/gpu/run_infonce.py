@@ -295,6 +295,8 @@ def timings(torch, mod: ModuleType, dev: Device, args: argparse.Namespace, start
                 dev.sync()
                 first_s = time.perf_counter() - t0
                 ms = dev.time_ms(step, warmup=1, budget_s=1.0 if not args.tiny else 0.2)
+                for v in leaves.values():  # so the baseline below holds no gradients
+                    v.grad = None
                 peak = dev.peak_extra_bytes(step)
                 results[name] = {"status": "ok", "ms": ms, "peak": peak, "first_call_s": first_s}
             except dev.oom_types():
