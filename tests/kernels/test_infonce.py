@@ -176,6 +176,23 @@ def test_tiny_case_computed_by_hand() -> None:
     torch.testing.assert_close(both, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_logq_convention_computed_by_hand() -> None:
+    # Same q, k as above, tau = 1, logq = [ln 0.5, ln 0.25]: corrected logits s_ij = u_ij - logq_j.
+    # Row 0: u = [1, 1] -> s = [1 + ln 2, 1 + ln 4]; loss_0 = log(e^s00 + e^s01) - s00.
+    # With correct_positive=False the positive keeps u_00 = 1: loss_0 = log(e^1 + e^s01) - 1.
+    q = torch.tensor([[1.0], [0.0]], device=DEVICE)
+    k = torch.tensor([[1.0], [1.0]], device=DEVICE)
+    logq = torch.tensor([math.log(0.5), math.log(0.25)], device=DEVICE)
+    s00, s01 = 1 + math.log(2), 1 + math.log(4)
+    rows = infonce(q, k, temperature=1.0, logq=logq, reduction="none")
+    assert rows[0].item() == pytest.approx(math.log(math.exp(s00) + math.exp(s01)) - s00, rel=1e-6)
+    raw = infonce(q, k, temperature=1.0, logq=logq, correct_positive=False, reduction="none")
+    assert raw[0].item() == pytest.approx(math.log(math.e + math.exp(s01)) - 1, rel=1e-6)
+    # Row 1: u = [0, 0], s = [ln 2, ln 4], positive s_11 = ln 4 (corrected) or 0 (raw).
+    assert rows[1].item() == pytest.approx(math.log(2 + 4) - math.log(4), rel=1e-6)
+    assert raw[1].item() == pytest.approx(math.log(2 + 1) - 0.0, rel=1e-6)
+
+
 def test_fully_masked_rows_have_zero_loss_and_gradient() -> None:
     # Row 0 (item 7, query 0) relates to every other row: odd rows hold item 7 (accidental hits),
     # even rows belong to query 0 (same user). Odd and even rows do not relate to each other. The
