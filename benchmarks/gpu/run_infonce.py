@@ -5,7 +5,7 @@ the fused Triton kernel, as one table written under benchmarks/results/.
 Installs nothing and needs no build of twotower: it loads `kernels/` straight from this checkout when
 `twotower` is not installed. From the repository root:
 
-    python -m benchmarks.gpu.run_infonce                      # full run, < 8 minutes on an H100
+    python -m benchmarks.gpu.run_infonce                      # full run, sized for < 8 min on an H100
     python -m benchmarks.gpu.run_infonce --device cpu --tiny  # same code paths, tiny sizes, through
                                                               # the Triton CPU interpreter (no GPU)
 
