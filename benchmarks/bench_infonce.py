@@ -5,11 +5,14 @@ The fused Triton kernel needs a GPU (the CPU interpreter is a correctness tool, 
 time): its benchmark is `benchmarks/gpu/run_infonce.py`. This file keeps the harness running
 everywhere and shows what the reference's options (logQ correction, accidental-hit masks) cost.
 
-    python -m benchmarks.bench_infonce          # table -> benchmarks/results/infonce-cpu.md
+    python -m benchmarks.bench_infonce [--threads 1]   # table -> benchmarks/results/infonce-cpu.md
     pytest benchmarks/bench_infonce.py --benchmark-only
 """
 
 from __future__ import annotations
+
+import argparse
+import os
 
 import pytest
 import torch
@@ -58,7 +61,13 @@ def cross_entropy_step(inputs: dict) -> None:
     loss.backward()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="InfoNCE reference vs cross_entropy on CPU")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: on a shared, loaded machine more threads wait on each other)",
+    )
+    torch.set_num_threads(parser.parse_args(argv).threads)
     rows = []
     for B, M, D in SIZES:
         inputs = make_inputs(B, M, D)
@@ -79,9 +88,11 @@ def main() -> None:
         "reference / CE", "ref + options / CE", "ns per logit (ref + options)",
     ]
     table = markdown_table(header, rows)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     note = (
         f"\n\nForward + backward, float32, torch threads = {torch.get_num_threads()}, median of 7 after 2 "
-        "warm-ups. `cross_entropy` = `F.cross_entropy(q @ candidatesᵀ / tau, arange(B))`."
+        "warm-ups. `cross_entropy` = `F.cross_entropy(q @ candidatesᵀ / tau, arange(B))`. "
+        f"Load average when the run ended: {load} (a shared machine inflates and scatters the times)."
     )
     print(table + note)
     write_results("infonce-cpu", table + note, {"rows": rows, "header": header})
