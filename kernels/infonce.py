@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
 import torch
@@ -34,16 +35,24 @@ def _kernels() -> ModuleType:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _find_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or deliberately blocked installation
+        return False
+
+
+_HAS_TRITON = _find_triton()  # looked up once (without importing Triton), not on every call
 
 
 def kernel_available(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
     """Whether `infonce` runs the Triton kernel for tensors of this device and dtype: CUDA devices
     (or CPU under TRITON_INTERPRET=1) with Triton installed, for float16 / bfloat16 / float32."""
     device = torch.device(device)
-    if dtype not in _KERNEL_DTYPES or importlib.util.find_spec("triton") is None:
+    if dtype not in _KERNEL_DTYPES or not _HAS_TRITON:
         return False
     return device.type == "cuda" or (device.type == "cpu" and _interpreting())
 

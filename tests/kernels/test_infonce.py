@@ -390,31 +390,12 @@ def test_clear_errors(fn, bad: dict, exc: type, match: str) -> None:
         fn(q, k, **args)
 
 
-def test_import_without_triton_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    # kernel_available consults find_spec, so a missing Triton sends every call to the reference.
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+def test_without_triton_everything_runs_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(infonce_mod, "_HAS_TRITON", False)
     assert not infonce_mod.kernel_available("cuda", torch.bfloat16)
-
-
-def test_kernels_compile_for_hopper_without_a_gpu() -> None:
-    """The interpreter runs the kernels' Python, not Triton's compiler, so GPU-only compile errors
-    (e.g. a non-constexpr global read inside a kernel) would pass every test above. Lower every kernel
-    variant the heuristics can pick to Triton IR for sm_90 in a process without TRITON_INTERPRET."""
-    import importlib.util
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    if importlib.util.find_spec("triton.backends.nvidia") is None:
-        pytest.skip("Triton without its NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu.compile_infonce", "--stage", "ttir", "--dtypes", "bf16,fp32", "--dims", "64,256,320"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "0 failure(s)" in out.stdout
+    calls = []
+    monkeypatch.setattr(kt, "forward_lse", lambda *a, **kw: calls.append(1))
+    q, k = torch.randn(5, 8), torch.randn(5, 8)
+    loss = infonce(q, k, temperature=0.5)
+    assert not calls
+    assert loss.item() == pytest.approx(infonce_reference(q, k, temperature=0.5).item())
