@@ -11,6 +11,7 @@ imports), so one case's allocations do not hide another's.
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -143,7 +144,12 @@ def main() -> None:
         big = make_csv(Path(tmp) / "ratings_10m.csv", BIG_ROWS)
         rows += run_file(f"generated CSV ({BIG_ROWS:,} rows)", big, repeats=5)
     table = markdown_table(header, rows)
+    load = os.getloadavg()
     note = (
+        f"\n\nLoad average while running (1 / 5 / 15 min): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} cores: a shared machine, so absolute times vary; the ratio comes from interleaved runs."
+    )
+    note += (
         "\n\n`twotower load_encoded` = read (ml-latest column mapping, validation) + int32 encoding of users "
         "and items with sorted vocabularies + timestamps and ratings as NumPy arrays. Target: <= 1.5x the bare read."
     )
