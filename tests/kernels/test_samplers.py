@@ -104,6 +104,21 @@ def test_kernels_equal_references_on_ragged_inputs(case):
         np.testing.assert_allclose(log_q, ref_log_q, rtol=1e-6)
 
 
+@pytest.mark.parametrize("memory_ratio", [0.0, 1.0, 1e9])
+@pytest.mark.parametrize("tries", [0, 1, 16])
+def test_one_draw_per_row_equals_reference(memory_ratio, tries):
+    """n = 1 takes its own two-pass loop over the batch: same ids, on every kind of row."""
+    rng = np.random.default_rng(int(memory_ratio) % 7 + tries)
+    num_items = 150
+    sizes = np.concatenate([[0, num_items, num_items - 1, 100, 76, 75], rng.integers(1, 70, 30)])
+    history = make_history(rng, sizes.size, num_items, sizes)
+    index = K.build_exclusion_index(*history, num_items, memory_ratio=memory_ratio)
+    users = rng.integers(0, sizes.size, 3000)
+    got = K.uniform_negatives(users, num_items, 1, exclude=index, seed=5, max_tries=tries)
+    np.testing.assert_array_equal(got, R.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries))
+    np.testing.assert_array_equal(got, K.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries))
+
+
 def test_frequency_estimator_equals_reference():
     rng = np.random.default_rng(7)
     kernel = K.StreamingFrequencyEstimator(97, num_hashes=3, learning_rate=0.1, seed=5)
