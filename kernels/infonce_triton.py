@@ -73,9 +73,10 @@ def interpreting() -> bool:
 
 # ---------------------------------------------------------------------------------------------------
 # Block-size heuristics, from D and the dtype. Half-precision tiles follow FlashAttention-2 / Triton's
-# fused-attention tutorial for the same head dimension on H100, trimmed until ptxas reports no (or a
-# few bytes of) register spills for sm_90 (`python -m benchmarks.gpu.compile_infonce`, which compiles
-# without a GPU); their speed has NOT been measured yet (no GPU while writing them):
+# fused-attention tutorial for the same head dimension on H100; compiled for sm_90 without a GPU
+# (`python -m benchmarks.gpu.compile_infonce`), every bf16 variant at D in {64, 96, 128, 256, 320}
+# uses wgmma, pipelines its loads (cp.async) and has no register spills (at most 219 registers with
+# every option on). Their speed has NOT been measured yet (no GPU while writing them):
 # `benchmarks/gpu/run_infonce.py` is the place to check them, and TWOTOWER_INFONCE_AUTOTUNE=1
 # searches a small space on the GPU instead. float32 operands take the exact ("ieee") FMA path
 # (torch's default float32 matmul precision), whose register-hungry layout needs small tiles and D

@@ -1,6 +1,8 @@
-"""Compile every InfoNCE kernel variant for an NVIDIA target WITHOUT a GPU, and report registers and
-spills from ptxas: catches GPU-only compile errors (the CPU interpreter runs the kernels' Python,
-not Triton's compiler) and register spills of the heuristic tile shapes before a GPU is at hand.
+"""Compile every InfoNCE kernel variant for an NVIDIA target WITHOUT a GPU, and report registers,
+spills (ptxas), async copies (software-pipelined loads) and shared memory: catches GPU-only compile
+errors (the CPU interpreter runs the kernels' Python, not Triton's compiler) and poor tile shapes
+before a GPU is at hand. Arguments are specialised as Triton's launcher does for contiguous rows
+with D % 16 == 0 (pointers, strides and D divisible by 16).
 
     python -m benchmarks.gpu.compile_infonce            # sm_90 (H100/H200), full compile + ptxas -v
     python -m benchmarks.gpu.compile_infonce --arch 80 --stage ttir
@@ -51,8 +53,8 @@ def _heuristic_values(heur, args: dict) -> tuple[dict, dict]:
     return picked, options
 
 
-def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, jit function, pointer types, constexprs, options) for each kernel the launchers can
+def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tuple[str, object, dict, dict, dict, int]]:
+    """(label, jit function, pointer types, constexprs, options, D) for each kernel the launchers can
     pick, with every option on (the largest code path) and with every option off; tile shapes come
     from the kernels' own triton.heuristics."""
     import torch
@@ -70,37 +72,44 @@ def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tupl
                 ce, opts = _heuristic_values(kt._fwd_heur, base)
                 ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64"}
                 yield (f"fwd {tag}", kt._fwd_kernel, ptrs,
-                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, IS_SPLIT=all_on, **flags, **ce), opts)
+                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, IS_SPLIT=all_on, **flags, **ce), opts, D)
                 ce, opts = _heuristic_values(kt._dq_heur, base)
                 ptrs = {"Q_ptr": dt, "K_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64",
                         "DQ_ptr": "fp32" if all_on else dt}
                 yield (f"dq  {tag}", kt._bwd_dq_kernel, ptrs,
                        dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, SYMMETRIC=all_on, COMPUTE_DTAU=all_on,
-                            **flags, **ce), opts)
+                            **flags, **ce), opts, D)
                 ce, opts = _heuristic_values(kt._dc_heur, base)
                 for is_extra in (False, True):
                     ptrs = {"Q_ptr": dt, "C_ptr": dt, "DC_ptr": "fp32" if all_on else dt, "IDS_ptr": "i64",
                             "QIDS_ptr": "i64", "CIDS_ptr": "i64"}
                     yield (f"dc{'e' if is_extra else 'k'} {tag}", kt._bwd_dc_kernel, ptrs,
                            dict(IS_EXTRA=is_extra, HAS_CIDS=all_on and is_extra, SYMMETRIC=all_on and not is_extra,
-                                **flags, **ce), opts)
-    yield "combine", kt._fwd_combine_kernel, {}, dict(SPLITS=3, BLOCK=128), dict(num_warps=4, num_stages=1)
+                                **flags, **ce), opts, D)
+    yield "combine", kt._fwd_combine_kernel, {}, dict(SPLITS=3, BLOCK=128), dict(num_warps=4, num_stages=1), 16
 
 
-def source(fn, pointer_types: dict, constexprs: dict) -> ASTSource:
-    """ASTSource with every *_ptr fp32 unless named in pointer_types, other runtime args i32."""
-    sig = {}
-    for name in fn.arg_names:
+def source(fn, pointer_types: dict, constexprs: dict, *, aligned: int | None = None) -> ASTSource:
+    """ASTSource with every *_ptr fp32 unless named in pointer_types, other runtime args i32.
+
+    `aligned`: the D of the launch when rows are 16-element aligned (D % 16 == 0, contiguous rows),
+    as Triton's launcher specialises at run time: pointers, strides, D and split sizes are then
+    marked divisible by 16, which is what lets loads vectorise and pipeline. None marks nothing.
+    """
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = "*" + pointer_types.get(name, "fp32")
-        else:
-            sig[name] = "i32"
+            continue
+        sig[name] = "*" + pointer_types.get(name, "fp32") if name.endswith("_ptr") else "i32"
+        divisible = name.endswith("_ptr") or name.startswith("stride") or name.endswith("per_split") or name == "D"
+        if aligned is not None and aligned % 16 == 0 and divisible:
+            attrs[(i,)] = [["tt.divisibility", 16]]
     missing = [p.name for p in fn.params if p.is_constexpr and p.name not in constexprs]
     if missing:
         raise ValueError(f"{fn.__name__}: constexprs not set: {missing}")
-    return ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    constants = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    return ASTSource(fn=fn, signature=sig, constexprs=constants, attrs=attrs)
 
 
 def ptxas_stats(ptx: str, arch: int) -> str:
@@ -117,8 +126,7 @@ def ptxas_stats(ptx: str, arch: int) -> str:
     text = out.stderr + out.stdout
     regs = re.findall(r"Used (\d+) registers", text)
     spill = re.findall(r"(\d+) bytes spill stores", text)
-    smem = re.findall(r"(\d+) bytes smem", text)
-    return f"regs {','.join(regs) or '?'} spill-stores {','.join(spill) or '0'} B smem {','.join(smem) or '0'} B"
+    return f"regs {','.join(regs) or '?'} spill-stores {','.join(spill) or '0'} B"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
     failures = 0
-    for label, fn, ptrs, ce, opts in variants(tuple(args.dtypes.split(",")), tuple(int(d) for d in args.dims.split(","))):
+    for label, fn, ptrs, ce, opts, D in variants(tuple(args.dtypes.split(",")), tuple(int(d) for d in args.dims.split(","))):
         t0 = time.perf_counter()
         try:
-            src = source(fn, ptrs, ce)
+            src = source(fn, ptrs, ce, aligned=D)
             if args.stage == "ttir":
                 from triton._C.libtriton import ir
 
@@ -146,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 stats = "ttir ok"
             else:
                 kernel = triton.compile(src, target=target, options=opts)
-                stats = ptxas_stats(kernel.asm["ptx"], args.arch)
+                ptx = kernel.asm["ptx"]
+                async_copies = ptx.count("cp.async.cg") + ptx.count("cp.async.ca") + ptx.count("cp.async.bulk")
+                stats = f"{ptxas_stats(ptx, args.arch)} async-copies {async_copies} smem {kernel.metadata.shared} B"
             print(f"{label:40s} {time.perf_counter() - t0:5.1f} s  {stats}  {opts}", flush=True)
         except Exception as exc:  # report every failing variant, not just the first
             failures += 1
