@@ -114,6 +114,15 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     return loss_fn(inputs)
 
 
+# Loop settings that do not change what is computed: a resumed run may differ in them.
+_COSMETIC = ("progress", "num_threads", "keep_checkpoints")
+
+
+def _semantic(config: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in config.get("train", {}).items() if k not in _COSMETIC}
+    return {**config, "train": train}
+
+
 def _select(result: EvalResult, metric: str) -> float:
     return float(result.metrics[metric])
 
@@ -178,7 +187,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
         if saved.get("data_fingerprint") != data_fp:
             raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-        if saved.get("train_config") != json.loads(json.dumps(config.to_dict())):
+        if _semantic(saved.get("train_config", {})) != _semantic(json.loads(json.dumps(config.to_dict()))):
             raise ValueError(f"--resume: {last} was written with different settings; resume with the same config")
         state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]

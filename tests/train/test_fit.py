@@ -118,6 +118,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 def test_resume_refuses_other_settings(tmp_path):
     config = tiny_config(epochs=1)
     fit(config, tmp_path)
+    config.train.progress = True  # cosmetic: allowed to differ
+    fit(config, tmp_path, resume=True)
     config.optim.lr = 0.1
     with pytest.raises(ValueError, match="different settings"):
         fit(config, tmp_path, resume=True)
