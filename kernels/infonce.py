@@ -57,6 +57,21 @@ def kernel_available(device: torch.device | str, dtype: torch.dtype = torch.floa
     return device.type == "cuda" or (device.type == "cpu" and _interpreting())
 
 
+def _autocast(q: Tensor, k: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under torch.autocast, float32 vectors go to the autocast dtype first, as a matmul would
+    (differentiably: their gradients come back in float32). L2-normalised tower outputs are float32
+    under autocast, and the fp32 kernel path is many times slower than the bf16 one."""
+    device_type = q.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError, RuntimeError):  # torch < 2.4, or a device without autocast
+        return q, k, extra
+    if not enabled or q.dtype != torch.float32 or dtype not in (torch.float16, torch.bfloat16):
+        return q, k, extra
+    return q.to(dtype), k.to(dtype), None if extra is None else extra.to(dtype)
+
+
 class _InfoNCEFunction(torch.autograd.Function):
     """Autograd glue: forward launches the row log-sum-exp kernel (twice when symmetric), backward the
     row pass (dQ, dtau) and the column passes (dK, dExtra)."""
@@ -179,6 +194,9 @@ def infonce(
             and take no part in that direction. With reduction="none", entry i is the sum of query
             i's and item i's losses.
 
+    Under torch.autocast (CUDA, or CPU), float32 q / k / extra are cast to the autocast dtype first,
+    as a matmul would be.
+
     Returns:
         The loss: a 0-d tensor, or [B] for reduction="none"; float32 (float64 for float64 inputs).
 
@@ -193,6 +211,7 @@ def infonce(
         q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
         query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
     )
+    q, k, extra = _autocast(q, k, extra)
     if not kernel_available(q.device, q.dtype):
         return infonce_reference(
             q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
