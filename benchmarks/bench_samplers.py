@@ -217,7 +217,9 @@ def main() -> None:
     n = 16
     add(f"alias popularity**0.75, no exclusion, [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, seed=1), BATCH * n)
     add(f"alias popularity**0.75, excluding positives (tuple), [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, exclude=history, seed=1, validate=False), BATCH * n)
-    add(f"alias popularity**0.75, excluding positives (index), [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, exclude=index, seed=1), BATCH * n)
+    mass = samplers.popularity_positive_mass(index, table)
+    add(f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, exclude=index, seed=1, positive_mass=mass), BATCH * n)
+    add(f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, 1]", lambda: samplers.popularity_negatives(users, table, 1, exclude=index, seed=1, positive_mass=mass), BATCH)
     add(f"alias popularity**0.75 numpy reference, excluding, [{BATCH}, {n}]", lambda: samplers_reference.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n)
     add(f"alias table build, N = {num_items}", lambda: samplers.build_alias_table(counts**0.75), num_items, "M items/s")
     add("alias table build, N = 1,000,000", lambda: samplers.build_alias_table(big_counts**0.75), 1_000_000, "M items/s")

@@ -62,6 +62,7 @@ __all__ = [
     "hard_negatives",
     "popularity_log_q",
     "popularity_negatives",
+    "popularity_positive_mass",
     "popularity_weights",
     "shared_negatives",
     "uniform_log_q",
@@ -392,17 +393,21 @@ def popularity_negatives(
     seed: int,
     max_tries: int = DEFAULT_MAX_TRIES,
     validate: bool = True,
+    positive_mass: np.ndarray | None = None,
 ) -> np.ndarray:
     """Negatives drawn with probability `table.p` (e.g. count**0.75), excluding positives when given.
 
-    With `exclude`, row r's draws follow p restricted to the user's free ids and renormalised
-    (rejection while the positives hold at most half the mass, exact inverse-CDF fallback otherwise).
+    With `exclude`, row r's draws follow p restricted to the user's free ids and renormalised: rejection
+    of alias draws while the user's positives hold at most 3/4 of the mass, and an exact inverse-CDF
+    draw over the free ids otherwise (or when `max_tries` run out).
 
     Args:
         users: [B] rows of `exclude` (only their count matters without `exclude`).
         table: from `build_alias_table`.
         num_negatives: n draws per row, with replacement.
         exclude, seed, max_tries, validate: as in `uniform_negatives`.
+        positive_mass: [U] `popularity_positive_mass(exclude, table)`, computed once for many calls
+            (else each row sums its positives' p, O(its length) per call). Same ids either way.
 
     Returns:
         [B, n] int64 ids; -1 for rows whose free ids all have zero weight.
@@ -418,11 +423,32 @@ def popularity_negatives(
     num_negatives = _check_count(num_negatives, "num_negatives")
     max_tries = _check_count(max_tries, "max_tries")
     users_k, indptr, indices, row_words, words = _resolve(exclude, users, table.num_items, validate)
+    mass = _check_mass(positive_mass, indptr.size - 1) if exclude is not None else _NO_MASS
     out = np.empty((users.size, num_negatives), dtype=np.int64)
     _popularity_kernel(
-        users_k, indptr, indices, row_words, words, table.prob, table.alias, table.p, np.uint64(seed_key(seed)), max_tries, out
+        users_k, indptr, indices, row_words, words, table.prob, table.alias, table.p, mass, np.uint64(seed_key(seed)), max_tries, out
     )
     return out
+
+
+_NO_MASS = np.zeros(0, dtype=np.float64)
+
+
+def _check_mass(positive_mass: Any, num_rows: int) -> np.ndarray:
+    if positive_mass is None:
+        return _NO_MASS
+    if not isinstance(positive_mass, np.ndarray) or positive_mass.dtype != np.float64 or positive_mass.shape != (num_rows,):
+        raise TypeError(f"positive_mass must be a float64 ndarray [{num_rows}] (from popularity_positive_mass)")
+    return positive_mass
+
+
+def popularity_positive_mass(exclude: tuple[np.ndarray, np.ndarray] | ExclusionIndex, table: AliasTable) -> np.ndarray:
+    """[U] float64 probability mass of each user's positives under `table.p` (summed in row order, as
+    the sampler does), to compute once and pass to `popularity_negatives` / `popularity_log_q`."""
+    table = _check_table(table)
+    indptr, indices, _, _ = _check_exclude(exclude, np.zeros(0, dtype=np.int64), table.num_items, False)
+    validate_csr(indptr, indices, table.num_items)
+    return _row_mass(np.arange(indptr.size - 1, dtype=np.int64), indptr, indices, table.p)
 
 
 def popularity_log_q(
@@ -431,9 +457,10 @@ def popularity_log_q(
     table: AliasTable,
     *,
     exclude: tuple[np.ndarray, np.ndarray] | ExclusionIndex | None = None,
+    positive_mass: np.ndarray | None = None,
 ) -> np.ndarray:
     """[B, n] float32 log-probability of each `popularity_negatives` draw: log p_i, minus
-    log(1 - mass of the user's positives) when positives are excluded."""
+    log(1 - mass of the user's positives) when positives are excluded (`positive_mass` as there)."""
     users = _check_users(users)
     table = _check_table(table)
     negatives = np.asarray(negatives)
@@ -443,7 +470,9 @@ def popularity_log_q(
         log_q = np.log(table.p[np.where(negatives < 0, 0, negatives)])
         if exclude is not None:
             indptr, indices, _, _ = _check_exclude(exclude, users, table.num_items, False)
-            log_q = log_q - np.log1p(-np.minimum(_row_mass(users, indptr, indices, table.p), 1.0))[:, None]
+            mass = _check_mass(positive_mass, indptr.size - 1)
+            taken = mass[users] if mass.size else _row_mass(users, indptr, indices, table.p)
+            log_q = log_q - np.log1p(-np.minimum(taken, 1.0))[:, None]
     return log_q.astype(np.float32)
 
 

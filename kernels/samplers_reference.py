@@ -101,8 +101,11 @@ def _alias_np(table: AliasTable, x: np.ndarray) -> np.ndarray:
     return np.where(coin_np(x) < table.prob[i], i, table.alias[i])
 
 
-def popularity_negatives(users, table, num_negatives, *, exclude=None, seed, max_tries=DEFAULT_MAX_TRIES, validate=True):
-    """Reference of `samplers.popularity_negatives` (same ids)."""
+def popularity_negatives(
+    users, table, num_negatives, *, exclude=None, seed, max_tries=DEFAULT_MAX_TRIES, validate=True, positive_mass=None
+):
+    """Reference of `samplers.popularity_negatives` (same ids; it sums the masses itself, so
+    `positive_mass` is accepted for the signature and not read)."""
     batch = np.asarray(users).size
     users, indptr, indices = _history(exclude, batch, users)
     n, stride, num_items = num_negatives, max_tries + 1, table.p.size
@@ -113,7 +116,7 @@ def popularity_negatives(users, table, num_negatives, *, exclude=None, seed, max
     out = np.full((batch, n), -1, dtype=np.int64)
     empty = indptr[users + 1] == indptr[users]  # no positives: plain alias draws, whatever max_tries
     out[empty] = _alias_np(table, bits_np(keys[empty][:, None], np.arange(n)[None, :] * stride))
-    pending = np.repeat(((1.0 - mass >= 0.5) & ~empty)[:, None], n, axis=1)
+    pending = np.repeat(((1.0 - mass >= 0.25) & ~empty)[:, None], n, axis=1)
     _reject(out, pending, keys, users, flat, num_items, stride, max_tries, lambda x: _alias_np(table, x))
     for r in np.unique(np.nonzero(out < 0)[0]):
         free = np.setdiff1d(np.arange(num_items), indices[indptr[users[r]] : indptr[users[r] + 1]])

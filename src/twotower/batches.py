@@ -216,6 +216,12 @@ class BatchIterator:
         needs_table = config.negative_kind == "popularity" or (config.num_shared_negatives and config.shared_negative_kind == "popularity")
         self._table = samplers.build_alias_table(samplers.popularity_weights(counts, config.popularity_alpha)) if needs_table else None
         self._check_negatives_possible()
+        # Each user's positive mass under the popularity table, summed once instead of in every batch.
+        self._positive_mass = (
+            samplers.popularity_positive_mass(self._index, self._table)
+            if config.negative_kind == "popularity" and config.exclude_positives
+            else None
+        )
         self._candidates: np.ndarray | None = None
         self._estimator = (
             samplers.StreamingFrequencyEstimator(
@@ -314,6 +320,7 @@ class _BatchMaker:
         self.num_items = owner.num_items
         self.exclude = owner._index if cfg.exclude_positives else None
         self.table = owner._table
+        self.positive_mass = owner._positive_mass
         self.item_log_p = owner._item_log_p
         self.candidates = owner._candidates
         self.order: np.ndarray | None = None
@@ -344,10 +351,18 @@ class _BatchMaker:
                     negative_log_q = np.ascontiguousarray(np.broadcast_to(row[:, None], negatives.shape))
             elif cfg.negative_kind == "popularity":
                 negatives = samplers.popularity_negatives(
-                    users, self.table, cfg.num_negatives, exclude=self.exclude, seed=seed, validate=False
+                    users,
+                    self.table,
+                    cfg.num_negatives,
+                    exclude=self.exclude,
+                    seed=seed,
+                    validate=False,
+                    positive_mass=self.positive_mass,
                 )
                 if log_q_on:
-                    negative_log_q = samplers.popularity_log_q(users, negatives, self.table, exclude=self.exclude)
+                    negative_log_q = samplers.popularity_log_q(
+                        users, negatives, self.table, exclude=self.exclude, positive_mass=self.positive_mass
+                    )
             else:
                 cand = self.candidates[users] if self.candidates is not None else np.zeros((users.size, 0), np.int64)
                 negatives = samplers.hard_negatives(

@@ -284,15 +284,20 @@ def test_popularity_excluding_fits_renormalised_popularity(n):
     rest = np.sort(rng.choice(np.setdiff1d(np.arange(200), top), 30, replace=False))
     indptr = np.array([0, top.size, top.size + rest.size], np.int64)
     history = (indptr, np.concatenate([top, rest]).astype(np.int32))
-    assert K.popularity_log_q(np.array([0]), np.array([[0]]), table, exclude=history).shape == (1, 1)
+    mass = K.popularity_positive_mass(history, table)
+    assert mass[0] > 0.75 > 0.25 > mass[1], "the two users must take the two paths"
     for u, positives in ((0, top), (1, rest)):
         neg = K.popularity_negatives(np.full(60_000 // n, u), table, n, exclude=history, seed=u)
+        np.testing.assert_array_equal(
+            neg, K.popularity_negatives(np.full(60_000 // n, u), table, n, exclude=history, seed=u, positive_mass=mass)
+        )
         free = np.setdiff1d(np.arange(200), positives)
         stat, threshold = chi2_fits(neg, free, table.p[free])
         assert stat < threshold, f"user {u}: chi2 {stat:.1f} >= {threshold:.1f}"
         # logQ of a draw: p_i / (1 - mass of positives).
         log_q = K.popularity_log_q(np.full(neg.shape[0], u), neg, table, exclude=history)
         np.testing.assert_allclose(log_q, np.log(table.p[neg] / (1 - table.p[positives].sum())), rtol=1e-5)
+        np.testing.assert_array_equal(log_q, K.popularity_log_q(np.full(neg.shape[0], u), neg, table, exclude=history, positive_mass=mass))
 
 
 # ---------------------------------------------------------------------------------- hard negatives
