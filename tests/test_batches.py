@@ -277,3 +277,10 @@ def test_bad_input_raises_clear_errors():
     it = BatchIterator(users, items, num_items=n_items, config=BatchConfig(num_negatives=1, negative_kind="hard"))
     with pytest.raises(ValueError, match="candidates must be"):
         it.set_candidates(np.zeros((3, 4), np.int64))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(batches_module)
+    assert result.attempted > 0 and result.failed == 0

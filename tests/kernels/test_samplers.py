@@ -451,3 +451,13 @@ def test_bad_arguments_raise_clear_errors():
         K.shared_negatives(3, num_items=5, table=K.build_alias_table(np.ones(5)), seed=0)
     with pytest.raises(ValueError, match="learning_rate"):
         K.StreamingFrequencyEstimator(16, learning_rate=0.0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from twotower.kernels import frequency
+
+    for module in (K, frequency):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
