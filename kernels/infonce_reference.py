@@ -8,6 +8,7 @@ inputs with the same messages. Nothing here imports Triton.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -105,7 +106,7 @@ def check_infonce_inputs(
             )
         if temperature.device.type == "cpu" and not bool(temperature.detach() > 0):
             raise ValueError(f"infonce: temperature must be > 0, got {float(temperature)}")
-    elif isinstance(temperature, (int, float)):
+    elif isinstance(temperature, numbers.Real):  # int, float, NumPy scalars
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"infonce: temperature must be a finite number > 0, got {temperature}")
     else:
