@@ -29,7 +29,6 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
 
 def _kt():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -54,7 +54,6 @@ class Case:
     reduction: str = "mean"
     learned_temperature: bool = True
     temperature: float = 0.2
-    kw: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         flags = [n for n in ("logq", "masks", "symmetric") if getattr(self, n)]
