@@ -335,6 +335,26 @@ def test_autocast_casts_float32_vectors_like_a_matmul() -> None:
     assert dq.dtype == torch.float32  # gradients flow back through the cast
 
 
+def test_autotune_opt_in_is_wired(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The opt-in autotuned kernels (TWOTOWER_INFONCE_AUTOTUNE=1 on a GPU) wrap the same kernels in
+    # triton.autotune; with a single config the interpreter can run them, which checks the grid
+    # lambdas and the heuristics they keep (BLOCK_D, SINGLE_D) end to end.
+    import triton
+
+    monkeypatch.setattr(kt, "_tune_configs", lambda: [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)])
+    kt._tuned_kernels.cache_clear()
+    try:
+        tuned = kt._tuned_kernels()
+        monkeypatch.setattr(kt, "_kernels", lambda: tuned)
+        case = Case(70, 50, 40, masks=True, symmetric=True)
+        loss, grads, ref_loss, ref_grads = run_both(case, make_inputs(case, 12), 12)
+    finally:
+        kt._tuned_kernels.cache_clear()
+    assert_close_rel(loss, ref_loss, TOL[torch.float32]["loss"], "loss")
+    for name in grads:
+        assert_close_rel(grads[name], ref_grads[name], TOL[torch.float32]["grad"], f"d{name}")
+
+
 def test_module_learns_temperature() -> None:
     loss_fn = InfoNCE(0.1, learn_temperature=True, symmetric=True)
     q, k = torch.randn(10, 8, device=DEVICE), torch.randn(10, 8, device=DEVICE)
