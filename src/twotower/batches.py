@@ -110,7 +110,7 @@ class BatchConfig:
         if not isinstance(self.hard_rank_range, tuple) or len(self.hard_rank_range) != 2:
             raise TypeError(f"BatchConfig.hard_rank_range must be a tuple (a, b), got {self.hard_rank_range!r}")
         a, b = self.hard_rank_range
-        if not isinstance(a, int) or not (b is None or isinstance(b, int)):
+        if not isinstance(a, (int, np.integer)) or not (b is None or isinstance(b, (int, np.integer))) or isinstance(a, bool):
             raise TypeError(f"BatchConfig.hard_rank_range must hold ints (b may be None), got {self.hard_rank_range!r}")
         if a < 0 or (b is not None and b < a):
             raise ValueError(f"BatchConfig.hard_rank_range must be (a, b) with 0 <= a <= b, got {self.hard_rank_range}")
