@@ -22,7 +22,11 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, *, select_met
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     evaluated = [r for r in history if "valid" in r]
     if evaluated:
-        names = sorted({name for r in evaluated for name in r["valid"] if name.split("@")[0] in ("recall", "ndcg", "mrr")})
+        # The selection metric's cut-off for recall / ndcg / mrr, plus recall at the largest cut-off.
+        cut = select_metric.split("@")[1]
+        largest = max(int(name.split("@")[1]) for name in evaluated[0]["valid"])
+        names = [f"{m}@{cut}" for m in ("recall", "ndcg", "mrr")] + [f"recall@{largest}"]
+        names = list(dict.fromkeys(n for n in names if n in evaluated[0]["valid"]))
         for name in names:
             style = "-" if name == select_metric else "--"
             ax_metric.plot([r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name)
