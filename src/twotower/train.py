@@ -197,6 +197,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
             candidates = arrays["candidates"]
             batches.set_candidates(candidates)
 
+    vocab_files = {"user_vocab.parquet": dataset.user_vocab.save, "item_vocab.parquet": dataset.item_vocab.save}
     metrics_log = out_dir / "metrics.jsonl"
     if not resume:
         metrics_log.unlink(missing_ok=True)
@@ -231,7 +232,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
                 step += 1
                 loss_sum += value * len(batch.users)
                 seen += len(batch.users)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                                   "samples_per_s": seen / seconds, "epoch_seconds": seconds}
@@ -255,7 +256,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         if candidates is not None:
             arrays["candidates"] = candidates
         save_checkpoint(checkpoint_root, f"epoch-{epoch + 1:04d}", model=model, config=saved_config, loss_fn=loss_fn,
-                        optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints,
+                        optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints, extra_files=vocab_files,
                         trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
                                        "stale": stale, "history": history})
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)

@@ -64,6 +64,10 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert f"epoch 2, step {steps_per_epoch + 3}" in str(caught.value)
     last = latest_checkpoint(tmp_path / "checkpoints")
     assert last is not None and last.name == "epoch-0001"  # the last good one
+    for name in ("config.json", "model.safetensors", "optimizer.safetensors", "state.safetensors", "trainer.json",
+                 "user_vocab.parquet", "item_vocab.parquet"):
+        assert (last / name).is_file(), name
+    assert json.loads((last / "config.json").read_text())["data_fingerprint"]
     assert not (tmp_path / "model").exists()
 
 
