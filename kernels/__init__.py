@@ -8,7 +8,7 @@ or under TRITON_INTERPRET=1). Nothing here imports from `twotower` itself.
 import importlib
 from typing import Any
 
-_SUBMODULES = ("samplers", "infonce")
+_SUBMODULES = ("samplers", "samplers_reference", "frequency", "infonce", "infonce_reference")
 
 
 def __getattr__(name: str) -> Any:
