@@ -17,9 +17,7 @@ It is written under a temporary name inside its parent and renamed into place; a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,43 +28,10 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
+from twotower.atomic import write_dir_atomic, write_json_atomic, write_text_atomic
 from twotower.model import TwoTowerModel, save_model
 
 LATEST = "LATEST"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes JSON to `path` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_dir_atomic(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Creates directory `final` by filling a temporary sibling and renaming it into place."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        fill(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -133,9 +98,7 @@ def save_checkpoint(
             writer(tmp / filename)
 
     final = write_dir_atomic(Path(root) / name, fill)
-    pointer = Path(root) / f".{LATEST}.tmp"
-    pointer.write_text(name, encoding="utf-8")
-    os.replace(pointer, Path(root) / LATEST)
+    write_text_atomic(Path(root) / LATEST, name)
     _prune(Path(root), keep, current=name)
     return final
 

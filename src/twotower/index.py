@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from twotower.atomic import atomic_write, write_text_atomic
 from twotower.metrics import hit_matrix
 
 INDEX_FILE = "index.hnsw"
@@ -396,32 +396,31 @@ class HNSWIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=directory)
-            os.close(fd)
-            try:
-                self._index.save_index(tmp)
-                checksum = _sha256(Path(tmp))
-                meta = {
-                    "format": _FORMAT,
-                    "space": "ip",
-                    "dim": self.dim,
-                    "M": self.M,
-                    "ef_construction": self.ef_construction,
-                    "ef": self._ef,
-                    "rebuild_threshold": self.rebuild_threshold,
-                    "max_fetch": self.max_fetch,
-                    "max_elements": int(self._index.get_max_elements()),
-                    "count": len(self),
-                    "deleted": sorted(self._deleted),
-                    "sha256": checksum,
-                    "num_items": num_items,
-                    "item_vocabulary": None if item_ids is None else vocabulary_fingerprint(item_ids),
-                }
-                os.replace(tmp, directory / INDEX_FILE)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        _write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2))
+            checksum = ""
+
+            def write_graph(tmp: Path) -> None:
+                nonlocal checksum
+                self._index.save_index(str(tmp))
+                checksum = _sha256(tmp)
+
+            atomic_write(directory / INDEX_FILE, write_graph)
+            meta = {
+                "format": _FORMAT,
+                "space": "ip",
+                "dim": self.dim,
+                "M": self.M,
+                "ef_construction": self.ef_construction,
+                "ef": self._ef,
+                "rebuild_threshold": self.rebuild_threshold,
+                "max_fetch": self.max_fetch,
+                "max_elements": int(self._index.get_max_elements()),
+                "count": len(self),
+                "deleted": sorted(self._deleted),
+                "sha256": checksum,
+                "num_items": num_items,
+                "item_vocabulary": None if item_ids is None else vocabulary_fingerprint(item_ids),
+            }
+        write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -536,14 +535,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from twotower.atomic import atomic_write, write_text_atomic
 from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
 from twotower.towers import Tower, TowerInputs
 
@@ -335,10 +335,10 @@ def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: d
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     config = {"twotower_version": __version__, "model": model.describe(), **(extra or {})}
     text = json.dumps(config, indent=2, sort_keys=True)
-    _atomic(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text_atomic(directory / CONFIG_FILE, text)
     return directory
 
 
@@ -368,14 +368,3 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
     except RuntimeError as err:
         raise ValueError(f"{weights_path} does not match the model described in {config_path}: {err}") from None
     return model.to(device).eval()
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from twotower.checkpoint import write_dir_atomic, write_json_atomic
+from twotower.atomic import write_dir_atomic, write_json_atomic
 from twotower.data import CSR, SplitDataset, Vocabulary
 from twotower.model import TwoTowerModel, load_model, save_model
 

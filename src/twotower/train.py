@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from twotower import __version__
 from twotower.batches import Batch, BatchIterator
-from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_dir_atomic, write_json_atomic
+from twotower.atomic import write_dir_atomic, write_json_atomic
+from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from twotower.atomic import atomic_write
+
 _MAGIC = b"twotower.vocabulary"
 
 
@@ -110,9 +112,7 @@ class Vocabulary:
         """Writes the ids to a parquet file (column `id`), atomically (temp file + rename)."""
         path = Path(path)
         table = pa.table({"id": self._arrow}).replace_schema_metadata({_MAGIC: b"1"})
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
