@@ -14,9 +14,14 @@ twotower is also timed with its recommended loss (in-batch + 1024 shared negativ
 
 from __future__ import annotations
 
+import os
+
+# Both pipelines run with passive OpenMP waiting (as the twotower CLI sets it): spinning threads make
+# every small op of either training loop several times slower whenever the other core is busy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
