@@ -85,25 +85,32 @@ def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | No
 
 
 def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Encodes one batch with both towers and returns its loss. Item-side vectors go through the
-    model's inner-product form, so every loss (dot products) ranks by the model's scoring."""
+    """Encodes one batch with both towers and returns its loss.
+
+    Every item of the batch (positives, per-row and shared negatives) is encoded once: the ids are
+    deduplicated first, so a catalogue item drawn many times costs one tower pass, and all its
+    occurrences share one vector. Item-side vectors go through the model's inner-product form, so
+    every loss (dot products) ranks by the model's scoring."""
     users, items = _tensor(batch.users, device), _tensor(batch.items, device)
     negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
     history_target = items if model.config.user_history else None
-    query = model.encode_users(users, exclude_history=history_target)
+    query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
 
-    def item_side(codes: torch.Tensor) -> torch.Tensor:
-        return model.inner_product_form(None, model.encode_items(codes))[1]
-
-    query = model.inner_product_form(query, None)[0]
-    negative_vectors = None
+    parts = [items] + [p.reshape(-1) for p in (negatives, shared) if p is not None]
+    unique, inverse = torch.unique(torch.cat(parts), return_inverse=True)
+    vectors = model.inner_product_form(None, model.encode_items(unique))[1][inverse]
+    positive, rest = vectors[: len(items)], vectors[len(items) :]
+    negative_vectors = shared_vectors = None
     if negatives is not None:
-        negative_vectors = item_side(negatives.reshape(-1)).view(*negatives.shape, -1)
+        negative_vectors = rest[: negatives.numel()].view(*negatives.shape, -1)
+        rest = rest[negatives.numel() :]
+    if shared is not None:
+        shared_vectors = rest
     inputs = LossInputs(
         query=query,
-        positive=item_side(items),
+        positive=positive,
         negatives=negative_vectors,
-        shared_negatives=None if shared is None else item_side(shared),
+        shared_negatives=shared_vectors,
         user_ids=users,
         item_ids=items,
         negative_ids=negatives,
