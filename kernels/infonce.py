@@ -3,8 +3,9 @@
 `infonce` computes the contrastive loss over the [B, B + M] logits of B queries against their B
 positives and M shared extra negatives without ever materialising the logits: on CUDA through the
 Triton kernels of `infonce_triton` (FlashAttention-2 layout, fp32 online log-sum-exp, only lse[B]
-saved for backward, deterministic), elsewhere through `infonce_reference`. Under
-TRITON_INTERPRET=1 CPU tensors also go through the Triton kernels (how the tests exercise them).
+saved for backward, deterministic); on the CPU through the row-blocked PyTorch version of the same
+algorithm in `infonce_cpu` (the reference for `symmetric=True`); `infonce_reference` is the oracle.
+Under TRITON_INTERPRET=1 CPU tensors go through the Triton kernels instead (how the tests exercise them).
 
 Importing this module needs torch only; Triton is imported on first use of the kernel path.
 """
@@ -19,6 +20,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .infonce_cpu import infonce_blocked
 from .infonce_reference import check_infonce_inputs, infonce_reference
 
 __all__ = ["infonce", "infonce_reference", "InfoNCE", "kernel_available"]
@@ -213,6 +215,12 @@ def infonce(
     )
     q, k, extra = _autocast(q, k, extra)
     if not kernel_available(q.device, q.dtype):
+        if q.device.type == "cpu" and not symmetric:
+            return infonce_blocked(
+                q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
+                correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
+                extra_ids=extra_ids, reduction=reduction,
+            )
         return infonce_reference(
             q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
             correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
