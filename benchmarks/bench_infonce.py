@@ -1,5 +1,5 @@
-"""InfoNCE on CPU: the PyTorch reference (the CPU path of `twotower.kernels.infonce.infonce`) against
-the one-liner most training scripts use, `F.cross_entropy(q @ kᵀ / tau, arange(B))`.
+"""InfoNCE on CPU: the row-blocked CPU path of `twotower.kernels.infonce.infonce` and the PyTorch
+reference against the one-liner most training scripts use, `F.cross_entropy(q @ kᵀ / tau, arange(B))`.
 
 The fused Triton kernel needs a GPU (the CPU interpreter is a correctness tool, far too slow to
 time): its benchmark is `benchmarks/gpu/run_infonce.py`. This file keeps the harness running
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.runner import markdown_table, measure, write_results
+from twotower.kernels.infonce_cpu import infonce_blocked
 from twotower.kernels.infonce_reference import infonce_reference
 
 # (B, M, D): in-batch only, and in-batch + shared extra negatives (mixed negative sampling).
@@ -54,6 +55,11 @@ def reference_step(inputs: dict, opts: dict | None = None) -> None:
     loss.backward()
 
 
+def blocked_step(inputs: dict, opts: dict | None = None) -> None:
+    loss = infonce_blocked(inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {}))
+    loss.backward()
+
+
 def cross_entropy_step(inputs: dict) -> None:
     q, k = inputs["q"], inputs["k"]
     cand = k if "extra" not in inputs else torch.cat([k, inputs["extra"]])
@@ -75,17 +81,20 @@ def main(argv: list[str] | None = None) -> None:
         base = measure(lambda: cross_entropy_step(inputs), warmup=2, repeats=7)
         ref = measure(lambda: reference_step(inputs), warmup=2, repeats=7)
         full = measure(lambda: reference_step(inputs, opts), warmup=2, repeats=7)
+        blocked = measure(lambda: blocked_step(inputs, opts), warmup=2, repeats=7)
         logits = B * (B + M)
         rows.append([
             B, M, D,
             f"{base.median * 1e3:.2f}", f"{ref.median * 1e3:.2f}", f"{full.median * 1e3:.2f}",
             f"{ref.median / base.median:.2f}x", f"{full.median / base.median:.2f}x",
-            f"{full.median * 1e9 / logits:.2f}",
+            f"{full.median * 1e9 / logits:.2f}", f"{blocked.median * 1e3:.2f}",
+            f"{full.median / blocked.median:.2f}x",
         ])
         print(rows[-1], flush=True)
     header = [
         "B", "M", "D", "cross_entropy ms", "reference ms", "reference + logQ + masks ms",
         "reference / CE", "ref + options / CE", "ns per logit (ref + options)",
+        "CPU path (blocked) + options ms", "ref + options / blocked",
     ]
     table = markdown_table(header, rows)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -113,6 +122,12 @@ def test_reference_with_options_fwd_bwd(benchmark, size) -> None:
     inputs = make_inputs(*size)
     opts = options(size[0], size[1])
     benchmark.pedantic(reference_step, args=(inputs, opts), rounds=5, warmup_rounds=1)
+
+
+def test_blocked_with_options_fwd_bwd(benchmark, size) -> None:
+    B, M, D = size
+    inputs, opts = make_inputs(B, M, D), options(B, M)
+    benchmark.pedantic(blocked_step, args=(inputs, opts), rounds=5, warmup_rounds=1)
 
 
 def test_cross_entropy_fwd_bwd(benchmark, size) -> None:
