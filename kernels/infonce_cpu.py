@@ -5,7 +5,7 @@ Each block's logits (sized to stay in a core's L2 cache) are formed, corrected, 
 place; only the log-sum-exp of each row is kept for backward, which recomputes the block and forms
 dS = g * (softmax - onehot) from it. Extra memory is O(B + M) plus one block, where the reference
 holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Time is on par with the
-reference (`python -m benchmarks.bench_infonce`: 0.75x-1.09x of its time on 2 cores): the recomputed
+reference (`python -m benchmarks.bench_infonce`: 0.9x to 1.3x its time, one thread): the recomputed
 GEMM costs what the saved elementwise passes gain. Same contract as `infonce_reference` except
 `symmetric` (the caller sends that to the reference). Imports only torch.
 """
