@@ -29,7 +29,7 @@ from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
-from twotower.losses import LossInputs, make_loss
+from twotower.losses import IN_BATCH_KINDS, LossInputs, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
@@ -87,10 +87,13 @@ def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | No
 def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
     """Encodes one batch with both towers and returns its loss.
 
+    logQ: in-batch kinds get log(B q) for the in-batch candidates and log(M q) for the M shared ones
+    (expected counts, see `_expected_count`); per-row kinds get the iterator's per-draw log q.
     Every item of the batch (positives, per-row and shared negatives) is encoded once: the ids are
     deduplicated first, so a catalogue item drawn many times costs one tower pass, and all its
     occurrences share one vector. Item-side vectors go through the model's inner-product form, so
     every loss (dot products) ranks by the model's scoring."""
+    in_batch = getattr(getattr(loss_fn, "config", None), "kind", None) in IN_BATCH_KINDS
     users, items = _tensor(batch.users, device), _tensor(batch.items, device)
     negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
     history_target = items if model.config.user_history else None
@@ -115,11 +118,20 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
         item_ids=items,
         negative_ids=negatives,
         shared_ids=shared,
-        item_log_q=_tensor(batch.item_log_q, device),
+        item_log_q=_tensor(_expected_count(batch.item_log_q, len(items) if in_batch else 1), device),
         negative_log_q=_tensor(batch.negative_log_q, device),
-        shared_log_q=_tensor(batch.shared_log_q, device),
+        shared_log_q=_tensor(_expected_count(batch.shared_log_q, len(shared) if in_batch and shared is not None else 1), device),
     )
     return loss_fn(inputs)
+
+
+def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:
+    """log(draws * q): the batch iterator gives per-draw log-probabilities; the sampled-softmax
+    correction needs each candidate's expected count in its set, so that the in-batch set (B draws of
+    the data distribution) and the shared set (M draws) are weighed correctly against each other."""
+    if log_q is None or draws <= 1:
+        return log_q
+    return (log_q + np.float32(math.log(draws))).astype(np.float32)
 
 
 # Loop settings that do not change what is computed: a resumed run may differ in them.

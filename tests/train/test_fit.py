@@ -127,3 +127,42 @@ def test_resume_refuses_other_settings(tmp_path):
     config.optim.lr = 0.1
     with pytest.raises(ValueError, match="different settings"):
         fit(config, tmp_path, resume=True)
+
+
+def test_mixed_loss_gets_expected_count_corrections():
+    """In-batch candidates are B draws of the data distribution and shared negatives M draws of the
+    sampler: their logQ terms must be log(B p) and log(M q), or the two sets are mis-weighted by
+    log(B / M) whenever B != M."""
+    import dataclasses as dc
+
+    import torch
+
+    from twotower.batches import Batch
+    from twotower.data import build_dataset, generate
+    from twotower.losses import make_loss
+    from twotower.train import batch_loss, build_model
+
+    config = tiny_config()
+    dataset = build_dataset(generate(50, 40, interactions_per_user=5, seed=0))
+    model = build_model(config, dataset)
+    seen = {}
+    mixed = dc.replace(config.loss, kind="mixed")
+
+    class Capture(torch.nn.Module):
+        config = mixed
+
+        def forward(self, inputs):
+            seen["item"], seen["shared"] = inputs.item_log_q, inputs.shared_log_q
+            return torch.zeros(())
+
+    batch = Batch(users=np.array([0, 1, 2, 3]), items=np.array([0, 1, 2, 3]),
+                  shared_negatives=np.arange(8), shared_log_q=np.full(8, np.log(1 / 40), np.float32),
+                  item_log_q=np.full(4, np.log(0.01), np.float32))
+    batch_loss(model, Capture(), batch, torch.device("cpu"))
+    np.testing.assert_allclose(seen["item"].numpy(), np.log(4 * 0.01), rtol=1e-6)
+    np.testing.assert_allclose(seen["shared"].numpy(), np.log(8 / 40), rtol=1e-6)
+    per_row = make_loss(dc.replace(config.loss, kind="sampled_softmax"))
+    Capture.config = per_row.config  # per-row kinds: the positive is one draw, log q unchanged
+    batch_loss(model, Capture(), batch, torch.device("cpu"))
+    np.testing.assert_allclose(seen["item"].numpy(), np.log(0.01), rtol=1e-6)
+    np.testing.assert_allclose(seen["shared"].numpy(), np.log(1 / 40), rtol=1e-6)

@@ -8,7 +8,7 @@
 """
 
 from twotower.losses.functional import bce, bpr, hinge, sampled_softmax
-from twotower.losses.config import KINDS, LossConfig, LossInputs
+from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs
 from twotower.losses.select import Loss, make_loss
 
-__all__ = ["KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr", "hinge", "make_loss", "sampled_softmax"]
+__all__ = ["IN_BATCH_KINDS", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr", "hinge", "make_loss", "sampled_softmax"]
