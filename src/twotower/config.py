@@ -146,8 +146,10 @@ class LoopConfig:
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
 
 
+# Defaults chosen on validation NDCG@10 (ML-100K search in benchmarks/results/quality-search.md; also
+# better on the synthetic data and ml-latest-small): cosine towers, temperature 0.2, width 128.
 def _default_model() -> ModelConfig:
-    return ModelConfig(embedding_dim=64, scoring="cosine")
+    return ModelConfig(embedding_dim=128, scoring="cosine")
 
 
 def _default_batches() -> BatchConfig:
@@ -155,7 +157,7 @@ def _default_batches() -> BatchConfig:
 
 
 def _default_loss() -> LossConfig:
-    return LossConfig(kind="mixed", temperature=0.1)
+    return LossConfig(kind="mixed", temperature=0.2)
 
 
 @dataclass

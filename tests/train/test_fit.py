@@ -38,7 +38,7 @@ def test_fit_beats_popularity_and_writes_a_complete_run(tmp_path):
     assert result.valid.metrics["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-6)
     trained = load_model_dir(tmp_path / "model")
     assert trained.config["train_config"]["train"]["epochs"] == 6
-    assert float(trained.model.temperature) == pytest.approx(0.1, rel=1e-5)
+    assert float(trained.model.temperature) == pytest.approx(0.2, rel=1e-5)
 
 
 def test_early_stopping_stops_after_patience(tmp_path):
