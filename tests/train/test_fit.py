@@ -166,3 +166,26 @@ def test_mixed_loss_gets_expected_count_corrections():
     batch_loss(model, Capture(), batch, torch.device("cpu"))
     np.testing.assert_allclose(seen["item"].numpy(), np.log(0.01), rtol=1e-6)
     np.testing.assert_allclose(seen["shared"].numpy(), np.log(1 / 40), rtol=1e-6)
+
+
+def test_hard_negatives_are_mined_from_the_model_and_checkpointed(tmp_path):
+    import dataclasses as dc
+
+    from safetensors.numpy import load_file
+
+    config = tiny_config(epochs=3, hard_candidates=20)
+    config.batches = dc.replace(config.batches, num_shared_negatives=0, num_negatives=4, negative_kind="hard",
+                                hard_rank_range=(2, 20), log_q="none")
+    config.loss = dc.replace(config.loss, kind="sampled_softmax")
+    result = fit(config, tmp_path)
+    assert np.isfinite(result.history[-1]["train_loss"])
+    arrays = load_file(str(latest_checkpoint(tmp_path / "checkpoints") / "state.safetensors"))
+    candidates = arrays["loop.candidates"]
+    from twotower.datasets import load_dataset
+
+    dataset = load_dataset(config.data)
+    assert candidates.shape == (dataset.num_users, 20)
+    # Mined as the model's top-20 with train items excluded: none of a user's train items appear.
+    train = dataset.train_history
+    for user in range(0, candidates.shape[0], 37):
+        assert not set(candidates[user].tolist()) & set(train.row(user).tolist())
