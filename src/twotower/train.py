@@ -102,13 +102,10 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     parts = [items] + [p.reshape(-1) for p in (negatives, shared) if p is not None]
     unique, inverse = torch.unique(torch.cat(parts), return_inverse=True)
     vectors = model.inner_product_form(None, model.encode_items(unique))[1][inverse]
-    positive, rest = vectors[: len(items)], vectors[len(items) :]
-    negative_vectors = shared_vectors = None
-    if negatives is not None:
-        negative_vectors = rest[: negatives.numel()].view(*negatives.shape, -1)
-        rest = rest[negatives.numel() :]
-    if shared is not None:
-        shared_vectors = rest
+    # split, not slicing: a slice's backward zero-fills a gradient the size of `vectors` per slice.
+    positive, *rest = vectors.split([len(p) for p in parts])
+    negative_vectors = None if negatives is None else rest.pop(0).view(*negatives.shape, -1)
+    shared_vectors = None if shared is None else rest.pop(0)
     inputs = LossInputs(
         query=query,
         positive=positive,
