@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,14 +224,35 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         path = f"{where}.{key}" if where else key
         if nested is not None:
             value = _build(nested, value, path)
-        elif isinstance(value, list) and _is_tuple_field(cls, key):
-            value = tuple(value)
+        else:
+            value = _check_type(cls, key, value, path)
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def _is_tuple_field(cls: type, name: str) -> bool:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return "tuple" in str(f.type)
-    return False
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_type(cls: type, key: str, value: Any, path: str) -> Any:
+    """Checks a scalar setting against its annotation (ValueError naming it); lists become tuples
+    where the field is a tuple. Unions of scalars accept any member; other types pass through."""
+    annotation = typing.get_type_hints(cls)[key]
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"{path} must be set (got none)")
+    if isinstance(value, list) and any(typing.get_origin(o) is tuple for o in options):
+        return tuple(value)
+    scalars = [o for o in options if o in _SCALARS]
+    if not scalars or len(scalars) < len([o for o in options if o is not type(None)]):
+        return value  # containers and mixed unions: validated by the section's own checks
+    ok = any(
+        (isinstance(value, bool) if o is bool else isinstance(value, o) and not isinstance(value, bool))
+        or (o is float and isinstance(value, int) and not isinstance(value, bool))
+        for o in scalars
+    )
+    if not ok:
+        wanted = " or ".join(_SCALARS[o] for o in scalars)
+        raise ValueError(f"{path} must be {wanted}; got {value!r}")
+    return float(value) if scalars == [float] else value
