@@ -80,7 +80,7 @@ print(json.dumps({"median": float(np.median(times)), "blas_core": blas}))
 def faiss_time(coretype: str | None, b: int, repeats: int) -> dict | None:
     """faiss-cpu runs in a subprocess so that OPENBLAS_CORETYPE applies before its OpenBLAS loads."""
     try:
-        import faiss  # noqa: F401
+        import faiss  # noqa: F401  (only whether it is installed)
     except ImportError:
         return None
     env = dict(os.environ)

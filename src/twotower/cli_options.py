@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import types
 import typing
 from typing import Any
 
@@ -64,22 +65,25 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def _is_sequence(annotation: Any) -> bool:
-    origins = {typing.get_origin(a) for a in (annotation, *typing.get_args(annotation))}
-    return bool(origins & {list, tuple})
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (`int | None` -> int, None), or the annotation itself."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
 
 
-def _is_mapping(annotation: Any) -> bool:
-    origins = {typing.get_origin(a) for a in (annotation, *typing.get_args(annotation))}
-    return dict in origins
-
-
-def _is_bool(annotation: Any) -> bool:
-    return annotation is bool
+def _key_value(text: str) -> tuple[str, Any]:
+    """ROLE=COLUMN; a column given as an integer is a 0-based index."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = _scalar(value)
+    return key, parsed if isinstance(parsed, int) and not isinstance(parsed, bool) else value
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per setting of TrainConfig, grouped by section."""
+    """Adds one flag per setting of TrainConfig, grouped by section. Each value is parsed as its
+    annotation says: strings stay strings, `key=value` pairs become a dict, a one-element list for a
+    setting that is a scalar or a sequence (k-core) becomes that scalar."""
     defaults = TrainConfig()
 
     def walk(cls: type, default: Any, prefix: str, group: argparse._ArgumentGroup) -> None:
@@ -95,16 +99,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if dest in HIDDEN:
                 continue
             text = EXTRA_HELP.get(f.name, helps.get(f.name, "")) if cls.__name__ == "DataConfig" else helps.get(f.name, "")
-            annotation = hints[f.name]
+            options = _options(hints[f.name])
+            origins = {typing.get_origin(o) for o in options}
             kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f"{text} (default: {value!r})"}
-            if _is_bool(annotation):
-                parser_group_add(group, f"--{dest}", action=argparse.BooleanOptionalAction, **kwargs)
-            elif _is_mapping(annotation):
-                parser_group_add(group, f"--{dest}", nargs="+", metavar="KEY=VALUE", **kwargs)
-            elif _is_sequence(annotation):
-                parser_group_add(group, f"--{dest}", nargs="+", metavar="VALUE", **kwargs)
+            if hints[f.name] is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif dict in origins:
+                kwargs.update(nargs="+", metavar="KEY=VALUE", type=_key_value, action=_DictAction)
+            elif origins & {list, tuple}:
+                scalar_too = any(o in (int, float) for o in options)
+                kwargs.update(nargs="+", metavar="VALUE", type=_scalar, action=_ScalarOrListAction if scalar_too else None)
             else:
-                parser_group_add(group, f"--{dest}", metavar="VALUE", **kwargs)
+                kwargs.update(metavar="VALUE", type=str if str in options else _scalar)
+            group.add_argument(f"--{dest}", **{k: v for k, v in kwargs.items() if v is not None})
 
     for f in dataclasses.fields(TrainConfig):
         cls = NESTED[TrainConfig][f.name]
@@ -112,8 +119,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         walk(cls, getattr(defaults, f.name), f"{f.name}.", group)
 
 
-def parser_group_add(group: argparse._ArgumentGroup, flag: str, **kwargs: Any) -> None:
-    group.add_argument(flag, **kwargs)
+class _DictAction(argparse.Action):
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, dict(values))
+
+
+class _ScalarOrListAction(argparse.Action):
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,14 +135,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for dest, value in vars(args).items():
         if "." not in dest:
             continue
-        if isinstance(value, list) and value and isinstance(value[0], str) and "=" in value[0] and dest.endswith("columns"):
-            value = {k: _scalar(v) if isinstance(_scalar(v), int) else v for k, v in (item.split("=", 1) for item in value)}
-        elif isinstance(value, list):
-            value = [_scalar(v) for v in value]
-            if dest.endswith(".kcore") and len(value) == 1:
-                value = value[0]
-        elif isinstance(value, str):
-            value = _scalar(value) if not dest.endswith(("path", "valid", "test", "features", "delimiter")) else value
         node = nested
         *parents, leaf = dest.split(".")
         for part in parents:
