@@ -149,12 +149,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 # -- recommend --------------------------------------------------------------------------------------
 def _print_recommendations(trained: Any, users: list[str], k: int, *, searcher: Any, as_json: bool) -> None:
+    from twotower.data.types import take_rows
+
     codes = _user_codes(trained, users)
     queries = trained.model.user_search_vectors(codes)
-    rows = [trained.seen.row(int(c)) for c in codes]
-    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-    indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
-    scores, ids = searcher(queries, k, exclude=(indptr, indices))
+    scores, ids = searcher(queries, k, exclude=take_rows((trained.seen.indptr, trained.seen.indices), codes))
     out = []
     for user, row_scores, row_ids in zip(users, scores, ids):
         valid = row_ids >= 0

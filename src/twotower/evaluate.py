@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from twotower.data.types import take_rows
 from twotower.metrics import RankingMetrics, hit_matrix, sorted_unique
 
 CSRPair = tuple[np.ndarray, np.ndarray]
@@ -76,17 +77,6 @@ def csr_pair(csr: Any) -> CSRPair:
     else:
         raise TypeError(f"expected a CSR (indptr, indices); got {type(csr).__name__}")
     return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
-
-
-def take_rows(csr: CSRPair, rows: np.ndarray) -> CSRPair:
-    """The CSR rows `rows` [b] (in that order) as a new CSR [b], vectorised."""
-    indptr, indices = csr
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    out_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out_ptr[1:])
-    positions = np.arange(out_ptr[-1], dtype=np.int64) + np.repeat(starts - out_ptr[:-1], lengths)
-    return out_ptr, indices[positions]
 
 
 def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPair:

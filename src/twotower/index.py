@@ -38,6 +38,7 @@ import hnswlib
 import numpy as np
 
 from twotower.atomic import atomic_write, write_text_atomic
+from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
 
 INDEX_FILE = "index.hnsw"
@@ -330,7 +331,7 @@ class HNSWIndex:
             fetch = np.minimum(np.left_shift(1, np.ceil(np.log2(need)).astype(np.int64)), cap)
             for size in np.unique(fetch).tolist():
                 rows = np.flatnonzero(fetch == size)
-                sub = None if exclude is None else _take_rows(indptr, indices, rows)
+                sub = None if exclude is None else take_rows((indptr, indices), rows)
                 scores[rows], ids[rows] = self._search_group(queries[rows], k, size, sub, live)
         return scores, ids
 
@@ -356,7 +357,7 @@ class HNSWIndex:
         # Short rows: fewer than k kept although the fetch did not cover every live item.
         short = np.flatnonzero((n_keep < k) & (fetch < live))
         if short.size:
-            sub = None if exclude is None else _take_rows(*exclude, short)
+            sub = None if exclude is None else take_rows(exclude, short)
             scores[short], ids[short] = self._exact(queries[short], k, sub)
         return scores, ids
 
@@ -519,14 +520,6 @@ def _check_vectors(vectors: Any, dim: int | None, name: str = "vectors") -> np.n
     if not np.isfinite(vectors).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return np.ascontiguousarray(vectors)
-
-
-def _take_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    out = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out, indices[np.arange(out[-1], dtype=np.int64) + np.repeat(starts - out[:-1], lengths)]
 
 
 def _sha256(path: Path) -> str:

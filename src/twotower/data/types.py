@@ -191,3 +191,14 @@ class SplitDataset:
     def item_counts(self) -> np.ndarray:
         """int64 [num_items] training interactions per item (popularity, e.g. for alias samplers)."""
         return np.bincount(self.train.items, minlength=self.num_items)
+
+
+def take_rows(csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR rows `rows` [b] (in that order) as a new CSR [b], vectorised."""
+    indptr, indices = csr
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    out_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out_ptr[1:])
+    positions = np.arange(out_ptr[-1], dtype=np.int64) + np.repeat(starts - out_ptr[:-1], lengths)
+    return out_ptr, indices[positions]
