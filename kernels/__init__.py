@@ -8,7 +8,8 @@ or under TRITON_INTERPRET=1). Nothing here imports from `twotower` itself.
 import importlib
 from typing import Any
 
-_SUBMODULES = ("samplers", "samplers_reference", "frequency", "infonce", "infonce_reference")
+_SUBMODULES = ("samplers", "samplers_reference", "frequency", "infonce", "infonce_reference", "gather_scores",
+               "gather_scores_reference", "distinct", "distinct_reference")
 
 
 def __getattr__(name: str) -> Any:

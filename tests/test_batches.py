@@ -284,3 +284,18 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(batches_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_batches_list_their_distinct_items_and_where_each_occurrence_went():
+    users, items, n_items = make_pairs()
+    cfg = BatchConfig(batch_size=40, num_negatives=3, negative_kind="uniform", num_shared_negatives=7, seed=2)
+    for b in collect(BatchIterator(users, items, num_items=n_items, config=cfg), 0):
+        every = np.concatenate([b.items, b.negatives.ravel(), b.shared_negatives])
+        assert np.unique(b.distinct_items).size == b.distinct_items.size
+        np.testing.assert_array_equal(np.sort(b.distinct_items), np.unique(every))
+        np.testing.assert_array_equal(b.distinct_items[b.item_rows], b.items)
+        np.testing.assert_array_equal(b.distinct_items[b.negative_rows], b.negatives)
+        np.testing.assert_array_equal(b.distinct_items[b.shared_rows], b.shared_negatives)
+    plain = Batch(users=np.array([0, 1]), items=np.array([5, 5]))
+    np.testing.assert_array_equal(plain.distinct_items, [5])
+    assert plain.negative_rows is None and plain.shared_rows is None

@@ -602,3 +602,43 @@ def test_function_errors():
         bpr(q, pos.float(), neg)
     with pytest.raises(ValueError, match="empty batch"):
         bpr(q[:0], pos[:0], neg[:0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensor(kind):
+    from twotower.losses import IndexedRows
+
+    g = torch.Generator().manual_seed(11)
+    b, n, u, d = 9, 5, 13, 6
+    query = torch.randn(b, d, generator=g, dtype=torch.float64)
+    table = torch.randn(u, d, generator=g, dtype=torch.float64)
+    index = torch.randint(0, u, (b, n), generator=g)
+    pos_rows = torch.randint(0, u, (b,), generator=g)
+    log_q = -torch.rand(b, n, generator=g, dtype=torch.float64)
+    results = []
+    for indexed in (True, False):
+        q, t = query.clone().requires_grad_(), table.clone().requires_grad_()
+        negatives = IndexedRows(t, index) if indexed else t[index]
+        inputs = LossInputs(query=q, positive=t[pos_rows], negatives=negatives, item_ids=pos_rows, negative_ids=index,
+                            user_ids=torch.arange(b), item_log_q=-torch.ones(b, dtype=torch.float64),
+                            negative_log_q=log_q if kind not in ("infonce", "mixed") else log_q,
+                            shared_negatives=t[:3] if kind == "mixed" else None,
+                            shared_ids=torch.arange(3) if kind == "mixed" else None,
+                            shared_log_q=-torch.ones(3, dtype=torch.float64) if kind == "mixed" else None)
+        loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(inputs)
+        (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
+        results.append((loss.detach(), q.grad, t.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_indexed_rows_are_checked():
+    from twotower.losses import IndexedRows
+
+    q = torch.randn(4, 3)
+    bad = LossInputs(query=q, positive=q, negatives=IndexedRows(torch.randn(5, 2), torch.zeros(4, 2, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"LossInputs.negatives.vectors must be \[U, D\]"):
+        make_loss(LossConfig(kind="sampled_softmax"))(bad)
+    bad = LossInputs(query=q, positive=q, negatives=IndexedRows(torch.randn(5, 3), torch.zeros(3, 2, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"LossInputs.negatives.index must be \[B, n\]"):
+        make_loss(LossConfig(kind="sampled_softmax"))(bad)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from twotower.kernels import samplers
+from twotower.kernels.distinct import distinct
 from twotower.kernels._rng import derive_seed
 
 __all__ = ["Batch", "BatchConfig", "BatchIterator", "EpochBatches"]
@@ -132,6 +133,14 @@ class Batch:
             (static: count / total; streaming: estimated occurrences per step / batch_size), for the
             logQ correction of in-batch negatives, or None.
         epoch, index: where the batch comes from.
+
+    Derived on construction (in the iterator's worker thread), so the model encodes each item of
+    the batch once:
+        distinct_items: [U] int64 the distinct item codes among items, negatives and
+            shared_negatives, in order of first occurrence.
+        item_rows: [B] int64 position of each positive in `distinct_items`.
+        negative_rows: [B, n] int64 position of each per-row negative, or None.
+        shared_rows: [M] int64 position of each shared negative, or None.
     """
 
     users: np.ndarray
@@ -143,6 +152,23 @@ class Batch:
     item_log_q: np.ndarray | None = None
     epoch: int = 0
     index: int = 0
+    distinct_items: np.ndarray = dataclasses.field(init=False, repr=False)
+    item_rows: np.ndarray = dataclasses.field(init=False, repr=False)
+    negative_rows: np.ndarray | None = dataclasses.field(init=False, repr=False)
+    shared_rows: np.ndarray | None = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        parts = [self.items] + [p.reshape(-1) for p in (self.negatives, self.shared_negatives) if p is not None]
+        values, inverse = distinct(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        rows = np.split(inverse, np.cumsum([p.size for p in parts[:-1]]))
+        derived = {
+            "distinct_items": values,
+            "item_rows": rows[0],
+            "negative_rows": None if self.negatives is None else rows[1].reshape(self.negatives.shape),
+            "shared_rows": None if self.shared_negatives is None else rows[-1],
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 def _history_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
-from twotower.losses import IN_BATCH_KINDS, LossInputs, make_loss
+from twotower.losses import IN_BATCH_KINDS, IndexedRows, LossInputs, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
@@ -89,8 +89,8 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
 
     logQ: in-batch kinds get log(B q) for the in-batch candidates and log(M q) for the M shared ones
     (expected counts, see `_expected_count`); per-row kinds get the iterator's per-draw log q.
-    Every item of the batch (positives, per-row and shared negatives) is encoded once: the ids are
-    deduplicated first, so a catalogue item drawn many times costs one tower pass, and all its
+    Every item of the batch (positives, per-row and shared negatives) is encoded once (the batch
+    lists its distinct items), so a catalogue item drawn many times costs one tower pass, and all its
     occurrences share one vector. Item-side vectors go through the model's inner-product form, so
     every loss (dot products) ranks by the model's scoring."""
     in_batch = getattr(getattr(loss_fn, "config", None), "kind", None) in IN_BATCH_KINDS
@@ -99,17 +99,15 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     history_target = items if model.config.user_history else None
     query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
 
-    parts = [items] + [p.reshape(-1) for p in (negatives, shared) if p is not None]
-    unique, inverse = torch.unique(torch.cat(parts), return_inverse=True)
-    vectors = model.inner_product_form(None, model.encode_items(unique))[1][inverse]
-    # split, not slicing: a slice's backward zero-fills a gradient the size of `vectors` per slice.
-    positive, *rest = vectors.split([len(p) for p in parts])
-    negative_vectors = None if negatives is None else rest.pop(0).view(*negatives.shape, -1)
-    shared_vectors = None if shared is None else rest.pop(0)
+    distinct = model.inner_product_form(None, model.encode_items(_tensor(batch.distinct_items, device)))[1]
+    positive = distinct[_tensor(batch.item_rows, device)]
+    # Per-row negatives stay rows of `distinct`: the loss scores them in place (gather_scores).
+    negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
+    shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
     inputs = LossInputs(
         query=query,
         positive=positive,
-        negatives=negative_vectors,
+        negatives=negative_rows,
         shared_negatives=shared_vectors,
         user_ids=users,
         item_ids=items,

@@ -1,14 +1,15 @@
 """Training losses for two-tower models.
 
-- `sampled_softmax`, `bpr`, `hinge`, `bce`: losses over explicit per-row [B, n, D] or shared [M, D]
-  negatives, with logQ correction and accidental-hit masking (`twotower.losses.functional`).
+- `sampled_softmax`, `bpr`, `hinge`, `bce`: losses over explicit per-row [B, n, D] (or `IndexedRows`)
+  or shared [M, D] negatives, with logQ correction and accidental-hit masking (`twotower.losses.functional`).
 - In-batch InfoNCE (fused Triton kernel on CUDA): `twotower.kernels.infonce.infonce`.
 - `make_loss(LossConfig(...))`: one `nn.Module` for any kind, called with `LossInputs`, so the
   training loop never branches on the loss (`twotower.losses.select`).
 """
 
+from twotower.losses._common import IndexedRows
 from twotower.losses.functional import bce, bpr, hinge, sampled_softmax
 from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs
 from twotower.losses.select import Loss, make_loss
 
-__all__ = ["IN_BATCH_KINDS", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr", "hinge", "make_loss", "sampled_softmax"]
+__all__ = ["IN_BATCH_KINDS", "IndexedRows", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr", "hinge", "make_loss", "sampled_softmax"]

@@ -5,13 +5,38 @@ masks, the masked log-sum-exp and the reduction. Each step is small and pure so 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from twotower.kernels.gather_scores import gather_scores
+
 REDUCTIONS = ("mean", "sum", "none")
 
 Temperature = float | Tensor
+
+
+class IndexedRows(NamedTuple):
+    """Per-row negatives given as rows of a table instead of a [B, n, D] tensor: row b's j-th
+    negative is `vectors[index[b, j]]`. The trainer passes the batch's distinct item vectors this
+    way, so losses score them with `twotower.kernels.gather_scores` and never materialise (or
+    scatter the gradient of) the gathered [B, n, D] copy.
+
+    Attributes:
+        vectors: [U, D] vectors (e.g. each distinct item of the batch once).
+        index: [B, n] integer rows of `vectors`.
+    """
+
+    vectors: Tensor
+    index: Tensor
+
+    def gathered(self) -> Tensor:
+        """The [B, n, D] tensor these rows stand for (for code that needs it materialised)."""
+        return self.vectors[self.index]
+
+
+Negatives = Tensor | IndexedRows
 
 
 def check_reduction(reduction: str) -> None:
@@ -58,8 +83,11 @@ def check_vectors(q: Tensor, pos: Tensor) -> tuple[int, int]:
     return q.shape[0], q.shape[1]
 
 
-def check_negatives(q: Tensor, neg: Tensor, name: str = "neg") -> None:
-    """Negatives are per-row [B, n, D] or shared by every row [M, D]."""
+def check_negatives(q: Tensor, neg: Negatives, name: str = "neg") -> None:
+    """Negatives are per-row [B, n, D] (or `IndexedRows`) or shared by every row [M, D]."""
+    if isinstance(neg, IndexedRows):
+        check_indexed_rows(q, neg, name)
+        return
     if not isinstance(neg, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(neg).__name__}")
     if neg.dtype != q.dtype or neg.device != q.device:
@@ -72,6 +100,24 @@ def check_negatives(q: Tensor, neg: Tensor, name: str = "neg") -> None:
             f"{name} must be per-row [B, n, D] = [{b}, n, {d}] or shared [M, D] = [M, {d}], "
             f"got shape {tuple(neg.shape)}"
         )
+
+
+def check_indexed_rows(q: Tensor, neg: IndexedRows, name: str) -> None:
+    """`neg.vectors` [U, D] matches q's dtype, device and D; `neg.index` is integer [B, n]."""
+    vectors, index = neg
+    if not isinstance(vectors, Tensor) or not isinstance(index, Tensor):
+        raise TypeError(f"{name}: IndexedRows needs tensors, got {type(vectors).__name__}, {type(index).__name__}")
+    if vectors.dtype != q.dtype or vectors.device != q.device:
+        raise TypeError(f"{name}.vectors ({vectors.dtype}, {vectors.device}) must match q ({q.dtype}, {q.device})")
+    b, d = q.shape
+    if vectors.dim() != 2 or vectors.shape[1] != d:
+        raise ValueError(f"{name}.vectors must be [U, D] = [U, {d}], got shape {tuple(vectors.shape)}")
+    if index.dim() != 2 or index.shape[0] != b:
+        raise ValueError(f"{name}.index must be [B, n] = [{b}, n], got shape {tuple(index.shape)}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{name}.index must be an integer tensor, got {index.dtype}")
+    if index.device != q.device:
+        raise TypeError(f"{name}.index is on {index.device}, q on {q.device}")
 
 
 def check_side(t: Tensor | None, shape: tuple[int, ...], name: str, q: Tensor, integer: bool) -> None:
@@ -90,8 +136,10 @@ def check_side(t: Tensor | None, shape: tuple[int, ...], name: str, q: Tensor, i
         raise TypeError(f"{name} is on {t.device}, q on {q.device}")
 
 
-def negatives_shape(q: Tensor, neg: Tensor) -> tuple[int, ...]:
+def negatives_shape(q: Tensor, neg: Negatives) -> tuple[int, ...]:
     """Shape of the ids / log-q arrays that go with `neg`: [B, n] per-row, [M] shared."""
+    if isinstance(neg, IndexedRows):
+        return tuple(neg.index.shape)
     return tuple(neg.shape[:2]) if neg.dim() == 3 else (neg.shape[0],)
 
 
@@ -109,13 +157,14 @@ def positive_logits(
 
 def negative_logits(
     q: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     temperature: Temperature,
     logq_neg: Tensor | None = None,
     pos_ids: Tensor | None = None,
     neg_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits of the negatives [B, n] (or [B, M] for shared `neg` [M, D]) and their validity mask.
+    Per-row negatives given as `IndexedRows` are scored in place by `gather_scores`.
 
     The mask is True where the negative is kept; it is False for accidental hits, negatives whose id
     equals the row's positive id. It is None when no ids were given (every negative kept).
@@ -123,7 +172,9 @@ def negative_logits(
     c = compute_dtype(q)
     # Scores in fp32 even under AMP: a bf16 score carries ~3 significant digits, too few for a loss.
     with torch.autocast(q.device.type, enabled=False):
-        if neg.dim() == 3:
+        if isinstance(neg, IndexedRows):
+            s = gather_scores(q.to(c), neg.vectors.to(c), neg.index)
+        elif neg.dim() == 3:
             s = (neg.to(c) * q.to(c).unsqueeze(1)).sum(-1)  # twice as fast as bmm for [B, n, D] on CPU
         else:
             s = q.to(c) @ neg.to(c).t()

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from twotower.losses._common import REDUCTIONS, check_temperature
+from twotower.losses._common import REDUCTIONS, Negatives, check_temperature
 from twotower.losses.functional import check_margin
 
 __all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs"]
@@ -101,8 +101,9 @@ class LossInputs:
     Attributes:
         query: [B, D] query (user) vectors.
         positive: [B, D] positive item vectors; in-batch kinds use the other rows as negatives.
-        negatives: [B, n, D] per-row negatives. The in-batch kinds share them across the batch
-            (every row sees every row's negatives, as DPR does with hard negatives).
+        negatives: [B, n, D] per-row negatives, or the same as `IndexedRows` (rows of a [U, D]
+            table, scored without materialising [B, n, D]). The in-batch kinds share them across
+            the batch (every row sees every row's negatives, as DPR does with hard negatives).
         shared_negatives: [M, D] negatives shared by every row.
         user_ids: [B] query ids; in-batch kinds do not use a row of the same user as a negative.
         item_ids: [B] positive item ids (accidental-hit masking).
@@ -115,7 +116,7 @@ class LossInputs:
 
     query: Tensor
     positive: Tensor
-    negatives: Tensor | None = None
+    negatives: Negatives | None = None
     shared_negatives: Tensor | None = None
     user_ids: Tensor | None = None
     item_ids: Tensor | None = None

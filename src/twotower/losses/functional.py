@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from twotower.losses._common import (
+    Negatives,
     Temperature,
     check_negatives,
     check_reduction,
@@ -88,7 +89,7 @@ def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
 def _logits(
     q: Tensor,
     pos: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     temperature: Temperature,
     logq_pos: Tensor | None,
     logq_neg: Tensor | None,
@@ -119,7 +120,7 @@ def _logits(
 def sampled_softmax(
     q: Tensor,
     pos: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     *,
     temperature: Temperature,
     logq_pos: Tensor | None = None,
@@ -137,7 +138,7 @@ def sampled_softmax(
     Args:
         q: [B, D] query vectors.
         pos: [B, D] positive item vectors.
-        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        neg: [B, n, D] per-row negatives (or `IndexedRows`), or [M, D] negatives shared by every row.
         temperature: float > 0, or a 0-d tensor (a learned temperature receives its gradient).
         logq_pos: [B] log sampling probability of the positives; used only when `correct_positive`.
         logq_neg: [B, n] (or [M]) log sampling probability of the negatives; must be finite.
@@ -165,7 +166,7 @@ def sampled_softmax(
 def bpr(
     q: Tensor,
     pos: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     *,
     temperature: Temperature = 1.0,
     pos_ids: Tensor | None = None,
@@ -177,7 +178,7 @@ def bpr(
     Args:
         q: [B, D] query vectors.
         pos: [B, D] positive item vectors.
-        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        neg: [B, n, D] per-row negatives (or `IndexedRows`), or [M, D] negatives shared by every row.
         temperature: scores are q·k / temperature; 1.0 (default) is plain BPR on dot products.
         pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
         neg_ids: [B, n] (or [M]) negative item ids.
@@ -198,7 +199,7 @@ def bpr(
 def hinge(
     q: Tensor,
     pos: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     *,
     margin: float = 1.0,
     temperature: Temperature = 1.0,
@@ -211,7 +212,7 @@ def hinge(
     Args:
         q: [B, D] query vectors.
         pos: [B, D] positive item vectors.
-        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        neg: [B, n, D] per-row negatives (or `IndexedRows`), or [M, D] negatives shared by every row.
         margin: required gap between the positive and each negative score, >= 0, in the units
             of the scores (q·k / temperature).
         temperature: scores are q·k / temperature; 1.0 (default) uses raw dot products.
@@ -235,7 +236,7 @@ def hinge(
 def bce(
     q: Tensor,
     pos: Tensor,
-    neg: Tensor,
+    neg: Negatives,
     *,
     temperature: Temperature = 1.0,
     logq_pos: Tensor | None = None,
@@ -254,7 +255,7 @@ def bce(
     Args:
         q: [B, D] query vectors.
         pos: [B, D] positive item vectors.
-        neg: [B, n, D] per-row negatives, or [M, D] negatives shared by every row.
+        neg: [B, n, D] per-row negatives (or `IndexedRows`), or [M, D] negatives shared by every row.
         temperature: logits are q·k / temperature; 1.0 (default) uses raw dot products.
         logq_pos: [B] log sampling probability of the positives; used only when `correct_positive`.
         logq_neg: [B, n] (or [M]) log sampling probability of the negatives.

@@ -18,7 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from twotower.losses._common import (
+    IndexedRows,
+    Negatives,
     Temperature,
+    check_indexed_rows,
     check_side,
     check_vectors,
     negative_logits,
@@ -38,6 +41,9 @@ def _require(kind: str, why: str, fields: dict[str, Tensor | None]) -> None:
 
 
 def _check_set(q: Tensor, vectors: object, shape: str, name: str) -> None:
+    if shape == "[B, n, D]" and isinstance(vectors, IndexedRows):
+        check_indexed_rows(q, vectors, f"LossInputs.{name}")
+        return
     b, d = q.shape
     ok = isinstance(vectors, Tensor) and (
         (vectors.dim() == 3 and vectors.shape[0] == b and vectors.shape[2] == d)
@@ -59,7 +65,7 @@ def _check_inputs(x: LossInputs) -> None:
     b = check_vectors(q, x.positive)[0]
     if x.negatives is not None:
         _check_set(q, x.negatives, "[B, n, D]", "negatives")
-        n = x.negatives.shape[1]
+        n = x.negatives.index.shape[1] if isinstance(x.negatives, IndexedRows) else x.negatives.shape[1]
         check_side(x.negative_ids, (b, n), "LossInputs.negative_ids", q, integer=True)
         check_side(x.negative_log_q, (b, n), "LossInputs.negative_log_q", q, integer=False)
     if x.shared_negatives is not None:
@@ -83,7 +89,7 @@ def _logq_in_use(kind: str, candidates: dict[str, Tensor | None]) -> bool:
 class _Candidates(NamedTuple):
     """One set of negatives with its ids and log-q (either may be None)."""
 
-    vectors: Tensor
+    vectors: Negatives
     ids: Tensor | None
     log_q: Tensor | None
     name: str  # "negative" or "shared": the LossInputs field prefix, for error messages
@@ -96,6 +102,8 @@ def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
     if x.negatives is not None:
         vectors, ids, log_q = x.negatives, x.negative_ids, x.negative_log_q
         if flatten_per_row:
+            if isinstance(vectors, IndexedRows):
+                vectors = vectors.vectors[vectors.index.reshape(-1)]
             vectors = vectors.reshape(-1, vectors.shape[-1])
             ids = None if ids is None else ids.reshape(-1)
             log_q = None if log_q is None else log_q.reshape(-1)

@@ -1,0 +1,15 @@
+"""NumPy reference for `twotower.kernels.distinct` (sort-based), the oracle of its tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def distinct_reference(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Same contract as `distinct`: (values in first-occurrence order, inverse), by `np.unique`."""
+    ids = np.asarray(ids, dtype=np.int64)
+    sorted_values, first, inverse_sorted = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # sorted position -> rank of first occurrence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return sorted_values[order], rank[inverse_sorted.reshape(-1)]
