@@ -74,6 +74,10 @@ class OptimConfig:
         warmup_fraction: share of all steps spent warming the learning rate up linearly from 0.
         schedule: after warm-up: "cosine" (to 0), "linear" (to 0) or "constant".
         clip_norm: clip the gradient norm to this (0: no clipping).
+        sparse_embeddings: embedding tables get sparse gradients and a row-sparse ("lazy") Adam
+            step that reads and writes only the rows a batch touched, as TensorFlow's LazyAdam and
+            torch's SparseAdam do; rows a batch does not touch keep their weights and moments.
+            False: every row of every table steps every batch (torch.optim.Adam/AdamW).
     """
 
     optimizer: str = "adamw"
@@ -83,6 +87,7 @@ class OptimConfig:
     warmup_fraction: float = 0.05
     schedule: str = "cosine"
     clip_norm: float = 1.0
+    sparse_embeddings: bool = True
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -32,7 +32,7 @@ from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
 from twotower.losses import IN_BATCH_KINDS, IndexedRows, LossInputs, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
-from twotower.optim import learning_rate, make_optimizer
+from twotower.optim import clip_grad_norm, learning_rate, make_optimizer
 from twotower.plots import plot_training
 
 CHECKPOINTS = "checkpoints"
@@ -242,7 +242,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.optim.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.clip_norm)
+                    clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], config.optim.clip_norm)
                 optimizer.step()
                 step += 1
                 loss_sum += value * len(batch.users)

@@ -1,0 +1,137 @@
+"""One Adam / AdamW step on the rows of an embedding table that a batch touched ("lazy" Adam).
+
+    sparse_adam(table, exp_avg, exp_avg_sq, rows, grads, step=t, lr=1e-3)   # in place
+
+A batch reads a few thousand rows of tables that may hold millions; a dense optimizer still reads
+and writes the weight, both moments and the gradient of every row, every step (44% of a CPU step on
+two 20k x 64 tables, and a dense [R, D] gradient to zero and scatter first). Here the gradient
+arrives as (rows [P], grads [P, D]), e.g. the indices and values of the sparse gradient of
+`nn.Embedding(sparse=True)`; repeated rows are summed, then each distinct row takes exactly the
+update `torch.optim.Adam` / `AdamW` would give it. Rows a batch does not touch keep their weights
+and moments (no momentum drift, no weight decay): the semantics of TensorFlow's LazyAdam and
+`torch.optim.SparseAdam`, with decoupled weight decay added.
+
+Dispatch: contiguous float32/float64 CPU tensors go to the Numba kernel (one pass to sum repeated
+rows through a per-table slot array, one pass to update; untouched rows are never read); anything
+else goes to `sparse_adam_reference`. Imports torch and Numba, nothing from twotower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+from .sparse_adam_reference import sparse_adam_reference
+
+__all__ = ["sparse_adam", "sparse_adam_reference"]
+
+
+@njit(cache=True, nogil=True)
+def _first_out_of_range(rows, num_rows):
+    for p in range(rows.shape[0]):
+        if rows[p] < 0 or rows[p] >= num_rows:
+            return p
+    return -1
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coefficients):
+    """`slots` [R] is all -1 on entry and on exit; `order` [P] and `summed` [P, D] are scratch
+    (`summed` is only written when some row repeats).
+    `coefficients` holds the step's scalars in the table's dtype, so the update vectorises in it:
+    (beta1, 1 - beta1, beta2, 1 - beta2, eps, L2 decay, decoupled shrink, step size, 1/sqrt(bc2))."""
+    dim = param.shape[1]
+    count = 0
+    for p in range(rows.shape[0]):  # first pass: distinct rows in order, and whether any repeats
+        r = rows[p]
+        if slots[r] < 0:
+            slots[r] = count
+            order[count] = r
+            count += 1
+    if count < rows.shape[0]:  # repeats: sum their gradients (else read `grads` as they are)
+        summed[:count] = 0
+        for p in range(rows.shape[0]):
+            s = slots[rows[p]]
+            for d in range(dim):
+                summed[s, d] += grads[p, d]
+    else:
+        summed = grads
+    beta1, keep1, beta2, keep2, eps, l2, shrink, step_size, inv_sqrt_bc2 = (
+        coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4],
+        coefficients[5], coefficients[6], coefficients[7], coefficients[8])
+    for c in range(count):
+        r = order[c]
+        slots[r] = -1
+        for d in range(dim):
+            w = param[r, d]
+            g = summed[c, d] + l2 * w
+            m = beta1 * exp_avg[r, d] + keep1 * g
+            v = beta2 * exp_avg_sq[r, d] + keep2 * g * g
+            exp_avg[r, d] = m
+            exp_avg_sq[r, d] = v
+            param[r, d] = w * shrink - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+
+
+def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, step: int) -> None:
+    if param.dim() != 2:
+        raise ValueError(f"sparse_adam: param must be a 2-d table [R, D], got shape {tuple(param.shape)}")
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        if t.shape != param.shape or t.dtype != param.dtype or t.device != param.device:
+            raise ValueError(f"sparse_adam: {name} must match param {tuple(param.shape)} {param.dtype} {param.device}")
+    if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
+        raise TypeError(f"sparse_adam: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
+    if grads.dim() != 2 or grads.shape != (rows.shape[0], param.shape[1]):
+        raise ValueError(f"sparse_adam: grads must be [P, D] = [{rows.shape[0]}, {param.shape[1]}], got {tuple(grads.shape)}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"sparse_adam: step must be an int >= 1 (the step being taken), got {step!r}")
+
+
+def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, *, step: int,
+                lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                decoupled: bool = True, slots: np.ndarray | None = None) -> None:
+    """In place: one Adam(W) step on the distinct `rows` of `param`, with their summed `grads`.
+
+    Args:
+        param: [R, D] table (updated in place).
+        exp_avg, exp_avg_sq: [R, D] first and second moments (updated in place).
+        rows: [P] integer rows in [0, R), repeats allowed (their gradients are summed).
+        grads: [P, D] gradient of each entry of `rows`.
+        step: the step being taken, counting from 1 (bias correction, as torch's Adam).
+        lr, beta1, beta2, eps: as `torch.optim.Adam`.
+        weight_decay: decoupled (AdamW) when `decoupled`, else L2 added to the gradient (Adam);
+            applied to touched rows only.
+        slots: optional int64 [R] scratch, all -1, reused across calls (returned all -1); one is
+            allocated per call when omitted.
+
+    Raises:
+        ValueError / TypeError: shapes, dtypes or step wrong (the argument is named).
+        IndexError: a row outside [0, R) (its position and value are named); nothing is updated.
+    """
+    _check(param, exp_avg, exp_avg_sq, rows, grads, step)
+    if rows.numel() == 0:
+        return
+    kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)
+              and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq)))
+    rows_np = np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=np.int64)
+    bad = _first_out_of_range(rows_np, param.shape[0])
+    if bad >= 0:
+        raise IndexError(f"sparse_adam: rows[{bad}] = {int(rows_np[bad])} is outside [0, {param.shape[0]})")
+    if not kernel:
+        sparse_adam_reference(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                              eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        return
+    if slots is None or slots.shape != (param.shape[0],):
+        slots = np.full(param.shape[0], -1, dtype=np.int64)
+    grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=param.numpy().dtype)
+    order = np.empty(rows_np.shape[0], dtype=np.int64)
+    summed = np.empty_like(grads_np)
+    with torch.no_grad():
+        coefficients = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 0.0 if decoupled else weight_decay,
+                                 1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
+                                 1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
+        _step(param.detach().numpy(), exp_avg.numpy(), exp_avg_sq.numpy(), rows_np, grads_np, slots, order, summed,
+              coefficients)
