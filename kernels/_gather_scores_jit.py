@@ -21,7 +21,7 @@ def first_out_of_range(index, num_rows):
     return -1
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def forward(query, vectors, index, out):
     """out[b, j] = query[b] . vectors[index[b, j]]."""
     batch, dim = query.shape
@@ -35,7 +35,7 @@ def forward(query, vectors, index, out):
             out[b, j] = acc
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def backward(grad, query, vectors, index, grad_query, grad_vectors, want_query, want_vectors):
     """grad_query[b] = sum_j grad[b, j] vectors[index[b, j]];
     grad_vectors[r] = sum over (b, j) with index[b, j] == r of grad[b, j] query[b].

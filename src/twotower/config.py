@@ -117,7 +117,8 @@ class LoopConfig:
         hard_candidates: candidates mined per user.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         amp: bf16 autocast on CUDA.
-        num_threads: CPU threads for torch and the scorer (0: all cores).
+        num_threads: CPU threads for torch and the scorer. 0: the scorer uses all cores, the
+            training step all but one (the batch worker thread has the other).
         seed: seed of model initialisation and dropout (batches use batches.seed).
         keep_checkpoints: newest checkpoints kept on disk.
         progress: show progress bars.

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from twotower.atomic import atomic_write, write_text_atomic
+from twotower.kernels.l2_normalize import l2_normalize
 from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
 from twotower.towers import Tower, TowerInputs
 
@@ -267,7 +268,7 @@ class TwoTowerModel(nn.Module):
     # -- helpers ----------------------------------------------------------------------------------
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
         if self.config.scoring == "cosine":
-            return torch.nn.functional.normalize(out, dim=1)
+            return l2_normalize(out)
         return out
 
     def _codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
