@@ -1,19 +1,24 @@
-"""InfoNCE on the CPU without the [B, B + M] logits in memory: the fused kernel's algorithm in
-PyTorch, one block of rows at a time.
+"""InfoNCE on the CPU without the [B, B + M] logits in memory: the fused kernel's algorithm, one
+block of rows at a time.
 
-Each block's logits (sized to stay in a core's L2 cache) are formed, corrected, masked and reduced in
-place; only the log-sum-exp of each row is kept for backward, which recomputes the block and forms
-dS = g * (softmax - onehot) from it. Extra memory is O(B + M) plus one block, where the reference
-holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Time is on par with the
-reference (`python -m benchmarks.bench_infonce`: 0.9x to 1.3x its time, one thread): the recomputed
-GEMM costs what the saved elementwise passes gain. Same contract as `infonce_reference` except
-`symmetric` (the caller sends that to the reference). Imports only torch.
+Each block's raw scores come from torch's GEMM (sized to stay in a core's L2 cache); temperature,
+log-q correction and accidental-hit masks are then one Numba pass over the block
+(`_infonce_cpu_jit`, integer codes instead of boolean [rows, N] masks: the PyTorch form of that
+step took about ten passes), and torch's vectorised exp does the log-sum-exp forward and
+dS = g * (softmax - onehot) / tau backward. Only lse[B] is kept
+for backward, which recomputes each block's scores. Extra memory is O(B + M) plus one block, where
+the reference holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Same
+contract as `infonce_reference` except `symmetric` (the caller sends that to the reference).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from . import _infonce_cpu_jit as jit
+from .distinct import distinct
 
 _BLOCK_ELEMENTS = 1 << 17  # logits per row block: 512 KiB of float32
 
@@ -23,40 +28,42 @@ def _block_rows(num_candidates: int) -> int:
 
 
 class _Side:
-    """Everything besides q and the candidates, in the compute dtype, shared by forward and backward."""
+    """Everything besides q and the candidates, as the kernel takes it, shared by forward and backward.
 
-    def __init__(self, B: int, logq: Tensor | None, logq_extra: Tensor | None, correct_positive: bool,
+    Ids become small codes so that a mask is one integer compare: item ids (positives, then the
+    extras that carry ids) are numbered by `distinct`; extras without ids get -1, and when item
+    masking is off every row gets -3, which nothing matches. Query ids likewise, with -2 for the
+    extras (they are not in-batch rows)."""
+
+    def __init__(self, B: int, N: int, logq: Tensor | None, logq_extra: Tensor | None, correct_positive: bool,
                  query_ids: Tensor | None, item_ids: Tensor | None, extra_ids: Tensor | None, dtype: torch.dtype) -> None:
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.B = B
-        self.lq = None
+        self.lq = np.zeros(N, dtype=np_dtype)
         if logq is not None:
-            self.lq = (logq if logq_extra is None else torch.cat([logq, logq_extra])).detach().to(dtype)
-        self.correct_positive = correct_positive
-        self.query_ids, self.item_ids, self.extra_ids = query_ids, item_ids, extra_ids
+            self.lq[:B] = logq.detach().cpu().numpy()
+            if logq_extra is not None:
+                self.lq[B:] = logq_extra.detach().cpu().numpy()
+        self.positive_lq = self.lq[:B].copy() if correct_positive else np.zeros(B, dtype=np_dtype)
+        self.cand_item = np.full(N, -1, dtype=np.int64)
+        self.row_item = np.full(B, -3, dtype=np.int64)
+        if item_ids is not None:
+            ids = item_ids if extra_ids is None else torch.cat([item_ids, extra_ids])
+            codes = distinct(ids.detach().cpu().numpy().astype(np.int64))[1]
+            self.cand_item[: codes.size] = codes
+            self.row_item[:] = codes[:B]
+        self.cand_query = np.full(N, -2, dtype=np.int64)
+        self.row_query = np.full(B, -3, dtype=np.int64)
+        if query_ids is not None:
+            codes = distinct(query_ids.detach().cpu().numpy().astype(np.int64))[1]
+            self.cand_query[:B] = codes
+            self.row_query[:] = codes
 
-    def logits(self, q_blk: Tensor, cand: Tensor, r0: int, inv_t: Tensor | float) -> Tensor:
-        """Corrected, masked logits of rows [r0, r0 + len(q_blk)) against every candidate."""
-        rows = torch.arange(r0, r0 + q_blk.shape[0], device=q_blk.device)
+    def logits(self, q_blk: Tensor, cand: Tensor, r0: int, inv_t: float) -> Tensor:
+        """Corrected, masked (-inf) logits of rows [r0, r0 + len(q_blk)) against every candidate."""
         s = q_blk @ cand.T
-        s.mul_(inv_t)
-        if self.lq is not None:
-            raw_positive = s[rows - r0, rows].clone() if not self.correct_positive else None
-            s.sub_(self.lq)
-            if raw_positive is not None:
-                s[rows - r0, rows] = raw_positive
-        drop = None
-        if self.item_ids is not None:
-            drop = torch.zeros_like(s, dtype=torch.bool)
-            drop[:, : self.B] = self.item_ids[rows, None] == self.item_ids[None, :]
-            if self.extra_ids is not None:
-                drop[:, self.B :] = self.item_ids[rows, None] == self.extra_ids[None, :]
-        if self.query_ids is not None:
-            same = torch.zeros_like(s, dtype=torch.bool) if drop is None else drop
-            same[:, : self.B] |= self.query_ids[rows, None] == self.query_ids[None, :]
-            drop = same
-        if drop is not None:
-            drop[rows - r0, rows] = False  # the positive itself is never masked
-            s.masked_fill_(drop, float("-inf"))
+        jit.block_logits(s.numpy(), r0, s.numpy().dtype.type(inv_t), self.lq, self.cand_item, self.row_item,
+                         self.cand_query, self.row_query, self.positive_lq)
         return s
 
 
@@ -64,16 +71,16 @@ class InfoNCEBlocked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, cand: Tensor, temperature: Tensor | float, side: _Side, reduction: str) -> Tensor:
         B = q.shape[0]
-        inv_t = 1.0 / temperature
+        inv_t = 1.0 / float(temperature)
+        q, cand = q.detach().contiguous(), cand.detach().contiguous()
         lse = torch.empty(B, dtype=q.dtype)
         loss = torch.empty(B, dtype=q.dtype)
         step = _block_rows(cand.shape[0])
         for r0 in range(0, B, step):
             s = side.logits(q[r0 : r0 + step], cand, r0, inv_t)
             rows = torch.arange(s.shape[0])
-            block_lse = torch.logsumexp(s, dim=1)
-            lse[r0 : r0 + step] = block_lse
-            loss[r0 : r0 + step] = block_lse - s[rows, rows + r0]
+            torch.logsumexp(s, dim=1, out=lse[r0 : r0 + step])
+            loss[r0 : r0 + step] = lse[r0 : r0 + step] - s[rows, rows + r0]
         ctx.save_for_backward(q, cand, lse, temperature if isinstance(temperature, Tensor) else torch.tensor(temperature))
         ctx.side, ctx.reduction = side, reduction
         if reduction == "mean":
@@ -90,8 +97,8 @@ class InfoNCEBlocked(torch.autograd.Function):
             g = grad_out.expand(B)
         else:
             g = grad_out
-        g = g.to(q.dtype)
-        inv_t = 1.0 / temperature
+        inv_t = 1.0 / float(temperature)
+        scale = (g.to(q.dtype) * inv_t).contiguous()
         dq = torch.empty_like(q)
         dcand = torch.zeros_like(cand)
         step = _block_rows(cand.shape[0])
@@ -99,10 +106,10 @@ class InfoNCEBlocked(torch.autograd.Function):
             q_blk = q[r0 : r0 + step]
             ds = ctx.side.logits(q_blk, cand, r0, inv_t)
             rows = torch.arange(ds.shape[0])
-            ds.sub_(lse[r0 : r0 + step, None]).exp_()  # softmax
+            ds.sub_(lse[r0 : r0 + step, None]).exp_()  # softmax (masked entries: exp(-inf) = 0)
             ds[rows, rows + r0] -= 1.0  # - onehot(positive)
-            ds.mul_(g[r0 : r0 + step, None] * inv_t)  # d loss / d (q c^T)
-            dq[r0 : r0 + step] = ds @ cand
+            ds.mul_(scale[r0 : r0 + step, None])  # d loss / d (q c^T)
+            torch.mm(ds, cand, out=dq[r0 : r0 + step])
             dcand.addmm_(ds.T, q_blk)
         dtemp = None
         if ctx.needs_input_grad[2]:
@@ -134,6 +141,6 @@ def infonce_blocked(
     cand = k if extra is None or extra.shape[0] == 0 else torch.cat([k, extra], dim=0)
     if extra is None or extra.shape[0] == 0:
         extra_ids = logq_extra = None
-    side = _Side(B, logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype)
+    side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype)
     temp = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
     return InfoNCEBlocked.apply(q.to(dtype), cand.to(dtype), temp, side, reduction)
