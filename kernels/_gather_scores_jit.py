@@ -1,13 +1,11 @@
 """Numba kernels behind `twotower.kernels.gather_scores` (float32 and float64; `cache=True`,
 `nogil=True`). Checks, dispatch and documentation live in `gather_scores.py`.
 
-Scores and query gradients are summed in float64 whatever the storage dtype (one rounding per
-element); vector gradients are accumulated in their own dtype, one add per (row, candidate) that
-points at them, in a fixed order."""
+Sums run in the storage dtype (`zero` is a 0 of that dtype), so the loops over D vectorise; float32
+results differ from a float64 computation by about 1e-7 relative per term."""
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 
@@ -22,16 +20,17 @@ def first_out_of_range(index, num_rows):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def forward(query, vectors, index, out):
+def forward(query, vectors, index, out, zero):
     """out[b, j] = query[b] . vectors[index[b, j]]."""
     batch, dim = query.shape
     width = index.shape[1]
     for b in range(batch):
+        q = query[b]
         for j in range(width):
-            row = index[b, j]
-            acc = 0.0
+            v = vectors[index[b, j]]
+            acc = zero
             for d in range(dim):
-                acc += float(query[b, d]) * float(vectors[row, d])
+                acc += q[d] * v[d]
             out[b, j] = acc
 
 
@@ -41,25 +40,22 @@ def backward(grad, query, vectors, index, grad_query, grad_vectors, want_query, 
     grad_vectors[r] = sum over (b, j) with index[b, j] == r of grad[b, j] query[b].
 
     Both outputs arrive zeroed. Rows are visited in order (b, then j), one thread, so the result is
-    the same bit for bit on every run. `acc` holds one row of grad_query in float64."""
+    the same bit for bit on every run."""
     batch, dim = query.shape
     width = index.shape[1]
-    acc = np.zeros(dim)
     for b in range(batch):
-        if want_query:
-            for d in range(dim):
-                acc[d] = 0.0
+        q = query[b]
+        dq = grad_query[b]
         for j in range(width):
-            g = float(grad[b, j])
-            if g == 0.0:
+            g = grad[b, j]
+            if g == 0:
                 continue
             row = index[b, j]
             if want_query:
+                v = vectors[row]
                 for d in range(dim):
-                    acc[d] += g * float(vectors[row, d])
+                    dq[d] += g * v[d]
             if want_vectors:
+                dv = grad_vectors[row]
                 for d in range(dim):
-                    grad_vectors[row, d] += g * float(query[b, d])
-        if want_query:
-            for d in range(dim):
-                grad_query[b, d] = acc[d]
+                    dv[d] += g * q[d]

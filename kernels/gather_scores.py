@@ -66,7 +66,7 @@ class _GatherScores(torch.autograd.Function):
     def forward(ctx, query: Tensor, vectors: Tensor, index: np.ndarray) -> Tensor:
         query, vectors = query.detach().contiguous(), vectors.detach().contiguous()
         out = torch.empty(query.shape[0], index.shape[1], dtype=query.dtype)
-        jit.forward(query.numpy(), vectors.numpy(), index, out.numpy())
+        jit.forward(query.numpy(), vectors.numpy(), index, out.numpy(), query.numpy().dtype.type(0))
         ctx.save_for_backward(query, vectors)
         ctx.index = index
         return out

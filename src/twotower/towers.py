@@ -283,19 +283,22 @@ class Tower(nn.Module):
         Returns:
             [B, embedding_dim] before any normalisation.
         """
+        all_known = False
         if codes.device.type == "cpu" and codes.numel():
-            bad = (codes < -1) | (codes >= self.num_ids)
-            if bool(bad.any()):
+            low, high = (int(v) for v in torch.aminmax(codes))
+            if low < -1 or high >= self.num_ids:
+                bad = (codes < -1) | (codes >= self.num_ids)
                 raise ValueError(f"codes must be in [-1, {self.num_ids}); found {int(codes[bad][0])}")
+            all_known = low >= 0  # the training batches' case: no unknown-id rewriting needed
         inputs = inputs or TowerInputs()
         known = codes >= 0
-        safe = codes.clamp(min=0)
+        safe = codes if all_known else codes.clamp(min=0)
         parts = []
         if self.id_embedding is not None:
-            ids = torch.where(known, codes, torch.full_like(codes, self.num_ids))
+            ids = codes if all_known else torch.where(known, codes, torch.full_like(codes, self.num_ids))
             if self.training and self.id_dropout > 0:
                 drop = torch.rand(codes.shape, device=codes.device) < self.id_dropout
-                ids = torch.where(drop, torch.full_like(ids, self.num_ids), ids)
+                ids = ids.masked_fill(drop, self.num_ids)
             parts.append(self.id_embedding(ids))
         for i, (name, card) in enumerate(self.categorical.items()):
             if name in inputs.categorical:

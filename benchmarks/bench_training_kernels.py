@@ -1,0 +1,130 @@
+"""The training step's CPU kernels against their plain PyTorch/NumPy references, at the sizes of the
+end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tables):
+
+- `gather_scores` (per-row negatives scored in place) vs gather-then-multiply, forward + backward;
+- `l2_normalize` (fused cosine normalisation) vs `F.normalize`, forward + backward;
+- `sparse_adam` (lazy Adam on the touched rows) vs its reference, and vs a dense `torch.optim.AdamW`
+  step over the whole table (what the trainer did before);
+- `distinct` (hash table) vs `np.unique`-based reference and `torch.unique`.
+
+    python -m benchmarks.bench_training_kernels      # table -> benchmarks/results/training-kernels.md
+    pytest benchmarks/bench_training_kernels.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.runner import markdown_table, measure, write_results
+from twotower.kernels.distinct import distinct
+from twotower.kernels.distinct_reference import distinct_reference
+from twotower.kernels.gather_scores import gather_scores, gather_scores_reference
+from twotower.kernels.l2_normalize import l2_normalize, l2_normalize_reference
+from twotower.kernels.sparse_adam import sparse_adam, sparse_adam_reference
+
+B, N, D, ROWS = 1024, 16, 64, 20_000
+
+
+def _batch(seed: int = 0) -> dict:
+    """One batch's worth of inputs: ids drawn like the trainer's (positives + 16 uniform negatives per row)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, ROWS, B * (1 + N))
+    unique, inverse = distinct(ids)
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "ids": ids,
+        "unique": torch.from_numpy(unique),
+        "query": torch.randn(B, D, generator=g).requires_grad_(),
+        "vectors": torch.randn(unique.size, D, generator=g).requires_grad_(),
+        "index": torch.from_numpy(inverse[B:].reshape(B, N)),
+        "upstream": torch.randn(B, N, generator=g),
+    }
+
+
+def scores_step(fn, x: dict) -> None:
+    (fn(x["query"], x["vectors"], x["index"]) * x["upstream"]).sum().backward()
+
+
+def normalize_step(fn, x: dict) -> None:
+    fn(x["vectors"]).sum().backward()
+
+
+def adam_tables(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(ROWS, D, generator=g), torch.zeros(ROWS, D), torch.zeros(ROWS, D)]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    x = _batch()
+    rows = []
+
+    def add(name: str, ours, reference, reference_name: str) -> None:
+        a = measure(ours, warmup=3, repeats=21)
+        b = measure(reference, warmup=3, repeats=21)
+        rows.append([name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}", f"{b.median / a.median:.1f}x"])
+        print(rows[-1], flush=True)
+
+    add("gather_scores fwd+bwd", lambda: scores_step(gather_scores, x),
+        lambda: scores_step(gather_scores_reference, x), "gather + multiply + sum (autograd)")
+    add("l2_normalize fwd+bwd", lambda: normalize_step(l2_normalize, x),
+        lambda: normalize_step(l2_normalize_reference, x), "F.normalize (autograd)")
+    touched, grads = x["unique"], torch.randn(x["unique"].numel(), D)
+    ours_state, ref_state = adam_tables(), adam_tables()
+    slots = np.full(ROWS, -1, dtype=np.int64)
+    step = {"ours": 0, "ref": 0}
+
+    def ours_adam() -> None:
+        step["ours"] += 1
+        sparse_adam(*ours_state, touched, grads, step=step["ours"], lr=1e-3, slots=slots)
+
+    def ref_adam() -> None:
+        step["ref"] += 1
+        sparse_adam_reference(*ref_state, touched, grads, step=step["ref"], lr=1e-3)
+
+    add(f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam, "reference (unique + index_add + index)")
+    table = torch.nn.Parameter(torch.randn(ROWS, D))
+    dense = torch.optim.AdamW([table], lr=1e-3)
+    dense_grad = torch.zeros(ROWS, D)
+    dense_grad[touched] = grads
+
+    def dense_adam() -> None:
+        table.grad = dense_grad
+        dense.step()
+
+    add(f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, dense_adam, "torch.optim.AdamW, whole table")
+    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: distinct_reference(x["ids"]),
+        "np.unique + first-occurrence order")
+    ids_t = torch.from_numpy(x["ids"])
+    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: torch.unique(ids_t, return_inverse=True),
+        "torch.unique(return_inverse) (sorted)")
+    header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
+    note = (f"\n\nOne thread, float32, median of 21 after 3 warm-ups; B = {B}, {N} negatives per row, D = {D}, "
+            f"{ROWS:,}-row tables.")
+    print(markdown_table(header, rows) + note)
+    write_results("training-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
+
+
+@pytest.mark.parametrize("fn", [gather_scores, gather_scores_reference], ids=["kernel", "reference"])
+def test_gather_scores(benchmark, fn):
+    x = _batch()
+    benchmark.pedantic(scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("fn", [l2_normalize, l2_normalize_reference], ids=["kernel", "reference"])
+def test_l2_normalize(benchmark, fn):
+    x = _batch()
+    benchmark.pedantic(normalize_step, args=(fn, x), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("fn", [sparse_adam, sparse_adam_reference], ids=["kernel", "reference"])
+def test_sparse_adam(benchmark, fn):
+    x = _batch()
+    state, grads = adam_tables(), torch.randn(x["unique"].numel(), D)
+    benchmark.pedantic(lambda: fn(*state, x["unique"], grads, step=1, lr=1e-3), rounds=10, warmup_rounds=2)
+
+
+if __name__ == "__main__":
+    main()
