@@ -11,7 +11,7 @@ The reference runs with 1 and with all torch threads and the faster run is its r
 with its defaults (training step on all cores but one, the scorer on all).
 twotower is also timed with its recommended loss (in-batch + 1024 shared negatives, "mixed").
 
-    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md
+    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md (about 8 minutes)
     pytest benchmarks/bench_e2e.py --benchmark-only
 """
 
@@ -89,6 +89,11 @@ def run_reference(path: str, delimiter: str, epochs: int) -> dict[str, float]:
             "users_per_s": users / eval_seconds, "total": load + train_seconds + eval_seconds, **metrics}
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median total time (the lower middle for an even count)."""
+    return sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]
+
+
 def generated_csv(directory: Path, num_users: int = 20_000, num_items: int = 20_000, per_user: float = 50.0) -> Path:
     """About num_users * per_user interactions as `user,item,timestamp` with a header."""
     path = directory / "generated.csv"
@@ -99,38 +104,43 @@ def generated_csv(directory: Path, num_users: int = 20_000, num_items: int = 20_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each MovieLens-100K pipeline, the median kept (the 1M-row case runs once)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
+    rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = []
         if (DATA / "ml-100k" / "u.data").is_file():
-            cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs))
+            cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs, args.repeats))
         big = generated_csv(tmp)
-        cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1))
-        for name, path, fmt, delimiter, epochs in cases:
+        cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1, 1))
+        for name, path, fmt, delimiter, epochs, repeats in cases:
             # The reference gets its best thread count: on 2 shared cores 1 thread is often faster.
-            runs = []
+            per_threads = []
             for threads in sorted({1, os.cpu_count() or 1}):
-                print(f"{name}: reference pipeline, {threads} torch thread(s) ...", flush=True)
+                print(f"{name}: reference pipeline, {threads} torch thread(s), {repeats} run(s) ...", flush=True)
                 torch.set_num_threads(threads)
-                runs.append(run_reference(path, delimiter, epochs))
+                per_threads.append(median_run([run_reference(path, delimiter, epochs) for _ in range(repeats)]))
             torch.set_num_threads(os.cpu_count() or 1)
-            base = min(runs, key=lambda r: r["total"])
-            print(f"{name}: reference totals {[round(r['total'], 2) for r in runs]} s; the faster is the baseline")
+            base = min(per_threads, key=lambda r: r["total"])
+            totals = " / ".join(f"{r['total']:.2f}" for r in per_threads)
+            notes.append(f"{name}: median of {repeats} run(s) per pipeline; reference total with 1 / all torch "
+                         f"threads: {totals} s, the faster kept.")
+            print(notes[-1], flush=True)
             print(f"{name}: twotower (same settings) ...", flush=True)
-            same = run_twotower(path, fmt, epochs, False, tmp / f"same-{fmt}")
+            same = median_run([run_twotower(path, fmt, epochs, False, tmp / f"same-{fmt}-{i}") for i in range(repeats)])
             print(f"{name}: twotower (recommended loss) ...", flush=True)
-            rec = run_twotower(path, fmt, epochs, True, tmp / f"rec-{fmt}")
+            rec = median_run([run_twotower(path, fmt, epochs, True, tmp / f"rec-{fmt}-{i}") for i in range(repeats)])
             for label, r in (("reference PyTorch pipeline", base), ("twotower, same settings", same),
                              ("twotower, mixed negatives", rec)):
                 rows.append([name, epochs, label, f"{r['load']:.2f}", f"{r['train']:.1f}", f"{r['samples_per_s']:,.0f}",
                              f"{r['eval']:.2f}", f"{r['users_per_s']:,.0f}", f"{r['total']:.1f}",
                              f"{base['total'] / r['total']:.1f}x", f"{r['ndcg@10']:.4f}"])
             print(markdown_table(HEADER, rows[-3:]), flush=True)
-    table = markdown_table(HEADER, rows)
-    path = write_results("e2e", table, {"rows": rows})
+    table = markdown_table(HEADER, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    path = write_results("e2e", table, {"rows": rows, "notes": notes})
     print(table)
     print(f"written to {path}")
 
