@@ -195,8 +195,9 @@ def masked_logsumexp(logits: Tensor, valid: Tensor | None) -> Tensor:
     leaves the value and the gradient unchanged. Callers guarantee at least one valid entry per row
     (the positive), so the result is always finite.
     """
-    if valid is not None:
-        logits = logits.masked_fill(~valid, -math.inf)
+    if valid is None:
+        return torch.logsumexp(logits, dim=1)  # one op forward and backward
+    logits = logits.masked_fill(~valid, -math.inf)
     m = logits.amax(dim=1, keepdim=True).detach()
     return m.squeeze(1) + torch.exp(logits - m).sum(dim=1).log()
 
