@@ -11,7 +11,7 @@ The reference runs with 1 and with all torch threads and the faster run is its r
 with its defaults (training step on all cores but one, the scorer on all).
 twotower is also timed with its recommended loss (in-batch + 1024 shared negatives, "mixed").
 
-    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md (about 8 minutes)
+    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md (about 5 minutes)
     pytest benchmarks/bench_e2e.py --benchmark-only
 """
 
@@ -105,7 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each MovieLens-100K pipeline, the median kept (the 1M-row case runs once)")
+                        help="interleaved runs of each MovieLens-100K pipeline, the median kept")
+    parser.add_argument("--big-repeats", type=int, default=1, help="the same for the 1M-row case (about 80 s per run)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows, notes = [], []
@@ -115,24 +116,30 @@ def main() -> None:
         if (DATA / "ml-100k" / "u.data").is_file():
             cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs, args.repeats))
         big = generated_csv(tmp)
-        cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1, 1))
+        cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1, args.big_repeats))
         for name, path, fmt, delimiter, epochs, repeats in cases:
-            # The reference gets its best thread count: on 2 shared cores 1 thread is often faster.
-            per_threads = []
-            for threads in sorted({1, os.cpu_count() or 1}):
-                print(f"{name}: reference pipeline, {threads} torch thread(s), {repeats} run(s) ...", flush=True)
-                torch.set_num_threads(threads)
-                per_threads.append(median_run([run_reference(path, delimiter, epochs) for _ in range(repeats)]))
-            torch.set_num_threads(os.cpu_count() or 1)
+            # Runs are interleaved (reference with 1 and with all torch threads, then twotower, then
+            # again), so that the load of a shared machine falls alike on every pipeline; medians kept.
+            thread_counts = sorted({1, os.cpu_count() or 1})
+            reference_runs = {t: [] for t in thread_counts}
+            same_runs, rec_runs = [], []
+            for i in range(repeats):
+                for threads in thread_counts:
+                    print(f"{name}: reference pipeline, {threads} torch thread(s), run {i + 1}/{repeats} ...", flush=True)
+                    torch.set_num_threads(threads)
+                    reference_runs[threads].append(run_reference(path, delimiter, epochs))
+                torch.set_num_threads(os.cpu_count() or 1)
+                print(f"{name}: twotower, run {i + 1}/{repeats} ...", flush=True)
+                same_runs.append(run_twotower(path, fmt, epochs, False, tmp / f"same-{fmt}-{i}"))
+                rec_runs.append(run_twotower(path, fmt, epochs, True, tmp / f"rec-{fmt}-{i}"))
+            per_threads = [median_run(reference_runs[t]) for t in thread_counts]
             base = min(per_threads, key=lambda r: r["total"])
+            same, rec = median_run(same_runs), median_run(rec_runs)
             totals = " / ".join(f"{r['total']:.2f}" for r in per_threads)
-            notes.append(f"{name}: median of {repeats} run(s) per pipeline; reference total with 1 / all torch "
-                         f"threads: {totals} s, the faster kept.")
+            ratios = ", ".join(f"{base['total'] / r['total']:.1f}x" for r in same_runs)
+            notes.append(f"{name}: median of {repeats} interleaved run(s) per pipeline; reference total with 1 / all "
+                         f"torch threads: {totals} s, the faster kept; twotower (same settings) per run: {ratios}.")
             print(notes[-1], flush=True)
-            print(f"{name}: twotower (same settings) ...", flush=True)
-            same = median_run([run_twotower(path, fmt, epochs, False, tmp / f"same-{fmt}-{i}") for i in range(repeats)])
-            print(f"{name}: twotower (recommended loss) ...", flush=True)
-            rec = median_run([run_twotower(path, fmt, epochs, True, tmp / f"rec-{fmt}-{i}") for i in range(repeats)])
             for label, r in (("reference PyTorch pipeline", base), ("twotower, same settings", same),
                              ("twotower, mixed negatives", rec)):
                 rows.append([name, epochs, label, f"{r['load']:.2f}", f"{r['train']:.1f}", f"{r['samples_per_s']:,.0f}",
