@@ -138,7 +138,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
         return
     if slots is None or slots.shape != (param.shape[0],):
         slots = np.full(param.shape[0], -1, dtype=np.int64)
-    grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=param.numpy().dtype)
+    grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=param.detach().numpy().dtype)
     order = np.empty(rows_np.shape[0], dtype=np.int64)
     summed = np.empty_like(grads_np)
     with torch.no_grad():
