@@ -213,10 +213,12 @@ def test_prefetch_runs_ahead_of_the_consumer(monkeypatch):
     with it.epoch(0) as batches:
         next(batches)
         deadline = time.monotonic() + 5
-        while len(made) < 5 and time.monotonic() < deadline:
+        while len(made) < 6 and time.monotonic() < deadline:
             time.sleep(0.01)
-        # One consumed, three waiting in the queue, one more built and blocked on the full queue.
-        assert len(made) == 5
+        time.sleep(0.05)  # it must stop there
+        # Chunks of ceil(3 / 2) = 2: one handed over (one of its batches consumed), one waiting in the
+        # queue, one more built and blocked on the full queue.
+        assert made == list(range(6))
 
 
 def test_worker_exception_is_reraised_in_the_consumer(monkeypatch):

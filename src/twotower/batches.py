@@ -3,7 +3,10 @@
 Each batch is a pure function of (config.seed, epoch, batch index): the shuffle of an epoch and every
 sampler call draw from seeds derived from those three numbers, so the same seed gives the same batches
 whatever the thread timing. The worker thread runs the Numba samplers, which release the GIL, so the
-training step overlaps with the sampling of the next batches (`prefetch` of them wait in a queue).
+training step overlaps with the sampling of the next batches (about `prefetch` of them wait ready).
+The worker hands batches over in chunks of ceil(prefetch / 2): every hand-off through the queue
+costs the training thread a GIL round trip, and chunks of 8 made an ML-100K epoch 10-15% faster
+than one batch at a time.
 
 The one piece of state carried across batches is the streaming frequency estimate (`log_q="streaming"`):
 it is updated in the consumer's thread, in consumption order, so it too is deterministic and counts
@@ -22,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import threading
@@ -64,7 +68,8 @@ class BatchConfig:
         streaming_buckets, streaming_hashes, streaming_learning_rate: the streaming estimator's size.
         shuffle: shuffle rows each epoch (off: file order, for evaluation-like passes).
         drop_last: drop the last, smaller batch of an epoch.
-        prefetch: batches prepared ahead by the worker thread (0: prepare in the caller's thread).
+        prefetch: about this many batches are kept ready by the worker thread, built and handed over
+            ceil(prefetch / 2) at a time (0: prepare each batch in the caller's thread).
         seed: the only source of randomness.
     """
 
@@ -82,7 +87,7 @@ class BatchConfig:
     streaming_learning_rate: float = 0.05
     shuffle: bool = True
     drop_last: bool = False
-    prefetch: int = 4
+    prefetch: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -432,8 +437,9 @@ class _Failure:
         self.error = error
 
 
-def _produce(make: _BatchMaker, num_batches: int, out: queue.Queue, stop: threading.Event) -> None:
-    """Worker loop: puts batches, then `_END` (or a `_Failure`); gives up as soon as `stop` is set."""
+def _produce(make: _BatchMaker, num_batches: int, chunk: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Worker loop: puts lists of `chunk` consecutive batches, then `_END` (or a `_Failure`); gives up
+    as soon as `stop` is set."""
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -444,17 +450,22 @@ def _produce(make: _BatchMaker, num_batches: int, out: queue.Queue, stop: thread
                 continue
         return False
 
-    try:
-        for index in range(num_batches):
-            if stop.is_set() or not put(make(index)):
-                return
-        put(_END)
-    except BaseException as error:  # carried to the consumer, which re-raises it
-        put(_Failure(error))
+    for start in range(0, num_batches, chunk):
+        batches = []
+        try:
+            for index in range(start, min(start + chunk, num_batches)):
+                batches.append(make(index))
+        except BaseException as error:  # the batches before it first, then the error for the consumer to raise
+            if not batches or put(batches):
+                put(_Failure(error))
+            return
+        if stop.is_set() or not put(batches):
+            return
+    put(_END)
 
 
 class EpochBatches:
-    """Iterator over one epoch's batches, prepared by a worker thread `prefetch` batches ahead.
+    """Iterator over one epoch's batches, prepared by a worker thread about `prefetch` batches ahead.
 
     Stopping early: leave a `with` block, call `close()`, or drop the iterator; the worker stops and
     is joined. An exception raised while preparing a batch is re-raised here, in the consumer.
@@ -467,11 +478,15 @@ class EpochBatches:
         self._next = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._ready: collections.deque[Batch] = collections.deque()
         if prefetch > 0 and num_batches > 0:
-            self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+            # One chunk waits in the queue while the consumer works through the previous one.
+            self._queue: queue.Queue = queue.Queue(maxsize=1)
             self._stop = threading.Event()
+            chunk = -(-prefetch // 2)
             self._thread = threading.Thread(
-                target=_produce, args=(make, num_batches, self._queue, self._stop), name="twotower-batches", daemon=True
+                target=_produce, args=(make, num_batches, chunk, self._queue, self._stop), name="twotower-batches",
+                daemon=True,
             )
             self._thread.start()
 
@@ -488,14 +503,16 @@ class EpochBatches:
         if self._thread is None:
             batch = self._make(self._next)
         else:
-            item = self._get()
-            if isinstance(item, _Failure):
-                self.close()
-                raise item.error
-            if item is _END:  # cannot happen before num_batches batches; kept for safety
-                self.close()
-                raise StopIteration
-            batch = item
+            if not self._ready:
+                item = self._get()
+                if isinstance(item, _Failure):
+                    self.close()
+                    raise item.error
+                if item is _END:  # cannot happen before num_batches batches; kept for safety
+                    self.close()
+                    raise StopIteration
+                self._ready.extend(item)
+            batch = self._ready.popleft()
         self._next += 1
         return self._finish(batch)
 
