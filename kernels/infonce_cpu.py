@@ -5,10 +5,10 @@ Each block's raw scores come from torch's GEMM (sized to stay in a core's L2 cac
 log-q correction and accidental-hit masks are then one Numba pass over the block
 (`_infonce_cpu_jit`, integer codes instead of boolean [rows, N] masks: the PyTorch form of that
 step took about ten passes), and torch's vectorised exp does the log-sum-exp forward and
-dS = g * (softmax - onehot) / tau backward. Only lse[B] is kept
-for backward, which recomputes each block's scores. Extra memory is O(B + M) plus one block, where
-the reference holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Same
-contract as `infonce_reference` except `symmetric` (the caller sends that to the reference).
+dS = g * (softmax - onehot) / tau backward. Only lse[B] is kept for backward, which recomputes each
+block's scores. Extra memory is O(B + M) plus one block, where the reference holds several
+[B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Same contract as `infonce_reference`
+except `symmetric` (the caller sends that to the reference).
 """
 
 from __future__ import annotations
