@@ -11,7 +11,7 @@ The reference runs with 1 and with all torch threads and the faster run is its r
 with its defaults (training step on all cores but one, the scorer on all).
 twotower is also timed with its recommended loss (in-batch + 1024 shared negatives, "mixed").
 
-    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md (about 5 minutes)
+    python -m benchmarks.bench_e2e            # table -> benchmarks/results/e2e.md (about 10 minutes)
     pytest benchmarks/bench_e2e.py --benchmark-only
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved runs of each MovieLens-100K pipeline, the median kept")
-    parser.add_argument("--big-repeats", type=int, default=1, help="the same for the 1M-row case (about 80 s per run)")
+    parser.add_argument("--big-repeats", type=int, default=3, help="the same for the 1M-row case (about 2.5 minutes per run)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows, notes = [], []
