@@ -82,7 +82,10 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
 
 
 def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    return None if array is None else torch.from_numpy(array).to(device, non_blocking=True)
+    if array is None:
+        return None
+    tensor = torch.from_numpy(array)
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
 
 def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
