@@ -5,9 +5,10 @@ Each block's raw scores come from torch's GEMM (sized to stay in a core's L2 cac
 log-q correction and accidental-hit masks are then one Numba pass over the block
 (`_infonce_cpu_jit`, integer codes instead of boolean [rows, N] masks: the PyTorch form of that
 step took about ten passes), and torch's vectorised exp does the log-sum-exp forward and
-dS = g * (softmax - onehot) / tau backward. Only lse[B] is kept for backward, which recomputes each
-block's scores. Extra memory is O(B + M) plus one block, where the reference holds several
-[B, B + M] temporaries (about 10 GB at B = 8192, M = 65536). Same contract as `infonce_reference`
+dS = g * (softmax - onehot) / tau backward. Above `_KEEP_ELEMENTS` logits only lse[B] is kept for
+backward, which recomputes each block's scores: extra memory is O(B + M) plus one block, where the
+reference holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536); below it the
+forward keeps the softmax (at most 64 MiB) and backward skips the recomputation. Same contract as `infonce_reference`
 except `symmetric` (the caller sends that to the reference).
 """
 
@@ -21,6 +22,9 @@ from . import _infonce_cpu_jit as jit
 from .distinct import distinct
 
 _BLOCK_ELEMENTS = 1 << 17  # logits per row block: 512 KiB of float32
+# Up to this many logits (64 MiB of float32) the forward keeps the softmax for backward, which then
+# skips recomputing the scores (a quarter of a B = 1024, M = 1024 step); above it, O(B + M) memory.
+_KEEP_ELEMENTS = 1 << 24
 
 
 def _block_rows(num_candidates: int) -> int:
@@ -75,14 +79,23 @@ class InfoNCEBlocked(torch.autograd.Function):
         q, cand = q.detach().contiguous(), cand.detach().contiguous()
         lse = torch.empty(B, dtype=q.dtype)
         loss = torch.empty(B, dtype=q.dtype)
+        # Small problems keep the softmax for backward (no recomputed GEMM and logits pass).
+        softmax = torch.empty(B, cand.shape[0], dtype=q.dtype) if B * cand.shape[0] <= _KEEP_ELEMENTS else None
         step = _block_rows(cand.shape[0])
         for r0 in range(0, B, step):
             s = side.logits(q[r0 : r0 + step], cand, r0, inv_t)
             rows = torch.arange(s.shape[0])
-            torch.logsumexp(s, dim=1, out=lse[r0 : r0 + step])
+            if softmax is None:
+                torch.logsumexp(s, dim=1, out=lse[r0 : r0 + step])
+            else:  # one exp pass gives both the log-sum-exp and the kept softmax
+                top = s.amax(dim=1, keepdim=True)  # finite: the positive is never masked
+                p = torch.exp(s - top, out=softmax[r0 : r0 + step])
+                total = p.sum(dim=1, keepdim=True)
+                p.div_(total)
+                lse[r0 : r0 + step] = (top + total.log()).squeeze(1)
             loss[r0 : r0 + step] = lse[r0 : r0 + step] - s[rows, rows + r0]
         ctx.save_for_backward(q, cand, lse, temperature if isinstance(temperature, Tensor) else torch.tensor(temperature))
-        ctx.side, ctx.reduction = side, reduction
+        ctx.side, ctx.reduction, ctx.softmax = side, reduction, softmax
         if reduction == "mean":
             return loss.mean()
         return loss.sum() if reduction == "sum" else loss
@@ -104,9 +117,12 @@ class InfoNCEBlocked(torch.autograd.Function):
         step = _block_rows(cand.shape[0])
         for r0 in range(0, B, step):
             q_blk = q[r0 : r0 + step]
-            ds = ctx.side.logits(q_blk, cand, r0, inv_t)
+            if ctx.softmax is not None:
+                ds = ctx.softmax[r0 : r0 + step]  # consumed in place: backward runs once
+            else:
+                ds = ctx.side.logits(q_blk, cand, r0, inv_t)
+                ds.sub_(lse[r0 : r0 + step, None]).exp_()  # softmax (masked entries: exp(-inf) = 0)
             rows = torch.arange(ds.shape[0])
-            ds.sub_(lse[r0 : r0 + step, None]).exp_()  # softmax (masked entries: exp(-inf) = 0)
             ds[rows, rows + r0] -= 1.0  # - onehot(positive)
             ds.mul_(scale[r0 : r0 + step, None])  # d loss / d (q c^T)
             torch.mm(ds, cand, out=dq[r0 : r0 + step])

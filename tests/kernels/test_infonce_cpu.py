@@ -39,9 +39,11 @@ def make(B, M, D, options, seed, dtype=torch.float64):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-M{c[1]}-D{c[2]}-{'+'.join(c[3]) or 'plain'}")
-def test_blocked_matches_reference_in_float64(case, reduction, monkeypatch):
+@pytest.mark.parametrize("keep", [True, False], ids=["softmax-kept", "recomputed"])
+def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch):
     B, M, D, options = case
     monkeypatch.setattr(infonce_cpu, "_BLOCK_ELEMENTS", 257)  # many row blocks even at small sizes
+    monkeypatch.setattr(infonce_cpu, "_KEEP_ELEMENTS", 1 << 30 if keep else 0)
     grads = []
     for fn in (infonce_cpu.infonce_blocked, infonce_reference):
         q, k, extra, kwargs = make(B, M, D, options, seed=B * 1000 + M)
