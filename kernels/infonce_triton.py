@@ -695,6 +695,15 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"  # only read for float32 operands; fp16/bf16 dots always use tensor cores
 
 
+def _side_pointers(side: Side, placeholder: Tensor) -> tuple[Tensor, ...]:
+    """(logq, logq_extra, item_ids, query_ids, extra_ids) for a row-pass launch, `placeholder`
+    standing in for each absent one (never read: its HAS_* flag is off)."""
+    return tuple(
+        t if t is not None else placeholder
+        for t in (side.logq, side.logq_extra, side.item_ids, side.query_ids, side.extra_ids)
+    )
+
+
 def _flags(side: Side) -> dict:
     return dict(
         HAS_LOGQ=side.logq is not None,
@@ -734,11 +743,7 @@ def forward_lse(
     with _on_device(a):
         fwd[grid](
             a, p, extra,
-            side.logq if side.logq is not None else lse,
-            side.logq_extra if side.logq_extra is not None else lse,
-            side.item_ids if side.item_ids is not None else lse,
-            side.query_ids if side.query_ids is not None else lse,
-            side.extra_ids if side.extra_ids is not None else lse,
+            *_side_pointers(side, lse),
             temp, lse, loss, part,
             B, M, D,
             a.stride(0), p.stride(0), extra.stride(0),
@@ -791,11 +796,7 @@ def backward_dq(
     with _on_device(q):
         dq_kernel[grid](
             q, k, extra,
-            side.logq if side.logq is not None else lse,
-            side.logq_extra if side.logq_extra is not None else lse,
-            side.item_ids if side.item_ids is not None else lse,
-            side.query_ids if side.query_ids is not None else lse,
-            side.extra_ids if side.extra_ids is not None else lse,
+            *_side_pointers(side, lse),
             temp, lse, lse_col if lse_col is not None else lse, g, dq, dt,
             B, M, D,
             q.stride(0), k.stride(0), extra.stride(0), D, stride_dq_split,
