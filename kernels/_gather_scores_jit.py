@@ -9,16 +9,6 @@ from __future__ import annotations
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
-def first_out_of_range(index, num_rows):
-    """Flat position of the first index outside [0, num_rows), or -1 when all are in range."""
-    flat = index.reshape(-1)
-    for p in range(flat.shape[0]):
-        if flat[p] < 0 or flat[p] >= num_rows:
-            return p
-    return -1
-
-
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def forward(query, vectors, index, out, zero):
     """out[b, j] = query[b] . vectors[index[b, j]]."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _gather_scores_jit as jit
+from ._bounds_jit import first_out_of_range
 from .gather_scores_reference import gather_scores_reference
 
 __all__ = ["gather_scores", "gather_scores_reference"]
@@ -54,7 +55,7 @@ def _check(query: Tensor, vectors: Tensor, index: Tensor) -> None:
 
 def _index_array(index: Tensor, num_rows: int) -> np.ndarray:
     array = np.ascontiguousarray(index.detach().numpy(), dtype=np.int64)
-    bad = jit.first_out_of_range(array, num_rows)
+    bad = first_out_of_range(array, num_rows)
     if bad >= 0:
         b, j = divmod(int(bad), max(array.shape[1], 1))
         raise IndexError(f"gather_scores: index[{b}, {j}] = {int(array[b, j])} is outside [0, {num_rows})")

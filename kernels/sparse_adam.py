@@ -25,17 +25,10 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from ._bounds_jit import first_out_of_range
 from .sparse_adam_reference import sparse_adam_reference
 
 __all__ = ["sparse_adam", "sparse_adam_reference"]
-
-
-@njit(cache=True, nogil=True)
-def _first_out_of_range(rows, num_rows):
-    for p in range(rows.shape[0]):
-        if rows[p] < 0 or rows[p] >= num_rows:
-            return p
-    return -1
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -129,7 +122,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)
               and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq)))
     rows_np = np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=np.int64)
-    bad = _first_out_of_range(rows_np, param.shape[0])
+    bad = first_out_of_range(rows_np, param.shape[0])
     if bad >= 0:
         raise IndexError(f"sparse_adam: rows[{bad}] = {int(rows_np[bad])} is outside [0, {param.shape[0]})")
     if not kernel:
@@ -138,12 +131,13 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
         return
     if slots is None or slots.shape != (param.shape[0],):
         slots = np.full(param.shape[0], -1, dtype=np.int64)
-    grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=param.detach().numpy().dtype)
+    table = param.detach().numpy()
+    grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=table.dtype)
     order = np.empty(rows_np.shape[0], dtype=np.int64)
     summed = np.empty_like(grads_np)
-    with torch.no_grad():
-        coefficients = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 0.0 if decoupled else weight_decay,
-                                 1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
-                                 1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
-        _step(param.detach().numpy(), exp_avg.numpy(), exp_avg_sq.numpy(), rows_np, grads_np, slots, order, summed,
-              coefficients)
+    coefficients = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 0.0 if decoupled else weight_decay,
+                             1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
+                             1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
+    # In place through NumPy views: autograd never sees these writes.
+    _step(table, exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np, grads_np, slots,
+          order, summed, coefficients)
