@@ -37,7 +37,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from twotower.atomic import atomic_write, write_text_atomic
+from twotower.atomic import atomic_write, write_json_atomic
 from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
 
@@ -421,7 +421,7 @@ class HNSWIndex:
                 "num_items": num_items,
                 "item_vocabulary": None if item_ids is None else vocabulary_fingerprint(item_ids),
             }
-        write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2))
+        write_json_atomic(directory / META_FILE, meta)
         return directory
 
     @classmethod

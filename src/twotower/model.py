@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from twotower.atomic import atomic_write, write_text_atomic
+from twotower.atomic import atomic_write, write_json_atomic
 from twotower.kernels.l2_normalize import l2_normalize
 from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
 from twotower.towers import Tower, TowerInputs
@@ -338,8 +338,7 @@ def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: d
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     config = {"twotower_version": __version__, "model": model.describe(), **(extra or {})}
-    text = json.dumps(config, indent=2, sort_keys=True)
-    write_text_atomic(directory / CONFIG_FILE, text)
+    write_json_atomic(directory / CONFIG_FILE, config)
     return directory
 
 
