@@ -189,3 +189,16 @@ def test_hard_negatives_are_mined_from_the_model_and_checkpointed(tmp_path):
     train = dataset.train_history
     for user in range(0, candidates.shape[0], 37):
         assert not set(candidates[user].tolist()) & set(train.row(user).tolist())
+
+
+def test_fit_restores_the_callers_torch_thread_count(tmp_path):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = tiny_config(epochs=1)  # trains with num_threads = 1
+        fit(config, tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -91,3 +91,16 @@ def test_clip_grad_norm_counts_repeated_sparse_rows_once_summed():
         (p.grad.to_dense() if p.grad.is_sparse else p.grad).flatten() for p in model.parameters()]))
     torch.testing.assert_close(clipped, want / 4, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.table.weight.grad.to_dense(), dense.table.weight.grad / 4, rtol=1e-5, atol=1e-7)
+
+
+def test_training_step_threads_leave_one_core_to_the_batch_worker(monkeypatch):
+    from twotower import train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 8)
+    assert train.step_threads(0, cpu) == 7
+    assert train.step_threads(3, cpu) == 3  # an explicit setting wins
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 1)
+    assert train.step_threads(0, cpu) == 1
+    monkeypatch.setattr(train.os, "cpu_count", lambda: None)
+    assert train.step_threads(0, cpu) == 1
