@@ -7,7 +7,7 @@ a batch once (encoded by the item tower), `index` [B, C] says which of them row 
 Gathering `vectors[index]` first writes a [B, C, D] tensor and its backward scatters a gradient of
 the same size through a sort (`index_put_` with accumulation): with B = 1024, C = 17 and D = 64 that
 was half of a CPU training step. The kernel reads the rows in place and writes only [B, C] forward,
-[B, D] and [U, D] backward.
+[B, D] and [U, D] backward, each row of the [U, D] gradient once.
 
 Dispatch: float32 and float64 tensors on the CPU go to the Numba kernel (one thread, deterministic);
 anything else (CUDA, half precision) to `gather_scores_reference`, where PyTorch's own gather and
@@ -77,7 +77,7 @@ class _GatherScores(torch.autograd.Function):
         query, vectors = ctx.saved_tensors
         want_query, want_vectors = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_query = torch.zeros_like(query) if want_query else torch.zeros(1, 1, dtype=query.dtype)
-        grad_vectors = torch.zeros_like(vectors) if want_vectors else torch.zeros(1, 1, dtype=query.dtype)
+        grad_vectors = torch.empty_like(vectors) if want_vectors else torch.zeros(1, 1, dtype=query.dtype)
         jit.backward(grad.detach().to(query.dtype).contiguous().numpy(), query.numpy(), vectors.numpy(), ctx.index,
                      grad_query.numpy(), grad_vectors.numpy(), want_query, want_vectors)
         return (grad_query if want_query else None), (grad_vectors if want_vectors else None), None
