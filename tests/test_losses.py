@@ -605,7 +605,10 @@ def test_function_errors():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensor(kind):
+@pytest.mark.parametrize("mask", [False, True])
+def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensors(kind, mask):
+    # Modes: everything gathered; negatives as rows; positives as rows (negatives gathered); both as
+    # rows of one table (the per-row kinds then score them in one pass). Shared negatives ride along.
     from twotower.losses import IndexedRows
 
     g = torch.Generator().manual_seed(11)
@@ -616,20 +619,21 @@ def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensor(kind):
     pos_rows = torch.randint(0, u, (b,), generator=g)
     log_q = -torch.rand(b, n, generator=g, dtype=torch.float64)
     results = []
-    for indexed in (True, False):
+    for mode in ("dense", "negatives", "positives", "both"):
         q, t = query.clone().requires_grad_(), table.clone().requires_grad_()
-        negatives = IndexedRows(t, index) if indexed else t[index]
-        inputs = LossInputs(query=q, positive=t[pos_rows], negatives=negatives, item_ids=pos_rows, negative_ids=index,
+        negatives = IndexedRows(t, index) if mode in ("negatives", "both") else t[index]
+        positive = IndexedRows(t, pos_rows.unsqueeze(1)) if mode in ("positives", "both") else t[pos_rows]
+        inputs = LossInputs(query=q, positive=positive, negatives=negatives, item_ids=pos_rows, negative_ids=index,
                             user_ids=torch.arange(b), item_log_q=-torch.ones(b, dtype=torch.float64),
-                            negative_log_q=log_q if kind not in ("infonce", "mixed") else log_q,
-                            shared_negatives=t[:3] if kind == "mixed" else None,
-                            shared_ids=torch.arange(3) if kind == "mixed" else None,
-                            shared_log_q=-torch.ones(3, dtype=torch.float64) if kind == "mixed" else None)
-        loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(inputs)
+                            negative_log_q=log_q, shared_negatives=t[:3], shared_ids=torch.arange(3),
+                            shared_log_q=-torch.ones(3, dtype=torch.float64))
+        config = LossConfig(kind=kind, temperature=0.3, reduction="none", remove_accidental_hits=mask)
+        loss = make_loss(config)(inputs)
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, t.grad))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_indexed_rows_are_checked():
@@ -642,3 +646,11 @@ def test_indexed_rows_are_checked():
     bad = LossInputs(query=q, positive=q, negatives=IndexedRows(torch.randn(5, 3), torch.zeros(3, 2, dtype=torch.long)))
     with pytest.raises(ValueError, match=r"LossInputs.negatives.index must be \[B, n\]"):
         make_loss(LossConfig(kind="sampled_softmax"))(bad)
+    table = torch.randn(5, 3)
+    bad = LossInputs(query=q, positive=IndexedRows(table, torch.zeros(4, 2, dtype=torch.long)),
+                     negatives=IndexedRows(table, torch.zeros(4, 2, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"LossInputs.positive.index must be \[B, 1\]"):
+        make_loss(LossConfig(kind="sampled_softmax"))(bad)
+    bad = LossInputs(query=q, positive=IndexedRows(torch.randn(5, 2), torch.zeros(4, 1, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"LossInputs.positive.vectors must be \[U, D\]"):
+        make_loss(LossConfig(kind="infonce"))(bad)

@@ -104,8 +104,10 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
 
     distinct = model.inner_product_form(None, model.encode_items(_tensor(batch.distinct_items, device)))[1]
-    positive = distinct[_tensor(batch.item_rows, device)]
-    # Per-row negatives stay rows of `distinct`: the loss scores them in place (gather_scores).
+    item_rows = _tensor(batch.item_rows, device)
+    # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
+    # (gather_scores); the in-batch losses need the positives gathered.
+    positive = distinct[item_rows] if in_batch else IndexedRows(distinct, item_rows.unsqueeze(1))
     negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
     shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
     inputs = LossInputs(

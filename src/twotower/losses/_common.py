@@ -65,22 +65,31 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def check_vectors(q: Tensor, pos: Tensor) -> tuple[int, int]:
-    """Check queries `q` [B, D] and positives `pos` [B, D]; return (B, D)."""
-    for name, t in (("q", q), ("pos", pos)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+def check_query(q: Tensor) -> tuple[int, int]:
+    """Check queries `q`: a floating [B, D] tensor with B > 0; return (B, D)."""
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    if not q.is_floating_point():
+        raise TypeError(f"q must be floating point, got {q.dtype}")
     if q.dim() != 2:
         raise ValueError(f"q must be [B, D], got shape {tuple(q.shape)}")
-    if pos.shape != q.shape:
-        raise ValueError(f"pos must have the shape of q {tuple(q.shape)}, got {tuple(pos.shape)}")
-    if pos.dtype != q.dtype or pos.device != q.device:
-        raise TypeError(f"pos ({pos.dtype}, {pos.device}) must match q ({q.dtype}, {q.device})")
     if q.shape[0] == 0:
         raise ValueError("q is an empty batch (B = 0); there is no loss to compute")
     return q.shape[0], q.shape[1]
+
+
+def check_vectors(q: Tensor, pos: Tensor) -> tuple[int, int]:
+    """Check queries `q` [B, D] and positives `pos` [B, D]; return (B, D)."""
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise TypeError(f"pos must be floating point, got {pos.dtype}")
+    if isinstance(q, Tensor) and q.dim() == 2 and pos.shape != q.shape:
+        raise ValueError(f"pos must have the shape of q {tuple(q.shape)}, got {tuple(pos.shape)}")
+    b, d = check_query(q)
+    if pos.dtype != q.dtype or pos.device != q.device:
+        raise TypeError(f"pos ({pos.dtype}, {pos.device}) must match q ({q.dtype}, {q.device})")
+    return b, d
 
 
 def check_negatives(q: Tensor, neg: Negatives, name: str = "neg") -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from twotower.losses._common import REDUCTIONS, Negatives, check_temperature
+from twotower.losses._common import REDUCTIONS, IndexedRows, Negatives, check_temperature
 from twotower.losses.functional import check_margin
 
 __all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs"]
@@ -100,7 +100,9 @@ class LossInputs:
 
     Attributes:
         query: [B, D] query (user) vectors.
-        positive: [B, D] positive item vectors; in-batch kinds use the other rows as negatives.
+        positive: [B, D] positive item vectors, or `IndexedRows` with a [B, 1] index; in-batch
+            kinds use the other rows as negatives. When the positives and the per-row negatives
+            are rows of the same table, the per-row kinds score both in one pass.
         negatives: [B, n, D] per-row negatives, or the same as `IndexedRows` (rows of a [U, D]
             table, scored without materialising [B, n, D]). The in-batch kinds share them across
             the batch (every row sees every row's negatives, as DPR does with hard negatives).
@@ -115,7 +117,7 @@ class LossInputs:
     """
 
     query: Tensor
-    positive: Tensor
+    positive: Tensor | IndexedRows
     negatives: Negatives | None = None
     shared_negatives: Tensor | None = None
     user_ids: Tensor | None = None

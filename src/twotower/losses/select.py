@@ -22,14 +22,16 @@ from twotower.losses._common import (
     Negatives,
     Temperature,
     check_indexed_rows,
+    check_query,
     check_side,
     check_vectors,
+    masked_logsumexp,
     negative_logits,
     positive_logits,
     reduce,
 )
 from twotower.losses.config import LossConfig, LossInputs
-from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows, softmax_rows
+from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows
 
 __all__ = ["Loss", "make_loss"]
 
@@ -62,7 +64,13 @@ def _check_set(q: Tensor, vectors: object, shape: str, name: str) -> None:
 def _check_inputs(x: LossInputs) -> None:
     """Shapes, dtypes and devices of every field given, with the field's name in the error."""
     q = x.query
-    b = check_vectors(q, x.positive)[0]
+    if isinstance(x.positive, IndexedRows):
+        b = check_query(q)[0]
+        check_indexed_rows(q, x.positive, "LossInputs.positive")
+        if x.positive.index.shape[1] != 1:
+            raise ValueError(f"LossInputs.positive.index must be [B, 1], got shape {tuple(x.positive.index.shape)}")
+    else:
+        b = check_vectors(q, x.positive)[0]
     if x.negatives is not None:
         _check_set(q, x.negatives, "[B, n, D]", "negatives")
         n = x.negatives.index.shape[1] if isinstance(x.negatives, IndexedRows) else x.negatives.shape[1]
@@ -111,6 +119,24 @@ def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
     if x.shared_negatives is not None:
         sets.append(_Candidates(x.shared_negatives, x.shared_ids, x.shared_log_q, "shared"))
     return sets
+
+
+def _dense_positive(x: LossInputs) -> Tensor:
+    """The [B, D] positives, gathered when they come as `IndexedRows`."""
+    p = x.positive
+    return p.vectors[p.index[:, 0]] if isinstance(p, IndexedRows) else p
+
+
+def _joint_rows(x: LossInputs, first: _Candidates) -> IndexedRows | None:
+    """The positive and the per-row negatives as one [B, 1 + n] index into their common table, when
+    both are rows of the same table (the trainer's case): one `gather_scores` then scores them all
+    and the table's gradient is accumulated once."""
+    p, n = x.positive, first.vectors
+    if first.name != "negative" or not isinstance(p, IndexedRows) or not isinstance(n, IndexedRows):
+        return None
+    if p.vectors is not n.vectors:
+        return None
+    return IndexedRows(p.vectors, torch.cat([p.index, n.index.to(p.index.dtype)], dim=1))
 
 
 def _cat(tensors: list[Tensor], dim: int) -> Tensor | None:
@@ -170,7 +196,7 @@ class Loss(nn.Module):
             })
         return infonce(
             x.query,
-            x.positive,
+            _dense_positive(x),
             temperature=self.temperature,
             extra=_cat([c.vectors for c in extras], dim=0),
             logq=x.item_log_q if use_logq else None,
@@ -183,8 +209,9 @@ class Loss(nn.Module):
             symmetric=cfg.symmetric,
         )
 
-    def _row_logits(self, x: LossInputs, corrects: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Positive logits [B], negative logits [B, n + M] and the accidental-hit mask (or None)."""
+    def _row_logits(self, x: LossInputs, corrects: bool) -> tuple[Tensor, Tensor | None]:
+        """Logits [B, 1 + n + M], the positive's in column 0, and the accidental-hit mask of the
+        negatives' columns [B, n + M] (or None)."""
         cfg, kind = self.config, self.config.kind
         sets = _candidate_sets(x, flatten_per_row=False)
         if not sets:
@@ -205,32 +232,45 @@ class Loss(nn.Module):
             })
         t = self.temperature
         logq_pos = x.item_log_q if use_logq and cfg.correct_positive else None
-        s_pos = positive_logits(x.query, x.positive, t, logq_pos)
-        logits, masks = zip(*(
-            negative_logits(
-                x.query,
-                c.vectors,
-                t,
-                c.log_q if use_logq else None,
-                x.item_ids if mask else None,
-                c.ids if mask else None,
+        joint = _joint_rows(x, sets[0])
+        if joint is not None:
+            first = sets.pop(0)
+            logq = None
+            if use_logq:  # every set carries log-q then; the positive's column only with correct_positive
+                pos_q = logq_pos if logq_pos is not None else x.query.new_zeros(x.query.shape[0])
+                logq = torch.cat([pos_q.unsqueeze(1).to(first.log_q.dtype), first.log_q], dim=1)
+            logits, _ = negative_logits(x.query, joint, t, logq)
+            masks = [first.ids != x.item_ids.unsqueeze(1)] if mask else []
+        else:
+            logits = positive_logits(x.query, _dense_positive(x), t, logq_pos).unsqueeze(1)
+            masks = []
+        parts = [logits]
+        for c in sets:
+            s_neg, valid = negative_logits(
+                x.query, c.vectors, t, c.log_q if use_logq else None,
+                x.item_ids if mask else None, c.ids if mask else None,
             )
-            for c in sets
-        ))
-        return s_pos, _cat(list(logits), dim=1), _cat(list(masks), dim=1) if mask else None
+            parts.append(s_neg)
+            masks.append(valid)
+        return _cat(parts, dim=1), _cat(masks, dim=1) if mask else None
 
     def _sampled_softmax(self, x: LossInputs) -> Tensor:
-        return reduce(softmax_rows(*self._row_logits(x, corrects=True)), self.config.reduction)
+        logits, valid = self._row_logits(x, corrects=True)
+        if valid is not None:
+            valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+        return reduce(masked_logsumexp(logits, valid) - logits[:, 0], self.config.reduction)
 
     def _bce(self, x: LossInputs) -> Tensor:
-        return reduce(bce_rows(*self._row_logits(x, corrects=True)), self.config.reduction)
+        logits, valid = self._row_logits(x, corrects=True)
+        return reduce(bce_rows(logits[:, 0], logits[:, 1:], valid), self.config.reduction)
 
     def _bpr(self, x: LossInputs) -> Tensor:
-        return reduce(bpr_rows(*self._row_logits(x, corrects=False)), self.config.reduction)
+        logits, valid = self._row_logits(x, corrects=False)
+        return reduce(bpr_rows(logits[:, 0], logits[:, 1:], valid), self.config.reduction)
 
     def _hinge(self, x: LossInputs) -> Tensor:
-        s_pos, s_neg, valid = self._row_logits(x, corrects=False)
-        return reduce(hinge_rows(s_pos, s_neg, valid, float(self.config.margin)), self.config.reduction)
+        logits, valid = self._row_logits(x, corrects=False)
+        return reduce(hinge_rows(logits[:, 0], logits[:, 1:], valid, float(self.config.margin)), self.config.reduction)
 
 
 _DISPATCH: dict[str, Callable[[Loss, LossInputs], Tensor]] = {
