@@ -28,8 +28,8 @@ def test_matches_float64_reference(B, C, D, U, dtype):
     query, vectors, index, upstream = _inputs(B, C, D, U, seed=B * 7 + C + D, dtype=dtype)
     results = []
     for fn, dt in ((gather_scores, dtype), (gather_scores_reference, torch.float64)):
-        q = query.to(dt).requires_grad_()
-        v = vectors.to(dt).requires_grad_()
+        q = query.to(dt, copy=True).requires_grad_()  # copies: each run its own .grad
+        v = vectors.to(dt, copy=True).requires_grad_()
         out = fn(q, v, index)
         (out.double() * upstream).sum().backward()
         results.append((out.detach().double(), q.grad.double(), v.grad.double()))

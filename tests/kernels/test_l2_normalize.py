@@ -20,7 +20,7 @@ def test_matches_float64_reference(N, D, dtype):
     upstream = torch.randn(N, D, generator=g, dtype=torch.float64)
     results = []
     for fn, dt in ((l2_normalize, dtype), (l2_normalize_reference, torch.float64)):
-        inp = x.to(dt).requires_grad_()
+        inp = x.to(dt, copy=True).requires_grad_()  # a copy: each run its own .grad
         out = fn(inp, eps=1e-6)
         (out.double() * upstream).sum().backward()
         results.append((out.detach().double(), inp.grad.double()))
