@@ -1,0 +1,106 @@
+"""Numba kernels behind `twotower.kernels.embedding_scores` (float32 and float64; `cache=True`,
+`nogil=True`). Checks, dispatch and documentation live in `embedding_scores.py`.
+
+Sums run in the storage dtype (`zero` is a 0 of that dtype) so that the loops over D vectorise."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def forward(query, weight, ids, index, normalize, eps, out, scale, zero):
+    """out[b, j] = query[b] . weight[ids[u]] * scale[u] with u = index[b, j]; fills `scale` [U]
+    (1 / max(||weight[ids[u]]||, eps) when normalising, else 1) on the way."""
+    batch, dim = query.shape
+    width = index.shape[1]
+    for u in range(ids.shape[0]):
+        if normalize:
+            row = weight[ids[u]]
+            acc = zero
+            for d in range(dim):
+                acc += row[d] * row[d]
+            scale[u] = 1.0 / max(np.sqrt(np.float64(acc)), eps)
+        else:
+            scale[u] = 1.0
+    for b in range(batch):
+        q = query[b]
+        for j in range(width):
+            u = index[b, j]
+            row = weight[ids[u]]
+            acc = zero
+            for d in range(dim):
+                acc += q[d] * row[d]
+            out[b, j] = acc * scale[u]
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def backward(grad, query, weight, ids, index, scale, normalize, eps, want_query, want_weight, grad_query, values, zero):
+    """grad_query[b] += sum_j grad[b, j] y_u (u = index[b, j], y_u = weight[ids[u]] * scale[u]);
+    values[u] = the gradient of weight row ids[u] through position u:
+    (G_u - y_u (G_u . y_u)) * scale[u] when normalising a row whose norm exceeds eps, else
+    G_u * scale[u], with G_u = sum over (b, j) naming u of grad[b, j] query[b].
+
+    `grad_query` arrives zeroed; `values` [U, D] is written whole. Entries are grouped by u (a
+    counting sort), so each G_u is summed once in a D-sized accumulator and the table row is read
+    once: no [U, D] intermediate is written. Within a group entries come in (b, j) order, one
+    thread: the result is the same bit for bit on every run."""
+    batch, dim = query.shape
+    width = index.shape[1]
+    count = ids.shape[0]
+    if not want_weight:
+        for b in range(batch):
+            dq = grad_query[b]
+            for j in range(width):
+                g = grad[b, j]
+                if g != 0:
+                    u = index[b, j]
+                    row = weight[ids[u]]
+                    gs = g * scale[u]
+                    for d in range(dim):
+                        dq[d] += gs * row[d]
+        return
+    starts = np.zeros(count + 1, dtype=np.int64)
+    for b in range(batch):
+        for j in range(width):
+            starts[index[b, j] + 1] += 1
+    for u in range(count):
+        starts[u + 1] += starts[u]
+    fill = starts[:count].copy()
+    entry_row = np.empty(batch * width, dtype=np.int64)
+    entry_grad = np.empty(batch * width, dtype=values.dtype)
+    for b in range(batch):
+        for j in range(width):
+            u = index[b, j]
+            entry_row[fill[u]] = b
+            entry_grad[fill[u]] = grad[b, j]
+            fill[u] += 1
+    limit = 1.0 / eps
+    for u in range(count):
+        out = values[u]
+        out[:] = 0
+        row = weight[ids[u]]
+        s = values.dtype.type(scale[u])
+        for e in range(starts[u], starts[u + 1]):
+            g = entry_grad[e]
+            if g == 0:
+                continue
+            q = query[entry_row[e]]
+            for d in range(dim):
+                out[d] += g * q[d]
+            if want_query:
+                dq = grad_query[entry_row[e]]
+                gs = g * s
+                for d in range(dim):
+                    dq[d] += gs * row[d]
+        if normalize and scale[u] < limit:  # ||row|| > eps: remove the component along y_u
+            dot = zero
+            for d in range(dim):
+                dot += out[d] * row[d]
+            dot *= s * s
+            for d in range(dim):
+                out[d] = (out[d] - row[d] * dot) * s
+        else:
+            for d in range(dim):
+                out[d] *= s
