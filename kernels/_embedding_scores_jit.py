@@ -10,56 +10,61 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def forward(query, weight, ids, index, normalize, eps, out, scale, zero):
-    """out[b, j] = query[b] . weight[ids[u]] * scale[u] with u = index[b, j]; fills `scale` [U]
-    (1 / max(||weight[ids[u]]||, eps) when normalising, else 1) on the way."""
+def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
+    """rows[u] = weight[ids[u]] * scale[u] with scale[u] = 1 / max(||weight[ids[u]]||, eps) when
+    normalising (else 1); out[b, j] = query[b] . rows[index[b, j]].
+
+    The table rows are copied once into the compact `rows` [U, D], in the order of `ids`: the
+    scoring pass and backward then read a 3 MB array (the positives, first in a batch's `ids`, in
+    sequence) instead of chasing two indirections into the whole table."""
     batch, dim = query.shape
     width = index.shape[1]
     for u in range(ids.shape[0]):
+        row = weight[ids[u]]
+        s = 1.0
         if normalize:
-            row = weight[ids[u]]
             acc = zero
             for d in range(dim):
                 acc += row[d] * row[d]
-            scale[u] = 1.0 / max(np.sqrt(np.float64(acc)), eps)
-        else:
-            scale[u] = 1.0
+            s = 1.0 / max(np.sqrt(np.float64(acc)), eps)
+        scale[u] = s
+        sd = rows.dtype.type(s)
+        out_row = rows[u]
+        for d in range(dim):
+            out_row[d] = row[d] * sd
     for b in range(batch):
         q = query[b]
         for j in range(width):
-            u = index[b, j]
-            row = weight[ids[u]]
+            v = rows[index[b, j]]
             acc = zero
             for d in range(dim):
-                acc += q[d] * row[d]
-            out[b, j] = acc * scale[u]
+                acc += q[d] * v[d]
+            out[b, j] = acc
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def backward(grad, query, weight, ids, index, scale, normalize, eps, want_query, want_weight, grad_query, values, zero):
-    """grad_query[b] += sum_j grad[b, j] y_u (u = index[b, j], y_u = weight[ids[u]] * scale[u]);
-    values[u] = the gradient of weight row ids[u] through position u:
+def backward(grad, query, rows, index, scale, normalize, eps, want_query, want_weight, grad_query, values, zero):
+    """grad_query[b] += sum_j grad[b, j] rows[index[b, j]];
+    values[u] = the gradient of table row ids[u] through position u:
     (G_u - y_u (G_u . y_u)) * scale[u] when normalising a row whose norm exceeds eps, else
-    G_u * scale[u], with G_u = sum over (b, j) naming u of grad[b, j] query[b].
+    G_u * scale[u], with y_u = rows[u] and G_u = sum over (b, j) naming u of grad[b, j] query[b].
 
     `grad_query` arrives zeroed; `values` [U, D] is written whole. Entries are grouped by u (a
-    counting sort), so each G_u is summed once in a D-sized accumulator and the table row is read
-    once: no [U, D] intermediate is written. Within a group entries come in (b, j) order, one
-    thread: the result is the same bit for bit on every run."""
+    counting sort), so each G_u is summed once in a D-sized accumulator and finished in place: no
+    [U, D] intermediate is written. Within a group entries come in (b, j) order, one thread: the
+    result is the same bit for bit on every run."""
     batch, dim = query.shape
     width = index.shape[1]
-    count = ids.shape[0]
+    count = rows.shape[0]
     if not want_weight:
         for b in range(batch):
             dq = grad_query[b]
             for j in range(width):
                 g = grad[b, j]
                 if g != 0:
-                    u = index[b, j]
-                    row = weight[ids[u]]
-                    gs = g * scale[u]
+                    y = rows[index[b, j]]
                     for d in range(dim):
-                        dq[d] += gs * row[d]
+                        dq[d] += g * y[d]
         return
     starts = np.zeros(count + 1, dtype=np.int64)
     for b in range(batch):
@@ -80,8 +85,7 @@ def backward(grad, query, weight, ids, index, scale, normalize, eps, want_query,
     for u in range(count):
         out = values[u]
         out[:] = 0
-        row = weight[ids[u]]
-        s = values.dtype.type(scale[u])
+        y = rows[u]
         for e in range(starts[u], starts[u + 1]):
             g = entry_grad[e]
             if g == 0:
@@ -91,16 +95,15 @@ def backward(grad, query, weight, ids, index, scale, normalize, eps, want_query,
                 out[d] += g * q[d]
             if want_query:
                 dq = grad_query[entry_row[e]]
-                gs = g * s
                 for d in range(dim):
-                    dq[d] += gs * row[d]
+                    dq[d] += g * y[d]
+        s = values.dtype.type(scale[u])
         if normalize and scale[u] < limit:  # ||row|| > eps: remove the component along y_u
             dot = zero
             for d in range(dim):
-                dot += out[d] * row[d]
-            dot *= s * s
+                dot += out[d] * y[d]
             for d in range(dim):
-                out[d] = (out[d] - row[d] * dot) * s
+                out[d] = (out[d] - y[d] * dot) * s
         else:
             for d in range(dim):
                 out[d] *= s

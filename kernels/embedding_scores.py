@@ -7,13 +7,15 @@ scored in one pass, with a row-sparse gradient for the table.
 This is the item side of a training step when the item tower is an id embedding alone (matrix
 factorisation, cosine or dot scores): `ids` are the table rows of a batch's distinct items, `index`
 [B, C] says which of them row b is scored against (its positive and its negatives). Done with
-separate ops, the step writes the looked-up rows, their normalised copy, the gradient of that copy
-and the gradient of the rows ([U, D] each, about 3 MB for a 1024-row batch with 16 negatives) and
-reads each back: a CPU step is memory-bound, and these passes were a third of it. Here forward
-reads each table row twice (its norm, then the scores) and writes only [B, C]; backward groups the
-entries by row (a counting sort), sums each row's gradient in a D-sized accumulator, applies the
-normalisation's derivative there and writes it once, as the values of a sparse COO gradient over
-`ids` (what `nn.Embedding(sparse=True)` gives; `sparse=False` gives a dense one instead).
+separate ops (lookup, normalisation, `gather_scores`), the step writes the looked-up rows, their
+normalised copy, the gradient of that copy and the gradient of the rows ([U, D] each, about 3 MB
+for a 1024-row batch with 16 negatives) and reads each back, on a CPU step that is memory-bound.
+Here forward reads each table row once, writing its normalised copy into a compact [U, D] array
+(in the order of `ids`, so a batch's positives, listed first, are scored in sequence), then
+scores; backward groups the entries by row (a counting sort), sums each row's gradient in a
+D-sized accumulator, applies the normalisation's derivative there and writes it once, as the
+values of a sparse COO gradient over `ids` (what `nn.Embedding(sparse=True)` gives; `sparse=False`
+gives a dense one instead).
 
 Dispatch: float32 and float64 tensors on the CPU go to the Numba kernel (one thread, deterministic);
 anything else (CUDA, half precision) to `embedding_scores_reference`. Imports torch and Numba,
@@ -77,31 +79,33 @@ class _EmbeddingScores(torch.autograd.Function):
                 sparse: bool) -> Tensor:
         query, table = query.detach().contiguous(), weight.detach().contiguous()
         out = torch.empty(query.shape[0], index.shape[1], dtype=query.dtype)
+        rows = torch.empty(ids.shape[0], table.shape[1], dtype=table.dtype)
         scale = np.empty(ids.shape[0], dtype=np.float64)
         zero = query.numpy().dtype.type(0)
-        jit.forward(query.numpy(), table.numpy(), ids, index, normalize, float(eps), out.numpy(), scale, zero)
-        ctx.save_for_backward(query, table)
-        ctx.ids, ctx.index, ctx.scale, ctx.normalize, ctx.eps, ctx.sparse = ids, index, scale, normalize, eps, sparse
+        jit.forward(query.numpy(), table.numpy(), ids, index, normalize, float(eps), out.numpy(), rows.numpy(), scale,
+                    zero)
+        ctx.save_for_backward(query, rows)
+        ctx.ids, ctx.index, ctx.scale, ctx.normalize, ctx.eps = ids, index, scale, normalize, eps
+        ctx.sparse, ctx.table_shape = sparse, table.shape
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        query, table = ctx.saved_tensors
+        query, rows = ctx.saved_tensors
         want_query, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_query = torch.zeros_like(query) if want_query else torch.zeros(1, 1, dtype=query.dtype)
-        values = torch.empty(ctx.ids.shape[0], table.shape[1], dtype=table.dtype) if want_weight \
-            else torch.zeros(1, 1, dtype=table.dtype)
-        jit.backward(grad.detach().to(query.dtype).contiguous().numpy(), query.numpy(), table.numpy(), ctx.ids,
-                     ctx.index, ctx.scale, ctx.normalize, float(ctx.eps), want_query, want_weight, grad_query.numpy(),
+        values = torch.empty_like(rows) if want_weight else torch.zeros(1, 1, dtype=rows.dtype)
+        jit.backward(grad.detach().to(query.dtype).contiguous().numpy(), query.numpy(), rows.numpy(), ctx.index,
+                     ctx.scale, ctx.normalize, float(ctx.eps), want_query, want_weight, grad_query.numpy(),
                      values.numpy(), query.numpy().dtype.type(0))
         grad_weight = None
         if want_weight:
-            rows = torch.from_numpy(ctx.ids)
+            ids = torch.from_numpy(ctx.ids)
             if ctx.sparse:
-                # rows were checked against the table in embedding_scores: no invariant check needed
-                grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape, check_invariants=False)
+                # ids were checked against the table in embedding_scores: no invariant check needed
+                grad_weight = torch.sparse_coo_tensor(ids.unsqueeze(0), values, ctx.table_shape, check_invariants=False)
             else:
-                grad_weight = torch.zeros_like(table).index_add_(0, rows, values)
+                grad_weight = torch.zeros(ctx.table_shape, dtype=values.dtype).index_add_(0, ids, values)
         return (grad_query if want_query else None), grad_weight, None, None, None, None, None
 
 

@@ -177,6 +177,17 @@ class TwoTowerModel(nn.Module):
         """Item vectors [B, D] (L2-normalised for "cosine"); code -1 = unseen item (cold start)."""
         return self._finish(self.item_tower(self._codes(items), inputs))
 
+    def item_table_rows(self, items: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """(table, rows, normalize) with `encode_items(items)[i] == f(table[rows[i]])` (f: L2
+        normalisation when `normalize`, else the identity), when the item tower is an id lookup
+        alone and scoring is "dot" or "cosine"; None otherwise. The trainer then scores the rows in
+        place (`twotower.kernels.embedding_scores`) instead of materialising the vectors. `rows`
+        are drawn as `encode_items` draws them (unknown row for -1, id dropout in training)."""
+        tower = self.item_tower
+        if not tower.is_id_lookup or self.config.scoring not in ("dot", "cosine"):
+            return None
+        return tower.id_embedding.weight, tower.id_rows(self._codes(items)), self.config.scoring == "cosine"
+
     @property
     def temperature(self) -> torch.Tensor:
         """Scalar temperature (learned ones are clamped below at `min_temperature`)."""

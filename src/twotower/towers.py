@@ -283,23 +283,13 @@ class Tower(nn.Module):
         Returns:
             [B, embedding_dim] before any normalisation.
         """
-        all_known = False
-        if codes.device.type == "cpu" and codes.numel():
-            low, high = (int(v) for v in torch.aminmax(codes))
-            if low < -1 or high >= self.num_ids:
-                bad = (codes < -1) | (codes >= self.num_ids)
-                raise ValueError(f"codes must be in [-1, {self.num_ids}); found {int(codes[bad][0])}")
-            all_known = low >= 0  # the training batches' case: no unknown-id rewriting needed
+        all_known = self._check_codes(codes)
         inputs = inputs or TowerInputs()
         known = codes >= 0
         safe = codes if all_known else codes.clamp(min=0)
         parts = []
         if self.id_embedding is not None:
-            ids = codes if all_known else torch.where(known, codes, torch.full_like(codes, self.num_ids))
-            if self.training and self.id_dropout > 0:
-                drop = torch.rand(codes.shape, device=codes.device) < self.id_dropout
-                ids = ids.masked_fill(drop, self.num_ids)
-            parts.append(self.id_embedding(ids))
+            parts.append(self.id_embedding(self._id_rows(codes, all_known)))
         for i, (name, card) in enumerate(self.categorical.items()):
             if name in inputs.categorical:
                 values = self._batch_codes(inputs.categorical[name], card, f"categorical feature {name!r}", codes)
@@ -332,6 +322,38 @@ class Tower(nn.Module):
             parts.append(self._pool_history(codes, inputs, history_table, exclude_history))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.mlp(x)
+
+    @property
+    def is_id_lookup(self) -> bool:
+        """True when the tower's output is its id embedding row alone (no side features, no
+        history, no MLP): matrix factorisation, whose vectors can be scored straight from the table."""
+        return (self.id_embedding is not None and not self.categorical and not self.multi_categorical
+                and not self.dense and self.history_dim == 0 and isinstance(self.mlp, nn.Identity))
+
+    def id_rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """The id-table rows `forward` reads for `codes` (int64 [B], -1 = unknown): the unknown row for
+        -1 and, in training, for `id_dropout` of the codes. With `is_id_lookup`,
+        `id_embedding.weight[id_rows(codes)]` is the tower's output."""
+        if self.id_embedding is None:
+            raise ValueError("this tower has no id embedding (id_dim = 0)")
+        return self._id_rows(codes, self._check_codes(codes))
+
+    def _check_codes(self, codes: torch.Tensor) -> bool:
+        """Raise on codes outside [-1, num_ids); True when (on the CPU) every code is known."""
+        if codes.device.type != "cpu" or not codes.numel():
+            return False
+        low, high = (int(v) for v in torch.aminmax(codes))
+        if low < -1 or high >= self.num_ids:
+            bad = (codes < -1) | (codes >= self.num_ids)
+            raise ValueError(f"codes must be in [-1, {self.num_ids}); found {int(codes[bad][0])}")
+        return low >= 0  # the training batches' case: no unknown-id rewriting needed
+
+    def _id_rows(self, codes: torch.Tensor, all_known: bool) -> torch.Tensor:
+        ids = codes if all_known else torch.where(codes >= 0, codes, torch.full_like(codes, self.num_ids))
+        if self.training and self.id_dropout > 0:
+            drop = torch.rand(codes.shape, device=codes.device) < self.id_dropout
+            ids = ids.masked_fill(drop, self.num_ids)
+        return ids
 
     def _pool_history(
         self,

@@ -30,7 +30,7 @@ from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
-from twotower.losses import IN_BATCH_KINDS, IndexedRows, LossInputs, make_loss
+from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import clip_grad_norm, learning_rate, make_optimizer
@@ -103,10 +103,10 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     history_target = items if model.config.user_history else None
     query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
 
-    distinct = model.inner_product_form(None, model.encode_items(_tensor(batch.distinct_items, device)))[1]
+    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None)
     item_rows = _tensor(batch.item_rows, device)
     # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
-    # (gather_scores); the in-batch losses need the positives gathered.
+    # (gather_scores / embedding_scores); the in-batch losses need the positives gathered.
     positive = distinct[item_rows] if in_batch else IndexedRows(distinct, item_rows.unsqueeze(1))
     negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
     shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
@@ -124,6 +124,18 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
         shared_log_q=_tensor(_expected_count(batch.shared_log_q, len(shared) if in_batch and shared is not None else 1), device),
     )
     return loss_fn(inputs)
+
+
+def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool) -> torch.Tensor | EmbeddingRows:
+    """The vectors of a batch's distinct items: left in the item table (`EmbeddingRows`, scored by
+    `embedding_scores` without writing them out) when the item tower is an id lookup, the loss
+    scores only rows (per-row kinds) and nothing else needs them as a tensor (`dense` False);
+    otherwise encoded by the item tower."""
+    rows = None if dense else model.item_table_rows(codes)
+    if rows is None:
+        return model.inner_product_form(None, model.encode_items(codes))[1]
+    table, ids, normalize = rows
+    return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
 
 
 def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:

@@ -202,3 +202,72 @@ def test_fit_restores_the_callers_torch_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("scoring", ["cosine", "dot"])
+@pytest.mark.parametrize("kind", ["sampled_softmax", "bpr", "bce"])
+def test_id_lookup_item_tower_scored_in_the_table_trains_as_the_encoded_vectors(scoring, kind, monkeypatch):
+    """An id-only item tower's vectors reach per-row losses as `EmbeddingRows` (scored by
+    embedding_scores in the table); the loss and every gradient equal those of encoding the items."""
+    import dataclasses as dc
+
+    import torch
+
+    from twotower.batches import Batch
+    from twotower.data import build_dataset, generate
+    from twotower.losses import EmbeddingRows, make_loss
+    from twotower.model import TwoTowerModel
+    from twotower.optim import make_optimizer
+    from twotower.train import batch_loss, build_model
+
+    config = tiny_config()
+    config.model = dc.replace(config.model, scoring=scoring, id_dropout=0.3)  # dropout draws must match too
+    config.loss = dc.replace(config.loss, kind=kind, temperature=0.5)
+    dataset = build_dataset(generate(50, 40, interactions_per_user=5, seed=0))
+    model = build_model(config, dataset)
+    make_optimizer([model], config.optim)  # switches the id tables to sparse gradients, as fit does
+    loss_fn = make_loss(config.loss)
+    rng = np.random.default_rng(0)
+    n_users, n_items = dataset.num_users, dataset.num_items
+    batch = Batch(users=rng.integers(0, n_users, 64), items=rng.integers(0, n_items, 64),
+                  negatives=rng.integers(0, n_items, (64, 6)))
+    seen = []
+    real_forward = type(loss_fn).forward
+
+    def spy(self, inputs):
+        seen.append(isinstance(inputs.negatives.vectors, EmbeddingRows))
+        return real_forward(self, inputs)
+
+    monkeypatch.setattr(type(loss_fn), "forward", spy)
+    results = []
+    for in_table in (True, False):
+        if not in_table:
+            monkeypatch.setattr(TwoTowerModel, "item_table_rows", lambda self, items: None)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        loss = batch_loss(model, loss_fn, batch, torch.device("cpu"))
+        loss.backward()
+        results.append((loss.detach(), *(p.grad.to_dense() for p in model.parameters() if p.grad is not None)))
+    assert seen == [True, False]
+    assert len(results[0]) == len(results[1]) == 3  # the loss, the user table's and the item table's gradients
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_item_vectors_stay_in_the_table_only_where_that_is_exact():
+    import dataclasses as dc
+
+    import torch
+
+    from twotower.data import build_dataset, generate
+    from twotower.model import TowerConfig
+    from twotower.train import build_model
+
+    dataset = build_dataset(generate(30, 20, interactions_per_user=4, seed=0))
+    codes = torch.arange(5)
+    config = tiny_config()
+    assert build_model(config, dataset).item_table_rows(codes) is not None
+    for model_config in (dc.replace(config.model, scoring="neg_l2"),
+                         dc.replace(config.model, item=TowerConfig(hidden_dims=[8]))):
+        config.model = model_config
+        assert build_model(config, dataset).item_table_rows(codes) is None

@@ -8,32 +8,71 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from twotower.kernels.embedding_scores import embedding_scores
 from twotower.kernels.gather_scores import gather_scores
+from twotower.kernels.l2_normalize import l2_normalize
 
 REDUCTIONS = ("mean", "sum", "none")
 
 Temperature = float | Tensor
 
 
-class IndexedRows(NamedTuple):
-    """Per-row negatives given as rows of a table instead of a [B, n, D] tensor: row b's j-th
-    negative is `vectors[index[b, j]]`. The trainer passes the batch's distinct item vectors this
-    way, so losses score them with `twotower.kernels.gather_scores` and never materialise (or
-    scatter the gradient of) the gathered [B, n, D] copy.
+class EmbeddingRows(NamedTuple):
+    """Vectors left in an embedding table until they are scored: vector u is f(weight[ids[u]]),
+    f = L2 normalisation when `normalize`, else the identity. What an id-only item tower's vectors
+    are (see `TwoTowerModel.item_table_rows`); as the `vectors` of `IndexedRows`, per-row losses score
+    them with `twotower.kernels.embedding_scores` (lookup, normalisation and scores in one pass).
 
     Attributes:
-        vectors: [U, D] vectors (e.g. each distinct item of the batch once).
+        weight: [R, D] table (e.g. an `nn.Embedding`'s weight).
+        ids: [U] integer rows of `weight`.
+        normalize: L2-normalise each row (cosine scoring).
+        sparse: `weight` gets a sparse COO gradient (as `nn.Embedding(sparse=True)`).
+    """
+
+    weight: Tensor
+    ids: Tensor
+    normalize: bool
+    sparse: bool = True
+
+    def materialize(self) -> Tensor:
+        """The [U, D] vectors as a tensor (differentiable in `weight`)."""
+        rows = F.embedding(self.ids, self.weight, sparse=self.sparse)
+        return l2_normalize(rows) if self.normalize else rows
+
+
+class IndexedRows(NamedTuple):
+    """Per-row candidates given as rows of a table instead of a [B, n, D] tensor: row b's j-th
+    candidate is `vectors[index[b, j]]`. The trainer passes the batch's distinct item vectors this
+    way (as a tensor, or as `EmbeddingRows` still in the item table), so losses score them with
+    `twotower.kernels.gather_scores` / `embedding_scores` and never materialise (or scatter the
+    gradient of) the gathered [B, n, D] copy.
+
+    Attributes:
+        vectors: [U, D] vectors (e.g. each distinct item of the batch once), or `EmbeddingRows`.
         index: [B, n] integer rows of `vectors`.
     """
 
-    vectors: Tensor
+    vectors: Tensor | EmbeddingRows
     index: Tensor
+
+    def table(self) -> Tensor:
+        """The [U, D] vectors as a tensor."""
+        return self.vectors.materialize() if isinstance(self.vectors, EmbeddingRows) else self.vectors
 
     def gathered(self) -> Tensor:
         """The [B, n, D] tensor these rows stand for (for code that needs it materialised)."""
-        return self.vectors[self.index]
+        return self.table()[self.index]
+
+    def scores(self, q: Tensor) -> Tensor:
+        """[B, n] dot products of each query row with its own rows, without gathering them."""
+        v = self.vectors
+        if isinstance(v, EmbeddingRows):
+            return embedding_scores(q, v.weight.to(q.dtype), v.ids, self.index, normalize=v.normalize, sparse=v.sparse)
+        return gather_scores(q, v.to(q.dtype), self.index)
 
 
 Negatives = Tensor | IndexedRows
@@ -112,15 +151,22 @@ def check_negatives(q: Tensor, neg: Negatives, name: str = "neg") -> None:
 
 
 def check_indexed_rows(q: Tensor, neg: IndexedRows, name: str) -> None:
-    """`neg.vectors` [U, D] matches q's dtype, device and D; `neg.index` is integer [B, n]."""
+    """`neg.vectors` [U, D] (or the table of `EmbeddingRows`) matches q's dtype, device and D;
+    `neg.index` is integer [B, n]."""
     vectors, index = neg
+    what = f"{name}.vectors"
+    if isinstance(vectors, EmbeddingRows):
+        ids = vectors.ids
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+            raise TypeError(f"{what}.ids must be a 1-d integer tensor")
+        vectors, what = vectors.weight, f"{what}.weight"
     if not isinstance(vectors, Tensor) or not isinstance(index, Tensor):
         raise TypeError(f"{name}: IndexedRows needs tensors, got {type(vectors).__name__}, {type(index).__name__}")
     if vectors.dtype != q.dtype or vectors.device != q.device:
-        raise TypeError(f"{name}.vectors ({vectors.dtype}, {vectors.device}) must match q ({q.dtype}, {q.device})")
+        raise TypeError(f"{what} ({vectors.dtype}, {vectors.device}) must match q ({q.dtype}, {q.device})")
     b, d = q.shape
     if vectors.dim() != 2 or vectors.shape[1] != d:
-        raise ValueError(f"{name}.vectors must be [U, D] = [U, {d}], got shape {tuple(vectors.shape)}")
+        raise ValueError(f"{what} must be [U, D] = [U, {d}], got shape {tuple(vectors.shape)}")
     if index.dim() != 2 or index.shape[0] != b:
         raise ValueError(f"{name}.index must be [B, n] = [{b}, n], got shape {tuple(index.shape)}")
     if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
@@ -182,7 +228,7 @@ def negative_logits(
     # Scores in fp32 even under AMP: a bf16 score carries ~3 significant digits, too few for a loss.
     with torch.autocast(q.device.type, enabled=False):
         if isinstance(neg, IndexedRows):
-            s = gather_scores(q.to(c), neg.vectors.to(c), neg.index)
+            s = neg.scores(q.to(c))
         elif neg.dim() == 3:
             s = (neg.to(c) * q.to(c).unsqueeze(1)).sum(-1)  # twice as fast as bmm for [B, n, D] on CPU
         else:

@@ -111,7 +111,7 @@ def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
         vectors, ids, log_q = x.negatives, x.negative_ids, x.negative_log_q
         if flatten_per_row:
             if isinstance(vectors, IndexedRows):
-                vectors = vectors.vectors[vectors.index.reshape(-1)]
+                vectors = vectors.gathered()
             vectors = vectors.reshape(-1, vectors.shape[-1])
             ids = None if ids is None else ids.reshape(-1)
             log_q = None if log_q is None else log_q.reshape(-1)
@@ -124,7 +124,7 @@ def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
 def _dense_positive(x: LossInputs) -> Tensor:
     """The [B, D] positives, gathered when they come as `IndexedRows`."""
     p = x.positive
-    return p.vectors[p.index[:, 0]] if isinstance(p, IndexedRows) else p
+    return p.gathered()[:, 0] if isinstance(p, IndexedRows) else p
 
 
 def _joint_rows(x: LossInputs, first: _Candidates) -> IndexedRows | None:
