@@ -1,5 +1,5 @@
 """Shared steps of the per-row losses: argument checks, logits, logQ correction, accidental-hit
-masks, the masked log-sum-exp and the reduction. Each step is small and pure so that the losses in
+masks, the masked mean and the reduction. Each step is small and pure so that the losses in
 `functional.py` and the selector in `select.py` compose the same pieces."""
 
 from __future__ import annotations
@@ -240,21 +240,6 @@ def negative_logits(
     if pos_ids is not None and neg_ids is not None:
         valid = neg_ids != pos_ids.unsqueeze(1)
     return s, valid
-
-
-def masked_logsumexp(logits: Tensor, valid: Tensor | None) -> Tensor:
-    """log sum_j exp(logits[b, j]) over the valid j of each row [B, C] -> [B].
-
-    Masked entries are set to -inf before the exponential (so their gradient is exactly zero, and no
-    0 * inf appears in backward); the shift by the row maximum over valid entries is detached, which
-    leaves the value and the gradient unchanged. Callers guarantee at least one valid entry per row
-    (the positive), so the result is always finite.
-    """
-    if valid is None:
-        return torch.logsumexp(logits, dim=1)  # one op forward and backward
-    logits = logits.masked_fill(~valid, -math.inf)
-    m = logits.amax(dim=1, keepdim=True).detach()
-    return m.squeeze(1) + torch.exp(logits - m).sum(dim=1).log()
 
 
 def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:

@@ -25,13 +25,12 @@ from twotower.losses._common import (
     check_query,
     check_side,
     check_vectors,
-    masked_logsumexp,
     negative_logits,
     positive_logits,
     reduce,
 )
 from twotower.losses.config import LossConfig, LossInputs
-from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows
+from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows, softmax_loss
 
 __all__ = ["Loss", "make_loss"]
 
@@ -256,9 +255,7 @@ class Loss(nn.Module):
 
     def _sampled_softmax(self, x: LossInputs) -> Tensor:
         logits, valid = self._row_logits(x, corrects=True)
-        if valid is not None:
-            valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
-        return reduce(masked_logsumexp(logits, valid) - logits[:, 0], self.config.reduction)
+        return softmax_loss(logits, valid, self.config.reduction)
 
     def _bce(self, x: LossInputs) -> Tensor:
         logits, valid = self._row_logits(x, corrects=True)
