@@ -5,7 +5,10 @@ end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tab
 - `l2_normalize` (fused cosine normalisation) vs `F.normalize`, forward + backward;
 - `sparse_adam` (lazy Adam on the touched rows) vs its reference, and vs a dense `torch.optim.AdamW`
   step over the whole table (what the trainer did before);
-- `distinct` (hash table) vs `np.unique`-based reference and `torch.unique`.
+- `distinct` (hash table) vs `np.unique`-based reference and `torch.unique`;
+- `embedding_scores` (lookup + normalisation + scores fused, sparse table gradient) vs its reference
+  (`F.embedding` + `F.normalize` + gather) and vs the unfused kernels (lookup + `l2_normalize` +
+  `gather_scores`), forward + backward.
 
     python -m benchmarks.bench_training_kernels      # table -> benchmarks/results/training-kernels.md
     pytest benchmarks/bench_training_kernels.py --benchmark-only
@@ -20,6 +23,7 @@ import torch
 from benchmarks.runner import markdown_table, measure, write_results
 from twotower.kernels.distinct import distinct
 from twotower.kernels.distinct_reference import distinct_reference
+from twotower.kernels.embedding_scores import embedding_scores, embedding_scores_reference
 from twotower.kernels.gather_scores import gather_scores, gather_scores_reference
 from twotower.kernels.l2_normalize import l2_normalize, l2_normalize_reference
 from twotower.kernels.sparse_adam import sparse_adam, sparse_adam_reference
@@ -39,8 +43,23 @@ def _batch(seed: int = 0) -> dict:
         "query": torch.randn(B, D, generator=g).requires_grad_(),
         "vectors": torch.randn(unique.size, D, generator=g).requires_grad_(),
         "index": torch.from_numpy(inverse[B:].reshape(B, N)),
+        "positive_index": torch.from_numpy(inverse[:B].reshape(B, 1)),
+        "table": torch.randn(ROWS, D, generator=g).requires_grad_(),
         "upstream": torch.randn(B, N, generator=g),
     }
+
+
+def table_scores_step(fn, x: dict) -> None:
+    """Positive + negatives of every row scored straight from a [ROWS, D] table (cosine)."""
+    index = torch.cat([x["positive_index"], x["index"]], dim=1)
+    scores = fn(x["query"], x["table"], x["unique"], index, normalize=True)
+    (scores[:, 1:] * x["upstream"]).sum().backward()
+
+
+def unfused_table_scores(query, table, ids, index, *, normalize):
+    """The same through twotower's separate kernels: lookup, l2_normalize, gather_scores."""
+    rows = torch.nn.functional.embedding(ids, table, sparse=True)
+    return gather_scores(query, l2_normalize(rows) if normalize else rows, index)
 
 
 def scores_step(fn, x: dict) -> None:
@@ -100,6 +119,10 @@ def main() -> None:
     ids_t = torch.from_numpy(x["ids"])
     add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: torch.unique(ids_t, return_inverse=True),
         "torch.unique(return_inverse) (sorted)")
+    add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
+        lambda: table_scores_step(embedding_scores_reference, x), "F.embedding + F.normalize + gather (autograd)")
+    add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
+        lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
     note = (f"\n\nOne thread, float32, median of 21 after 3 warm-ups; B = {B}, {N} negatives per row, D = {D}, "
             f"{ROWS:,}-row tables.")
@@ -124,6 +147,12 @@ def test_sparse_adam(benchmark, fn):
     x = _batch()
     state, grads = adam_tables(), torch.randn(x["unique"].numel(), D)
     benchmark.pedantic(lambda: fn(*state, x["unique"], grads, step=1, lr=1e-3), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("fn", [embedding_scores, embedding_scores_reference], ids=["kernel", "reference"])
+def test_embedding_scores(benchmark, fn):
+    x = _batch()
+    benchmark.pedantic(table_scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 from twotower.data.filters import compact
 from twotower.data.types import CSR, DataError, Interactions, SplitDataset
 from twotower.data.vocab import Vocabulary
+from twotower.kernels.grouping import stable_group_order
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -68,8 +69,9 @@ def ratio_split(users: np.ndarray, ratios: tuple[float, ...] = (0.8, 0.1, 0.1), 
 
 
 def _shuffled_by_user(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the rows, grouped by user (a counting sort of a random permutation)."""
     perm = rng.permutation(len(users))
-    return perm[np.argsort(users[perm], kind="stable")]
+    return perm[stable_group_order(users[perm], int(users.max()) + 1 if len(users) else 1)]
 
 
 def leave_last_out(users: np.ndarray, timestamps: np.ndarray | None, n_valid: int = 1, n_test: int = 1) -> np.ndarray:

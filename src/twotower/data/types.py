@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from twotower.kernels.grouping import csr_from_pairs
+
 if TYPE_CHECKING:
     from twotower.data.vocab import Vocabulary
 
@@ -73,12 +75,7 @@ class CSR:
             raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and {cols.shape}")
         if len(rows) and (rows.min() < 0 or rows.max() >= num_rows or cols.min() < 0):
             raise ValueError(f"pairs out of range: rows must lie in [0, {num_rows}) and cols be >= 0")
-        width = int(cols.max()) + 1 if len(cols) else 1
-        keys = sorted_unique(rows * width + cols)  # sorted by row, then column; duplicates gone
-        counts = np.bincount(keys // width, minlength=num_rows)
-        indptr = np.zeros(num_rows + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        return cls(indptr, (keys % width).astype(np.int32))
+        return cls(*csr_from_pairs(rows, cols, num_rows))  # a counting sort by row, then each row's columns
 
 
 @dataclass(frozen=True)
