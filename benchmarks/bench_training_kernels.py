@@ -52,6 +52,7 @@ def _batch(seed: int = 0) -> dict:
 def table_scores_step(fn, x: dict) -> None:
     """Positive + negatives of every row scored straight from a [ROWS, D] table (cosine)."""
     index = torch.cat([x["positive_index"], x["index"]], dim=1)
+    x["table"].grad = None  # sparse gradients would pile up call after call
     scores = fn(x["query"], x["table"], x["unique"], index, normalize=True)
     (scores[:, 1:] * x["upstream"]).sum().backward()
 
