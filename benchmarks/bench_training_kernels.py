@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.runner import markdown_table, measure, write_results
+from benchmarks.runner import markdown_table, measure_pair, write_results
 from twotower.kernels.distinct import distinct
 from twotower.kernels.distinct_reference import distinct_reference
 from twotower.kernels.embedding_scores import embedding_scores, embedding_scores_reference
@@ -82,8 +82,7 @@ def main() -> None:
     rows = []
 
     def add(name: str, ours, reference, reference_name: str) -> None:
-        a = measure(ours, warmup=3, repeats=21)
-        b = measure(reference, warmup=3, repeats=21)
+        a, b = measure_pair(ours, reference, warmup=3, repeats=21)
         rows.append([name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}", f"{b.median / a.median:.1f}x"])
         print(rows[-1], flush=True)
 
@@ -125,7 +124,7 @@ def main() -> None:
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
-    note = (f"\n\nOne thread, float32, median of 21 after 3 warm-ups; B = {B}, {N} negatives per row, D = {D}, "
+    note = (f"\n\nOne thread, float32, median of 21 calls of each, taken in turns, after 3 warm-ups; B = {B}, {N} negatives per row, D = {D}, "
             f"{ROWS:,}-row tables.")
     print(markdown_table(header, rows) + note)
     write_results("training-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})

@@ -42,6 +42,22 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> Timi
     return Timing(statistics.median(samples), min(samples), max(samples), repeats)
 
 
+def measure_pair(first: Callable[[], Any], second: Callable[[], Any], *, warmup: int = 1,
+                 repeats: int = 5) -> tuple[Timing, Timing]:
+    """Times two functions call by call in turns (first, second, first, ...), so that a change in the
+    load of a shared machine falls on both alike; returns their medians and spreads."""
+    for _ in range(warmup):
+        first()
+        second()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((first, samples[0]), (second, samples[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return tuple(Timing(statistics.median(s), min(s), max(s), repeats) for s in samples)  # type: ignore[return-value]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
