@@ -11,9 +11,9 @@ update `torch.optim.Adam` / `AdamW` would give it. Rows a batch does not touch k
 and moments (no momentum drift, no weight decay): the semantics of TensorFlow's LazyAdam and
 `torch.optim.SparseAdam`, with decoupled weight decay added.
 
-Dispatch: contiguous float32/float64 CPU tensors go to the Numba kernel (one pass to sum repeated
-rows through a per-table slot array, one pass to update; untouched rows are never read); anything
-else goes to `sparse_adam_reference`. Imports torch and Numba, nothing from twotower.
+Dispatch: contiguous float32/float64 CPU tensors go to the Numba kernel (one pass to find the
+distinct rows through a per-table slot array, the few repeated rows summed aside, one pass to
+update; untouched rows are never read); anything else goes to `sparse_adam_reference`. Imports torch and Numba, nothing from twotower.
 """
 
 from __future__ import annotations
@@ -32,27 +32,34 @@ __all__ = ["sparse_adam", "sparse_adam_reference"]
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coefficients):
-    """`slots` [R] is all -1 on entry and on exit; `order` [P] and `summed` [P, D] are scratch
-    (`summed` is only written when some row repeats).
+def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
+    """`slots` [R] is all -1 on entry and on exit; `order` [P] is scratch.
     `coefficients` holds the step's scalars in the table's dtype, so the update vectorises in it:
-    (beta1, 1 - beta1, beta2, 1 - beta2, eps, L2 decay, decoupled shrink, step size, 1/sqrt(bc2))."""
+    (beta1, 1 - beta1, beta2, 1 - beta2, eps, L2 decay, decoupled shrink, step size, 1/sqrt(bc2)).
+
+    A row met once reads its gradient where it is (slots[r] = its position in `grads`); only rows
+    that repeat (in a training batch: the unknown-id row that id dropout maps to, a few users) are
+    summed, into a side buffer (slots[r] = -2 - k), so no [P, D] copy of the gradients is written."""
     dim = param.shape[1]
     count = 0
-    for p in range(rows.shape[0]):  # first pass: distinct rows in order, and whether any repeats
+    repeats = 0
+    for p in range(rows.shape[0]):  # first pass: distinct rows in order; repeated rows numbered
         r = rows[p]
-        if slots[r] < 0:
-            slots[r] = count
+        s = slots[r]
+        if s == -1:
+            slots[r] = p
             order[count] = r
             count += 1
-    if count < rows.shape[0]:  # repeats: sum their gradients (else read `grads` as they are)
-        summed[:count] = 0
-        for p in range(rows.shape[0]):
-            s = slots[rows[p]]
+        elif s >= 0:  # met a second time: the row gets side slot k = repeats
+            slots[r] = -2 - repeats
+            repeats += 1
+    side = np.zeros((repeats, dim), dtype=grads.dtype)
+    for p in range(rows.shape[0]):  # sum each repeated row's gradients, in the order met
+        s = slots[rows[p]]
+        if s <= -2:
+            k = -2 - s
             for d in range(dim):
-                summed[s, d] += grads[p, d]
-    else:
-        summed = grads
+                side[k, d] += grads[p, d]
     beta1, keep1, beta2, keep2, eps, l2, shrink, step_size, inv_sqrt_bc2 = (
         coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4],
         coefficients[5], coefficients[6], coefficients[7], coefficients[8])
@@ -62,7 +69,7 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coeffic
     if 8 * count >= slots.shape[0]:
         c = 0
         for r in range(slots.shape[0]):
-            if slots[r] >= 0:
+            if slots[r] != -1:
                 order[c] = r
                 c += 1
     else:
@@ -71,9 +78,10 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, summed, coeffic
         r = order[c]
         s = slots[r]
         slots[r] = -1
+        g_row = grads[s] if s >= 0 else side[-2 - s]
         for d in range(dim):
             w = param[r, d]
-            g = summed[s, d] + l2 * w
+            g = g_row[d] + l2 * w
             m = beta1 * exp_avg[r, d] + keep1 * g
             v = beta2 * exp_avg_sq[r, d] + keep2 * g * g
             exp_avg[r, d] = m
@@ -134,10 +142,9 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     table = param.detach().numpy()
     grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=table.dtype)
     order = np.empty(rows_np.shape[0], dtype=np.int64)
-    summed = np.empty_like(grads_np)
     coefficients = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 0.0 if decoupled else weight_decay,
                              1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
                              1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
     # In place through NumPy views: autograd never sees these writes.
     _step(table, exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np, grads_np, slots,
-          order, summed, coefficients)
+          order, coefficients)

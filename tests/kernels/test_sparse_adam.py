@@ -35,6 +35,22 @@ def test_matches_reference_over_several_steps(R, D, P, decoupled, dtype, tol):
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("R", [40, 5000])  # a dense scan of the slots, and a sort of few rows
+def test_a_few_repeated_rows_among_single_ones(R):
+    # the trainer's case: most rows once, the unknown-id row (here R - 1) and a few others repeated
+    got, want = _state(R, 16, seed=3), _state(R, 16, seed=3)
+    g = torch.Generator().manual_seed(4)
+    rows = torch.cat([torch.randperm(R - 1, generator=g)[:30], torch.tensor([R - 1, 5, R - 1, 7, R - 1])])
+    rows = rows[torch.randperm(rows.numel(), generator=g)]
+    grads = torch.randn(rows.numel(), 16, generator=g, dtype=torch.float64)
+    slots = np.full(R, -1, dtype=np.int64)
+    sparse_adam(*got, rows, grads, step=1, lr=0.01, slots=slots)
+    sparse_adam_reference(*want, rows, grads, step=1, lr=0.01)
+    assert (slots == -1).all()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_untouched_rows_are_left_alone():
     param, m, v = _state(20, 4, seed=1)
     before = [t.clone() for t in (param, m, v)]
