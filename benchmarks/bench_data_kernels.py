@@ -44,7 +44,8 @@ def main() -> None:
         rows.append([name, f"{a.median * 1e3:.1f}", reference_name, f"{b.median * 1e3:.1f}", f"{b.median / a.median:.1f}x"])
         print(rows[-1], flush=True)
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
-    note = f"\n\nOne thread, median of 15 calls of each, taken in turns, after 2 warm-ups; {ROWS:,} pairs, {USERS:,} rows (users), {ITEMS:,} columns."
+    note = (f"\n\nOne thread, median of 15 calls of each, taken in turns, after 2 warm-ups; {ROWS:,} pairs, "
+            f"{USERS:,} rows (users), {ITEMS:,} columns.")
     print(markdown_table(header, rows) + note)
     write_results("data-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
 

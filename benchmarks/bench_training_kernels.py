@@ -124,7 +124,8 @@ def main() -> None:
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
-    note = (f"\n\nOne thread, float32, median of 21 calls of each, taken in turns, after 3 warm-ups; B = {B}, {N} negatives per row, D = {D}, "
+    note = (f"\n\nOne thread, float32, median of 21 calls of each, taken in turns, after 3 warm-ups; "
+            f"B = {B}, {N} negatives per row, D = {D}, "
             f"{ROWS:,}-row tables.")
     print(markdown_table(header, rows) + note)
     write_results("training-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})

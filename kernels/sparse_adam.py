@@ -13,7 +13,8 @@ and moments (no momentum drift, no weight decay): the semantics of TensorFlow's 
 
 Dispatch: contiguous float32/float64 CPU tensors go to the Numba kernel (one pass to find the
 distinct rows through a per-table slot array, the few repeated rows summed aside, one pass to
-update; untouched rows are never read); anything else goes to `sparse_adam_reference`. Imports torch and Numba, nothing from twotower.
+update; untouched rows are never read); anything else goes to `sparse_adam_reference`. Imports
+torch and Numba, nothing from twotower.
 """
 
 from __future__ import annotations

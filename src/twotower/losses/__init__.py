@@ -12,4 +12,5 @@ from twotower.losses.functional import bce, bpr, hinge, sampled_softmax
 from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs
 from twotower.losses.select import Loss, make_loss
 
-__all__ = ["EmbeddingRows", "IN_BATCH_KINDS", "IndexedRows", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr", "hinge", "make_loss", "sampled_softmax"]
+__all__ = ["EmbeddingRows", "IN_BATCH_KINDS", "IndexedRows", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr",
+           "hinge", "make_loss", "sampled_softmax"]
