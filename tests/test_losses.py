@@ -654,3 +654,39 @@ def test_indexed_rows_are_checked():
     bad = LossInputs(query=q, positive=IndexedRows(torch.randn(5, 2), torch.zeros(4, 1, dtype=torch.long)))
     with pytest.raises(ValueError, match=r"LossInputs.positive.vectors must be \[U, D\]"):
         make_loss(LossConfig(kind="infonce"))(bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_embedding_rows_give_the_loss_and_gradients_of_the_looked_up_vectors(kind, normalize):
+    # Candidates left in an embedding table (EmbeddingRows) score as the looked-up, normalised
+    # vectors do: per-row kinds through embedding_scores, in-batch kinds through materialize().
+    from twotower.losses import EmbeddingRows, IndexedRows
+
+    g = torch.Generator().manual_seed(12)
+    b, n, r, d = 8, 4, 30, 6
+    query = torch.randn(b, d, generator=g, dtype=torch.float64)
+    weight = torch.randn(r, d, generator=g, dtype=torch.float64)
+    ids = torch.randperm(r, generator=g)[:15]
+    index = torch.randint(0, 15, (b, n), generator=g)
+    pos_rows = torch.randint(0, 15, (b,), generator=g)
+    results = []
+    for in_table in (True, False):
+        q, w = query.clone().requires_grad_(), weight.clone().requires_grad_()
+        if in_table:
+            vectors = EmbeddingRows(w, ids, normalize, sparse=True)
+        else:
+            looked_up = torch.nn.functional.embedding(ids, w)
+            vectors = torch.nn.functional.normalize(looked_up, dim=1) if normalize else looked_up
+        shared = torch.nn.functional.embedding(torch.arange(3), w)  # dense, the same in both runs
+        inputs = LossInputs(query=q, positive=IndexedRows(vectors, pos_rows.unsqueeze(1)),
+                            negatives=IndexedRows(vectors, index), item_ids=ids[pos_rows], negative_ids=ids[index],
+                            user_ids=torch.arange(b), shared_negatives=shared, shared_ids=torch.arange(3),
+                            shared_log_q=-torch.ones(3, dtype=torch.float64),
+                            item_log_q=-torch.ones(b, dtype=torch.float64),
+                            negative_log_q=-torch.rand(b, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+        loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(inputs)
+        (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
+        results.append((loss.detach(), q.grad, w.grad.to_dense()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
