@@ -8,17 +8,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._gather_scores_jit import group_entries, query_gradient
+from ._gather_scores_jit import forward as scores
+
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
     """rows[u] = weight[ids[u]] * scale[u] with scale[u] = 1 / max(||weight[ids[u]]||, eps) when
-    normalising (else 1); out[b, j] = query[b] . rows[index[b, j]].
+    normalising (else 1); out[b, j] = query[b] . rows[index[b, j]] (`gather_scores`' pass).
 
     The table rows are copied once into the compact `rows` [U, D], in the order of `ids`: the
     scoring pass and backward then read a 3 MB array (the positives, first in a batch's `ids`, in
     sequence) instead of chasing two indirections into the whole table."""
-    batch, dim = query.shape
-    width = index.shape[1]
+    dim = query.shape[1]
     for u in range(ids.shape[0]):
         row = weight[ids[u]]
         s = 1.0
@@ -32,14 +34,7 @@ def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
         out_row = rows[u]
         for d in range(dim):
             out_row[d] = row[d] * sd
-    for b in range(batch):
-        q = query[b]
-        for j in range(width):
-            v = rows[index[b, j]]
-            acc = zero
-            for d in range(dim):
-                acc += q[d] * v[d]
-            out[b, j] = acc
+    scores(query, rows, index, out, zero)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -49,43 +44,20 @@ def backward(grad, query, rows, index, scale, normalize, eps, want_query, want_w
     (G_u - y_u (G_u . y_u)) * scale[u] when normalising a row whose norm exceeds eps, else
     G_u * scale[u], with y_u = rows[u] and G_u = sum over (b, j) naming u of grad[b, j] query[b].
 
-    `grad_query` arrives zeroed; `values` [U, D] is written whole. Entries are grouped by u (a
-    counting sort), so each G_u is summed once in a D-sized accumulator and finished in place: no
-    [U, D] intermediate is written. Within a group entries come in (b, j) order, one thread: the
-    result is the same bit for bit on every run."""
-    batch, dim = query.shape
-    width = index.shape[1]
-    count = rows.shape[0]
+    `grad_query` arrives zeroed; `values` [U, D] is written whole. Entries are grouped by u (the
+    counting sort of `gather_scores`' backward), so each G_u is summed once in a D-sized accumulator
+    and finished in place: no [U, D] intermediate is written. Within a group entries come in (b, j)
+    order, one thread: the result is the same bit for bit on every run."""
     if not want_weight:
-        for b in range(batch):
-            dq = grad_query[b]
-            for j in range(width):
-                g = grad[b, j]
-                if g != 0:
-                    y = rows[index[b, j]]
-                    for d in range(dim):
-                        dq[d] += g * y[d]
+        query_gradient(grad, rows, index, grad_query)
         return
-    starts = np.zeros(count + 1, dtype=np.int64)
-    for b in range(batch):
-        for j in range(width):
-            starts[index[b, j] + 1] += 1
-    for u in range(count):
-        starts[u + 1] += starts[u]
-    fill = starts[:count].copy()
-    entry_row = np.empty(batch * width, dtype=np.int64)
-    entry_grad = np.empty(batch * width, dtype=values.dtype)
-    for b in range(batch):
-        for j in range(width):
-            u = index[b, j]
-            entry_row[fill[u]] = b
-            entry_grad[fill[u]] = grad[b, j]
-            fill[u] += 1
+    dim = query.shape[1]
+    starts, entry_row, entry_grad = group_entries(grad, index, rows.shape[0], values)
     limit = 1.0 / eps
-    for u in range(count):
+    for u in range(rows.shape[0]):
         out = values[u]
-        out[:] = 0
         y = rows[u]
+        out[:] = 0
         for e in range(starts[u], starts[u + 1]):
             g = entry_grad[e]
             if g == 0:

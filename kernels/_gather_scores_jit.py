@@ -26,6 +26,44 @@ def forward(query, vectors, index, out, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def query_gradient(grad, vectors, index, grad_query):
+    """grad_query[b] += sum_j grad[b, j] vectors[index[b, j]], row by row (no table gradient)."""
+    batch, dim = grad_query.shape
+    for b in range(batch):
+        dq = grad_query[b]
+        for j in range(index.shape[1]):
+            g = grad[b, j]
+            if g != 0:
+                v = vectors[index[b, j]]
+                for d in range(dim):
+                    dq[d] += g * v[d]
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def group_entries(grad, index, count, like):
+    """The entries (b, j) of `index` grouped by the row r = index[b, j] they name (a counting sort):
+    group r is positions starts[r]:starts[r + 1] of entry_row (its b) and entry_grad (its
+    grad[b, j], in `like`'s dtype), in (b, j) order."""
+    batch, width = index.shape
+    starts = np.zeros(count + 1, dtype=np.int64)
+    for b in range(batch):
+        for j in range(width):
+            starts[index[b, j] + 1] += 1
+    for r in range(count):
+        starts[r + 1] += starts[r]
+    fill = starts[:count].copy()
+    entry_row = np.empty(batch * width, dtype=np.int64)
+    entry_grad = np.empty(batch * width, dtype=like.dtype)
+    for b in range(batch):
+        for j in range(width):
+            r = index[b, j]
+            entry_row[fill[r]] = b
+            entry_grad[fill[r]] = grad[b, j]
+            fill[r] += 1
+    return starts, entry_row, entry_grad
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def backward(grad, query, vectors, index, grad_query, grad_vectors, want_query, want_vectors):
     """grad_query[b] = sum_j grad[b, j] vectors[index[b, j]];
     grad_vectors[r] = sum over (b, j) with index[b, j] == r of grad[b, j] query[b].
@@ -36,35 +74,12 @@ def backward(grad, query, vectors, index, grad_query, grad_vectors, want_query, 
     `grad_vectors` are each streamed once instead of a zero fill plus a scattered read-modify-write
     of [U, D] (the step is memory-bound). Within a row the entries come in (b, j) order, one thread,
     so the result is the same bit for bit on every run."""
-    batch, dim = query.shape
-    width = index.shape[1]
     if not want_vectors:
-        for b in range(batch):
-            dq = grad_query[b]
-            for j in range(width):
-                g = grad[b, j]
-                if g != 0:
-                    v = vectors[index[b, j]]
-                    for d in range(dim):
-                        dq[d] += g * v[d]
+        query_gradient(grad, vectors, index, grad_query)
         return
-    rows = vectors.shape[0]
-    starts = np.zeros(rows + 1, dtype=np.int64)
-    for b in range(batch):
-        for j in range(width):
-            starts[index[b, j] + 1] += 1
-    for r in range(rows):
-        starts[r + 1] += starts[r]
-    fill = starts[:rows].copy()
-    entry_row = np.empty(batch * width, dtype=np.int64)  # the query row b of each entry, grouped by r
-    entry_grad = np.empty(batch * width, dtype=grad_vectors.dtype)  # and its grad[b, j]
-    for b in range(batch):
-        for j in range(width):
-            r = index[b, j]
-            entry_row[fill[r]] = b
-            entry_grad[fill[r]] = grad[b, j]
-            fill[r] += 1
-    for r in range(rows):
+    dim = query.shape[1]
+    starts, entry_row, entry_grad = group_entries(grad, index, vectors.shape[0], grad_vectors)
+    for r in range(vectors.shape[0]):
         out = grad_vectors[r]
         out[:] = 0
         v = vectors[r]
