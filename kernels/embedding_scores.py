@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _embedding_scores_jit as jit
-from ._bounds_jit import first_out_of_range
+from ._bounds_jit import checked_indices
 from .embedding_scores_reference import embedding_scores_reference
 
 __all__ = ["embedding_scores", "embedding_scores_reference"]
@@ -62,15 +62,6 @@ def _check(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, eps: float
                         f"{query.device}, {weight.device}, {ids.device}, {index.device}")
     if not eps > 0:
         raise ValueError(f"embedding_scores: eps must be > 0, got {eps}")
-
-
-def _in_range(t: Tensor, num_rows: int, name: str) -> np.ndarray:
-    array = np.ascontiguousarray(t.detach().numpy(), dtype=np.int64)
-    bad = first_out_of_range(array, num_rows)
-    if bad >= 0:
-        where = ", ".join(str(int(i)) for i in np.unravel_index(int(bad), array.shape))
-        raise IndexError(f"embedding_scores: {name}[{where}] = {int(array.reshape(-1)[bad])} is outside [0, {num_rows})")
-    return array
 
 
 class _EmbeddingScores(torch.autograd.Function):
@@ -141,6 +132,6 @@ def embedding_scores(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, 
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= rows):
                 raise IndexError(f"embedding_scores: {name} entries must lie in [0, {rows})")
         return embedding_scores_reference(query, weight, ids, index, normalize=normalize, eps=eps, sparse=sparse)
-    ids_np = _in_range(ids, weight.shape[0], "ids")
-    index_np = _in_range(index, ids.shape[0], "index")
+    ids_np = checked_indices(ids.detach().numpy(), weight.shape[0], "embedding_scores: ids")
+    index_np = checked_indices(index.detach().numpy(), ids.shape[0], "embedding_scores: index")
     return _EmbeddingScores.apply(query, weight, ids_np, index_np, bool(normalize), float(eps), bool(sparse))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _gather_scores_jit as jit
-from ._bounds_jit import first_out_of_range
+from ._bounds_jit import checked_indices
 from .gather_scores_reference import gather_scores_reference
 
 __all__ = ["gather_scores", "gather_scores_reference"]
@@ -51,15 +51,6 @@ def _check(query: Tensor, vectors: Tensor, index: Tensor) -> None:
     if not (query.device == vectors.device == index.device):
         raise TypeError(f"gather_scores: query, vectors and index must share a device; got "
                         f"{query.device}, {vectors.device}, {index.device}")
-
-
-def _index_array(index: Tensor, num_rows: int) -> np.ndarray:
-    array = np.ascontiguousarray(index.detach().numpy(), dtype=np.int64)
-    bad = first_out_of_range(array, num_rows)
-    if bad >= 0:
-        b, j = divmod(int(bad), max(array.shape[1], 1))
-        raise IndexError(f"gather_scores: index[{b}, {j}] = {int(array[b, j])} is outside [0, {num_rows})")
-    return array
 
 
 class _GatherScores(torch.autograd.Function):
@@ -108,4 +99,4 @@ def gather_scores(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= vectors.shape[0]):
             raise IndexError(f"gather_scores: index entries must lie in [0, {vectors.shape[0]})")
         return gather_scores_reference(query, vectors, index)
-    return _GatherScores.apply(query, vectors, _index_array(index, vectors.shape[0]))
+    return _GatherScores.apply(query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index"))

@@ -3,7 +3,6 @@ benchmark baseline, and the path for dtypes and devices the Numba kernel does no
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

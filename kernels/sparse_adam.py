@@ -26,7 +26,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from ._bounds_jit import first_out_of_range
+from ._bounds_jit import checked_indices
 from .sparse_adam_reference import sparse_adam_reference
 
 __all__ = ["sparse_adam", "sparse_adam_reference"]
@@ -130,10 +130,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
         return
     kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)
               and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq)))
-    rows_np = np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=np.int64)
-    bad = first_out_of_range(rows_np, param.shape[0])
-    if bad >= 0:
-        raise IndexError(f"sparse_adam: rows[{bad}] = {int(rows_np[bad])} is outside [0, {param.shape[0]})")
+    rows_np = checked_indices(rows.detach().cpu().numpy(), param.shape[0], "sparse_adam: rows")
     if not kernel:
         sparse_adam_reference(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
                               eps=eps, weight_decay=weight_decay, decoupled=decoupled)
