@@ -72,16 +72,18 @@ def interpreting() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Block-size heuristics, from D and the dtype. Half-precision tiles follow FlashAttention-2 / Triton's
-# fused-attention tutorial for the same head dimension on H100; compiled for sm_90 without a GPU
-# (`python -m benchmarks.gpu.compile_infonce`), every bf16 variant at D in {64, 96, 128, 256, 320}
-# uses wgmma, pipelines its loads (cp.async) and has no register spills (at most 219 registers with
-# every option on). Their speed has NOT been measured yet (no GPU while writing them):
-# `benchmarks/gpu/run_infonce.py` is the place to check them, and TWOTOWER_INFONCE_AUTOTUNE=1
-# searches a small space on the GPU instead. float32 operands take the exact ("ieee") FMA path
-# (torch's default float32 matmul precision), whose register-hungry layout needs small tiles and D
-# chunks of 64. Under the interpreter tiles are 64 wide and D is cut into 64-wide chunks, so that the
-# tests at small sizes walk several row blocks, column blocks and D chunks.
+# Block-size heuristics, from D, the dtype and whether id masks are on. Half-precision tiles for
+# 64 < D <= 256 are the winners of a tile sweep on an H200 (B = N = 16384, each pass alone, through
+# Triton's autotuner: `python -m benchmarks.gpu.profile_infonce --sweep 16384x128`); they made
+# D = 256 3.0x faster (63.5 -> 21.2 ms at B = N = 65536) and D = 128 1.09x (14.4 -> 13.3 ms);
+# benchmarks/results/infonce-gpu-tuning.md has the numbers. Masked
+# launches at D <= 128 keep 8-warp tiles: the sweep's 4-warp ones spill registers there. Every bf16
+# variant compiles for sm_90 with wgmma and pipelined loads (`python -m benchmarks.gpu.compile_infonce`
+# prints registers and spills without a GPU); TWOTOWER_INFONCE_AUTOTUNE=1 searches tiles at run time
+# instead. float32 operands take the exact ("ieee") FMA path (torch's default float32 matmul
+# precision), whose register-hungry layout needs small tiles and D chunks of 64. Under the
+# interpreter tiles are 64 wide and D is cut into 64-wide chunks, so that the tests at small sizes
+# walk several row blocks, column blocks and D chunks.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -103,41 +105,71 @@ def _single_d(args: dict) -> bool:
     return args["D"] <= args["BLOCK_D"]
 
 
+def _half(args: dict) -> bool:
+    return not args["INTERPRET"] and not _fp32(args)
+
+
+def _mid_half(args: dict) -> bool:
+    """Half precision with 64 < D <= 128 and no id masks (tiles from an H200 sweep at B = N = 16384;
+    with masks on, those 4-warp tiles spill registers, so masked launches keep the 8-warp ones)."""
+    masked = args.get("HAS_IDS") or args.get("HAS_QIDS")
+    return _half(args) and 64 < args["D"] <= 128 and not masked
+
+
+def _wide_half(args: dict) -> bool:
+    """Half precision with 128 < D <= 256: whole D on chip (tiles from the same sweep)."""
+    return _half(args) and 128 < args["D"] <= 256
+
+
 def _fwd_block_m(args: dict) -> int:
     """Forward: rows per program (the query tile held on chip)."""
-    return 64 if args["INTERPRET"] or _fp32(args) else 128
+    return 64 if not _half(args) or _mid_half(args) or _wide_half(args) else 128
 
 
 def _fwd_block_n(args: dict) -> int:
     """Forward: candidate columns per step of the sweep."""
     if args["INTERPRET"]:
         return 64
-    return 32 if _fp32(args) else 64
+    if _fp32(args):
+        return 32
+    return 128 if _mid_half(args) else 64
 
 
 def _bwd_block_own(args: dict) -> int:
     """Backward: rows (dQ pass) or columns (dC pass) whose fp32 gradient a program keeps in
-    registers; [BLOCK, D] fp32 must fit beside the resident input tile, hence half at D > 128."""
-    if args["INTERPRET"] or _fp32(args):
+    registers beside the resident input tile."""
+    if not _half(args) or _mid_half(args) or args["D"] > 256:
         return 64
-    return 128 if args["D"] <= 128 else 64
+    return 128
 
 
 def _bwd_block_stream(args: dict) -> int:
     """Backward: rows / columns streamed past the resident block per step."""
-    return 64 if args["INTERPRET"] else 32
+    if args["INTERPRET"] or _wide_half(args):
+        return 64
+    return 128 if _mid_half(args) else 32
 
 
-def _num_warps(args: dict) -> int:
-    if _fp32(args):
-        return 8
-    return 4 if args["D"] <= 64 else 8
+def _fwd_num_warps(args: dict) -> int:
+    return 4 if _half(args) and (args["D"] <= 64 or _mid_half(args) or _wide_half(args)) else 8
 
 
-def _num_stages(args: dict) -> int:
+def _bwd_num_warps(args: dict) -> int:
+    return 4 if _half(args) and (args["D"] <= 64 or _mid_half(args)) else 8
+
+
+def _fwd_num_stages(args: dict) -> int:
     if _fp32(args):
         return 2
     return 2 if args["D"] > 128 else 3
+
+
+def _dq_num_stages(args: dict) -> int:
+    return 2 if _fp32(args) or args["D"] > 256 else 3
+
+
+def _dc_num_stages(args: dict) -> int:
+    return 2 if _fp32(args) or args["D"] > 256 or _mid_half(args) else 3
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -591,15 +623,15 @@ _D_HEURISTICS = {"BLOCK_D": _block_d, "SINGLE_D": _single_d}
 
 _fwd_heur = triton.heuristics(
     {"BLOCK_M": _fwd_block_m, "BLOCK_N": _fwd_block_n, **_D_HEURISTICS,
-     "num_warps": _num_warps, "num_stages": _num_stages}
+     "num_warps": _fwd_num_warps, "num_stages": _fwd_num_stages}
 )(_fwd_kernel)
 _dq_heur = triton.heuristics(
     {"BLOCK_M": _bwd_block_own, "BLOCK_N": _bwd_block_stream, **_D_HEURISTICS,
-     "num_warps": _num_warps, "num_stages": _num_stages}
+     "num_warps": _bwd_num_warps, "num_stages": _dq_num_stages}
 )(_bwd_dq_kernel)
 _dc_heur = triton.heuristics(
     {"BLOCK_M": _bwd_block_stream, "BLOCK_N": _bwd_block_own, **_D_HEURISTICS,
-     "num_warps": _num_warps, "num_stages": _num_stages}
+     "num_warps": _bwd_num_warps, "num_stages": _dc_num_stages}
 )(_bwd_dc_kernel)
 
 

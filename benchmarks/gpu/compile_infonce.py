@@ -68,6 +68,7 @@ def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tupl
                 flags = dict(HAS_LOGQ=all_on, CORRECT_POS=not all_on, HAS_IDS=all_on, HAS_QIDS=all_on,
                              INTERPRET=False, PRECISION=precision)
                 tag = f"{dt} D={D} {'all-options' if all_on else 'plain'}"
+                base = {**base, **flags}  # the heuristics see the launch's flags, as at run time
                 ce, opts = _heuristic_values(kt._fwd_heur, base)
                 ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64"}
                 yield (f"fwd {tag}", kt._fwd_kernel, ptrs,
