@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from ._gather_scores_jit import group_entries, query_gradient
+from ._prefetch_jit import PREFETCH_DISTANCE, prefetch_row
 from ._gather_scores_jit import forward as scores
 
 
@@ -19,9 +20,13 @@ def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
 
     The table rows are copied once into the compact `rows` [U, D], in the order of `ids`: the
     scoring pass and backward then read a 3 MB array (the positives, first in a batch's `ids`, in
-    sequence) instead of chasing two indirections into the whole table."""
+    sequence) instead of chasing two indirections into the whole table. Rows are requested
+    PREFETCH_DISTANCE iterations ahead (`_prefetch_jit`): the gather is latency-bound."""
     dim = query.shape[1]
-    for u in range(ids.shape[0]):
+    count = ids.shape[0]
+    for u in range(count):
+        if u + PREFETCH_DISTANCE < count:  # the rows are scattered over the table: ask ahead
+            prefetch_row(weight, ids[u + PREFETCH_DISTANCE])
         row = weight[ids[u]]
         s = 1.0
         if normalize:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._prefetch_jit import prefetch_row
+
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def forward(query, vectors, index, out, zero):
@@ -17,6 +19,9 @@ def forward(query, vectors, index, out, zero):
     width = index.shape[1]
     for b in range(batch):
         q = query[b]
+        if b + 1 < batch:  # the next row's candidates are scattered over `vectors`: ask ahead
+            for j in range(width):
+                prefetch_row(vectors, index[b + 1, j])
         for j in range(width):
             v = vectors[index[b, j]]
             acc = zero
