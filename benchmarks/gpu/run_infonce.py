@@ -428,8 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + md, flush=True)
     if not args.no_write:
         slug = "".join(ch if ch.isalnum() else "-" for ch in gpu).strip("-").lower()
-        path = write_results(f"infonce-gpu-{slug}", md, {"correctness": corr_rows, "timings": records, "cublas_bf16_tflops": rate})
+        path = write_results(f"infonce-gpu-{slug}", md, {"device": gpu, "correctness": corr_rows, "timings": records,
+                                                         "cublas_bf16_tflops": rate})
         print(f"wrote {path}")
+        try:
+            from benchmarks.gpu.plot_infonce import plot_infonce
+        except ImportError as exc:  # matplotlib missing: the table is the result, the plot a convenience
+            print(f"no plot ({exc})")
+        else:
+            print(f"wrote {plot_infonce(path.with_suffix('.json'))}")
     return 0 if corr_ok else 1
 
 
