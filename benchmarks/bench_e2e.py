@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from benchmarks import e2e_reference as ref
+from benchmarks.plot_e2e import plot_e2e
 from benchmarks.runner import markdown_table, write_results
 from twotower.config import TrainConfig
 from twotower.data import build_dataset, generate
@@ -149,7 +150,7 @@ def main() -> None:
     table = markdown_table(HEADER, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
     path = write_results("e2e", table, {"rows": rows, "notes": notes})
     print(table)
-    print(f"written to {path}")
+    print(f"written to {path} and {plot_e2e(path.with_suffix('.json'))}")
 
 
 HEADER = ["data", "epochs", "pipeline", "load s", "train s", "samples/s", "eval s", "users/s", "total s",
