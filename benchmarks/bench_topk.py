@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import twotower
+from benchmarks.plot_topk import plot_topk
 from benchmarks.runner import markdown_table, measure, write_results
 
 N, D, B, K, THREADS = 1_000_000, 64, 1024, 100, 2
@@ -158,7 +159,7 @@ def main() -> None:
     )
     path = write_results("topk", summary + table, {"rows": rows, "flops_per_batch": flops})
     print(summary + table)
-    print(f"written to {path}")
+    print(f"written to {path} and {plot_topk(path.with_suffix('.json'))}")
 
 
 # pytest-benchmark entry points (same inputs; a few rounds each).
