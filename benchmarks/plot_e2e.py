@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from benchmarks.plotting import plt, save_png
 
 PHASES = (("load", 3, "C7"), ("train", 4, "C0"), ("evaluate", 6, "C2"))  # (label, column in a row, colour)
 
@@ -45,14 +41,7 @@ def plot_e2e(result_json: str | Path, png: str | Path | None = None) -> Path:
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, png)  # a plot is either whole or absent
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return png
+    return save_png(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from benchmarks.plotting import plt, save_png
 
 METHOD_STYLE = {"fused kernel": "C0", "eager reference": "C3", "torch.compile(reference)": "C1"}
 DIM_STYLE = {64: ":", 128: "-", 256: "--"}
@@ -68,14 +65,7 @@ def plot_infonce(result_json: str | Path, png: str | Path | None = None) -> Path
     card = data.get("device") or result_json.stem.removeprefix("infonce-gpu-")
     fig.suptitle(f"Fused InfoNCE on {card}", fontsize="medium")
     fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, png)  # a plot is either whole or absent
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return png
+    return save_png(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:
