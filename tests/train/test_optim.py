@@ -104,3 +104,79 @@ def test_training_step_threads_leave_one_core_to_the_batch_worker(monkeypatch):
     assert train.step_threads(0, cpu) == 1
     monkeypatch.setattr(train.os, "cpu_count", lambda: None)
     assert train.step_threads(0, cpu) == 1
+
+
+class Wide(nn.Module):
+    """A 5000 x 64 sparse table: a step over 4500 rows is large enough for the background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.table = nn.Embedding(5000, 64)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).pow(2).sum(dim=1).sqrt().sum()
+
+
+def _record_threads(monkeypatch) -> list[str]:
+    import threading
+
+    import twotower.optim as optim_module
+
+    names: list[str] = []
+    real = optim_module.sparse_adam
+
+    def recording(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optim_module, "sparse_adam", recording)
+    return names
+
+
+def test_background_updates_match_inline_ones_bit_for_bit(monkeypatch):
+    names = _record_threads(monkeypatch)
+    inline, background = Wide(), Wide()
+    opt_inline = make_optimizer([inline], OptimConfig(lr=0.05))
+    opt_background = make_optimizer([background], OptimConfig(lr=0.05))
+    opt_background.update_in_background([background.table.weight])
+    generator = torch.Generator().manual_seed(3)
+    sizes = [4500, 10, 4500, 4500, 7]  # 10 and 7 rows: too small for the hand-over, stay inline
+    for size in sizes:
+        ids = torch.randint(0, 5000, (size,), generator=generator)
+        for model, opt in ((inline, opt_inline), (background, opt_background)):
+            opt.zero_grad(set_to_none=True)
+            model(ids).backward()
+            opt.step()
+        # state_dict waits for the pending update, so it always sees the finished step
+        a, b = opt_inline.state_dict()["state"][0], opt_background.state_dict()["state"][0]
+        assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+    opt_background.synchronize()
+    assert torch.equal(inline.table.weight, background.table.weight)
+    on_worker = [name.startswith("twotower-lazyadam") for name in names[1::2]]  # the background model's calls
+    assert on_worker == [size * 64 >= 1 << 18 for size in sizes]
+
+
+def test_a_failed_background_update_is_raised_by_synchronize(monkeypatch):
+    import twotower.optim as optim_module
+
+    model = Wide()
+    opt = make_optimizer([model], OptimConfig(lr=0.05))
+    opt.update_in_background([model.table.weight])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(optim_module, "sparse_adam", broken)
+    model(torch.arange(4500)).backward()
+    opt.step()  # returns: the update runs on the worker
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        opt.synchronize()
+    opt.synchronize()  # reported once
+
+
+def test_update_in_background_takes_only_this_optimizers_tables():
+    model, other = Wide(), Wide()
+    opt = make_optimizer([model], OptimConfig())
+    with pytest.raises(ValueError, match="update_in_background"):
+        opt.update_in_background([other.table.weight])
