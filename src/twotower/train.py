@@ -14,7 +14,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
 from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
-from twotower.optim import LazyAdam, clip_grad_norm, learning_rate, make_optimizer
+from twotower.optim import clip_grad_norm, learning_rate, make_optimizer
 from twotower.plots import plot_training
 
 CHECKPOINTS = "checkpoints"
@@ -89,8 +88,7 @@ def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | No
     return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
 
-def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device, *,
-               before_items: Callable[[], None] | None = None) -> torch.Tensor:
+def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
     """Encodes one batch with both towers and returns its loss.
 
     logQ: in-batch kinds get log(B q) for the in-batch candidates and log(M q) for the M shared ones
@@ -98,17 +96,13 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     Every item of the batch (positives, per-row and shared negatives) is encoded once (the batch
     lists its distinct items), so a catalogue item drawn many times costs one tower pass, and all its
     occurrences share one vector. Item-side vectors go through the model's inner-product form, so
-    every loss (dot products) ranks by the model's scoring. `before_items` runs after the user side
-    and before anything reads the item tower (the trainer waits there for the item table's update
-    of the previous step, which runs in the background meanwhile)."""
+    every loss (dot products) ranks by the model's scoring."""
     in_batch = getattr(getattr(loss_fn, "config", None), "kind", None) in IN_BATCH_KINDS
     users, items = _tensor(batch.users, device), _tensor(batch.items, device)
     negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
     history_target = items if model.config.user_history else None
     query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
 
-    if before_items is not None:
-        before_items()
     distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None)
     item_rows = _tensor(batch.item_rows, device)
     # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
@@ -142,22 +136,6 @@ def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: boo
         return model.inner_product_form(None, model.encode_items(codes))[1]
     table, ids, normalize = rows
     return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
-
-
-def _item_table_in_background(model: TwoTowerModel, optimizer: torch.optim.Optimizer) -> bool:
-    """Lets the item table's row-sparse step of one batch overlap the next batch's user side (the
-    step is memory-bound; on a 1M-row step about 8% of its time, measured with alternating blocks of
-    steps): when the optimizer is `LazyAdam`, the item tower is an id embedding alone and the user
-    tower does not read that table (no history pooled from it). The trainer then waits for the
-    update before the item side."""
-    if not isinstance(optimizer, LazyAdam) or not model.item_tower.is_id_lookup:
-        return False
-    table = model.item_tower.id_embedding.weight
-    if (model.config.user_history and model.config.share_item_embeddings) or any(
-            p is table for p in model.user_tower.parameters()):
-        return False
-    optimizer.update_in_background([table])
-    return True
 
 
 def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:
@@ -248,7 +226,6 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                             config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
     total_steps = loop.epochs * len(batches)
-    before_items = optimizer.synchronize if _item_table_in_background(model, optimizer) else None
     autocast = device.type == "cuda" and loop.amp
 
     start_epoch, step, best, best_epoch, stale, history = 0, 0, -math.inf, -1, 0, []
@@ -291,7 +268,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = batch_loss(model, loss_fn, batch, device, before_items=before_items)
+                    loss = batch_loss(model, loss_fn, batch, device)
                 value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
                 if not math.isfinite(value):
                     raise TrainingDiverged(
@@ -307,8 +284,6 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                 loss_sum += value * len(batch.users)
                 seen += len(batch.users)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
-        if before_items is not None:
-            before_items()  # evaluation and checkpoints below read the item table
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                                   "samples_per_s": seen / seconds, "epoch_seconds": seconds}

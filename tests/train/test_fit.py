@@ -53,8 +53,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     config = tiny_config(epochs=3)
     real = train_module.batch_loss
 
-    def poisoned(model, loss_fn, batch, device, **options):
-        loss = real(model, loss_fn, batch, device, **options)
+    def poisoned(model, loss_fn, batch, device):
+        loss = real(model, loss_fn, batch, device)
         return loss * float("nan") if (batch.epoch, batch.index) == (1, 2) else loss  # third step of epoch 2
 
     monkeypatch.setattr(train_module, "batch_loss", poisoned)
@@ -271,56 +271,3 @@ def test_item_vectors_stay_in_the_table_only_where_that_is_exact():
                          dc.replace(config.model, item=TowerConfig(hidden_dims=[8]))):
         config.model = model_config
         assert build_model(config, dataset).item_table_rows(codes) is None
-
-
-def test_item_table_updated_in_the_background_only_when_nothing_else_reads_it():
-    import dataclasses as dc
-
-    from twotower.data import build_dataset, generate
-    from twotower.model import TowerConfig
-    from twotower.optim import make_optimizer
-    from twotower.train import _item_table_in_background, build_model
-
-    dataset = build_dataset(generate(30, 20, interactions_per_user=4, seed=0))
-    base = tiny_config()
-
-    def decide(model_config, **optim) -> bool:
-        config = dc.replace(base, model=model_config, optim=dc.replace(base.optim, **optim))
-        model = build_model(config, dataset)
-        return _item_table_in_background(model, make_optimizer([model], config.optim))
-
-    assert decide(base.model)
-    assert decide(dc.replace(base.model, user_history=True, share_item_embeddings=False))
-    assert not decide(dc.replace(base.model, user_history=True, share_item_embeddings=True))  # users read it
-    assert not decide(dc.replace(base.model, item=TowerConfig(hidden_dims=[8])))  # not a plain lookup
-    assert not decide(base.model, sparse_embeddings=False)  # torch's AdamW: no row-sparse step
-
-
-def test_item_table_updated_in_the_background_trains_bit_identically(tmp_path, monkeypatch):
-    import threading
-
-    from safetensors.torch import load_file
-
-    import twotower.optim as optim_module
-
-    monkeypatch.setattr(optim_module, "BACKGROUND_MIN_VALUES", 0)  # the tiny steps go to the worker too
-    threads: set[str] = set()
-    real = optim_module.sparse_adam
-
-    def recording(param, *args, **kwargs):
-        threads.add(threading.current_thread().name)
-        return real(param, *args, **kwargs)
-
-    monkeypatch.setattr(optim_module, "sparse_adam", recording)
-    config = tiny_config(epochs=2)
-    fit(config, tmp_path / "background")
-    assert any(name.startswith("twotower-lazyadam") for name in threads)
-    threads.clear()
-    monkeypatch.setattr(train_module, "_item_table_in_background", lambda model, optimizer: False)
-    fit(config, tmp_path / "inline")
-    assert threads and not any(name.startswith("twotower-lazyadam") for name in threads)
-    background = load_file(str(tmp_path / "background" / "model" / "model.safetensors"))
-    inline = load_file(str(tmp_path / "inline" / "model" / "model.safetensors"))
-    assert background.keys() == inline.keys()
-    for name in background:
-        assert (background[name] == inline[name]).all(), name
