@@ -1,13 +1,38 @@
 """Test-wide setup. Triton kernels run under the CPU interpreter when no CUDA device is present;
 the variable must be set before triton is first imported, which is why it lives here."""
 
+import hashlib
 import importlib
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+
+
+def _drop_stale_numba_caches() -> None:
+    """Numba's on-disk cache notices a change in a kernel's own file, not in a kernel it calls from
+    another module (edit `_gather_scores_jit.py` and `_embedding_scores_jit`'s cache stays stale).
+    When any kernels/*.py changed since the caches were written, drop them all before the tests."""
+    kernels = Path(importlib.util.find_spec("twotower.kernels").submodule_search_locations[0])
+    cache = kernels / "__pycache__"
+    if not cache.is_dir():
+        return
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(kernels.glob("*.py")))).hexdigest()
+    stamp = cache / "twotower-kernel-sources.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for path in cache.glob("*.nb[ic]"):
+            path.unlink(missing_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only installation: its caches were written from these very sources
+        pass
+
+
+_drop_stale_numba_caches()
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
