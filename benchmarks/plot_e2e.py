@@ -7,11 +7,10 @@ redraw a committed result:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from benchmarks.plotting import plt, save_png
+from benchmarks.plotting import plot_main, plt, save_png
 
 PHASES = (("load", 3, "C7"), ("train", 4, "C0"), ("evaluate", 6, "C2"))  # (label, column in a row, colour)
 
@@ -45,12 +44,7 @@ def plot_e2e(result_json: str | Path, png: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("result", help="benchmarks/results/e2e.json written by bench_e2e")
-    p.add_argument("--out", default=None, help="PNG path (default: next to the JSON)")
-    args = p.parse_args(argv)
-    print(f"wrote {plot_e2e(args.result, args.out)}")
-    return 0
+    return plot_main(plot_e2e, __doc__, "benchmarks/results/e2e.json written by bench_e2e", argv)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ table; to redraw a committed result:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from benchmarks.plotting import plt, save_png
+from benchmarks.plotting import plot_main, plt, save_png
 
 
 def plot_topk(result_json: str | Path, png: str | Path | None = None) -> Path:
@@ -42,12 +41,7 @@ def plot_topk(result_json: str | Path, png: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("result", help="benchmarks/results/topk.json written by bench_topk")
-    p.add_argument("--out", default=None, help="PNG path (default: next to the JSON)")
-    args = p.parse_args(argv)
-    print(f"wrote {plot_topk(args.result, args.out)}")
-    return 0
+    return plot_main(plot_topk, __doc__, "benchmarks/results/topk.json written by bench_topk", argv)
 
 
 if __name__ == "__main__":

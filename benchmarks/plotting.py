@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plt", "save_png"]
+__all__ = ["plot_main", "plt", "save_png"]
 
 
 def save_png(fig: "plt.Figure", png: str | Path) -> Path:
@@ -24,3 +26,13 @@ def save_png(fig: "plt.Figure", png: str | Path) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return png
+
+
+def plot_main(plot: Callable[[Path, Path | None], Path], doc: str, result_help: str, argv: list[str] | None) -> int:
+    """The command line of a plot module: RESULT.json [--out PNG] -> `plot(result, out)`."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("result", type=Path, help=result_help)
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: next to the JSON)")
+    args = p.parse_args(argv)
+    print(f"wrote {plot(args.result, args.out)}")
+    return 0

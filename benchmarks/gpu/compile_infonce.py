@@ -68,18 +68,18 @@ def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tupl
                 flags = dict(HAS_LOGQ=all_on, CORRECT_POS=not all_on, HAS_IDS=all_on, HAS_QIDS=all_on,
                              INTERPRET=False, PRECISION=precision)
                 tag = f"{dt} D={D} {'all-options' if all_on else 'plain'}"
-                base = {**base, **flags}  # the heuristics see the launch's flags, as at run time
-                ce, opts = _heuristic_values(kt._fwd_heur, base)
+                launch = {**base, **flags}  # the heuristics see the launch's flags, as at run time
+                ce, opts = _heuristic_values(kt._fwd_heur, launch)
                 ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64"}
                 yield (f"fwd {tag}", kt._fwd_kernel, ptrs,
                        dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, IS_SPLIT=all_on, **flags, **ce), opts, D)
-                ce, opts = _heuristic_values(kt._dq_heur, base)
+                ce, opts = _heuristic_values(kt._dq_heur, launch)
                 ptrs = {"Q_ptr": dt, "K_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64",
                         "DQ_ptr": "fp32" if all_on else dt}
                 yield (f"dq  {tag}", kt._bwd_dq_kernel, ptrs,
                        dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, SYMMETRIC=all_on, COMPUTE_DTAU=all_on,
                             **flags, **ce), opts, D)
-                ce, opts = _heuristic_values(kt._dc_heur, base)
+                ce, opts = _heuristic_values(kt._dc_heur, launch)
                 for is_extra in (False, True):
                     ptrs = {"Q_ptr": dt, "C_ptr": dt, "DC_ptr": "fp32" if all_on else dt, "IDS_ptr": "i64",
                             "QIDS_ptr": "i64", "CIDS_ptr": "i64"}

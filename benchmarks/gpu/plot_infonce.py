@@ -7,13 +7,12 @@ to redraw a committed result (needs matplotlib, nothing else):
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import matplotlib.ticker
 
-from benchmarks.plotting import plt, save_png
+from benchmarks.plotting import plot_main, plt, save_png
 
 METHOD_STYLE = {"fused kernel": "C0", "eager reference": "C3", "torch.compile(reference)": "C1"}
 DIM_STYLE = {64: ":", 128: "-", 256: "--"}
@@ -69,12 +68,7 @@ def plot_infonce(result_json: str | Path, png: str | Path | None = None) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("result", help="a benchmarks/results/infonce-gpu-*.json written by run_infonce")
-    p.add_argument("--out", default=None, help="PNG path (default: next to the JSON)")
-    args = p.parse_args(argv)
-    print(f"wrote {plot_infonce(args.result, args.out)}")
-    return 0
+    return plot_main(plot_infonce, __doc__, "a benchmarks/results/infonce-gpu-*.json written by run_infonce", argv)
 
 
 if __name__ == "__main__":

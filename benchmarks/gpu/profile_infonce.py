@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 from benchmarks.gpu.run_infonce import Device, fwd_bwd, load_kernels, make_inputs
 
@@ -33,39 +34,47 @@ def shapes(spec: str) -> list[tuple[int, int]]:
     return [tuple(int(x) for x in item.split("x")) for item in spec.split(",") if item]
 
 
+PASS_UNITS = {"fwd": 2, "dq": 4, "dk": 4}  # FLOPs of each pass in units of B·N·D
+
+
+def issue_ms(dev: Device, step: Callable[[], object], reps: int) -> float:
+    """Median CPU milliseconds to issue `step` (the GPU idle before each call, not waited for)."""
+    samples = []
+    for _ in range(reps):
+        dev.sync()
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    dev.sync()
+    return statistics.median(samples)
+
+
 def time_passes(torch, kt, dev: Device, B: int, D: int) -> None:
-    """Milliseconds and TFLOP/s of forward_lse, backward_dq and backward_dc alone."""
+    """Milliseconds and TFLOP/s of forward_lse, backward_dq and backward_dc alone, with the split
+    heuristic and, where it splits, without splitting."""
     leaves, _ = make_inputs(torch, B, 0, D, torch.bfloat16, "cuda", seed=3, options=False)
     q, k = leaves["q"].detach(), leaves["k"].detach()
     temp = torch.full((), 0.05, device="cuda")
     side = kt.Side()
     lse, _ = kt.forward_lse(q, k, temp, side)
     g = torch.full((B,), 1.0 / B, device="cuda")
-    passes = {
-        "fwd": (lambda: kt.forward_lse(q, k, temp, side), 2),
-        "dq": (lambda: kt.backward_dq(q, k, temp, side, lse, None, g, compute_dtau=False), 4),
-        "dk": (lambda: kt.backward_dc(q, k, temp, side, lse, None, g, is_extra=False), 4),
-    }
+
+    def passes(splits: int | None) -> dict[str, Callable[[], object]]:
+        return {
+            "fwd": lambda: kt.forward_lse(q, k, temp, side, splits=splits),
+            "dq": lambda: kt.backward_dq(q, k, temp, side, lse, None, g, compute_dtau=False, splits=splits),
+            "dk": lambda: kt.backward_dc(q, k, temp, side, lse, None, g, is_extra=False, splits=splits),
+        }
+
     parts = []
-    for name, (fn, units) in passes.items():
+    for name, fn in passes(None).items():
         ms = dev.time_ms(fn, warmup=2, min_reps=5, budget_s=0.5)
-        issue = []
-        for _ in range(10):
-            dev.sync()
-            t0 = time.perf_counter()
-            fn()
-            issue.append((time.perf_counter() - t0) * 1e3)
-        dev.sync()
-        parts.append(f"{name} {ms:.3f} ms {units * B * B * D / (ms * 1e-3) / 1e12:.0f} TF/s (host {statistics.median(issue):.3f} ms)")
+        rate = PASS_UNITS[name] * B * B * D / (ms * 1e-3) / 1e12
+        parts.append(f"{name} {ms:.3f} ms {rate:.0f} TF/s (host {issue_ms(dev, fn, 10):.3f} ms)")
     splits = kt.choose_splits(B, B, q.device)
     print(f"passes B=N={B} D={D} (splits {splits}): " + " | ".join(parts), flush=True)
     if splits > 1:  # what the split-column path buys at this size
-        whole = {
-            "fwd": lambda: kt.forward_lse(q, k, temp, side, splits=1),
-            "dq": lambda: kt.backward_dq(q, k, temp, side, lse, None, g, compute_dtau=False, splits=1),
-            "dk": lambda: kt.backward_dc(q, k, temp, side, lse, None, g, is_extra=False, splits=1),
-        }
-        ms = {name: dev.time_ms(fn, warmup=2, min_reps=5, budget_s=0.3) for name, fn in whole.items()}
+        ms = {name: dev.time_ms(fn, warmup=2, min_reps=5, budget_s=0.3) for name, fn in passes(1).items()}
         print(f"passes B=N={B} D={D} (splits 1): " + " | ".join(f"{n} {v:.3f} ms" for n, v in ms.items()), flush=True)
 
 
@@ -74,14 +83,8 @@ def host_cost(torch, mod, dev: Device, B: int, D: int) -> None:
     leaves, opts = make_inputs(torch, B, 0, D, torch.bfloat16, "cuda", seed=4, options=False)
     step = fwd_bwd(mod.infonce, leaves, opts, 0.05)
     gpu_ms = dev.time_ms(step, warmup=3, min_reps=10, budget_s=0.3)
-    issue = []
-    for _ in range(20):
-        dev.sync()
-        t0 = time.perf_counter()
-        step()
-        issue.append((time.perf_counter() - t0) * 1e3)
-        dev.sync()
-    print(f"host B=N={B} D={D}: step (events) {gpu_ms:.3f} ms, CPU issue time {statistics.median(issue):.3f} ms", flush=True)
+    print(f"host B=N={B} D={D}: step (events) {gpu_ms:.3f} ms, CPU issue time {issue_ms(dev, step, 20):.3f} ms",
+          flush=True)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -117,7 +120,7 @@ def sweep(torch, kt, B: int, D: int) -> None:
     kt.backward_dc(q, k, temp, side, lse, None, g, is_extra=False, splits=1)
     torch.cuda.synchronize()
     print(f"sweep B=N={B} D={D}: {len(configs)} configs per pass, {time.perf_counter() - t0:.0f} s", flush=True)
-    for name, kernel, units in zip(("fwd", "dq", "dk"), kt._tuned_kernels(), (2, 4, 4)):
+    for (name, units), kernel in zip(PASS_UNITS.items(), kt._tuned_kernels()):
         timings = getattr(kernel, "configs_timings", None) or {}
         ranked = sorted(((t[0] if isinstance(t, (list, tuple)) else t), str(c)) for c, t in timings.items())
         for ms, cfg in ranked[:6]:
