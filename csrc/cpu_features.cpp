@@ -22,6 +22,7 @@ bool cpu_can_screen() {
 #if defined(TWOTOWER_X86)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
 #else
     return false;

@@ -11,20 +11,12 @@ constexpr float kMaxCode = 127.0f;
 constexpr double kUnit = 0x1p-24;             // float32 unit roundoff
 constexpr double kSmallestNormal = 0x1p-126;  // float32: below this, roundings (or flushes) are absolute
 
-struct RowCodes {
-    float scale = 0.0f;
-    double code_norm = 0.0, residual_norm = 0.0, max_abs = 0.0;
-    bool finite = true;
-};
-
-constexpr int kChunk = 256;  // codes are produced this many dims at a time, on the stack
-
-// Codes one row (element stride `stride`), handing each chunk of codes to store(first_dim, codes, n).
-// The codes may be rounded any way: the norms are computed from what was stored, in double (four
-// partial sums, so that the loop does not wait on one chain of additions).
-template <typename StoreChunk>
-RowCodes code_row(const float* row, int64_t stride, int64_t dim, StoreChunk&& store) {
-    RowCodes r;
+// Codes one row (element stride `stride`) into codes[0, dim). The codes may be rounded any way: the
+// norms are computed from what was stored, in double (four partial sums, so that the loop does not
+// wait on one chain of additions).
+RowCode code_row(const float* row, int64_t stride, int64_t dim, int8_t* codes) {
+    RowCode r{};
+    r.finite = true;
     // max |x| through the bits: for finite floats the order of |x| is the order of their bits, and
     // NaN or infinity has the largest exponent.
     uint32_t max_bits = 0;
@@ -36,10 +28,8 @@ RowCodes code_row(const float* row, int64_t stride, int64_t dim, StoreChunk&& st
     }
     float max_abs;
     std::memcpy(&max_abs, &max_bits, sizeof(max_abs));
-    int8_t codes[kChunk];
     if (max_bits >= 0x7f800000u || max_bits == 0) {
-        std::memset(codes, 0, sizeof(codes));
-        for (int64_t d0 = 0; d0 < dim; d0 += kChunk) store(d0, codes, std::min<int64_t>(kChunk, dim - d0));
+        std::memset(codes, 0, static_cast<size_t>(dim));
         r.finite = max_bits < 0x7f800000u;
         if (!r.finite) r.max_abs = INFINITY;
         return r;
@@ -56,20 +46,23 @@ RowCodes code_row(const float* row, int64_t stride, int64_t dim, StoreChunk&& st
         code_acc += coded * coded;
         residual_acc += residual * residual;
     };
-    for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
-        const int64_t n = std::min<int64_t>(kChunk, dim - d0);
-        const float* x = row + d0 * stride;
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4)
-            for (int lane = 0; lane < 4; ++lane)
-                code_one(x[(j + lane) * stride], codes[j + lane], code_sq[lane], residual_sq[lane]);
-        for (; j < n; ++j) code_one(x[j * stride], codes[j], code_sq[0], residual_sq[0]);
-        store(d0, codes, n);
-    }
+    int64_t d = 0;
+    for (; d + 4 <= dim; d += 4)
+        for (int lane = 0; lane < 4; ++lane) code_one(row[(d + lane) * stride], codes[d + lane], code_sq[lane], residual_sq[lane]);
+    for (; d < dim; ++d) code_one(row[d * stride], codes[d], code_sq[0], residual_sq[0]);
     r.code_norm = std::sqrt((code_sq[0] + code_sq[1]) + (code_sq[2] + code_sq[3]));
     r.residual_norm = std::sqrt((residual_sq[0] + residual_sq[1]) + (residual_sq[2] + residual_sq[3]));
     r.max_abs = max_abs;
     return r;
+}
+
+// The AVX-512 coder where it applies (contiguous rows on a CPU that screens), else the portable one.
+RowCode code_any_row(const float* row, int64_t stride, int64_t dim, int8_t* codes) {
+#if defined(TWOTOWER_X86)
+    RowCode r;
+    if (stride == 1 && code_row_avx512_vnni(row, dim, codes, r)) return r;
+#endif
+    return code_row(row, stride, dim, codes);
 }
 
 }  // namespace
@@ -91,28 +84,31 @@ void quantize_panels(const ItemView& items, int64_t first_panel, int64_t count, 
                      const CodePanelFloats& floats, ItemCodeStats& stats) {
     const int64_t dim = items.dim, padded = padded_dim(dim);
     const int64_t panel_bytes = code_panel_bytes(dim);
+    alignas(64) int8_t row_codes[kMaxCodeDim];
     for (int64_t p = 0; p < count; ++p) {
         uint8_t* panel = codes + p * panel_bytes;
         const int64_t first = (first_panel + p) * kPanel;
         for (int lane = 0; lane < kPanel; ++lane) {
             const int64_t item = first + lane;
-            const auto slot = [&](int64_t d) -> uint8_t& {
-                return panel[(d / kGroup) * kPanel * kGroup + lane * kGroup + d % kGroup];
-            };
-            for (int64_t d = dim; d < padded; ++d) slot(d) = 128;
             const int64_t at = p * kPanel + lane;
-            if (item >= items.num_items) {
-                for (int64_t d = 0; d < dim; ++d) slot(d) = 128;
-                floats.scale[at] = floats.residual[at] = floats.span[at] = 0.0f;
-                continue;
+            RowCode r{};
+            r.finite = true;
+            if (item < items.num_items) {
+                r = code_any_row(items.data + item * items.row_stride, items.col_stride, dim, row_codes);
+            } else {
+                std::memset(row_codes, 0, static_cast<size_t>(dim));
             }
-            const RowCodes r = code_row(items.data + item * items.row_stride, items.col_stride, dim,
-                                        [&](int64_t d0, const int8_t* codes, int64_t n) {
-                                            for (int64_t j = 0; j < n; ++j) slot(d0 + j) = static_cast<uint8_t>(codes[j] + 128);
-                                        });
+            std::memset(row_codes + dim, 0, static_cast<size_t>(padded - dim));
+            for (int64_t g = 0; g < padded / kGroup; ++g) {  // +128: the unsigned operand of vpdpbusd
+                uint32_t word;
+                std::memcpy(&word, row_codes + g * kGroup, sizeof(word));
+                word ^= 0x80808080u;
+                std::memcpy(panel + g * kPanel * kGroup + lane * kGroup, &word, sizeof(word));
+            }
             floats.scale[at] = r.scale;
             floats.residual[at] = round_up(r.residual_norm);
             floats.span[at] = round_up(r.residual_norm + r.code_norm);
+            if (item >= items.num_items) continue;
             stats.max_code_norm = std::max(stats.max_code_norm, r.code_norm);
             stats.max_residual_norm = std::max(stats.max_residual_norm, r.residual_norm);
             stats.max_abs = std::max(stats.max_abs, r.max_abs);
@@ -138,13 +134,9 @@ void quantize_queries(const float* queries, int64_t num_queries, int64_t stride,
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t q = 0; q < num_queries; ++q) {
         int8_t* row = out.codes.data() + q * padded;
+        const RowCode r = code_any_row(queries + q * stride, 1, dim, row);
         int32_t sum = 0;
-        const RowCodes r = code_row(queries + q * stride, 1, dim, [&](int64_t d0, const int8_t* codes, int64_t n) {
-            for (int64_t j = 0; j < n; ++j) {
-                row[d0 + j] = codes[j];
-                sum += codes[j];
-            }
-        });
+        for (int64_t d = 0; d < dim; ++d) sum += row[d];
         out.offset[q] = -128 * sum;
         out.scale[q] = r.scale;
         // In units of the scale. The residual carries the allowance for every float32 rounding of

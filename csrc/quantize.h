@@ -11,6 +11,9 @@
 
 namespace twotower {
 
+// Rows longer than this are not coded (screen.cpp scans them in float32): int32 accumulators of
+// 255 * 127 * D cannot overflow, and a row's codes fit on the stack.
+constexpr int64_t kMaxCodeDim = 16384;
 // The VNNI dot product consumes 4 bytes per lane per step: dims are padded to a multiple of 4.
 constexpr int kGroup = 4;
 inline int64_t padded_dim(int64_t dim) { return (dim + kGroup - 1) / kGroup * kGroup; }

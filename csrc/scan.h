@@ -74,6 +74,15 @@ struct CodeScanTask {
     QueryState* states;
 };
 
+// One row coded as scale * code + residual (quantize.h): codes are integers in [-127, 127].
+struct RowCode {
+    float scale;           // max |x| / 127; 0 for a zero or non-finite row (whose codes are 0)
+    double code_norm;      // ||scale * code||
+    double residual_norm;  // ||x - scale * code||
+    double max_abs;        // max |x| (infinity for a non-finite row)
+    bool finite;
+};
+
 void scan_generic(const ScanTask& task);
 #if defined(TWOTOWER_X86)
 void scan_avx2(const ScanTask& task);
@@ -83,6 +92,9 @@ void scan_codes_avx512_vnni(const CodeScanTask& task);
 // for one query, summed in
 // the order of the float32 scan kernels (one fused multiply-add per dim, dim 0 first), so that a
 // rescored candidate gets exactly the score scan_avx512 would have given it.
+// Codes a contiguous row into codes[0, dim); false (nothing written) for rows it leaves to the
+// portable coder (values so small that 127 / max |x| overflows).
+bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode& out);
 void rescore_avx512_vnni(const float* query, const float* items, int64_t row_stride, int64_t col_stride,
                          int64_t dim, const int64_t* ids, int64_t count, float* scores);
 #endif

@@ -2,7 +2,8 @@
 // vpdpbusd (64 byte products per instruction, ~2.5x the multiply-adds of the float32 kernel on the
 // same core), then turned into bounds of each score (scan.h): an upper bound that reaches the
 // query's threshold makes the item a candidate.
-// Compiled with -mavx512f -mavx512bw -mavx512vnni -mfma only.
+// Also the AVX-512 row coder of the screening pass (quantize.cpp's fast path).
+// Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mfma only.
 #include <immintrin.h>
 
 #include <cmath>
@@ -95,6 +96,50 @@ void scan_codes_avx512_vnni(const CodeScanTask& t) {
         case 1: avx512_vnni::scan_rows<1>(t, q0); break;
         default: break;
     }
+}
+
+bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode& out) {
+    const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
+    __m512i max_bits = _mm512_setzero_si512();
+    for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = dim - d >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - d)) - 1);
+        max_bits = _mm512_max_epu32(max_bits, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, row + d), abs_bits));
+    }
+    const uint32_t bits = _mm512_reduce_max_epu32(max_bits);
+    float max_abs;
+    std::memcpy(&max_abs, &bits, sizeof(max_abs));
+    out.scale = 0.0f;
+    out.code_norm = out.residual_norm = 0.0;
+    out.finite = bits < 0x7f800000u;  // no NaN or infinity
+    out.max_abs = out.finite ? max_abs : INFINITY;
+    if (!out.finite || bits == 0) {
+        std::memset(codes, 0, static_cast<size_t>(dim));
+        return true;
+    }
+    const float inverse = 127.0f / max_abs;
+    if (!std::isfinite(inverse)) return false;
+    out.scale = max_abs / 127.0f;
+    const __m512 inv = _mm512_set1_ps(inverse);
+    const __m512d scale = _mm512_set1_pd(out.scale);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512d code_sq = _mm512_setzero_pd(), residual_sq = _mm512_setzero_pd();
+    for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = dim - d >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - d)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, row + d);  // masked-off lanes are 0: code 0, residual 0
+        const __m512i c = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x, inv))));
+        _mm512_mask_cvtepi32_storeu_epi8(codes + d, m, c);
+        for (int half = 0; half < 2; ++half) {  // the norms in double: scale * code and x - scale * code are exact
+            const __m512d xd = _mm512_cvtps_pd(half ? _mm512_extractf32x8_ps(x, 1) : _mm512_castps512_ps256(x));
+            const __m512d coded =
+                _mm512_mul_pd(scale, _mm512_cvtepi32_pd(half ? _mm512_extracti64x4_epi64(c, 1) : _mm512_castsi512_si256(c)));
+            const __m512d residual = _mm512_sub_pd(xd, coded);
+            code_sq = _mm512_fmadd_pd(coded, coded, code_sq);
+            residual_sq = _mm512_fmadd_pd(residual, residual, residual_sq);
+        }
+    }
+    out.code_norm = std::sqrt(_mm512_reduce_add_pd(code_sq));
+    out.residual_norm = std::sqrt(_mm512_reduce_add_pd(residual_sq));
+    return true;
 }
 
 void rescore_avx512_vnni(const float* query, const float* items, int64_t row_stride, int64_t col_stride,

@@ -15,7 +15,6 @@ namespace twotower {
 namespace {
 
 constexpr int64_t kBlockBytes = 256 * 1024;   // a block of codes stays in L2 while queries stream over it
-constexpr int64_t kMaxDim = 16384;            // int32 accumulators cannot overflow: 255 * 127 * D < 2^31
 constexpr int64_t kMinItemsPerResult = 8;     // below this the float32 scan costs about as much
 constexpr int64_t kMinRawQueries = 128;       // coding a raw matrix on the fly pays off from here
 constexpr double kSmallestScale = 0x1p-100;   // below this a query's margin (quantize.cpp) would be huge
@@ -171,7 +170,7 @@ CodePanelFloats CodedItems::floats(int64_t first_panel) const {
 bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* coded, SearchReport& report) {
 #if defined(TWOTOWER_X86)
     const int64_t nq = a.num_queries;
-    if (nq == 0 || rows.dim > kMaxDim || rows.num_items < kMinItemsPerResult * a.k) return false;
+    if (nq == 0 || rows.dim > kMaxCodeDim || rows.num_items < kMinItemsPerResult * a.k) return false;
     if (coded && (!coded->stats().finite || coded->stats().max_abs * 127.0 * rows.dim > kHuge)) return false;
     if (!coded && nq < kMinRawQueries) return false;
 

@@ -162,9 +162,13 @@ def test_items_the_bounds_cannot_cover_are_answered_in_float32(value):
 
 
 def test_tiny_values_near_the_float32_underflow():
+    """Scores near the float32 underflow, and subnormal rows (too small for the AVX-512 coder, which
+    leaves them to the portable one)."""
     rng = fresh_rng()
     items = rng.standard_normal((3000, 16), dtype=np.float32) * np.float32(1e-19)
+    items[::7] *= np.float32(1e-20)  # subnormal entries
     queries = rng.standard_normal((130, 16), dtype=np.float32) * np.float32(1e-19)
+    queries[::5] *= np.float32(1e-20)
     for raw in (False, True):
         *got, report = screened(queries, items, 10, threads=2, raw=raw)
         assert report["screened"]
