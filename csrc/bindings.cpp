@@ -141,7 +141,7 @@ std::optional<Exclusions> resolve_exclude(const py::object& indptr_obj, const py
     return ex;
 }
 
-twotower::ScanFn resolve_simd(const std::string& simd) {
+twotower::ScanPath resolve_simd(const std::string& simd) {
     try {
         return twotower::resolve_isa(simd);
     } catch (const std::invalid_argument& e) {
@@ -155,11 +155,11 @@ ItemView item_view(const py::array& items) {
 }
 
 // Shared by topk() and PackedItems.search(): validates queries/k/exclude, allocates the outputs,
-// then runs `kernel` without the GIL.
+// then runs `kernel` without the GIL. With `with_report`, a third element says what the search did.
 template <typename Kernel>
 py::tuple search(const py::object& queries_obj, int64_t num_items, int64_t dim, const py::object& k_obj,
                  const py::object& exclude_indptr, const py::object& exclude_indices, const py::object& num_threads,
-                 const std::string& simd, Kernel&& kernel) {
+                 const std::string& simd, bool with_report, Kernel&& kernel) {
     py::array queries = float_matrix(queries_obj, "queries", /*contiguous_rows=*/true);
     if (queries.shape(1) != dim)
         throw py::value_error("queries and items must have the same dimension D; got queries " + shape_str(queries) +
@@ -167,7 +167,7 @@ py::tuple search(const py::object& queries_obj, int64_t num_items, int64_t dim, 
     const int64_t num_queries = queries.shape(0);
     const int64_t k = resolve_k(k_obj, num_queries);
     const int threads = resolve_threads(num_threads);
-    const twotower::ScanFn scan = resolve_simd(simd);
+    const twotower::ScanPath path = resolve_simd(simd);
     std::optional<Exclusions> ex = resolve_exclude(exclude_indptr, exclude_indices, num_queries, num_items, threads);
 
     py::array_t<float> scores({num_queries, k});
@@ -181,14 +181,19 @@ py::tuple search(const py::object& queries_obj, int64_t num_items, int64_t dim, 
     args.exclude_indptr = ex ? ex->indptr.data() : nullptr;
     args.exclude_ids = ex ? ex->ids.data() : nullptr;
     args.num_threads = threads;
-    args.scan = scan;
+    args.path = path;
     args.out_scores = scores.mutable_data();
     args.out_ids = ids.mutable_data();
+    twotower::SearchReport report;
     {
         py::gil_scoped_release release;
-        kernel(args);
+        report = kernel(args);
     }
-    return py::make_tuple(scores, ids);
+    if (!with_report) return py::make_tuple(scores, ids);
+    py::dict info;
+    info["screened"] = report.screened;
+    info["fallback_queries"] = report.fallback_queries;
+    return py::make_tuple(scores, ids, info);
 }
 
 }  // namespace
@@ -199,37 +204,50 @@ PYBIND11_MODULE(_C, m) {
     m.def(
         "topk",
         [](const py::object& queries, const py::object& items_obj, const py::object& k, const py::object& exclude_indptr,
-           const py::object& exclude_indices, const py::object& num_threads, const std::string& simd) {
+           const py::object& exclude_indices, const py::object& num_threads, const std::string& simd, bool report) {
             py::array items = float_matrix(items_obj, "items", /*contiguous_rows=*/false);
             const ItemView view = item_view(items);
-            return search(queries, view.num_items, view.dim, k, exclude_indptr, exclude_indices, num_threads, simd,
-                          [&](const TopKArgs& args) { twotower::topk_raw(args, view); });
+            return search(queries, view.num_items, view.dim, k, exclude_indptr, exclude_indices, num_threads, simd, report,
+                          [&](const TopKArgs& args) { return twotower::topk_raw(args, view); });
         },
         py::arg("queries"), py::arg("items"), py::arg("k"), py::kw_only(), py::arg("exclude_indptr") = py::none(),
         py::arg("exclude_indices") = py::none(), py::arg("num_threads") = py::none(), py::arg("simd") = "",
-        "Exact top-k of queries [B, D] against items [N, D] (float32). Returns (scores [B, k], ids [B, k]).");
+        py::arg("report") = false,
+        "Exact top-k of queries [B, D] against items [N, D] (float32). Returns (scores [B, k], ids [B, k]) and, with "
+        "report=True, a dict saying whether the int8 screening ran and how many queries it rescanned in float32.");
 
     py::class_<PackedItems>(m, "PackedItems", "An item matrix packed once into the scan kernels' panel layout.")
-        .def(py::init([](const py::object& items_obj, const py::object& num_threads) {
+        .def(py::init([](const py::object& items_obj, const py::object& num_threads, const py::object& screening) {
                  py::array items = float_matrix(items_obj, "items", /*contiguous_rows=*/false);
                  const int threads = resolve_threads(num_threads);
+                 bool layout = twotower::cpu_can_screen();
+                 if (!screening.is_none()) {
+                     if (!py::isinstance<py::bool_>(screening))
+                         throw py::type_error("screening must be True, False or None; got " +
+                                              std::string(py::str(py::type::of(screening).attr("__name__"))));
+                     layout = screening.cast<bool>();
+                     if (layout && !twotower::cpu_can_screen())
+                         throw py::value_error("screening=True needs AVX-512 VNNI, which this CPU does not have");
+                 }
                  const ItemView view = item_view(items);
                  py::gil_scoped_release release;
-                 return new PackedItems(view, threads);
+                 return new PackedItems(view, threads, layout);
              }),
-             py::arg("items"), py::kw_only(), py::arg("num_threads") = py::none())
+             py::arg("items"), py::kw_only(), py::arg("num_threads") = py::none(), py::arg("screening") = py::none())
         .def(
             "search",
             [](const PackedItems& self, const py::object& queries, const py::object& k, const py::object& exclude_indptr,
-               const py::object& exclude_indices, const py::object& num_threads, const std::string& simd) {
+               const py::object& exclude_indices, const py::object& num_threads, const std::string& simd, bool report) {
                 return search(queries, self.num_items(), self.dim(), k, exclude_indptr, exclude_indices, num_threads, simd,
-                              [&](const TopKArgs& args) { twotower::topk_packed(args, self); });
+                              report, [&](const TopKArgs& args) { return self.search(args); });
             },
             py::arg("queries"), py::arg("k"), py::kw_only(), py::arg("exclude_indptr") = py::none(),
-            py::arg("exclude_indices") = py::none(), py::arg("num_threads") = py::none(), py::arg("simd") = "")
+            py::arg("exclude_indices") = py::none(), py::arg("num_threads") = py::none(), py::arg("simd") = "",
+            py::arg("report") = false)
         .def_property_readonly("num_items", &PackedItems::num_items)
         .def_property_readonly("dim", &PackedItems::dim)
-        .def_property_readonly("nbytes", &PackedItems::nbytes);
+        .def_property_readonly("nbytes", &PackedItems::nbytes)
+        .def_property_readonly("screening", &PackedItems::screening_layout);
 
     m.def("available_simd", &twotower::available_isas, "SIMD paths this CPU supports, best first.");
     m.def(

@@ -10,6 +10,7 @@ std::vector<std::string> available_isas() {
 #if defined(TWOTOWER_X86)
     __builtin_cpu_init();
     // GCC's checks include the OS's XSAVE support for the wider registers.
+    if (cpu_can_screen()) names.push_back("avx512_vnni");
     if (__builtin_cpu_supports("avx512f")) names.push_back("avx512");
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) names.push_back("avx2");
 #endif
@@ -17,7 +18,18 @@ std::vector<std::string> available_isas() {
     return names;
 }
 
-ScanFn resolve_isa(const std::string& requested, std::string* chosen_name) {
+bool cpu_can_screen() {
+#if defined(TWOTOWER_X86)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+ScanPath resolve_isa(const std::string& requested, std::string* chosen_name) {
     std::string name = requested;
     if (name.empty()) {
         const char* env = std::getenv("TWOTOWER_SIMD");
@@ -35,10 +47,11 @@ ScanFn resolve_isa(const std::string& requested, std::string* chosen_name) {
     }
     if (chosen_name) *chosen_name = name;
 #if defined(TWOTOWER_X86)
-    if (name == "avx512") return scan_avx512;
-    if (name == "avx2") return scan_avx2;
+    if (name == "avx512_vnni") return ScanPath{scan_avx512, true};
+    if (name == "avx512") return ScanPath{scan_avx512, false};
+    if (name == "avx2") return ScanPath{scan_avx2, false};
 #endif
-    return scan_generic;
+    return ScanPath{scan_generic, false};
 }
 
 }  // namespace twotower

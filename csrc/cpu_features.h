@@ -1,5 +1,5 @@
 // Which scan kernel runs: chosen once from what the CPU (and OS) support, overridable per call or
-// through the TWOTOWER_SIMD environment variable ("avx512", "avx2", "generic").
+// through the TWOTOWER_SIMD environment variable ("avx512_vnni", "avx512", "avx2", "generic").
 #pragma once
 
 #include <string>
@@ -11,10 +11,17 @@ namespace twotower {
 
 using ScanFn = void (*)(const ScanTask&);
 
-std::vector<std::string> available_isas();  // best first; always ends with "generic"
+// A resolved path: the float32 scan, and whether an int8 screening pass (screen.cpp) runs first.
+struct ScanPath {
+    ScanFn scan = nullptr;
+    bool screen = false;
+};
 
-// Resolves a request ("" = TWOTOWER_SIMD or else the best available) to a kernel.
+std::vector<std::string> available_isas();  // best first; always ends with "generic"
+bool cpu_can_screen();                      // the int8 screening kernel runs on this CPU
+
+// Resolves a request ("" = TWOTOWER_SIMD or else the best available) to a path.
 // Throws std::invalid_argument naming the request when it is unknown or unsupported here.
-ScanFn resolve_isa(const std::string& requested, std::string* chosen_name = nullptr);
+ScanPath resolve_isa(const std::string& requested, std::string* chosen_name = nullptr);
 
 }  // namespace twotower

@@ -1,20 +1,6 @@
 #include "packing.h"
 
-#include <cstdlib>
-#include <new>
-
 namespace twotower {
-
-void AlignedFloats::Free::operator()(float* p) const noexcept { std::free(p); }
-
-void AlignedFloats::resize(int64_t count) {
-    if (count == size && data) return;
-    const size_t bytes = ((static_cast<size_t>(count > 0 ? count : 1) * sizeof(float) + 63) / 64) * 64;
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
-    data.reset(static_cast<float*>(p));
-    size = count;
-}
 
 void pack_panels(const ItemView& items, int64_t first_panel, int64_t count, float* out) {
     const int64_t dim = items.dim;

@@ -4,21 +4,32 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 
 #include "scan.h"
 
 namespace twotower {
 
-// A 64-byte aligned float buffer (RAII).
-struct AlignedFloats {
+// A 64-byte aligned buffer of T (RAII); contents are uninitialised.
+template <typename T>
+struct AlignedArray {
     struct Free {
-        void operator()(float* p) const noexcept;
+        void operator()(T* p) const noexcept { std::free(p); }
     };
-    std::unique_ptr<float[], Free> data;
+    std::unique_ptr<T[], Free> data;
     int64_t size = 0;
-    void resize(int64_t count);  // discards contents; throws std::bad_alloc
+    void resize(int64_t count) {  // discards contents; throws std::bad_alloc
+        if (count == size && data) return;
+        const size_t bytes = ((static_cast<size_t>(count > 0 ? count : 1) * sizeof(T) + 63) / 64) * 64;
+        void* p = std::aligned_alloc(64, bytes);
+        if (!p) throw std::bad_alloc();
+        data.reset(static_cast<T*>(p));
+        size = count;
+    }
 };
+using AlignedFloats = AlignedArray<float>;
 
 // Row-major view of an item matrix with element strides (may be negative).
 struct ItemView {

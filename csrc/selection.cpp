@@ -11,14 +11,6 @@ namespace {
 
 constexpr uint32_t kAllLanes = (1u << kPanel) - 1u;
 
-// True when (score_a, id_a) ranks before (score_b, id_b).
-inline bool ranks_before(float score_a, int64_t id_a, float score_b, int64_t id_b) {
-    const bool nan_a = std::isnan(score_a), nan_b = std::isnan(score_b);
-    if (nan_a != nan_b) return nan_b;
-    if (!nan_a && score_a != score_b) return score_a > score_b;
-    return id_a < id_b;
-}
-
 // The heap keeps its worst entry at the root: parent ranks after (or equal to) its children.
 void sift_down(QueryState& s, int64_t pos) {
     const float score = s.heap_scores[pos];
@@ -76,11 +68,31 @@ void init_state(QueryState& state, float* heap_scores, int64_t* heap_ids, int64_
     state.capacity = capacity;
     state.exclude_begin = exclude_begin;
     state.exclude_end = exclude_end;
+    state.candidate_bounds = nullptr;
+    state.candidate_ids = nullptr;
+    state.candidate_count = 0;
+    state.candidate_capacity = 0;
+    state.candidates_overflowed = false;
     refresh_threshold(state);
     if (capacity == 0) {  // nothing can ever enter: let the scan skip every lane
         state.accept_all = 0;
         state.threshold = std::numeric_limits<float>::quiet_NaN();
     }
+}
+
+// Offers one (score, id) the query does not exclude to its heap.
+inline void offer_one(QueryState& s, float score, int64_t id) {
+    if (s.size < s.capacity) {
+        s.heap_scores[s.size] = score;
+        s.heap_ids[s.size] = id;
+        sift_up(s, s.size++);
+    } else {
+        if (!ranks_before(score, id, s.heap_scores[0], s.heap_ids[0])) return;
+        s.heap_scores[0] = score;
+        s.heap_ids[0] = id;
+        sift_down(s, 0);
+    }
+    refresh_threshold(s);
 }
 
 void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t first_id, int64_t num_items) {
@@ -91,18 +103,50 @@ void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t firs
         const int64_t id = first_id + lane;
         if (id >= num_items) break;  // lanes are visited in id order; the rest is padding
         const float score = scores[lane];
-        if (s.size < s.capacity) {
-            if (is_excluded(s, id)) continue;
-            s.heap_scores[s.size] = score;
-            s.heap_ids[s.size] = id;
-            sift_up(s, s.size++);
-        } else {
-            if (!ranks_before(score, id, s.heap_scores[0], s.heap_ids[0]) || is_excluded(s, id)) continue;
-            s.heap_scores[0] = score;
-            s.heap_ids[0] = id;
-            sift_down(s, 0);
+        if (s.size == s.capacity && !ranks_before(score, id, s.heap_scores[0], s.heap_ids[0])) continue;
+        if (is_excluded(s, id)) continue;
+        offer_one(s, score, id);
+    }
+}
+
+// Drops the candidates whose bound fell below the threshold; a list that stays more than 3/4 full
+// marks the query as overflowed and stops its scan (the float32 scan answers it instead).
+void compact_candidates(QueryState& s) {
+    int64_t kept = 0;
+    if (!s.accept_all) {
+        for (int64_t i = 0; i < s.candidate_count; ++i) {
+            if (s.candidate_bounds[i] >= s.threshold) {
+                s.candidate_bounds[kept] = s.candidate_bounds[i];
+                s.candidate_ids[kept++] = s.candidate_ids[i];
+            }
         }
-        refresh_threshold(s);
+        s.candidate_count = kept;
+    }
+    if (s.accept_all || kept > s.candidate_capacity / 4 * 3) {
+        s.candidates_overflowed = true;
+        s.accept_all = 0;
+        s.threshold = std::numeric_limits<float>::quiet_NaN();  // no lane compares above it
+    }
+}
+
+void offer_bounds(QueryState& s, const float* lower, const float* upper, uint32_t mask, int64_t first_id,
+                  int64_t num_items) {
+    if (s.capacity == 0 || s.candidates_overflowed) return;
+    while (mask) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        const int64_t id = first_id + lane;
+        if (id >= num_items) break;  // lanes are visited in id order; the rest is padding
+        if (!s.accept_all && !(upper[lane] >= s.threshold)) continue;  // the threshold rose within this panel
+        if (is_excluded(s, id)) continue;
+        if (s.candidate_count == s.candidate_capacity) {
+            compact_candidates(s);
+            if (s.candidates_overflowed) return;
+            if (!(upper[lane] >= s.threshold) && !s.accept_all) continue;
+        }
+        s.candidate_bounds[s.candidate_count] = upper[lane];
+        s.candidate_ids[s.candidate_count++] = id;
+        offer_one(s, lower[lane], id);
     }
 }
 

@@ -2,11 +2,20 @@
 // higher score first, NaN after every number, then lower item id first.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "scan.h"
 
 namespace twotower {
+
+// True when (score_a, id_a) ranks before (score_b, id_b).
+inline bool ranks_before(float score_a, int64_t id_a, float score_b, int64_t id_b) {
+    const bool nan_a = std::isnan(score_a), nan_b = std::isnan(score_b);
+    if (nan_a != nan_b) return nan_b;
+    if (!nan_a && score_a != score_b) return score_a > score_b;
+    return id_a < id_b;
+}
 
 // Resets `state` to an empty heap over the given storage and exclusion range.
 void init_state(QueryState& state, float* heap_scores, int64_t* heap_ids, int64_t capacity,

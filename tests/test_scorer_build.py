@@ -56,3 +56,17 @@ def test_avx512_instructions_only_in_the_avx512_kernel():
             current = match.group(1)
         elif re.search(r"%zmm\d|%k[0-7]", line):
             assert "avx512" in current, f"AVX-512 register use in {current}: {line.strip()}"
+
+
+def test_the_screening_kernel_uses_vnni_dot_products():
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", twotower._C.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    current, users = "?", set()
+    for line in listing.splitlines():
+        match = FUNCTION.match(line)
+        if match:
+            current = match.group(1)
+        elif re.search(r"\svpdpbusd\s", line):
+            users.add(current)
+    assert users and all("avx512_vnni" in name for name in users), users

@@ -4,11 +4,21 @@
 and answers many batches. Both never materialise the [B, N] score matrix: a register-blocked kernel
 (AVX-512, AVX2+FMA or portable, picked at run time) keeps each query's k best in a bounded heap.
 
+On CPUs with AVX-512 VNNI the default path screens first: an int8 copy of the items (one scale per
+row) is scanned at ~2.5x the multiply-adds per cycle, giving each score a rigorous lower and upper
+bound; only items whose upper bound reaches the k-th best lower bound are rescored in float32, in
+the same order of operations as the AVX-512 kernel. The answer is therefore the float32 answer, ids
+and scores bit for bit, not an approximation; a query whose candidates do not fit a bounded list
+(near-identical items) is rescanned in float32. `ExactIndex` screens when the CPU can (about
+1.25 x N x D x 4 bytes: codes plus a float32 copy for rescoring); `topk` on a raw matrix screens
+batches of 128 queries or more, where coding the items on the fly pays off.
+
 Order of results: higher score first, then lower item id (so results do not depend on the thread
 count); a NaN score ranks after every number, -inf included. Slots that no item can fill (k larger
 than the items left after exclusion) hold id -1 and score -inf.
 
-Advanced: `simd` ("avx512", "avx2", "generic") or the TWOTOWER_SIMD environment variable force a kernel.
+Advanced: `simd` ("avx512_vnni", "avx512", "avx2", "generic") or the TWOTOWER_SIMD environment
+variable force a kernel; "avx512" is the same float32 answer without the screening pass.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ def topk(
         exclude: optional per-query CSR `(indptr int64 [B+1], indices int32/int64)` of item ids to skip,
             e.g. the items each user already interacted with. Unsorted rows and duplicates are fine.
         num_threads: OpenMP threads (default: OMP_NUM_THREADS or all cores).
-        simd: force a kernel ("avx512", "avx2", "generic"); default: the best this CPU has.
+        simd: force a kernel ("avx512_vnni", "avx512", "avx2", "generic"); default: the best this CPU has.
 
     Returns:
         (scores float32 [B, k] sorted descending, ids int64 [B, k]).
@@ -80,8 +90,10 @@ def topk(
 class ExactIndex:
     """An item matrix packed once for repeated exact top-k searches (evaluation, serving).
 
-    Packing copies the items into the kernel's panel layout (about N * D * 4 bytes), so later
-    searches stream memory in order and skip the per-call packing that `topk` does.
+    Packing copies the items into the kernel's layout, so later searches stream memory in order and
+    skip the per-call packing that `topk` does: float32 panels (N * D * 4 bytes), or, with
+    `screening` (the default where the CPU has AVX-512 VNNI), int8 codes for the screening pass plus
+    a row-major float32 copy for rescoring (about N * D * 5 bytes). Both give the same results.
 
     Example:
         >>> import numpy as np, twotower
@@ -90,8 +102,13 @@ class ExactIndex:
         [[2]]
     """
 
-    def __init__(self, items: Any, *, num_threads: int | None = None) -> None:
-        self._packed = _C.PackedItems(_host_array(items), num_threads=num_threads)
+    def __init__(self, items: Any, *, num_threads: int | None = None, screening: bool | None = None) -> None:
+        self._packed = _C.PackedItems(_host_array(items), num_threads=num_threads, screening=screening)
+
+    @property
+    def screening(self) -> bool:
+        """Whether the items are stored for the int8 screening pass (see the module docstring)."""
+        return self._packed.screening
 
     @property
     def num_items(self) -> int:
@@ -109,7 +126,7 @@ class ExactIndex:
         return self.num_items
 
     def __repr__(self) -> str:
-        return f"ExactIndex(num_items={self.num_items}, dim={self.dim})"
+        return f"ExactIndex(num_items={self.num_items}, dim={self.dim}, screening={self.screening})"
 
     def search(
         self,

@@ -1,0 +1,223 @@
+#include "screen.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "scan_driver.h"
+#include "topk.h"
+
+namespace twotower {
+namespace {
+
+constexpr int64_t kBlockBytes = 256 * 1024;   // a block of codes stays in L2 while queries stream over it
+constexpr int64_t kMinItemsPerResult = 8;     // below this the float32 scan costs about as much
+constexpr int64_t kMinRawQueries = 128;       // coding a raw matrix on the fly pays off from here
+constexpr double kSmallestScale = 0x1p-100;   // below this a query's margin (quantize.cpp) would be huge
+constexpr double kHuge = 1e36;                // scores must stay far from float32 overflow
+
+int64_t code_block_panels(int64_t dim) { return std::max<int64_t>(1, kBlockBytes / code_panel_bytes(dim)); }
+
+// Int8 panels for run_scan: coded in advance, or coded block by block from a raw matrix (each
+// thread collecting the statistics of what it coded). A raw block buffer holds the block's codes,
+// then its scale, residual and span runs.
+struct CodeSource {
+    struct Block {
+        const uint8_t* codes;
+        CodePanelFloats floats;
+    };
+    const QueryCodes& queries;
+    ItemView view;
+    const CodedItems* coded;                   // null for raw
+    std::vector<ItemCodeStats>* thread_stats;  // raw only, one per thread
+
+    int64_t num_items() const { return view.num_items; }
+    int64_t block_panels() const { return code_block_panels(view.dim); }
+    int64_t panel_bytes() const { return code_panel_bytes(view.dim); }
+    int64_t buffer_bytes() const {
+        return block_panels() * (panel_bytes() + 3 * kPanel * static_cast<int64_t>(sizeof(float)));
+    }
+    bool packed() const { return coded != nullptr; }
+    Block packed_block(int64_t first_panel) const {
+        return {coded->codes() + first_panel * panel_bytes(), coded->floats(first_panel)};
+    }
+    Block buffer_block(std::byte* buffer) const {
+        float* floats = reinterpret_cast<float*>(buffer + block_panels() * panel_bytes());
+        const int64_t lanes = block_panels() * kPanel;
+        return {reinterpret_cast<const uint8_t*>(buffer), CodePanelFloats{floats, floats + lanes, floats + 2 * lanes}};
+    }
+    void pack_panel(int64_t panel, std::byte* buffer, int64_t slot, int thread) const {
+        const Block block = buffer_block(buffer);
+        const int64_t at = slot * kPanel;
+        quantize_panels(view, panel, 1, const_cast<uint8_t*>(block.codes) + slot * panel_bytes(),
+                        CodePanelFloats{block.floats.scale + at, block.floats.residual + at, block.floats.span + at},
+                        (*thread_stats)[thread]);
+    }
+    void scan(int64_t q_begin, int64_t q_end, int64_t first_panel, int64_t count, const Block& block,
+              QueryState* states) const {
+        const int64_t padded = padded_dim(view.dim);
+        CodeScanTask task;
+        task.queries = queries.codes.data() + q_begin * padded;
+        task.offsets = queries.offset.data() + q_begin;
+        task.code_norms = queries.unit_code_norm.data() + q_begin;
+        task.residuals = queries.unit_residual.data() + q_begin;
+        task.margins = queries.unit_margin.data() + q_begin;
+        task.num_queries = q_end - q_begin;
+        task.dim = padded;
+        task.panels = block.codes;
+        task.item_scales = block.floats.scale;
+        task.item_residuals = block.floats.residual;
+        task.item_spans = block.floats.span;
+        task.num_panels = count;
+        task.first_item = first_panel * kPanel;
+        task.num_items = view.num_items;
+        task.states = states;
+        scan_codes_avx512_vnni(task);
+    }
+};
+
+#if defined(TWOTOWER_X86)
+// Rescores the candidates of query q whose upper bound reaches the k-th lower bound `threshold` and
+// writes its top k. False when the screening cannot answer the query (the float32 scan must).
+bool finish_query(const TopKArgs& a, const ItemView& rows, const QueryCodes& qc, const ItemCodeStats& items,
+                  const ScanCandidates& candidates, int64_t q, float threshold, int64_t* ids, float* rescored,
+                  int64_t* order) {
+    if (!qc.finite[q] || !(qc.scale[q] > kSmallestScale) || !std::isfinite(qc.unit_margin[q]) ||
+        qc.max_abs[q] * items.max_abs * static_cast<double>(rows.dim) > kHuge)
+        return false;
+    const int64_t nq = a.num_queries;
+    int64_t count = 0;
+    for (int part = 0; part < candidates.parts; ++part) {
+        const int64_t list = part * nq + q;
+        if (candidates.overflowed[list]) return false;
+        const float* bounds = candidates.bounds.data() + list * candidates.capacity;
+        const int64_t* list_ids = candidates.ids.data() + list * candidates.capacity;
+        for (int64_t i = 0; i < candidates.count[list]; ++i)
+            if (bounds[i] >= threshold) ids[count++] = list_ids[i];
+    }
+    rescore_avx512_vnni(a.queries + q * a.query_stride, rows.data, rows.row_stride, rows.col_stride, rows.dim, ids,
+                        count, rescored);
+    std::iota(order, order + count, int64_t{0});
+    const int64_t keep = std::min(a.k, count);
+    std::partial_sort(order, order + keep, order + count, [&](int64_t i, int64_t j) {
+        return ranks_before(rescored[i], ids[i], rescored[j], ids[j]);
+    });
+    float* out_scores = a.out_scores + q * a.k;
+    int64_t* out_ids = a.out_ids + q * a.k;
+    for (int64_t i = 0; i < keep; ++i) {
+        out_scores[i] = rescored[order[i]];
+        out_ids[i] = ids[order[i]];
+    }
+    for (int64_t i = keep; i < a.k; ++i) {
+        out_scores[i] = -std::numeric_limits<float>::infinity();
+        out_ids[i] = -1;
+    }
+    return true;
+}
+#endif
+
+// Scans the listed queries again in float32 and writes their rows of the output.
+void rescan_in_float(const TopKArgs& a, const ItemView& rows, const std::vector<int64_t>& queries) {
+    const int64_t n = static_cast<int64_t>(queries.size()), dim = a.dim;
+    std::vector<float> query_rows(n * dim), scores(n * a.k);
+    std::vector<int64_t> ids(n * a.k), indptr(n + 1, 0), excluded;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t q = queries[i];
+        std::copy(a.queries + q * a.query_stride, a.queries + q * a.query_stride + dim, query_rows.begin() + i * dim);
+        if (a.exclude_indptr)
+            excluded.insert(excluded.end(), a.exclude_ids + a.exclude_indptr[q], a.exclude_ids + a.exclude_indptr[q + 1]);
+        indptr[i + 1] = static_cast<int64_t>(excluded.size());
+    }
+    TopKArgs sub = a;
+    sub.queries = query_rows.data();
+    sub.num_queries = n;
+    sub.query_stride = dim;
+    sub.exclude_indptr = a.exclude_indptr ? indptr.data() : nullptr;
+    sub.exclude_ids = a.exclude_indptr ? excluded.data() : nullptr;
+    sub.out_scores = scores.data();
+    sub.out_ids = ids.data();
+    scan_float(sub, rows);
+    for (int64_t i = 0; i < n; ++i) {
+        std::copy(scores.begin() + i * a.k, scores.begin() + (i + 1) * a.k, a.out_scores + queries[i] * a.k);
+        std::copy(ids.begin() + i * a.k, ids.begin() + (i + 1) * a.k, a.out_ids + queries[i] * a.k);
+    }
+}
+
+}  // namespace
+
+CodedItems::CodedItems(const ItemView& items, int num_threads) {
+    const int64_t panels = std::max<int64_t>(num_panels_for(items.num_items), 1);
+    const int64_t panel_bytes = code_panel_bytes(items.dim);
+    lanes_ = panels * kPanel;
+    codes_.resize(panels * panel_bytes);
+    floats_.resize(3 * lanes_);
+    std::vector<ItemCodeStats> stats(std::max(num_threads, 1));
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t p = 0; p < num_panels_for(items.num_items); ++p)
+        quantize_panels(items, p, 1, codes_.data.get() + p * panel_bytes, floats(p), stats[omp_get_thread_num()]);
+    for (const auto& s : stats) stats_.merge(s);
+}
+
+CodePanelFloats CodedItems::floats(int64_t first_panel) const {
+    float* base = floats_.data.get() + first_panel * kPanel;
+    return CodePanelFloats{base, base + lanes_, base + 2 * lanes_};
+}
+
+bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* coded, SearchReport& report) {
+#if defined(TWOTOWER_X86)
+    const int64_t nq = a.num_queries;
+    if (nq == 0 || rows.dim > kMaxCodeDim || rows.num_items < kMinItemsPerResult * a.k) return false;
+    if (coded && (!coded->stats().finite || coded->stats().max_abs * 127.0 * rows.dim > kHuge)) return false;
+    if (!coded && nq < kMinRawQueries) return false;
+
+    QueryCodes qc;
+    quantize_queries(a.queries, nq, a.query_stride, rows.dim, a.num_threads, qc);
+    // The heaps keep each query's k best lower bounds; the candidates are collected alongside.
+    std::vector<float> lower(nq * a.k);
+    std::vector<int64_t> lower_ids(nq * a.k);
+    ScanCandidates candidates;
+    candidates.capacity = 3 * a.k + 256;
+    std::vector<ItemCodeStats> thread_stats(std::max(a.num_threads, 1));
+    const ScanOutput out{nq, a.k, a.exclude_indptr, a.exclude_ids, a.num_threads, lower.data(), lower_ids.data()};
+    run_scan(out, CodeSource{qc, rows, coded, &thread_stats}, &candidates);
+    ItemCodeStats items;
+    if (coded) {
+        items = coded->stats();
+    } else {
+        for (const auto& s : thread_stats) items.merge(s);
+    }
+    report.screened = true;
+
+    std::vector<int64_t> failed;
+    if (!items.finite || items.max_abs * 127.0 * rows.dim > kHuge) {
+        failed.resize(nq);
+        std::iota(failed.begin(), failed.end(), int64_t{0});
+    } else {
+        const int threads = std::max(a.num_threads, 1);
+        const int64_t most = candidates.parts * candidates.capacity;
+        std::vector<float> rescored(threads * most);
+        std::vector<int64_t> ids(threads * most), order(threads * most);
+        std::vector<uint8_t> ok(nq);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
+        for (int64_t q = 0; q < nq; ++q) {
+            const int t = omp_get_thread_num();
+            ok[q] = finish_query(a, rows, qc, items, candidates, q, lower[q * a.k + a.k - 1], ids.data() + t * most,
+                                 rescored.data() + t * most, order.data() + t * most);
+        }
+        for (int64_t q = 0; q < nq; ++q)
+            if (!ok[q]) failed.push_back(q);
+    }
+    report.fallback_queries = static_cast<int64_t>(failed.size());
+    if (!failed.empty()) rescan_in_float(a, rows, failed);
+    return true;
+#else
+    (void)a, (void)rows, (void)coded, (void)report;
+    return false;
+#endif
+}
+
+}  // namespace twotower
