@@ -24,6 +24,8 @@ nothing from twotower.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -93,8 +95,12 @@ class _EmbeddingScores(torch.autograd.Function):
         if want_weight:
             ids = torch.from_numpy(ctx.ids)
             if ctx.sparse:
-                # ids were checked against the table in embedding_scores: no invariant check needed
-                grad_weight = torch.sparse_coo_tensor(ids.unsqueeze(0), values, ctx.table_shape, check_invariants=False)
+                # ids were checked against the table in embedding_scores: no invariant check needed (torch
+                # 2.11 warns about the explicit False as if it were implicit)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+                    grad_weight = torch.sparse_coo_tensor(ids.unsqueeze(0), values, ctx.table_shape,
+                                                          check_invariants=False)
             else:
                 grad_weight = torch.zeros(ctx.table_shape, dtype=values.dtype).index_add_(0, ids, values)
         return (grad_query if want_query else None), grad_weight, None, None, None, None, None

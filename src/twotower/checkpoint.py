@@ -91,6 +91,8 @@ def save_checkpoint(
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             write_json_atomic(tmp / "optimizer.json", plain)
         state = {"torch_rng": torch.get_rng_state().numpy()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on CUDA draws from these
+            state.update({f"cuda_rng.{i}": s.numpy() for i, s in enumerate(torch.cuda.get_rng_state_all())})
         state.update({f"loop.{k}": np.ascontiguousarray(v) for k, v in (arrays or {}).items()})
         save_numpy(state, str(tmp / "state.safetensors"))
         write_json_atomic(tmp / "trainer.json", dict(trainer_state or {}))
@@ -126,7 +128,8 @@ def load_checkpoint(
     loss_fn: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Restores weights, loss and optimizer state and the torch RNG from checkpoint `path`.
+    """Restores weights, loss and optimizer state and the torch RNGs (CPU, and CUDA when the checkpoint
+    has them and this machine has as many devices) from checkpoint `path`.
 
     Returns:
         (trainer.json contents, the loop arrays saved with `arrays=`).
@@ -140,5 +143,9 @@ def load_checkpoint(
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), plain))
     state = load_numpy(str(path / "state.safetensors"))
     torch.set_rng_state(torch.from_numpy(state.pop("torch_rng")))
+    cuda_keys = sorted((k for k in state if k.startswith("cuda_rng.")), key=lambda k: int(k.split(".")[1]))
+    cuda_states = [torch.from_numpy(state.pop(k)) for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
+        torch.cuda.set_rng_state_all(cuda_states)  # else resumed elsewhere: CUDA draws start afresh
     arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("loop.")}
     return json.loads((path / "trainer.json").read_text(encoding="utf-8")), arrays
