@@ -36,6 +36,7 @@ ScanPath resolve_isa(const std::string& requested, std::string* chosen_name) {
         if (env && *env) name = env;
     }
     const std::vector<std::string> available = available_isas();
+    const bool forced = !name.empty();
     if (name.empty()) name = available.front();
     bool supported = false;
     for (const auto& a : available) supported = supported || a == name;
@@ -47,11 +48,11 @@ ScanPath resolve_isa(const std::string& requested, std::string* chosen_name) {
     }
     if (chosen_name) *chosen_name = name;
 #if defined(TWOTOWER_X86)
-    if (name == "avx512_vnni") return ScanPath{scan_avx512, true};
-    if (name == "avx512") return ScanPath{scan_avx512, false};
-    if (name == "avx2") return ScanPath{scan_avx2, false};
+    if (name == "avx512_vnni") return ScanPath{scan_avx512, true, forced};
+    if (name == "avx512") return ScanPath{scan_avx512, false, forced};
+    if (name == "avx2") return ScanPath{scan_avx2, false, forced};
 #endif
-    return ScanPath{scan_generic, false};
+    return ScanPath{scan_generic, false, forced};
 }
 
 }  // namespace twotower

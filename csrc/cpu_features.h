@@ -11,10 +11,12 @@ namespace twotower {
 
 using ScanFn = void (*)(const ScanTask&);
 
-// A resolved path: the float32 scan, and whether an int8 screening pass (screen.cpp) runs first.
+// A resolved path: the float32 scan, and whether an int8 screening pass (screen.cpp) may run first:
+// where it pays off, or, when the path was asked for by name, wherever it applies.
 struct ScanPath {
     ScanFn scan = nullptr;
     bool screen = false;
+    bool forced = false;
 };
 
 std::vector<std::string> available_isas();  // best first; always ends with "generic"

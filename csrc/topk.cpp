@@ -62,7 +62,7 @@ void scan_float(const TopKArgs& args, const ItemView& items) {
 
 PackedItems::PackedItems(const ItemView& items, int num_threads, bool screening_layout)
     : num_items_(items.num_items), dim_(items.dim) {
-    if (screening_layout) {
+    if (screening_layout && dim_ <= kMaxCodeDim) {  // longer rows are never screened: float32 panels
         rows_.resize(std::max<int64_t>(num_items_, 1) * dim_);
         float* out = rows_.data.get();
 #pragma omp parallel for num_threads(num_threads) schedule(static)

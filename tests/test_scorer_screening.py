@@ -73,8 +73,7 @@ def test_screening_gives_the_float32_answer_bit_for_bit(shape, threads):
         want = float32_path(queries, items, k, ex, threads)
         for raw in (False, True):
             *got, report = screened(queries, items, k, ex, threads, raw=raw)
-            assert report["screened"] == (not raw or batch >= 128)
-            assert report["fallback_queries"] == 0
+            assert report["screened"] and report["fallback_queries"] == 0
             assert_same(got, want)
 
 
@@ -175,18 +174,34 @@ def test_tiny_values_near_the_float32_underflow():
         assert_same(got, float32_path(queries, items, 10, threads=2))
 
 
-def test_where_screening_does_not_apply_it_says_so():
+def test_the_default_path_screens_only_where_it_pays_off():
+    """Asked for by name, the screening runs wherever it applies; by default only where it is faster:
+    a large catalogue per result (N * D against k * ln(N / k)) and, for a raw matrix, 128 queries."""
     rng = fresh_rng()
-    items = rng.standard_normal((500, 8), dtype=np.float32)
-    queries = rng.standard_normal((200, 8), dtype=np.float32)
-    # k too large for the catalogue (fewer than 8 items per result): the float32 scan runs.
-    *got, report = screened(queries, items, 100)
-    assert not report["screened"]
-    assert_same(got, float32_path(queries, items, 100))
-    # A raw matrix with a small batch: coding it would cost more than it saves.
-    *got, report = screened(queries[:5], items, 10, raw=True)
-    assert not report["screened"]
-    assert_same(got, float32_path(queries[:5], items, 10))
+    items = rng.standard_normal((100_000, 32), dtype=np.float32)
+    queries = rng.standard_normal((200, 32), dtype=np.float32)
+    index = _C.PackedItems(items, screening=True)
+    want = float32_path(queries, items, 10)
+    for k, raw, batch, expected in [(10, False, 200, True), (10, True, 200, True), (10, True, 100, False),
+                                    (2000, False, 200, False)]:
+        search = (lambda q, kk, **kw: _C.topk(q, items, kk, **kw)) if raw else index.search
+        *got, report = search(queries[:batch], k, num_threads=2, report=True)
+        assert report["screened"] == expected, (k, raw, batch)
+        assert_same(got, float32_path(queries[:batch], items, k, threads=2))
+        *got, report = search(queries[:batch], k, num_threads=2, report=True, simd="avx512_vnni")
+        assert report["screened"], (k, raw, batch)
+    np.testing.assert_array_equal(index.search(queries, 10)[1], want[1])
+
+
+def test_rows_too_long_for_int8_codes_are_scanned_in_float32():
+    rng = fresh_rng()
+    items = rng.standard_normal((40, 16385), dtype=np.float32)
+    queries = rng.standard_normal((2, 16385), dtype=np.float32)
+    for raw in (False, True):
+        *got, report = screened(queries, items, 3, raw=raw)
+        assert not report["screened"]
+        assert_same(got, float32_path(queries, items, 3))
+    assert not twotower.ExactIndex(items, screening=True).screening  # stored as float32 panels
 
 
 def test_exact_index_layouts_agree():
