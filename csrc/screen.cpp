@@ -18,15 +18,16 @@ namespace {
 
 constexpr int64_t kBlockBytes = 256 * 1024;   // a block of codes stays in L2 while queries stream over it
 constexpr int64_t kMinRawQueries = 128;       // coding a raw matrix on the fly pays off from here
-constexpr double kMinScanPerSelection = 2e4;  // see pays_off
+constexpr double kMinScanPerSelection = 1.2e4;  // see pays_off
 constexpr int64_t kCandidateBytes = 64 << 20; // candidate lists per chunk of queries
 constexpr double kSmallestScale = 0x1p-100;   // below this a query's margin (quantize.cpp) would be huge
 constexpr double kHuge = 1e36;                // scores must stay far from float32 overflow
 
 // Screening halves the scan (N * D multiply-adds per query) but doubles the selection work
-// (~k * ln(N / k) offers per query): measured on this project's 2-core Zen 4, it pays off from
-// N * D >= 2e4 * k * ln(N / k) (1M x 64, k = 100: 0.5x the time; 200k x 32, k = 100: 0.92x;
-// 50k x 128, k = 100: 1.06x). A raw matrix must also be coded on the fly: worth it for 128 queries.
+// (~k * ln(N / k) offers per query). Measured on this project's 2-core Zen 4 (time against the
+// float32 scan, with N * D / (k ln(N / k)) in brackets): 1M x 64, k = 100: 0.5x (69k);
+// 20k x 64, k = 10: 0.78x (17k); 50k x 128, k = 100: 1.06x (10k); 20k x 32, k = 10: 1.01x (8k).
+// A raw matrix must also be coded on the fly: worth it from 128 queries.
 bool pays_off(const TopKArgs& a, const ItemView& rows, bool coded) {
     if (!coded && a.num_queries < kMinRawQueries) return false;
     const double n = static_cast<double>(rows.num_items), k = static_cast<double>(a.k);
