@@ -13,7 +13,7 @@ constexpr int kPanel = 16;
 // One query's bounded selection. The scan kernels read `threshold` and `accept_all` only;
 // everything else belongs to selection.cpp.
 struct QueryState {
-    float threshold;       // a candidate must score strictly above this (when accept_all == 0)
+    float threshold;       // unless accept_all: a float32 score must be above it, a screening upper bound reach it
     uint32_t accept_all;   // all-ones while the heap is not full or its worst entry is NaN
     float* heap_scores;    // capacity entries; a max-heap on "rank worse"
     int64_t* heap_ids;
@@ -21,10 +21,14 @@ struct QueryState {
     int64_t capacity;
     const int64_t* exclude_begin;  // sorted item ids this query must skip
     const int64_t* exclude_end;
-    // The screening scan's candidates (screen.cpp): items whose score bound reaches the threshold.
-    float* candidate_bounds;
+    // The screening scan's candidates (screen.cpp): items whose upper bound reaches the threshold,
+    // which there is the k-th best lower bound among them as of the last compaction.
+    float* candidate_upper;
+    float* candidate_lower;
     int64_t* candidate_ids;
+    float* candidate_scratch;      // capacity floats for the compaction's selection
     int64_t candidate_count;
+    int64_t candidate_limit;       // compact when the list reaches this (<= capacity)
     int64_t candidate_capacity;    // 0: the float32 scan, which keeps no candidates
     bool candidates_overflowed;    // too many candidates stayed: the query needs the float32 scan
 };
@@ -33,8 +37,9 @@ struct QueryState {
 // Lanes whose id is >= num_items (the zero padding of the last panel) are ignored.
 void offer_panel(QueryState& state, const float* scores, uint32_t mask, int64_t first_id, int64_t num_items);
 
-// The screening scan's offer: each lane in `mask` (its upper bound reaches the threshold) becomes a
-// candidate, and its lower bound is offered to the heap, whose k-th entry is the threshold.
+// The screening scan's offer: each lane in `mask` whose upper bound reaches the threshold becomes a
+// candidate. A full list is compacted: the threshold rises to the k-th best lower bound in it (k is
+// the state's capacity) and the candidates whose upper bound falls below it are dropped; no heap.
 void offer_bounds(QueryState& state, const float* lower, const float* upper, uint32_t mask, int64_t first_id,
                   int64_t num_items);
 
@@ -54,8 +59,8 @@ struct ScanTask {
 
 // The int8 screening scan (screen.cpp): the same selection on bounds of each score in units of the
 // query's scale, approx +- slack with approx = code_q . code_x * scale_x and
-// slack = |code_q| * residual_x + residual_q * span_x + margin_q. The heap keeps the k best lower
-// bounds; every item whose upper bound reaches the k-th of them is a candidate.
+// slack = |code_q| * residual_x + residual_q * span_x + margin_q. Every item whose upper bound
+// reaches the k-th best lower bound is a candidate (offer_bounds).
 struct CodeScanTask {
     const int8_t* queries;         // row q at queries + q * padded dim (quantize.h)
     const int32_t* offsets;        // per query, added to every accumulator

@@ -38,23 +38,30 @@ struct ScanOutput {
 struct ScanCandidates {
     int64_t capacity = 0;
     int parts = 0;
-    std::vector<float> bounds;
+    std::vector<float> upper, lower;
     std::vector<int64_t> ids;
     std::vector<int64_t> count;
     std::vector<uint8_t> overflowed;
+    std::vector<float> scratch;  // one list's worth per thread
 
-    void prepare(int num_parts, int64_t num_queries) {
+    void prepare(int num_parts, int64_t num_queries, int threads) {
         parts = num_parts;
-        bounds.resize(static_cast<size_t>(num_parts * num_queries * capacity));
-        ids.resize(bounds.size());
+        upper.resize(static_cast<size_t>(num_parts * num_queries * capacity));
+        lower.resize(upper.size());
+        ids.resize(upper.size());
         count.assign(static_cast<size_t>(num_parts * num_queries), 0);
         overflowed.assign(count.size(), 0);
+        scratch.resize(static_cast<size_t>(threads * capacity));
     }
     void attach(QueryState& state, int64_t list) {
-        state.candidate_bounds = bounds.data() + list * capacity;
+        state.candidate_upper = upper.data() + list * capacity;
+        state.candidate_lower = lower.data() + list * capacity;
         state.candidate_ids = ids.data() + list * capacity;
         state.candidate_capacity = capacity;
+        state.candidate_limit = std::min(capacity, std::max<int64_t>(2 * state.capacity, 1));
     }
+    // Compaction scratch of the thread that scans the list (states are never shared by threads).
+    void lend_scratch(QueryState& state, int thread) { state.candidate_scratch = scratch.data() + thread * capacity; }
     void collect(const QueryState& state, int64_t list) {
         count[list] = state.candidate_count;
         overflowed[list] = state.candidates_overflowed;
@@ -101,7 +108,7 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
         // buffer block i + 1 reuses.
         const int64_t capacity = std::min(a.k, src.num_items());
         states.resize(nq);
-        if (candidates) candidates->prepare(1, nq);
+        if (candidates) candidates->prepare(1, nq, threads);
         for (int64_t q = 0; q < nq; ++q) {
             init_state(states[q], a.scores + q * a.k, a.ids + q * a.k, capacity, excl_begin(a, q), excl_end(a, q));
             if (candidates) candidates->attach(states[q], q);
@@ -113,6 +120,8 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
         {
             const int t = omp_get_thread_num();
             const int64_t q_begin = split_point(nq, threads, t), q_end = split_point(nq, threads, t + 1);
+            if (candidates)
+                for (int64_t q = q_begin; q < q_end; ++q) candidates->lend_scratch(states[q], t);
             for (int64_t p = 0, i = 0; p < total_panels; p += block, ++i) {
                 const int64_t count = std::min(block, total_panels - p);
                 if (src.packed()) {
@@ -146,7 +155,7 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
     std::vector<float> heap_scores(offset[threads]);
     std::vector<int64_t> heap_ids(offset[threads]);
     states.resize(static_cast<size_t>(nq) * threads);
-    if (candidates) candidates->prepare(threads, nq);
+    if (candidates) candidates->prepare(threads, nq, threads);
     for (int t = 0; t < threads; ++t)
         for (int64_t q = 0; q < nq; ++q) {
             init_state(states[t * nq + q], heap_scores.data() + offset[t] + q * capacity[t],
@@ -157,6 +166,8 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
     {
         const int t = omp_get_thread_num();
         QueryState* mine = states.data() + t * nq;
+        if (candidates)
+            for (int64_t q = 0; q < nq; ++q) candidates->lend_scratch(mine[q], t);
         for (int64_t p = first_panel[t]; p < first_panel[t + 1]; p += block) {
             const int64_t count = std::min(block, first_panel[t + 1] - p);
             if (src.packed()) {

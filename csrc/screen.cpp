@@ -96,23 +96,33 @@ struct CodeSource {
 };
 
 #if defined(TWOTOWER_X86)
-// Rescores the candidates of query q whose upper bound reaches the k-th lower bound `threshold` and
-// writes its top k. False when the screening cannot answer the query (the float32 scan must).
+// Rescores the candidates of query q whose upper bound reaches the k-th best lower bound of all of
+// them and writes its top k. False when the screening cannot answer the query (the float32 scan must).
+// `ids`, `upper`, `lower`, `rescored` and `order` are scratch of the candidates' total capacity.
 bool finish_query(const TopKArgs& a, const ItemView& rows, const QueryCodes& qc, const ItemCodeStats& items,
-                  const ScanCandidates& candidates, int64_t q, float threshold, int64_t* ids, float* rescored,
-                  int64_t* order) {
+                  const ScanCandidates& candidates, int64_t q, int64_t* ids, float* upper, float* lower,
+                  float* rescored, int64_t* order) {
     if (!qc.finite[q] || !(qc.scale[q] > kSmallestScale) || !std::isfinite(qc.unit_margin[q]) ||
         qc.max_abs[q] * items.max_abs * static_cast<double>(rows.dim) > kHuge)
         return false;
     const int64_t nq = a.num_queries;
-    int64_t count = 0;
+    int64_t listed = 0;
     for (int part = 0; part < candidates.parts; ++part) {
-        const int64_t list = part * nq + q;
+        const int64_t list = part * nq + q, at = list * candidates.capacity, n = candidates.count[list];
         if (candidates.overflowed[list]) return false;
-        const float* bounds = candidates.bounds.data() + list * candidates.capacity;
-        const int64_t* list_ids = candidates.ids.data() + list * candidates.capacity;
-        for (int64_t i = 0; i < candidates.count[list]; ++i)
-            if (bounds[i] >= threshold) ids[count++] = list_ids[i];
+        std::copy(candidates.upper.begin() + at, candidates.upper.begin() + at + n, upper + listed);
+        std::copy(candidates.lower.begin() + at, candidates.lower.begin() + at + n, lower + listed);
+        std::copy(candidates.ids.begin() + at, candidates.ids.begin() + at + n, ids + listed);
+        listed += n;
+    }
+    int64_t count = listed;
+    if (listed > a.k) {  // keep the items whose upper bound reaches the k-th best lower bound
+        std::copy(lower, lower + listed, rescored);
+        std::nth_element(rescored, rescored + (listed - a.k), rescored + listed);
+        const float threshold = rescored[listed - a.k];
+        count = 0;
+        for (int64_t i = 0; i < listed; ++i)
+            if (upper[i] >= threshold) ids[count++] = ids[i];
     }
     rescore_avx512_vnni(a.queries + q * a.query_stride, rows.data, rows.row_stride, rows.col_stride, rows.dim, ids,
                         count, rescored);
@@ -193,13 +203,13 @@ void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* cod
     const int64_t nq = a.num_queries;
     QueryCodes qc;
     quantize_queries(a.queries, nq, a.query_stride, rows.dim, a.num_threads, qc);
-    // The heaps keep each query's k best lower bounds; the candidates are collected alongside.
-    std::vector<float> lower(nq * a.k);
-    std::vector<int64_t> lower_ids(nq * a.k);
+    // The scan keeps candidate lists only; its heaps (and their output storage) stay empty.
+    std::vector<float> unused_scores(nq * a.k);
+    std::vector<int64_t> unused_ids(nq * a.k);
     ScanCandidates candidates;
     candidates.capacity = 3 * a.k + 256;
     std::vector<ItemCodeStats> thread_stats(std::max(a.num_threads, 1));
-    const ScanOutput out{nq, a.k, a.exclude_indptr, a.exclude_ids, a.num_threads, lower.data(), lower_ids.data()};
+    const ScanOutput out{nq, a.k, a.exclude_indptr, a.exclude_ids, a.num_threads, unused_scores.data(), unused_ids.data()};
     run_scan(out, CodeSource{qc, rows, coded, &thread_stats}, &candidates);
     ItemCodeStats items;
     if (coded) {
@@ -214,14 +224,14 @@ void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* cod
     } else {
         const int threads = std::max(a.num_threads, 1);
         const int64_t most = candidates.parts * candidates.capacity;
-        std::vector<float> rescored(threads * most);
+        std::vector<float> upper(threads * most), lower(threads * most), rescored(threads * most);
         std::vector<int64_t> ids(threads * most), order(threads * most);
         std::vector<uint8_t> ok(nq);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
         for (int64_t q = 0; q < nq; ++q) {
-            const int t = omp_get_thread_num();
-            ok[q] = finish_query(a, rows, qc, items, candidates, q, lower[q * a.k + a.k - 1], ids.data() + t * most,
-                                 rescored.data() + t * most, order.data() + t * most);
+            const int64_t t = omp_get_thread_num() * most;
+            ok[q] = finish_query(a, rows, qc, items, candidates, q, ids.data() + t, upper.data() + t, lower.data() + t,
+                                 rescored.data() + t, order.data() + t);
         }
         for (int64_t q = 0; q < nq; ++q)
             if (!ok[q]) failed.push_back(q);

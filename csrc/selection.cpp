@@ -68,9 +68,12 @@ void init_state(QueryState& state, float* heap_scores, int64_t* heap_ids, int64_
     state.capacity = capacity;
     state.exclude_begin = exclude_begin;
     state.exclude_end = exclude_end;
-    state.candidate_bounds = nullptr;
+    state.candidate_upper = nullptr;
+    state.candidate_lower = nullptr;
     state.candidate_ids = nullptr;
+    state.candidate_scratch = nullptr;
     state.candidate_count = 0;
+    state.candidate_limit = 0;
     state.candidate_capacity = 0;
     state.candidates_overflowed = false;
     refresh_threshold(state);
@@ -109,20 +112,32 @@ void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t firs
     }
 }
 
-// Drops the candidates whose bound fell below the threshold; a list that stays more than 3/4 full
-// marks the query as overflowed and stops its scan (the float32 scan answers it instead).
+// Raises the threshold to the k-th best lower bound among the candidates (k: the state's capacity)
+// and drops the candidates whose upper bound falls below it. Every item whose lower bound reaches
+// the threshold is still listed, so the threshold is the k-th best lower bound of all items seen.
+// The next compaction comes when the list has grown by half (the threshold rises fastest early in
+// the scan, and a stale one lets more items in). A list that stays more than 3/4 full marks the
+// query as overflowed and stops its scan (the float32 scan answers it instead).
 void compact_candidates(QueryState& s) {
-    int64_t kept = 0;
-    if (!s.accept_all) {
-        for (int64_t i = 0; i < s.candidate_count; ++i) {
-            if (s.candidate_bounds[i] >= s.threshold) {
-                s.candidate_bounds[kept] = s.candidate_bounds[i];
-                s.candidate_ids[kept++] = s.candidate_ids[i];
-            }
-        }
-        s.candidate_count = kept;
+    const int64_t n = s.candidate_count, k = s.capacity;
+    std::copy(s.candidate_lower, s.candidate_lower + n, s.candidate_scratch);
+    std::nth_element(s.candidate_scratch, s.candidate_scratch + (n - k), s.candidate_scratch + n);
+    const float threshold = s.candidate_scratch[n - k];  // n >= limit >= 2k
+    if (s.accept_all || threshold > s.threshold) {
+        s.threshold = threshold;
+        s.accept_all = 0;
     }
-    if (s.accept_all || kept > s.candidate_capacity / 4 * 3) {
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (s.candidate_upper[i] >= s.threshold) {
+            s.candidate_upper[kept] = s.candidate_upper[i];
+            s.candidate_lower[kept] = s.candidate_lower[i];
+            s.candidate_ids[kept++] = s.candidate_ids[i];
+        }
+    }
+    s.candidate_count = kept;
+    s.candidate_limit = std::min(s.candidate_capacity, std::max(2 * k, kept + kept / 2));
+    if (kept > s.candidate_capacity / 4 * 3) {
         s.candidates_overflowed = true;
         s.accept_all = 0;
         s.threshold = std::numeric_limits<float>::quiet_NaN();  // no lane compares above it
@@ -139,14 +154,14 @@ void offer_bounds(QueryState& s, const float* lower, const float* upper, uint32_
         if (id >= num_items) break;  // lanes are visited in id order; the rest is padding
         if (!s.accept_all && !(upper[lane] >= s.threshold)) continue;  // the threshold rose within this panel
         if (is_excluded(s, id)) continue;
-        if (s.candidate_count == s.candidate_capacity) {
+        if (s.candidate_count >= s.candidate_limit) {
             compact_candidates(s);
             if (s.candidates_overflowed) return;
-            if (!(upper[lane] >= s.threshold) && !s.accept_all) continue;
+            if (!(upper[lane] >= s.threshold)) continue;
         }
-        s.candidate_bounds[s.candidate_count] = upper[lane];
+        s.candidate_upper[s.candidate_count] = upper[lane];
+        s.candidate_lower[s.candidate_count] = lower[lane];
         s.candidate_ids[s.candidate_count++] = id;
-        offer_one(s, lower[lane], id);
     }
 }
 
