@@ -26,7 +26,7 @@ struct QueryState {
     float* candidate_upper;
     float* candidate_lower;
     int64_t* candidate_ids;
-    float* candidate_scratch;      // capacity floats for the compaction's selection
+    uint32_t* candidate_scratch;   // capacity entries for the compaction's selection
     int64_t candidate_count;
     int64_t candidate_limit;       // compact when the list reaches this (<= capacity)
     int64_t candidate_capacity;    // 0: the float32 scan, which keeps no candidates
@@ -100,6 +100,10 @@ void scan_codes_avx512_vnni(const CodeScanTask& task);
 // Codes a contiguous row into codes[0, dim); false (nothing written) for rows it leaves to the
 // portable coder (values so small that 127 / max |x| overflows).
 bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode& out);
+// The k-th largest of values[0, n) (1 <= k <= n, no NaN), by a bitwise search over an order-keeping
+// integer key: 32 counting passes, branch-free, instead of a selection that reorders the values.
+// `keys` is scratch for n entries.
+float kth_largest_avx512_vnni(const float* values, int64_t n, int64_t k, uint32_t* keys);
 void rescore_avx512_vnni(const float* query, const float* items, int64_t row_stride, int64_t col_stride,
                          int64_t dim, const int64_t* ids, int64_t count, float* scores);
 #endif

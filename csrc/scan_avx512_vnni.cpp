@@ -142,6 +142,34 @@ bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode&
     return true;
 }
 
+float kth_largest_avx512_vnni(const float* values, int64_t n, int64_t k, uint32_t* keys) {
+    // key(x): flip every bit of a negative float and the sign bit of a positive one, so that keys
+    // compare as unsigned integers in the order of the floats (-0 just below +0).
+    const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+        const __m512i bits = _mm512_maskz_loadu_epi32(m, values + i);
+        const __mmask16 negative = _mm512_test_epi32_mask(bits, sign);
+        const __m512i key = _mm512_mask_xor_epi32(_mm512_or_si512(bits, sign), negative, bits, _mm512_set1_epi32(-1));
+        _mm512_mask_storeu_epi32(keys + i, m, key);
+    }
+    uint32_t found = 0;  // the largest key with at least k keys >= it, one bit at a time
+    for (int bit = 31; bit >= 0; --bit) {
+        const uint32_t trial = found | (1u << bit);
+        const __m512i t = _mm512_set1_epi32(static_cast<int>(trial));
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+            count += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(m, _mm512_maskz_loadu_epi32(m, keys + i), t));
+        }
+        if (count >= k) found = trial;
+    }
+    const uint32_t bits = (found & 0x80000000u) ? (found & 0x7fffffffu) : ~found;
+    float out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+}
+
 void rescore_avx512_vnni(const float* query, const float* items, int64_t row_stride, int64_t col_stride,
                          int64_t dim, const int64_t* ids, int64_t count, float* scores) {
     // Eight candidates at a time: eight independent chains of fused multiply-adds (one chain would

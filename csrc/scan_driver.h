@@ -42,7 +42,7 @@ struct ScanCandidates {
     std::vector<int64_t> ids;
     std::vector<int64_t> count;
     std::vector<uint8_t> overflowed;
-    std::vector<float> scratch;  // one list's worth per thread
+    std::vector<uint32_t> scratch;  // one list's worth per thread
 
     void prepare(int num_parts, int64_t num_queries, int threads) {
         parts = num_parts;

@@ -119,10 +119,14 @@ void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t firs
 // the scan, and a stale one lets more items in). A list that stays more than 3/4 full marks the
 // query as overflowed and stops its scan (the float32 scan answers it instead).
 void compact_candidates(QueryState& s) {
-    const int64_t n = s.candidate_count, k = s.capacity;
-    std::copy(s.candidate_lower, s.candidate_lower + n, s.candidate_scratch);
-    std::nth_element(s.candidate_scratch, s.candidate_scratch + (n - k), s.candidate_scratch + n);
-    const float threshold = s.candidate_scratch[n - k];  // n >= limit >= 2k
+    const int64_t n = s.candidate_count, k = s.capacity;  // n >= limit >= 2k
+#if defined(TWOTOWER_X86)
+    const float threshold = kth_largest_avx512_vnni(s.candidate_lower, n, k, s.candidate_scratch);
+#else  // no screening kernel here: kept for completeness
+    std::vector<float> copy(s.candidate_lower, s.candidate_lower + n);
+    std::nth_element(copy.begin(), copy.begin() + (n - k), copy.end());
+    const float threshold = copy[n - k];
+#endif
     if (s.accept_all || threshold > s.threshold) {
         s.threshold = threshold;
         s.accept_all = 0;
