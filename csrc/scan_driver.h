@@ -28,8 +28,8 @@ struct ScanOutput {
     const int64_t* exclude_indptr;  // [num_queries + 1] or null
     const int64_t* exclude_ids;     // sorted within each row
     int num_threads;
-    float* scores;                  // [num_queries, k], best first, padded with -inf
-    int64_t* ids;                   // [num_queries, k], padded with -1
+    float* scores;                  // [num_queries, k], best first, padded with -inf; null when only
+    int64_t* ids;                   // candidate lists are wanted (the screening scan), else [num_queries, k]
 };
 
 // The screening scan's candidate lists, one per query and part (a part is a thread's share of the
@@ -110,7 +110,8 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
         states.resize(nq);
         if (candidates) candidates->prepare(1, nq, threads);
         for (int64_t q = 0; q < nq; ++q) {
-            init_state(states[q], a.scores + q * a.k, a.ids + q * a.k, capacity, excl_begin(a, q), excl_end(a, q));
+            init_state(states[q], a.scores ? a.scores + q * a.k : nullptr, a.ids ? a.ids + q * a.k : nullptr, capacity,
+                       excl_begin(a, q), excl_end(a, q));
             if (candidates) candidates->attach(states[q], q);
         }
         AlignedArray<std::byte> shared[2];
@@ -133,7 +134,8 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
                     if (q_begin < q_end) src.scan(q_begin, q_end, p, count, src.buffer_block(buffer), states.data() + q_begin);
                 }
             }
-            for (int64_t q = q_begin; q < q_end; ++q) finalize_in_place(states[q], a.k);
+            if (a.scores)
+                for (int64_t q = q_begin; q < q_end; ++q) finalize_in_place(states[q], a.k);
         }
         if (candidates)
             for (int64_t q = 0; q < nq; ++q) candidates->collect(states[q], q);
@@ -181,6 +183,7 @@ void run_scan(const ScanOutput& a, const Source& src, ScanCandidates* candidates
     }
     if (candidates)
         for (int64_t list = 0; list < nq * threads; ++list) candidates->collect(states[list], list);
+    if (!a.scores) return;
     std::vector<const QueryState*> parts(threads);
     for (int64_t q = 0; q < nq; ++q) {
         for (int t = 0; t < threads; ++t) parts[t] = &states[t * nq + q];

@@ -203,13 +203,10 @@ void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* cod
     const int64_t nq = a.num_queries;
     QueryCodes qc;
     quantize_queries(a.queries, nq, a.query_stride, rows.dim, a.num_threads, qc);
-    // The scan keeps candidate lists only; its heaps (and their output storage) stay empty.
-    std::vector<float> unused_scores(nq * a.k);
-    std::vector<int64_t> unused_ids(nq * a.k);
-    ScanCandidates candidates;
+    ScanCandidates candidates;  // the scan keeps candidate lists only (no heaps, no output)
     candidates.capacity = 3 * a.k + 256;
     std::vector<ItemCodeStats> thread_stats(std::max(a.num_threads, 1));
-    const ScanOutput out{nq, a.k, a.exclude_indptr, a.exclude_ids, a.num_threads, unused_scores.data(), unused_ids.data()};
+    const ScanOutput out{nq, a.k, a.exclude_indptr, a.exclude_ids, a.num_threads, nullptr, nullptr};
     run_scan(out, CodeSource{qc, rows, coded, &thread_stats}, &candidates);
     ItemCodeStats items;
     if (coded) {
