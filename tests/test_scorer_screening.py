@@ -216,3 +216,17 @@ def test_exact_index_layouts_agree():
         assert_same(screening.search(queries, 15, simd=simd), panels.search(queries, 15, simd=simd))
     with pytest.raises(TypeError, match="screening"):
         twotower.ExactIndex(items, screening="yes")
+
+
+def test_strided_items_are_coded_and_rescored_in_place():
+    """Raw matrices with any strides: a Fortran-order copy, a reversed view with a column offset."""
+    rng = fresh_rng()
+    base = rng.standard_normal((6000, 70), dtype=np.float32)
+    queries = rng.standard_normal((150, 33), dtype=np.float32)
+    for items in (np.asfortranarray(base[:, :33]), base[::-2, 7:40]):
+        assert not items.flags.c_contiguous
+        want = float32_path(queries, np.ascontiguousarray(items), 12, threads=2)
+        for raw in (True, False):
+            *got, report = screened(queries, items, 12, threads=2, raw=raw)
+            assert report["screened"] and report["fallback_queries"] == 0
+            assert_same(got, want)
