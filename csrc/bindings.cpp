@@ -5,7 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -57,8 +59,20 @@ py::array float_matrix(py::handle obj, const char* name, bool contiguous_rows) {
 
 int64_t stride_elems(const py::array& a, int axis) { return a.strides(axis) / static_cast<py::ssize_t>(sizeof(float)); }
 
+// The default thread count: OMP_NUM_THREADS when set to a positive number, else every core. Not
+// omp_get_max_threads(): torch.set_num_threads() changes it for the whole process (they share the
+// OpenMP runtime), and a trainer running torch on one thread would otherwise evaluate on one too.
+int default_threads() {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+        char* end = nullptr;
+        const long n = std::strtol(env, &end, 10);  // "4" or the first level of "4,2"
+        if (end != env && n >= 1 && n <= 4096) return static_cast<int>(n);
+    }
+    return std::max(1, omp_get_num_procs());
+}
+
 int resolve_threads(const py::object& num_threads) {
-    if (num_threads.is_none()) return omp_get_max_threads();
+    if (num_threads.is_none()) return default_threads();
     if (py::isinstance<py::bool_>(num_threads) || !py::isinstance<py::int_>(num_threads))
         throw py::type_error("num_threads must be an int or None; got " +
                              std::string(py::str(py::type::of(num_threads).attr("__name__"))));
@@ -250,6 +264,8 @@ PYBIND11_MODULE(_C, m) {
         .def_property_readonly("screening", &PackedItems::screening_layout);
 
     m.def("available_simd", &twotower::available_isas, "SIMD paths this CPU supports, best first.");
+    m.def("default_num_threads", &default_threads,
+          "Threads a call with num_threads=None uses: OMP_NUM_THREADS when set, else every core.");
     m.def(
         "selected_simd",
         [](const std::string& simd) {

@@ -3,6 +3,8 @@ CPU has and with 1 and 2 threads."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,20 @@ def test_forced_simd_path_via_environment(monkeypatch):
     monkeypatch.setenv("TWOTOWER_SIMD", "sse9")
     with pytest.raises(ValueError, match="sse9"):
         twotower.topk(np.ones((1, 2), np.float32), np.ones((3, 2), np.float32), 1)
+
+
+def test_default_thread_count_is_not_torchs(monkeypatch):
+    """num_threads=None means OMP_NUM_THREADS or every core, even after torch.set_num_threads(1)
+    (torch shares the OpenMP runtime; the trainer runs torch on one thread and must still evaluate on
+    all cores)."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert twotower._C.default_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
+    for value, want in (("3", 3), ("3,1", 3), ("many", cores), ("0", cores)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert twotower._C.default_num_threads() == want, value
