@@ -18,20 +18,24 @@ namespace {
 
 constexpr int64_t kBlockBytes = 256 * 1024;   // a block of codes stays in L2 while queries stream over it
 constexpr int64_t kMinRawQueries = 128;       // coding a raw matrix on the fly pays off from here
-constexpr double kMinScanPerSelection = 1.2e4;  // see pays_off
+constexpr double kMinScanPerSelection = 4e3;  // see pays_off
+constexpr int64_t kMinItems = 16384;           // see pays_off
 constexpr int64_t kCandidateBytes = 64 << 20; // candidate lists per chunk of queries
 constexpr double kSmallestScale = 0x1p-100;   // below this a query's margin (quantize.cpp) would be huge
 constexpr double kHuge = 1e36;                // scores must stay far from float32 overflow
 
 // Screening halves the scan (N * D multiply-adds per query) but doubles the selection work
-// (~k * ln(N / k) offers per query). Measured on this project's 2-core Zen 4 (time against the
-// float32 scan, with N * D / (k ln(N / k)) in brackets): 1M x 64, k = 100: 0.5x (69k);
-// 20k x 64, k = 10: 0.78x (17k); 50k x 128, k = 100: 1.06x (10k); 20k x 32, k = 10: 1.01x (8k).
+// (~k * ln(N / k) offers per query) and adds per-call work (coding the queries, rescoring). Measured
+// on this project's 2-core Zen 4, B = 1024-2048 (time against the float32 scan; in brackets
+// N * D / (k ln(N / k))): Gaussian 1M x 64, k = 100: 0.5x (69k); trained 20k x 64 item vectors,
+// k = 10 / 50 / 100: 0.67x (17k) / 0.76x (4.3k) / 0.92x (2.4k); Gaussian 20k x 64, same k: 0.79x /
+// 0.88x / 1.04x; Gaussian 20k x 16, k = 10: 1.07x (4.2k); 50k x 128, k = 100: 1.06x (10k); trained
+// 5k x 64: 0.92-1.14x; 2k x 64: 1.3-2.5x. Hence: at least 16384 items and N * D >= 4e3 * k ln(N / k).
 // A raw matrix must also be coded on the fly: worth it from 128 queries.
 bool pays_off(const TopKArgs& a, const ItemView& rows, bool coded) {
     if (!coded && a.num_queries < kMinRawQueries) return false;
     const double n = static_cast<double>(rows.num_items), k = static_cast<double>(a.k);
-    if (n <= 2.0 * k) return false;
+    if (rows.num_items < kMinItems || n <= 2.0 * k) return false;
     return n * static_cast<double>(rows.dim) >= kMinScanPerSelection * k * std::log(n / k);
 }
 
