@@ -11,8 +11,9 @@ the same order of operations as the AVX-512 kernel. The answer is therefore the 
 and scores bit for bit, not an approximation; a query whose candidates do not fit a bounded list
 (near-identical items) is rescanned in float32. `ExactIndex` stores the codes when the CPU can
 screen (about 1.25 x N x D x 4 bytes: codes plus a float32 copy for rescoring). The default path
-screens where it is faster (a large N x D against k ln(N / k); for `topk` on a raw matrix, which
-is coded on the fly, from 128 queries); simd="avx512_vnni" screens wherever it applies.
+screens where it was measured to be faster (at least 16,384 items and N x D >= 4,000 k ln(N / k);
+for `topk` on a raw matrix, which is coded on the fly, from 128 queries); simd="avx512_vnni"
+screens wherever it applies.
 
 Order of results: higher score first, then lower item id (so results do not depend on the thread
 count); a NaN score ranks after every number, -inf included. Slots that no item can fill (k larger
