@@ -176,30 +176,6 @@ void rescan_in_float(const TopKArgs& a, const ItemView& rows, const std::vector<
     }
 }
 
-}  // namespace
-
-CodedItems::CodedItems(const ItemView& items, int num_threads) {
-    if (items.dim > kMaxCodeDim)
-        throw std::invalid_argument("rows of " + std::to_string(items.dim) + " values are too long for int8 codes (at most " +
-                                    std::to_string(kMaxCodeDim) + ")");
-    const int64_t panels = std::max<int64_t>(num_panels_for(items.num_items), 1);
-    const int64_t panel_bytes = code_panel_bytes(items.dim);
-    lanes_ = panels * kPanel;
-    codes_.resize(panels * panel_bytes);
-    floats_.resize(3 * lanes_);
-    std::vector<ItemCodeStats> stats(std::max(num_threads, 1));
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t p = 0; p < num_panels_for(items.num_items); ++p)
-        quantize_panels(items, p, 1, codes_.data.get() + p * panel_bytes, floats(p), stats[omp_get_thread_num()]);
-    for (const auto& s : stats) stats_.merge(s);
-}
-
-CodePanelFloats CodedItems::floats(int64_t first_panel) const {
-    float* base = floats_.data.get() + first_panel * kPanel;
-    return CodePanelFloats{base, base + lanes_, base + 2 * lanes_};
-}
-
-namespace {
 
 #if defined(TWOTOWER_X86)
 // Screens one chunk of queries (all of `a`), rescans in float32 the ones it cannot answer.
@@ -244,6 +220,28 @@ void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* cod
 
 }  // namespace
 
+CodedItems::CodedItems(const ItemView& items, int num_threads) {
+    if (items.dim > kMaxCodeDim)
+        throw std::invalid_argument("rows of " + std::to_string(items.dim) + " values are too long for int8 codes (at most " +
+                                    std::to_string(kMaxCodeDim) + ")");
+    const int64_t panels = std::max<int64_t>(num_panels_for(items.num_items), 1);
+    const int64_t panel_bytes = code_panel_bytes(items.dim);
+    lanes_ = panels * kPanel;
+    codes_.resize(panels * panel_bytes);
+    floats_.resize(3 * lanes_);
+    std::vector<ItemCodeStats> stats(std::max(num_threads, 1));
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t p = 0; p < num_panels_for(items.num_items); ++p)
+        quantize_panels(items, p, 1, codes_.data.get() + p * panel_bytes, floats(p), stats[omp_get_thread_num()]);
+    for (const auto& s : stats) stats_.merge(s);
+}
+
+CodePanelFloats CodedItems::floats(int64_t first_panel) const {
+    float* base = floats_.data.get() + first_panel * kPanel;
+    return CodePanelFloats{base, base + lanes_, base + 2 * lanes_};
+}
+
+
 bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* coded, SearchReport& report) {
 #if defined(TWOTOWER_X86)
     const int64_t nq = a.num_queries;
@@ -251,9 +249,9 @@ bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* code
     if (coded && (!coded->stats().finite || coded->stats().max_abs * 127.0 * rows.dim > kHuge)) return false;
     if (!a.path.forced && !pays_off(a, rows, coded != nullptr)) return false;
     report.screened = true;
-    // Chunks of queries bound the candidate lists' memory (12 bytes per entry, 3k + 256 per query);
+    // Chunks of queries bound the candidate lists' memory (16 bytes per entry, 3k + 256 per query);
     // each chunk streams the items again, which costs little next to scoring them.
-    const int64_t per_query = 12 * (3 * a.k + 256);
+    const int64_t per_query = 16 * (3 * a.k + 256);
     const int64_t chunk = std::max<int64_t>(256, kCandidateBytes / per_query);
     for (int64_t q0 = 0; q0 < nq; q0 += chunk) {
         TopKArgs sub = a;
