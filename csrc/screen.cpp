@@ -176,7 +176,6 @@ void rescan_in_float(const TopKArgs& a, const ItemView& rows, const std::vector<
     }
 }
 
-
 #if defined(TWOTOWER_X86)
 // Screens one chunk of queries (all of `a`), rescans in float32 the ones it cannot answer.
 void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* coded, SearchReport& report) {
@@ -240,7 +239,6 @@ CodePanelFloats CodedItems::floats(int64_t first_panel) const {
     float* base = floats_.data.get() + first_panel * kPanel;
     return CodePanelFloats{base, base + lanes_, base + 2 * lanes_};
 }
-
 
 bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* coded, SearchReport& report) {
 #if defined(TWOTOWER_X86)
