@@ -40,6 +40,7 @@ import numpy as np
 from twotower.atomic import atomic_write, write_json_atomic
 from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
+from twotower.scorer import ExactIndex
 
 INDEX_FILE = "index.hnsw"
 META_FILE = "index.json"
@@ -145,7 +146,7 @@ class HNSWIndex:
         self._lock = _ReadWriteLock()
         self._labels: set[int] = set()  # every label in the graph, deleted ones included
         self._deleted: set[int] = set()
-        self._exact_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._exact_cache: tuple[np.ndarray, ExactIndex] | None = None
         self._index = self._new_graph(max(int(max_elements), 1))
 
     # -- construction -----------------------------------------------------------------------------
@@ -364,16 +365,14 @@ class HNSWIndex:
     def _exact(
         self, queries: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the live vectors (labels mapped to rows of the packed matrix and back)."""
-        from twotower import topk
-
+        """Exact top-k over the live vectors (labels mapped to rows of the packed matrix and back). The
+        vectors are packed once per state of the index (an `ExactIndex`: a query costs a scan of the
+        packed items, not a repacking), and dropped on any add, update or removal."""
         if self._exact_cache is None:
             labels = self._live_labels()
-            self._exact_cache = (
-                labels,
-                np.ascontiguousarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32),
-            )
-        labels, vectors = self._exact_cache
+            vectors = np.ascontiguousarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
+            self._exact_cache = (labels, ExactIndex(vectors.reshape(len(labels), self.dim)))
+        labels, exact = self._exact_cache
         rows_exclude = None
         if exclude is not None:
             indptr, indices = exclude
@@ -381,7 +380,7 @@ class HNSWIndex:
             inside = (pos < len(labels)) & (labels[np.minimum(pos, len(labels) - 1)] == indices)
             kept_before = np.concatenate([[0], np.cumsum(inside, dtype=np.int64)])
             rows_exclude = (kept_before[indptr], pos[inside])  # exclusions of items still in the index
-        scores, rows = topk(queries, vectors, k, exclude=rows_exclude)
+        scores, rows = exact.search(queries, k, exclude=rows_exclude)
         return scores, np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
 
     # -- files ------------------------------------------------------------------------------------
