@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, sized for a single device call (about 5 minutes, at most ~8):
+# One prepared GPU check, sized for a single device call (about 7 minutes, at most ~10):
 #   setup      hnswlib from .whl/ into /tmp/site (the sdist in .whl/sdist/ is built if the wheel
 #              does not import), twotower built from this checkout and installed (a prebuilt wheel
 #              in .whl/fallback/ is used if the build fails), nvidia-smi, versions
@@ -7,10 +7,13 @@
 #   trainer    pytest tests/train tests/test_model.py tests/test_losses.py              } by side
 #              tests/test_evaluate.py tests/test_index.py (trainer device "auto" = CUDA)
 #   train-cuda python -m benchmarks.gpu.train_cuda (AMP vs fp32 vs CPU training; alone on the GPU)
+#   extras     python -m benchmarks.gpu.profile_train (where a CUDA training step's time goes), then
+#              the C++ scorer's tests on the device's CPU (its SIMD dispatch; the paths listed)
 # Every step runs under `timeout` and logs to $OUT/<step>.log; $OUT/summary.log closes the run.
 # From the repository root:  bash benchmarks/gpu/check_cuda.sh   (carry .whl on the device call)
 # Dry run without a GPU (in a throwaway environment: it pip-installs twotower into python3's):
-#   TRAIN_CUDA_ARGS="--device cpu --tiny" OUT=/tmp/dry bash benchmarks/gpu/check_cuda.sh
+#   TRAIN_CUDA_ARGS="--device cpu --tiny" PROFILE_TRAIN_ARGS="--device cpu --tiny --steps 5" \
+#     OUT=/tmp/dry bash benchmarks/gpu/check_cuda.sh
 set -uo pipefail
 
 cd "$(dirname "$0")/../.." || exit 2
@@ -90,20 +93,26 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   done
   # -- 4. training comparison, alone on the GPU ----------------------------------------------------
   run_step train-cuda 200 0 python3 -m benchmarks.gpu.train_cuda --budget-s 150 --out "$OUT" ${TRAIN_CUDA_ARGS:-}
+  # -- 5. where a CUDA training step's time goes (host-bound in the first run), then the C++ scorer's
+  #       tests on this machine's CPU (another CPU model: its SIMD dispatch). One log: $OUT returns at
+  #       most 8 files.
+  run_step extras 210 0 bash -c "python3 -m benchmarks.gpu.profile_train ${PROFILE_TRAIN_ARGS:-}; \
+    python3 -c \"import twotower; print('scorer SIMD paths on this CPU:', twotower.available_simd())\"; \
+    ${PYTEST[*]} tests/test_scorer.py tests/test_scorer_screening.py tests/test_scorer_errors.py tests/test_scorer_build.py"
 fi
 
 # -- summary -------------------------------------------------------------------------------------
 {
   echo "=== summary ($(( $(date +%s) - T0 )) s in all)"
-  for name in setup infonce-tests trainer-tests train-cuda; do
+  for name in setup infonce-tests trainer-tests train-cuda extras; do
     if [[ -f $RCDIR/$name ]]; then
       read -r rc secs < "$RCDIR/$name"
       line=""
-      if [[ $name == *tests ]]; then
+      if [[ $name == *tests || $name == extras ]]; then
         line=$(grep -E "^=*.*[0-9]+ (passed|failed|error)" "$OUT/$name.log" | tail -n 1)
       fi
       echo "$name: exit $rc, ${secs} s $([[ $rc == 124 || $rc == 137 ]] && echo '(TIMED OUT) ')$line"
-      if [[ $name == *tests ]]; then
+      if [[ $name == *tests || $name == extras ]]; then
         grep -E "^(FAILED|ERROR) " "$OUT/$name.log" | head -n 40
       fi
     else
