@@ -1,7 +1,8 @@
-// The screening path: an int8 scan picks each query's k' > k best candidates by approximate score,
-// float32 rescoring ranks them, and a rigorous bound on the approximation certifies that no item
-// outside the candidates can reach the top k. Queries the bound does not certify are scanned again
-// in float32, so the answer is always the float32 path's (same ids, bit-identical scores).
+// The screening path: an int8 scan gives every score a rigorous lower and upper bound (the codes'
+// residuals and every float32 rounding covered); the items whose upper bound reaches the k-th best
+// lower bound are the candidates, and float32 rescoring in the float32 kernel's order of operations
+// ranks them. No other item can reach the top k, so the answer is the float32 path's (same ids,
+// bit-identical scores). Queries whose candidates overflow their list are scanned again in float32.
 #pragma once
 
 #include <cstdint>

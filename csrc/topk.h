@@ -1,6 +1,6 @@
 // Exact top-k by inner product with per-query exclusion: the entry points behind the binding.
 // The float32 path scans every item (topk.cpp); the screening path (screen.cpp) scans int8 codes,
-// then rescores a certified candidate set in float32. No Python in here.
+// then rescores the candidates its bounds leave in float32. No Python in here.
 #pragma once
 
 #include <cstdint>

@@ -25,7 +25,7 @@ struct TopKArgs {
 // What a search did, for tests and benchmarks.
 struct SearchReport {
     bool screened = false;         // the int8 screening pass ran
-    int64_t fallback_queries = 0;  // queries whose candidate set was not certified: scanned in float32
+    int64_t fallback_queries = 0;  // queries the screening could not answer: scanned in float32
 };
 
 }  // namespace twotower
