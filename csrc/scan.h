@@ -37,12 +37,6 @@ struct QueryState {
 // Lanes whose id is >= num_items (the zero padding of the last panel) are ignored.
 void offer_panel(QueryState& state, const float* scores, uint32_t mask, int64_t first_id, int64_t num_items);
 
-// The screening scan's offer: each lane in `mask` whose upper bound reaches the threshold becomes a
-// candidate. A full list is compacted: the threshold rises to the k-th best lower bound in it (k is
-// the state's capacity) and the candidates whose upper bound falls below it are dropped; no heap.
-void offer_bounds(QueryState& state, const float* lower, const float* upper, uint32_t mask, int64_t first_id,
-                  int64_t num_items);
-
 // Scores `num_queries` queries against `num_panels` packed panels and offers every candidate that can
 // enter a query's top-k to that query's state. Scores never leave registers otherwise.
 struct ScanTask {
@@ -93,10 +87,12 @@ void scan_generic(const ScanTask& task);
 void scan_avx2(const ScanTask& task);
 void scan_avx512(const ScanTask& task);
 void scan_codes_avx512_vnni(const CodeScanTask& task);
-// Float32 scores of `count` item rows (ids[i]; element (i, d) at items[i * row_stride + d * col_stride])
-// for one query, summed in
-// the order of the float32 scan kernels (one fused multiply-add per dim, dim 0 first), so that a
-// rescored candidate gets exactly the score scan_avx512 would have given it.
+// The screening scan's offer (portable code in selection.cpp, called by the screening kernel only):
+// each lane in `mask` whose upper bound reaches the threshold becomes a candidate. A full list is
+// compacted: the threshold rises to the k-th best lower bound in it (k is the state's capacity) and
+// the candidates whose upper bound falls below it are dropped; no heap.
+void offer_bounds(QueryState& state, const float* lower, const float* upper, uint32_t mask, int64_t first_id,
+                  int64_t num_items);
 // Codes a contiguous row into codes[0, dim); false (nothing written) for rows it leaves to the
 // portable coder (values so small that 127 / max |x| overflows).
 bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode& out);
@@ -104,6 +100,9 @@ bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode&
 // integer key: 32 counting passes, branch-free, instead of a selection that reorders the values.
 // `keys` is scratch for n entries.
 float kth_largest_avx512_vnni(const float* values, int64_t n, int64_t k, uint32_t* keys);
+// Float32 scores of `count` item rows (ids[i]; element (i, d) at items[i * row_stride + d * col_stride])
+// for one query, summed in the order of the float32 scan kernels (one fused multiply-add per dim,
+// dim 0 first), so that a rescored candidate gets exactly the score scan_avx512 would have given it.
 void rescore_avx512_vnni(const float* query, const float* items, int64_t row_stride, int64_t col_stride,
                          int64_t dim, const int64_t* ids, int64_t count, float* scores);
 #endif

@@ -36,6 +36,9 @@ inline void check(const __m512i acc, const PanelFloats& item, const __m512 code_
     }
 }
 
+// The lanes of a 16-wide step that still hold values, `left` of them remaining.
+inline __mmask16 lanes_left(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+
 inline __m512i query_group(const int8_t* q, int64_t g) {
     int32_t word;
     std::memcpy(&word, q + g * 4, sizeof(word));
@@ -102,7 +105,7 @@ bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode&
     const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
     __m512i max_bits = _mm512_setzero_si512();
     for (int64_t d = 0; d < dim; d += 16) {
-        const __mmask16 m = dim - d >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - d)) - 1);
+        const __mmask16 m = avx512_vnni::lanes_left(dim - d);
         max_bits = _mm512_max_epu32(max_bits, _mm512_and_si512(_mm512_maskz_loadu_epi32(m, row + d), abs_bits));
     }
     const uint32_t bits = _mm512_reduce_max_epu32(max_bits);
@@ -124,7 +127,7 @@ bool code_row_avx512_vnni(const float* row, int64_t dim, int8_t* codes, RowCode&
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
     __m512d code_sq = _mm512_setzero_pd(), residual_sq = _mm512_setzero_pd();
     for (int64_t d = 0; d < dim; d += 16) {
-        const __mmask16 m = dim - d >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - d)) - 1);
+        const __mmask16 m = avx512_vnni::lanes_left(dim - d);
         const __m512 x = _mm512_maskz_loadu_ps(m, row + d);  // masked-off lanes are 0: code 0, residual 0
         const __m512i c = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x, inv))));
         _mm512_mask_cvtepi32_storeu_epi8(codes + d, m, c);
@@ -147,7 +150,7 @@ float kth_largest_avx512_vnni(const float* values, int64_t n, int64_t k, uint32_
     // compare as unsigned integers in the order of the floats (-0 just below +0).
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+        const __mmask16 m = avx512_vnni::lanes_left(n - i);
         const __m512i bits = _mm512_maskz_loadu_epi32(m, values + i);
         const __mmask16 negative = _mm512_test_epi32_mask(bits, sign);
         const __m512i key = _mm512_mask_xor_epi32(_mm512_or_si512(bits, sign), negative, bits, _mm512_set1_epi32(-1));
@@ -159,7 +162,7 @@ float kth_largest_avx512_vnni(const float* values, int64_t n, int64_t k, uint32_
         const __m512i t = _mm512_set1_epi32(static_cast<int>(trial));
         int64_t count = 0;
         for (int64_t i = 0; i < n; i += 16) {
-            const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+            const __mmask16 m = avx512_vnni::lanes_left(n - i);
             count += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(m, _mm512_maskz_loadu_epi32(m, keys + i), t));
         }
         if (count >= k) found = trial;

@@ -70,6 +70,8 @@ struct ScanCandidates {
 
 namespace driver {
 
+// Item blocks sized to stay in a core's L2 while every query of a thread streams over them.
+constexpr int64_t kBlockBytes = 256 * 1024;
 // Below this many queries per thread, threads split the items instead (per-thread heaps, merged).
 constexpr int64_t kMinQueriesPerThread = 16;
 

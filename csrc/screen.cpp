@@ -16,13 +16,18 @@
 namespace twotower {
 namespace {
 
-constexpr int64_t kBlockBytes = 256 * 1024;   // a block of codes stays in L2 while queries stream over it
 constexpr int64_t kMinRawQueries = 128;       // coding a raw matrix on the fly pays off from here
 constexpr double kMinScanPerSelection = 4e3;  // see pays_off
 constexpr int64_t kMinItems = 16384;           // see pays_off
 constexpr int64_t kCandidateBytes = 64 << 20; // candidate lists per chunk of queries
 constexpr double kSmallestScale = 0x1p-100;   // below this a query's margin (quantize.cpp) would be huge
 constexpr double kHuge = 1e36;                // scores must stay far from float32 overflow
+
+// The bounds (and the float32 scores they bound) stay finite: no NaN or infinity among the items,
+// nothing near float32 overflow.
+bool bounds_hold(const ItemCodeStats& items, int64_t dim) {
+    return items.finite && items.max_abs * 127.0 * static_cast<double>(dim) <= kHuge;
+}
 
 // Screening halves the scan (N * D multiply-adds per query) but doubles the selection work
 // (~k * ln(N / k) offers per query) and adds per-call work (coding the queries, rescoring). Measured
@@ -39,7 +44,7 @@ bool pays_off(const TopKArgs& a, const ItemView& rows, bool coded) {
     return n * static_cast<double>(rows.dim) >= kMinScanPerSelection * k * std::log(n / k);
 }
 
-int64_t code_block_panels(int64_t dim) { return std::max<int64_t>(1, kBlockBytes / code_panel_bytes(dim)); }
+int64_t code_block_panels(int64_t dim) { return std::max<int64_t>(1, driver::kBlockBytes / code_panel_bytes(dim)); }
 
 // Int8 panels for run_scan: coded in advance, or coded block by block from a raw matrix (each
 // thread collecting the statistics of what it coded). A raw block buffer holds the block's codes,
@@ -194,7 +199,7 @@ void screen_chunk(const TopKArgs& a, const ItemView& rows, const CodedItems* cod
         for (const auto& s : thread_stats) items.merge(s);
     }
     std::vector<int64_t> failed;
-    if (!items.finite || items.max_abs * 127.0 * rows.dim > kHuge) {
+    if (!bounds_hold(items, rows.dim)) {
         failed.resize(nq);
         std::iota(failed.begin(), failed.end(), int64_t{0});
     } else {
@@ -244,7 +249,7 @@ bool screen_topk(const TopKArgs& a, const ItemView& rows, const CodedItems* code
 #if defined(TWOTOWER_X86)
     const int64_t nq = a.num_queries;
     if (nq == 0 || rows.num_items == 0 || rows.dim > kMaxCodeDim) return false;
-    if (coded && (!coded->stats().finite || coded->stats().max_abs * 127.0 * rows.dim > kHuge)) return false;
+    if (coded && !bounds_hold(coded->stats(), rows.dim)) return false;
     if (!a.path.forced && !pays_off(a, rows, coded != nullptr)) return false;
     report.screened = true;
     // Chunks of queries bound the candidate lists' memory (16 bytes per entry, 3k + 256 per query);

@@ -83,21 +83,6 @@ void init_state(QueryState& state, float* heap_scores, int64_t* heap_ids, int64_
     }
 }
 
-// Offers one (score, id) the query does not exclude to its heap.
-inline void offer_one(QueryState& s, float score, int64_t id) {
-    if (s.size < s.capacity) {
-        s.heap_scores[s.size] = score;
-        s.heap_ids[s.size] = id;
-        sift_up(s, s.size++);
-    } else {
-        if (!ranks_before(score, id, s.heap_scores[0], s.heap_ids[0])) return;
-        s.heap_scores[0] = score;
-        s.heap_ids[0] = id;
-        sift_down(s, 0);
-    }
-    refresh_threshold(s);
-}
-
 void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t first_id, int64_t num_items) {
     if (s.capacity == 0) return;
     while (mask) {
@@ -106,12 +91,22 @@ void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t firs
         const int64_t id = first_id + lane;
         if (id >= num_items) break;  // lanes are visited in id order; the rest is padding
         const float score = scores[lane];
-        if (s.size == s.capacity && !ranks_before(score, id, s.heap_scores[0], s.heap_ids[0])) continue;
-        if (is_excluded(s, id)) continue;
-        offer_one(s, score, id);
+        if (s.size < s.capacity) {
+            if (is_excluded(s, id)) continue;
+            s.heap_scores[s.size] = score;
+            s.heap_ids[s.size] = id;
+            sift_up(s, s.size++);
+        } else {
+            if (!ranks_before(score, id, s.heap_scores[0], s.heap_ids[0]) || is_excluded(s, id)) continue;
+            s.heap_scores[0] = score;
+            s.heap_ids[0] = id;
+            sift_down(s, 0);
+        }
+        refresh_threshold(s);
     }
 }
 
+#if defined(TWOTOWER_X86)  // the screening scan exists only there
 // Raises the threshold to the k-th best lower bound among the candidates (k: the state's capacity)
 // and drops the candidates whose upper bound falls below it. Every item whose lower bound reaches
 // the threshold is still listed, so the threshold is the k-th best lower bound of all items seen.
@@ -120,13 +115,7 @@ void offer_panel(QueryState& s, const float* scores, uint32_t mask, int64_t firs
 // query as overflowed and stops its scan (the float32 scan answers it instead).
 void compact_candidates(QueryState& s) {
     const int64_t n = s.candidate_count, k = s.capacity;  // n >= limit >= 2k
-#if defined(TWOTOWER_X86)
     const float threshold = kth_largest_avx512_vnni(s.candidate_lower, n, k, s.candidate_scratch);
-#else  // no screening kernel here: kept for completeness
-    std::vector<float> copy(s.candidate_lower, s.candidate_lower + n);
-    std::nth_element(copy.begin(), copy.begin() + (n - k), copy.end());
-    const float threshold = copy[n - k];
-#endif
     if (s.accept_all || threshold > s.threshold) {
         s.threshold = threshold;
         s.accept_all = 0;
@@ -168,6 +157,8 @@ void offer_bounds(QueryState& s, const float* lower, const float* upper, uint32_
         s.candidate_ids[s.candidate_count++] = id;
     }
 }
+
+#endif
 
 void finalize_in_place(QueryState& s, int64_t k) {
     const int64_t count = s.size;

@@ -9,12 +9,9 @@
 namespace twotower {
 namespace {
 
-// Item blocks sized to stay in a core's L2 while every query of the thread streams over them.
-constexpr int64_t kBlockBytes = 256 * 1024;
-
 int64_t panels_per_block(int64_t dim) {
     const int64_t panel_bytes = dim * kPanel * static_cast<int64_t>(sizeof(float));
-    const int64_t panels = std::max<int64_t>(2, kBlockBytes / panel_bytes);
+    const int64_t panels = std::max<int64_t>(2, driver::kBlockBytes / panel_bytes);
     return panels & ~int64_t{1};  // even, for the kernels that take panels in pairs
 }
 
