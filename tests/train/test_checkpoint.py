@@ -63,12 +63,8 @@ def test_cuda_rng_states_are_saved_and_restored_on_as_many_devices(tmp_path, mon
 
 
 def test_no_cuda_state_is_written_when_cuda_was_never_used(tmp_path, monkeypatch, model):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake = FakeCuda(monkeypatch, cuda_states(), devices=2)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    fake = FakeCuda.__new__(FakeCuda)
-    fake.restored = None
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", fake.restore)
     save_checkpoint(tmp_path, "epoch-0001", model=model, config={}, trainer_state={"epoch": 0})
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     load_checkpoint(latest_checkpoint(tmp_path), model=model)
     assert fake.restored is None
