@@ -29,13 +29,15 @@ std::string shape_str(const py::array& a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+std::string type_name(py::handle obj) { return py::str(py::type::of(obj).attr("__name__")); }
+
 py::array as_array(py::handle obj, const char* name) {
     if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
     try {
         return py::module_::import("numpy").attr("asarray")(obj);
     } catch (py::error_already_set&) {
         throw py::type_error(std::string(name) + " must be a NumPy array or an object exposing the buffer protocol; got " +
-                             std::string(py::str(py::type::of(obj).attr("__name__"))));
+                             type_name(obj));
     }
 }
 
@@ -71,25 +73,42 @@ int default_threads() {
     return std::max(1, omp_get_num_procs());
 }
 
+// An integer argument given as a Python int or any integer scalar (numpy.int64, ...): whatever has
+// __index__, bools excepted. nullopt when it is not an integer; `too_large` when it overflows.
+std::optional<long long> integer_value(const py::object& obj, bool& too_large) {
+    too_large = false;
+    if (py::isinstance<py::bool_>(obj)) return std::nullopt;  // numpy.bool_ has no __index__
+    PyObject* index = PyNumber_Index(obj.ptr());
+    if (index == nullptr) {
+        PyErr_Clear();
+        return std::nullopt;
+    }
+    const py::object owned = py::reinterpret_steal<py::object>(index);
+    int overflow = 0;
+    const long long value = PyLong_AsLongLongAndOverflow(owned.ptr(), &overflow);
+    if (overflow != 0) {
+        too_large = true;
+        return std::nullopt;
+    }
+    return value;
+}
+
 int resolve_threads(const py::object& num_threads) {
     if (num_threads.is_none()) return default_threads();
-    if (py::isinstance<py::bool_>(num_threads) || !py::isinstance<py::int_>(num_threads))
-        throw py::type_error("num_threads must be an int or None; got " +
-                             std::string(py::str(py::type::of(num_threads).attr("__name__"))));
-    const long long n = num_threads.cast<long long>();
-    if (n < 1 || n > 4096) throw py::value_error("num_threads must be between 1 and 4096; got " + std::to_string(n));
-    return static_cast<int>(n);
+    bool too_large = false;
+    const std::optional<long long> n = integer_value(num_threads, too_large);
+    if (!n && !too_large) throw py::type_error("num_threads must be an int or None; got " + type_name(num_threads));
+    if (too_large || *n < 1 || *n > 4096)
+        throw py::value_error("num_threads must be between 1 and 4096; got " + std::string(py::str(num_threads)));
+    return static_cast<int>(*n);
 }
 
 int64_t resolve_k(const py::object& k, int64_t num_queries) {
-    if (py::isinstance<py::bool_>(k) || !py::isinstance<py::int_>(k))
-        throw py::type_error("k must be an int; got " + std::string(py::str(py::type::of(k).attr("__name__"))));
-    long long value;
-    try {
-        value = k.cast<long long>();
-    } catch (py::cast_error&) {
-        throw py::value_error("k is too large");
-    }
+    bool too_large = false;
+    const std::optional<long long> parsed = integer_value(k, too_large);
+    if (too_large) throw py::value_error("k is too large");
+    if (!parsed) throw py::type_error("k must be an int; got " + type_name(k));
+    const long long value = *parsed;
     if (value < 1) throw py::value_error("k must be >= 1; got " + std::to_string(value));
     const int64_t limit = (int64_t{1} << 40) / std::max<int64_t>(num_queries, 1);
     if (value > limit)
@@ -238,7 +257,7 @@ PYBIND11_MODULE(_C, m) {
                  if (!screening.is_none()) {
                      if (!py::isinstance<py::bool_>(screening))
                          throw py::type_error("screening must be True, False or None; got " +
-                                              std::string(py::str(py::type::of(screening).attr("__name__"))));
+                                              type_name(screening));
                      layout = screening.cast<bool>();
                      if (layout && !twotower::cpu_can_screen())
                          throw py::value_error("screening=True needs AVX-512 VNNI, which this CPU does not have");

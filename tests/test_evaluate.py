@@ -203,3 +203,11 @@ def test_bad_arguments() -> None:
             exclude=sets_to_csr([{1}, {2}]),
             progress=False,
         )
+
+
+def test_group_by_user_checks_item_codes_and_handles_huge_ones() -> None:
+    with pytest.raises(ValueError, match="item codes must be >= 0; found -1"):
+        group_by_user(np.array([1]), np.array([-1]), 3)
+    indptr, items = group_by_user(np.array([1, 0, 1, 1]), np.array([2**62, 5, 3, 2**62]), 3)
+    np.testing.assert_array_equal(indptr, [0, 1, 3, 3])
+    np.testing.assert_array_equal(items, [5, 3, 2**62])

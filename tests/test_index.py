@@ -232,3 +232,117 @@ def test_ann_evaluation_reports_recall_and_speed(built) -> None:
     assert result["ann_qps"] > 0 and result["exact_qps"] > 0
     for key in ("recall@10", "ndcg@10", "coverage@5"):
         assert abs(result.metrics[key] - result[f"exact/{key}"]) <= 0.05
+
+
+def neg_l2_data(seed: int = 11, n: int = 3000, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Search forms of a neg_l2 model: items [2v, -||v||^2], queries [q, 1]; norms spread as trained ones are."""
+    from twotower.model import inner_product_form
+
+    rng = np.random.default_rng(seed)
+    v = (rng.normal(size=(n, dim)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+    q = rng.normal(size=(60, dim)).astype(np.float32)
+    return inner_product_form(q, v, "neg_l2")
+
+
+def test_neg_l2_is_searched_in_l2_space(tmp_path) -> None:
+    """A graph over the inner-product form of neg_l2 finds almost nothing (recall 0.07 here: its inner
+    products are dominated by the norm column); the L2 graph over the raw vectors finds the exact top-k
+    with the exact scorer's scores, also through the exact fallback and after a save/load."""
+    queries, items = neg_l2_data()
+    exact_scores, exact_ids = topk_reference(queries, items, 10)
+    index = HNSWIndex.build(items, scoring="neg_l2", ef=100, num_threads=1)
+    scores, ids = index.search(queries, 10)
+    assert overlap(ids, exact_ids) >= 0.95
+    same = ids == exact_ids
+    np.testing.assert_allclose(scores[same], exact_scores[same], rtol=1e-4, atol=1e-3)
+    # Heavy exclusions (all but 100 items) leave too few of the 64 fetched: the exact fallback
+    # answers, from vectors recovered from the graph, with the exact answer.
+    rng = np.random.default_rng(12)
+    excluded = [np.sort(rng.permutation(len(items))[100:]) for _ in range(len(queries))]
+    exclude = (np.arange(0, len(queries) * (len(items) - 100) + 1, len(items) - 100), np.concatenate(excluded))
+    fallback = HNSWIndex.build(items, scoring="neg_l2", max_fetch=64)
+    _, got = fallback.search(queries, 10, exclude=exclude)
+    np.testing.assert_array_equal(got, topk_reference(queries, items, 10, exclude=exclude)[1])
+    index.save(tmp_path)
+    assert json.loads((tmp_path / "index.json").read_text())["space"] == "l2"
+    loaded = HNSWIndex.load(tmp_path)
+    assert loaded.scoring == "neg_l2"
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
+    with pytest.raises(ValueError, match="last column must be 1"):
+        index.search(queries * 2, 10)
+
+
+def test_neg_l2_mutations_and_rebuild_keep_the_form() -> None:
+    queries, items = neg_l2_data(13, n=400)
+    index = HNSWIndex.build(items[:300], scoring="neg_l2", rebuild_threshold=None)
+    index.add(items[300:], np.arange(300, 400))
+    index.remove(np.arange(0, 150))
+    index.rebuild()
+    live = np.arange(150, 400)
+    _, ids = index.search(queries, 5)
+    _, rows = topk_reference(queries, items[live], 5)
+    assert overlap(ids, live[rows]) >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: {**m, "deleted": [7]}, "lists label 7 as deleted; it is live"),
+        (lambda m: {**m, "deleted": [999]}, "does not hold"),
+        (lambda m: {**m, "dim": 64}, "holds 16-d vectors"),
+        (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "lacks 'sha256'"),
+        (lambda m: {**m, "ef": "many"}, "'ef' has the wrong type"),
+        (lambda m: {**m, "scoring": "neg_l2"}, "does not go with scoring"),
+    ],
+)
+def test_load_checks_the_description_against_the_graph(tmp_path, edit, match) -> None:
+    """index.json is checked, not trusted: its deleted set against the graph's marks, its dim against the
+    graph file's header (a wrong dim would make hnswlib read past every vector), every key and type."""
+    items, _ = data(14, n=100)
+    index = HNSWIndex.build(items)
+    index.remove(np.array([5]))
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    (tmp_path / "index.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(ValueError, match=match):
+        HNSWIndex.load(tmp_path)
+
+
+def test_a_label_deleted_in_the_graph_but_listed_live_is_refused(tmp_path) -> None:
+    items, _ = data(15, n=100)
+    index = HNSWIndex.build(items)
+    index.remove(np.array([5, 6]))
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    (tmp_path / "index.json").write_text(json.dumps({**meta, "deleted": [5], "count": meta["count"] + 1}))
+    with pytest.raises(ValueError, match=r"deleted labels that .* lists as live: \[6\]"):
+        HNSWIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("exclude", "error", "match"),
+    [
+        ((np.array([0, 1, 1]), np.array([29.9])), TypeError, "exclude indices must be a 1-D integer"),
+        ((np.array([0, 1, 1]), np.array([-1])), ValueError, "exclude indices must be item codes >= 0; found -1"),
+        ((np.array([0.0, 1.0, 1.0]), np.array([3])), TypeError, "exclude indptr"),
+        ((np.array([0, 1]), np.array([3])), ValueError, "B \\+ 1 = 3"),
+        (np.array([0, 1, 1]), TypeError, "pair"),
+    ],
+)
+def test_exclusions_are_validated(built, exclude, error, match) -> None:
+    index, _, queries = built
+    with pytest.raises(error, match=match):
+        index.search(queries[:2], 5, exclude=exclude)
+
+
+def test_numpy_k_and_huge_excluded_ids_work_through_the_fallback() -> None:
+    """np.int64 k reaches the exact scorer unchanged on the fallback path; excluded ids far beyond the
+    catalogue (near 2^62) are harmless, not an overflow."""
+    items, queries = data(16, n=300, queries=5)
+    index = HNSWIndex.build(items, max_fetch=16)
+    ids_list = np.concatenate([np.arange(40), [2**62 - 1]])
+    exclude = (np.arange(0, 5 * 41 + 1, 41), np.tile(ids_list, 5))
+    scores, ids = index.search(queries, np.int64(5), exclude=exclude)
+    _, expected = topk_reference(queries, items, 5, exclude=(np.arange(0, 201, 40), np.tile(np.arange(40), 5)))
+    assert ids.shape == (5, 5) and not np.isin(ids, np.arange(40)).any()
+    assert overlap(ids, expected) >= 0.8

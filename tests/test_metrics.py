@@ -117,3 +117,19 @@ def test_hit_matrix_and_errors() -> None:
         RankingMetrics([], 3)
     with pytest.raises(TypeError, match="integer"):
         hit_matrix(np.array([[1.0]]), np.array([0, 1]), np.array([1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hit_matrix_with_ids_near_2_to_the_63(seed: int) -> None:
+    """Ids so large that user * width + item would overflow int64 give the same hits as small ids
+    with the same equalities (a relabelling of the ids never changes which recommendations hit)."""
+    rng = np.random.default_rng(seed)
+    small_top = rng.integers(-1, 30, size=(6, 5))
+    lengths = rng.integers(0, 6, size=6)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    small_rel = rng.integers(0, 30, size=int(indptr[-1]))
+    big = lambda ids: np.where(ids >= 0, ids + (2**62 - 100), -1)  # noqa: E731
+    expected = hit_matrix(small_top, indptr, small_rel)
+    got = hit_matrix(big(small_top), indptr, big(small_rel))
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])

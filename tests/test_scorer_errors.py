@@ -29,9 +29,14 @@ GOOD_INDICES = np.array([3, 4], np.int64)
         ({"k": 0}, ValueError, "k must be >= 1"),
         ({"k": 2.5}, TypeError, "k must be an int"),
         ({"k": True}, TypeError, "k must be an int"),
+        ({"k": np.bool_(True)}, TypeError, "k must be an int"),
+        ({"k": np.float64(3)}, TypeError, "k must be an int"),
+        ({"k": 1 << 70}, ValueError, "k is too large"),
         ({"k": 1 << 62}, ValueError, "larger than"),
         ({"num_threads": 0}, ValueError, "num_threads"),
         ({"num_threads": "2"}, TypeError, "num_threads"),
+        ({"num_threads": np.int64(0)}, ValueError, "num_threads"),
+        ({"num_threads": 1 << 70}, ValueError, "num_threads"),
         ({"exclude": (GOOD_INDPTR,)}, TypeError, "exclude must be a pair"),
         ({"exclude": (np.array([0, 1], np.int64), GOOD_INDICES)}, ValueError, "B \\+ 1"),
         ({"exclude": (np.array([1, 1, 2], np.int64), GOOD_INDICES)}, ValueError, "indptr\\[0\\] must be 0"),
@@ -50,6 +55,16 @@ def test_bad_arguments_name_the_problem(kwargs, error, match):
     args = {"queries": Q, "items": ITEMS, "k": 3, **kwargs}
     with pytest.raises(error, match=match):
         twotower.topk(args.pop("queries"), args.pop("items"), args.pop("k"), **args)
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint16, int])
+def test_integer_scalars_of_any_kind_are_accepted(integer):
+    """k and num_threads taken from NumPy (e.g. max() of an array of Ks) work like Python ints, in the
+    function and in a packed index alike (the HNSW index's exact fallback passes k on unchanged)."""
+    expected = twotower.topk(Q, ITEMS, 3, num_threads=1)
+    for got in (twotower.topk(Q, ITEMS, integer(3), num_threads=integer(1)),
+                twotower.ExactIndex(ITEMS, num_threads=integer(1)).search(Q, integer(3))):
+        np.testing.assert_array_equal(got[1], expected[1])
 
 
 def test_index_rejects_mismatched_queries():

@@ -123,9 +123,20 @@ def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
 
     directory = trained.path / "index"
     if (directory / "index.hnsw").is_file():
-        return HNSWIndex.load(directory, num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
-    return HNSWIndex.build(trained.model.item_search_vectors(), M=getattr(args, "M", 16),
+        return _load_index(trained)
+    return HNSWIndex.build(trained.model.item_search_vectors(), scoring=trained.model.config.scoring, M=getattr(args, "M", 16),
                            ef_construction=getattr(args, "ef_construction", 200), ef=getattr(args, "ef", 100))
+
+
+def _load_index(trained: Any) -> Any:
+    """The index saved next to the model, refused unless it was built for this model's items and scoring."""
+    from twotower.index import HNSWIndex
+
+    index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+    if index.scoring != trained.model.config.scoring:
+        raise UserError(f"the index in {trained.path / 'index'} was built for {index.scoring!r} scores; the model "
+                        f"scores by {trained.model.config.scoring!r}: rebuild it (twotower index build)")
+    return index
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -134,13 +145,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     trained = load_model_dir(args.model_dir)
     if args.action == "build":
-        index = HNSWIndex.build(trained.model.item_search_vectors(), M=args.M, ef_construction=args.ef_construction, ef=args.ef)
+        index = HNSWIndex.build(trained.model.item_search_vectors(), scoring=trained.model.config.scoring, M=args.M,
+                                ef_construction=args.ef_construction, ef=args.ef)
         path = index.save(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
         print(f"HNSW index over {len(index)} items (M={args.M}, ef_construction={args.ef_construction}, ef={args.ef}) saved to {path}")
         return 0
     if not args.user:
         raise UserError("index query needs --user ID (one or more)")
-    index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+    index = _load_index(trained)
     if args.ef is not None:
         index.ef = args.ef
     _print_recommendations(trained, args.user, args.k, searcher=index.search, as_json=args.json)
@@ -193,10 +205,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     trained = load_model_dir(args.model_dir)
     if args.ann:
-        from twotower.index import HNSWIndex
-
-        index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
-        searcher = index.search
+        searcher = _load_index(trained).search
     else:
         exact = twotower.ExactIndex(trained.model.item_search_vectors())
         searcher = exact.search

@@ -87,7 +87,16 @@ def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPa
         raise ValueError(f"users and items must have one length; got {users.shape} and {items.shape}")
     if len(users) and (users.min() < 0 or users.max() >= num_users):
         raise ValueError(f"user codes must be in [0, {num_users})")
+    if len(items) and items.min() < 0:
+        raise ValueError(f"item codes must be >= 0; found {int(items.min())}")
     width = int(items.max(initial=0)) + 1
+    if width > np.iinfo(np.int64).max // max(num_users, 1):  # user * width + item would overflow
+        order = np.lexsort((items, users))
+        pairs = np.stack([users[order], items[order]])
+        keep = np.concatenate(([True], (pairs[:, 1:] != pairs[:, :-1]).any(axis=0))) if len(users) else np.zeros(0, bool)
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[0, keep], minlength=num_users), out=indptr[1:])
+        return indptr, pairs[1, keep]
     keys = sorted_unique(users * width + items)
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // width, minlength=num_users), out=indptr[1:])

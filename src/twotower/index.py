@@ -1,8 +1,13 @@
 """Approximate top-K over item vectors with hnswlib (HNSW), for serving.
 
-The graph lives in hnswlib's inner-product space ('ip') over the raw item vectors -- no MIPS-to-L2
-transform, which costs recall. Feed it vectors from `TwoTowerModel.item_search_vectors()` (already in
-inner-product form for every scoring). hnswlib labels are the item codes.
+Vectors in and scores out are those of the exact scorer: feed it `TwoTowerModel.item_search_vectors()`
+and `user_search_vectors()` (the inner-product form of every scoring) and say the model's `scoring`.
+The graph lives in the space that matches it: hnswlib's inner-product space ('ip') over the vectors
+as given for "dot" and "cosine" (no MIPS-to-L2 transform, which costs recall); for "neg_l2" its L2
+space over the raw item vectors recovered from the form [2v, -||v||^2] (a graph over that form is
+useless: its inner products are dominated by the norm column), queries [q, 1] searched as q, and
+the squared distances reported as the form's scores ||q||^2 - ||q - v||^2. hnswlib labels are the
+item codes.
 
 Threading rule: never search while the index is being mutated from another thread (hnswlib does not
 guard its graph). `HNSWIndex` enforces it with a readers-writer lock: any number of searches run
@@ -28,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,7 +109,8 @@ class HNSWIndex:
     """HNSW index over item vectors (labels = item codes) with seen-item filtering and exact fallback.
 
     Args:
-        dim: vector width D.
+        dim: width D of the search vectors (for "neg_l2": D + 1, the form's extra column included).
+        scoring: the model's scoring, "dot", "cosine" or "neg_l2" (see the module docstring).
         M: graph degree (memory and recall grow with it).
         ef_construction: candidate list size while building.
         ef: candidate list size while searching (recall vs speed); raised to the fetch size when a
@@ -120,6 +127,7 @@ class HNSWIndex:
         self,
         dim: int,
         *,
+        scoring: str = "dot",
         M: int = 16,
         ef_construction: int = 200,
         ef: int = 100,
@@ -128,8 +136,10 @@ class HNSWIndex:
         max_fetch: int = 1024,
         max_elements: int = 1024,
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1; got {dim}")
+        if scoring not in _SPACES:
+            raise ValueError(f"scoring must be one of {tuple(_SPACES)}; got {scoring!r}")
+        if dim < 1 or (scoring == "neg_l2" and dim < 2):
+            raise ValueError(f"dim must be >= {2 if scoring == 'neg_l2' else 1} for scoring {scoring!r}; got {dim}")
         if M < 2:
             raise ValueError(f"M must be >= 2; got {M}")
         if ef_construction < 1 or ef < 1:
@@ -139,6 +149,9 @@ class HNSWIndex:
         if rebuild_threshold is not None and not 0 < rebuild_threshold < 1:
             raise ValueError(f"rebuild_threshold must be in (0, 1) or None; got {rebuild_threshold}")
         self.dim, self.M, self.ef_construction = int(dim), int(M), int(ef_construction)
+        self.scoring = scoring
+        self._space = _SPACES[scoring]
+        self._graph_dim = self.dim - 1 if self._space == "l2" else self.dim
         self._ef = int(ef)
         self.num_threads = -1 if num_threads is None else int(num_threads)
         self.rebuild_threshold = rebuild_threshold
@@ -152,7 +165,8 @@ class HNSWIndex:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def build(cls, vectors: np.ndarray, labels: np.ndarray | None = None, **options: Any) -> HNSWIndex:
-        """A new index over `vectors` [N, D] float32 with labels `labels` [N] (default 0..N-1)."""
+        """A new index over search vectors `vectors` [N, D] float32 with labels `labels` [N] (default
+        0..N-1); `options` as the constructor's (`scoring="neg_l2"` for a neg_l2 model)."""
         vectors = _check_vectors(vectors, None)
         index = cls(vectors.shape[1], max_elements=max(len(vectors), 1), **options)
         if len(vectors):
@@ -160,7 +174,7 @@ class HNSWIndex:
         return index
 
     def _new_graph(self, capacity: int) -> hnswlib.Index:
-        graph = hnswlib.Index(space="ip", dim=self.dim)
+        graph = hnswlib.Index(space=self._space, dim=self._graph_dim)
         graph.init_index(
             max_elements=capacity, ef_construction=self.ef_construction, M=self.M, allow_replace_deleted=True
         )
@@ -200,6 +214,31 @@ class HNSWIndex:
     def _missing(self, labels: np.ndarray) -> list[int]:
         return [label for label in labels.tolist() if label not in self._labels or label in self._deleted]
 
+    # -- the graph's space ----------------------------------------------------------------------------
+    def _to_graph(self, vectors: np.ndarray) -> np.ndarray:
+        """Search-form item vectors -> what the graph stores: as given, or v from [2v, -||v||^2]."""
+        if self._space == "ip":
+            return vectors
+        return np.ascontiguousarray(vectors[:, :-1] * np.float32(0.5))
+
+    def _from_graph(self, stored: np.ndarray) -> np.ndarray:
+        """What the graph stores -> search-form item vectors (the exact scorer's input)."""
+        stored = np.ascontiguousarray(stored, dtype=np.float32).reshape(-1, self._graph_dim)
+        if self._space == "ip":
+            return stored
+        wide = stored.astype(np.float64)  # the norm as `inner_product_form` computes it: the same float32 column
+        return np.concatenate([2 * stored, (-(wide * wide).sum(axis=1, keepdims=True)).astype(np.float32)], axis=1)
+
+    def _graph_queries(self, queries: np.ndarray) -> np.ndarray:
+        return queries if self._space == "ip" else np.ascontiguousarray(queries[:, :-1])
+
+    def _scores(self, queries: np.ndarray, distances: np.ndarray) -> np.ndarray:
+        """hnswlib distances -> the search form's scores ('ip': 1 - <q, v>; 'l2': ||q - v||^2)."""
+        if self._space == "ip":
+            return (1.0 - distances).astype(np.float32)
+        q = queries[:, :-1].astype(np.float64)
+        return ((q * q).sum(axis=1, keepdims=True) - distances).astype(np.float32)
+
     # -- mutation ---------------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Inserts items, or replaces the vectors of labels already present (an upsert).
@@ -223,6 +262,7 @@ class HNSWIndex:
             for label in revived:
                 self._index.unmark_deleted(label)
                 self._deleted.discard(label)
+            vectors = self._to_graph(vectors)
             if is_present.any():  # same label: hnswlib updates the vector and its links
                 self._index.add_items(vectors[is_present], labels[is_present], num_threads=self.num_threads)
             fresh = ~is_present
@@ -278,7 +318,7 @@ class HNSWIndex:
         vectors = (
             self._index.get_items(labels, return_type="numpy").astype(np.float32)
             if len(labels)
-            else np.zeros((0, self.dim), np.float32)
+            else np.zeros((0, self._graph_dim), np.float32)
         )
         graph = self._new_graph(max(len(labels), 1))
         if len(labels):
@@ -306,20 +346,15 @@ class HNSWIndex:
             (scores float32 [B, k] descending, ids int64 [B, k]); missing slots hold -inf / -1.
         """
         queries = _check_vectors(queries, self.dim, name="queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        k = int(k)
+        if self._space == "l2" and len(queries) and not (queries[:, -1] == 1).all():
+            raise ValueError("queries of a neg_l2 index must be in its search form [q, 1] "
+                             "(TwoTowerModel.user_search_vectors): their last column must be 1")
         num = len(queries)
         if exclude is not None:
-            indptr, indices = (np.asarray(part, dtype=np.int64) for part in exclude)
-            if (
-                indptr.shape != (num + 1,)
-                or indptr[0] != 0
-                or indptr[-1] != len(indices)
-                or np.any(np.diff(indptr) < 0)
-            ):
-                raise ValueError(
-                    f"exclude must be a CSR (indptr [B + 1 = {num + 1}], indices) with indptr from 0 to len(indices)"
-                )
+            indptr, indices = _check_exclude(exclude, num)
         scores = np.full((num, k), -np.inf, dtype=np.float32)
         ids = np.full((num, k), -1, dtype=np.int64)
         with self._lock.read():
@@ -341,11 +376,13 @@ class HNSWIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fetches `fetch` neighbours per query, drops excluded ones, answers short rows exactly."""
         try:
-            labels, distances = self._index.knn_query(queries, k=fetch, num_threads=self.num_threads)
+            labels, distances = self._index.knn_query(
+                self._graph_queries(queries), k=fetch, num_threads=self.num_threads
+            )
         except RuntimeError:  # hnswlib could not find `fetch` live neighbours for some query
             return self._exact(queries, k, exclude)
         labels = labels.astype(np.int64)
-        found = (1.0 - distances).astype(np.float32)  # 'ip' space: distance = 1 - <q, v>
+        found = self._scores(queries, distances)
         keep = np.ones(labels.shape, dtype=bool) if exclude is None else ~hit_matrix(labels, *exclude)[0]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in rank order
         n_keep = np.minimum(keep.sum(axis=1), k)
@@ -370,8 +407,8 @@ class HNSWIndex:
         packed items, not a repacking), and dropped on any add, update or removal."""
         if self._exact_cache is None:
             labels = self._live_labels()
-            vectors = np.ascontiguousarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
-            self._exact_cache = (labels, ExactIndex(vectors.reshape(len(labels), self.dim)))
+            vectors = self._from_graph(self._index.get_items(labels, return_type="numpy"))
+            self._exact_cache = (labels, ExactIndex(vectors))
         labels, exact = self._exact_cache
         rows_exclude = None
         if exclude is not None:
@@ -406,7 +443,8 @@ class HNSWIndex:
             atomic_write(directory / INDEX_FILE, write_graph)
             meta = {
                 "format": _FORMAT,
-                "space": "ip",
+                "space": self._space,
+                "scoring": self.scoring,
                 "dim": self.dim,
                 "M": self.M,
                 "ef_construction": self.ef_construction,
@@ -453,6 +491,7 @@ class HNSWIndex:
             raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{meta_path} is not a twotower HNSW index description (format {_FORMAT})")
+        _check_meta(meta, meta_path)
         actual = _sha256(index_path)
         if actual != meta["sha256"]:
             raise ValueError(
@@ -472,6 +511,7 @@ class HNSWIndex:
             raise ValueError(f"index in {directory} was built for a different item vocabulary: rebuild the index")
         index = cls(
             meta["dim"],
+            scoring=meta.get("scoring", "dot"),  # files from before neg_l2 had its own space: inner product
             M=meta["M"],
             ef_construction=meta["ef_construction"],
             ef=meta["ef"],
@@ -479,13 +519,23 @@ class HNSWIndex:
             rebuild_threshold=meta["rebuild_threshold"],
             max_fetch=meta["max_fetch"],
         )
-        graph = hnswlib.Index(space="ip", dim=meta["dim"])
-        graph.load_index(str(index_path), max_elements=meta["max_elements"], allow_replace_deleted=True)
+        if meta["space"] != index._space:
+            raise ValueError(f"{meta_path}: space {meta['space']!r} does not go with scoring {index.scoring!r}")
+        header = _graph_header(index_path)
+        if header["data_bytes"] != 4 * index._graph_dim or header["M"] != meta["M"]:
+            raise ValueError(
+                f"{index_path} holds {header['data_bytes'] // 4}-d vectors with M = {header['M']}; {meta_path} says "
+                f"{index._graph_dim}-d (dim {meta['dim']}, scoring {index.scoring!r}) with M = {meta['M']}: rebuild the index"
+            )
+        graph = hnswlib.Index(space=index._space, dim=index._graph_dim)
+        graph.load_index(str(index_path), max_elements=max(meta["max_elements"], header["max_elements"]),
+                         allow_replace_deleted=True)
         graph.set_ef(meta["ef"])  # hnswlib does not save ef
         graph.set_num_threads(index.num_threads if index.num_threads > 0 else os.cpu_count() or 1)
         index._index = graph
         index._labels = set(graph.get_ids_list())
         index._deleted = set(int(x) for x in meta["deleted"])
+        _check_deleted(graph, index._labels, index._deleted, index_path, meta_path)
         if len(index) != meta["count"]:
             raise ValueError(f"{index_path} holds {len(index)} live items; {meta_path} says {meta['count']}")
         return index
@@ -527,3 +577,96 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_SPACES = {"dot": "ip", "cosine": "ip", "neg_l2": "l2"}
+
+# index.json keys and their types (bool is not an int here).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "space": (str,), "dim": (int,), "M": (int,), "ef_construction": (int,), "ef": (int,),
+    "rebuild_threshold": (float, int, type(None)), "max_fetch": (int,), "max_elements": (int,), "count": (int,),
+    "deleted": (list,), "sha256": (str,), "num_items": (int, type(None)), "item_vocabulary": (str, type(None)),
+}
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Every key `load` reads is there with its type; a hand-edited or truncated file is named."""
+    for key, types in _META_TYPES.items():
+        if key not in meta:
+            raise ValueError(f"{path} lacks {key!r}: not a complete index description (rebuild the index)")
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{path}: {key!r} has the wrong type ({type(value).__name__}): rebuild the index")
+    if "scoring" in meta and meta["scoring"] not in _SPACES:
+        raise ValueError(f"{path}: unknown scoring {meta['scoring']!r}")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in meta["deleted"]):
+        raise ValueError(f"{path}: 'deleted' must list non-negative item codes")
+
+
+def _graph_header(path: Path) -> dict[str, int]:
+    """The sizes hnswlib's file header records (its `saveIndex` layout), read before hnswlib trusts them:
+    a description whose dim disagrees with the graph would make every search read past each vector."""
+    layout = "<6Qi I3Qd Q"
+    size = struct.calcsize(layout)
+    with open(path, "rb") as f:
+        raw = f.read(size)
+    if len(raw) < size:
+        raise ValueError(f"{path} is too short to be an hnswlib index ({len(raw)} bytes): rebuild the index")
+    (_, max_elements, count, _, label_offset, data_offset, _, _, _, _, m, _, _) = struct.unpack(layout, raw)
+    return {"max_elements": max_elements, "count": count, "data_bytes": label_offset - data_offset, "M": m}
+
+
+def _check_deleted(graph: hnswlib.Index, labels: set[int], deleted: set[int], index_path: Path, meta_path: Path) -> None:
+    """The deleted set of index.json must be the graph's own: every listed label is in the graph and
+    marked deleted there, and every other label is live (hnswlib answers `get_items` for live labels only)."""
+    unknown = sorted(deleted - labels)
+    if unknown:
+        raise ValueError(f"{meta_path} lists deleted labels that {index_path} does not hold: {unknown[:10]}")
+    for label in sorted(deleted):
+        try:
+            graph.get_items([label])
+        except RuntimeError:
+            continue
+        raise ValueError(f"{meta_path} lists label {label} as deleted; it is live in {index_path}: rebuild the index")
+    live = np.sort(np.fromiter(labels - deleted, dtype=np.int64))
+    for start in range(0, len(live), 65536):  # bounded memory: get_items copies the vectors out
+        chunk = live[start : start + 65536]
+        try:
+            graph.get_items(chunk, return_type="numpy")
+        except RuntimeError:
+            dead = [int(x) for x in chunk if not _is_live(graph, int(x))]
+            raise ValueError(
+                f"{index_path} has deleted labels that {meta_path} lists as live: {dead[:10]}: rebuild the index"
+            ) from None
+
+
+def _is_live(graph: hnswlib.Index, label: int) -> bool:
+    try:
+        graph.get_items([label])
+    except RuntimeError:
+        return False
+    return True
+
+
+def _check_exclude(exclude: Any, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR (indptr [B + 1], item codes) of integer arrays with non-negative ids."""
+    if not isinstance(exclude, (tuple, list)) or len(exclude) != 2:
+        raise TypeError("exclude must be a pair (indptr, indices)")
+    indptr, indices = (np.asarray(part) for part in exclude)
+    for name, part in (("indptr", indptr), ("indices", indices)):
+        if part.ndim != 1 or part.dtype.kind not in "iu":
+            raise TypeError(f"exclude {name} must be a 1-D integer array; got dtype {part.dtype}, shape {part.shape}")
+    indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
+    if (
+        indptr.shape != (num_queries + 1,)
+        or indptr[0] != 0
+        or indptr[-1] != len(indices)
+        or np.any(np.diff(indptr) < 0)
+    ):
+        raise ValueError(
+            f"exclude must be a CSR (indptr [B + 1 = {num_queries + 1}], indices) with indptr from 0 to len(indices)"
+        )
+    if len(indices) and indices.min() < 0:
+        bad = int(np.flatnonzero(indices < 0)[0])
+        raise ValueError(f"exclude indices must be item codes >= 0; found {int(indices[bad])} at position {bad}")
+    return indptr, indices

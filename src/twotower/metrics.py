@@ -66,6 +66,14 @@ def hit_matrix(topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray) ->
     if len(indices) and indices.min() < 0:
         raise ValueError("relevant item ids must be >= 0")
     width = int(max(indices.max(initial=-1), topk_ids.max(initial=-1))) + 1
+    if width and num_users > np.iinfo(np.int64).max // width:
+        # user * width + item would overflow (ids near 2^63): number the relevant ids densely first;
+        # a recommended id that is not among them cannot be a hit.
+        vocab = np.unique(indices)
+        indices = np.searchsorted(vocab, indices)
+        pos = np.minimum(np.searchsorted(vocab, topk_ids), max(len(vocab) - 1, 0))
+        topk_ids = np.where((topk_ids >= 0) & (vocab[pos] == topk_ids) if len(vocab) else False, pos, -1)
+        width = max(len(vocab), 1)
     rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(indptr))
     keys = sorted_unique(rows * width + indices)  # duplicate (user, item) pairs collapse
     num_relevant = (

@@ -78,7 +78,10 @@ def inner_product_form(
             out_q = np.concatenate([queries, np.ones_like(queries[:, :1])], axis=1)
     if items is not None:
         if isinstance(items, torch.Tensor):
-            out_v = torch.cat([2 * items, -(items * items).sum(dim=1, keepdim=True)], dim=1)
+            # The norm in float64 as below: both paths (and the HNSW index, which recomputes it from v)
+            # then give the same float32 column.
+            wide = items.double()
+            out_v = torch.cat([2 * items, -(wide * wide).sum(dim=1, keepdim=True).to(items.dtype)], dim=1)
         else:
             wide = items.astype(np.float64)
             out_v = np.concatenate([2 * wide, -(wide * wide).sum(axis=1, keepdims=True)], axis=1).astype(items.dtype)

@@ -136,6 +136,25 @@ def test_wrong_column_name_lists_the_columns(tmp_path, capsys):
     assert "user_id" in err and "uid" in err and "iid" in err
 
 
+def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
+    """An index saved next to the model with another scoring (here neg_l2 over the model's own item
+    vectors, as if built before the model was retrained) is refused with a message, not searched."""
+    import shutil
+
+    from twotower.index import HNSWIndex
+    from twotower.model_dir import load_model_dir
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained / "model", model_dir)
+    loaded = load_model_dir(model_dir)
+    items = loaded.model.item_search_vectors()
+    form = np.concatenate([2 * items, -(items * items).sum(axis=1, keepdims=True)], axis=1).astype(np.float32)
+    HNSWIndex.build(form, scoring="neg_l2").save(model_dir / "index", num_items=loaded.model.num_items,
+                                                 item_ids=loaded.item_vocab.ids)
+    assert main(["recommend", str(model_dir), "--user", "1", "--ann"]) == 2
+    assert "built for 'neg_l2' scores" in capsys.readouterr().err
+
+
 def test_unknown_user_and_incompatible_model_dir(trained, tmp_path, capsys):
     assert main(["recommend", str(trained / "model"), "--user", "no-such-user"]) == 2
     assert "user" in capsys.readouterr().err
