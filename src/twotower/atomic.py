@@ -14,14 +14,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+_TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (os.umask can only be read
+    by setting it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool) -> None:
+    """mkstemp / mkdtemp create 0600 / 0700 entries; a saved model should be readable as any file the
+    user creates is (0666 / 0777 less the umask), e.g. by a serving process under another account."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Calls `write(tmp)` for a temporary path beside `path`, then renames it to `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _usual_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,9 +66,10 @@ def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]
     `final` is swapped out only once the new one is complete."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=_TMP_SUFFIX))
     try:
         fill(tmp)
+        _usual_mode(tmp, directory=True)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -58,3 +82,22 @@ def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str], name: str) -> list[Path]:
+    """Deletes what a killed writer left of `name` in `directory`: the temporaries `.NAME.*.tmp`
+    of `atomic_write` / `write_dir_atomic` and the `.NAME.old` of a swap. Only for directories one
+    process writes (a training run's output), where no other writer can be mid-way. `name` may be a
+    glob (`epoch-*`). Returns what was removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for pattern in (f".{name}.*{_TMP_SUFFIX}", f".{name}.old"):
+        for path in directory.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

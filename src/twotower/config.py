@@ -17,6 +17,7 @@ and every key is also a command-line flag `--section.key` (flags override the fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -94,12 +95,14 @@ class OptimConfig:
             raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}; got {self.schedule!r}")
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0; got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"optim.lr must be a finite number > 0; got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
-        if self.weight_decay < 0 or self.embedding_weight_decay < 0 or self.clip_norm < 0:
-            raise ValueError("optim.weight_decay, optim.embedding_weight_decay and optim.clip_norm must be >= 0")
+        for name in ("weight_decay", "embedding_weight_decay", "clip_norm"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"optim.{name} must be a finite number >= 0; got {value}")
 
 
 @dataclass
@@ -183,6 +186,13 @@ class TrainConfig:
         self.model.validate()
         self.optim.validate()
         self.train.validate()
+        if self.loss.reduction == "none":
+            raise ValueError("loss.reduction 'none' gives per-row losses (for custom loops); training needs 'mean' or 'sum'")
+        defaults = ModelConfig()
+        if (self.model.temperature, self.model.learn_temperature) != (defaults.temperature, defaults.learn_temperature):
+            raise ValueError("model.temperature and model.learn_temperature are not training settings: the loss "
+                             "owns the temperature (set loss.temperature / loss.learn_temperature); the saved model "
+                             "records the one it trained with")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,8 +200,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Builds a config from nested dicts (a parsed TOML file or a saved config.json section);
-        unknown keys raise ValueError naming them."""
-        return _build(cls, data, "")
+        unknown keys raise ValueError naming them. A section lists only the settings it changes: the
+        others keep their defaults (this class's, e.g. cosine towers and the mixed loss), as with flags."""
+        return _build(cls, data, "", cls())
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -216,7 +227,8 @@ NESTED: dict[type, dict[str, type]] = {
 }
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any:
+    """`cls` from the settings in `data`; those it lacks come from `base` (an instance) when given."""
     if not isinstance(data, dict):
         raise ValueError(f"[{where or 'root'}] must be a table of settings; got {data!r}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -229,30 +241,35 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         nested = NESTED.get(cls, {}).get(key)
         path = f"{where}.{key}" if where else key
         if nested is not None:
-            value = _build(nested, value, path)
+            value = _build(nested, value, path, None if base is None else getattr(base, key))
         else:
             value = _check_type(cls, key, value, path)
         kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
 
 
 _SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _check_type(cls: type, key: str, value: Any, path: str) -> Any:
-    """Checks a scalar setting against its annotation (ValueError naming it); lists become tuples
-    where the field is a tuple. Unions of scalars accept any member; other types pass through."""
+    """Checks a setting against its annotation (ValueError naming it): scalars by type, lists and
+    tuples element by element (lists become tuples where the field is a tuple). Unions accept any
+    member; other types (dicts) pass through to the section's own checks."""
     annotation = typing.get_type_hints(cls)[key]
     options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
     if value is None:
         if type(None) in options:
             return None
         raise ValueError(f"{path} must be set (got none)")
-    if isinstance(value, list) and any(typing.get_origin(o) is tuple for o in options):
-        return tuple(value)
+    containers = [o for o in options if typing.get_origin(o) in (list, tuple)]
+    if containers and isinstance(value, (list, tuple)):
+        return _check_container(containers[0], value, path)
     scalars = [o for o in options if o in _SCALARS]
-    if not scalars or len(scalars) < len([o for o in options if o is not type(None)]):
-        return value  # containers and mixed unions: validated by the section's own checks
+    if containers and not scalars:
+        raise ValueError(f"{path} must be a list; got {value!r}")
+    others = [o for o in options if o is not type(None) and o not in _SCALARS and o not in containers]
+    if not scalars or others:
+        return value  # dicts and unions with other types: validated by the section's own checks
     ok = any(
         (isinstance(value, bool) if o is bool else isinstance(value, o) and not isinstance(value, bool))
         or (o is float and isinstance(value, int) and not isinstance(value, bool))
@@ -262,3 +279,34 @@ def _check_type(cls: type, key: str, value: Any, path: str) -> Any:
         wanted = " or ".join(_SCALARS[o] for o in scalars)
         raise ValueError(f"{path} must be {wanted}; got {value!r}")
     return float(value) if scalars == [float] else value
+
+
+def _check_container(annotation: Any, value: Any, path: str) -> Any:
+    """A list[T] / tuple[T, ...] / tuple[A, B] setting: a list of the right length whose scalar
+    elements have the annotated types (a string such as "64" is not a list of widths)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{path} must be a list; got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ValueError(f"{path} must be a list of {len(args)} values; got {value!r}")
+        element_types = list(args)
+    else:
+        element_types = [args[0] if args else Any] * len(value)
+    checked = []
+    for i, (element, element_type) in enumerate(zip(value, element_types)):
+        options = (typing.get_args(element_type)
+                   if typing.get_origin(element_type) in (typing.Union, types.UnionType) else (element_type,))
+        if element is None and type(None) in options:
+            checked.append(None)
+            continue
+        scalars = [o for o in options if o in _SCALARS]
+        if scalars and not any(
+            (isinstance(element, bool) if o is bool else isinstance(element, o) and not isinstance(element, bool))
+            or (o is float and isinstance(element, int) and not isinstance(element, bool))
+            for o in scalars
+        ):
+            wanted = " or ".join(_SCALARS[o] for o in scalars)
+            raise ValueError(f"{path}[{i}] must be {wanted}; got {element!r}")
+        checked.append(element)
+    return tuple(checked) if origin is tuple else checked

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from twotower import __version__
 from twotower.batches import Batch, BatchIterator
-from twotower.atomic import write_dir_atomic, write_json_atomic
+from twotower.atomic import remove_stale_temporaries, write_dir_atomic, write_json_atomic, write_text_atomic
 from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from twotower.config import TrainConfig
 from twotower.data import SplitDataset
@@ -38,6 +38,7 @@ from twotower.plots import plot_training
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
+_OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,7 +69,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     """The model for `dataset`; the loss's temperature is the one source of truth for training and
     is written into the model (fixed) so that a saved model reports the temperature it trained with."""
-    model_config = dataclasses.replace(config.model, learn_temperature=False)
+    model_config = dataclasses.replace(config.model, temperature=config.loss.resolved_temperature, learn_temperature=False)
     model = TwoTowerModel(
         model_config,
         num_users=dataset.num_users,
@@ -250,8 +251,11 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
 
     vocab_files = {"user_vocab.parquet": dataset.user_vocab.save, "item_vocab.parquet": dataset.item_vocab.save}
     metrics_log = out_dir / "metrics.jsonl"
-    if not resume:
-        metrics_log.unlink(missing_ok=True)
+    for directory, name in ((checkpoint_root, "epoch-*"), *((out_dir, n) for n in _OUTPUTS)):
+        remove_stale_temporaries(directory, name)  # what a killed run left mid-write
+    # One line per epoch the run has: a resumed run's log is the checkpoint's history (a run killed
+    # between its log line and its checkpoint would otherwise log that epoch twice).
+    write_text_atomic(metrics_log, "".join(json.dumps(record) + "\n" for record in history))
     best_dir = out_dir / "best"
     for epoch in range(start_epoch, loop.epochs):
         if stale >= loop.patience > 0:
@@ -271,10 +275,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                     loss = batch_loss(model, loss_fn, batch, device)
                 value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
                 if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. The last good "
-                        f"checkpoint is in {checkpoint_root} (try a lower optim.lr or optim.clip_norm)"
-                    )
+                    raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                                           f"{_last_good(checkpoint_root)}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.optim.clip_norm > 0:
@@ -285,6 +287,10 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                 seen += len(batch.users)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
         seconds = time.perf_counter() - started
+        bad = _non_finite_parameter([model, loss_fn])
+        if bad is not None:  # the loss of the epoch's last step was finite, its update was not
+            raise TrainingDiverged(f"{bad} holds NaN or infinite values after epoch {epoch + 1} (step {step}); "
+                                   f"training stopped before saving them. {_last_good(checkpoint_root)}")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                                   "samples_per_s": seen / seconds, "epoch_seconds": seconds}
         if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs:
@@ -294,7 +300,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
             score = _select(valid, loop.select_metric)
             if score > best:
                 best, best_epoch, stale = score, epoch + 1, 0
-                _save_best(best_dir, model, saved_config)
+                _save_best(best_dir, model, loss_fn, saved_config)
             else:
                 stale += 1
         history.append(record)
@@ -313,9 +319,32 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
 
 
-def _save_best(best_dir: Path, model: TwoTowerModel, saved_config: dict[str, Any]) -> None:
-    """The weights of the best epoch so far, kept apart from the rolling checkpoints."""
+def _save_best(best_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, saved_config: dict[str, Any]) -> None:
+    """The weights of the best epoch so far, with the temperature the loss had then (a learned one
+    moves on), kept apart from the rolling checkpoints."""
+    _set_temperature(model, loss_fn.temperature)
     write_dir_atomic(best_dir, lambda tmp: save_model(tmp, model, extra=saved_config))
+
+
+def _set_temperature(model: TwoTowerModel, temperature: Any) -> None:
+    with torch.no_grad():
+        model.log_temperature.copy_(torch.as_tensor(temperature, dtype=torch.float32).log())
+
+
+def _non_finite_parameter(modules: list[torch.nn.Module]) -> str | None:
+    """The name of the first parameter holding NaN or infinity, or None."""
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not bool(torch.isfinite(param.detach()).all()):
+                return f"{type(module).__name__}.{name}"
+    return None
+
+
+def _last_good(checkpoint_root: Path) -> str:
+    last = latest_checkpoint(checkpoint_root)
+    if last is None:
+        return "No checkpoint was written before (try a lower optim.lr or optim.clip_norm)."
+    return f"The last good checkpoint is {last} (try a lower optim.lr or optim.clip_norm)."
 
 
 def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, dataset: SplitDataset,
@@ -327,10 +356,10 @@ def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: t
     loop = config.train
     best_weights = out_dir / "best" / "model.safetensors"
     if best_weights.is_file():
-        model.load_state_dict(load_file(str(best_weights)))
-    temperature = loss_fn.temperature
-    with torch.no_grad():
-        model.log_temperature.copy_(torch.as_tensor(temperature, dtype=torch.float32).log())
+        model.load_state_dict(load_file(str(best_weights)))  # the temperature of that epoch included
+    else:
+        _set_temperature(model, loss_fn.temperature)
+    temperature = float(model.temperature)
     model.eval()
     kwargs = {"ks": loop.ks, "progress": False}
     valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
@@ -339,7 +368,7 @@ def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: t
     pop_test = evaluate_popularity(dataset, split="test", **kwargs)
     results = {
         "best_epoch": best_epoch,
-        "temperature": float(temperature),
+        "temperature": temperature,
         "valid": valid.to_dict(),
         "test": test.to_dict(),
         "popularity": {"valid": pop_valid.to_dict(), "test": pop_test.to_dict()},

@@ -111,7 +111,7 @@ def test_config_file_and_flags_compose(tmp_path, monkeypatch):
     [
         (["train", "--data.path", "no/such/file.csv"], "data.path: file no/such/file.csv does not exist"),
         (["train", "--loss.kind", "softmaxx"], "loss kind must be one of"),
-        (["train", "--optim.lr", "-1"], "optim.lr must be > 0"),
+        (["train", "--optim.lr", "-1"], "optim.lr must be a finite number > 0"),
         (["train", "--model.scoring", "manhattan"], "scoring must be one of"),
         (["train", "--train.epochs", "abc"], "train.epochs must be an integer; got 'abc'"),
         (["train", "--batches.batch_size", "12.5"], "batches.batch_size must be an integer; got 12.5"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -271,3 +272,84 @@ def test_item_vectors_stay_in_the_table_only_where_that_is_exact():
                          dc.replace(config.model, item=TowerConfig(hidden_dims=[8]))):
         config.model = model_config
         assert build_model(config, dataset).item_table_rows(codes) is None
+
+
+def _num_batches(config) -> int:
+    from twotower.datasets import load_dataset
+
+    dataset = load_dataset(config.data)
+    return dataset, -(-len(dataset.train.users) // config.batches.batch_size)
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch, epoch):
+    """The loss of an epoch's last step is finite but its update is not (as with a huge learning rate):
+    training stops at the end of the epoch, before evaluating or saving those weights, and the message
+    names the checkpoint that is really the last good one (or says there is none)."""
+    import torch
+
+    config = tiny_config(epochs=3)
+    dataset, batches = _num_batches(config)
+    real = train_module.batch_loss
+
+    def poisoned(model, loss_fn, batch, device):
+        loss = real(model, loss_fn, batch, device)
+        if (batch.epoch, batch.index) == (epoch, batches - 1):
+            with torch.no_grad():
+                model.user_tower.id_embedding.weight[3, 0] = float("inf")  # after the loss: it stays finite
+        return loss
+
+    monkeypatch.setattr(train_module, "batch_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=f"after epoch {epoch + 1}") as caught:
+        fit(config, tmp_path, dataset=dataset)
+    last = latest_checkpoint(tmp_path / "checkpoints")
+    if epoch == 0:
+        assert last is None and "No checkpoint was written" in str(caught.value)
+        assert not (tmp_path / "best").exists()
+    else:
+        assert last.name == "epoch-0001" and str(last) in str(caught.value)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == epoch
+
+
+def test_a_crash_while_checkpointing_leaves_a_log_and_directory_that_resume_mends(tmp_path, monkeypatch):
+    """A run that dies after logging epoch 2 but before its checkpoint is complete resumes from epoch 1:
+    the log then has each epoch once, and the half-written checkpoint's temporary directory is gone."""
+    config = tiny_config(epochs=3)
+    real = train_module.save_checkpoint
+
+    def crash(root, name, **kwargs):
+        if name == "epoch-0002":
+            (root / ".epoch-0002.x1y2.tmp").mkdir()  # what a killed write_dir_atomic leaves
+            (tmp_path / ".results.json.a1b2.tmp").write_text("half")
+            raise KeyboardInterrupt
+        return real(root, name, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    fit(config, tmp_path, resume=True)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    leftovers = [p.name for p in [*tmp_path.iterdir(), *(tmp_path / "checkpoints").iterdir()] if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_the_saved_model_carries_the_best_epochs_learned_temperature(tmp_path, monkeypatch):
+    """With a learned temperature the best epoch's weights come with that epoch's temperature, not the
+    last epoch's; the saved model's config states the temperature it trained with."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(epochs=3, keep_checkpoints=3, patience=0)
+    config.loss = dataclasses.replace(config.loss, learn_temperature=True)
+    scores = iter([0.3, 0.2, 0.1])  # epoch 1 is the best on validation
+    monkeypatch.setattr(train_module, "_select", lambda result, metric: next(scores))
+    result = fit(config, tmp_path)
+    assert result.best_epoch == 1
+    per_epoch = [float(load_file(str(tmp_path / "checkpoints" / f"epoch-000{e}" / "loss.safetensors"))["log_temperature"]
+                       .exp()) for e in (1, 3)]
+    assert abs(per_epoch[0] - per_epoch[1]) > 1e-4  # it did move
+    saved = load_model_dir(tmp_path / "model")
+    assert float(saved.model.temperature) == pytest.approx(per_epoch[0], rel=1e-6)
+    assert json.loads((tmp_path / "results.json").read_text())["temperature"] == pytest.approx(per_epoch[0], rel=1e-6)
+    assert saved.model.config.temperature == pytest.approx(config.loss.temperature)

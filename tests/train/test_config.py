@@ -1,0 +1,82 @@
+"""Reading settings: a TOML section changes only what it lists, every value is type-checked (lists
+element by element), and settings training cannot honour are refused with their names."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+
+import pytest
+
+from twotower.atomic import write_dir_atomic, write_text_atomic
+from twotower.config import TrainConfig
+
+
+def test_a_partial_section_keeps_the_other_defaults(tmp_path):
+    defaults = TrainConfig()
+    path = tmp_path / "run.toml"
+    path.write_text("[batches]\nbatch_size = 256\n[model]\nembedding_dim = 32\n[loss]\nkind = \"infonce\"\n")
+    config = TrainConfig.from_toml(path)
+    assert config.batches.batch_size == 256 and config.model.embedding_dim == 32 and config.loss.kind == "infonce"
+    # Everything else is the trainer's default, not the bare section class's.
+    assert config.batches.num_shared_negatives == defaults.batches.num_shared_negatives == 1024
+    assert config.batches.log_q == defaults.batches.log_q == "static"
+    assert config.model.scoring == defaults.model.scoring == "cosine"
+    assert config.loss.temperature == defaults.loss.temperature == 0.2
+    assert TrainConfig.from_dict(defaults.to_dict()) == defaults  # a saved config reads back unchanged
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"model": {"user": {"hidden_dims": "64"}}}, "model.user.hidden_dims must be a list; got '64'"),
+        ({"model": {"item": {"hidden_dims": 64}}}, "model.item.hidden_dims must be a list"),
+        ({"model": {"user": {"hidden_dims": [64, 32.5]}}}, r"model.user.hidden_dims\[1\] must be an integer"),
+        ({"train": {"ks": "10"}}, "train.ks must be a list"),
+        ({"train": {"ks": [10, True]}}, r"train.ks\[1\] must be an integer"),
+        ({"batches": {"hard_rank_range": [1]}}, "hard_rank_range must be a list of 2 values"),
+        ({"data": {"options": {"ratios": [0.8, "a", 0.1]}}}, r"ratios\[1\] must be a number"),
+        ({"data": {"options": {"kcore": "5"}}}, "kcore must be an integer"),
+    ],
+)
+def test_values_are_type_checked_element_by_element(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(settings)
+
+
+def test_container_values_of_the_right_types_are_taken():
+    config = TrainConfig.from_dict({"batches": {"hard_rank_range": [2, None]}, "data": {"options": {"kcore": [2, 3]}},
+                                    "model": {"user": {"hidden_dims": [64, 32]}}})
+    assert config.batches.hard_rank_range == (2, None)
+    assert config.data.options.kcore == (2, 3)
+    assert config.model.user.hidden_dims == [64, 32]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"loss": {"reduction": "none"}}, "loss.reduction 'none'"),
+        ({"model": {"temperature": 0.05}}, "the loss owns the temperature"),
+        ({"model": {"learn_temperature": True}}, "the loss owns the temperature"),
+        ({"optim": {"lr": math.inf}}, "optim.lr must be a finite number"),
+        ({"optim": {"clip_norm": math.nan}}, "optim.clip_norm must be a finite number"),
+        ({"optim": {"weight_decay": math.nan}}, "optim.weight_decay must be a finite number"),
+    ],
+)
+def test_settings_training_cannot_honour_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(settings).validate()
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Atomic writes go through mkstemp / mkdtemp (0600 / 0700); what they leave must be readable as
+    any file the user creates is, e.g. by a serving process under another account."""
+    old = os.umask(0o022)
+    try:
+        file = write_text_atomic(tmp_path / "results.json", "{}")
+        directory = write_dir_atomic(tmp_path / "model", lambda tmp: (tmp / "w.txt").write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(file.stat().st_mode) == 0o644
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
