@@ -104,6 +104,15 @@ def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, gra
         raise ValueError(f"sparse_adam: step must be an int >= 1 (the step being taken), got {step!r}")
 
 
+def _check_hyper(lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """torch.optim.Adam's ranges (a beta of 1 would divide by zero in the bias correction)."""
+    for name, value, ok in (("lr", lr, 0 <= lr < math.inf), ("beta1", beta1, 0 <= beta1 < 1),
+                            ("beta2", beta2, 0 <= beta2 < 1), ("eps", eps, 0 < eps < math.inf),
+                            ("weight_decay", weight_decay, 0 <= weight_decay < math.inf)):
+        if not ok:
+            raise ValueError(f"sparse_adam: {name} out of range: {value!r}")
+
+
 def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, *, step: int,
                 lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                 decoupled: bool = True, slots: np.ndarray | None = None) -> None:
@@ -122,10 +131,11 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
             allocated per call when omitted.
 
     Raises:
-        ValueError / TypeError: shapes, dtypes or step wrong (the argument is named).
+        ValueError / TypeError: shapes, dtypes, step or a hyper-parameter wrong (the argument is named).
         IndexError: a row outside [0, R) (its position and value are named); nothing is updated.
     """
     _check(param, exp_avg, exp_avg_sq, rows, grads, step)
+    _check_hyper(lr, beta1, beta2, eps, weight_decay)
     if rows.numel() == 0:
         return
     kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)

@@ -158,6 +158,13 @@ def test_tower_inputs_are_checked() -> None:
         model.encode_items(np.array([-1]), inputs=TowerInputs(dense={"price": np.zeros((1, 3), np.float32)}))
     with pytest.raises(TypeError, match="integers"):
         model.encode_items(np.array([0.5]))
+    # A misspelt or foreign feature is refused, not silently treated as missing.
+    with pytest.raises(ValueError, match=r"categorical names \['Brand'\].*features: \['brand'\]"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(categorical={"Brand": np.array([1])}))
+    with pytest.raises(ValueError, match=r"dense names \['prise'\]"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(dense={"prise": np.zeros((1, 2), np.float32)}))
+    with pytest.raises(ValueError, match="pools no history"):
+        model.encode_items(np.array([-1]), inputs=TowerInputs(history=(np.array([0, 1]), np.array([2]))))
 
 
 @pytest.mark.parametrize("mode", ["mean", "sum"])

@@ -63,7 +63,9 @@ class BatchConfig:
         shared_negative_kind: "uniform" or "popularity".
         log_q: "none"; "static" (item_log_q from training counts); or "streaming" (Yi et al. estimate,
             for catalogues too large or drifting for counts). Sampler log-probabilities (shared and
-            per-row negatives) are exact and come whenever log_q is not "none".
+            per-row negatives) are exact and come whenever log_q is not "none"; hard negatives are
+            mined, not drawn from a known distribution, and come without (the trainer leaves them
+            uncorrected).
         hard_rank_range: (a, b): hard negatives come from candidate ranks a <= rank < b (None: all).
         streaming_buckets, streaming_hashes, streaming_learning_rate: the streaming estimator's size.
         shuffle: shuffle rows each epoch (off: file order, for evaluation-like passes).

@@ -39,7 +39,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def inner_product_form(
-    queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, scoring: str
+    queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, scoring: str, *, exact: bool = False
 ) -> tuple[Any, Any]:
     """Rewrites (query, item) vectors so that their inner product ranks items exactly by `scoring`.
 
@@ -50,6 +50,10 @@ def inner_product_form(
       a query, so q' = [q, 1] and v' = [2 v, -||v||^2] give q'.v' = -||q - v||^2 + ||q||^2: the exact
       score up to a per-query constant, hence the same ranking (and the same softmax over items).
 
+      With `exact`, q' = [q, 1, -||q||^2] and v' = [2 v, -||v||^2, 1] give q'.v' = -||q - v||^2 itself,
+      for a softmax over queries (the item-to-query side of a symmetric loss), where the per-query
+      constant does not cancel.
+
     Works on torch tensors (differentiable) and on NumPy arrays; either side may be None to
     transform only the other.
 
@@ -59,7 +63,7 @@ def inner_product_form(
         scoring: "dot", "cosine" or "neg_l2".
 
     Returns:
-        (queries' [B, D'], items' [N, D']) with D' = D, or D + 1 for "neg_l2".
+        (queries' [B, D'], items' [N, D']) with D' = D, or D + 1 for "neg_l2" (D + 2 with `exact`).
 
     Example:
         >>> q, v = np.ones((1, 2), np.float32), np.eye(2, dtype=np.float32)
@@ -72,20 +76,27 @@ def inner_product_form(
         raise ValueError(f"scoring must be 'dot', 'cosine' or 'neg_l2'; got {scoring!r}")
     out_q = out_v = None
     if queries is not None:
-        if isinstance(queries, torch.Tensor):
-            out_q = torch.cat([queries, torch.ones_like(queries[:, :1])], dim=1)
-        else:
-            out_q = np.concatenate([queries, np.ones_like(queries[:, :1])], axis=1)
+        out_q = _append_columns(queries, True, exact)
     if items is not None:
-        if isinstance(items, torch.Tensor):
-            # The norm in float64 as below: both paths (and the HNSW index, which recomputes it from v)
-            # then give the same float32 column.
-            wide = items.double()
-            out_v = torch.cat([2 * items, -(wide * wide).sum(dim=1, keepdim=True).to(items.dtype)], dim=1)
-        else:
-            wide = items.astype(np.float64)
-            out_v = np.concatenate([2 * wide, -(wide * wide).sum(axis=1, keepdims=True)], axis=1).astype(items.dtype)
+        out_v = _append_columns(items, False, exact)
     return out_q, out_v
+
+
+def _append_columns(x: torch.Tensor | np.ndarray, query: bool, exact: bool) -> Any:
+    """neg_l2's extra columns. Queries: [q, 1] ([q, 1, -||q||^2] when exact); items: [2v, -||v||^2]
+    ([2v, -||v||^2, 1] when exact). The norm is summed in float64 on both paths (and by the HNSW
+    index, which recomputes it from v), so they give the same float32 column."""
+    if isinstance(x, torch.Tensor):
+        wide = x.double()
+        norm = -(wide * wide).sum(dim=1, keepdim=True).to(x.dtype)
+        ones = torch.ones_like(x[:, :1])
+        parts = [x, ones, norm] if query else [2 * x, norm, ones]
+        return torch.cat(parts if exact else parts[:2], dim=1)
+    wide = x.astype(np.float64)
+    norm = -(wide * wide).sum(axis=1, keepdims=True)
+    ones = np.ones_like(wide[:, :1])
+    parts = [wide, ones, norm] if query else [2 * wide, norm, ones]
+    return np.concatenate(parts if exact else parts[:2], axis=1).astype(x.dtype)
 
 
 class TwoTowerModel(nn.Module):

@@ -285,6 +285,7 @@ class Tower(nn.Module):
         """
         all_known = self._check_codes(codes)
         inputs = inputs or TowerInputs()
+        self._check_input_names(inputs)
         known = codes >= 0
         safe = codes if all_known else codes.clamp(min=0)
         parts = []
@@ -322,6 +323,19 @@ class Tower(nn.Module):
             parts.append(self._pool_history(codes, inputs, history_table, exclude_history))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.mlp(x)
+
+    def _check_input_names(self, inputs: TowerInputs) -> None:
+        """A feature this tower does not have is a typo or the wrong tower: refused, never ignored
+        (an ignored value silently gives the vector of a row with that feature missing)."""
+        for kind, given, known in (("categorical", inputs.categorical, self.categorical),
+                                   ("multi_categorical", inputs.multi_categorical, self.multi_categorical),
+                                   ("dense", inputs.dense, self.dense)):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise ValueError(f"TowerInputs.{kind} names {unknown}, which this tower does not have; its "
+                                 f"{kind} features: {sorted(known) or 'none'}")
+        if inputs.history is not None and self.history_dim == 0:
+            raise ValueError("TowerInputs.history is given but this tower pools no history")
 
     @property
     def is_id_lookup(self) -> bool:

@@ -31,7 +31,7 @@ from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
 from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs, make_loss
-from twotower.model import TwoTowerModel, save_model
+from twotower.model import TwoTowerModel, inner_product_form, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import clip_grad_norm, learning_rate, make_optimizer
 from twotower.plots import plot_training
@@ -92,19 +92,27 @@ def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | No
 def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
     """Encodes one batch with both towers and returns its loss.
 
-    logQ: in-batch kinds get log(B q) for the in-batch candidates and log(M q) for the M shared ones
-    (expected counts, see `_expected_count`); per-row kinds get the iterator's per-draw log q.
+    logQ: every candidate set is corrected by the log of its expected count, log(draws * q) (see
+    `_expected_count`): the M shared negatives by log(M q); per-row negatives by log(n q), or by
+    log(B n q) in the in-batch kinds, which pool the B x n of them for every row; in-batch positives
+    by log(B p) (in the per-row kinds a row's positive is one draw: log p). Hard negatives are mined,
+    not drawn from a known distribution: they are not corrected (log-q 0) when the others are.
     Every item of the batch (positives, per-row and shared negatives) is encoded once (the batch
     lists its distinct items), so a catalogue item drawn many times costs one tower pass, and all its
     occurrences share one vector. Item-side vectors go through the model's inner-product form, so
     every loss (dot products) ranks by the model's scoring."""
-    in_batch = getattr(getattr(loss_fn, "config", None), "kind", None) in IN_BATCH_KINDS
+    loss_config = getattr(loss_fn, "config", None)
+    in_batch = getattr(loss_config, "kind", None) in IN_BATCH_KINDS
+    # The item-to-query direction of a symmetric loss softmaxes over queries, where the per-query
+    # constant the search form drops (neg_l2's -||q||^2) no longer cancels: keep it there.
+    exact = model.config.scoring == "neg_l2" and bool(getattr(loss_config, "symmetric", False))
     users, items = _tensor(batch.users, device), _tensor(batch.items, device)
     negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
     history_target = items if model.config.user_history else None
-    query = model.inner_product_form(model.encode_users(users, exclude_history=history_target), None)[0]
+    query = inner_product_form(model.encode_users(users, exclude_history=history_target), None,
+                               model.config.scoring, exact=exact)[0]
 
-    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None)
+    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None, exact)
     item_rows = _tensor(batch.item_rows, device)
     # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
     # (gather_scores / embedding_scores); the in-batch losses need the positives gathered.
@@ -121,20 +129,32 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
         negative_ids=negatives,
         shared_ids=shared,
         item_log_q=_tensor(_expected_count(batch.item_log_q, len(items) if in_batch else 1), device),
-        negative_log_q=_tensor(batch.negative_log_q, device),
-        shared_log_q=_tensor(_expected_count(batch.shared_log_q, len(shared) if in_batch and shared is not None else 1), device),
+        negative_log_q=_tensor(_negative_log_q(batch, in_batch), device),
+        shared_log_q=_tensor(_expected_count(batch.shared_log_q, 0 if shared is None else len(shared)), device),
     )
     return loss_fn(inputs)
 
 
-def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool) -> torch.Tensor | EmbeddingRows:
+def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
+    """Per-row negatives' log expected counts; zeros for mined ones when other sets are corrected."""
+    if batch.negatives is None:
+        return None
+    if batch.negative_log_q is None:
+        if batch.item_log_q is None and batch.shared_log_q is None:
+            return None
+        return np.zeros(batch.negatives.shape, dtype=np.float32)
+    return _expected_count(batch.negative_log_q, batch.negatives.size if in_batch else batch.negatives.shape[1])
+
+
+def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool,
+                           exact: bool = False) -> torch.Tensor | EmbeddingRows:
     """The vectors of a batch's distinct items: left in the item table (`EmbeddingRows`, scored by
     `embedding_scores` without writing them out) when the item tower is an id lookup, the loss
     scores only rows (per-row kinds) and nothing else needs them as a tensor (`dense` False);
     otherwise encoded by the item tower."""
     rows = None if dense else model.item_table_rows(codes)
     if rows is None:
-        return model.inner_product_form(None, model.encode_items(codes))[1]
+        return inner_product_form(None, model.encode_items(codes), model.config.scoring, exact=exact)[1]
     table, ids, normalize = rows
     return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
 

@@ -102,3 +102,20 @@ def test_bad_arguments_are_named_and_nothing_changes(rows, grads, step, error, m
     with pytest.raises(error, match=match):
         sparse_adam(param, m, v, rows, grads, step=step, lr=0.1)
     assert not param.any() and not m.any() and not v.any()
+
+
+@pytest.mark.parametrize(
+    "hyper,match",
+    [
+        ({"beta1": 1.0}, "beta1 out of range"),
+        ({"beta2": -0.1}, "beta2 out of range"),
+        ({"lr": float("inf")}, "lr out of range"),
+        ({"eps": 0.0}, "eps out of range"),
+        ({"weight_decay": float("nan")}, "weight_decay out of range"),
+    ],
+)
+def test_hyper_parameters_out_of_range_are_named(hyper, match):
+    param, m, v = (torch.zeros(10, 3) for _ in range(3))
+    with pytest.raises(ValueError, match=match):
+        sparse_adam(param, m, v, torch.tensor([1]), torch.ones(1, 3), step=1, **{"lr": 0.1, **hyper})
+    assert not param.any() and not m.any() and not v.any()

@@ -153,20 +153,27 @@ def test_mixed_loss_gets_expected_count_corrections():
         config = mixed
 
         def forward(self, inputs):
-            seen["item"], seen["shared"] = inputs.item_log_q, inputs.shared_log_q
+            seen["item"], seen["shared"], seen["negative"] = inputs.item_log_q, inputs.shared_log_q, inputs.negative_log_q
             return torch.zeros(())
 
     batch = Batch(users=np.array([0, 1, 2, 3]), items=np.array([0, 1, 2, 3]),
+                  negatives=np.arange(8).reshape(4, 2) + 10, negative_log_q=np.full((4, 2), np.log(1 / 30), np.float32),
                   shared_negatives=np.arange(8), shared_log_q=np.full(8, np.log(1 / 40), np.float32),
                   item_log_q=np.full(4, np.log(0.01), np.float32))
     batch_loss(model, Capture(), batch, torch.device("cpu"))
     np.testing.assert_allclose(seen["item"].numpy(), np.log(4 * 0.01), rtol=1e-6)
     np.testing.assert_allclose(seen["shared"].numpy(), np.log(8 / 40), rtol=1e-6)
+    np.testing.assert_allclose(seen["negative"].numpy(), np.log(8 / 30), rtol=1e-6)  # the B x n pooled draws
     per_row = make_loss(dc.replace(config.loss, kind="sampled_softmax"))
-    Capture.config = per_row.config  # per-row kinds: the positive is one draw, log q unchanged
+    Capture.config = per_row.config  # per-row kinds: a row's positive is one draw, its negatives n draws
     batch_loss(model, Capture(), batch, torch.device("cpu"))
     np.testing.assert_allclose(seen["item"].numpy(), np.log(0.01), rtol=1e-6)
-    np.testing.assert_allclose(seen["shared"].numpy(), np.log(1 / 40), rtol=1e-6)
+    np.testing.assert_allclose(seen["shared"].numpy(), np.log(8 / 40), rtol=1e-6)
+    np.testing.assert_allclose(seen["negative"].numpy(), np.log(2 / 30), rtol=1e-6)
+    # Mined (hard) negatives come without log q: uncorrected (0) while the other sets are corrected.
+    mined = dc.replace(batch, negative_log_q=None)
+    batch_loss(model, Capture(), mined, torch.device("cpu"))
+    np.testing.assert_array_equal(seen["negative"].numpy(), np.zeros((4, 2), np.float32))
 
 
 def test_hard_negatives_are_mined_from_the_model_and_checkpointed(tmp_path):
@@ -353,3 +360,48 @@ def test_the_saved_model_carries_the_best_epochs_learned_temperature(tmp_path, m
     assert float(saved.model.temperature) == pytest.approx(per_epoch[0], rel=1e-6)
     assert json.loads((tmp_path / "results.json").read_text())["temperature"] == pytest.approx(per_epoch[0], rel=1e-6)
     assert saved.model.config.temperature == pytest.approx(config.loss.temperature)
+
+
+def test_symmetric_neg_l2_softmaxes_over_true_distances():
+    """The item-to-query direction compares queries, where neg_l2's dropped -||q||^2 does not cancel:
+    the symmetric loss sees -||q - v||^2 itself, the one-way loss the shorter search form."""
+    import dataclasses as dc
+
+    import torch
+
+    from twotower.batches import Batch
+    from twotower.data import build_dataset, generate
+    from twotower.train import batch_loss, build_model
+
+    config = tiny_config()
+    config.model.scoring = "neg_l2"
+    dataset = build_dataset(generate(50, 40, interactions_per_user=5, seed=0))
+    model = build_model(config, dataset).eval()
+    seen = {}
+
+    class Capture(torch.nn.Module):
+        def forward(self, inputs):
+            seen["query"], seen["positive"] = inputs.query, inputs.positive
+            return torch.zeros(())
+
+    batch = Batch(users=np.array([0, 1, 2, 3]), items=np.array([5, 1, 7, 3]))
+    for symmetric in (True, False):
+        Capture.config = dc.replace(config.loss, kind="infonce", symmetric=symmetric)
+        with torch.no_grad():
+            batch_loss(model, Capture(), batch, torch.device("cpu"))
+            q = model.encode_users(torch.tensor([0, 1, 2, 3]))
+            v = model.encode_items(torch.tensor([5, 1, 7, 3]))
+        scores = (seen["query"] @ seen["positive"].T).double()
+        true = -torch.cdist(q.double(), v.double()).square()
+        shift = 0 if symmetric else (q.double() ** 2).sum(1, keepdim=True)  # the search form's per-query constant
+        np.testing.assert_allclose(scores.numpy(), (true + shift).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_hard_negatives_train_with_the_default_logq_loss(tmp_path):
+    """Hard negatives under the default mixed loss with logQ on (they carry no sampler log q)."""
+    config = tiny_config(epochs=6)
+    config.batches = dataclasses.replace(config.batches, negative_kind="hard", num_negatives=4)
+    result = fit(config, tmp_path)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    assert result.valid.metrics["ndcg@10"] > result.popularity_valid.metrics["ndcg@10"]
