@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence
@@ -294,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+try:
+    from safetensors import SafetensorError as _SafetensorError  # noqa: E402
+except ImportError:  # older safetensors: the error class lives in the Rust module only
+    from safetensors.safetensors_rust import SafetensorError as _SafetensorError  # noqa: E402
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -304,9 +311,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("twotower: interrupted", file=sys.stderr)
         return 130
-    except (UserError, FileNotFoundError, ValueError, TypeError, RuntimeError) as err:
+    except KeyError as err:  # a JSON/config file without an entry the command needs
+        print(f"twotower: error: a file of {getattr(args, 'model_dir', 'the input')} lacks the entry {err}; "
+              "is it complete and written by this version?", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, OSError, LookupError, ValueError, TypeError, RuntimeError, _SafetensorError) as err:
+        # OSError: unreadable, compressed-but-corrupt or wrong-kind paths; LookupError: an unknown
+        # encoding; SafetensorError: a truncated or corrupt weights file.
         print(f"twotower: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        # Frames of a failed read can hold a pyarrow reader whose worker threads, if only reaped at
+        # interpreter shutdown next to torch's, abort the process (exit 134 instead of 2).
+        gc.collect()
 
 
 if __name__ == "__main__":

@@ -387,7 +387,10 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section: not a twotower model directory")
     model = TwoTowerModel.from_description(config["model"])
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # safetensors' error for a truncated or corrupt file
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({err}): save the model again") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

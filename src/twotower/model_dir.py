@@ -84,7 +84,10 @@ def load_model_dir(path: str | Path) -> TrainedModel:
             f"{path}: vocabularies ({len(user_vocab)} users, {len(item_vocab)} items) do not match the model "
             f"({model.num_users} users, {model.num_items} items)"
         )
-    arrays = load_file(str(path / "seen.safetensors"))
+    try:
+        arrays = load_file(str(path / "seen.safetensors"))
+    except Exception as err:  # safetensors' error for a truncated or corrupt file
+        raise ValueError(f"{path / 'seen.safetensors'} is not a readable safetensors file ({err})") from None
     seen = CSR(arrays["indptr"], arrays["indices"])
     if seen.num_rows != model.num_users:
         raise ValueError(f"{path / 'seen.safetensors'} has {seen.num_rows} users; the model has {model.num_users}")

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,14 +198,15 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
     `out_dir` receives `checkpoints/` (one per epoch, newest kept), `model/` (the best epoch on
-    validation: see `twotower.model_dir`), `metrics.jsonl` (one line per epoch), `training.png`.
+    validation, or the last epoch when the data has no validation split: see `twotower.model_dir`), `metrics.jsonl` (one line per epoch), `training.png`.
 
     Args:
         config: every setting (validated here).
         out_dir: output directory (created).
         dataset: an already built dataset; default: `load_dataset(config.data)`.
         resume: continue from the newest checkpoint in `out_dir/checkpoints` (which must come from
-            the same config and data).
+            the same config and data). A fresh run first clears an earlier run's `checkpoints/` and
+            `best/` there; its `model/` is replaced only once the new one is complete.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the step is named).
@@ -277,6 +279,12 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     # between its log line and its checkpoint would otherwise log that epoch twice).
     write_text_atomic(metrics_log, "".join(json.dumps(record) + "\n" for record in history))
     best_dir = out_dir / "best"
+    if not resume:  # a fresh run: an earlier run's best weights and checkpoints in out_dir are not ours
+        shutil.rmtree(best_dir, ignore_errors=True)
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
+    # Without a validation split there is nothing to select on: every epoch is kept as the newest
+    # (no early stopping) and the model is the last epoch's.
+    selects = len(dataset.valid.users) > 0
     for epoch in range(start_epoch, loop.epochs):
         if stale >= loop.patience > 0:
             break
@@ -318,7 +326,10 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
             valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads, progress=False)
             record["valid"] = valid.metrics
             score = _select(valid, loop.select_metric)
-            if score > best:
+            if not selects:
+                best_epoch, stale = epoch + 1, 0
+                _save_best(best_dir, model, loss_fn, saved_config)
+            elif score > best:
                 best, best_epoch, stale = score, epoch + 1, 0
                 _save_best(best_dir, model, loss_fn, saved_config)
             else:

@@ -174,3 +174,33 @@ def test_data_stats(tmp_path, capsys):
     assert json.dumps(stats).count("15") >= 1  # 15 interactions
     text = json.dumps(stats)
     assert "gini" in text
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "corrupt seen", "no train_config"])
+def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, damage):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained / "model", model_dir)
+    if damage == "truncate weights":
+        data = (model_dir / "model.safetensors").read_bytes()
+        (model_dir / "model.safetensors").write_bytes(data[: len(data) // 3])
+        argv, wanted = ["recommend", str(model_dir), "--user", "1"], "model.safetensors is not a readable safetensors"
+    elif damage == "corrupt seen":
+        (model_dir / "seen.safetensors").write_bytes(b"\x01\x00")
+        argv, wanted = ["recommend", str(model_dir), "--user", "1"], "seen.safetensors is not a readable safetensors"
+    else:
+        config = json.loads((model_dir / "config.json").read_text())
+        del config["train_config"]
+        (model_dir / "config.json").write_text(json.dumps(config))
+        argv, wanted = ["evaluate", str(model_dir)], "lacks the entry 'train_config'"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert wanted in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_corrupt_compressed_file_is_one_clear_line(tmp_path, capsys):
+    fake = tmp_path / "ratings.csv.gz"
+    fake.write_bytes(b"user,item\n1,2\n")  # not gzip at all
+    assert main(["data", "stats", str(fake)]) == 2
+    assert "twotower: error:" in capsys.readouterr().err

@@ -405,3 +405,21 @@ def test_hard_negatives_train_with_the_default_logq_loss(tmp_path):
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     assert result.valid.metrics["ndcg@10"] > result.popularity_valid.metrics["ndcg@10"]
+
+
+def test_a_fresh_run_never_takes_an_earlier_runs_weights(tmp_path):
+    """A second, fresh run into the same directory on other data (here without a validation split)
+    trains every epoch and saves its own last epoch, not the best/ weights the first run left."""
+    from safetensors.torch import load_file
+
+    first = tiny_config(epochs=1)
+    fit(first, tmp_path)
+    earlier = load_file(str(tmp_path / "best" / "model.safetensors"))
+    second = tiny_config(epochs=3, patience=1)
+    second.data.synthetic_users, second.data.synthetic_items = 120, 90
+    second.data.options = dataclasses.replace(second.data.options, ratios=(0.9, 0.1))  # train / test only
+    result = fit(second, tmp_path)
+    assert result.best_epoch == 3 and len(result.history) == 3  # no early stop on a metric that does not exist
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert saved["item_tower.id_embedding.weight"].shape[0] != earlier["item_tower.id_embedding.weight"].shape[0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0002", "epoch-0003"]
