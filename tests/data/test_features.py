@@ -105,3 +105,14 @@ def test_feature_table_take_follows_codes():
     ft = build_features(table.column("id"), table, [FeatureSpec("t", "multi")], vocab)
     sub = ft.take(np.array([2, 1]))
     assert [_decode_multi(sub, "t", r) for r in range(2)] == [[], ["b", "c"]]
+
+
+def test_a_feature_file_whose_keys_match_no_id_is_refused():
+    """Every entity would get the missing value (a features-only tower then makes all items equal):
+    a wrong key column or id format is named, with examples of both sides."""
+    vocab = Vocabulary([1, 2, 3])
+    table = pa.table({"id": [1000, 1001], "color": ["red", "blue"]})
+    with pytest.raises(DataError, match=r"none of the 2 feature rows.*\['1000', '1001'\].*\['1', '2', '3'\]"):
+        build_features(table.column("id"), table, [FeatureSpec("color", "categorical")], vocab)
+    partial = pa.table({"id": [1000, 2], "color": ["red", "blue"]})  # one match is enough: others are missing
+    assert build_features(partial.column("id"), partial, [FeatureSpec("color", "categorical")], vocab).num_rows == 3

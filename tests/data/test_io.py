@@ -259,3 +259,32 @@ def test_large_integer_timestamps_stay_exact_on_the_text_path(tmp_path):
     (tmp_path / "ns.csv").write_text("user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n")
     result = read_interactions(tmp_path / "ns.csv")
     assert result.table.column("timestamp").to_pylist() == [1600000000123456789, 1600000000123456791]
+
+
+@pytest.mark.parametrize("sep,name", [(",", "x.csv"), ("\t", "x.tsv"), (" ", "x.txt")])
+def test_a_headerless_file_keeps_its_first_row(tmp_path, sep, name):
+    """`header` left unset is detected: a first line of numbers is data, not column names."""
+    path = _write(tmp_path / name, None, sep)
+    result = read_interactions(path, columns={"user": 0, "item": 1})
+    assert result.num_rows == len(ROWS)
+    assert _cols(result)["user"] == [r[0] for r in ROWS]
+
+
+@pytest.mark.parametrize("sep,name", [(" ", "x.txt"), ("\t", "x.tsv")])
+def test_a_header_over_numbers_is_detected_in_whitespace_files(tmp_path, sep, name):
+    path = _write(tmp_path / name, ["user", "item", "rating", "timestamp"], sep)
+    assert _cols(read_interactions(path)) == _expected()
+    two = tmp_path / "pairs.txt"  # two fields per line reads as an adjacency list: its header is dropped too
+    two.write_text("user item\n1 2\n1 3\n2 3\n")
+    result = read_interactions(two)
+    assert result.num_rows == 3 and _cols(result)["user"] == [1, 1, 2]
+
+
+def test_header_detection_rules():
+    from twotower.data.io import detect_header
+
+    assert detect_header(["1,2,3", "4,5,6"], ",") is False
+    assert detect_header(["userId,movieId", "1,2"], ",") is True
+    assert detect_header(["u1,i1", "u2,i2"], ",") is None  # string ids on every line: cannot tell
+    assert detect_header(["user,item", "u2,i2"], ",") is True  # known column names
+    assert detect_header(["a::b", "1::2"], "::") is True

@@ -303,6 +303,10 @@ def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary,
         return movielens_user_features(spec, vocab)
     inferred = infer_source(spec, kind)
     log.info("%s features from %s: key %r, %s", kind, spec, inferred.key, [(f.name, f.kind) for f in inferred.specs])
-    return load_features(inferred, vocab)
+    try:
+        return load_features(inferred, vocab)
+    except DataError as err:
+        raise DataError(f"{spec} ({kind} features, key column {inferred.key!r}): "
+                        f"{str(err).removeprefix('feature source: ')}") from None
 
 

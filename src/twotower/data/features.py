@@ -88,6 +88,11 @@ def build_features(keys: object, table: pa.Table, specs: list[FeatureSpec] | tup
     codes = vocab.encode(keys)
     n = len(vocab)
     rows = np.flatnonzero(codes >= 0)
+    if len(codes) and not len(rows) and n:
+        # Every entity would get the "missing" value: a wrong key column or id format, never intended.
+        sample = [str(k) for k in (keys.to_pylist() if hasattr(keys, "to_pylist") else list(keys))[:3]]
+        raise DataError(f"none of the {len(codes)} feature rows names an id of the data (keys such as {sample}; "
+                        f"ids such as {[str(i) for i in list(vocab.ids[:3])]}): is the key column right?")
     order = np.lexsort((rows, codes[rows]))
     rows = rows[order]
     first = np.ones(len(rows), dtype=np.bool_)
@@ -205,7 +210,11 @@ def load_features(source: FeatureSource, vocab: Vocabulary, interactions: pa.Tab
         table = read_table(source.source, delimiter=source.delimiter)
     if source.key not in table.column_names:
         raise DataError(f"feature source: no key column {source.key!r}; the columns are {table.column_names}")
-    return build_features(table.column(source.key), table, source.specs, vocab)
+    try:
+        return build_features(table.column(source.key), table, source.specs, vocab)
+    except DataError as err:
+        raise DataError(f"{source.source if isinstance(source.source, (str, os.PathLike)) else 'feature source'}: "
+                        f"{err}") from None
 
 
 def infer_specs(table: pa.Table, key: str, *, max_unique_share: float = 0.5, max_int_categories: int = 32) -> tuple[FeatureSpec, ...]:

@@ -1,9 +1,9 @@
 """Readers: interaction files -> an Arrow table with canonical role columns, through pyarrow.
 
-Formats: CSV / TSV (with a header or given column names), Parquet, MovieLens `u.data` (tab, no
-header), `ratings.dat` (`::`), ml-latest `ratings.csv` (CRLF), single-space-separated tables
-without header, and adjacency lists (`user item item ...` per line). Gzip / bz2 files are
-decompressed on the fly (by extension).
+Formats: CSV / TSV (a header row is detected, or give column names), Parquet, MovieLens `u.data`
+(tab, no header), `ratings.dat` (`::`), ml-latest `ratings.csv` (CRLF), whitespace-separated
+tables, and adjacency lists (`user item item ...` per line). Gzip / bz2 files are decompressed on
+the fly (by extension).
 
 A clean file is read once, multi-threaded, with inferred types. When that read reports a malformed
 row (wrong column count, a non-numeric rating or timestamp, an empty id), the file is read again
@@ -106,6 +106,34 @@ def detect_format(path: PathLike) -> str:
     if len(widths) == 1 and widths.pop() >= 3 and all(ln == " ".join(ln.split()) for ln in head):
         return "space"
     return "adjacency"
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field.strip().strip('"').strip("'"))
+    except ValueError:
+        return False
+    return True
+
+
+def detect_header(lines: list[str], delimiter: str) -> bool | None:
+    """Whether the first line names the columns: True when it has a non-numeric field where the
+    lines below are numeric (`userId` over `1`), or names a known column (user, item_id, rating...);
+    False when every field of it is a number; None when it cannot tell (string ids everywhere)."""
+    rows = [[f.strip().strip('"') for f in (ln.split() if delimiter.isspace() else ln.split(delimiter))]
+            for ln in lines if ln.strip()]
+    if not rows:
+        return None
+    first, below = rows[0], rows[1:]
+    if all(_is_number(f) for f in first if f):
+        return False
+    for col, field in enumerate(first):
+        if not _is_number(field) and below and all(col < len(r) and _is_number(r[col]) for r in below):
+            return True
+    aliases = {a for names in COLUMN_ALIASES.values() for a in names}
+    if any(field.lower() in aliases for field in first):
+        return True
+    return None
 
 
 def _open(path: Path) -> pa.NativeFile:
@@ -225,12 +253,16 @@ def _read_any(
         table = pq.read_table(path)
         return from_table(table, columns=columns or dict(fmt.columns), features=features, strict=strict, source=str(path))
     if fmt.kind == "adjacency":
-        return _read_adjacency(path, encoding)
+        return _read_adjacency(path, encoding, skip_header=header if header is not None else
+                               bool(detect_header(_peek(path, 6), " ")))
     delim = delimiter or fmt.delimiter
     if names is not None:
         has_header = False
     else:
         has_header = fmt.header if header is None else header
+        if header is None and fmt.names is None:  # the fixed MovieLens layouts never have one
+            detected = detect_header(_peek(path, 6), delim)
+            has_header = has_header if detected is None else detected
         names = list(fmt.names) if (fmt.names and not has_header) else None
     file_names = _column_names(path, delim, has_header, names, encoding)
     roles = _resolve_roles(file_names, {**dict(fmt.columns), **(columns or {})}, path, has_header or names is not None)
@@ -420,12 +452,13 @@ def from_table(
     return InteractionTable(normalise_types(kept, roles), report)
 
 
-def _read_adjacency(path: Path, encoding: str) -> InteractionTable:
-    """`user item item ...` per line, whitespace-separated; a line with only a user adds nothing."""
+def _read_adjacency(path: Path, encoding: str, skip_header: bool = False) -> InteractionTable:
+    """`user item item ...` per line, whitespace-separated; a line with only a user adds nothing;
+    `skip_header` drops a first line of column names."""
     with _open(path) as f:
         lines = pacsv.read_csv(
             f,
-            read_options=pacsv.ReadOptions(column_names=["line"], encoding=encoding),
+            read_options=pacsv.ReadOptions(column_names=["line"], encoding=encoding, skip_rows=int(skip_header)),
             parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
         ).column("line")
