@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np  # noqa: E402
 
 from twotower import __version__  # noqa: E402
-from twotower.cli_options import add_config_flags, merge, overrides_from_args  # noqa: E402
+from twotower.cli_options import _key_value, add_config_flags, merge, overrides_from_args  # noqa: E402
 from twotower.config import TrainConfig  # noqa: E402
 
 EXIT_USAGE = 2
@@ -218,12 +218,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from twotower.data import describe, format_stats
 
-    options: dict[str, Any] = {"format": args.format}
+    options: dict[str, Any] = {"format": args.format, "encoding": args.encoding, "strict": args.strict}
     if args.columns:
-        options["columns"] = dict(item.split("=", 1) for item in args.columns)
-    if args.feedback:
-        options["feedback"] = args.feedback
+        options["columns"] = dict(args.columns)  # ROLE=COLUMN, a number meaning a position, as for train
+    for name in ("names", "delimiter", "header", "feedback"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.threshold is not None:
+        if options.setdefault("feedback", "rating") != "rating":
+            raise UserError(f"--threshold applies to --feedback rating, not {options['feedback']}")
         options["threshold"] = args.threshold
     if not Path(args.file).exists():
         raise UserError(f"file {args.file} does not exist")
@@ -287,9 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats = data_sub.add_parser("stats", help="counts, sparsity, popularity skew of an interaction file")
     stats.add_argument("file")
     stats.add_argument("--format", default="auto", help="file format (default: detect)")
-    stats.add_argument("--columns", nargs="+", metavar="ROLE=COLUMN", help="e.g. user=userId item=movieId rating=rating")
+    stats.add_argument("--columns", nargs="+", type=_key_value, metavar="ROLE=COLUMN",
+                       help="e.g. user=userId item=movieId rating=rating (a number is a 0-based position)")
+    stats.add_argument("--names", nargs="+", metavar="NAME", help="column names of a file without a header row")
+    stats.add_argument("--delimiter", help="field separator, e.g. ';' or '::' (default: from the format)")
+    stats.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                       help="whether the first row names the columns (default: detect)")
+    stats.add_argument("--encoding", default="utf8", help="text encoding, e.g. latin-1")
+    stats.add_argument("--strict", action="store_true", help="fail at the first malformed row instead of skipping it")
     stats.add_argument("--feedback", choices=["all", "label", "rating"], help="which rows are positives")
-    stats.add_argument("--threshold", type=float, help="rating threshold for --feedback rating")
+    stats.add_argument("--threshold", type=float, help="rating threshold (implies --feedback rating)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_data_stats)
     return parser

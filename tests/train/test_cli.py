@@ -176,6 +176,22 @@ def test_data_stats(tmp_path, capsys):
     assert "gini" in text
 
 
+def test_data_stats_reads_what_train_reads(tmp_path, capsys):
+    """The reading options of train exist for data stats too: delimiter, header, positions, threshold."""
+    semi = tmp_path / "ratings.txt"
+    rows = [(u, i, 1 + (u + i) % 5) for u in range(1, 7) for i in range(1, 1 + u)]
+    semi.write_text("".join(f"{u};{i};{r}\n" for u, i, r in rows))  # 21 rows, no header
+    assert main(["data", "stats", str(semi), "--delimiter", ";", "--no-header", "--columns", "user=0", "item=1",
+                 "rating=2", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["interactions"], stats["users"]) == (21, 6)
+    assert main(["data", "stats", str(semi), "--delimiter", ";", "--columns", "user=0", "item=1", "rating=2",
+                 "--threshold", "4", "--json"]) == 0  # the threshold implies rating feedback
+    assert json.loads(capsys.readouterr().out)["interactions"] == sum(r >= 4 for _, _, r in rows)
+    assert main(["data", "stats", str(semi), "--delimiter", ";", "--feedback", "all", "--threshold", "4"]) == 2
+    assert "--threshold applies to --feedback rating" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["truncate weights", "corrupt seen", "no train_config"])
 def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, damage):
     import shutil

@@ -228,6 +228,8 @@ def read_interactions(
     if path.is_dir():
         raise DataError(f"{path} is a directory; pass the interaction file inside it")
     fmt_name = detect_format(path) if format == "auto" else format
+    if format == "auto" and delimiter and FORMATS[fmt_name].kind == "adjacency":
+        fmt_name = "csv"  # a given delimiter means a delimited table, whatever the first line looked like
     if fmt_name not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {sorted(FORMATS)} or 'auto'")
     try:
@@ -333,7 +335,8 @@ def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: P
         if role not in roles:
             raise DataError(
                 f"{path}: cannot tell which column holds the {role} ids; the columns are {file_names}; "
-                f"pass columns={{'{role}': <name>}}"
+                f"name it: columns={{'{role}': <name or position>}} (command line: {role}=<name or position> "
+                f"after --columns / --data.options.columns)"
             )
     return roles
 
