@@ -138,7 +138,7 @@ MALFORMED = (
     "2,12,abc,101\n"  # 4 non-numeric rating
     "\n"  # 5 blank: skipped silently
     ",13,3.0,102\n"  # 6 empty user id
-    "3,14,2.0,1x3\n"  # 7 non-numeric timestamp
+    "3,14,2.0,1x3\n"  # 7 invalid timestamp
     "4,15,5.0,104,9\n"  # 8 wrong column count
     "5,16,1.0,105\n"  # 9 ok
 )
@@ -151,7 +151,7 @@ def test_malformed_rows_skipped_with_line_numbers(tmp_path):
     rep = result.report
     assert rep.rows_skipped == 5 and rep.rows_read == 7 and rep.blank_lines == 1
     assert rep.skipped_lines == (3, 4, 6, 7, 8)
-    assert rep.reasons == {"wrong column count": 2, "non-numeric rating": 1, "empty user id": 1, "non-numeric timestamp": 1}
+    assert rep.reasons == {"wrong column count": 2, "non-numeric rating": 1, "empty user id": 1, "invalid timestamp": 1}
     assert "first at lines 3, 4, 6, 7, 8" in rep.summary()
 
 
@@ -288,3 +288,32 @@ def test_header_detection_rules():
     assert detect_header(["u1,i1", "u2,i2"], ",") is None  # string ids on every line: cannot tell
     assert detect_header(["user,item", "u2,i2"], ",") is True  # known column names
     assert detect_header(["a::b", "1::2"], "::") is True
+
+
+def test_values_the_row_check_accepts_are_read_not_fatal(tmp_path):
+    """Mixed 1/0/true labels, impossible dates, seconds beyond int64 and ids beyond int64: each is
+    either read or a skipped row with its line, never a failure of the whole file."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("user,item,click\n1,2,1\n1,3,0\n2,3,true\n2,4,False\n")
+    assert _cols(read_interactions(labels))["label"] == [1.0, 0.0, 1.0, 0.0]
+    dates = tmp_path / "dates.csv"
+    dates.write_text("user,item,timestamp\n1,2,2020-01-01\n1,3,2020-01-02 10:00\n2,3,2020-13-45\n2,4,2021-02-30\n"
+                     "3,4,2020-01-01 25:00\n3,5,1e30\n")
+    result = read_interactions(dates)
+    assert result.num_rows == 2 and result.report.reasons == {"invalid timestamp": 4}
+    assert list(result.report.skipped_lines[:4]) == [4, 5, 6, 7]
+    huge = tmp_path / "huge.csv"
+    huge.write_text("user,item\n18000000000000000000,1\n18000000000000000001,2\n")
+    assert _cols(read_interactions(huge))["user"] == ["18000000000000000000", "18000000000000000001"]
+
+
+def test_id_type_does_not_depend_on_unrelated_rows(tmp_path):
+    """19-digit ids in int64's range are int64 whether or not another row is malformed (a text re-read)."""
+    clean = tmp_path / "clean.csv"
+    clean.write_text("user,item,rating\n9000000000000000000,1,2\n9000000000000000001,2,3\n")
+    dirty = tmp_path / "dirty.csv"
+    dirty.write_text(clean.read_text() + "9000000000000000002,3,x\n")
+    for path in (clean, dirty):
+        result = read_interactions(path)
+        assert result.table.schema.field("user").type == pa.int64()
+        assert _cols(result)["user"][:2] == [9000000000000000000, 9000000000000000001]

@@ -23,6 +23,9 @@ _INT = r"^\s*[+-]?\d+\s*$"
 _NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 _DATETIME = r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
 _BOOL = r"^\s*(?i:true|false)\s*$"
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d+)?)?$"
+_EXACT_FLOAT_INT = 2**53  # float64 holds every integer below this exactly
+_MAX_SECONDS = 9.2e18  # |Unix seconds| that fit int64
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,13 @@ def fast_path_ok(table: pa.Table, roles: dict[str, str]) -> bool:
         t = col.type
         if role in ("user", "item"):
             ok = pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-            if pa.types.is_floating(t):  # float ids (e.g. from pandas) are fine when all integral
-                ok = bool(pc.all(pc.equal(pc.floor(col), col)).as_py())
+            if pa.types.is_floating(t):  # float ids (e.g. from pandas) are fine when integral and exact
+                ok = bool(pc.all(pc.and_(pc.equal(pc.floor(col), col),
+                                         pc.less(pc.abs(col), float(_EXACT_FLOAT_INT)))).as_py())
         elif role == "timestamp":
-            ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t)
+            ok = pa.types.is_integer(t) or pa.types.is_timestamp(t)
+            if pa.types.is_floating(t):  # seconds beyond int64 are a malformed row, found by the text path
+                ok = bool(pc.all(pc.less(pc.abs(col), _MAX_SECONDS)).as_py())
         else:
             ok = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
         if not ok:
@@ -100,21 +106,29 @@ def normalise_types(table: pa.Table, roles: dict[str, str]) -> pa.Table:
             out[role] = _timestamp_column(col)
         else:
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                if pc.all(pc.match_substring_regex(col, _BOOL)).as_py():
-                    col = pc.utf8_lower(pc.utf8_trim_whitespace(col)).cast(pa.bool_())
-                else:
-                    col = pc.utf8_trim_whitespace(col)
+                # true/false (any case) are 1/0, also mixed with numbers (check_rows accepts both)
+                col = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+                col = pc.if_else(pc.equal(col, "true"), "1", pc.if_else(pc.equal(col, "false"), "0", col))
             out[role] = col.cast(pa.float64())
     return pa.table(out)
 
 
 def _id_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # floats: checked integral
+    """int64 ids where every id is an integer in int64's range (as pyarrow's typed read gives them, so
+    a file re-read as text after a bad row yields the same type), else exact strings."""
+    if pa.types.is_floating(col.type):  # fast_path_ok checked them integral and exact
         return col.cast(pa.int64())
+    if pa.types.is_integer(col.type):
+        try:
+            return col.cast(pa.int64())
+        except pa.ArrowInvalid:  # uint64 ids beyond int64: strings keep them exactly
+            return col.cast(pa.string())
     col = pc.utf8_trim_whitespace(col.cast(pa.string()))
-    if len(col) and pc.all(pc.match_substring_regex(col, r"^[+-]?\d{1,18}$")).as_py():
-        # all-integer text ids (e.g. a re-read after a bad row) become int64, like a clean read
-        return col.cast(pa.int64())
+    if len(col) and pc.all(pc.match_substring_regex(col, r"^[+-]?\d{1,19}$")).as_py():
+        try:
+            return col.cast(pa.int64())
+        except pa.ArrowInvalid:  # 19 digits beyond int64
+            return col
     return col
 
 
@@ -137,6 +151,24 @@ def _timestamp_column(col: pa.ChunkedArray) -> pa.ChunkedArray:
     seconds = pc.divide(as_dt.cast(pa.timestamp("ns")).cast(pa.int64()), 1_000_000_000)
     as_num = pc.if_else(numeric, text, pa.scalar(None, pa.string())).cast(pa.float64())
     return pc.coalesce(seconds, pc.floor(as_num).cast(pa.int64()))
+
+
+def _bad_timestamps(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text timestamps that are neither numbers within int64 seconds nor real calendar datetimes
+    (2020-13-45 has the shape of a date but is none)."""
+    text = pc.utf8_trim_whitespace(col)
+    numeric = pc.match_substring_regex(text, _NUMBER)
+    shaped = pc.match_substring_regex(text, _DATETIME)
+    value = pc.if_else(numeric, text, pa.scalar(None, pa.string())).cast(pa.float64())
+    number_ok = pc.and_(numeric, pc.less(pc.abs(value), _MAX_SECONDS))
+    clock = pc.utf8_slice_codeunits(text, 11)
+    day = pc.if_else(shaped, pc.utf8_slice_codeunits(text, 0, 10), "1970-01-01")
+    parsed = pc.strptime(day, "%Y-%m-%d", "s", error_is_null=True)
+    # strptime rolls 2021-02-30 over to March: a real date prints back as itself
+    real_day = pc.equal(pc.strftime(parsed, "%Y-%m-%d"), day)
+    time_ok = pc.or_(pc.equal(clock, ""), pc.match_substring_regex(clock, _CLOCK))
+    date_ok = pc.and_(pc.and_(shaped, pc.fill_null(real_day, False)), time_ok)
+    return pc.invert(pc.or_(pc.fill_null(number_ok, False), pc.fill_null(date_ok, False)))
 
 
 def check_rows(table: pa.Table, roles: dict[str, str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]], np.ndarray]:
@@ -163,8 +195,8 @@ def check_rows(table: pa.Table, roles: dict[str, str]) -> tuple[np.ndarray, list
             bad = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
             reason = f"empty {role} id"
         elif role == "timestamp":
-            bad = pc.invert(pc.or_(pc.match_substring_regex(col, _NUMBER), pc.match_substring_regex(col, _DATETIME)))
-            reason = "non-numeric timestamp"
+            bad = _bad_timestamps(col)
+            reason = "invalid timestamp"
         else:
             ok = pc.match_substring_regex(col, _NUMBER)
             if role == "label":
