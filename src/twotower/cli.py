@@ -193,7 +193,10 @@ def _user_codes(trained: Any, users: list[str]) -> np.ndarray:
             external = [int(u) for u in users]
         except ValueError:
             raise UserError(f"user ids of this model are integers; got {users}") from None
-    codes = vocab.encode(external)
+    try:
+        codes = vocab.encode(external)
+    except (TypeError, ValueError, OverflowError, ArithmeticError):  # e.g. an id beyond int64: no such user
+        raise UserError(f"unknown user id(s) {users[:5]}: not in the training data of {trained.path}") from None
     unknown = [u for u, c in zip(users, codes) if c < 0]
     if unknown:
         raise UserError(f"unknown user id(s) {unknown[:5]}: not in the training data of {trained.path}")

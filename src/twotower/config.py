@@ -207,12 +207,16 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a directory; pass the TOML file inside it")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: invalid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text, as TOML must be ({err.reason} at byte {err.start})") from None
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:

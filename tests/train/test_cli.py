@@ -220,3 +220,23 @@ def test_a_corrupt_compressed_file_is_one_clear_line(tmp_path, capsys):
     fake.write_bytes(b"user,item\n1,2\n")  # not gzip at all
     assert main(["data", "stats", str(fake)]) == 2
     assert "twotower: error:" in capsys.readouterr().err
+
+
+def test_more_inputs_a_person_gets_wrong_are_one_clear_line(trained, tmp_path, capsys):
+    config_dir = tmp_path / "conf"
+    config_dir.mkdir()
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe[data]\n")
+    cases = [
+        (["train", "--config", str(config_dir)], "is a directory"),
+        (["train", "--config", str(binary)], "not UTF-8 text"),
+        (["recommend", str(trained / "model"), "--user", "19000000000000000003"], "unknown user id"),
+    ]
+    empty = tmp_path / "items.csv"
+    empty.write_text("")
+    cases.append((["train", "--quiet", "--data.item_features", str(empty), "--train.epochs", "1",
+                   "--out", str(tmp_path / "run")], f"feature file {empty}"))
+    for argv, wanted in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert wanted in err and "Traceback" not in err, (argv, err)

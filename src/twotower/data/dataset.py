@@ -71,6 +71,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.columns is not None and not (
+            isinstance(self.columns, dict)
+            and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in self.columns.values())
+        ):
+            raise ValueError(f"columns must map roles to column names or positions, e.g. {{user = \"userId\", "
+                             f"item = 1}}; got {self.columns!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         k = self.kcore if isinstance(self.kcore, (tuple, list)) else (self.kcore, self.kcore)

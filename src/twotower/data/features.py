@@ -185,14 +185,21 @@ def read_table(path: str | os.PathLike, *, delimiter: str | None = None, names: 
     if path.suffix in (".parquet", ".pq"):
         return pq.read_table(path)
     delim = delimiter or ("\t" if path.suffix in (".tsv", ".tab") else ",")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; pass the feature file inside it")
     source, d = open_source(path, delim)
-    with source:
-        table = pacsv.read_csv(
-            source,
-            read_options=pacsv.ReadOptions(column_names=names, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=d),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in (names or [])}, strings_can_be_null=True),
-        )
+    try:
+        with source:
+            table = pacsv.read_csv(
+                source,
+                read_options=pacsv.ReadOptions(column_names=names, encoding=encoding),
+                parse_options=pacsv.ParseOptions(delimiter=d),
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in (names or [])},
+                                                     strings_can_be_null=True),
+            )
+    except pa.ArrowInvalid as err:  # empty file, ragged rows, bad encoding: name the file
+        raise DataError(f"feature file {path}: cannot read it as a {'tab' if d == chr(9) else repr(d)}-separated table "
+                        f"with a header row: {err}") from None
     if table.num_rows == 0:
         raise DataError(f"feature file {path} has no rows")
     return table
