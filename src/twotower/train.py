@@ -236,6 +236,8 @@ def step_threads(num_threads: int, device: torch.device) -> int:
 
 def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool) -> TrainResult:
     loop = config.train
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = loop.num_threads or None
     dataset = dataset if dataset is not None else load_dataset(config.data)

@@ -237,6 +237,9 @@ def read_interactions(
     except pa.ArrowInvalid as e:  # what pyarrow itself cannot parse (bad UTF-8, broken quoting, ...)
         hint = " (pass encoding=..., e.g. 'latin-1')" if "UTF8" in str(e) or "utf8" in str(e) else ""
         raise DataError(f"{path}: cannot read as {fmt_name!r}: {e}{hint}") from e
+    except UnicodeDecodeError as e:  # a binary file (e.g. Parquet read as CSV) or another text encoding
+        raise DataError(f"{path}: not {encoding} text as format {fmt_name!r} reads it ({e.reason} at byte {e.start}); "
+                        f"is the format right, or pass the file's encoding (e.g. latin-1)?") from None
 
 
 def _read_any(
