@@ -11,6 +11,8 @@ benchmark's generated data (one million interactions, 20,000 users, 20,000 items
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,8 @@ def _pairs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    # No options; --help describes the run instead of starting it (and overwriting results/).
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     users, items = _pairs()
     shuffled = users[np.random.default_rng(1).permutation(ROWS)]
     rows = []

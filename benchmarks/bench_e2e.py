@@ -116,6 +116,8 @@ def main() -> None:
         cases = []
         if (DATA / "ml-100k" / "u.data").is_file():
             cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs, args.repeats))
+        else:
+            print(f"skipping MovieLens-100K: {DATA / 'ml-100k' / 'u.data'} not found", flush=True)
         big = generated_csv(tmp)
         cases.append((f"generated, {sum(1 for _ in open(big)) - 1:,} rows", str(big), "csv", ",", 1, args.big_repeats))
         for name, path, fmt, delimiter, epochs, repeats in cases:

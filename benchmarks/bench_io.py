@@ -10,6 +10,8 @@ imports), so one case's allocations do not hide another's.
 
 from __future__ import annotations
 
+import argparse
+
 import csv
 import os
 import statistics
@@ -134,6 +136,8 @@ def run_file(label: str, path: Path, repeats: int, with_python: bool = False) ->
 
 
 def main() -> None:
+    # No options; --help describes the run instead of starting it (and overwriting results/).
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     header = ["file", "MiB", "method", "median s", "min-max s", "vs bare read", "peak MiB (fresh process)"]
     rows: list[list[object]] = []
     if ML_LATEST.exists():

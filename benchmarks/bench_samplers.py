@@ -24,6 +24,8 @@ negatives, hard negatives from candidate lists, the streaming frequency estimato
 
 from __future__ import annotations
 
+import argparse
+
 import functools
 import os
 import random
@@ -138,6 +140,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int, calls: int = 
 
 
 def main() -> None:
+    # No options; --help describes the run instead of starting it (and overwriting results/).
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     users_all, items_all, indptr, indices, num_items, source = load_history()
     history = (indptr, indices)
     users = batch_users()

@@ -16,6 +16,8 @@ end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tab
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,8 @@ def adam_tables(seed: int = 0) -> list[torch.Tensor]:
 
 
 def main() -> None:
+    # No options; --help describes the run instead of starting it (and overwriting results/).
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     x = _batch()
     rows = []

@@ -67,7 +67,9 @@ class BatchConfig:
             mined, not drawn from a known distribution, and come without (the trainer leaves them
             uncorrected).
         hard_rank_range: (a, b): hard negatives come from candidate ranks a <= rank < b (None: all).
-        streaming_buckets, streaming_hashes, streaming_learning_rate: the streaming estimator's size.
+        streaming_buckets: hash buckets of the streaming estimator (its memory, and collisions).
+        streaming_hashes: independent hashes of the streaming estimator (an item takes its smallest estimate).
+        streaming_learning_rate: how fast the streaming estimator follows a changing frequency.
         shuffle: shuffle rows each epoch (off: file order, for evaluation-like passes).
         drop_last: drop the last, smaller batch of an epoch.
         prefetch: about this many batches are kept ready by the worker thread, built and handed over

@@ -20,6 +20,7 @@ def topk_reference(
     *,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
     num_threads: int | None = None,
+    simd: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product, same contract as `twotower.topk`.
 
@@ -32,11 +33,12 @@ def topk_reference(
         k: results per query, k >= 1 (k > N pads).
         exclude: optional CSR (indptr [B+1], indices) of item ids to skip per query.
         num_threads: accepted for signature parity; the reference is single-threaded.
+        simd: accepted for signature parity; the reference has one path.
 
     Returns:
         (scores float32 [B, k], ids int64 [B, k]).
     """
-    del num_threads
+    del num_threads, simd
     queries = check_matrix("queries", queries)
     items = check_matrix("items", items)
     if queries.shape[1] != items.shape[1]:

@@ -28,9 +28,9 @@ class LossConfig:
             negatives and the log-q of every candidate (mixed negative sampling, Yang et al. 2020).
             "sampled_softmax", "bpr", "hinge", "bce": per-row losses over explicit negatives (see
             `twotower.losses.functional`).
-        temperature: logits are q·k / temperature. None (default) picks 0.1 for the softmax kinds
-            (infonce, mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw dot products,
-            for bpr, hinge and bce. With `learn_temperature` it is the initial value.
+        temperature: logits are q·k / temperature. None picks 0.1 for the softmax kinds (infonce,
+            mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw dot products, for bpr,
+            hinge and bce. With `learn_temperature` it is the initial value.
         learn_temperature: learn log(temperature) as a parameter of the loss module.
         min_temperature: lower clamp of a learned temperature (as CLIP caps its logit scale at 100).
         margin: hinge margin (>= 0), in units of the scaled scores; used by "hinge" only.
