@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _embedding_scores_jit as jit
+from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
 from .embedding_scores_reference import embedding_scores_reference
 
@@ -83,6 +84,7 @@ class _EmbeddingScores(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         query, rows = ctx.saved_tensors
         want_query, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

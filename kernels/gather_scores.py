@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _gather_scores_jit as jit
+from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
 from .gather_scores_reference import gather_scores_reference
 
@@ -64,6 +65,7 @@ class _GatherScores(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         query, vectors = ctx.saved_tensors
         want_query, want_vectors = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -20,6 +20,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ._first_order import first_order_only
 from .infonce_cpu import infonce_blocked
 from .infonce_reference import check_infonce_inputs, infonce_reference
 
@@ -114,7 +115,7 @@ class _InfoNCEFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad_out: Tensor):
         q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col = ctx.saved_tensors
         kt = _kernels()

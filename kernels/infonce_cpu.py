@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._first_order import first_order_only
+
 from . import _infonce_cpu_jit as jit
 from .distinct import distinct
 
@@ -101,6 +103,7 @@ class InfoNCEBlocked(torch.autograd.Function):
         return loss.sum() if reduction == "sum" else loss
 
     @staticmethod
+    @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad_out: Tensor):
         q, cand, lse, temperature = ctx.saved_tensors
         B = q.shape[0]
@@ -118,7 +121,7 @@ class InfoNCEBlocked(torch.autograd.Function):
         for r0 in range(0, B, step):
             q_blk = q[r0 : r0 + step]
             if ctx.softmax is not None:
-                ds = ctx.softmax[r0 : r0 + step]  # consumed in place: backward runs once
+                ds = ctx.softmax[r0 : r0 + step]  # consumed in place (dropped below: a second backward recomputes)
             else:
                 ds = ctx.side.logits(q_blk, cand, r0, inv_t)
                 ds.sub_(lse[r0 : r0 + step, None]).exp_()  # softmax (masked entries: exp(-inf) = 0)
@@ -127,6 +130,7 @@ class InfoNCEBlocked(torch.autograd.Function):
             ds.mul_(scale[r0 : r0 + step, None])  # d loss / d (q c^T)
             torch.mm(ds, cand, out=dq[r0 : r0 + step])
             dcand.addmm_(ds.T, q_blk)
+        ctx.softmax = None  # spent; a backward through a retained graph recomputes it from q, cand, lse
         dtemp = None
         if ctx.needs_input_grad[2]:
             # d loss / d tau = -(1/tau) sum_ij dS_ij u_ij with u = q c^T / tau; sum_ij dS_ij (q c^T)_ij

@@ -19,6 +19,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from ._first_order import first_order_only
+
 __all__ = ["l2_normalize", "l2_normalize_reference"]
 
 
@@ -70,6 +72,7 @@ class _L2Normalize(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
         grad = grad.detach().to(y.dtype).contiguous()

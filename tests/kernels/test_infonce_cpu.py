@@ -83,3 +83,42 @@ def test_row_with_every_negative_masked_has_zero_loss_and_gradient():
     assert torch.equal(loss.detach(), torch.zeros(3, dtype=torch.float64))
     loss.sum().backward()
     assert torch.equal(q.grad, torch.zeros_like(q)) and torch.equal(k.grad, torch.zeros_like(k))
+
+
+def test_a_second_backward_through_a_retained_graph_matches_the_reference():
+    """The kept softmax is spent by the first backward; a second one (retain_graph, jacobians) must
+    recompute it, not reuse what the first left behind."""
+    from twotower.kernels.infonce import infonce
+    from twotower.kernels.infonce_reference import infonce_reference
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(5, 8, generator=gen, requires_grad=True)
+    k = torch.randn(5, 8, generator=gen, requires_grad=True)
+    loss = infonce(q, k, temperature=0.1)
+    dq = torch.autograd.grad(loss, q, retain_graph=True)[0]
+    dk = torch.autograd.grad(loss, k)[0]
+    q2, k2 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    rq, rk = torch.autograd.grad(infonce_reference(q2, k2, temperature=0.1), (q2, k2))
+    torch.testing.assert_close(dq.double(), rq, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dk.double(), rk, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["infonce", "gather_scores", "embedding_scores", "l2_normalize"])
+def test_a_double_backward_is_an_error_not_a_silent_zero(kernel):
+    from twotower.kernels.embedding_scores import embedding_scores
+    from twotower.kernels.gather_scores import gather_scores
+    from twotower.kernels.infonce import infonce
+    from twotower.kernels.l2_normalize import l2_normalize
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, generator=gen, requires_grad=True)
+    table = torch.randn(5, 6, generator=gen)
+    index = torch.tensor([[0, 1], [2, 3], [4, 0], [1, 2]])
+    out = {
+        "infonce": lambda: infonce(x, table[:4], temperature=0.5),
+        "gather_scores": lambda: gather_scores(x, table, index).sum(),
+        "embedding_scores": lambda: embedding_scores(x, table, torch.arange(5), index, normalize=True).sum(),
+        "l2_normalize": lambda: l2_normalize(x).sum(),
+    }[kernel]()
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(out, x, create_graph=True)
