@@ -59,6 +59,8 @@ def distinct(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise TypeError(f"distinct: ids must be a 1-d integer array, got {ids.dtype} with shape {ids.shape}")
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"distinct: ids must fit int64; found {int(ids.max())}")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     size = 1 << max(4, int(2 * ids.shape[0]).bit_length())  # load factor <= 1/2
     slots = np.full(size, _EMPTY, dtype=np.int64)

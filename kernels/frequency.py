@@ -163,7 +163,7 @@ class StreamingFrequencyEstimator:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restores `state_dict()` output; shapes must match this estimator's."""
-        for name in ("last_step", "gap", "hits", "count"):
+        for name in ("hash_keys", "last_step", "gap", "hits", "count"):
             if np.shape(state[name]) != getattr(self, name).shape:
                 raise ValueError(f"state {name!r} has shape {np.shape(state[name])}, expected {getattr(self, name).shape}")
         self.hash_keys = np.asarray(state["hash_keys"], dtype=np.uint64).copy()

@@ -70,6 +70,16 @@ def _int_array(values: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def _count(value: object, name: str) -> int:
+    """A count argument: an integer (Python or NumPy) >= 0; a float such as 1.5 would size the
+    kernel's arrays differently from the range check."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
 def _check_range(array: np.ndarray, high: int, name: str) -> None:
     if array.size and (int(array.min()) < 0 or int(array.max()) >= high):
         bad = int(np.flatnonzero((array < 0) | (array >= high))[0])
@@ -94,8 +104,9 @@ def stable_group_order(keys: np.ndarray, num_keys: int) -> np.ndarray:
         array([1, 3, 0, 2])
     """
     array = _int_array(keys, "keys")
+    num_keys = _count(num_keys, "num_keys")
     _check_range(array, num_keys, "keys")
-    return _counting_order(array, int(num_keys))
+    return _counting_order(array, num_keys)
 
 
 def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +130,7 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> tuple[n
     rows_array, cols_array = _int_array(rows, "rows"), _int_array(cols, "cols")
     if rows_array.shape != cols_array.shape:
         raise ValueError(f"rows and cols must have one length, got {rows_array.shape[0]} and {cols_array.shape[0]}")
+    num_rows = _count(num_rows, "num_rows")
     _check_range(rows_array, num_rows, "rows")
     _check_range(cols_array, 2**31, "cols")
-    return _csr(rows_array, cols_array, int(num_rows))
+    return _csr(rows_array, cols_array, num_rows)

@@ -368,9 +368,10 @@ def build_alias_table(weights: np.ndarray) -> AliasTable:
         raise ValueError(f"weights must have fewer than 2**31 entries, got {w.size}")
     if not np.all(np.isfinite(w)) or (w < 0).any():
         raise ValueError("weights must be finite and >= 0")
-    total = w.sum()
-    if not total > 0:
+    if not w.max() > 0:
         raise ValueError("weights must not all be zero")
+    w = w / w.max()  # finite weights near 1e308 would overflow their sum
+    total = w.sum()
     p = w / total
     prob = np.empty(w.size, dtype=np.float64)
     alias = np.empty(w.size, dtype=np.int64)

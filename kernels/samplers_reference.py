@@ -79,6 +79,7 @@ def uniform_negatives(users, num_items, num_negatives, *, exclude=None, seed, ma
 def build_alias_table(weights) -> AliasTable:
     """Reference of `samplers.build_alias_table`: Vose's method, same stack order, in Python."""
     w = np.asarray(weights, dtype=np.float64)
+    w = w / w.max()  # as the kernel: no overflow of the sum for weights near 1e308
     p = w / w.sum()
     n = p.size
     scaled = p * n

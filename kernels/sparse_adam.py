@@ -44,6 +44,7 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
     dim = param.shape[1]
     count = 0
     repeats = 0
+    side_rows = np.empty(rows.shape[0], dtype=np.int64)  # the row of each side slot, to check slots by
     for p in range(rows.shape[0]):  # first pass: distinct rows in order; repeated rows numbered
         r = rows[p]
         s = slots[r]
@@ -52,8 +53,13 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
             order[count] = r
             count += 1
         elif s >= 0:  # met a second time: the row gets side slot k = repeats
+            if s >= p or rows[s] != r:
+                return False  # not a mark of this call: `slots` was not all -1
             slots[r] = -2 - repeats
+            side_rows[repeats] = r
             repeats += 1
+        elif -2 - s >= repeats or side_rows[-2 - s] != r:
+            return False
     side = np.zeros((repeats, dim), dtype=grads.dtype)
     for p in range(rows.shape[0]):  # sum each repeated row's gradients, in the order met
         s = slots[rows[p]]
@@ -71,6 +77,8 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
         c = 0
         for r in range(slots.shape[0]):
             if slots[r] != -1:
+                if c == count:
+                    return False  # a row this call did not touch is marked
                 order[c] = r
                 c += 1
     else:
@@ -88,6 +96,7 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
             exp_avg[r, d] = m
             exp_avg_sq[r, d] = v
             param[r, d] = w * shrink - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+    return True
 
 
 def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, step: int) -> None:
@@ -145,8 +154,11 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
         sparse_adam_reference(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
                               eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         return
-    if slots is None or slots.shape != (param.shape[0],):
+    if slots is None:
         slots = np.full(param.shape[0], -1, dtype=np.int64)
+    elif not (isinstance(slots, np.ndarray) and slots.dtype == np.int64 and slots.shape == (param.shape[0],)
+              and slots.flags.c_contiguous and slots.flags.writeable):
+        raise ValueError(f"sparse_adam: slots must be a writable int64 array of shape ({param.shape[0]},)")
     table = param.detach().numpy()
     grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=table.dtype)
     order = np.empty(rows_np.shape[0], dtype=np.int64)
@@ -154,5 +166,8 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
                              1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
                              1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
     # In place through NumPy views: autograd never sees these writes.
-    _step(table, exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np, grads_np, slots,
-          order, coefficients)
+    if not _step(table, exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np, grads_np, slots,
+                 order, coefficients):
+        slots.fill(-1)  # found before any row was updated; the scratch is made usable again
+        raise ValueError("sparse_adam: slots must be all -1 on entry (reuse the array a previous call "
+                         "returned, or omit it); nothing was updated")

@@ -33,3 +33,10 @@ def test_negative_and_colliding_ids():
 def test_rejects_non_integer_or_non_1d(bad):
     with pytest.raises(TypeError, match="1-d integer"):
         distinct(bad)
+
+
+def test_uint64_ids_beyond_int64_are_refused():
+    with pytest.raises(ValueError, match="fit int64"):
+        distinct(np.array([1, 2**64 - 1], dtype=np.uint64))
+    values, inverse = distinct(np.array([5, 2**63 - 1, 5], dtype=np.uint64))
+    assert values.tolist() == [5, 2**63 - 1] and inverse.tolist() == [0, 1, 0]

@@ -48,3 +48,14 @@ def test_bad_arguments_are_named():
         csr_from_pairs(np.array([0, 1]), np.array([0]), 2)
     with pytest.raises(ValueError, match=r"cols\[0\] = 2147483648"):
         csr_from_pairs(np.array([0]), np.array([2**31]), 2)
+
+
+@pytest.mark.parametrize("count", [1.5, True, np.float64(3), -1])
+def test_counts_must_be_non_negative_integers(count):
+    """A float count passed the range check but sized the kernel's arrays by int(count): rows were
+    dropped (or written out of bounds)."""
+    error = ValueError if count == -1 else TypeError
+    with pytest.raises(error, match="num_rows"):
+        csr_from_pairs(np.array([1, 0, 1]), np.array([5, 2, 3]), count)
+    with pytest.raises(error, match="num_keys"):
+        stable_group_order(np.array([0, 1]), count)

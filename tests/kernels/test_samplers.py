@@ -461,3 +461,17 @@ def test_docstring_examples_run():
     for module in (K, frequency):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_alias_table_of_huge_finite_weights_keeps_their_proportions():
+    table = K.build_alias_table([1e308, 1e308, 1e307])
+    np.testing.assert_allclose(table.p, [1 / 2.1, 1 / 2.1, 0.1 / 2.1], rtol=1e-12)
+
+
+def test_frequency_state_with_another_number_of_hashes_is_refused():
+    est = K.StreamingFrequencyEstimator(64, num_hashes=3)
+    est.update(np.array([1, 2, 2]))
+    state = est.state_dict()
+    state["hash_keys"] = state["hash_keys"][:1]
+    with pytest.raises(ValueError, match="hash_keys"):
+        K.StreamingFrequencyEstimator(64, num_hashes=3).load_state_dict(state)

@@ -119,3 +119,29 @@ def test_hyper_parameters_out_of_range_are_named(hyper, match):
     with pytest.raises(ValueError, match=match):
         sparse_adam(param, m, v, torch.tensor([1]), torch.ones(1, 3), step=1, **{"lr": 0.1, **hyper})
     assert not param.any() and not m.any() and not v.any()
+
+
+@pytest.mark.parametrize("dirty", ["untouched rows, dense scan", "a touched row", "a repeat mark", "wrong dtype"])
+def test_dirty_slots_are_refused_before_anything_is_updated(dirty):
+    """`slots` must come back from a previous call (all -1): anything else was a crash (the dense scan
+    wrote past `order`) or a silently skipped row; now a named error, nothing updated, slots reusable."""
+    num_rows = 200
+    param, m, v = (torch.zeros(num_rows, 3) for _ in range(3))
+    rows = torch.arange(0, 60) if dirty.startswith("untouched") else torch.tensor([3, 5, 3])
+    grads = torch.ones(len(rows), 3)
+    slots = np.full(num_rows, -1, dtype=np.int64)
+    if dirty.startswith("untouched"):
+        slots[100:] = 7
+    elif dirty == "a touched row":
+        slots[5] = 0  # claims position 0, which holds row 3
+    elif dirty == "a repeat mark":
+        slots[5] = -2  # a side slot no repeat of this call made
+    else:
+        slots = slots.astype(np.int32)
+    with pytest.raises(ValueError, match="slots must be"):
+        sparse_adam(param, m, v, rows, grads, step=1, lr=0.1, slots=slots)
+    assert not param.any() and not m.any() and not v.any()
+    if slots.dtype == np.int64:
+        assert (slots == -1).all()
+        sparse_adam(param, m, v, rows, grads, step=1, lr=0.1, slots=slots)  # usable again
+        assert param[rows].ne(0).all() and (slots == -1).all()
