@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rng import GOLDEN, MIX1, MIX2, ROW_STEP
+from ._rng import EXACT_FROM, GOLDEN, MIX1, MIX2, ROW_STEP
 
 # uint64 constants: mixing uint64 with int64 in Numba promotes to float64, so every operand is typed.
 _GOLDEN = np.uint64(GOLDEN)
@@ -44,6 +44,27 @@ def bits(key, counter):
 def bounded(x, n):
     """Integer in [0, n) (n < 2**32) from the top 32 bits of `x`, as int64."""
     return np.int64(((x >> _S32) * np.uint64(n)) >> _S32)
+
+
+_EXACT_FROM = np.uint64(EXACT_FROM)
+_TWO32 = np.uint64(1 << 32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def uniform_below(x, n):
+    """Uniform integer in [0, n) (n < 2**32), as int64: `bounded`, made exact from EXACT_FROM values
+    on by Lemire's rejection (a rejected word is rehashed; see `_rng`)."""
+    nn = np.uint64(n)
+    m = (x >> _S32) * nn
+    if nn >= _EXACT_FROM:
+        low = m & _LOW32
+        if low < nn:
+            threshold = (_TWO32 - nn) % nn
+            while low < threshold:
+                x = fmix(x + _GOLDEN)
+                m = (x >> _S32) * nn
+                low = m & _LOW32
+    return np.int64(m >> _S32)
 
 
 @njit(cache=True, nogil=True, inline="always")

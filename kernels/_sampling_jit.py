@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._rng_jit import bits, bounded, coin, row_key, unit53
+from ._rng_jit import bits, coin, row_key, uniform_below, unit53
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -120,11 +120,11 @@ def _uniform_row(indptr, indices, u, num_items, key, max_tries, words, woff, scr
     stride = max_tries + 1
     if k == 0:
         for s in range(n):
-            out[r, s] = bounded(bits(key, s * stride), num_items)
+            out[r, s] = uniform_below(bits(key, s * stride), num_items)
         return
     if 2 * free < num_items:
         for s in range(n):
-            out[r, s] = _select_free(indices, start, end, bounded(bits(key, s * stride + max_tries), free))
+            out[r, s] = _select_free(indices, start, end, uniform_below(bits(key, s * stride + max_tries), free))
         return
     # Separate loops per membership test: one shared loop with a test switch runs at half the speed.
     if woff >= 0:
@@ -146,12 +146,12 @@ def _uniform_row_search(indices, start, end, num_items, key, max_tries, out, r):
         c = s * stride
         item = -1
         for t in range(max_tries):
-            cand = bounded(bits(key, c + t), num_items)
+            cand = uniform_below(bits(key, c + t), num_items)
             if not _contains(indices, start, end, cand):
                 item = cand
                 break
         if item < 0:
-            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), free))
+            item = _select_free(indices, start, end, uniform_below(bits(key, c + max_tries), free))
         out[r, s] = item
 
 
@@ -162,12 +162,12 @@ def _uniform_retry(indptr, indices, u, num_items, key, max_tries, bitmap, base, 
     its body slows the loop of `_uniform_rows_indexed_single` that rarely needs it."""
     c = s * (max_tries + 1)
     for t in range(1, max_tries):
-        cand = bounded(bits(key, c + t), num_items)
+        cand = uniform_below(bits(key, c + t), num_items)
         if not _marked(bitmap, base, cand):
             return cand
     start = indptr[u]
     end = indptr[u + 1]
-    return _select_free(indices, start, end, bounded(bits(key, c + max_tries), num_items - (end - start)))
+    return _select_free(indices, start, end, uniform_below(bits(key, c + max_tries), num_items - (end - start)))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -181,21 +181,21 @@ def _uniform_row_bitmap(indptr, indices, u, num_items, key, max_tries, bitmap, b
     stride = max_tries + 1
     if max_tries > 0:
         for s in range(n):
-            out[r, s] = bounded(bits(key, s * stride), num_items)
+            out[r, s] = uniform_below(bits(key, s * stride), num_items)
     for s in range(n):
         if max_tries > 0 and not _marked(bitmap, base, out[r, s]):
             continue
         c = s * stride
         item = -1
         for t in range(1, max_tries):
-            cand = bounded(bits(key, c + t), num_items)
+            cand = uniform_below(bits(key, c + t), num_items)
             if not _marked(bitmap, base, cand):
                 item = cand
                 break
         if item < 0:
             start = indptr[u]
             end = indptr[u + 1]
-            item = _select_free(indices, start, end, bounded(bits(key, c + max_tries), num_items - (end - start)))
+            item = _select_free(indices, start, end, uniform_below(bits(key, c + max_tries), num_items - (end - start)))
         out[r, s] = item
 
 
@@ -245,7 +245,7 @@ def _uniform_rows_indexed(users, indptr, indices, row_words, words, num_items, k
 @njit(cache=True, nogil=True)
 def _uniform_rows_indexed_single(users, indptr, indices, row_words, words, num_items, key, max_tries, out):
     for r in range(users.shape[0]):
-        out[r, 0] = bounded(bits(row_key(key, r), 0), num_items)
+        out[r, 0] = uniform_below(bits(row_key(key, r), 0), num_items)
     # Rows without a bitmap are listed and redone after, so that no call sits in the hot loop.
     others = np.empty(users.shape[0], dtype=np.int64)
     num_others = 0
@@ -275,7 +275,7 @@ def _uniform_rows_csr(users, indptr, indices, num_items, key, max_tries, out):
         if k == 0:  # nothing to exclude (also every row of a call without `exclude`)
             rk = row_key(key, r)
             for s in range(n):
-                out[r, s] = bounded(bits(rk, s * (max_tries + 1)), num_items)
+                out[r, s] = uniform_below(bits(rk, s * (max_tries + 1)), num_items)
         elif 2 * (num_items - k) >= num_items and not _use_bitmap(k, n):
             _uniform_row_search(indices, start, end, num_items, row_key(key, r), max_tries, out, r)
         else:
@@ -307,7 +307,7 @@ def _build_row_bitmaps(indptr, indices, num_items, min_length):
 
 @njit(cache=True, nogil=True, inline="always")
 def _alias_draw(prob, alias, x):
-    i = bounded(x, prob.shape[0])
+    i = uniform_below(x, prob.shape[0])
     if coin(x) < prob[i]:
         return i
     return alias[i]
@@ -434,9 +434,9 @@ def _hard_kernel(users, candidates, indptr, indices, row_words, words, lo, hi, n
             continue
         for s in range(n):
             if replace or s >= e:
-                out[r, s] = pool[bounded(bits(rk, s), e)]
+                out[r, s] = pool[uniform_below(bits(rk, s), e)]
             else:
-                j = s + bounded(bits(rk, s), e - s)
+                j = s + uniform_below(bits(rk, s), e - s)
                 tmp = pool[s]
                 pool[s] = pool[j]
                 pool[j] = tmp
@@ -447,7 +447,7 @@ def _hard_kernel(users, candidates, indptr, indices, row_words, words, lo, hi, n
 def _shared_uniform_kernel(num_items, key, out):
     rk = row_key(key, 0)
     for s in range(out.shape[0]):
-        out[s] = bounded(bits(rk, s), num_items)
+        out[s] = uniform_below(bits(rk, s), num_items)
 
 
 @njit(cache=True, nogil=True)

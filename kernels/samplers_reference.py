@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._rng import bits_np, bounded_np, coin_np, derive_seed, row_keys_np, seed_key, unit53_np
+from ._rng import bits_np, bounded_np, coin_np, derive_seed, row_keys_np, seed_key, uniform_below_np, unit53_np
 from .samplers import DEFAULT_MAX_TRIES, AliasTable, ExclusionIndex
 
 __all__ = [
@@ -65,11 +65,11 @@ def uniform_negatives(users, num_items, num_negatives, *, exclude=None, seed, ma
     row_of, flat = _flat_keys(indptr, indices, num_items)
     out = np.full((batch, n), -1, dtype=np.int64)
     pending = np.repeat(((2 * free >= num_items) & (free > 0))[:, None], n, axis=1)
-    _reject(out, pending, keys, users, flat, num_items, stride, max_tries, lambda x: bounded_np(x, num_items))
+    _reject(out, pending, keys, users, flat, num_items, stride, max_tries, lambda x: uniform_below_np(x, num_items))
     # Exact fallback: the rank-th free id is rank + i for the first row position i with v_i - i > rank;
     # g = row * (N + 1) + v_i - i is globally sorted, so one searchsorted finds i for every draw.
     rr, ss = np.nonzero((out < 0) & (free > 0)[:, None])
-    rank = bounded_np(bits_np(keys[rr], ss * stride + max_tries), free[rr])
+    rank = uniform_below_np(bits_np(keys[rr], ss * stride + max_tries), free[rr])
     g = row_of * (num_items + 1) + indices - (np.arange(indices.size) - indptr[row_of])
     u = users[rr]
     out[rr, ss] = rank + np.searchsorted(g, u * (num_items + 1) + rank, side="right") - indptr[u]
@@ -98,7 +98,7 @@ def build_alias_table(weights) -> AliasTable:
 
 
 def _alias_np(table: AliasTable, x: np.ndarray) -> np.ndarray:
-    i = bounded_np(x, table.p.size)
+    i = uniform_below_np(x, table.p.size)
     return np.where(coin_np(x) < table.prob[i], i, table.alias[i])
 
 
@@ -134,7 +134,7 @@ def shared_negatives(num_samples, *, num_items=None, table=None, seed):
     """Reference of `samplers.shared_negatives` (same ids and log_q)."""
     x = bits_np(row_keys_np(seed_key(seed), np.zeros(1))[0:1], np.arange(num_samples))
     if table is None:
-        return bounded_np(x, num_items), np.full(num_samples, -np.log(num_items), dtype=np.float32)
+        return uniform_below_np(x, num_items), np.full(num_samples, -np.log(num_items), dtype=np.float32)
     ids = _alias_np(table, x)
     return ids, np.log(table.p[ids]).astype(np.float32)
 
@@ -172,9 +172,9 @@ def hard_negatives(
         x = bits_np(keys[r : r + 1], np.arange(num_negatives))
         for s in range(num_negatives):
             if replace or s >= e:
-                out[r, s] = pool[bounded_np(x[s : s + 1], e)[0]]
+                out[r, s] = pool[uniform_below_np(x[s : s + 1], e)[0]]
             else:
-                j = s + bounded_np(x[s : s + 1], e - s)[0]
+                j = s + uniform_below_np(x[s : s + 1], e - s)[0]
                 pool[s], pool[j] = pool[j], pool[s]
                 out[r, s] = pool[s]
     return out

@@ -475,3 +475,28 @@ def test_frequency_state_with_another_number_of_hashes_is_refused():
     state["hash_keys"] = state["hash_keys"][:1]
     with pytest.raises(ValueError, match="hash_keys"):
         K.StreamingFrequencyEstimator(64, num_hashes=3).load_state_dict(state)
+
+
+def test_uniform_draws_over_a_huge_catalogue_are_exact():
+    """At 1.5e9 items multiply-shift gives each id 2 or 3 of the 2**32 top words: ids with 2 were drawn
+    30% too rarely (9.5% of draws instead of their 13.7% share). The rejection makes them exact; the
+    kernel and its reference still agree word for word."""
+    n = 1_500_000_000
+    draws, log_q = K.shared_negatives(200_000, num_items=n, seed=11)
+    ref, _ = R.shared_negatives(200_000, num_items=n, seed=11)
+    np.testing.assert_array_equal(draws, ref)
+    # top words w with w * n >> 32 == i: ceil((i + 1) 2**32 / n) - ceil(i 2**32 / n) of them
+    ceil = lambda a: -(-a // n)  # noqa: E731
+    two = (ceil((draws + 1) * 2**32) - ceil(draws * 2**32)) == 2
+    share = 1 - (2**32 - 2 * n) / n  # fraction of ids with exactly two preimages
+    assert abs(two.mean() - share) < 5 * np.sqrt(share * (1 - share) / len(draws))
+    np.testing.assert_allclose(log_q, -np.log(n))
+
+
+def test_small_catalogues_draw_exactly_as_multiply_shift():
+    """Below 2**20 values the draws are the plain multiply-shift's (seeded runs reproduce)."""
+    from twotower.kernels._rng import bits_np, bounded_np, seed_key, uniform_below_np
+
+    words = bits_np(np.full(1000, seed_key(5), dtype=np.uint64), np.arange(1000))
+    for n in (2, 1682, 20_000, (1 << 20) - 1):
+        np.testing.assert_array_equal(uniform_below_np(words, n), bounded_np(words, n))
