@@ -467,14 +467,22 @@ def popularity_log_q(
     negatives = np.asarray(negatives)
     if negatives.ndim != 2 or negatives.shape[0] != users.size:
         raise ValueError(f"negatives must be [B={users.size}, n], got shape {negatives.shape}")
+    if negatives.size and (negatives.dtype.kind not in "iu" or negatives.min() < -1 or negatives.max() >= table.num_items):
+        raise ValueError(f"negatives must be item ids in [0, {table.num_items}) or -1 (no draw)")
+    none = negatives < 0
     with np.errstate(divide="ignore"):
-        log_q = np.log(table.p[np.where(negatives < 0, 0, negatives)])
+        log_q = np.log(table.p[np.where(none, 0, negatives)])
         if exclude is not None:
             indptr, indices, _, _ = _check_exclude(exclude, users, table.num_items, False)
             mass = _check_mass(positive_mass, indptr.size - 1)
             taken = mass[users] if mass.size else _row_mass(users, indptr, indices, table.p)
-            log_q = log_q - np.log1p(-np.minimum(taken, 1.0))[:, None]
-    return log_q.astype(np.float32)
+            free = 1.0 - np.minimum(taken, 1.0)
+            for r in np.flatnonzero(free < 1e-9):  # 1 - taken has lost its digits: sum the free mass itself
+                allowed = np.ones(table.num_items, dtype=bool)
+                allowed[indices[indptr[users[r]] : indptr[users[r] + 1]]] = False
+                free[r] = table.p[allowed].sum()
+            log_q = log_q - np.log(free)[:, None]
+    return np.where(none, 0.0, log_q).astype(np.float32)  # rows without a draw: nothing to correct
 
 
 def shared_negatives(

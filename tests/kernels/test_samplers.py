@@ -500,3 +500,14 @@ def test_small_catalogues_draw_exactly_as_multiply_shift():
     words = bits_np(np.full(1000, seed_key(5), dtype=np.uint64), np.arange(1000))
     for n in (2, 1682, 20_000, (1 << 20) - 1):
         np.testing.assert_array_equal(uniform_below_np(words, n), bounded_np(words, n))
+
+
+def test_popularity_log_q_when_the_positives_hold_almost_all_the_mass():
+    """1 - taken loses every digit when the free mass is below 1e-16: it is summed directly then.
+    Rows without a draw (-1) get 0, and ids outside [-1, N) are refused."""
+    table = K.build_alias_table([1e-20, 1.0, 1.0, 0.0])
+    exclude = (np.array([0, 2], np.int64), np.array([1, 2], np.int32))  # the user owns items 1 and 2
+    log_q = K.popularity_log_q(np.array([0]), np.array([[0, 0, -1]]), table, exclude=exclude)
+    np.testing.assert_array_equal(log_q, [[0.0, 0.0, 0.0]])  # item 0 is the only free item: P = 1
+    with pytest.raises(ValueError, match="negatives must be item ids"):
+        K.popularity_log_q(np.array([0]), np.array([[-2]]), table, exclude=exclude)
