@@ -27,7 +27,7 @@ from typing import Any
 
 from twotower.batches import BatchConfig
 from twotower.data import DataConfig
-from twotower.losses import LossConfig
+from twotower.losses import IN_BATCH_KINDS, LossConfig
 from twotower.model_config import ModelConfig, TowerConfig
 
 OPTIMIZERS = ("adam", "adamw")
@@ -186,6 +186,9 @@ class TrainConfig:
         self.model.validate()
         self.optim.validate()
         self.train.validate()
+        self._check_negatives()
+        if self.train.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}")
         if self.loss.reduction == "none":
             raise ValueError("loss.reduction 'none' gives per-row losses (for custom loops); training needs 'mean' or 'sum'")
         defaults = ModelConfig()
@@ -193,6 +196,18 @@ class TrainConfig:
             raise ValueError("model.temperature and model.learn_temperature are not training settings: the loss "
                              "owns the temperature (set loss.temperature / loss.learn_temperature); the saved model "
                              "records the one it trained with")
+
+    def _check_negatives(self) -> None:
+        """The loss's needs against what the batches bring, in the settings' own names (the loss would
+        otherwise fail at the first step, naming its internal inputs)."""
+        kind, b = self.loss.kind, self.batches
+        if kind == "mixed" and (b.num_shared_negatives == 0 or b.log_q == "none"):
+            raise ValueError("loss.kind 'mixed' is in-batch + shared negatives with logQ: it needs "
+                             f"batches.num_shared_negatives > 0 (got {b.num_shared_negatives}) and batches.log_q "
+                             f"'static' or 'streaming' (got {b.log_q!r}); or use loss.kind 'infonce'")
+        if kind not in IN_BATCH_KINDS and b.num_negatives == 0 and b.num_shared_negatives == 0:
+            raise ValueError(f"loss.kind {kind!r} scores each row against explicit negatives: set "
+                             "batches.num_negatives > 0 (with batches.negative_kind) or batches.num_shared_negatives > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -137,8 +137,9 @@ class TwoTowerModel(nn.Module):
         shared = config.user_history and config.share_item_embeddings
         history_dim = (item_id_dim if item_id_dim > 0 else config.embedding_dim) if config.user_history else 0
         common = {"embedding_dim": config.embedding_dim, "id_dropout": config.id_dropout, "init_std": config.init_std}
-        self.item_tower = Tower(config.item, num_ids=self.num_items, features=item_layout, **common)
-        self.user_tower = Tower(
+        self.item_tower = _named_tower("item", config.item, num_ids=self.num_items, features=item_layout, **common)
+        self.user_tower = _named_tower(
+            "user",
             config.user,
             num_ids=self.num_users,
             features=user_layout,
@@ -205,6 +206,8 @@ class TwoTowerModel(nn.Module):
     @property
     def temperature(self) -> torch.Tensor:
         """Scalar temperature (learned ones are clamped below at `min_temperature`)."""
+        if not self.config.learn_temperature:
+            return self.log_temperature.exp()
         return self.log_temperature.clamp(min=math.log(self.config.min_temperature)).exp()
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
@@ -326,6 +329,14 @@ class TwoTowerModel(nn.Module):
             return np.ascontiguousarray(out.float().cpu().numpy())
         finally:
             self.train(was_training)
+
+
+def _named_tower(name: str, *args: Any, **kwargs: Any) -> Tower:
+    """A Tower whose construction errors say which tower and which settings."""
+    try:
+        return Tower(*args, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{name} tower: {err} (see model.{name}.id_dim / model.{name}.use_features)") from None
 
 
 def _as_layout(features: Any | None, num_rows: int, name: str) -> FeatureLayout | None:

@@ -113,8 +113,8 @@ class ModelConfig:
             raise ValueError(f"scoring must be one of {SCORINGS}; got {self.scoring!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0; got {self.temperature}")
-        if not 0 < self.min_temperature <= self.temperature:
-            raise ValueError(
+        if not self.min_temperature > 0 or (self.learn_temperature and self.min_temperature > self.temperature):
+            raise ValueError(  # the clamp applies to a learned temperature only
                 f"min_temperature must be in (0, temperature={self.temperature}]; got {self.min_temperature}"
             )
         if self.history_length < 0:

@@ -250,6 +250,9 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     optimizer = make_optimizer([model, loss_fn], config.optim)
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                             config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
+    if len(batches) == 0:
+        raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
+                         f"training split has {len(dataset.train.users)} rows; lower the batch size")
     total_steps = loop.epochs * len(batches)
     autocast = device.type == "cuda" and loop.amp
 

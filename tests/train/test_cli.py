@@ -240,3 +240,46 @@ def test_more_inputs_a_person_gets_wrong_are_one_clear_line(trained, tmp_path, c
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert wanted in err and "Traceback" not in err, (argv, err)
+
+
+def test_recommend_reports_neg_l2_scores_as_minus_squared_distances(tmp_path, capsys):
+    import torch
+
+    from twotower.model_dir import load_model_dir
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--train.epochs", "1", "--model.scoring", "neg_l2"]) == 0
+    capsys.readouterr()
+    assert main(["recommend", str(out / "model"), "--user", "3", "-k", "4", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    trained = load_model_dir(out / "model")
+    codes = trained.item_vocab.encode(shown["items"])
+    with torch.no_grad():
+        q = trained.model.encode_users(torch.from_numpy(trained.user_vocab.encode([3]).astype(np.int64)))
+        v = trained.model.encode_items(torch.from_numpy(codes.astype(np.int64)))
+    want = (-torch.cdist(q.double(), v.double()).square()).numpy().ravel()
+    np.testing.assert_allclose(shown["scores"], want, rtol=1e-4, atol=1e-5)
+    assert all(s <= 0 for s in shown["scores"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--loss.kind", "mixed", "--batches.num_shared_negatives", "0"], "batches.num_shared_negatives > 0"),
+        (["--loss.kind", "hinge", "--batches.num_shared_negatives", "0"], "batches.num_negatives > 0"),
+        (["--batches.batch_size", "100000", "--batches.drop_last"], "leaves no batch"),
+        (["--model.user.id_dim", "0"], "user tower: tower has no inputs"),
+        (["--train.keep_checkpoints", "0"], "keep_checkpoints must be >= 1"),
+    ],
+)
+def test_combinations_that_cannot_train_are_refused_in_settings_terms(tmp_path, capsys, flags, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_fixed_temperature_below_the_learned_clamp_is_used_as_given(tmp_path):
+    from twotower.model_dir import load_model_dir
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--train.epochs", "1", "--loss.temperature", "0.005"]) == 0
+    assert float(load_model_dir(out / "model").model.temperature) == pytest.approx(0.005, rel=1e-5)
