@@ -65,9 +65,9 @@ def naive_loss(kind, rows, margin=1.0):
         elif kind == "hinge":
             terms = [max(0.0, margin - s_pos + s) for s in kept]
             out.append(sum(terms) / len(terms) if terms else 0.0)
-        elif kind == "bce":
-            terms = [-log_sigmoid(s_pos)] + [-log_sigmoid(-s) for s in kept]  # 1 - sigmoid(s) = sigmoid(-s)
-            out.append(sum(terms) / len(terms))
+        elif kind == "bce":  # the positive's term plus the negatives' mean: 1 - sigmoid(s) = sigmoid(-s)
+            terms = [-log_sigmoid(-s) for s in kept]
+            out.append(-log_sigmoid(s_pos) + (sum(terms) / len(terms) if terms else 0.0))
     return torch.tensor(out, dtype=F64)
 
 
@@ -195,8 +195,8 @@ def test_logq_correction_hand_computed():
     # softmax loss = log(1 + exp(s_neg' - s_pos')) = log(1 + exp(ln 2 - 1)) = log(1 + 2/e) = log 1.7358 = 0.5514...
     # positive left uncorrected: log(1 + exp(2 ln 2 - 1)) = log(1 + 4/e) = log 2.4715 = 0.9048...
     # no correction: log(1 + 1/e) = log 1.3679 = 0.3133...
-    # BCE (mean of the 2 pairs): [-log sigmoid(1 + ln 2) - log(1 - sigmoid(2 ln 2))] / 2
-    #   = [log(1 + e^-1 / 2) + log(1 + 4)] / 2 = [log(1 + 1/(2e)) + log 5] / 2 = (0.1689 + 1.6094) / 2 = 0.8891...
+    # BCE (the positive's term plus the negatives' mean): -log sigmoid(1 + ln 2) - log(1 - sigmoid(2 ln 2))
+    #   = log(1 + e^-1 / 2) + log(1 + 4) = log(1 + 1/(2e)) + log 5 = 0.1689 + 1.6094 = 1.7782...
     q = torch.tensor([[1.0, 0.0]], dtype=F64)
     pos = torch.tensor([[1.0, 0.0]], dtype=F64)
     neg = torch.zeros(1, 1, 2, dtype=F64)
@@ -208,8 +208,8 @@ def test_logq_correction_hand_computed():
     assert ss(logq_pos=lq_pos, logq_neg=lq_neg, correct_positive=False) == pytest.approx(math.log(1 + 4 / e), rel=1e-12)
     assert ss() == pytest.approx(math.log(1 + 1 / e), rel=1e-12)
     got = bce(q, pos, neg, logq_pos=lq_pos, logq_neg=lq_neg).item()
-    assert got == pytest.approx((math.log(1 + 1 / (2 * e)) + math.log(5)) / 2, rel=1e-12)
-    assert got == pytest.approx(0.8891, abs=1e-4)  # the rounded number in the comment
+    assert got == pytest.approx(math.log(1 + 1 / (2 * e)) + math.log(5), rel=1e-12)
+    assert got == pytest.approx(1.7782, abs=1e-4)  # the rounded number in the comment
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,8 +77,10 @@ def hinge_rows(pos: Tensor, neg: Tensor, valid: Tensor | None, margin: float) ->
 
 
 def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
-    """Per-row mean over the row's labelled pairs (the positive, label 1, and each valid negative,
-    label 0) of the binary cross-entropy with logits: softplus(-pos) and softplus(neg)."""
+    """Per-row binary cross-entropy with logits, the two classes weighed alike: the positive's term
+    softplus(-pos) (label 1) plus the mean of the valid negatives' terms softplus(neg) (label 0).
+    A plain mean over the 1 + n pairs gave the positive 1/(1 + n) of the row's weight, and with
+    hundreds of shared negatives the model learnt little beyond pushing every score down."""
     neg_terms = _softplus(neg)
     if valid is None:
         total = neg_terms.sum(dim=1)
@@ -87,7 +89,7 @@ def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
         zero = torch.zeros((), dtype=neg_terms.dtype, device=neg_terms.device)
         total = torch.where(valid, neg_terms, zero).sum(dim=1)
         count = valid.sum(dim=1).to(pos.dtype)
-    return (_softplus(-pos) + total) / (1 + count)
+    return _softplus(-pos) + total / count.clamp(min=1)
 
 
 def _logits(
@@ -252,9 +254,9 @@ def bce(
 ) -> Tensor:
     """Pointwise binary cross-entropy with logits: the positive labelled 1, each negative 0.
 
-    loss_b = (softplus(-s_pos) + sum_{valid j} softplus(s_neg_j)) / (1 + #valid), the mean over the
-    row's labelled pairs, with the same optional logQ correction as `sampled_softmax` (logit
-    adjustment for the sampling distribution).
+    loss_b = softplus(-s_pos) + mean_{valid j} softplus(s_neg_j): the positive class and the negative
+    class weigh alike however many negatives there are, with the same optional logQ correction as
+    `sampled_softmax` (logit adjustment for the sampling distribution).
 
     Args:
         q: [B, D] query vectors.
