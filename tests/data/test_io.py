@@ -286,6 +286,7 @@ def test_header_detection_rules():
     assert detect_header(["1,2,3", "4,5,6"], ",") is False
     assert detect_header(["userId,movieId", "1,2"], ",") is True
     assert detect_header(["u1,i1", "u2,i2"], ",") is None  # string ids on every line: cannot tell
+    assert detect_header(["u1,i1,5", "u2,i2,4"], ",") is False  # a number in line 1: data, not names
     assert detect_header(["user,item", "u2,i2"], ",") is True  # known column names
     assert detect_header(["a::b", "1::2"], "::") is True
 

@@ -117,16 +117,16 @@ def _is_number(field: str) -> bool:
 
 
 def detect_header(lines: list[str], delimiter: str) -> bool | None:
-    """Whether the first line names the columns: True when it has a non-numeric field where the
-    lines below are numeric (`userId` over `1`), or names a known column (user, item_id, rating...);
-    False when every field of it is a number; None when it cannot tell (string ids everywhere)."""
+    """Whether the first line names the columns: False when any field of it is a number (names are
+    not); True when it has a non-numeric field where the lines below are numeric (`userId` over `1`),
+    or names a known column (user, item_id, rating...); None when it cannot tell (only string ids)."""
     rows = [[f.strip().strip('"') for f in (ln.split() if delimiter.isspace() else ln.split(delimiter))]
             for ln in lines if ln.strip()]
     if not rows:
         return None
     first, below = rows[0], rows[1:]
-    if all(_is_number(f) for f in first if f):
-        return False
+    if any(_is_number(f) for f in first if f):
+        return False  # column names are not numbers: a line with one is data (string ids, a rating)
     for col, field in enumerate(first):
         if not _is_number(field) and below and all(col < len(r) and _is_number(r[col]) for r in below):
             return True
