@@ -318,3 +318,13 @@ def test_id_type_does_not_depend_on_unrelated_rows(tmp_path):
         result = read_interactions(path)
         assert result.table.schema.field("user").type == pa.int64()
         assert _cols(result)["user"][:2] == [9000000000000000000, 9000000000000000001]
+
+
+def test_float_ids_that_are_not_exact_integers_are_refused():
+    """Float id columns (pandas, Parquet) must hold exact integers: 2.5 silently became the string
+    '2.5' (and every other id a string with it)."""
+    with pytest.raises(DataError, match=r"item ids in column 'item' are floats that are not exact integers \(e.g. 2.5\)"):
+        from_table(pa.table({"user": [1, 2, 3], "item": [1.0, 2.5, 3.0]}))
+    with pytest.raises(DataError, match="not exact integers"):
+        from_table(pa.table({"user": [2.0**60, 1.0], "item": [1, 2]}))
+    assert _cols(from_table(pa.table({"user": [1, 2], "item": [1.0, 3.0]})))["item"] == [1, 3]

@@ -442,6 +442,15 @@ def from_table(
     if missing:
         raise DataError(f"{source}: no column(s) {missing}; the columns are {table.column_names}")
     table = table.select(list(dict.fromkeys([*roles.values(), *features])))
+    for role in ("user", "item"):
+        col = table.column(roles[role])
+        if pa.types.is_floating(col.type):
+            finite = pc.drop_null(col)
+            exact = pc.and_(pc.equal(pc.floor(finite), finite), pc.less(pc.abs(finite), 2.0**53))
+            if not pc.all(exact).as_py():
+                example = finite.filter(pc.invert(exact))[0].as_py()
+                raise DataError(f"{source}: {role} ids in column {roles[role]!r} are floats that are not exact integers "
+                                f"(e.g. {example!r}); store ids as integers or strings")
     if fast_path_ok(table, roles):
         return InteractionTable(normalise_types(table, roles), ReadReport(source, table.num_rows))
     text = pa.table({name: pc.cast(table.column(name), pa.string()).fill_null("") for name in roles.values()})
