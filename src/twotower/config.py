@@ -320,6 +320,8 @@ def _check_container(annotation: Any, value: Any, path: str) -> Any:
             checked.append(None)
             continue
         scalars = [o for o in options if o in _SCALARS]
+        if scalars == [str] and isinstance(element, (int, float)) and not isinstance(element, bool):
+            element = str(element)  # a name such as 2020 typed on the command line is read as a number
         if scalars and not any(
             (isinstance(element, bool) if o is bool else isinstance(element, o) and not isinstance(element, bool))
             or (o is float and isinstance(element, int) and not isinstance(element, bool))

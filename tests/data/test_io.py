@@ -328,3 +328,8 @@ def test_float_ids_that_are_not_exact_integers_are_refused():
     with pytest.raises(DataError, match="not exact integers"):
         from_table(pa.table({"user": [2.0**60, 1.0], "item": [1, 2]}))
     assert _cols(from_table(pa.table({"user": [1, 2], "item": [1.0, 3.0]})))["item"] == [1, 3]
+
+
+def test_a_list_valued_id_column_is_named():
+    with pytest.raises(DataError, match="the item column 'item' holds list"):
+        from_table(pa.table({"user": [1, 2], "item": [[1, 2], [3]]}))

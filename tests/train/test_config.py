@@ -80,3 +80,9 @@ def test_saved_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(file.stat().st_mode) == 0o644
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+
+
+def test_numbers_given_where_names_are_expected_are_names():
+    """Column names typed on the command line (`--data.options.names 1 2 3`) arrive as numbers."""
+    config = TrainConfig.from_dict({"data": {"options": {"names": [1, "item", 2020]}}})
+    assert config.data.options.names == ["1", "item", "2020"]

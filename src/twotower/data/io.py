@@ -442,6 +442,11 @@ def from_table(
     if missing:
         raise DataError(f"{source}: no column(s) {missing}; the columns are {table.column_names}")
     table = table.select(list(dict.fromkeys([*roles.values(), *features])))
+    for role, name in roles.items():
+        kind = table.column(name).type
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            raise DataError(f"{source}: the {role} column {name!r} holds {kind} values; it needs one scalar per "
+                            "row (explode lists into one row per value first)")
     for role in ("user", "item"):
         col = table.column(roles[role])
         if pa.types.is_floating(col.type):
