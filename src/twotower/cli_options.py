@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import types
 import typing
 from typing import Any
 
-from twotower.config import NESTED, TrainConfig
+from twotower.config import NESTED, TrainConfig, union_members
 
 # Settings whose owner documents them together; spelled out here for --help.
 EXTRA_HELP = {
@@ -65,12 +64,6 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def _options(annotation: Any) -> tuple[Any, ...]:
-    """The members of a union annotation (`int | None` -> int, None), or the annotation itself."""
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    return typing.get_args(annotation) if union else (annotation,)
-
-
 def _key_value(text: str) -> tuple[str, Any]:
     """ROLE=COLUMN; a column given as an integer is a 0-based index."""
     key, sep, value = text.partition("=")
@@ -99,7 +92,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if dest in HIDDEN:
                 continue
             text = EXTRA_HELP.get(f.name, helps.get(f.name, "")) if cls.__name__ == "DataConfig" else helps.get(f.name, "")
-            options = _options(hints[f.name])
+            options = union_members(hints[f.name])
             origins = {typing.get_origin(o) for o in options}
             kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f"{text} (default: {value!r})"}
             if hints[f.name] is bool:

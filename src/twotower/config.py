@@ -270,12 +270,26 @@ def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any
 _SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def union_members(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (`int | None` -> int, None), or the annotation itself."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _scalar_fits(value: Any, scalars: list[type]) -> bool:
+    """`value` is one of the scalar types (bool is no int; an int is a float)."""
+    return any(
+        (isinstance(value, bool) if o is bool else isinstance(value, o) and not isinstance(value, bool))
+        or (o is float and isinstance(value, int) and not isinstance(value, bool))
+        for o in scalars
+    )
+
+
 def _check_type(cls: type, key: str, value: Any, path: str) -> Any:
     """Checks a setting against its annotation (ValueError naming it): scalars by type, lists and
     tuples element by element (lists become tuples where the field is a tuple). Unions accept any
     member; other types (dicts) pass through to the section's own checks."""
-    annotation = typing.get_type_hints(cls)[key]
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    options = union_members(typing.get_type_hints(cls)[key])
     if value is None:
         if type(None) in options:
             return None
@@ -289,12 +303,7 @@ def _check_type(cls: type, key: str, value: Any, path: str) -> Any:
     others = [o for o in options if o is not type(None) and o not in _SCALARS and o not in containers]
     if not scalars or others:
         return value  # dicts and unions with other types: validated by the section's own checks
-    ok = any(
-        (isinstance(value, bool) if o is bool else isinstance(value, o) and not isinstance(value, bool))
-        or (o is float and isinstance(value, int) and not isinstance(value, bool))
-        for o in scalars
-    )
-    if not ok:
+    if not _scalar_fits(value, scalars):
         wanted = " or ".join(_SCALARS[o] for o in scalars)
         raise ValueError(f"{path} must be {wanted}; got {value!r}")
     return float(value) if scalars == [float] else value
@@ -314,19 +323,14 @@ def _check_container(annotation: Any, value: Any, path: str) -> Any:
         element_types = [args[0] if args else Any] * len(value)
     checked = []
     for i, (element, element_type) in enumerate(zip(value, element_types)):
-        options = (typing.get_args(element_type)
-                   if typing.get_origin(element_type) in (typing.Union, types.UnionType) else (element_type,))
+        options = union_members(element_type)
         if element is None and type(None) in options:
             checked.append(None)
             continue
         scalars = [o for o in options if o in _SCALARS]
         if scalars == [str] and isinstance(element, (int, float)) and not isinstance(element, bool):
             element = str(element)  # a name such as 2020 typed on the command line is read as a number
-        if scalars and not any(
-            (isinstance(element, bool) if o is bool else isinstance(element, o) and not isinstance(element, bool))
-            or (o is float and isinstance(element, int) and not isinstance(element, bool))
-            for o in scalars
-        ):
+        if scalars and not _scalar_fits(element, scalars):
             wanted = " or ".join(_SCALARS[o] for o in scalars)
             raise ValueError(f"{path}[{i}] must be {wanted}; got {element!r}")
         checked.append(element)

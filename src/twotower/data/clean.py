@@ -63,6 +63,11 @@ class ReadReport:
         return text
 
 
+def exact_integers(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Which values of a float column are integers that float64 holds exactly (|x| < 2**53)."""
+    return pc.and_(pc.equal(pc.floor(col), col), pc.less(pc.abs(col), float(_EXACT_FLOAT_INT)))
+
+
 def fast_path_ok(table: pa.Table, roles: dict[str, str]) -> bool:
     """True when the typed columns need no row-level repair: acceptable types and no nulls."""
     for role, name in roles.items():
@@ -73,8 +78,7 @@ def fast_path_ok(table: pa.Table, roles: dict[str, str]) -> bool:
         if role in ("user", "item"):
             ok = pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
             if pa.types.is_floating(t):  # float ids (e.g. from pandas) are fine when integral and exact
-                ok = bool(pc.all(pc.and_(pc.equal(pc.floor(col), col),
-                                         pc.less(pc.abs(col), float(_EXACT_FLOAT_INT)))).as_py())
+                ok = bool(pc.all(exact_integers(col)).as_py())
         elif role == "timestamp":
             ok = pa.types.is_integer(t) or pa.types.is_timestamp(t)
             if pa.types.is_floating(t):  # seconds beyond int64 are a malformed row, found by the text path

@@ -312,7 +312,6 @@ def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary,
     try:
         return load_features(inferred, vocab)
     except DataError as err:
-        raise DataError(f"{spec} ({kind} features, key column {inferred.key!r}): "
-                        f"{str(err).removeprefix('feature source: ')}") from None
+        raise DataError(f"{spec} ({kind} features, key column {inferred.key!r}): {err}") from None
 
 

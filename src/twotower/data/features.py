@@ -220,8 +220,9 @@ def load_features(source: FeatureSource, vocab: Vocabulary, interactions: pa.Tab
     try:
         return build_features(table.column(source.key), table, source.specs, vocab)
     except DataError as err:
-        raise DataError(f"{source.source if isinstance(source.source, (str, os.PathLike)) else 'feature source'}: "
-                        f"{err}") from None
+        if isinstance(source.source, (str, os.PathLike)):
+            raise DataError(f"{source.source}: {err}") from None
+        raise  # a table in memory: the caller names where it came from
 
 
 def infer_specs(table: pa.Table, key: str, *, max_unique_share: float = 0.5, max_int_categories: int = 32) -> tuple[FeatureSpec, ...]:

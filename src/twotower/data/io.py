@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from twotower.data.clean import ReadReport, build_report, check_rows, fast_path_ok, normalise_types
+from twotower.data.clean import ReadReport, build_report, check_rows, exact_integers, fast_path_ok, normalise_types
 from twotower.data.types import DataError
 
 PathLike = str | os.PathLike
@@ -450,10 +450,10 @@ def from_table(
     for role in ("user", "item"):
         col = table.column(roles[role])
         if pa.types.is_floating(col.type):
-            finite = pc.drop_null(col)
-            exact = pc.and_(pc.equal(pc.floor(finite), finite), pc.less(pc.abs(finite), 2.0**53))
+            given = pc.drop_null(col)
+            exact = exact_integers(given)
             if not pc.all(exact).as_py():
-                example = finite.filter(pc.invert(exact))[0].as_py()
+                example = given.filter(pc.invert(exact))[0].as_py()
                 raise DataError(f"{source}: {role} ids in column {roles[role]!r} are floats that are not exact integers "
                                 f"(e.g. {example!r}); store ids as integers or strings")
     if fast_path_ok(table, roles):
