@@ -14,15 +14,11 @@ from ._gather_scores_jit import forward as scores
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
+def gather_normalized(weight, ids, normalize, eps, rows, scale, zero):
     """rows[u] = weight[ids[u]] * scale[u] with scale[u] = 1 / max(||weight[ids[u]]||, eps) when
-    normalising (else 1); out[b, j] = query[b] . rows[index[b, j]] (`gather_scores`' pass).
-
-    The table rows are copied once into the compact `rows` [U, D], in the order of `ids`: the
-    scoring pass and backward then read a 3 MB array (the positives, first in a batch's `ids`, in
-    sequence) instead of chasing two indirections into the whole table. Rows are requested
-    PREFETCH_DISTANCE iterations ahead (`_prefetch_jit`): the gather is latency-bound."""
-    dim = query.shape[1]
+    normalising (else 1). Rows are requested PREFETCH_DISTANCE iterations ahead (`_prefetch_jit`):
+    the gather is latency-bound."""
+    dim = weight.shape[1]
     count = ids.shape[0]
     for u in range(count):
         if u + PREFETCH_DISTANCE < count:  # the rows are scattered over the table: ask ahead
@@ -39,6 +35,17 @@ def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
         out_row = rows[u]
         for d in range(dim):
             out_row[d] = row[d] * sd
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def forward(query, weight, ids, index, normalize, eps, out, rows, scale, zero):
+    """rows[u] = f(weight[ids[u]]) (`gather_normalized`); out[b, j] = query[b] . rows[index[b, j]]
+    (`gather_scores`' pass).
+
+    The table rows are copied once into the compact `rows` [U, D], in the order of `ids`: the
+    scoring pass and backward then read a 3 MB array (the positives, first in a batch's `ids`, in
+    sequence) instead of chasing two indirections into the whole table."""
+    gather_normalized(weight, ids, normalize, eps, rows, scale, zero)
     scores(query, rows, index, out, zero)
 
 
@@ -74,13 +81,21 @@ def backward(grad, query, rows, index, scale, normalize, eps, want_query, want_w
                 dq = grad_query[entry_row[e]]
                 for d in range(dim):
                     dq[d] += g * y[d]
-        s = values.dtype.type(scale[u])
-        if normalize and scale[u] < limit:  # ||row|| > eps: remove the component along y_u
-            dot = zero
-            for d in range(dim):
-                dot += out[d] * y[d]
-            for d in range(dim):
-                out[d] = (out[d] - y[d] * dot) * s
-        else:
-            for d in range(dim):
-                out[d] *= s
+        through_normalization(out, y, scale[u], normalize, limit, zero)
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy", inline="always")
+def through_normalization(grad, y, scale, normalize, limit, zero):
+    """In place: the gradient `grad` [D] of y = f(x) taken back to x, with y [D] and scale =
+    1 / max(||x||, eps): (grad - y (grad . y)) * scale when normalising a row whose norm exceeds eps
+    (scale < limit = 1 / eps), else grad * scale (the derivative of the clamped form, as PyTorch's)."""
+    s = grad.dtype.type(scale)
+    if normalize and scale < limit:  # ||x|| > eps: remove the component along y
+        dot = zero
+        for d in range(grad.shape[0]):
+            dot += grad[d] * y[d]
+        for d in range(grad.shape[0]):
+            grad[d] = (grad[d] - y[d] * dot) * s
+    else:
+        for d in range(grad.shape[0]):
+            grad[d] *= s

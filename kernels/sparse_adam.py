@@ -26,17 +26,17 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from ._adam_jit import adam_row, ascending_rows
 from ._bounds_jit import checked_indices
 from .sparse_adam_reference import sparse_adam_reference
 
-__all__ = ["sparse_adam", "sparse_adam_reference"]
+__all__ = ["adam_coefficients", "sparse_adam", "sparse_adam_reference"]
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
-    """`slots` [R] is all -1 on entry and on exit; `order` [P] is scratch.
-    `coefficients` holds the step's scalars in the table's dtype, so the update vectorises in it:
-    (beta1, 1 - beta1, beta2, 1 - beta2, eps, L2 decay, decoupled shrink, step size, 1/sqrt(bc2)).
+    """`slots` [R] is all -1 on entry and on exit; `order` [P] is scratch; `coefficients` from
+    `adam_coefficients` (see `_adam_jit`).
 
     A row met once reads its gradient where it is (slots[r] = its position in `grads`); only rows
     that repeat (in a training batch: the unknown-id row that id dropout maps to, a few users) are
@@ -67,35 +67,13 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
             k = -2 - s
             for d in range(dim):
                 side[k, d] += grads[p, d]
-    beta1, keep1, beta2, keep2, eps, l2, shrink, step_size, inv_sqrt_bc2 = (
-        coefficients[0], coefficients[1], coefficients[2], coefficients[3], coefficients[4],
-        coefficients[5], coefficients[6], coefficients[7], coefficients[8])
-    # Visit the rows in ascending order: neighbouring rows share pages and the prefetcher streams
-    # them (2x faster than batch order on a 20k x 64 table). A dense table is scanned through its
-    # slots, a sparse one sorts its few rows.
-    if 8 * count >= slots.shape[0]:
-        c = 0
-        for r in range(slots.shape[0]):
-            if slots[r] != -1:
-                if c == count:
-                    return False  # a row this call did not touch is marked
-                order[c] = r
-                c += 1
-    else:
-        order[:count] = np.sort(order[:count])
+    if not ascending_rows(order, count, slots):
+        return False
     for c in range(count):
         r = order[c]
         s = slots[r]
         slots[r] = -1
-        g_row = grads[s] if s >= 0 else side[-2 - s]
-        for d in range(dim):
-            w = param[r, d]
-            g = g_row[d] + l2 * w
-            m = beta1 * exp_avg[r, d] + keep1 * g
-            v = beta2 * exp_avg_sq[r, d] + keep2 * g * g
-            exp_avg[r, d] = m
-            exp_avg_sq[r, d] = v
-            param[r, d] = w * shrink - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+        adam_row(param, exp_avg, exp_avg_sq, r, grads[s] if s >= 0 else side[-2 - s], coefficients)
     return True
 
 
@@ -122,9 +100,24 @@ def _check_hyper(lr: float, beta1: float, beta2: float, eps: float, weight_decay
             raise ValueError(f"sparse_adam: {name} out of range: {value!r}")
 
 
+def _check_scale(grad_scale: float) -> None:
+    if not 0 < grad_scale < math.inf:
+        raise ValueError(f"sparse_adam: grad_scale must be positive and finite, got {grad_scale!r}")
+
+
+def adam_coefficients(step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                      decoupled: bool, dtype: np.dtype, grad_scale: float = 1.0) -> np.ndarray:
+    """The scalars of Adam(W) step `step` for the `_adam_jit.adam_row` kernel, in `dtype`, with the
+    gradient scale `grad_scale` folded in (see `_adam_jit`)."""
+    s = float(grad_scale)
+    return np.array([beta1, (1.0 - beta1) * s, beta2, (1.0 - beta2) * s * s, eps,
+                     0.0 if decoupled else weight_decay / s, 1.0 - lr * weight_decay if decoupled else 1.0,
+                     lr / (1.0 - beta1**step), 1.0 / math.sqrt(1.0 - beta2**step)], dtype=dtype)
+
+
 def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, *, step: int,
                 lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                decoupled: bool = True, slots: np.ndarray | None = None) -> None:
+                decoupled: bool = True, slots: np.ndarray | None = None, grad_scale: float = 1.0) -> None:
     """In place: one Adam(W) step on the distinct `rows` of `param`, with their summed `grads`.
 
     Args:
@@ -138,6 +131,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
             applied to touched rows only.
         slots: optional int64 [R] scratch, all -1, reused across calls (returned all -1); one is
             allocated per call when omitted.
+        grad_scale: the gradients are taken times this (> 0; gradient clipping), at no extra pass.
 
     Raises:
         ValueError / TypeError: shapes, dtypes, step or a hyper-parameter wrong (the argument is named).
@@ -145,6 +139,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     """
     _check(param, exp_avg, exp_avg_sq, rows, grads, step)
     _check_hyper(lr, beta1, beta2, eps, weight_decay)
+    _check_scale(grad_scale)
     if rows.numel() == 0:
         return
     kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)
@@ -152,7 +147,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     rows_np = checked_indices(rows.detach().cpu().numpy(), param.shape[0], "sparse_adam: rows")
     if not kernel:
         sparse_adam_reference(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                              eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+                              eps=eps, weight_decay=weight_decay, decoupled=decoupled, grad_scale=grad_scale)
         return
     if slots is None:
         slots = np.full(param.shape[0], -1, dtype=np.int64)
@@ -162,9 +157,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
     table = param.detach().numpy()
     grads_np = np.ascontiguousarray(grads.detach().numpy(), dtype=table.dtype)
     order = np.empty(rows_np.shape[0], dtype=np.int64)
-    coefficients = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, 0.0 if decoupled else weight_decay,
-                             1.0 - lr * weight_decay if decoupled else 1.0, lr / (1.0 - beta1**step),
-                             1.0 / math.sqrt(1.0 - beta2**step)], dtype=grads_np.dtype)
+    coefficients = adam_coefficients(step, lr, beta1, beta2, eps, weight_decay, decoupled, table.dtype, grad_scale)
     # In place through NumPy views: autograd never sees these writes.
     if not _step(table, exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np, grads_np, slots,
                  order, coefficients):

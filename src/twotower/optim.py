@@ -12,6 +12,7 @@ from torch import nn
 
 from twotower.config import OptimConfig
 from twotower.kernels.sparse_adam import sparse_adam
+from twotower.kernels.table_step import AdamTable
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
@@ -57,26 +58,49 @@ class LazyAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                step = int(state["step"].item())
+                state, step = self._count_step(param)
                 grad = param.grad
                 if grad.is_sparse:
                     if param.dim() != 2:
                         raise ValueError(f"LazyAdam: a sparse gradient needs a 2-d table, got shape {tuple(param.shape)}")
-                    slots = self._slots.get(id(param))
-                    if slots is None or slots.shape[0] != param.shape[0]:
-                        slots = self._slots[id(param)] = np.full(param.shape[0], -1, dtype=np.int64)
                     sparse_adam(param, state["exp_avg"], state["exp_avg_sq"], grad._indices()[0], grad._values(),
                                 step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay,
-                                decoupled=decoupled, slots=slots)
+                                decoupled=decoupled, slots=self.table_slots(param))
                 else:
                     _dense_adam(param, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, decay, decoupled)
         return loss
+
+    def adam_table(self, param: torch.Tensor) -> AdamTable:
+        """Counts a step of the 2-d table `param` and returns it with its moments, its group's
+        settings and its scratch, for a caller that steps the rows itself
+        (`twotower.kernels.table_step`): the same state `step()` keeps, so checkpoints, resume and
+        a later `step()` see one history. Call it only for tables the caller updates this step."""
+        group = next((g for g in self.param_groups if any(p is param for p in g["params"])), None)
+        if group is None:
+            raise ValueError("LazyAdam.adam_table: the parameter is not in this optimizer")
+        if param.dim() != 2:
+            raise ValueError(f"LazyAdam.adam_table: a 2-d table is needed, got shape {tuple(param.shape)}")
+        state, step = self._count_step(param)
+        beta1, beta2 = group["betas"]
+        return AdamTable(param, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"], beta1=beta1,
+                         beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                         decoupled=group["decoupled"], slots=self.table_slots(param))
+
+    def _count_step(self, param: torch.Tensor) -> tuple[dict, int]:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+        state["step"] += 1
+        return state, int(state["step"].item())
+
+    def table_slots(self, param: torch.Tensor) -> np.ndarray:
+        """The table's int64 scratch for the row kernels (all -1 between calls), made on first use."""
+        slots = self._slots.get(id(param))
+        if slots is None or slots.shape[0] != param.shape[0]:
+            slots = self._slots[id(param)] = np.full(param.shape[0], -1, dtype=np.int64)
+        return slots
 
 
 def _dense_adam(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,

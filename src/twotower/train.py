@@ -24,26 +24,25 @@ import torch
 from tqdm.auto import tqdm
 
 from twotower import __version__
-from twotower.batches import Batch, BatchIterator
+from twotower.batches import BatchIterator
 from twotower.atomic import remove_stale_temporaries, write_dir_atomic, write_json_atomic, write_text_atomic
 from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
-from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs, make_loss
-from twotower.model import TwoTowerModel, inner_product_form, save_model
+from twotower.losses import make_loss
+from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
-from twotower.optim import clip_grad_norm, learning_rate, make_optimizer
+from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
+from twotower.train_step import TrainingDiverged, batch_loss, make_train_step
+
+__all__ = ["TrainResult", "TrainingDiverged", "batch_loss", "build_model", "fit"]
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 _OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -83,94 +82,8 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     return model
 
 
-def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    if array is None:
-        return None
-    tensor = torch.from_numpy(array)
-    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
-
-
-def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Encodes one batch with both towers and returns its loss.
-
-    logQ: every candidate set is corrected by the log of its expected count, log(draws * q) (see
-    `_expected_count`): the M shared negatives by log(M q); per-row negatives by log(n q), or by
-    log(B n q) in the in-batch kinds, which pool the B x n of them for every row; in-batch positives
-    by log(B p) (in the per-row kinds a row's positive is one draw: log p). Hard negatives are mined,
-    not drawn from a known distribution: they are not corrected (log-q 0) when the others are.
-    Every item of the batch (positives, per-row and shared negatives) is encoded once (the batch
-    lists its distinct items), so a catalogue item drawn many times costs one tower pass, and all its
-    occurrences share one vector. Item-side vectors go through the model's inner-product form, so
-    every loss (dot products) ranks by the model's scoring."""
-    loss_config = getattr(loss_fn, "config", None)
-    in_batch = getattr(loss_config, "kind", None) in IN_BATCH_KINDS
-    # The item-to-query direction of a symmetric loss softmaxes over queries, where the per-query
-    # constant the search form drops (neg_l2's -||q||^2) no longer cancels: keep it there.
-    exact = model.config.scoring == "neg_l2" and bool(getattr(loss_config, "symmetric", False))
-    users, items = _tensor(batch.users, device), _tensor(batch.items, device)
-    negatives, shared = _tensor(batch.negatives, device), _tensor(batch.shared_negatives, device)
-    history_target = items if model.config.user_history else None
-    query = inner_product_form(model.encode_users(users, exclude_history=history_target), None,
-                               model.config.scoring, exact=exact)[0]
-
-    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None, exact)
-    item_rows = _tensor(batch.item_rows, device)
-    # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
-    # (gather_scores / embedding_scores); the in-batch losses need the positives gathered.
-    positive = distinct[item_rows] if in_batch else IndexedRows(distinct, item_rows.unsqueeze(1))
-    negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
-    shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
-    inputs = LossInputs(
-        query=query,
-        positive=positive,
-        negatives=negative_rows,
-        shared_negatives=shared_vectors,
-        user_ids=users,
-        item_ids=items,
-        negative_ids=negatives,
-        shared_ids=shared,
-        item_log_q=_tensor(_expected_count(batch.item_log_q, len(items) if in_batch else 1), device),
-        negative_log_q=_tensor(_negative_log_q(batch, in_batch), device),
-        shared_log_q=_tensor(_expected_count(batch.shared_log_q, 0 if shared is None else len(shared)), device),
-    )
-    return loss_fn(inputs)
-
-
-def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
-    """Per-row negatives' log expected counts; zeros for mined ones when other sets are corrected."""
-    if batch.negatives is None:
-        return None
-    if batch.negative_log_q is None:
-        if batch.item_log_q is None and batch.shared_log_q is None:
-            return None
-        return np.zeros(batch.negatives.shape, dtype=np.float32)
-    return _expected_count(batch.negative_log_q, batch.negatives.size if in_batch else batch.negatives.shape[1])
-
-
-def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool,
-                           exact: bool = False) -> torch.Tensor | EmbeddingRows:
-    """The vectors of a batch's distinct items: left in the item table (`EmbeddingRows`, scored by
-    `embedding_scores` without writing them out) when the item tower is an id lookup, the loss
-    scores only rows (per-row kinds) and nothing else needs them as a tensor (`dense` False);
-    otherwise encoded by the item tower."""
-    rows = None if dense else model.item_table_rows(codes)
-    if rows is None:
-        return inner_product_form(None, model.encode_items(codes), model.config.scoring, exact=exact)[1]
-    table, ids, normalize = rows
-    return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
-
-
-def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:
-    """log(draws * q): the batch iterator gives per-draw log-probabilities; the sampled-softmax
-    correction needs each candidate's expected count in its set, so that the in-batch set (B draws of
-    the data distribution) and the shared set (M draws) are weighed correctly against each other."""
-    if log_q is None or draws <= 1:
-        return log_q
-    return (log_q + np.float32(math.log(draws))).astype(np.float32)
-
-
 # Loop settings that do not change what is computed: a resumed run may differ in them.
-_COSMETIC = ("progress", "num_threads", "keep_checkpoints")
+_COSMETIC = ("progress", "num_threads", "keep_checkpoints", "fused_step")
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +161,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     model = build_model(config, dataset).to(device)
     loss_fn = make_loss(config.loss).to(device)
     optimizer = make_optimizer([model, loss_fn], config.optim)
+    train_step = make_train_step(config, model, loss_fn, optimizer, device)
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                             config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
     if len(batches) == 0:
@@ -305,16 +219,16 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = batch_loss(model, loss_fn, batch, device)
+                    loss = train_step.loss(batch)
                 value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
                                            f"{_last_good(checkpoint_root)}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.optim.clip_norm > 0:
-                    clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], config.optim.clip_norm)
-                optimizer.step()
+                try:
+                    train_step.update(loss)
+                except TrainingDiverged as error:
+                    raise TrainingDiverged(f"{error} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                                           f"{_last_good(checkpoint_root)}") from None
                 step += 1
                 loss_sum += value * len(batch.users)
                 seen += len(batch.users)

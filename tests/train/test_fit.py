@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import twotower.train as train_module
+import twotower.train_step as train_step_module
 from twotower.checkpoint import latest_checkpoint
 from twotower.model_dir import load_model_dir
 from twotower.train import TrainingDiverged, fit
@@ -52,13 +53,13 @@ def test_early_stopping_stops_after_patience(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(epochs=3)
-    real = train_module.batch_loss
+    real = train_step_module.batch_loss
 
     def poisoned(model, loss_fn, batch, device):
         loss = real(model, loss_fn, batch, device)
         return loss * float("nan") if (batch.epoch, batch.index) == (1, 2) else loss  # third step of epoch 2
 
-    monkeypatch.setattr(train_module, "batch_loss", poisoned)
+    monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
     with pytest.raises(TrainingDiverged) as caught:
         fit(config, tmp_path)
     steps_per_epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["step"]
@@ -297,7 +298,7 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch, epoch):
 
     config = tiny_config(epochs=3)
     dataset, batches = _num_batches(config)
-    real = train_module.batch_loss
+    real = train_step_module.batch_loss
 
     def poisoned(model, loss_fn, batch, device):
         loss = real(model, loss_fn, batch, device)
@@ -306,7 +307,7 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch, epoch):
                 model.user_tower.id_embedding.weight[3, 0] = float("inf")  # after the loss: it stays finite
         return loss
 
-    monkeypatch.setattr(train_module, "batch_loss", poisoned)
+    monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=f"after epoch {epoch + 1}") as caught:
         fit(config, tmp_path, dataset=dataset)
     last = latest_checkpoint(tmp_path / "checkpoints")

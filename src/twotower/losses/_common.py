@@ -217,9 +217,11 @@ def negative_logits(
     logq_neg: Tensor | None = None,
     pos_ids: Tensor | None = None,
     neg_ids: Tensor | None = None,
+    scores: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits of the negatives [B, n] (or [B, M] for shared `neg` [M, D]) and their validity mask.
-    Per-row negatives given as `IndexedRows` are scored in place by `gather_scores`.
+    Per-row negatives given as `IndexedRows` are scored in place by `gather_scores`; `scores`, when
+    given, are those dot products already computed (`LossInputs.row_scores`).
 
     The mask is True where the negative is kept; it is False for accidental hits, negatives whose id
     equals the row's positive id. It is None when no ids were given (every negative kept).
@@ -227,7 +229,9 @@ def negative_logits(
     c = compute_dtype(q)
     # Scores in fp32 even under AMP: a bf16 score carries ~3 significant digits, too few for a loss.
     with torch.autocast(q.device.type, enabled=False):
-        if isinstance(neg, IndexedRows):
+        if scores is not None:
+            s = scores.to(c)
+        elif isinstance(neg, IndexedRows):
             s = neg.scores(q.to(c))
         elif neg.dim() == 3:
             s = (neg.to(c) * q.to(c).unsqueeze(1)).sum(-1)  # twice as fast as bmm for [B, n, D] on CPU

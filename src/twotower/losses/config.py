@@ -114,6 +114,11 @@ class LossInputs:
         item_log_q: [B] log sampling probability of the positives (in-batch candidates).
         negative_log_q: [B, n] log sampling probability of `negatives`.
         shared_log_q: [M] log sampling probability of `shared_negatives`.
+        row_scores: [B, 1 + n] dot products of each query with its positive (column 0) and its
+            per-row negatives, computed outside autograd (`twotower.kernels.table_step`: the
+            trainer's fused step of id-only towers); the per-row kinds then take their logits from
+            them and differentiate only them (the temperature too, when learned). `positive` and
+            `negatives` must still be the `IndexedRows` they were scored from (shapes, ids).
     """
 
     query: Tensor
@@ -127,3 +132,4 @@ class LossInputs:
     item_log_q: Tensor | None = None
     negative_log_q: Tensor | None = None
     shared_log_q: Tensor | None = None
+    row_scores: Tensor | None = None

@@ -80,9 +80,22 @@ def _check_inputs(x: LossInputs) -> None:
         m = x.shared_negatives.shape[0]
         check_side(x.shared_ids, (m,), "LossInputs.shared_ids", q, integer=True)
         check_side(x.shared_log_q, (m,), "LossInputs.shared_log_q", q, integer=False)
+    if x.row_scores is not None:
+        _check_row_scores(x, b)
     check_side(x.user_ids, (b,), "LossInputs.user_ids", q, integer=True)
     check_side(x.item_ids, (b,), "LossInputs.item_ids", q, integer=True)
     check_side(x.item_log_q, (b,), "LossInputs.item_log_q", q, integer=False)
+
+
+def _check_row_scores(x: LossInputs, b: int) -> None:
+    """Precomputed scores stand for the joint [positive | per-row negatives] rows, nothing else."""
+    joint = (isinstance(x.positive, IndexedRows) and isinstance(x.negatives, IndexedRows)
+             and x.positive.vectors is x.negatives.vectors and x.shared_negatives is None)
+    if not joint:
+        raise ValueError("LossInputs.row_scores needs the positive and the per-row negatives as IndexedRows of one "
+                         "table and no shared negatives (the scores cover exactly those columns)")
+    n = x.negatives.index.shape[1]
+    check_side(x.row_scores, (b, 1 + n), "LossInputs.row_scores", x.query, integer=False)
 
 
 def _logq_in_use(kind: str, candidates: dict[str, Tensor | None]) -> bool:
@@ -178,6 +191,8 @@ class Loss(nn.Module):
         from twotower.kernels.infonce import infonce
 
         cfg, kind = self.config, self.config.kind
+        if x.row_scores is not None:
+            raise ValueError(f"LossInputs.row_scores serves the per-row kinds; kind={kind!r} needs the vectors")
         if kind == "mixed":
             _require(kind, "(in-batch + shared negatives with logQ)", {
                 "shared_negatives": x.shared_negatives,
@@ -238,7 +253,7 @@ class Loss(nn.Module):
             if use_logq:  # every set carries log-q then; the positive's column only with correct_positive
                 pos_q = logq_pos if logq_pos is not None else x.query.new_zeros(x.query.shape[0])
                 logq = torch.cat([pos_q.unsqueeze(1).to(first.log_q.dtype), first.log_q], dim=1)
-            logits, _ = negative_logits(x.query, joint, t, logq)
+            logits, _ = negative_logits(x.query, joint, t, logq, scores=x.row_scores)
             masks = [first.ids != x.item_ids.unsqueeze(1)] if mask else []
         else:
             logits = positive_logits(x.query, _dense_positive(x), t, logq_pos).unsqueeze(1)

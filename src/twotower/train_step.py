@@ -1,0 +1,232 @@
+"""One training step, two ways: through autograd (any model, any loss), or fused for models whose
+towers are both id tables (matrix factorisation) trained with a per-row loss.
+
+    step = make_train_step(config, model, loss_fn, optimizer, device)
+    loss = step.loss(batch)     # forward; the trainer checks that float(loss) is finite first
+    step.update(loss)           # backward, gradient clipping, optimizer step
+
+Both give the same update (the same dropout draws, the same Adam math, to float rounding): the
+fused `TableStep` only skips the towers' autograd graph, which on a CPU step of an MF model is
+about as much work as the memory-bound kernels themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from twotower.batches import Batch
+from twotower.config import TrainConfig
+from twotower.kernels.table_step import table_adam_step, table_grad_sq_norm, table_scores
+from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs
+from twotower.model import TwoTowerModel, inner_product_form
+from twotower.optim import LazyAdam, clip_grad_norm
+
+__all__ = ["AutogradStep", "TableStep", "TrainingDiverged", "batch_loss", "make_train_step"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    if array is None:
+        return None
+    tensor = torch.from_numpy(array)
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
+
+
+def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Encodes one batch with both towers and returns its loss.
+
+    logQ: every candidate set is corrected by the log of its expected count, log(draws * q) (see
+    `_expected_count`): the M shared negatives by log(M q); per-row negatives by log(n q), or by
+    log(B n q) in the in-batch kinds, which pool the B x n of them for every row; in-batch positives
+    by log(B p) (in the per-row kinds a row's positive is one draw: log p). Hard negatives are mined,
+    not drawn from a known distribution: they are not corrected (log-q 0) when the others are.
+    Every item of the batch (positives, per-row and shared negatives) is encoded once (the batch
+    lists its distinct items), so a catalogue item drawn many times costs one tower pass, and all its
+    occurrences share one vector. Item-side vectors go through the model's inner-product form, so
+    every loss (dot products) ranks by the model's scoring."""
+    loss_config = getattr(loss_fn, "config", None)
+    in_batch = getattr(loss_config, "kind", None) in IN_BATCH_KINDS
+    # The item-to-query direction of a symmetric loss softmaxes over queries, where the per-query
+    # constant the search form drops (neg_l2's -||q||^2) no longer cancels: keep it there.
+    exact = model.config.scoring == "neg_l2" and bool(getattr(loss_config, "symmetric", False))
+    users = _tensor(batch.users, device)
+    negatives, shared = batch.negatives, batch.shared_negatives
+    history_target = _tensor(batch.items, device) if model.config.user_history else None
+    query = inner_product_form(model.encode_users(users, exclude_history=history_target), None,
+                               model.config.scoring, exact=exact)[0]
+
+    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None, exact)
+    item_rows = _tensor(batch.item_rows, device)
+    # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
+    # (gather_scores / embedding_scores); the in-batch losses need the positives gathered.
+    positive = distinct[item_rows] if in_batch else IndexedRows(distinct, item_rows.unsqueeze(1))
+    negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
+    shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
+    inputs = LossInputs(query=query, positive=positive, negatives=negative_rows, shared_negatives=shared_vectors,
+                        **_ids_and_log_q(batch, in_batch, device))
+    return loss_fn(inputs)
+
+
+def _ids_and_log_q(batch: Batch, in_batch: bool, device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The `LossInputs` fields beyond the vectors: every candidate's id and log expected count."""
+    items, shared = batch.items, batch.shared_negatives
+    return {
+        "user_ids": _tensor(batch.users, device),
+        "item_ids": _tensor(items, device),
+        "negative_ids": _tensor(batch.negatives, device),
+        "shared_ids": _tensor(shared, device),
+        "item_log_q": _tensor(_expected_count(batch.item_log_q, len(items) if in_batch else 1), device),
+        "negative_log_q": _tensor(_negative_log_q(batch, in_batch), device),
+        "shared_log_q": _tensor(_expected_count(batch.shared_log_q, 0 if shared is None else len(shared)), device),
+    }
+
+
+def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
+    """Per-row negatives' log expected counts; zeros for mined ones when other sets are corrected."""
+    if batch.negatives is None:
+        return None
+    if batch.negative_log_q is None:
+        if batch.item_log_q is None and batch.shared_log_q is None:
+            return None
+        return np.zeros(batch.negatives.shape, dtype=np.float32)
+    return _expected_count(batch.negative_log_q, batch.negatives.size if in_batch else batch.negatives.shape[1])
+
+
+def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool,
+                           exact: bool = False) -> torch.Tensor | EmbeddingRows:
+    """The vectors of a batch's distinct items: left in the item table (`EmbeddingRows`, scored by
+    `embedding_scores` without writing them out) when the item tower is an id lookup, the loss
+    scores only rows (per-row kinds) and nothing else needs them as a tensor (`dense` False);
+    otherwise encoded by the item tower."""
+    rows = None if dense else model.item_table_rows(codes)
+    if rows is None:
+        return inner_product_form(None, model.encode_items(codes), model.config.scoring, exact=exact)[1]
+    table, ids, normalize = rows
+    return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
+
+
+def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:
+    """log(draws * q): the batch iterator gives per-draw log-probabilities; the sampled-softmax
+    correction needs each candidate's expected count in its set, so that the in-batch set (B draws of
+    the data distribution) and the shared set (M draws) are weighed correctly against each other."""
+    if log_q is None or draws <= 1:
+        return log_q
+    return (log_q + np.float32(math.log(draws))).astype(np.float32)
+
+
+class AutogradStep:
+    """The general step: both towers encode the batch (`batch_loss`), autograd differentiates the
+    loss through them, then clipping and the optimizer."""
+
+    def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, clip_norm: float) -> None:
+        self.model, self.loss_fn, self.optimizer, self.device, self.clip_norm = model, loss_fn, optimizer, device, clip_norm
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The batch's loss (a 0-d tensor, differentiable)."""
+        return batch_loss(self.model, self.loss_fn, batch, self.device)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, clipping, one optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm > 0:
+            clip_grad_norm([p for g in self.optimizer.param_groups for p in g["params"]], self.clip_norm)
+        self.optimizer.step()
+
+
+class TableStep:
+    """The fused step of a model whose towers are both an id table alone (matrix factorisation, dot
+    or cosine scores) trained with a per-row loss (sampled softmax, BPR, hinge, BCE) on per-row
+    negatives, on the CPU with the row-sparse optimizer (`optim.sparse_embeddings`).
+
+    `twotower.kernels.table_step` computes the [B, 1 + n] scores of each row's positive and
+    negatives straight from the tables; the loss takes them as `LossInputs.row_scores`, so autograd
+    sees only the small scores tensor (and a learned temperature); the tables' gradient and their
+    Adam step are then one kernel pass per table, on the optimizer's own state (`LazyAdam.adam_table`).
+    Id dropout draws from the towers (`id_rows`) as the autograd step does."""
+
+    def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: LazyAdam, clip_norm: float) -> None:
+        self.model, self.loss_fn, self.optimizer, self.clip_norm = model, loss_fn, optimizer, clip_norm
+        self.user_table = model.user_tower.id_embedding.weight
+        self.item_table = model.item_tower.id_embedding.weight
+        self.normalize = model.config.scoring == "cosine"
+        self._saved = None
+
+    @staticmethod
+    def unsupported(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device) -> str | None:
+        """Why this step cannot train this model with these settings, or None when it can."""
+        kind = getattr(getattr(loss_fn, "config", None), "kind", None)
+        towers = (model.user_tower, model.item_tower)
+        reasons = (
+            (not config.train.fused_step, "train.fused_step is off"),
+            (device.type != "cpu", "it runs on the CPU"),
+            (not isinstance(optimizer, LazyAdam), "it needs optim.sparse_embeddings (the row-sparse optimizer)"),
+            (not all(t.is_id_lookup for t in towers), "a tower has more than an id embedding"),
+            (model.config.scoring not in ("dot", "cosine"), f"scoring {model.config.scoring!r} is not dot or cosine"),
+            (kind is None or kind in IN_BATCH_KINDS, f"loss kind {kind!r} is not a per-row kind"),
+            (config.batches.num_negatives == 0 or config.batches.num_shared_negatives > 0,
+             "it needs per-row negatives and no shared ones"),
+        )
+        for failed, why in reasons:
+            if failed:
+                return why
+        tables = [t.id_embedding.weight for t in towers]
+        if tables[0] is tables[1] or any(t.dtype not in (torch.float32, torch.float64) for t in tables):
+            return "the towers share a table or hold it in another dtype than float32/float64"
+        return None
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The batch's loss from scores computed straight from the tables."""
+        if batch.negatives is None or batch.shared_negatives is not None:
+            raise ValueError("TableStep: a batch with per-row negatives and no shared ones is needed")
+        users = torch.from_numpy(batch.users)
+        query_ids = self.model.user_tower.id_rows(users)
+        item_ids = self.model.item_tower.id_rows(torch.from_numpy(batch.distinct_items))
+        index = torch.from_numpy(np.concatenate([batch.item_rows[:, None], batch.negative_rows], axis=1))
+        saved = table_scores(self.user_table, self.item_table, query_ids, item_ids, index, normalize=self.normalize)
+        self._saved = saved
+        inputs = LossInputs(query=saved.query, positive=IndexedRows(saved.items, index[:, :1]),
+                            negatives=IndexedRows(saved.items, index[:, 1:]), row_scores=saved.scores.requires_grad_(),
+                            **_ids_and_log_q(batch, False, torch.device("cpu")))
+        return self.loss_fn(inputs)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward through the scores, clipping over every gradient, the tables' fused Adam step,
+        then the optimizer's step for the remaining parameters (the tables have no .grad)."""
+        saved, self._saved = self._saved, None
+        if saved is None:
+            raise RuntimeError("TableStep.update: call loss(batch) first")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = saved.scores.grad
+        scale = 1.0
+        if self.clip_norm > 0:
+            others = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            squares = table_grad_sq_norm(saved, grad, query_slots=self.optimizer.table_slots(self.user_table),
+                                         item_slots=self.optimizer.table_slots(self.item_table))
+            squares += sum(float(g.double().square().sum()) for g in others)
+            total = math.sqrt(squares)
+            if not math.isfinite(total):
+                raise TrainingDiverged(f"the gradient norm is {total} although the loss is finite")
+            scale = min(1.0, self.clip_norm / (total + 1e-6))
+            for g in others:
+                g.mul_(scale)
+        table_adam_step(saved, grad, self.optimizer.adam_table(self.user_table),
+                        self.optimizer.adam_table(self.item_table), grad_scale=scale)
+        self.optimizer.step()
+
+
+def make_train_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device) -> AutogradStep | TableStep:
+    """The fused `TableStep` where it applies (see `TableStep.unsupported`), else `AutogradStep`."""
+    if TableStep.unsupported(config, model, loss_fn, optimizer, device) is None:
+        return TableStep(model, loss_fn, optimizer, config.optim.clip_norm)
+    return AutogradStep(model, loss_fn, optimizer, device, config.optim.clip_norm)
