@@ -221,7 +221,8 @@ class TableStep:
                 g.mul_(scale)
         table_adam_step(saved, grad, self.optimizer.adam_table(self.user_table),
                         self.optimizer.adam_table(self.item_table), grad_scale=scale)
-        self.optimizer.step()
+        if any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"]):
+            self.optimizer.step()  # a learned temperature
 
 
 def make_train_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,
