@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._adam_jit import adam_row, ascending_rows
+from ._adam_jit import adam_row
 from ._embedding_scores_jit import gather_normalized, through_normalization
 from ._gather_scores_jit import forward as scores_pass
 from ._gather_scores_jit import group_entries, query_gradient
@@ -28,9 +28,13 @@ def forward(query_table, item_table, query_ids, item_ids, index, normalize, eps,
 @njit(cache=True, nogil=True, error_model="numpy")
 def _link(ids, slots, following, order):
     """Chains the positions of each distinct table row: slots[r] = the first position p with
-    ids[p] == r, following[p] = the next such position (-1 ends the chain); order[:count] = the
-    distinct rows in ascending order (`ascending_rows`). Returns count, or -1 when `slots` was not
-    all -1 for these rows (it is then left as found, plus this call's marks: the caller resets it)."""
+    ids[p] == r, following[p] = the next such position (-1 ends the chain). Returns the number of
+    distinct rows, or -1 when `slots` was not all -1 for these rows (it then holds this call's
+    marks too: the caller resets it).
+
+    Rows are then visited in ascending order (neighbouring rows share pages and the prefetcher
+    streams them): a densely touched table (8 count >= R) by scanning `slots` itself (checked here
+    to hold exactly `count` marks), a sparsely touched one through order[:count], sorted here."""
     count = 0
     for p in range(ids.shape[0] - 1, -1, -1):  # backwards, so that each chain runs forwards
         r = ids[p]
@@ -44,8 +48,13 @@ def _link(ids, slots, following, order):
         else:
             following[p] = first
         slots[r] = p
-    if not ascending_rows(order, count, slots):
-        return -1
+    if 8 * count >= slots.shape[0]:
+        marked = 0
+        for r in range(slots.shape[0]):
+            if slots[r] != -1:
+                marked += 1
+        return count if marked == count else -1
+    order[:count] = np.sort(order[:count])
     return count
 
 
@@ -63,7 +72,8 @@ def backward(grad, query, query_scale, items, item_scale, index, query_ids, item
     The slots come back all -1.
 
     Items: the entries (b, j) are grouped by the position u = index[b, j] they name (a counting
-    sort), G_u = sum grad[b, j] query[b]. Queries: dQ[b] = sum_j grad[b, j] items[index[b, j]]."""
+    sort), G_u = sum grad[b, j] query[b]. Queries: dQ[b] = sum_j grad[b, j] items[index[b, j]],
+    taken through the normalisation row by row (it is linear: summing repeats after is the same)."""
     dim = query.shape[1]
     limit = 1.0 / eps
     item_order = np.empty(item_ids.shape[0], dtype=np.int64)
@@ -77,43 +87,53 @@ def backward(grad, query, query_scale, items, item_scale, index, query_ids, item
     starts, entry_row, entry_grad = group_entries(grad, index, items.shape[0], items)
     query_grad = np.zeros_like(query)
     query_gradient(grad, items, index, query_grad)
+    for b in range(query_grad.shape[0]):
+        through_normalization(query_grad[b], query[b], query_scale[b], normalize, limit, zero)
     acc = np.empty(dim, dtype=query.dtype)
     total = 0.0
-    for c in range(item_count):
-        r = item_order[c]
+    # A dense table is visited by scanning its slots, a sparse one through the sorted order (see
+    # `_link`); scanning was 7% of a training step faster than going through `order` when dense.
+    dense = 8 * item_count >= item_slots.shape[0]
+    for c in range(item_slots.shape[0] if dense else item_count):
+        r = c if dense else item_order[c]
         u = item_slots[r]
+        if u == -1:
+            continue
         item_slots[r] = -1
-        first = u
         acc[:] = 0
         while u != -1:
             for e in range(starts[u], starts[u + 1]):
                 g = entry_grad[e]
-                if g != 0:
-                    q = query[entry_row[e]]
-                    for d in range(dim):
-                        acc[d] += g * q[d]
+                q = query[entry_row[e]]
+                for d in range(dim):
+                    acc[d] += g * q[d]
+            first = u
             u = item_next[u]
         through_normalization(acc, items[first], item_scale[first], normalize, limit, zero)
-        if not apply:
-            for d in range(dim):
-                total += np.float64(acc[d]) * np.float64(acc[d])
-        else:
+        if apply:
             adam_row(item_table, item_avg, item_avg_sq, r, acc, item_coefficients)
-    for c in range(query_count):
-        r = query_order[c]
-        b = query_slots[r]
-        query_slots[r] = -1
-        first = b
-        acc[:] = 0
-        while b != -1:
-            row = query_grad[b]
-            for d in range(dim):
-                acc[d] += row[d]
-            b = query_next[b]
-        through_normalization(acc, query[first], query_scale[first], normalize, limit, zero)
-        if not apply:
+        else:
             for d in range(dim):
                 total += np.float64(acc[d]) * np.float64(acc[d])
+    dense = 8 * query_count >= query_slots.shape[0]
+    for c in range(query_slots.shape[0] if dense else query_count):
+        r = c if dense else query_order[c]
+        b = query_slots[r]
+        if b == -1:
+            continue
+        query_slots[r] = -1
+        if query_next[b] == -1:  # the row of one batch position: its gradient as it is
+            row = query_grad[b]
         else:
-            adam_row(query_table, query_avg, query_avg_sq, r, acc, query_coefficients)
+            acc[:] = 0
+            while b != -1:
+                for d in range(dim):
+                    acc[d] += query_grad[b, d]
+                b = query_next[b]
+            row = acc
+        if apply:
+            adam_row(query_table, query_avg, query_avg_sq, r, row, query_coefficients)
+        else:
+            for d in range(dim):
+                total += np.float64(row[d]) * np.float64(row[d])
     return total
