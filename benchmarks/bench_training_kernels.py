@@ -8,7 +8,11 @@ end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tab
 - `distinct` (hash table) vs `np.unique`-based reference and `torch.unique`;
 - `embedding_scores` (lookup + normalisation + scores fused, sparse table gradient) vs its reference
   (`F.embedding` + `F.normalize` + gather) and vs the unfused kernels (lookup + `l2_normalize` +
-  `gather_scores`), forward + backward.
+  `gather_scores`), forward + backward;
+- `table_step` (user and item tables scored against each other, their gradient and the row-sparse
+  Adam step of both, fused, no autograd) vs its reference (autograd through F.embedding and
+  F.normalize, then `sparse_adam_reference`) and vs the autograd step's kernels (F.embedding +
+  `l2_normalize` for the users, `embedding_scores` for the items, `sparse_adam` on both tables).
 
     python -m benchmarks.bench_training_kernels      # table -> benchmarks/results/training-kernels.md
     pytest benchmarks/bench_training_kernels.py --benchmark-only
@@ -29,6 +33,8 @@ from twotower.kernels.embedding_scores import embedding_scores, embedding_scores
 from twotower.kernels.gather_scores import gather_scores, gather_scores_reference
 from twotower.kernels.l2_normalize import l2_normalize, l2_normalize_reference
 from twotower.kernels.sparse_adam import sparse_adam, sparse_adam_reference
+from twotower.kernels.table_step import AdamTable, table_adam_step, table_scores
+from twotower.kernels.table_step_reference import table_adam_step_reference, table_scores_reference
 
 B, N, D, ROWS = 1024, 16, 64, 20_000
 
@@ -76,6 +82,45 @@ def normalize_step(fn, x: dict) -> None:
 def adam_tables(seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(ROWS, D, generator=g), torch.zeros(ROWS, D), torch.zeros(ROWS, D)]
+
+
+class TwoTables:
+    """A user and an item table with their Adam moments, stepped by the table-step variants."""
+
+    def __init__(self, x: dict, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.users = torch.from_numpy(np.random.default_rng(seed).integers(0, ROWS, B))
+        self.index = torch.cat([x["positive_index"], x["index"]], dim=1)
+        self.unique, self.upstream = x["unique"], torch.randn(B, 1 + N, generator=g)
+        self.tables = [torch.nn.Parameter(torch.randn(ROWS, D, generator=g) * 0.05) for _ in range(2)]
+        self.moments = [torch.zeros(ROWS, D) for _ in range(4)]
+        self.slots = [np.full(ROWS, -1, dtype=np.int64) for _ in range(2)]
+        self.step = 0
+
+    def adam(self, which: int) -> AdamTable:
+        return AdamTable(self.tables[which], *self.moments[2 * which:2 * which + 2], step=self.step, lr=1e-3,
+                         slots=self.slots[which])
+
+    def fused(self, scores_fn=table_scores, adam_fn=table_adam_step) -> None:
+        self.step += 1
+        saved = scores_fn(*self.tables, self.users, self.unique, self.index, normalize=True)
+        adam_fn(saved, self.upstream, self.adam(0), self.adam(1))
+
+    def reference(self) -> None:
+        self.fused(table_scores_reference, table_adam_step_reference)
+
+    def autograd_kernels(self) -> None:
+        """What the autograd step runs for the same tables (the trainer before the table step)."""
+        self.step += 1
+        for t in self.tables:
+            t.grad = None
+        query = l2_normalize(torch.nn.functional.embedding(self.users, self.tables[0], sparse=True))
+        scores = embedding_scores(query, self.tables[1], self.unique, self.index, normalize=True)
+        (scores * self.upstream).sum().backward()
+        for which, table in enumerate(self.tables):
+            grad = table.grad
+            sparse_adam(table.data, *self.moments[2 * which:2 * which + 2], grad._indices()[0], grad._values(),
+                        step=self.step, lr=1e-3, slots=self.slots[which])
 
 
 def main() -> None:
@@ -127,6 +172,11 @@ def main() -> None:
         lambda: table_scores_step(embedding_scores_reference, x), "F.embedding + F.normalize + gather (autograd)")
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
+    ours, theirs, unfused = TwoTables(x, 1), TwoTables(x, 1), TwoTables(x, 1)
+    add("table_step scores + both tables' Adam", ours.fused, theirs.reference,
+        "F.embedding + F.normalize + gather (autograd) + sparse_adam_reference")
+    add("table_step scores + both tables' Adam", ours.fused, unfused.autograd_kernels,
+        "the autograd step's kernels (embedding_scores, l2_normalize, sparse_adam x 2)")
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
     note = (f"\n\nOne thread, float32, median of 21 calls of each, taken in turns, after 3 warm-ups; "
             f"B = {B}, {N} negatives per row, D = {D}, "
@@ -158,6 +208,12 @@ def test_sparse_adam(benchmark, fn):
 def test_embedding_scores(benchmark, fn):
     x = _batch()
     benchmark.pedantic(table_scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("variant", ["kernel", "reference"])
+def test_table_step(benchmark, variant):
+    tables = TwoTables(_batch(), 1)
+    benchmark.pedantic(tables.fused if variant == "kernel" else tables.reference, rounds=10, warmup_rounds=2)
 
 
 if __name__ == "__main__":
