@@ -60,6 +60,9 @@ def _check(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids:
             f"{tuple(query_table.shape)}, {tuple(item_table.shape)}, {tuple(query_ids.shape)}, {tuple(item_ids.shape)}, "
             f"{tuple(index.shape)}"
         )
+    if query_table.data_ptr() == item_table.data_ptr():
+        raise ValueError("table_scores: query_table and item_table are one table; the step updates each table's "
+                         "rows once, so a shared table's two gradients would not be summed first")
     if query_table.shape[1] != item_table.shape[1]:
         raise ValueError(f"table_scores: query_table has D = {query_table.shape[1]}, item_table D = {item_table.shape[1]}")
     if index.shape[0] != query_ids.shape[0]:

@@ -117,6 +117,7 @@ def test_dirty_scratch_is_refused_before_anything_changes():
     ("float ids", TypeError, "query_ids must be an integer tensor"),
     ("mixed dtypes", TypeError, "share one floating dtype"),
     ("width", ValueError, "item_table D"),
+    ("one table", ValueError, "are one table"),
     ("index rows", ValueError, "index has 2 rows"),
     ("id out of range", IndexError, r"item_ids\[1\] = 99 is outside \[0, 40\)"),
     ("index out of range", IndexError, r"index\[0, 1\] = 8 is outside \[0, 8\)"),
@@ -127,6 +128,8 @@ def test_bad_arguments_are_named(case, error, match):
         qids = qids.double()
     elif case == "mixed dtypes":
         it = it.float()
+    elif case == "one table":
+        it = qt
     elif case == "width":
         it = it[:, :3].contiguous()
     elif case == "index rows":
