@@ -157,6 +157,8 @@ class TableStep:
         self.user_table = model.user_tower.id_embedding.weight
         self.item_table = model.item_tower.id_embedding.weight
         self.normalize = model.config.scoring == "cosine"
+        tables = {id(self.user_table), id(self.item_table)}
+        self._others = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in tables]
         self._saved = None
 
     @staticmethod
@@ -204,12 +206,13 @@ class TableStep:
         saved, self._saved = self._saved, None
         if saved is None:
             raise RuntimeError("TableStep.update: call loss(batch) first")
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self._others:  # the optimizer's zero_grad walks every group: 80 us a step
+            param.grad = None
         loss.backward()
         grad = saved.scores.grad
         scale = 1.0
         if self.clip_norm > 0:
-            others = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            others = [p.grad for p in self._others if p.grad is not None]
             squares = table_grad_sq_norm(saved, grad, query_slots=self.optimizer.table_slots(self.user_table),
                                          item_slots=self.optimizer.table_slots(self.item_table))
             squares += sum(float(g.double().square().sum()) for g in others)
@@ -221,8 +224,8 @@ class TableStep:
                 g.mul_(scale)
         table_adam_step(saved, grad, self.optimizer.adam_table(self.user_table),
                         self.optimizer.adam_table(self.item_table), grad_scale=scale)
-        if any(p.grad is not None for g in self.optimizer.param_groups for p in g["params"]):
-            self.optimizer.step()  # a learned temperature
+        if any(p.grad is not None for p in self._others):
+            self.optimizer.step()  # a learned temperature; the tables have no .grad
 
 
 def make_train_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,

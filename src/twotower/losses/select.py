@@ -246,7 +246,8 @@ class Loss(nn.Module):
             })
         t = self.temperature
         logq_pos = x.item_log_q if use_logq and cfg.correct_positive else None
-        joint = _joint_rows(x, sets[0])
+        # Scores computed outside (the table step) stand for the joint rows: no index to build.
+        joint = x.positive if x.row_scores is not None else _joint_rows(x, sets[0])
         if joint is not None:
             first = sets.pop(0)
             logq = None
