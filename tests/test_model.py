@@ -324,6 +324,22 @@ def test_load_refuses_mismatched_files(tmp_path) -> None:
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("embedding_dim", "8", r"model.embedding_dim must be an integer; got '8'"),
+    ("id_dropout", "0.1", r"model.id_dropout must be a number"),
+    ("user", {"hidden_dims": "64"}, r"model.user.hidden_dims must be a list"),
+    ("item", [1, 2], r"model.item description must be a JSON object"),
+])
+def test_a_hand_edited_description_of_the_wrong_type_is_named_with_its_file(tmp_path, key, value, message) -> None:
+    save_model(tmp_path, TwoTowerModel(ModelConfig(embedding_dim=4), num_users=3, num_items=6))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["config"][key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_model(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)
+
+
 def test_config_errors_name_the_setting() -> None:
     with pytest.raises(ValueError, match="scoring"):
         TwoTowerModel(ModelConfig(scoring="l1"), num_users=2, num_items=2)

@@ -9,7 +9,8 @@ import re
 import typing
 from typing import Any
 
-from twotower.config import NESTED, TrainConfig, union_members
+from twotower.config import NESTED, TrainConfig
+from twotower.setting_types import union_members
 
 # Settings whose owner documents them together; spelled out here for --help.
 EXTRA_HELP = {

@@ -397,7 +397,10 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section: not a twotower model directory")
-    model = TwoTowerModel.from_description(config["model"])
+    try:
+        model = TwoTowerModel.from_description(config["model"])
+    except (ValueError, TypeError) as err:  # a hand-edited description: name the file with the setting
+        raise ValueError(f"{config_path}: {err}") from None
     try:
         state = load_file(str(weights_path))
     except Exception as err:  # safetensors' error for a truncated or corrupt file

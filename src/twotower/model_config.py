@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from twotower.setting_types import check_setting
+
 SCORINGS = ("dot", "cosine", "neg_l2")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
 POOLINGS = ("mean", "sum")
@@ -186,8 +188,12 @@ class FeatureLayout:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """`cls` from a saved description: unknown keys and values of the wrong type are named (a
+    hand-edited config.json is read here)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the {where} description must be a JSON object; got {data!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {where} setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**data)
+    return cls(**{key: check_setting(cls, key, value, f"{where}.{key}") for key, value in data.items()})
