@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._adam_jit import adam_row
+from ._adam_jit import adam_row, ascending_rows
 from ._embedding_scores_jit import gather_normalized, through_normalization
 from ._gather_scores_jit import forward as scores_pass
 from ._gather_scores_jit import group_entries, query_gradient
@@ -33,8 +33,9 @@ def _link(ids, slots, following, order):
     marks too: the caller resets it).
 
     Rows are then visited in ascending order (neighbouring rows share pages and the prefetcher
-    streams them): a densely touched table (8 count >= R) by scanning `slots` itself (checked here
-    to hold exactly `count` marks), a sparsely touched one through order[:count], sorted here."""
+    streams them): order[:count] is put in that order by `ascending_rows` (which also finds marks
+    that are not this call's); `backward` scans a densely touched table's slots itself instead
+    (8 count >= R, the same test as `ascending_rows`')."""
     count = 0
     for p in range(ids.shape[0] - 1, -1, -1):  # backwards, so that each chain runs forwards
         r = ids[p]
@@ -48,14 +49,7 @@ def _link(ids, slots, following, order):
         else:
             following[p] = first
         slots[r] = p
-    if 8 * count >= slots.shape[0]:
-        marked = 0
-        for r in range(slots.shape[0]):
-            if slots[r] != -1:
-                marked += 1
-        return count if marked == count else -1
-    order[:count] = np.sort(order[:count])
-    return count
+    return count if ascending_rows(order, count, slots) else -1
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
