@@ -690,3 +690,43 @@ def test_embedding_rows_give_the_loss_and_gradients_of_the_looked_up_vectors(kin
         results.append((loss.detach(), q.grad, w.grad.to_dense()))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sampled_softmax", "bpr", "hinge", "bce"])
+def test_precomputed_row_scores_give_the_loss_and_gradient_of_scoring_the_rows(kind):
+    """LossInputs.row_scores (the table step's scores) stand for the joint [positive | negatives]
+    dot products: same loss, and the gradient they receive is the one the vectors' scores receive."""
+    from twotower.losses import IndexedRows
+
+    g = torch.Generator().manual_seed(11)
+    q, table = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64)
+    index = torch.randint(0, 9, (6, 4), generator=g)
+    ids = index + 100
+    config = LossConfig(kind=kind, temperature=0.3, remove_accidental_hits=True)
+    loss_fn = make_loss(config)
+    rows = table.clone().requires_grad_()
+    want = loss_fn(LossInputs(query=q, positive=IndexedRows(rows, index[:, :1]), negatives=IndexedRows(rows, index[:, 1:]),
+                              item_ids=ids[:, 0], negative_ids=ids[:, 1:]))
+    want.backward()
+    scores = (q.unsqueeze(1) * table[index]).sum(-1).requires_grad_()
+    got = loss_fn(LossInputs(query=q, positive=IndexedRows(table, index[:, :1]), negatives=IndexedRows(table, index[:, 1:]),
+                             item_ids=ids[:, 0], negative_ids=ids[:, 1:], row_scores=scores))
+    got.backward()
+    torch.testing.assert_close(got, want.detach())
+    via_scores = torch.zeros_like(table).index_add_(0, index.reshape(-1), (scores.grad.unsqueeze(-1) * q.unsqueeze(1)).reshape(-1, 4))
+    torch.testing.assert_close(via_scores, rows.grad)
+
+
+def test_precomputed_row_scores_are_checked():
+    from twotower.losses import IndexedRows
+
+    q, table, index = torch.randn(3, 2), torch.randn(5, 2), torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    inputs = LossInputs(query=q, positive=IndexedRows(table, index[:, :1]), negatives=IndexedRows(table, index[:, 1:]),
+                        row_scores=torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"LossInputs.row_scores must have shape \[3, 3\]"):
+        make_loss(LossConfig(kind="sampled_softmax"))(inputs)
+    with pytest.raises(ValueError, match="no shared negatives"):
+        make_loss(LossConfig(kind="sampled_softmax"))(dataclasses.replace(
+            inputs, row_scores=torch.zeros(3, 3), shared_negatives=torch.randn(4, 2)))
+    with pytest.raises(ValueError, match="row_scores serves the per-row kinds"):
+        make_loss(LossConfig(kind="infonce"))(dataclasses.replace(inputs, row_scores=torch.zeros(3, 3)))
