@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from twotower.losses import KINDS, LossConfig, LossInputs, bce, bpr, hinge, make_loss, sampled_softmax
+from twotower.losses import KINDS, LossConfig, LossInputs, bce, bpr, ccl, directau, hinge, make_loss, sampled_softmax
 
 F64 = torch.float64
 
@@ -52,7 +52,7 @@ def naive_rows(q, pos, neg, tau, logq_pos=None, logq_neg=None, pos_ids=None, neg
     return rows
 
 
-def naive_loss(kind, rows, margin=1.0):
+def naive_loss(kind, rows, margin=1.0, negative_weight=1.0):
     out = []
     for s_pos, kept in rows:
         if kind == "sampled_softmax":
@@ -68,7 +68,27 @@ def naive_loss(kind, rows, margin=1.0):
         elif kind == "bce":  # the positive's term plus the negatives' mean: 1 - sigmoid(s) = sigmoid(-s)
             terms = [-log_sigmoid(-s) for s in kept]
             out.append(-log_sigmoid(s_pos) + (sum(terms) / len(terms) if terms else 0.0))
+        elif kind == "ccl":  # SimpleX: pull the positive to 1, push negatives above the margin down
+            terms = [max(0.0, s - margin) for s in kept]
+            out.append(max(0.0, 1.0 - s_pos) + negative_weight * (sum(terms) / len(terms) if terms else 0.0))
     return torch.tensor(out, dtype=F64)
+
+
+def naive_directau(q, pos, gamma):
+    """Alignment + gamma * mean of the users' and the items' uniformity, pair by pair in Python floats."""
+    def unit(v):
+        norm = math.sqrt(sum(x * x for x in v))
+        return [x / norm for x in v]
+
+    def uniformity(rows):
+        potentials = [math.exp(-2 * sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])))
+                      for i in range(len(rows)) for j in range(i + 1, len(rows))]
+        return math.log(sum(potentials) / len(potentials))
+
+    u, v = [unit(r) for r in q.tolist()], [unit(r) for r in pos.tolist()]
+    align = [sum((a - b) ** 2 for a, b in zip(x, y)) for x, y in zip(u, v)]
+    uniform = (uniformity(u) + uniformity(v)) / 2
+    return torch.tensor([a + gamma * uniform for a in align], dtype=F64)
 
 
 def naive_infonce(q, k, tau, extra=None, logq=None, logq_extra=None, correct_positive=True,
@@ -100,7 +120,7 @@ def naive_infonce(q, k, tau, extra=None, logq=None, logq_extra=None, correct_pos
     return torch.tensor(out, dtype=F64)
 
 
-FUNCS = {"sampled_softmax": sampled_softmax, "bpr": bpr, "hinge": hinge, "bce": bce}
+FUNCS = {"sampled_softmax": sampled_softmax, "bpr": bpr, "hinge": hinge, "bce": bce, "ccl": ccl}
 TAKES_LOGQ = ("sampled_softmax", "bce")
 
 
@@ -109,7 +129,7 @@ def call(kind, q, pos, neg, tau, **kw):
         kw.pop("logq_pos", None)
         kw.pop("logq_neg", None)
         kw.pop("correct_positive", None)
-    if kind == "hinge":
+    if kind in ("hinge", "ccl"):
         kw.setdefault("margin", 0.7)
     return FUNCS[kind](q, pos, neg, temperature=tau, **kw)
 
@@ -224,7 +244,8 @@ def test_accidental_hit_is_excluded_not_zeroed(kind):
     q, pos, neg, *_ = make_batch(4, b=1, n=3)
     pos_ids = torch.tensor([7])
     neg_ids = torch.tensor([[1, 7, 2]])
-    kw = {"margin": 10.0} if kind == "hinge" else {}  # every pair inside the margin: no zero terms
+    # every pair inside the margin: no zero terms
+    kw = {"margin": 10.0} if kind == "hinge" else {"margin": -10.0} if kind == "ccl" else {}
     masked = call(kind, q, pos, neg, 0.9, pos_ids=pos_ids, neg_ids=neg_ids, **kw)
     dropped = call(kind, q, pos, neg[:, [0, 2]], 0.9, **kw)
     torch.testing.assert_close(masked, dropped, rtol=1e-12, atol=1e-12)
@@ -244,7 +265,8 @@ def test_all_masked_rows_are_finite(kind, dtype):
     assert out.dtype == (F64 if dtype == F64 else torch.float32)
     assert torch.isfinite(out).all()
     s_pos = dot(q[0].detach().double(), pos[0].double()) / 0.05
-    want0 = -log_sigmoid(s_pos) if kind == "bce" else 0.0  # only the positive's own term remains
+    # only the positive's own term remains
+    want0 = -log_sigmoid(s_pos) if kind == "bce" else max(0.0, 1 - s_pos) if kind == "ccl" else 0.0
     assert out[0].item() == pytest.approx(want0, rel=1e-5, abs=1e-6)
     out.sum().backward()
     assert torch.isfinite(q.grad).all() and torch.isfinite(neg.grad).all()
@@ -508,10 +530,11 @@ def test_every_kind_is_dispatched(fake_infonce):
     seen = {}
     for kind in KINDS:
         fake_infonce.calls.clear()
-        out = make_loss(LossConfig(kind=kind))(x)
+        inputs = LossInputs(query=x.query, positive=x.positive) if kind == "directau" else x
+        out = make_loss(LossConfig(kind=kind))(inputs)
         seen[kind] = (out.dim(), len(fake_infonce.calls))
     assert seen == {"infonce": (0, 1), "mixed": (0, 1), "sampled_softmax": (0, 0), "bpr": (0, 0),
-                    "hinge": (0, 0), "bce": (0, 0)}
+                    "hinge": (0, 0), "bce": (0, 0), "ccl": (0, 0), "directau": (0, 0)}
     # and the per-row kinds really differ from each other
     values = {k: make_loss(LossConfig(kind=k))(x).item() for k in FUNCS}
     assert len(set(values.values())) == len(values)
@@ -564,7 +587,7 @@ def test_config_errors():
         LossConfig(temperature=0.0)
     with pytest.raises(ValueError, match="margin must be finite and >= 0"):
         LossConfig(kind="hinge", margin=-1.0)
-    with pytest.raises(ValueError, match="symmetric applies to the in-batch kinds"):
+    with pytest.raises(ValueError, match="symmetric applies to the in-batch softmax kinds"):
         LossConfig(kind="bpr", symmetric=True)
     with pytest.raises(ValueError, match="below min_temperature"):
         LossConfig(temperature=0.001, learn_temperature=True)
@@ -604,6 +627,11 @@ def test_function_errors():
         bpr(q[:0], pos[:0], neg[:0])
 
 
+def without_negatives(x: LossInputs) -> LossInputs:
+    """The same batch for directau, which compares the batch's rows and takes no negatives."""
+    return LossInputs(query=x.query, positive=x.positive, user_ids=x.user_ids, item_ids=x.item_ids)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mask", [False, True])
 def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensors(kind, mask):
@@ -628,7 +656,7 @@ def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensors(kind, 
                             negative_log_q=log_q, shared_negatives=t[:3], shared_ids=torch.arange(3),
                             shared_log_q=-torch.ones(3, dtype=torch.float64))
         config = LossConfig(kind=kind, temperature=0.3, reduction="none", remove_accidental_hits=mask)
-        loss = make_loss(config)(inputs)
+        loss = make_loss(config)(without_negatives(inputs) if kind == "directau" else inputs)
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, t.grad))
     for other in results[1:]:
@@ -685,7 +713,8 @@ def test_embedding_rows_give_the_loss_and_gradients_of_the_looked_up_vectors(kin
                             shared_log_q=-torch.ones(3, dtype=torch.float64),
                             item_log_q=-torch.ones(b, dtype=torch.float64),
                             negative_log_q=-torch.rand(b, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-        loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(inputs)
+        loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(
+            without_negatives(inputs) if kind == "directau" else inputs)
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, w.grad.to_dense()))
     for got, want in zip(*results):
@@ -730,3 +759,82 @@ def test_precomputed_row_scores_are_checked():
             inputs, row_scores=torch.zeros(3, 3), shared_negatives=torch.randn(4, 2)))
     with pytest.raises(ValueError, match="row_scores serves the per-row kinds"):
         make_loss(LossConfig(kind="infonce"))(dataclasses.replace(inputs, row_scores=torch.zeros(3, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# SimpleX's CCL and DirectAU: hand-computed cases, the naive oracles, gradients, settings
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ccl_hand_computed():
+    # q = (1, 0); positive (0.6, 0.8): cosine 0.6, its term 1 - 0.6 = 0.4.
+    # negatives (0.8, 0.6), (0, 1), (1, 0): cosines 0.8, 0, 1; margin 0.5 keeps 0.8 - 0.5 = 0.3 and
+    # 1 - 0.5 = 0.5, the middle one costs 0; mean (0.3 + 0 + 0.5) / 3 = 0.2667, weight 3 -> 0.8.
+    # loss = 0.4 + 0.8 = 1.2. Masking the third (an accidental hit): mean (0.3 + 0) / 2 = 0.15 -> 0.4 + 0.45.
+    q = torch.tensor([[1.0, 0.0]], dtype=F64)
+    pos = torch.tensor([[0.6, 0.8]], dtype=F64)
+    neg = torch.tensor([[[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]], dtype=F64)
+    assert ccl(q, pos, neg, margin=0.5, negative_weight=3.0).item() == pytest.approx(1.2, rel=1e-12)
+    masked = ccl(q, pos, neg, margin=0.5, negative_weight=3.0, pos_ids=torch.tensor([4]),
+                 neg_ids=torch.tensor([[1, 2, 4]]))
+    assert masked.item() == pytest.approx(0.85, rel=1e-12)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 7.0])
+def test_ccl_negative_weight_matches_naive(weight):
+    q, pos, neg, pos_ids, neg_ids, _, _ = make_batch(11, b=6, n=5)
+    got = ccl(q, pos, neg, margin=0.2, negative_weight=weight, temperature=2.0, pos_ids=pos_ids, neg_ids=neg_ids,
+              reduction="none")
+    want = naive_loss("ccl", naive_rows(q, pos, neg, 2.0, pos_ids=pos_ids, neg_ids=neg_ids), margin=0.2,
+                      negative_weight=weight)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_selector_ccl_uses_margin_and_weight():
+    x = selector_inputs()
+    cfg = LossConfig(kind="ccl", margin=0.1, negative_weight=4.0, reduction="none")
+    neg = torch.cat([x.negatives, x.shared_negatives.expand(x.query.shape[0], -1, -1)], 1)
+    ids = torch.cat([x.negative_ids, x.shared_ids.expand(x.query.shape[0], -1)], 1)
+    rows = naive_rows(x.query, x.positive, neg, 1.0, pos_ids=x.item_ids, neg_ids=ids)
+    torch.testing.assert_close(make_loss(cfg)(x), naive_loss("ccl", rows, margin=0.1, negative_weight=4.0))
+    assert LossConfig(kind="ccl").resolved_margin == 0.9 and LossConfig(kind="hinge").resolved_margin == 1.0
+
+
+def test_directau_hand_computed():
+    # Two users (1, 0), (0, 1) with items equal to them: alignment 0. Each side's one pair is at
+    # squared distance 2, potential exp(-2 * 2) = e^-4, uniformity log e^-4 = -4 on both sides.
+    # loss = 0 + gamma * (-4 - 4) / 2 = -4 gamma; gamma 0.5 -> -2. Unnormalised inputs give the same.
+    q = torch.tensor([[3.0, 0.0], [0.0, 0.5]], dtype=F64)
+    pos = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=F64)
+    assert directau(q, pos, uniformity_weight=0.5).item() == pytest.approx(-2.0, rel=1e-12)
+    # Items swapped: each user's item is the other's direction, alignment |(1,0) - (0,1)|^2 = 2.
+    assert directau(q, pos.flip(0), uniformity_weight=0.0).item() == pytest.approx(2.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 3.5])
+@pytest.mark.parametrize("b", [2, 7])
+def test_directau_matches_naive(gamma, b):
+    q, pos, *_ = make_batch(12 + b, b=b, n=1, d=5)
+    got = directau(q, pos, uniformity_weight=gamma, reduction="none")
+    torch.testing.assert_close(got, naive_directau(q, pos, gamma), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(directau(q, pos, uniformity_weight=gamma), naive_directau(q, pos, gamma).mean())
+    selected = make_loss(LossConfig(kind="directau", uniformity_weight=gamma))(LossInputs(query=q, positive=pos))
+    torch.testing.assert_close(selected, naive_directau(q, pos, gamma).mean())
+
+
+def test_directau_gradcheck():
+    q, pos, *_ = make_batch(13, b=5, n=1, d=4)
+    inputs = (q.clone().requires_grad_(), pos.clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: directau(a, b, uniformity_weight=1.5, reduction="none"), inputs)
+
+
+def test_directau_refuses_negatives_and_ccl_bad_settings():
+    x = selector_inputs()
+    with pytest.raises(ValueError, match="directau.*takes no negatives"):
+        make_loss(LossConfig(kind="directau"))(x)
+    with pytest.raises(ValueError, match="negative_weight"):
+        LossConfig(kind="ccl", negative_weight=-1.0)
+    with pytest.raises(ValueError, match="uniformity_weight"):
+        LossConfig(kind="directau", uniformity_weight=float("nan"))
+    with pytest.raises(ValueError, match="margin"):
+        LossConfig(kind="ccl", margin=float("inf"))

@@ -209,6 +209,10 @@ class TrainConfig:
             raise ValueError("loss.kind 'mixed' is in-batch + shared negatives with logQ: it needs "
                              f"batches.num_shared_negatives > 0 (got {b.num_shared_negatives}) and batches.log_q "
                              f"'static' or 'streaming' (got {b.log_q!r}); or use loss.kind 'infonce'")
+        if kind == "directau" and (b.num_negatives or b.num_shared_negatives):
+            raise ValueError("loss.kind 'directau' compares the batch's users and items with each other and takes no "
+                             f"negatives: set batches.num_negatives (got {b.num_negatives}) and "
+                             f"batches.num_shared_negatives (got {b.num_shared_negatives}) to 0")
         if kind not in IN_BATCH_KINDS and b.num_negatives == 0 and b.num_shared_negatives == 0:
             raise ValueError(f"loss.kind {kind!r} scores each row against explicit negatives: set "
                              "batches.num_negatives > 0 (with batches.negative_kind) or batches.num_shared_negatives > 0")

@@ -149,6 +149,8 @@ class TwoTowerModel(nn.Module):
             history_table_rows=self.num_items,
             history_length=config.history_length,
             history_dropout=config.history_dropout,
+            history_combine=config.history_combine,
+            history_weight=config.history_weight,
             **common,
         )
         log_t = torch.tensor(math.log(config.temperature))
@@ -180,12 +182,13 @@ class TwoTowerModel(nn.Module):
                 by -e_target / (n - 1)) and training collapses. Without it the target sits in its own
                 history, which is harmless for full-ranking evaluation (train items are excluded).
         """
-        shared = (
-            self.item_tower.id_embedding.weight
+        table = (
+            self.item_tower.id_embedding
             if (self.config.user_history and self.config.share_item_embeddings)
             else None
         )
-        out = self.user_tower(self._codes(users), inputs, history_table=shared, exclude_history=exclude_history)
+        out = self.user_tower(self._codes(users), inputs, history_table=None if table is None else table.weight,
+                              history_sparse=table is not None and table.sparse, exclude_history=exclude_history)
         return self._finish(out)
 
     def encode_items(self, items: torch.Tensor | np.ndarray, *, inputs: TowerInputs | None = None) -> torch.Tensor:

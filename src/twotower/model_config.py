@@ -16,6 +16,7 @@ from twotower.setting_types import check_setting
 SCORINGS = ("dot", "cosine", "neg_l2")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
 POOLINGS = ("mean", "sum")
+HISTORY_COMBINES = ("concat", "gate")
 
 
 @dataclass
@@ -75,7 +76,14 @@ class ModelConfig:
         temperature: logits = score / temperature in the losses.
         learn_temperature: learn it (parametrised as log temperature, clamped to `min_temperature`).
         min_temperature: lower clamp of a learned temperature.
-        user_history: add the mean of the user's history item embeddings to the user tower (YouTube-DNN).
+        user_history: pool the item embeddings of the user's history (mean) into the user tower.
+        history_combine: how the pooled history joins the user tower. "concat" (YouTube-DNN): next
+            to the id embedding and the side features, into the MLP (or a linear map to D).
+            "gate" (SimpleX, Mao et al. 2021): the id embedding becomes
+            (1 - history_weight) * e_user + history_weight * V h, with h the pooled history and V a
+            learned [D, D] map that starts as the identity; the MLP, if any, follows. "gate" needs
+            the history and the user id embedding to have the same width.
+        history_weight: the history's share in "gate" (0: the id alone; 1: the history alone).
         history_length: pool only the last H entries of each history row (0 = the whole row). Rows are
             taken in the order given to `set_history`: pass a time-ordered history for "recent".
         history_dropout: training-time probability of dropping each history entry from the pooling.
@@ -99,6 +107,8 @@ class ModelConfig:
     learn_temperature: bool = False
     min_temperature: float = 0.01
     user_history: bool = False
+    history_combine: str = "concat"
+    history_weight: float = 0.5
     history_length: int = 0
     history_dropout: float = 0.5
     share_item_embeddings: bool = True
@@ -119,6 +129,12 @@ class ModelConfig:
             raise ValueError(  # the clamp applies to a learned temperature only
                 f"min_temperature must be in (0, temperature={self.temperature}]; got {self.min_temperature}"
             )
+        if self.history_combine not in HISTORY_COMBINES:
+            raise ValueError(f"history_combine must be one of {HISTORY_COMBINES}; got {self.history_combine!r}")
+        if not 0.0 <= self.history_weight <= 1.0:
+            raise ValueError(f"history_weight must be in [0, 1]; got {self.history_weight}")
+        if self.user_history and self.history_combine == "gate":
+            self._check_gate_widths()
         if self.history_length < 0:
             raise ValueError(f"history_length must be >= 0 (0 = whole row); got {self.history_length}")
         if not 0.0 <= self.history_dropout < 1.0:
@@ -129,6 +145,16 @@ class ModelConfig:
             raise ValueError(f"id_dropout must be in [0, 1); got {self.id_dropout}")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be > 0; got {self.init_std}")
+
+    def _check_gate_widths(self) -> None:
+        """The gate blends the history into the user id embedding: both need the same width."""
+        user_id = self.embedding_dim if self.user.id_dim is None else self.user.id_dim
+        item_id = self.embedding_dim if self.item.id_dim is None else self.item.id_dim
+        history = item_id if (self.share_item_embeddings and item_id > 0) else self.embedding_dim
+        if user_id == 0 or user_id != history:
+            raise ValueError(f"history_combine 'gate' blends the pooled history (width {history}) into the user id "
+                             f"embedding (width {user_id}): they must be equal and > 0; set model.user.id_dim "
+                             "or use history_combine 'concat'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twotower.kernels.bag_mean import bag_mean
 from twotower.model_config import FeatureLayout, TowerConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -106,6 +107,7 @@ def pool_bags(
     offsets: torch.Tensor,
     mode: str,
     keep: torch.Tensor | None = None,
+    sparse: bool = False,
 ) -> torch.Tensor:
     """Sum or mean of embedding rows per bag; empty bags give zeros.
 
@@ -114,25 +116,16 @@ def pool_bags(
         values: int64 [M] flat bag contents; offsets: int64 [B + 1].
         mode: "sum" or "mean".
         keep: optional bool [M]; False entries are left out of the sum and of the count.
+        sparse: give `weight` a sparse gradient holding only the pooled rows (for a table the
+            row-sparse optimizer steps, as `nn.Embedding(sparse=True)` does).
 
     Returns:
         [B, d].
     """
+    if mode == "mean":
+        return bag_mean(weight, values, offsets, keep, sparse=sparse)
     weights = None if keep is None else keep.to(weight.dtype)
-    pooled = F.embedding_bag(values, weight, offsets[:-1], mode="sum", per_sample_weights=weights)
-    if mode == "sum":
-        return pooled
-    if keep is None:
-        counts = (offsets[1:] - offsets[:-1]).to(weight.dtype)
-    else:
-        segment = torch.repeat_interleave(
-            torch.arange(offsets.shape[0] - 1, device=values.device),
-            offsets[1:] - offsets[:-1],
-            output_size=values.shape[0],
-        )
-        counts = torch.zeros(offsets.shape[0] - 1, dtype=weight.dtype, device=values.device)
-        counts.index_add_(0, segment, weights)
-    return pooled / counts.clamp(min=1.0).unsqueeze(1)
+    return F.embedding_bag(values, weight, offsets[:-1], mode="sum", per_sample_weights=weights, sparse=sparse)
 
 
 class Tower(nn.Module):
@@ -154,6 +147,8 @@ class Tower(nn.Module):
         history_table_rows: int = 0,
         history_length: int = 0,
         history_dropout: float = 0.0,
+        history_combine: str = "concat",
+        history_weight: float = 0.5,
         id_dropout: float = 0.0,
         init_std: float = 0.05,
     ) -> None:
@@ -193,13 +188,21 @@ class Tower(nn.Module):
 
         self.history_dim = int(history_dim)
         self.history_table_rows = int(history_table_rows)
+        self.history_weight = float(history_weight)
         self.history_embedding = (
             nn.Embedding(history_table_rows, history_dim) if (history_dim > 0 and own_history_table) else None
         )
+        self.history_map = None
         if history_dim > 0:
             self.register_buffer("history_indptr", torch.zeros(self.num_ids + 1, dtype=torch.int64))
             self.register_buffer("history_indices", torch.zeros(0, dtype=torch.int64))
-            width += history_dim
+            if history_combine == "gate":
+                if id_dim != history_dim:
+                    raise ValueError(f"history_combine 'gate' needs the id width ({id_dim}) to equal the history "
+                                     f"width ({history_dim})")
+                self.history_map = nn.Linear(history_dim, id_dim, bias=False)
+            else:
+                width += history_dim
         if width == 0:
             raise ValueError("tower has no inputs: id_dim is 0 and there are no side features or history")
         self.input_dim = width
@@ -207,6 +210,8 @@ class Tower(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=init_std)
+        if self.history_map is not None:  # starts as the plain mean of the history's item vectors
+            nn.init.eye_(self.history_map.weight)
 
     # -- data -------------------------------------------------------------------------------------
     def data_buffer_names(self) -> list[str]:
@@ -268,6 +273,7 @@ class Tower(nn.Module):
         inputs: TowerInputs | None = None,
         *,
         history_table: torch.Tensor | None = None,
+        history_sparse: bool = False,
         exclude_history: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Vectors for a batch of codes.
@@ -277,6 +283,7 @@ class Tower(nn.Module):
                 otherwise, missing features).
             inputs: optional per-batch feature overrides.
             history_table: [V, d] item table for history pooling when the model shares it.
+            history_sparse: give `history_table` a sparse gradient (it is a sparse embedding's table).
             exclude_history: optional int64 [B]: item to leave out of row b's history pooling
                 (the training positive, so the user vector cannot simply copy its target).
 
@@ -291,6 +298,9 @@ class Tower(nn.Module):
         parts = []
         if self.id_embedding is not None:
             parts.append(self.id_embedding(self._id_rows(codes, all_known)))
+        if self.history_map is not None:  # SimpleX's gate: the history blended into the id embedding
+            pooled = self.history_map(self._pool_history(codes, inputs, history_table, history_sparse, exclude_history))
+            parts[0] = torch.lerp(parts[0], pooled, self.history_weight)
         for i, (name, card) in enumerate(self.categorical.items()):
             if name in inputs.categorical:
                 values = self._batch_codes(inputs.categorical[name], card, f"categorical feature {name!r}", codes)
@@ -319,8 +329,8 @@ class Tower(nn.Module):
                 stored = getattr(self, f"dense_values_{i}")
                 values = torch.where(known.unsqueeze(1), stored[safe], torch.zeros((), device=stored.device))
             parts.append(values)
-        if self.history_dim > 0:
-            parts.append(self._pool_history(codes, inputs, history_table, exclude_history))
+        if self.history_dim > 0 and self.history_map is None:
+            parts.append(self._pool_history(codes, inputs, history_table, history_sparse, exclude_history))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.mlp(x)
 
@@ -377,11 +387,14 @@ class Tower(nn.Module):
         codes: torch.Tensor,
         inputs: TowerInputs,
         history_table: torch.Tensor | None,
+        history_sparse: bool,
         exclude: torch.Tensor | None,
     ) -> torch.Tensor:
-        table = self.history_embedding.weight if self.history_embedding is not None else history_table
+        own = self.history_embedding
+        table = own.weight if own is not None else history_table
         if table is None:
             raise ValueError("history pooling needs the shared item table (history_table)")
+        sparse = own.sparse if own is not None else history_sparse
         if inputs.history is not None:
             values, offsets = self._batch_bags(inputs.history, self.history_table_rows, "history item codes", codes)
             if self.history_length > 0:
@@ -406,7 +419,7 @@ class Tower(nn.Module):
         if self.training and self.history_dropout > 0:
             kept = torch.rand(values.shape, device=values.device) >= self.history_dropout
             keep = kept if keep is None else keep & kept
-        return pool_bags(table, values, offsets, "mean", keep)
+        return pool_bags(table, values, offsets, "mean", keep, sparse=sparse)
 
     def _batch_codes(self, values: Any, card: int, what: str, codes: torch.Tensor) -> torch.Tensor:
         values = torch.as_tensor(values, device=codes.device).long()

@@ -9,13 +9,17 @@ from typing import Any
 from torch import Tensor
 
 from twotower.losses._common import REDUCTIONS, IndexedRows, Negatives, check_temperature
-from twotower.losses.functional import check_margin
+from twotower.losses.functional import check_ccl, check_margin, check_weight
 
 __all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs"]
 
-KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce")
-IN_BATCH_KINDS = ("infonce", "mixed")
+KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce", "ccl", "directau")
+# Kinds computed over the batch's own rows: they need the positives as vectors, not as table rows.
+IN_BATCH_KINDS = ("infonce", "mixed", "directau")
+_SOFTMAX_KINDS = ("infonce", "mixed", "sampled_softmax")
+_SYMMETRIC_KINDS = ("infonce", "mixed")
 _SOFTMAX_DEFAULT_TEMPERATURE = 0.1
+_DEFAULT_MARGINS = {"hinge": 1.0, "ccl": 0.9}
 
 
 @dataclass(frozen=True)
@@ -26,14 +30,18 @@ class LossConfig:
         kind: "infonce": in-batch softmax (the other rows' positives are the negatives), plus any
             shared or per-row negatives given. "mixed": the same loss, checked to have shared extra
             negatives and the log-q of every candidate (mixed negative sampling, Yang et al. 2020).
-            "sampled_softmax", "bpr", "hinge", "bce": per-row losses over explicit negatives (see
-            `twotower.losses.functional`).
+            "sampled_softmax", "bpr", "hinge", "bce", "ccl" (SimpleX's cosine contrastive loss):
+            per-row losses over explicit negatives (see `twotower.losses.functional`).
+            "directau": alignment + uniformity over the batch's rows (Wang et al. 2022), no negatives.
         temperature: logits are q·k / temperature. None picks 0.1 for the softmax kinds (infonce,
-            mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw dot products, for bpr,
-            hinge and bce. With `learn_temperature` it is the initial value.
+            mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw scores, for bpr,
+            hinge, bce and ccl (directau uses none). With `learn_temperature` it is the initial value.
         learn_temperature: learn log(temperature) as a parameter of the loss module.
         min_temperature: lower clamp of a learned temperature (as CLIP caps its logit scale at 100).
-        margin: hinge margin (>= 0), in units of the scaled scores; used by "hinge" only.
+        margin: "hinge": the gap required between positive and negative scores (>= 0; None: 1.0).
+            "ccl": the score above which a negative is penalised (None: 0.9, a cosine).
+        negative_weight: "ccl": weight of the mean over negatives against the positive's term.
+        uniformity_weight: "directau": gamma, the weight of the uniformity term.
         correct_positive: with logQ correction, correct the positive's logit too (Yi et al. 2019).
             logQ correction is on when the inputs carry log-q arrays; bpr and hinge ignore them.
         symmetric: add the item-to-query direction (CLIP style); infonce and mixed only.
@@ -46,7 +54,9 @@ class LossConfig:
     temperature: float | None = None
     learn_temperature: bool = False
     min_temperature: float = 0.01
-    margin: float = 1.0
+    margin: float | None = None
+    negative_weight: float = 1.0
+    uniformity_weight: float = 1.0
     correct_positive: bool = True
     symmetric: bool = False
     remove_accidental_hits: bool = True
@@ -63,14 +73,19 @@ class LossConfig:
         if self.temperature is not None:
             check_temperature(self.temperature)
         check_temperature(self.min_temperature)
-        check_margin(self.margin)
+        if self.kind == "ccl":
+            check_ccl(self.resolved_margin, self.negative_weight)
+        elif self.margin is not None:
+            check_margin(self.margin)
+        check_weight(self.negative_weight, "negative_weight")
+        check_weight(self.uniformity_weight, "uniformity_weight")
         if self.learn_temperature and self.resolved_temperature < self.min_temperature:
             raise ValueError(
                 f"temperature {self.resolved_temperature} is below min_temperature {self.min_temperature}"
             )
-        if self.symmetric and self.kind not in IN_BATCH_KINDS:
+        if self.symmetric and self.kind not in _SYMMETRIC_KINDS:
             raise ValueError(
-                f"symmetric applies to the in-batch kinds {IN_BATCH_KINDS}, not kind={self.kind!r}"
+                f"symmetric applies to the in-batch softmax kinds {_SYMMETRIC_KINDS}, not kind={self.kind!r}"
             )
 
     @property
@@ -78,7 +93,12 @@ class LossConfig:
         """The temperature in use (or the initial one when learned), after the per-kind default."""
         if self.temperature is not None:
             return float(self.temperature)
-        return _SOFTMAX_DEFAULT_TEMPERATURE if self.kind in (*IN_BATCH_KINDS, "sampled_softmax") else 1.0
+        return _SOFTMAX_DEFAULT_TEMPERATURE if self.kind in _SOFTMAX_KINDS else 1.0
+
+    @property
+    def resolved_margin(self) -> float:
+        """The margin in use, after the per-kind default (hinge 1.0, ccl 0.9)."""
+        return float(self.margin) if self.margin is not None else _DEFAULT_MARGINS.get(self.kind, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

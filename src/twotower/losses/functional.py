@@ -1,4 +1,5 @@
-"""Losses over explicit negatives: sampled softmax, BPR, pairwise hinge and pointwise BCE.
+"""Losses over explicit negatives: sampled softmax, BPR, pairwise hinge, pointwise BCE and SimpleX's
+cosine contrastive loss; and DirectAU's alignment + uniformity, which needs no negatives.
 
 Every loss here scores a query against its positive and a set of negatives that are either per-row
 (`neg` [B, n, D], e.g. sampled or mined for each query) or shared by the whole batch (`neg` [M, D],
@@ -39,6 +40,7 @@ from twotower.losses._common import (
     check_side,
     check_temperature,
     check_vectors,
+    compute_dtype,
     masked_mean,
     negative_logits,
     negatives_shape,
@@ -46,7 +48,7 @@ from twotower.losses._common import (
     reduce,
 )
 
-__all__ = ["bce", "bpr", "hinge", "sampled_softmax"]
+__all__ = ["bce", "bpr", "ccl", "directau", "hinge", "sampled_softmax"]
 
 
 def softmax_loss(logits: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
@@ -90,6 +92,27 @@ def bce_rows(pos: Tensor, neg: Tensor, valid: Tensor | None) -> Tensor:
         total = torch.where(valid, neg_terms, zero).sum(dim=1)
         count = valid.sum(dim=1).to(pos.dtype)
     return _softplus(-pos) + total / count.clamp(min=1)
+
+
+def ccl_rows(pos: Tensor, neg: Tensor, valid: Tensor | None, margin: float, negative_weight: float) -> Tensor:
+    """Per-row cosine contrastive loss (SimpleX): max(0, 1 - pos) pulls the positive's score up to 1;
+    each valid negative above `margin` is pushed down, max(0, neg - margin), their mean weighed by
+    `negative_weight`. Negatives already below the margin cost nothing: only the hard ones count."""
+    return F.relu(1 - pos) + negative_weight * masked_mean(F.relu(neg - margin), valid)
+
+
+def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
+    """log of the mean Gaussian potential exp(-t ||x_i - x_j||^2) over the pairs i < j of the rows of
+    `x` [B, D] (Wang and Isola 2020): lower when the rows spread evenly over the sphere. Squared
+    distances come from one Gram matrix, 2 - 2 x_i.x_j for unit rows, instead of [B, B, D] differences."""
+    b = x.shape[0]
+    if b < 2:
+        return x.new_zeros(())
+    sq = (x * x).sum(dim=1)
+    distances = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * (x @ x.t())).clamp(min=0)
+    upper = torch.triu_indices(b, b, offset=1, device=x.device)
+    potentials = -t * distances[upper[0], upper[1]]
+    return torch.logsumexp(potentials, dim=0) - math.log(potentials.shape[0])
 
 
 def _logits(
@@ -283,6 +306,98 @@ def bce(
         pos_ids, neg_ids, reduction,
     )
     return reduce(bce_rows(s_pos, s_neg, valid), reduction)
+
+
+def ccl(
+    q: Tensor,
+    pos: Tensor,
+    neg: Negatives,
+    *,
+    margin: float = 0.9,
+    negative_weight: float = 1.0,
+    temperature: Temperature = 1.0,
+    pos_ids: Tensor | None = None,
+    neg_ids: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cosine contrastive loss (SimpleX, Mao et al. CIKM 2021):
+    loss_b = max(0, 1 - s_pos) + negative_weight * mean_{valid j} max(0, s_neg_j - margin).
+
+    Meant for cosine scores (L2-normalised towers), where 1 is the best score and `margin` in
+    (-1, 1) says how similar a negative may be before it is penalised; on raw dot products it is
+    the same formula on unbounded scores.
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors.
+        neg: [B, n, D] per-row negatives (or `IndexedRows`), or [M, D] negatives shared by every row.
+        margin: score above which a negative is penalised.
+        negative_weight: weight of the negatives' mean against the positive's term (>= 0).
+        temperature: scores are q·k / temperature; 1.0 (default) uses the cosines themselves.
+        pos_ids: [B] positive item ids; with `neg_ids` turns on accidental-hit masking.
+        neg_ids: [B, n] (or [M]) negative item ids.
+        reduction: "mean" | "sum" | "none" ([B]).
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none".
+
+    Example:
+        >>> q, pos, neg = F.normalize(torch.randn(4, 8)), F.normalize(torch.randn(4, 8)), torch.randn(4, 5, 8)
+        >>> ccl(q, pos, F.normalize(neg, dim=-1), margin=0.5, negative_weight=2.0).shape
+        torch.Size([])
+    """
+    check_ccl(margin, negative_weight)
+    s_pos, s_neg, valid = _logits(q, pos, neg, temperature, None, None, pos_ids, neg_ids, reduction)
+    return reduce(ccl_rows(s_pos, s_neg, valid, float(margin), float(negative_weight)), reduction)
+
+
+def directau(q: Tensor, pos: Tensor, *, uniformity_weight: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Alignment and uniformity (DirectAU, Wang et al. KDD 2022), on L2-normalised vectors:
+    loss = mean_b ||q_b - pos_b||^2 + uniformity_weight * (U(q) + U(pos)) / 2, with U the log mean
+    Gaussian potential over the batch's pairs (`uniformity`). Alignment pulls each user onto its
+    item; uniformity spreads users and items over the sphere, which is what the negatives of the
+    other losses do. The inputs are normalised here, as in the paper, whatever the model's scoring.
+
+    Args:
+        q: [B, D] query vectors.
+        pos: [B, D] positive item vectors (row b is q_b's positive). Rows of the batch are taken
+            as they are: a user or item present twice adds a zero-distance pair to its uniformity.
+        uniformity_weight: gamma >= 0.
+        reduction: "mean" (default) or "sum" over rows of the alignment (the uniformity is added
+            once, or B times for "sum"); "none" gives [B] per-row alignments plus the batch's
+            uniformity term, whose mean is the "mean" loss.
+
+    Returns:
+        The loss, 0-d for "mean"/"sum" or [B] for "none".
+
+    Example:
+        >>> directau(torch.randn(6, 8), torch.randn(6, 8), uniformity_weight=0.5).shape
+        torch.Size([])
+    """
+    check_vectors(q, pos)
+    check_reduction(reduction)
+    check_weight(uniformity_weight, "uniformity_weight")
+    c = compute_dtype(q)
+    with torch.autocast(q.device.type, enabled=False):
+        u, v = F.normalize(q.to(c), dim=-1), F.normalize(pos.to(c), dim=-1)
+        align = (u - v).square().sum(dim=1)
+        uniform = (uniformity(u) + uniformity(v)) / 2
+    return reduce(align + uniformity_weight * uniform, reduction)
+
+
+def check_ccl(margin: float, negative_weight: float) -> None:
+    """A CCL margin is any finite float (cosines live in [-1, 1]); its weight a finite float >= 0."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise ValueError(f"ccl margin must be a finite float, got {margin!r}")
+    check_weight(negative_weight, "negative_weight")
+
+
+def check_weight(value: float, name: str) -> None:
+    """A loss weight is a finite float >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
 def check_margin(margin: float) -> None:

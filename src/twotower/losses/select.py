@@ -30,7 +30,7 @@ from twotower.losses._common import (
     reduce,
 )
 from twotower.losses.config import LossConfig, LossInputs
-from twotower.losses.functional import bce_rows, bpr_rows, hinge_rows, softmax_loss
+from twotower.losses.functional import bce_rows, bpr_rows, ccl_rows, directau, hinge_rows, softmax_loss
 
 __all__ = ["Loss", "make_loss"]
 
@@ -283,7 +283,21 @@ class Loss(nn.Module):
 
     def _hinge(self, x: LossInputs) -> Tensor:
         logits, valid = self._row_logits(x, corrects=False)
-        return reduce(hinge_rows(logits[:, 0], logits[:, 1:], valid, float(self.config.margin)), self.config.reduction)
+        return reduce(hinge_rows(logits[:, 0], logits[:, 1:], valid, self.config.resolved_margin), self.config.reduction)
+
+    def _ccl(self, x: LossInputs) -> Tensor:
+        cfg = self.config
+        logits, valid = self._row_logits(x, corrects=False)
+        rows = ccl_rows(logits[:, 0], logits[:, 1:], valid, cfg.resolved_margin, float(cfg.negative_weight))
+        return reduce(rows, cfg.reduction)
+
+    def _directau(self, x: LossInputs) -> Tensor:
+        if x.row_scores is not None or x.negatives is not None or x.shared_negatives is not None:
+            raise ValueError("loss kind='directau' takes no negatives and no precomputed scores: it compares the "
+                             "batch's users and items with each other (set batches.num_negatives and "
+                             "batches.num_shared_negatives to 0)")
+        return directau(x.query, _dense_positive(x), uniformity_weight=float(self.config.uniformity_weight),
+                        reduction=self.config.reduction)
 
 
 _DISPATCH: dict[str, Callable[[Loss, LossInputs], Tensor]] = {
@@ -293,6 +307,8 @@ _DISPATCH: dict[str, Callable[[Loss, LossInputs], Tensor]] = {
     "bpr": Loss._bpr,
     "hinge": Loss._hinge,
     "bce": Loss._bce,
+    "ccl": Loss._ccl,
+    "directau": Loss._directau,
 }
 
 
