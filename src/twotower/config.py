@@ -2,7 +2,8 @@
 
 Sections and their owners: `data` (where interactions come from; `twotower.data.DataConfig` inside),
 `model` (`ModelConfig`), `loss` (`LossConfig`), `batches` (`BatchConfig`: batch size and negatives),
-`optim` and `train` (defined here). A TOML file has one table per section, e.g.
+`optim` and `train` (defined here), `eval` (`twotower.protocol.EvalConfig`: the evaluation
+protocol). A TOML file has one table per section, e.g.
 
     [data]
     path = "ml-100k/u.data"
@@ -27,6 +28,7 @@ from twotower.batches import BatchConfig
 from twotower.data import DataConfig
 from twotower.losses import IN_BATCH_KINDS, LossConfig
 from twotower.model_config import ModelConfig, TowerConfig
+from twotower.protocol import EvalConfig
 from twotower.setting_types import check_setting
 
 OPTIMIZERS = ("adam", "adamw")
@@ -185,11 +187,13 @@ class TrainConfig:
     batches: BatchConfig = field(default_factory=_default_batches)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.optim.validate()
         self.train.validate()
+        self.eval.validate()
         self._check_negatives()
         if self.train.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}")
@@ -244,7 +248,7 @@ class TrainConfig:
 
 NESTED: dict[type, dict[str, type]] = {
     TrainConfig: {"data": DataSource, "model": ModelConfig, "loss": LossConfig, "batches": BatchConfig,
-                  "optim": OptimConfig, "train": LoopConfig},
+                  "optim": OptimConfig, "train": LoopConfig, "eval": EvalConfig},
     DataSource: {"options": DataConfig},
     ModelConfig: {"user": TowerConfig, "item": TowerConfig},
 }

@@ -25,7 +25,7 @@ from twotower.data.io import FORMATS, InteractionTable, detect_format, from_tabl
 from twotower.data.split import assemble, leave_last_out, ratio_split, time_split
 from twotower.data.stats import describe, format_stats, gini
 from twotower.data.synthetic import SyntheticTruth, generate, generate_with_truth
-from twotower.data.types import CSR, DataError, FeatureTable, Interactions, SplitDataset
+from twotower.data.types import CSR, DataError, FeatureTable, Interactions, SplitDataset, UnknownTargets
 from twotower.data.vocab import Vocabulary, encode_ids
 
 load = build_dataset  # the contract's other name for the one-call builder
@@ -44,6 +44,7 @@ __all__ = [
     "ReadReport",
     "SplitDataset",
     "SyntheticTruth",
+    "UnknownTargets",
     "Vocabulary",
     "assemble",
     "build_dataset",
