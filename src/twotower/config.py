@@ -124,7 +124,14 @@ class LoopConfig:
         num_threads: CPU threads for torch and the scorer. 0: the scorer uses all cores, the
             training step all but one (the batch worker thread has the other).
         seed: seed of model initialisation and dropout (batches use batches.seed).
-        keep_checkpoints: newest checkpoints kept on disk.
+        keep_checkpoints: newest checkpoints kept on disk while training (a finished run keeps
+            the newest only).
+        checkpoint_every: write a checkpoint every this many epochs; the last epoch and an
+            epoch after which early stopping ends the run always get one. A resumed run replays
+            the epochs after its checkpoint, to the same weights.
+        keep_optimizer_state: a finished run's checkpoint keeps the optimizer's moments (to
+            train on from it later); off: they are deleted once the model is saved (a finished
+            model needs none; the checkpoint then only lets `--resume` redo the final evaluation).
         progress: show progress bars.
         fused_step: train an id-only (matrix factorisation) model with a per-row loss through the
             fused table step (`twotower.train_step.TableStep`: the same updates, a 1M-row epoch
@@ -144,6 +151,8 @@ class LoopConfig:
     num_threads: int = 0
     seed: int = 0
     keep_checkpoints: int = 2
+    checkpoint_every: int = 1
+    keep_optimizer_state: bool = False
     progress: bool = True
     fused_step: bool = True
 
@@ -152,6 +161,8 @@ class LoopConfig:
             raise ValueError(f"train.epochs must be >= 1; got {self.epochs}")
         if self.patience < 0 or self.eval_every < 1 or self.hard_mining_every < 1 or self.hard_candidates < 1:
             raise ValueError("train.patience must be >= 0; train.eval_every, hard_mining_every, hard_candidates >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"train.checkpoint_every must be >= 1 (epochs between checkpoints); got {self.checkpoint_every}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"train.ks must be cut-offs >= 1; got {self.ks}")
         name, _, k = self.select_metric.partition("@")

@@ -346,16 +346,20 @@ def test_a_crash_while_checkpointing_leaves_a_log_and_directory_that_resume_mend
 def test_the_saved_model_carries_the_best_epochs_learned_temperature(tmp_path, monkeypatch):
     """With a learned temperature the best epoch's weights come with that epoch's temperature, not the
     last epoch's; the saved model's config states the temperature it trained with."""
-    from safetensors.torch import load_file
-
-    config = tiny_config(epochs=3, keep_checkpoints=3, patience=0)
+    config = tiny_config(epochs=3, patience=0)
     config.loss = dataclasses.replace(config.loss, learn_temperature=True)
     scores = iter([0.3, 0.2, 0.1])  # epoch 1 is the best on validation
     monkeypatch.setattr(train_module, "_select", lambda result, metric: next(scores))
+    temperatures, real = [], train_module.save_checkpoint
+
+    def recording(root, name, **kwargs):
+        temperatures.append(float(kwargs["loss_fn"].temperature.detach()))  # what each epoch's checkpoint holds
+        return real(root, name, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
     result = fit(config, tmp_path)
     assert result.best_epoch == 1
-    per_epoch = [float(load_file(str(tmp_path / "checkpoints" / f"epoch-000{e}" / "loss.safetensors"))["log_temperature"]
-                       .exp()) for e in (1, 3)]
+    per_epoch = [temperatures[0], temperatures[2]]
     assert abs(per_epoch[0] - per_epoch[1]) > 1e-4  # it did move
     saved = load_model_dir(tmp_path / "model")
     assert float(saved.model.temperature) == pytest.approx(per_epoch[0], rel=1e-6)
@@ -423,4 +427,4 @@ def test_a_fresh_run_never_takes_an_earlier_runs_weights(tmp_path):
     assert result.best_epoch == 3 and len(result.history) == 3  # no early stop on a metric that does not exist
     saved = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert saved["item_tower.id_embedding.weight"].shape[0] != earlier["item_tower.id_embedding.weight"].shape[0]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0002", "epoch-0003"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0003"]  # a finished run keeps one
