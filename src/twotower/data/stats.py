@@ -127,7 +127,8 @@ def split_summary(dataset: SplitDataset, unknown_note: str = "") -> list[str]:
     unknown = []
     for split, targets in dataset.unknown_targets.items():
         if targets.user_rows:
-            unknown.append(f"{targets.user_rows:,} {split} rows of {targets.users:,} users without train rows")
+            users = f"{targets.users:,} user{'s' if targets.users > 1 else ''}"
+            unknown.append(f"{targets.user_rows:,} {split} rows of {users} without train rows")
         if targets.item_rows:
             unknown.append(f"{targets.item_rows:,} {split} rows whose item has no train row")
     if unknown:
