@@ -125,21 +125,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- evaluate ---------------------------------------------------------------------------------------
-def _dataset_for(trained: Any, data_path: str | None) -> Any:
-    from twotower.datasets import fingerprint, load_dataset
-
-    config = TrainConfig.from_dict(trained.config["train_config"])
-    if data_path:
-        config.data.path = data_path
-    dataset = load_dataset(config.data)
-    if fingerprint(dataset) != trained.config.get("data_fingerprint"):
-        raise UserError(
-            f"the data ({config.data.path or 'synthetic'}) is not the data {trained.path} was trained on "
-            "(fingerprint mismatch): pass the same file and settings with --data"
-        )
-    return dataset
-
-
 def _protocol_for(trained: Any, args: argparse.Namespace) -> Any:
     """The protocol of an evaluation: the one the model trained with, replaced by --protocol,
     then changed by --eval.* flags."""
@@ -153,11 +138,11 @@ def _protocol_for(trained: Any, args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, split_targets
-    from twotower.model_dir import load_model_dir
+    from twotower.model_dir import load_model_dir, trained_dataset
 
     trained = load_model_dir(args.model_dir)
     protocol = _protocol_for(trained, args)
-    dataset = _dataset_for(trained, args.data)
+    dataset = trained_dataset(trained, args.data)
     ks = args.k or TrainConfig.from_dict(trained.config["train_config"]).train.ks
     rows, counts = [], []
     for split in ("valid", "test"):
@@ -387,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_protocol_flag(parser: argparse.ArgumentParser) -> None:
-    presets = "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+    presets = "; ".join(f"{name} = {text}" for name, text in PRESET_HELP.items())
     parser.add_argument("--protocol", choices=list(PRESETS), metavar="NAME",
-                        help=f"evaluation protocol preset, setting every [eval] rule ({presets})")
+                        help=f"an evaluation protocol preset, which sets every [eval] rule; --eval.* flags "
+                        f"override it. {presets}")
 
 
 try:

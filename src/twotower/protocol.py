@@ -66,15 +66,14 @@ PRESETS: dict[str, EvalConfig] = {
     "recbole": EvalConfig(unknown_targets="keep", repeat_targets="rank"),
 }
 
-# One line per preset for --help and the README table.
+# One line per preset for --help.
 PRESET_HELP = {
-    "twotower": "the defaults: test leaves out train + valid items; targets unknown to training dropped",
-    "lightgcn": "LightGCN's code (a model trained on the official train = train + valid): test leaves out "
-    "train + valid items; unknown targets kept, never hit",
-    "lightgcn++": "LightGCN++'s code: test leaves out train items only (valid items stay rankable); "
-    "unknown targets kept, never hit",
-    "recbole": "RecBole's full-sort defaults: test leaves out train + valid items but never a target; "
-    "unknown targets kept, never hit",
+    "twotower": "the defaults: test leaves out train + valid items, unknown targets dropped",
+    "lightgcn": "LightGCN's code, whose train is our train + valid: test leaves out train + valid items, "
+    "unknown targets kept and never hit",
+    "lightgcn++": "LightGCN++'s code: test leaves out train items only, unknown targets kept and never hit",
+    "recbole": "RecBole's full-sort: test leaves out train + valid items but never a target, unknown "
+    "targets kept and never hit",
 }
 
 

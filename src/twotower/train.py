@@ -2,9 +2,10 @@
 checkpoints that survive a crash, and `--resume` that continues exactly where a run stopped.
 
 Reads top to bottom: `fit` builds everything from a `TrainConfig`, then runs epochs. Each epoch's
-batches are a pure function of (seed, epoch), the torch RNG is checkpointed at every epoch end, and
-the learning rate is a pure function of the step, so a run killed at any point and resumed from its
-last checkpoint finishes with the same weights as one that was never interrupted.
+batches are a pure function of (seed, epoch), the torch RNG is saved with every checkpoint (at the
+end of every `train.checkpoint_every`-th epoch), and the learning rate is a pure function of the
+step, so a run killed at any point and resumed from its last checkpoint replays the epochs after it
+and finishes with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
