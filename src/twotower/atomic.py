@@ -6,6 +6,7 @@ here: written under a temporary name in the same directory, then renamed over th
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -82,6 +83,45 @@ def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def link_if_identical(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
+    """Makes `target` a hard link of `source` when both files hold the same bytes, so that one copy
+    is stored; the link replaces `target` in one rename, so a reader sees the old file or the link.
+
+    Returns:
+        True when `target` is (now) the same file as `source`; False when the contents differ, a
+        file is missing, or the filesystem has no hard links (both copies then stay).
+    """
+    source, target = Path(source), Path(target)
+    if not (source.is_file() and target.is_file()):
+        return False
+    if os.path.samefile(source, target):
+        return True
+    if source.stat().st_size != target.stat().st_size or not filecmp.cmp(source, target, shallow=False):
+        return False
+    tmp = target.with_name(f".{target.name}.link{_TMP_SUFFIX}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def disk_usage(path: str | os.PathLike[str]) -> int:
+    """Bytes the files under `path` occupy (their sizes), a file with several hard links counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            info = os.lstat(os.path.join(root, name))
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str], name: str) -> list[Path]:

@@ -5,7 +5,8 @@ A checkpoint directory holds:
     config.json            every setting, the library version, the data fingerprint, the model description
     model.safetensors      model weights (through `twotower.model.save_model`)
     loss.safetensors       the loss module's state (a learned temperature), when it has one
-    optimizer.safetensors  optimizer tensors; optimizer.json holds the rest of its state dict
+    optimizer.safetensors  optimizer tensors; optimizer.json holds the rest of its state dict (both
+                           deleted from a finished run's checkpoint unless train.keep_optimizer_state)
     state.safetensors      torch RNG state and other arrays of the loop (sampler state, mined candidates)
     trainer.json           epoch, step, best metric, early-stopping counter, metric history
     user_vocab.parquet, item_vocab.parquet   the vocabularies (external id <-> code)
@@ -103,6 +104,26 @@ def save_checkpoint(
     write_text_atomic(Path(root) / LATEST, name)
     _prune(Path(root), keep, current=name)
     return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Deletes all but the newest `keep` checkpoints under `root` (the one LATEST names stays)."""
+    newest = latest_checkpoint(root)
+    if newest is not None:
+        _prune(Path(root), keep, current=newest.name)
+
+
+def has_optimizer_state(path: Path) -> bool:
+    """Whether checkpoint `path` holds the optimizer's state (training can go on from it)."""
+    return (Path(path) / "optimizer.safetensors").is_file()
+
+
+def drop_optimizer_state(path: Path) -> None:
+    """Deletes the optimizer's state from checkpoint `path`: its weights and loop state still let a
+    finished run redo its final evaluation, not train on. The tensors go first, so a half-done
+    deletion reads as no optimizer state."""
+    (Path(path) / "optimizer.safetensors").unlink(missing_ok=True)
+    (Path(path) / "optimizer.json").unlink(missing_ok=True)
 
 
 def _prune(root: Path, keep: int, current: str) -> None:

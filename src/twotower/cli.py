@@ -13,10 +13,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np  # noqa: E402
 from twotower import __version__  # noqa: E402
 from twotower.cli_options import _key_value, add_config_flags, merge, overrides_from_args  # noqa: E402
 from twotower.config import TrainConfig  # noqa: E402
+from twotower.protocol import PRESET_HELP, PRESETS, preset  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -38,6 +41,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig().to_dict()
     if args.config:
         base = TrainConfig.from_toml(args.config).to_dict()
+    if args.protocol:
+        base["eval"] = dataclasses.asdict(preset(args.protocol))
     return TrainConfig.from_dict(merge(base, overrides_from_args(args)))
 
 
@@ -49,68 +54,115 @@ def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str
     return "\n".join(lines)
 
 
+def _say(silent: bool) -> Callable[[str], None]:
+    """Where a command's lines go: stdout, flushed line by line (a log file shows progress as it
+    happens), or nowhere under --silent."""
+    return (lambda line: None) if silent else (lambda line: print(line, flush=True))
+
+
+def _inputs(config: TrainConfig, config_file: str | None) -> str:
+    """Every input file of a run, named by its role."""
+    data = config.data
+    if not data.path:
+        return (f"built-in synthetic dataset ({data.synthetic_users} users, {data.synthetic_items} items)"
+                + (f"; config {config_file}" if config_file else ""))
+    roles = (("config", config_file), ("train", data.path), ("valid", data.valid), ("test", data.test),
+             ("user features", data.user_features), ("item features", data.item_features))
+    return ", ".join(f"{role} {path}" for role, path in roles if path)
+
+
+def _unknown_note(protocol: Any) -> str:
+    if protocol.unknown_targets == "keep":
+        return "eval.unknown_targets keep: counted as targets never hit"
+    return "eval.unknown_targets drop: not in the metrics"
+
+
+def _targets_line(split: str, targets: dict[str, Any]) -> str:
+    """What the protocol did with one split's rows, e.g. "test: 217,242 rows, ranked without each
+    user's train+valid items; 21 with an item and 0 with a user unknown to training
+    (eval.unknown_targets drop); 0 repeat targets (eval.repeat_targets exclude)"."""
+    return (f"{split}: {targets['rows']:,} rows, ranked without each user's {targets['exclude']} items; "
+            f"{targets['unknown_item_rows']:,} with an item and {targets['unknown_user_rows']:,} with a user unknown "
+            f"to training (eval.unknown_targets {targets['unknown_targets']}); {targets['repeat_target_count']:,} "
+            f"repeat targets, items the user already has (eval.repeat_targets {targets['repeat_targets']})")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from twotower.data import split_summary
+    from twotower.datasets import load_dataset
     from twotower.train import fit
 
     config = _config_from_args(args)
-    if args.quiet:
+    if args.quiet or args.silent:
         config.train.progress = False
+    if args.silent:
+        logging.getLogger("twotower").setLevel(logging.ERROR)
+    config.validate()
+    say = _say(args.silent)
     out = Path(args.out)
-    source = config.data.path or (
-        f"built-in synthetic dataset ({config.data.synthetic_users} users, {config.data.synthetic_items} items)"
-    )
-    print(f"twotower {__version__}: training on {source} -> {out}", flush=True)
-    result = fit(config, out, resume=args.resume)
+    say(f"twotower {__version__}: training -> {out}")
+    say(f"  inputs: {_inputs(config, args.config)}")
+    dataset = load_dataset(config.data)
+    for line in split_summary(dataset, _unknown_note(config.eval)):
+        say(f"  {line}")
+    result = fit(config, out, resume=args.resume, dataset=dataset, echo=None if config.train.progress else say)
     ks = config.train.ks
     names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
-    print()
-    print(_metrics_table([
+    say("")
+    say(_metrics_table([
         ("model, valid", result.valid.metrics),
         ("most-popular, valid", result.popularity_valid.metrics),
         ("model, test", result.test.metrics),
         ("most-popular, test", result.popularity_test.metrics),
     ], names))
-    print(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
-    print(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
+    say("")
+    for split, evaluated in (("valid", result.valid), ("test", result.test)):
+        say(_targets_line(split, evaluated.targets))
+    say(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
+    say(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
+    say(f"run directory: {result.disk_bytes / 1e6:.1f} MB on disk ({out}; hard-linked weights counted once)")
     return 0
 
 
 # -- evaluate ---------------------------------------------------------------------------------------
-def _dataset_for(trained: Any, data_path: str | None) -> Any:
-    from twotower.datasets import fingerprint, load_dataset
-
-    config = TrainConfig.from_dict(trained.config["train_config"])
-    if data_path:
-        config.data.path = data_path
-    dataset = load_dataset(config.data)
-    if fingerprint(dataset) != trained.config.get("data_fingerprint"):
-        raise UserError(
-            f"the data ({config.data.path or 'synthetic'}) is not the data {trained.path} was trained on "
-            "(fingerprint mismatch): pass the same file and settings with --data"
-        )
-    return dataset
+def _protocol_for(trained: Any, args: argparse.Namespace) -> Any:
+    """The protocol of an evaluation: the one the model trained with, replaced by --protocol,
+    then changed by --eval.* flags."""
+    saved = TrainConfig.from_dict(trained.config["train_config"]).to_dict()
+    if args.protocol:
+        saved["eval"] = dataclasses.asdict(preset(args.protocol))
+    protocol = TrainConfig.from_dict(merge(saved, overrides_from_args(args))).eval
+    protocol.validate()
+    return protocol
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, split_targets
-    from twotower.model_dir import load_model_dir
+    from twotower.model_dir import load_model_dir, trained_dataset
 
     trained = load_model_dir(args.model_dir)
-    dataset = _dataset_for(trained, args.data)
+    protocol = _protocol_for(trained, args)
+    dataset = trained_dataset(trained, args.data)
     ks = args.k or TrainConfig.from_dict(trained.config["train_config"]).train.ks
-    rows = []
+    rows, counts = [], []
     for split in ("valid", "test"):
-        result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=not args.quiet)
+        result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=not args.quiet, protocol=protocol)
         rows.append((f"model, {split}", result.metrics))
-        rows.append((f"most-popular, {split}", evaluate_popularity(dataset, split=split, ks=ks, progress=False).metrics))
+        popular = evaluate_popularity(dataset, split=split, ks=ks, progress=False, protocol=protocol)
+        rows.append((f"most-popular, {split}", popular.metrics))
+        counts.append(_targets_line(split, result.targets))
     names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
     print(_metrics_table(rows, names))
+    print()
+    print("\n".join(counts))
     if args.ann:
         index = _load_or_build_index(trained, args)
-        relevant, exclude = split_targets(dataset, "test")
+        targets = split_targets(dataset, "test", protocol)
         users = trained.model.user_search_vectors()
         items = trained.model.item_search_vectors()
-        ann = evaluate_ann(index, users, items, relevant, exclude=exclude, ks=ks, progress=not args.quiet)
+        ann = evaluate_ann(index, users, items, targets.relevant, exclude=targets.exclude, ks=ks,
+                           progress=not args.quiet, unreachable=targets.unreachable,
+                           unreachable_users=targets.unreachable_users)
         k = max(ks)
         print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
               f"recall of ANN top-{k} vs exact top-{k}: {ann.extra[f'ann_recall@{k}']:.4f}; "
@@ -260,16 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="TOML file of settings (sections as below)")
     train.add_argument("--out", default="twotower-runs/latest", help="output directory (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch (loss, "
+                       "validation metric, seconds, estimated time left)")
+    train.add_argument("--silent", action="store_true", help="print nothing but errors (results.json has the numbers)")
+    _add_protocol_flag(train)
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="full-ranking metrics of a saved model (valid and test)")
+    evaluate = sub.add_parser("evaluate", help="full-ranking metrics of a saved model (valid and test)",
+                              description="Full-ranking metrics of a saved model on its validation and test "
+                              "splits, next to most-popular, under the protocol it trained with, a preset "
+                              "(--protocol) or single rules (--eval.*; they override the preset).")
     evaluate.add_argument("model_dir", help="a model directory written by `twotower train` (OUT/model)")
     evaluate.add_argument("--data", help="interaction file, when it moved since training (must be the same data)")
     evaluate.add_argument("--ann", action="store_true", help="also evaluate through the HNSW index (recall vs exact, queries/s)")
     evaluate.add_argument("-k", type=int, nargs="+", help="cut-offs K (default: those of training)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_protocol_flag(evaluate)
+    add_config_flags(evaluate, sections=("eval",))
     evaluate.set_defaults(func=cmd_evaluate)
 
     index = sub.add_parser("index", help="build or query the HNSW index of a saved model")
@@ -309,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_data_stats)
     return parser
+
+
+def _add_protocol_flag(parser: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{name} = {text}" for name, text in PRESET_HELP.items())
+    parser.add_argument("--protocol", choices=list(PRESETS), metavar="NAME",
+                        help=f"an evaluation protocol preset, which sets every [eval] rule; --eval.* flags "
+                        f"override it. {presets}")
 
 
 try:

@@ -74,10 +74,11 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, parsed if isinstance(parsed, int) and not isinstance(parsed, bool) else value
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per setting of TrainConfig, grouped by section. Each value is parsed as its
-    annotation says: strings stay strings, `key=value` pairs become a dict, a one-element list for a
-    setting that is a scalar or a sequence (k-core) becomes that scalar."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """Adds one flag per setting of TrainConfig (of `sections` only, when given), grouped by
+    section. Each value is parsed as its annotation says: strings stay strings, `key=value` pairs
+    become a dict, a one-element list for a setting that is a scalar or a sequence (k-core) becomes
+    that scalar."""
     defaults = TrainConfig()
 
     def walk(cls: type, default: Any, prefix: str, group: argparse._ArgumentGroup) -> None:
@@ -108,6 +109,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{dest}", **{k: v for k, v in kwargs.items() if v is not None})
 
     for f in dataclasses.fields(TrainConfig):
+        if sections is not None and f.name not in sections:
+            continue
         cls = NESTED[TrainConfig][f.name]
         group = parser.add_argument_group(f"[{f.name}] settings", (cls.__doc__ or "").strip().splitlines()[0])
         walk(cls, getattr(defaults, f.name), f"{f.name}.", group)

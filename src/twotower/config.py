@@ -2,7 +2,8 @@
 
 Sections and their owners: `data` (where interactions come from; `twotower.data.DataConfig` inside),
 `model` (`ModelConfig`), `loss` (`LossConfig`), `batches` (`BatchConfig`: batch size and negatives),
-`optim` and `train` (defined here). A TOML file has one table per section, e.g.
+`optim` and `train` (defined here), `eval` (`twotower.protocol.EvalConfig`: the evaluation
+protocol). A TOML file has one table per section, e.g.
 
     [data]
     path = "ml-100k/u.data"
@@ -27,6 +28,7 @@ from twotower.batches import BatchConfig
 from twotower.data import DataConfig
 from twotower.losses import IN_BATCH_KINDS, LossConfig
 from twotower.model_config import ModelConfig, TowerConfig
+from twotower.protocol import EvalConfig
 from twotower.setting_types import check_setting
 
 OPTIMIZERS = ("adam", "adamw")
@@ -122,7 +124,14 @@ class LoopConfig:
         num_threads: CPU threads for torch and the scorer. 0: the scorer uses all cores, the
             training step all but one (the batch worker thread has the other).
         seed: seed of model initialisation and dropout (batches use batches.seed).
-        keep_checkpoints: newest checkpoints kept on disk.
+        keep_checkpoints: newest checkpoints kept on disk while training (a finished run keeps
+            the newest only).
+        checkpoint_every: write a checkpoint every this many epochs; the last epoch and an
+            epoch after which early stopping ends the run always get one. A resumed run replays
+            the epochs after its checkpoint, to the same weights.
+        keep_optimizer_state: a finished run's checkpoint keeps the optimizer's moments (to
+            train on from it later); off: they are deleted once the model is saved (a finished
+            model needs none; the checkpoint then only lets `--resume` redo the final evaluation).
         progress: show progress bars.
         fused_step: train an id-only (matrix factorisation) model with a per-row loss through the
             fused table step (`twotower.train_step.TableStep`: the same updates, a 1M-row epoch
@@ -142,6 +151,8 @@ class LoopConfig:
     num_threads: int = 0
     seed: int = 0
     keep_checkpoints: int = 2
+    checkpoint_every: int = 1
+    keep_optimizer_state: bool = False
     progress: bool = True
     fused_step: bool = True
 
@@ -150,6 +161,8 @@ class LoopConfig:
             raise ValueError(f"train.epochs must be >= 1; got {self.epochs}")
         if self.patience < 0 or self.eval_every < 1 or self.hard_mining_every < 1 or self.hard_candidates < 1:
             raise ValueError("train.patience must be >= 0; train.eval_every, hard_mining_every, hard_candidates >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"train.checkpoint_every must be >= 1 (epochs between checkpoints); got {self.checkpoint_every}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"train.ks must be cut-offs >= 1; got {self.ks}")
         name, _, k = self.select_metric.partition("@")
@@ -185,11 +198,13 @@ class TrainConfig:
     batches: BatchConfig = field(default_factory=_default_batches)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.optim.validate()
         self.train.validate()
+        self.eval.validate()
         self._check_negatives()
         if self.train.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}")
@@ -248,7 +263,7 @@ class TrainConfig:
 
 NESTED: dict[type, dict[str, type]] = {
     TrainConfig: {"data": DataSource, "model": ModelConfig, "loss": LossConfig, "batches": BatchConfig,
-                  "optim": OptimConfig, "train": LoopConfig},
+                  "optim": OptimConfig, "train": LoopConfig, "eval": EvalConfig},
     DataSource: {"options": DataConfig},
     ModelConfig: {"user": TowerConfig, "item": TowerConfig},
 }

@@ -1,10 +1,13 @@
 """Full-ranking evaluation: every user against the whole catalogue, seen items excluded.
 
-Protocol (RecBole / LightGCN style): for the validation split, each user's train items are excluded
-and the validation items are the relevant ones; for the test split, train and validation items are
+Protocol (RecBole / LightGCN style; every rule is a setting, `twotower.protocol`): for the
+validation split, each user's train items are excluded and the validation items are the relevant
+ones; for the test split, train and validation items (or train items only, `exclude="train"`) are
 excluded and the test items are relevant. Only users with at least one relevant item are evaluated.
-Rankings come from the exact C++ scorer (`twotower.ExactIndex`), by item id, so ties are broken by
-the lower item id and never inflate a metric. Metric definitions: `twotower.metrics`.
+Targets the model cannot score (user or item without a training row) are dropped, or kept as
+relevant items no ranking hits (`unknown_targets="keep"`). Rankings come from the exact C++ scorer
+(`twotower.ExactIndex`), by item id, so ties are broken by the lower item id and never inflate a
+metric. Metric definitions: `twotower.metrics`.
 
 Every ranker -- the model, the HNSW index, the most-popular and random baselines -- goes through the
 same `evaluate_rankings` loop, so their numbers are comparable.
@@ -20,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +35,7 @@ from tqdm.auto import tqdm
 
 from twotower.data.types import take_rows
 from twotower.metrics import RankingMetrics, hit_matrix, sorted_unique
+from twotower.protocol import EvalConfig
 
 CSRPair = tuple[np.ndarray, np.ndarray]
 # A ranker maps (user codes [b], their exclusion CSR) to top-K item ids [b, K].
@@ -47,6 +52,8 @@ class EvalResult:
         seconds: wall time of ranking + metrics.
         users_per_second: num_users / seconds.
         extra: more numbers (ANN recall, queries/s...).
+        targets: the split's rows and what the protocol made of them (`SplitTargets.counts`), when
+            the evaluation ran on a dataset split.
     """
 
     metrics: dict[str, float]
@@ -54,6 +61,7 @@ class EvalResult:
     seconds: float
     users_per_second: float
     extra: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key] if key in self.metrics else self.extra[key]
@@ -65,6 +73,7 @@ class EvalResult:
             "seconds": self.seconds,
             "users_per_second": self.users_per_second,
             **self.extra,
+            **({"targets": dict(self.targets)} if self.targets else {}),
         }
 
 
@@ -114,6 +123,8 @@ def evaluate_rankings(
     batch_size: int = 2048,
     progress: bool = True,
     desc: str = "evaluate",
+    unreachable: np.ndarray | None = None,
+    unreachable_users: int = 0,
 ) -> EvalResult:
     """Runs `ranker` over users in batches and accumulates the metrics.
 
@@ -123,7 +134,12 @@ def evaluate_rankings(
         num_items: catalogue size.
         ks: cutoffs.
         exclude: optional CSR over all users of the items to leave out of each ranking (seen items).
-        users: user codes to evaluate; default: every user with at least one relevant item.
+        users: user codes to evaluate; default: every user with at least one relevant item
+            (`unreachable` ones included).
+        unreachable: int [num_users] more relevant items per user that no ranking can contain
+            (items unknown to the model): counted in |R|, never hit.
+        unreachable_users: users unknown to the model who have relevant items: each is counted
+            with every metric 0.
         batch_size: users per ranker call.
         progress: show a tqdm bar (per user).
         desc: bar label.
@@ -138,8 +154,12 @@ def evaluate_rankings(
         raise ValueError(
             f"exclude has {len(exclude[0]) - 1} rows but relevant has {num_rows}: both are indexed by user code"
         )
+    if unreachable is not None:
+        unreachable = np.asarray(unreachable, dtype=np.int64)
+        if unreachable.shape != (num_rows,):
+            raise ValueError(f"unreachable must hold one count per user ({num_rows}); got shape {unreachable.shape}")
     if users is None:
-        users = np.flatnonzero(np.diff(relevant[0]) > 0)
+        users = np.flatnonzero((np.diff(relevant[0]) + (0 if unreachable is None else unreachable)) > 0)
     users = np.asarray(users, dtype=np.int64)
     if len(users) and (users.min() < 0 or users.max() >= num_rows):
         raise ValueError(f"users must be codes in [0, {num_rows})")
@@ -157,8 +177,9 @@ def evaluate_rankings(
             rank_seconds += time.perf_counter() - t0
             if ids.shape[0] != len(batch):
                 raise ValueError(f"ranker returned {ids.shape[0]} rows for {len(batch)} users")
-            acc.update(ids, *take_rows(relevant, batch))
+            acc.update(ids, *take_rows(relevant, batch), None if unreachable is None else unreachable[batch])
             bar.update(len(batch))
+    acc.add_unreachable_users(unreachable_users)
     seconds = time.perf_counter() - start
     return EvalResult(
         metrics=acc.result(),
@@ -255,15 +276,96 @@ def ann_ranker(index: Any, user_vectors: np.ndarray, k: int) -> Ranker:
 
 
 # -- entry points -------------------------------------------------------------------------------------
-def split_targets(dataset: Any, split: str) -> tuple[CSRPair, CSRPair]:
-    """(relevant, exclude) CSRs over users for "valid" (exclude train) or "test" (exclude train + valid)."""
+@dataclass(frozen=True)
+class SplitTargets:
+    """What the protocol asks of the rankings of one split.
+
+    Attributes:
+        relevant: CSR [num_users] of each user's targets that the model can rank.
+        exclude: CSR [num_users] of the items left out of each user's ranking.
+        unreachable: int64 [num_users] targets of each user that no ranking can hit (items unknown to
+            training, kept by unknown_targets "keep"); zeros otherwise.
+        unreachable_users: users unknown to training who have targets, counted with zeros ("keep").
+        counts: JSON-ready: the protocol's rules and the split's rows, "rows" in all,
+            "unknown_user_rows" / "unknown_item_rows" (no training row for the user / the item;
+            dropped or kept as `unknown_targets` says), "repeat_targets" (targets the user already
+            has in a left-out split; left out of the ranking or ranked as `repeat_targets` says).
+    """
+
+    relevant: CSRPair
+    exclude: CSRPair
+    unreachable: np.ndarray
+    unreachable_users: int
+    counts: dict[str, Any]
+
+
+def split_targets(dataset: Any, split: str, protocol: EvalConfig | None = None) -> SplitTargets:
+    """The targets of "valid" (train items left out) or "test" (train + valid items left out, or
+    train items only with `protocol.exclude == "train"`) under `protocol` (default: the defaults)."""
+    protocol = protocol or EvalConfig()
+    protocol.validate()
     if split == "valid":
         part, seen = dataset.valid, dataset.train_history
     elif split == "test":
-        part, seen = dataset.test, dataset.train_valid_history
+        part = dataset.test
+        seen = dataset.train_valid_history if protocol.exclude == "train+valid" else dataset.train_history
     else:
         raise ValueError(f"split must be 'valid' or 'test'; got {split!r}")
-    return group_by_user(part.users, part.items, dataset.num_users), csr_pair(seen)
+    relevant = group_by_user(part.users, part.items, dataset.num_users)
+    exclude, repeats = _spare_targets(csr_pair(seen), relevant, dataset.num_items, protocol.repeat_targets == "rank")
+    unknown = getattr(dataset, "unknown_targets", {}).get(split)
+    keep = unknown is not None and protocol.unknown_targets == "keep"
+    counts = {
+        "exclude": protocol.exclude if split == "test" else "train",
+        "unknown_targets": protocol.unknown_targets,
+        "repeat_targets": protocol.repeat_targets,
+        "rows": len(part.users) + (unknown.rows if unknown is not None else 0),
+        "unknown_user_rows": unknown.user_rows if unknown is not None else 0,
+        "unknown_item_rows": unknown.item_rows if unknown is not None else 0,
+        "repeat_target_count": repeats,
+    }
+    return SplitTargets(
+        relevant=relevant,
+        exclude=exclude,
+        unreachable=unknown.per_user if keep else np.zeros(dataset.num_users, dtype=np.int64),
+        unreachable_users=unknown.users if keep else 0,
+        counts=counts,
+    )
+
+
+def _spare_targets(seen: CSRPair, relevant: CSRPair, num_items: int, spare: bool) -> tuple[CSRPair, int]:
+    """(`seen` less each user's relevant items when `spare`, else `seen` itself; how many relevant
+    (user, item) pairs are in `seen`). Both CSRs hold sorted, unique rows."""
+    width = max(int(num_items), 1)
+    seen_rows = np.repeat(np.arange(len(seen[0]) - 1, dtype=np.int64), np.diff(seen[0]))
+    seen_keys = seen_rows * width + seen[1]
+    rel_keys = np.repeat(np.arange(len(relevant[0]) - 1, dtype=np.int64), np.diff(relevant[0])) * width + relevant[1]
+    pos = np.minimum(np.searchsorted(rel_keys, seen_keys), max(len(rel_keys) - 1, 0))
+    in_relevant = rel_keys[pos] == seen_keys if len(rel_keys) else np.zeros(len(seen_keys), dtype=bool)
+    repeats = int(in_relevant.sum())
+    if not spare or repeats == 0:
+        return seen, repeats
+    indptr = np.zeros(len(seen[0]), dtype=np.int64)
+    np.cumsum(np.bincount(seen_rows[~in_relevant], minlength=len(seen[0]) - 1), out=indptr[1:])
+    return (indptr, seen[1][~in_relevant]), repeats
+
+
+def evaluate_targets(ranker: Ranker, targets: SplitTargets, *, num_items: int, ks: Sequence[int], progress: bool,
+                     desc: str, batch_size: int = 2048) -> EvalResult:
+    """`evaluate_rankings` of `ranker` on one split's targets, with their counts attached."""
+    result = evaluate_rankings(
+        ranker,
+        targets.relevant,
+        num_items=num_items,
+        ks=ks,
+        exclude=targets.exclude,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+        unreachable=targets.unreachable,
+        unreachable_users=targets.unreachable_users,
+    )
+    return dataclasses.replace(result, targets=dict(targets.counts))
 
 
 def evaluate_vectors(
@@ -310,59 +412,40 @@ def evaluate_model(
     batch_size: int = 2048,
     num_threads: int | None = None,
     progress: bool = True,
+    protocol: EvalConfig | None = None,
 ) -> EvalResult:
     """Encodes every user and item with `model` (eval mode) and evaluates on `split`.
 
     Args:
         model: a `TwoTowerModel` (anything with `user_search_vectors` / `item_search_vectors`).
         dataset: a `twotower.data.SplitDataset`.
-        split: "valid" (train items excluded) or "test" (train + valid items excluded).
+        split: "valid" (train items excluded) or "test" (train + valid items excluded by default).
+        protocol: the evaluation protocol (`twotower.protocol.EvalConfig`); default: the defaults.
     """
-    relevant, exclude = split_targets(dataset, split)
-    user_vectors, item_vectors = model.user_search_vectors(), model.item_search_vectors()
-    return evaluate_vectors(
-        user_vectors,
-        item_vectors,
-        relevant,
-        exclude=exclude,
-        ks=ks,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        progress=progress,
-    )
+    targets = split_targets(dataset, split, protocol)
+    item_vectors = model.item_search_vectors()
+    ranker = exact_ranker(model.user_search_vectors(), item_vectors, max(ks), num_threads=num_threads)
+    return evaluate_targets(ranker, targets, num_items=len(item_vectors), ks=ks, progress=progress, desc="exact",
+                            batch_size=batch_size)
 
 
 def evaluate_popularity(
-    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), progress: bool = True
-) -> EvalResult:
+    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), progress: bool = True,
+    protocol: EvalConfig | None = None,
+) -> EvalResult:  # fmt: skip
     """Most-popular baseline (train interaction counts) under the same protocol as `evaluate_model`."""
-    relevant, exclude = split_targets(dataset, split)
     counts = np.bincount(np.asarray(dataset.train.items, dtype=np.int64), minlength=dataset.num_items)
-    return evaluate_rankings(
-        popularity_ranker(counts, max(ks)),
-        relevant,
-        num_items=dataset.num_items,
-        ks=ks,
-        exclude=exclude,
-        progress=progress,
-        desc="popular",
-    )
+    return evaluate_targets(popularity_ranker(counts, max(ks)), split_targets(dataset, split, protocol),
+                            num_items=dataset.num_items, ks=ks, progress=progress, desc="popular")
 
 
 def evaluate_random(
-    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), seed: int = 0, progress: bool = True
-) -> EvalResult:
+    dataset: Any, *, split: str = "valid", ks: Sequence[int] = (10, 20, 50), seed: int = 0, progress: bool = True,
+    protocol: EvalConfig | None = None,
+) -> EvalResult:  # fmt: skip
     """Random baseline (seeded) under the same protocol as `evaluate_model`."""
-    relevant, exclude = split_targets(dataset, split)
-    return evaluate_rankings(
-        random_ranker(dataset.num_items, max(ks), seed=seed),
-        relevant,
-        num_items=dataset.num_items,
-        ks=ks,
-        exclude=exclude,
-        progress=progress,
-        desc="random",
-    )
+    return evaluate_targets(random_ranker(dataset.num_items, max(ks), seed=seed), split_targets(dataset, split, protocol),
+                            num_items=dataset.num_items, ks=ks, progress=progress, desc="random")
 
 
 def evaluate_ann(
@@ -377,8 +460,11 @@ def evaluate_ann(
     batch_size: int = 2048,
     num_threads: int | None = None,
     progress: bool = True,
+    unreachable: np.ndarray | None = None,
+    unreachable_users: int = 0,
 ) -> EvalResult:
-    """Metrics through the HNSW index, next to the exact scorer's.
+    """Metrics through the HNSW index, next to the exact scorer's (`unreachable`,
+    `unreachable_users`: see `evaluate_rankings`).
 
     `extra` holds, for K = max(ks): "ann_recall@K" (mean over users of |ANN top-K ∩ exact top-K| /
     |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps" (users ranked per second
@@ -414,6 +500,8 @@ def evaluate_ann(
         "users": users,
         "batch_size": batch_size,
         "progress": progress,
+        "unreachable": unreachable,
+        "unreachable_users": unreachable_users,
     }
     exact_result = evaluate_rankings(exact_recording, relevant, desc="exact", **common)
     result = evaluate_rankings(ann_comparing, relevant, desc="hnsw", **common)

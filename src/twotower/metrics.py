@@ -14,6 +14,9 @@ Definitions (RecBole's, for users with several relevant items). For one user wit
 
 Every metric except coverage is averaged over the users that have at least one relevant item; users
 with none are left out (they carry no signal), as in RecBole. Padding ids (-1) never hit.
+Relevant items that no ranking can contain (an item unknown to the model, `unreachable=`) count in
+|R| and are never hit; a user unknown to the model counts as a user whose every metric is 0
+(`add_unreachable_users`).
 Hits are found for all users at once by binary search on `user * width + item` keys, never by a
 per-user Python loop.
 """
@@ -140,8 +143,14 @@ class RankingMetrics:
         self._sums = {f"{name}@{k}": 0.0 for k in ks for name in METRICS}
         self._seen = {k: np.zeros(num_items, dtype=bool) for k in ks}
 
-    def update(self, topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> None:
+    def update(
+        self, topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray, unreachable: np.ndarray | None = None
+    ) -> None:
         """Adds a batch: top-K ids [b, K >= max(ks)] and the CSR of those users' relevant items.
+
+        Args:
+            unreachable: int [b] more relevant items of each user that the ranking cannot contain:
+                they count in |R| (recall's denominator, the ideal DCG) and are never hit.
 
         Users of the batch with no relevant item are skipped.
         """
@@ -150,6 +159,12 @@ class RankingMetrics:
         if topk_ids.size and topk_ids.max() >= self.num_items:
             raise ValueError(f"top-K ids must be < num_items = {self.num_items}; found {topk_ids.max()}")
         hits, num_relevant = hit_matrix(topk_ids, indptr, indices)
+        if unreachable is not None:
+            unreachable = np.asarray(unreachable, dtype=np.int64)
+            if unreachable.shape != num_relevant.shape or (unreachable.size and unreachable.min() < 0):
+                raise ValueError(f"unreachable must be {num_relevant.shape[0]} counts >= 0, one per user; "
+                                 f"got shape {unreachable.shape}")
+            num_relevant = num_relevant + unreachable
         keep = num_relevant > 0
         hits, num_relevant, topk_ids = hits[keep], num_relevant[keep], topk_ids[keep]
         self.num_users += int(keep.sum())
@@ -158,6 +173,13 @@ class RankingMetrics:
                 self._sums[f"{name}@{k}"] += float(values.sum())
             top = topk_ids[:, :k]
             self._seen[k][top[top >= 0]] = True
+
+    def add_unreachable_users(self, count: int) -> None:
+        """Counts `count` users with relevant items whom no ranking can serve (unknown to the model):
+        each adds 0 to every metric's sum and 1 to the number of users."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0; got {count}")
+        self.num_users += int(count)
 
     def result(self) -> dict[str, float]:
         """Means over the users seen so far ("<metric>@<k>") plus "coverage@<k>"."""

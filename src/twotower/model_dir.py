@@ -63,6 +63,28 @@ def save_model_dir(
     return write_dir_atomic(path, fill)
 
 
+def trained_dataset(trained: TrainedModel, data_path: str | None = None) -> SplitDataset:
+    """The dataset `trained` was trained on, read and split again from its saved settings
+    (`data_path`: the interaction file, when it moved since training).
+
+    Raises:
+        ValueError: the data read is not the data of training (fingerprint mismatch).
+    """
+    from twotower.config import TrainConfig
+    from twotower.datasets import fingerprint, load_dataset
+
+    config = TrainConfig.from_dict(trained.config["train_config"])
+    if data_path:
+        config.data.path = data_path
+    dataset = load_dataset(config.data)
+    if fingerprint(dataset) != trained.config.get("data_fingerprint"):
+        raise ValueError(
+            f"the data ({config.data.path or 'synthetic'}) is not the data {trained.path} was trained on "
+            "(fingerprint mismatch): pass the same file and settings with --data"
+        )
+    return dataset
+
+
 def load_model_dir(path: str | Path) -> TrainedModel:
     """Loads a directory written by `save_model_dir`.
 

@@ -2,9 +2,10 @@
 checkpoints that survive a crash, and `--resume` that continues exactly where a run stopped.
 
 Reads top to bottom: `fit` builds everything from a `TrainConfig`, then runs epochs. Each epoch's
-batches are a pure function of (seed, epoch), the torch RNG is checkpointed at every epoch end, and
-the learning rate is a pure function of the step, so a run killed at any point and resumed from its
-last checkpoint finishes with the same weights as one that was never interrupted.
+batches are a pure function of (seed, epoch), the torch RNG is saved with every checkpoint (at the
+end of every `train.checkpoint_every`-th epoch), and the learning rate is a pure function of the
+step, so a run killed at any point and resumed from its last checkpoint replays the epochs after it
+and finishes with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,22 @@ from tqdm.auto import tqdm
 
 from twotower import __version__
 from twotower.batches import BatchIterator
-from twotower.atomic import remove_stale_temporaries, write_dir_atomic, write_json_atomic, write_text_atomic
-from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from twotower.atomic import (
+    disk_usage,
+    link_if_identical,
+    remove_stale_temporaries,
+    write_dir_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from twotower.checkpoint import (
+    drop_optimizer_state,
+    has_optimizer_state,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
@@ -56,6 +72,7 @@ class TrainResult:
     popularity_valid: EvalResult
     popularity_test: EvalResult
     history: list[dict[str, Any]]
+    disk_bytes: int = 0  # the run directory once finished, hard links counted once
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,13 +99,23 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     return model
 
 
-# Loop settings that do not change what is computed: a resumed run may differ in them.
-_COSMETIC = ("progress", "num_threads", "keep_checkpoints", "fused_step")
+# Settings that do not change what is trained or selected: a resumed run may differ in them.
+# (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
+# validation metric, hence the best epoch and early stopping.)
+_COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
+                       "keep_optimizer_state"), "eval": ("exclude",)}
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
-    train = {k: v for k, v in config.get("train", {}).items() if k not in _COSMETIC}
-    return {**config, "train": train}
+    """The settings a resumed run must share with its checkpoint; a config saved before a section
+    existed reads with that section's defaults."""
+    try:
+        config = TrainConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError):
+        pass  # compared as saved: the comparison then names the difference as different settings
+    config = json.loads(json.dumps(config))  # tuples as lists, as a saved config has them
+    return {**config, **{section: {k: v for k, v in config.get(section, {}).items() if k not in names}
+                         for section, names in _COSMETIC.items()}}
 
 
 def _select(result: EvalResult, metric: str) -> float:
@@ -107,11 +134,15 @@ def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int
     return ids
 
 
-def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False) -> TrainResult:
+def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False,
+        echo: Callable[[str], None] | None = None) -> TrainResult:
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
-    `out_dir` receives `checkpoints/` (one per epoch, newest kept), `model/` (the best epoch on
-    validation, or the last epoch when the data has no validation split: see `twotower.model_dir`), `metrics.jsonl` (one line per epoch), `training.png`.
+    `out_dir` receives `checkpoints/` (every `train.checkpoint_every` epochs; a finished run keeps
+    the newest, without optimizer state unless `train.keep_optimizer_state`), `best/` (the best
+    epoch so far), `model/` (the best epoch on validation, or the last epoch when the data has no
+    validation split: see `twotower.model_dir`; its weights a hard link of `best/`'s),
+    `results.json`, `metrics.jsonl` (one line per epoch), `training.png`.
 
     Args:
         config: every setting (validated here).
@@ -120,6 +151,8 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         resume: continue from the newest checkpoint in `out_dir/checkpoints` (which must come from
             the same config and data). A fresh run first clears an earlier run's `checkpoints/` and
             `best/` there; its `model/` is replaced only once the new one is complete.
+        echo: receives one line per epoch (epoch, loss, validation metric, seconds, estimated time
+            left); default: printed above the progress bars when `train.progress` is on, else nowhere.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the step is named).
@@ -129,8 +162,10 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     device = resolve_device(config.train.device)
     previous = torch.get_num_threads()
     torch.set_num_threads(step_threads(config.train.num_threads, device))
+    if echo is None:
+        echo = tqdm.write if config.train.progress else _silent
     try:
-        return _fit(config, Path(out_dir), device, dataset, resume)
+        return _fit(config, Path(out_dir), device, dataset, resume, echo)
     finally:
         torch.set_num_threads(previous)
 
@@ -147,7 +182,12 @@ def step_threads(num_threads: int, device: torch.device) -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool) -> TrainResult:
+def _silent(line: str) -> None:
+    """An `echo` that shows nothing."""
+
+
+def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool,
+         echo: Callable[[str], None]) -> TrainResult:
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
@@ -180,11 +220,14 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
         if saved.get("data_fingerprint") != data_fp:
             raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-        if _semantic(saved.get("train_config", {})) != _semantic(json.loads(json.dumps(config.to_dict()))):
+        if _semantic(saved.get("train_config", {})) != _semantic(config.to_dict()):
             raise ValueError(f"--resume: {last} was written with different settings; resume with the same config")
         state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, best_epoch, stale, history = state["best"], state["best_epoch"], state["stale"], state["history"]
+        if not has_optimizer_state(last) and start_epoch < loop.epochs and not stale >= loop.patience > 0:
+            raise ValueError(f"--resume: {last} holds no optimizer state (deleted when its run finished, as "
+                             "train.keep_optimizer_state was off), so training cannot go on from it")
         batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
         if "candidates" in arrays:
             candidates = arrays["candidates"]
@@ -204,9 +247,11 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     # Without a validation split there is nothing to select on: every epoch is kept as the newest
     # (no early stopping) and the model is the last epoch's.
     selects = len(dataset.valid.users) > 0
+    run_started = time.perf_counter()
     for epoch in range(start_epoch, loop.epochs):
         if stale >= loop.patience > 0:
             break
+        epoch_started = time.perf_counter()
         if config.batches.negative_kind == "hard" and epoch > 0 and epoch % loop.hard_mining_every == 0:
             candidates = _mine_hard_negatives(model, dataset, loop.hard_candidates, threads)
             batches.set_candidates(candidates)
@@ -242,7 +287,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                                   "samples_per_s": seen / seconds, "epoch_seconds": seconds}
         if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs:
             model.eval()
-            valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads, progress=False)
+            valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads, progress=False,
+                                   protocol=config.eval)
             record["valid"] = valid.metrics
             score = _select(valid, loop.select_metric)
             if not selects:
@@ -256,17 +302,43 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         history.append(record)
         with metrics_log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if loop.progress:
-            shown = f" valid {loop.select_metric} {record['valid'][loop.select_metric]:.4f}" if "valid" in record else ""
-            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s{shown}")
-        arrays = {f"batches.{k}": v for k, v in batches.state_dict().items()}
-        if candidates is not None:
-            arrays["candidates"] = candidates
-        save_checkpoint(checkpoint_root, f"epoch-{epoch + 1:04d}", model=model, config=saved_config, loss_fn=loss_fn,
-                        optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints, extra_files=vocab_files,
-                        trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
-                                       "stale": stale, "history": history})
+        stopping = stale >= loop.patience > 0
+        if (epoch + 1) % loop.checkpoint_every == 0 or epoch + 1 == loop.epochs or stopping:
+            arrays = {f"batches.{k}": v for k, v in batches.state_dict().items()}
+            if candidates is not None:
+                arrays["candidates"] = candidates
+            save_checkpoint(checkpoint_root, f"epoch-{epoch + 1:04d}", model=model, config=saved_config,
+                            loss_fn=loss_fn, optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints,
+                            extra_files=vocab_files,
+                            trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
+                                           "stale": stale, "history": history})
+        mean_seconds = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
+        echo(epoch_line(record, loop.epochs, loop.select_metric, time.perf_counter() - epoch_started,
+                        None if stopping else mean_seconds * (loop.epochs - epoch - 1)))
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
+
+
+def epoch_line(record: dict[str, Any], epochs: int, metric: str, seconds: float, left: float | None) -> str:
+    """One line about a finished epoch: "epoch 7/30: loss 0.4321, valid ndcg@10 0.2345, 25.1 s,
+    ~9 min 35 s left" (`seconds`: the epoch with its evaluation and checkpoint; `left`: the time the
+    remaining epochs should take, None when early stopping ends the run here)."""
+    parts = [f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}"]
+    if "valid" in record:
+        parts.append(f"valid {metric} {record['valid'][metric]:.4f}")
+    parts.append(f"{seconds:.1f} s")
+    if record["epoch"] < epochs:
+        parts.append("early stop" if left is None else f"~{duration(left)} left")
+    return ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: "45 s", "12 min 5 s", "2 h 3 min"."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def _save_best(best_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, saved_config: dict[str, Any]) -> None:
@@ -300,7 +372,8 @@ def _last_good(checkpoint_root: Path) -> str:
 def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, dataset: SplitDataset,
             saved_config: dict[str, Any], best_epoch: int, history: list[dict[str, Any]], threads: int | None) -> TrainResult:
     """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
-    the model directory and the plot."""
+    the model directory and the plot, then leaves the run directory as small as a finished run can
+    be (`_settle`)."""
     from safetensors.torch import load_file
 
     loop = config.train
@@ -311,7 +384,7 @@ def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: t
         _set_temperature(model, loss_fn.temperature)
     temperature = float(model.temperature)
     model.eval()
-    kwargs = {"ks": loop.ks, "progress": False}
+    kwargs = {"ks": loop.ks, "progress": False, "protocol": config.eval}
     valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
     test = evaluate_model(model, dataset, split="test", num_threads=threads, **kwargs)
     pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
@@ -322,10 +395,34 @@ def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: t
         "valid": valid.to_dict(),
         "test": test.to_dict(),
         "popularity": {"valid": pop_valid.to_dict(), "test": pop_test.to_dict()},
+        "protocol": dataclasses.asdict(config.eval),
         "data": {"users": dataset.num_users, "items": dataset.num_items, "train": len(dataset.train.users),
-                 "valid": len(dataset.valid.users), "test": len(dataset.test.users)},
+                 "valid": len(dataset.valid.users), "test": len(dataset.test.users),
+                 **{key: dataset.stats[key] for key in _LEFT_OUT if key in dataset.stats}},
     }
     model_dir = save_model_dir(out_dir / MODEL, model, dataset, saved_config, results)
     write_json_atomic(out_dir / "results.json", results)
     plot_training(history, out_dir / "training.png", select_metric=loop.select_metric)
-    return TrainResult(model_dir, best_epoch, valid, test, pop_valid, pop_test, history)
+    _settle(out_dir, keep_optimizer_state=loop.keep_optimizer_state)
+    return TrainResult(model_dir, best_epoch, valid, test, pop_valid, pop_test, history, disk_usage(out_dir))
+
+
+# What the data layer left out and why, copied into results.json.
+_LEFT_OUT = ("rows_skipped", "non_positive_rows", "duplicates_removed", "kcore_rows_removed", "unknown_targets")
+
+
+def _settle(out_dir: Path, *, keep_optimizer_state: bool) -> None:
+    """A finished run keeps one copy of each weight file and no state it no longer needs: `model/`
+    and the newest checkpoint share `best/`'s weights where they are the same bytes (hard links),
+    older checkpoints go, and the optimizer's moments go unless `keep_optimizer_state`. The
+    checkpoint left still lets `--resume` redo the final evaluation."""
+    best_weights = out_dir / "best" / "model.safetensors"
+    link_if_identical(best_weights, out_dir / MODEL / "model.safetensors")
+    checkpoint_root = out_dir / CHECKPOINTS
+    prune_checkpoints(checkpoint_root, keep=1)
+    newest = latest_checkpoint(checkpoint_root)
+    if newest is None:
+        return
+    if not keep_optimizer_state:
+        drop_optimizer_state(newest)
+    link_if_identical(best_weights, newest / "model.safetensors")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 
+from twotower import __version__
 from twotower.cli import main
 from twotower.cli_options import HIDDEN
 from twotower.config import NESTED, TrainConfig
@@ -116,6 +118,9 @@ def test_config_file_and_flags_compose(tmp_path, monkeypatch):
         (["train", "--train.epochs", "abc"], "train.epochs must be an integer; got 'abc'"),
         (["train", "--batches.batch_size", "12.5"], "batches.batch_size must be an integer; got 12.5"),
         (["train", "--optim.lr", "fast"], "optim.lr must be a number; got 'fast'"),
+        (["train", "--eval.unknown_targets", "maybe"], "eval.unknown_targets must be one of 'drop', 'keep'; got 'maybe'"),
+        (["train", "--eval.exclude", "valid"], "eval.exclude must be one of 'train+valid', 'train'; got 'valid'"),
+        (["train", "--train.checkpoint_every", "0"], "train.checkpoint_every must be >= 1"),
         (["evaluate", "no/such/dir"], "model directory no/such/dir does not exist"),
         (["data", "stats", "missing.tsv"], "missing.tsv does not exist"),
     ],
@@ -283,3 +288,76 @@ def test_a_fixed_temperature_below_the_learned_clamp_is_used_as_given(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *TINY, "--train.epochs", "1", "--loss.temperature", "0.005"]) == 0
     assert float(load_model_dir(out / "model").model.temperature) == pytest.approx(0.005, rel=1e-5)
+
+
+def test_quiet_prints_the_opening_and_one_line_per_epoch_and_silent_nothing(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "quiet"), *TINY[:-4], "--train.epochs", "2", "--train.num_threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"twotower {__version__}: training -> {tmp_path / 'quiet'}"
+    assert lines[1] == "  inputs: built-in synthetic dataset (300 users, 200 items)"
+    assert re.fullmatch(r"  data: 300 users, 200 items; rows: train [\d,]+, valid \d+, test \d+", lines[2])
+    assert lines[3] == "  left out: nothing"
+    assert re.fullmatch(r"epoch 1/2: loss \d+\.\d{4}, valid ndcg@10 \d\.\d{4}, \d+\.\d s, ~\d+ s left", lines[4])
+    assert re.fullmatch(r"epoch 2/2: loss \d+\.\d{4}, valid ndcg@10 \d\.\d{4}, \d+\.\d s", lines[5])
+    assert re.fullmatch(r"run directory: \d+\.\d MB on disk .*", lines[-1])
+    assert main(["train", "--silent", "--out", str(tmp_path / "silent"), *TINY[:-4], "--train.epochs", "2", "--train.num_threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert (tmp_path / "silent" / "results.json").is_file()
+
+
+def _given_split(tmp_path):
+    """Train / valid / test files of the synthetic data; test also holds a row of an item no train
+    row has (item 99999) and two rows of a user without train rows (user 88888)."""
+    from twotower.data import generate
+
+    table = generate(200, 120, interactions_per_user=12, seed=1)
+    users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
+    part = np.arange(len(users)) % 10
+    paths = {}
+    extra = f"{users[0]},99999\n88888,{items[0]}\n88888,{items[1]}\n"
+    for name, rows, extra in (("train", part < 8, ""), ("valid", part == 8, ""), ("test", part == 9, extra)):
+        paths[name] = tmp_path / f"{name}.csv"
+        paths[name].write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users[rows], items[rows])) + extra)
+    return paths
+
+
+def test_the_opening_names_every_input_and_the_rows_left_out_and_results_count_them(tmp_path, capsys):
+    paths = _given_split(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data.path", str(paths["train"]), "--data.valid", str(paths["valid"]),
+                 "--data.test", str(paths["test"]), "--quiet", "--model.embedding_dim", "16", *TINY[9:13],
+                 "--train.epochs", "2", "--train.num_threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"  inputs: train {paths['train']}, valid {paths['valid']}, test {paths['test']}" in text
+    assert ("left out: 2 test rows of 1 user without train rows; 1 test rows whose item has no train row "
+            "(eval.unknown_targets drop: not in the metrics)") in text
+    assert "test: " in text and "1 with an item and 2 with a user unknown to training (eval.unknown_targets drop)" in text
+    targets = json.loads((out / "results.json").read_text())["test"]["targets"]
+    assert (targets["unknown_item_rows"], targets["unknown_user_rows"], targets["unknown_targets"]) == (1, 2, "drop")
+    # Kept, the three rows count: one more user (88888, with zeros) and one more target of user 0.
+    def test_recall(*flags):
+        assert main(["evaluate", str(out / "model"), "--quiet", *flags]) == 0
+        printed = capsys.readouterr().out
+        return float(next(line for line in printed.splitlines() if line.startswith("model, test")).split()[3]), printed
+
+    dropped, _ = test_recall()
+    kept, printed = test_recall("--eval.unknown_targets", "keep")
+    assert "(eval.unknown_targets keep)" in printed and 0 < kept < dropped
+
+
+def test_evaluate_takes_a_protocol_preset_and_single_rules_over_it(trained, capsys):
+    def test_row(*flags):
+        assert main(["evaluate", str(trained / "model"), "--quiet", *flags]) == 0
+        out = capsys.readouterr().out
+        return next(line for line in out.splitlines() if line.startswith("model, test")), out
+
+    default, _ = test_row()
+    train_only, out = test_row("--protocol", "lightgcn++")
+    assert "test: " in out and "ranked without each user's train items" in out
+    assert train_only != default  # valid items stay rankable: another ranking
+    # The synthetic split has no unknown or repeat targets: lightgcn++ differs from the default in exclude only.
+    assert test_row("--protocol", "lightgcn++", "--eval.exclude", "train+valid")[0] == default
+    assert test_row("--eval.exclude", "train")[0] == train_only
+    assert main(["evaluate", str(trained / "model"), "--eval.repeat_targets", "twice"]) == 2
+    assert "eval.repeat_targets must be one of 'exclude', 'rank'; got 'twice'" in capsys.readouterr().err

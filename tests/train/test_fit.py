@@ -10,15 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import twotower.train as train_module
 import twotower.train_step as train_step_module
-from twotower.checkpoint import latest_checkpoint
+from twotower.atomic import disk_usage
+from twotower.checkpoint import drop_optimizer_state, has_optimizer_state, latest_checkpoint
 from twotower.model_dir import load_model_dir
-from twotower.train import TrainingDiverged, fit
+from twotower.train import TrainingDiverged, duration, epoch_line, fit
 
 from .conftest import tiny_config
 
@@ -77,20 +79,20 @@ RUN = """
 import dataclasses, sys
 from twotower.train import fit
 from tests.train.conftest import tiny_config
-config = tiny_config(epochs=4)
+config = tiny_config(epochs=4, checkpoint_every=int(sys.argv[2]))
 config.data.synthetic_users = 1500
 config.data.synthetic_interactions_per_user = 30
 config.batches = dataclasses.replace(config.batches, batch_size=128)
 config.model.user.dropout = 0.1
 config.model.user.hidden_dims = [32]
-result = fit(config, sys.argv[1], resume=len(sys.argv) > 2)
+result = fit(config, sys.argv[1], resume=len(sys.argv) > 3)
 print("RESULT", result.test.metrics["ndcg@10"], result.valid.metrics["ndcg@10"], result.best_epoch)
 """
 
 
-def _run(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen | str:
+def _run(out: Path, *extra: str, every: int = 1, wait: bool = True) -> subprocess.Popen | str:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", RUN, str(out), *extra], cwd=root, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(out), str(every), *extra], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # cpu_loss_path removed TRITON_INTERPRET
     if not wait:
         return proc
@@ -121,14 +123,140 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_resume_between_sparse_checkpoints_replays_to_the_same_weights(tmp_path):
+    """With a checkpoint every 2 epochs, a run SIGKILLed after logging epoch 3 (whose checkpoint was
+    never written) resumes from epoch 2, replays epoch 3 and ends with the same bytes of weights as
+    a run that was never interrupted."""
+    from safetensors.numpy import load_file
+
+    reference = _run(tmp_path / "straight", every=2)
+    killed = tmp_path / "killed"
+    proc = _run(killed, every=2, wait=False)
+    log = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(killed / "checkpoints").name == "epoch-0002", "the kill came too late to test resuming"
+    assert not (killed / "model").exists()
+    assert _run(killed, "--resume", every=2) == reference
+    want = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    got = load_file(str(killed / "model" / "model.safetensors"))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_checkpoints_every_n_epochs_at_the_last_and_at_an_early_stop(tmp_path, monkeypatch):
+    written, real = [], train_module.save_checkpoint
+
+    def recording(root, name, **kwargs):
+        written.append(name)
+        return real(root, name, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
+    fit(tiny_config(epochs=5, checkpoint_every=2), tmp_path / "every2")
+    assert written == ["epoch-0002", "epoch-0004", "epoch-0005"]
+    written.clear()
+    config = tiny_config(epochs=30, patience=1, checkpoint_every=100)
+    config.optim.lr = 1e-6  # nothing improves after the first evaluation: stops after epoch 2
+    result = fit(config, tmp_path / "stopped")
+    assert written == [f"epoch-{len(result.history):04d}"] and len(result.history) < 30
+
+
+@pytest.mark.parametrize("keep_optimizer_state", [False, True])
+def test_a_finished_run_keeps_one_copy_of_the_weights(tmp_path, keep_optimizer_state):
+    """best/, model/ and the one checkpoint left share a single weights file (hard links) when they
+    hold the same epoch; the optimizer's moments stay only when asked for."""
+    result = fit(tiny_config(epochs=2, keep_optimizer_state=keep_optimizer_state), tmp_path)
+    assert result.best_epoch == 2  # the last epoch: best/, model/ and the checkpoint hold the same weights
+    best, model = tmp_path / "best" / "model.safetensors", tmp_path / "model" / "model.safetensors"
+    [checkpoint] = (tmp_path / "checkpoints").glob("epoch-*")
+    assert os.path.samefile(best, model) and os.path.samefile(best, checkpoint / "model.safetensors")
+    assert has_optimizer_state(checkpoint) == keep_optimizer_state
+    assert (checkpoint / "optimizer.json").is_file() == keep_optimizer_state
+    assert result.disk_bytes == disk_usage(tmp_path)
+    assert result.disk_bytes == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) - 2 * best.stat().st_size
+    load_model_dir(tmp_path / "model")  # still a complete, loadable model directory
+
+
+def test_a_finished_run_resumes_to_the_same_results_without_optimizer_state(tmp_path):
+    config = tiny_config(epochs=2)
+    first = fit(config, tmp_path)
+    again = fit(config, tmp_path, resume=True)  # nothing left to train: the final evaluation again
+    assert again.test.metrics == first.test.metrics and again.best_epoch == first.best_epoch
+
+
+def test_resume_refuses_to_train_on_without_optimizer_state(tmp_path, monkeypatch):
+    config = tiny_config(epochs=2)
+    real = train_module.save_checkpoint
+
+    def crash(root, name, **kwargs):
+        if name == "epoch-0002":
+            raise KeyboardInterrupt
+        return real(root, name, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path)
+    drop_optimizer_state(latest_checkpoint(tmp_path / "checkpoints"))
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    with pytest.raises(ValueError, match="epoch-0001 holds no optimizer state"):
+        fit(config, tmp_path, resume=True)
+
+
 def test_resume_refuses_other_settings(tmp_path):
     config = tiny_config(epochs=1)
     fit(config, tmp_path)
     config.train.progress = True  # cosmetic: allowed to differ
+    config.train.checkpoint_every = 3
+    config.eval.exclude = "train"  # the test ranking only
     fit(config, tmp_path, resume=True)
+    config.eval.unknown_targets = "keep"  # changes the validation metric, hence the best epoch
+    with pytest.raises(ValueError, match="different settings"):
+        fit(config, tmp_path, resume=True)
+    config.eval.unknown_targets = "drop"
     config.optim.lr = 0.1
     with pytest.raises(ValueError, match="different settings"):
         fit(config, tmp_path, resume=True)
+
+
+def test_resume_takes_a_checkpoint_saved_before_the_eval_section(tmp_path):
+    config = tiny_config(epochs=1)
+    fit(config, tmp_path)
+    saved = latest_checkpoint(tmp_path / "checkpoints") / "config.json"
+    older = json.loads(saved.read_text())
+    del older["train_config"]["eval"]
+    for name in ("checkpoint_every", "keep_optimizer_state"):
+        del older["train_config"]["train"][name]
+    saved.write_text(json.dumps(older))
+    fit(config, tmp_path, resume=True)
+
+
+def test_the_epoch_line_says_where_the_run_is_and_how_long_it_has_left():
+    record = {"epoch": 7, "train_loss": 0.43211, "valid": {"ndcg@10": 0.23456}}
+    assert epoch_line(record, 30, "ndcg@10", 25.06, 575.0) == "epoch 7/30: loss 0.4321, valid ndcg@10 0.2346, 25.1 s, ~9 min 35 s left"
+    assert epoch_line(record, 30, "ndcg@10", 25.06, None).endswith("25.1 s, early stop")
+    assert epoch_line({**record, "epoch": 30}, 30, "ndcg@10", 1.0, 0.0).endswith("1.0 s")
+    assert epoch_line({"epoch": 1, "train_loss": 1.0}, 2, "ndcg@10", 2.0, 2.0) == "epoch 1/2: loss 1.0000, 2.0 s, ~2 s left"
+    assert (duration(44.6), duration(725), duration(7380)) == ("45 s", "12 min 5 s", "2 h 3 min")
+
+
+def test_the_time_left_is_the_mean_epoch_so_far_times_the_epochs_left(tmp_path, monkeypatch):
+    clock = iter(range(0, 1_000_000, 5))  # the trainer's clock advances 5 s at every reading
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    lines = []
+    fit(tiny_config(epochs=3), tmp_path, echo=lines.append)
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3: loss ") and lines[2].startswith("epoch 3/3: ")
+    seconds = [float(line.split(", ")[2].removesuffix(" s")) for line in lines]
+    assert seconds[0] > 5  # batches, evaluation and checkpoint all read the clock
+    # After epoch 1 the mean epoch is that epoch (the run's clock starts one reading before it, and
+    # the line's duration is read one reading after the mean's): 2 epochs left.
+    assert lines[0].endswith(f"~{duration(2 * seconds[0])} left")
+    assert "left" not in lines[2]
 
 
 def test_mixed_loss_gets_expected_count_corrections():
@@ -346,16 +474,20 @@ def test_a_crash_while_checkpointing_leaves_a_log_and_directory_that_resume_mend
 def test_the_saved_model_carries_the_best_epochs_learned_temperature(tmp_path, monkeypatch):
     """With a learned temperature the best epoch's weights come with that epoch's temperature, not the
     last epoch's; the saved model's config states the temperature it trained with."""
-    from safetensors.torch import load_file
-
-    config = tiny_config(epochs=3, keep_checkpoints=3, patience=0)
+    config = tiny_config(epochs=3, patience=0)
     config.loss = dataclasses.replace(config.loss, learn_temperature=True)
     scores = iter([0.3, 0.2, 0.1])  # epoch 1 is the best on validation
     monkeypatch.setattr(train_module, "_select", lambda result, metric: next(scores))
+    temperatures, real = [], train_module.save_checkpoint
+
+    def recording(root, name, **kwargs):
+        temperatures.append(float(kwargs["loss_fn"].temperature.detach()))  # what each epoch's checkpoint holds
+        return real(root, name, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
     result = fit(config, tmp_path)
     assert result.best_epoch == 1
-    per_epoch = [float(load_file(str(tmp_path / "checkpoints" / f"epoch-000{e}" / "loss.safetensors"))["log_temperature"]
-                       .exp()) for e in (1, 3)]
+    per_epoch = [temperatures[0], temperatures[2]]
     assert abs(per_epoch[0] - per_epoch[1]) > 1e-4  # it did move
     saved = load_model_dir(tmp_path / "model")
     assert float(saved.model.temperature) == pytest.approx(per_epoch[0], rel=1e-6)
@@ -423,4 +555,4 @@ def test_a_fresh_run_never_takes_an_earlier_runs_weights(tmp_path):
     assert result.best_epoch == 3 and len(result.history) == 3  # no early stop on a metric that does not exist
     saved = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert saved["item_tower.id_embedding.weight"].shape[0] != earlier["item_tower.id_embedding.weight"].shape[0]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0002", "epoch-0003"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0003"]  # a finished run keeps one

@@ -23,9 +23,9 @@ from twotower.data.features import (
 from twotower.data.filters import dedupe, kcore, select_positives
 from twotower.data.io import FORMATS, InteractionTable, detect_format, from_table, read_interactions
 from twotower.data.split import assemble, leave_last_out, ratio_split, time_split
-from twotower.data.stats import describe, format_stats, gini
+from twotower.data.stats import describe, format_stats, gini, split_summary
 from twotower.data.synthetic import SyntheticTruth, generate, generate_with_truth
-from twotower.data.types import CSR, DataError, FeatureTable, Interactions, SplitDataset
+from twotower.data.types import CSR, DataError, FeatureTable, Interactions, SplitDataset, UnknownTargets
 from twotower.data.vocab import Vocabulary, encode_ids
 
 load = build_dataset  # the contract's other name for the one-call builder
@@ -44,6 +44,7 @@ __all__ = [
     "ReadReport",
     "SplitDataset",
     "SyntheticTruth",
+    "UnknownTargets",
     "Vocabulary",
     "assemble",
     "build_dataset",
@@ -69,5 +70,6 @@ __all__ = [
     "ratio_split",
     "read_interactions",
     "select_positives",
+    "split_summary",
     "time_split",
 ]

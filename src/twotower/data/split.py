@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from twotower.data.filters import compact
-from twotower.data.types import CSR, DataError, Interactions, SplitDataset
+from twotower.data.types import CSR, DataError, Interactions, SplitDataset, UnknownTargets, sorted_unique
 from twotower.data.vocab import Vocabulary
 from twotower.kernels.grouping import stable_group_order
 
@@ -130,8 +130,9 @@ def assemble(
     require_valid: bool = True,
     stats: dict[str, Any] | None = None,
 ) -> SplitDataset:
-    """Builds the SplitDataset from assigned rows: drops cold-start validation / test rows, renumbers
-    users and items to those with training rows, and builds the train and train+valid histories.
+    """Builds the SplitDataset from assigned rows: drops cold-start validation / test rows (counted
+    per split in `unknown_targets`), renumbers users and items to those with training rows, and
+    builds the train and train+valid histories.
 
     Raises:
         DataError: train or test (or validation, when `require_valid`) ends up empty.
@@ -149,9 +150,13 @@ def assemble(
     stats["cold_start_items"] = int(np.count_nonzero(np.bincount(inter.items[cold_i], minlength=1)))
     stats["cold_start_rows_dropped"] = int((cold_u | cold_i).sum())
     keep = ~(cold_u | cold_i)
+    held_inter, held_assignment = inter, assignment
     inter, assignment = inter.take(keep), assignment[keep]
     is_train = assignment == TRAIN
     users, old_users = compact(inter.users, len(user_vocab))
+    unknown = _unknown_targets(held_inter, held_assignment, cold_u, cold_i, old_users, len(user_vocab), len(item_vocab))
+    stats["unknown_targets"] = {name: {"user_rows": u.user_rows, "item_rows": u.item_rows, "users": u.users}
+                                for name, u in unknown.items()}
     items, old_items = compact(inter.items, len(item_vocab))
     inter = Interactions(users, items, inter.timestamps)
     parts = {name: inter.take(assignment == code) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
@@ -177,4 +182,23 @@ def assemble(
             np.concatenate([train.users, valid.users]), np.concatenate([train.items, valid.items]), nu
         ),
         stats=stats,
+        unknown_targets=unknown,
     )
+
+
+def _unknown_targets(inter: Interactions, assignment: np.ndarray, cold_u: np.ndarray, cold_i: np.ndarray,
+                     old_users: np.ndarray, vocab_users: int, vocab_items: int) -> dict[str, UnknownTargets]:
+    """Per held-out split, the rows left out for an unknown user or item, with each known user's
+    count of distinct unknown items (in the renumbered codes `old_users` defines)."""
+    new_code = np.full(vocab_users, -1, dtype=np.int64)
+    new_code[old_users] = np.arange(len(old_users))
+    out = {}
+    for name, code in (("valid", VALID), ("test", TEST)):
+        in_split = assignment == code
+        by_user = in_split & cold_u
+        by_item = in_split & ~cold_u & cold_i
+        pairs = sorted_unique(inter.users[by_item].astype(np.int64) * vocab_items + inter.items[by_item])
+        per_user = np.bincount(new_code[pairs // vocab_items], minlength=len(old_users)).astype(np.int64)
+        users = len(sorted_unique(inter.users[by_user]))
+        out[name] = UnknownTargets(per_user, users, int(by_user.sum()), int(by_item.sum()))
+    return out

@@ -103,6 +103,41 @@ def describe(data: EncodedInteractions | SplitDataset | str | os.PathLike | pa.T
     return out
 
 
+def split_summary(dataset: SplitDataset, unknown_note: str = "") -> list[str]:
+    """Two lines for the opening of a run: the split sizes, then every row the data layer left out
+    and why (malformed, not positive, duplicate, k-core, valid / test rows of a user or an item
+    without train rows, followed by `unknown_note`: what evaluation does with those).
+
+    Example:
+        >>> from twotower.data import build_dataset, generate
+        >>> split_summary(build_dataset(generate(100, 80, interactions_per_user=10)))[0]
+        'data: 100 users, 80 items; rows: train 889, valid 116, test 116'
+    """
+    stats = dataset.stats
+    reasons = []
+    for part, report in stats.get("sources", {}).items():
+        if report["rows_skipped"]:
+            why = ", ".join(f"{reason} {count:,}" for reason, count in report["reasons"].items())
+            reasons.append(f"{report['rows_skipped']:,} malformed {part} rows ({why})")
+    for key, text in (("non_positive_rows", "rows not positive (data.options.feedback)"),
+                      ("duplicates_removed", "duplicate (user, item) rows"),
+                      ("kcore_rows_removed", "train rows below the k-core")):
+        if stats.get(key):
+            reasons.append(f"{stats[key]:,} {text}")
+    unknown = []
+    for split, targets in dataset.unknown_targets.items():
+        if targets.user_rows:
+            users = f"{targets.users:,} user{'s' if targets.users > 1 else ''}"
+            unknown.append(f"{targets.user_rows:,} {split} rows of {users} without train rows")
+        if targets.item_rows:
+            unknown.append(f"{targets.item_rows:,} {split} rows whose item has no train row")
+    if unknown:
+        reasons.append("; ".join(unknown) + (f" ({unknown_note})" if unknown_note else ""))
+    sizes = (f"{dataset.num_users:,} users, {dataset.num_items:,} items; rows: train {len(dataset.train):,}, "
+             f"valid {len(dataset.valid):,}, test {len(dataset.test):,}")
+    return [f"data: {sizes}", "left out: " + ("; ".join(reasons) if reasons else "nothing")]
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     """A readable multi-line rendering of `describe` output."""
     lines = []

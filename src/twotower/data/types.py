@@ -158,18 +158,45 @@ class FeatureTable:
 
 
 @dataclass(frozen=True)
+class UnknownTargets:
+    """Validation or test rows the model cannot score, because their user or their item has no
+    training row; the dataset leaves them out of its splits and keeps their count here, so that an
+    evaluation protocol can still count them as targets no ranking can hit.
+
+    Attributes:
+        per_user: int64 [num_users] distinct items unknown to training among each known user's rows.
+        users: distinct users with rows of this split but no training row.
+        user_rows: rows whose user has no training row.
+        item_rows: rows of a known user whose item has no training row.
+    """
+
+    per_user: np.ndarray
+    users: int
+    user_rows: int
+    item_rows: int
+
+    @property
+    def rows(self) -> int:
+        """Every row left out of the split for an unknown user or item."""
+        return self.user_rows + self.item_rows
+
+
+@dataclass(frozen=True)
 class SplitDataset:
     """Train / validation / test interactions over one shared encoding, with the histories that
     evaluation excludes and samplers treat as positives.
 
     Every user and item code has at least one training interaction (validation and test rows of
-    users or items unseen in training are dropped and counted in `stats` as cold start).
+    users or items unseen in training are left out of `valid` / `test`, counted in `stats` as cold
+    start and per split in `unknown_targets`).
 
     Attributes:
         train_history: [num_users] rows, each user's train items (sorted, unique): the exclusion list
             when ranking for validation, and the positives of negative samplers.
         train_valid_history: train + validation items: the exclusion list when ranking for test.
         stats: counts from reading and filtering (rows read / skipped, k-core removals, cold start).
+        unknown_targets: "valid" / "test" -> the rows of that split left out for an unknown user
+            or item (empty for a dataset built by hand).
     """
 
     num_users: int
@@ -184,6 +211,7 @@ class SplitDataset:
     user_features: FeatureTable | None = None
     item_features: FeatureTable | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    unknown_targets: dict[str, UnknownTargets] = field(default_factory=dict)
 
     def item_counts(self) -> np.ndarray:
         """int64 [num_items] training interactions per item (popularity, e.g. for alias samplers)."""
