@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int
     return ids
 
 
-def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False) -> TrainResult:
+def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
     `out_dir` receives `checkpoints/` (one per epoch, newest kept), `model/` (the best epoch on
@@ -120,6 +122,11 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         resume: continue from the newest checkpoint in `out_dir/checkpoints` (which must come from
             the same config and data). A fresh run first clears an earlier run's `checkpoints/` and
             `best/` there; its `model/` is replaced only once the new one is complete.
+        on_epoch: called with each epoch's record (the line of `metrics.jsonl`: "epoch", "train_loss",
+            "valid" metrics when that epoch was evaluated, ...) once the epoch is logged and
+            checkpointed. An exception it raises (e.g. Optuna's `TrialPruned`, see `twotower.tune`)
+            propagates out of `fit` and leaves `out_dir` as a run interrupted after that epoch:
+            consistent, and resumable with `resume=True`.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the step is named).
@@ -130,7 +137,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     previous = torch.get_num_threads()
     torch.set_num_threads(step_threads(config.train.num_threads, device))
     try:
-        return _fit(config, Path(out_dir), device, dataset, resume)
+        return _fit(config, Path(out_dir), device, dataset, resume, on_epoch)
     finally:
         torch.set_num_threads(previous)
 
@@ -147,7 +154,8 @@ def step_threads(num_threads: int, device: torch.device) -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool) -> TrainResult:
+def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool,
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
@@ -266,6 +274,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                         optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints, extra_files=vocab_files,
                         trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
                                        "stale": stale, "history": history})
+        if on_epoch is not None:
+            on_epoch(record)
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
 
 
