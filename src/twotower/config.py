@@ -291,6 +291,15 @@ NESTED: dict[type, dict[str, type]] = {
 }
 
 
+def setting_names(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """The dotted names of every setting below `cls` ("optim.lr", "model.user.dropout", ...)."""
+    names = []
+    for f in dataclasses.fields(cls):
+        nested = NESTED.get(cls, {}).get(f.name)
+        names += setting_names(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
+    return names
+
+
 def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any:
     """`cls` from the settings in `data`; those it lacks come from `base` (an instance) when given."""
     if not isinstance(data, dict):

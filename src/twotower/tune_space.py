@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from twotower.cli_options import HIDDEN, merge
-from twotower.config import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml
+from twotower.config import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml, setting_names
 from twotower.setting_types import check_setting, union_members
 
 __all__ = ["Param", "TuneConfig", "default_space", "read_tune", "trial_config"]
@@ -199,15 +199,6 @@ def trial_config(base: TrainConfig, params: dict[str, Any], metric: str) -> Trai
     config = TrainConfig.from_dict(merge(base.to_dict(), changes))
     config.validate()
     return config
-
-
-def setting_names(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """The dotted names of every setting below `cls`."""
-    names = []
-    for f in dataclasses.fields(cls):
-        nested = NESTED.get(cls, {}).get(f.name)
-        names += setting_names(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
-    return names
 
 
 def _owner(name: str) -> tuple[type, str]:
