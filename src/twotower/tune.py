@@ -98,17 +98,30 @@ def tune(base: TrainConfig, settings: TuneConfig, run_dir: str | Path, *,
             raise ValueError("twotower tune compares trials on validation: the data has no validation split")
         study = _open_study(run_dir, base, settings, fingerprint(dataset))
         _requeue_interrupted(study, run_dir, report)
-        remaining = settings.trials - _finished_count(study)
-        if remaining > 0:
-            def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-                _tidy(study, run_dir, settings.keep_models)
-                if report is not None:
-                    report(format_trial(_row(trial), settings.metric))
-
-            study.optimize(_objective(base, settings, dataset, run_dir), n_trials=remaining, timeout=settings.timeout,
-                           callbacks=[after_trial], catch=(TrainingDiverged, ValueError))
+        try:
+            _run_trials(study, base, settings, dataset, run_dir, report)
+        except KeyboardInterrupt:  # what the finished trials found is still worth having
+            _tidy(study, run_dir, settings.keep_models)
+            _write_outputs(study, base, settings, run_dir)
+            raise
         _tidy(study, run_dir, settings.keep_models)
         return _write_outputs(study, base, settings, run_dir)
+
+
+def _run_trials(study: optuna.Study, base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, run_dir: Path,
+                report: Callable[[str], None] | None) -> None:
+    """Runs trials until the study holds `settings.trials` finished ones or the timeout has passed."""
+    remaining = settings.trials - _finished_count(study)
+    if remaining <= 0:
+        return
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        _tidy(study, run_dir, settings.keep_models)
+        if report is not None:
+            report(format_trial(_row(trial), settings.metric))
+
+    study.optimize(_objective(base, settings, dataset, run_dir), n_trials=remaining, timeout=settings.timeout,
+                   callbacks=[after_trial], catch=(TrainingDiverged, ValueError))
 
 
 def _objective(base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, run_dir: Path) -> Callable[[optuna.Trial], float]:

@@ -166,6 +166,8 @@ def test_a_trial_interrupted_by_ctrl_c_runs_again_on_resume(tmp_path, monkeypatc
     monkeypatch.setattr(tune_module, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         tune(base, settings, run)
+    assert [(r["trial"], r["state"]) for r in csv_rows(run)] == [("0", "COMPLETE"), ("1", "FAIL")]  # written on the way out
+    assert (run / "best.toml").is_file()
     monkeypatch.setattr(tune_module, "fit", real_fit)
     lines: list[str] = []
     result = tune(base, settings, run, report=lines.append)
@@ -189,6 +191,13 @@ def test_trials_whose_settings_cannot_train_are_failed_and_counted(tmp_path, cap
     assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
     assert all("leaves no batch" in r["note"] for r in rows)
     assert not (run / "best.toml").exists()
+
+
+def test_no_trial_starts_after_the_timeout(tmp_path):
+    config = write_config(tmp_path, "[tune]\ntrials = 5\n" + SPACE)
+    run = tmp_path / "run"
+    assert main(["tune", "--config", str(config), "--out", str(run), "--timeout", "0.01", "--train.epochs", "1"]) == 0
+    assert len(csv_rows(run)) == 1  # the first trial starts, none after it
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
