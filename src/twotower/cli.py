@@ -1,4 +1,4 @@
-"""The `twotower` command: train, evaluate, index, recommend, data stats.
+"""The `twotower` command: train, tune, evaluate, index, recommend, data stats.
 
 Every failure a person can act on (a missing file, a wrong column, a bad option value, a model
 directory that does not match) ends with one line `twotower: error: ...` and exit code 2.
@@ -121,6 +121,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
     say(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
     say(f"run directory: {result.disk_bytes / 1e6:.1f} MB on disk ({out}; hard-linked weights counted once)")
+    return 0
+
+
+# -- tune -------------------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("twotower tune needs Optuna: pip install 'twotower[tune]' (or pip install optuna)") from None
+    from twotower.tune import format_trials, tune
+    from twotower.tune_space import TuneConfig, read_tune
+
+    config = _config_from_args(args)
+    settings = read_tune(args.config, config) if args.config else TuneConfig.from_dict({}, config)
+    flags = {name: getattr(args, name) for name in ("trials", "timeout") if getattr(args, name) is not None}
+    settings = dataclasses.replace(settings, **flags)
+    settings.validate()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is printed here instead
+    out = Path(args.out)
+    print(f"twotower {__version__}: tuning {len(settings.space)} settings by valid {settings.metric} "
+          f"({', '.join(settings.space)}) -> {out}", flush=True)
+    result = tune(config, settings, out, report=lambda line: print(line, flush=True))
+    print()
+    print(format_trials(result.rows, settings.metric))
+    if result.best is None:
+        print(f"\nno trial completed yet; run the same command again to continue the study in {out}")
+        return 0
+    print(f"\nbest: trial {result.best.number}, valid {settings.metric} {result.best.value:.4f}; model {result.best_model}")
+    print(f"best configuration: {result.best_toml} (twotower train --config {result.best_toml})")
+    print(f"all trials: {out / 'trials.csv'}, plot: {out / 'trials.png'}")
     return 0
 
 
@@ -318,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_flag(train)
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser(
+        "tune",
+        help="hyper-parameter search on validation (Optuna; needs the tune extra)",
+        description="Search settings on validation with Optuna (TPE sampler, median pruner). The search space is "
+        "the [tune] table of --config (see README: Tuning); the rest of the file and the flags below are the base "
+        "settings of every trial. Running the same command again continues the study in --out.",
+    )
+    tune.add_argument("--config", metavar="FILE", help="TOML file: base settings and a [tune] table")
+    tune.add_argument("--out", default="twotower-runs/tune", help="study directory (default: %(default)s)")
+    tune.add_argument("--trials", type=int, help="finished trials the study should hold (default: tune.trials)")
+    tune.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this long (default: tune.timeout)")
+    add_config_flags(tune)
+    tune.set_defaults(func=cmd_tune)
 
     evaluate = sub.add_parser("evaluate", help="full-ranking metrics of a saved model (valid and test)",
                               description="Full-ranking metrics of a saved model on its validation and test "

@@ -12,7 +12,9 @@ protocol). A TOML file has one table per section, e.g.
     [loss]
     kind = "infonce"
 
-and every key is also a command-line flag `--section.key` (flags override the file).
+and every key is also a command-line flag `--section.key` (flags override the file). A `[tune]`
+table in the same file is the search space of `twotower tune` (`twotower.tune_space`); training
+ignores it. `TrainConfig.to_toml` writes a config back as such a file.
 """
 
 from __future__ import annotations
@@ -244,21 +246,60 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"config file {path} is a directory; pass the TOML file inside it")
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid TOML: {err}") from None
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text, as TOML must be ({err.reason} at byte {err.start})") from None
+        """The settings of a TOML file (see the module docstring); its `[tune]` table, if any, is
+        left to `twotower tune`."""
+        data = read_toml(path)
+        data.pop(TUNE_SECTION, None)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
+
+    def to_toml(self) -> str:
+        """Every setting as TOML text that `from_toml` reads back to an equal config.
+
+        TOML has no null: a setting holding None (e.g. `model.user.id_dim`) is left out, which reads
+        back as its default; a None that is not the default cannot be written (ValueError naming it).
+        """
+        import tomli_w
+
+        return tomli_w.dumps(_without_none(self.to_dict(), TrainConfig().to_dict(), ""))
+
+
+TUNE_SECTION = "tune"  # the [tune] table of a config file: read by twotower.tune_space, ignored by training
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML file; errors name the file (ValueError, FileNotFoundError)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass the TOML file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text, as TOML must be ({err.reason} at byte {err.start})") from None
+
+
+def _holds_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, tuple)) and any(v is None for v in value))
+
+
+def _without_none(values: dict[str, Any], defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` less the settings holding None, which must equal their defaults (see `to_toml`)."""
+    out = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            out[key] = _without_none(value, defaults[key], path)
+        elif not _holds_none(value):
+            out[key] = value
+        elif value != defaults.get(key):
+            raise ValueError(f"{path} = {value!r} cannot be written as TOML, which has no null")
+    return out
 
 
 NESTED: dict[type, dict[str, type]] = {
@@ -267,6 +308,15 @@ NESTED: dict[type, dict[str, type]] = {
     DataSource: {"options": DataConfig},
     ModelConfig: {"user": TowerConfig, "item": TowerConfig},
 }
+
+
+def setting_names(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """The dotted names of every setting below `cls` ("optim.lr", "model.user.dropout", ...)."""
+    names = []
+    for f in dataclasses.fields(cls):
+        nested = NESTED.get(cls, {}).get(f.name)
+        names += setting_names(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
+    return names
 
 
 def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any:

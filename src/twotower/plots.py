@@ -36,6 +36,36 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, *, select_met
     ax_metric.set(title=f"validation (best epoch by {select_metric})", xlabel="epoch", ylabel="metric")
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
+    return _save_png(fig, path)
+
+
+def plot_trials(trials: list[tuple[int, str, float | None]], path: str | Path, *, metric: str) -> Path:
+    """The validation value of each trial of a search in the order they ran, (number, state, value)
+    each: completed trials as dots, pruned ones as crosses at the value they reached, the best so
+    far as a line; written atomically to `path`."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        shown = [(n, v) for n, s, v in trials if s == state and v is not None]
+        if shown:
+            ax.plot(*zip(*shown), marker, linestyle="none", label=state.lower())
+    complete = sorted((n, v) for n, s, v in trials if s == "COMPLETE" and v is not None)
+    if complete:
+        best, line = -float("inf"), []
+        for number, value in complete:
+            best = max(best, value)
+            line.append((number, best))
+        line.append((max(n for n, _, _ in trials), best))  # drawn on to the last trial
+        ax.step(*zip(*line), where="post", color="grey", linewidth=1, label="best so far")
+    ax.set(title=f"trials (valid {metric})", xlabel="trial", ylabel=metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Writes `fig` atomically to `path` and releases it."""
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

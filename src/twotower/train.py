@@ -135,7 +135,8 @@ def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int
 
 
 def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False,
-        echo: Callable[[str], None] | None = None) -> TrainResult:
+        echo: Callable[[str], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
     `out_dir` receives `checkpoints/` (every `train.checkpoint_every` epochs; a finished run keeps
@@ -153,6 +154,11 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
             `best/` there; its `model/` is replaced only once the new one is complete.
         echo: receives one line per epoch (epoch, loss, validation metric, seconds, estimated time
             left); default: printed above the progress bars when `train.progress` is on, else nowhere.
+        on_epoch: called with each epoch's record (the line of `metrics.jsonl`: "epoch", "train_loss",
+            "valid" metrics when that epoch was evaluated, ...) once the epoch is logged (and
+            checkpointed, when it writes one). An exception it raises (e.g. Optuna's `TrialPruned`, see `twotower.tune`)
+            propagates out of `fit` and leaves `out_dir` as a run interrupted after that epoch:
+            consistent, and resumable with `resume=True`.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the step is named).
@@ -165,7 +171,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     if echo is None:
         echo = tqdm.write if config.train.progress else _silent
     try:
-        return _fit(config, Path(out_dir), device, dataset, resume, echo)
+        return _fit(config, Path(out_dir), device, dataset, resume, echo, on_epoch)
     finally:
         torch.set_num_threads(previous)
 
@@ -187,7 +193,7 @@ def _silent(line: str) -> None:
 
 
 def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool,
-         echo: Callable[[str], None]) -> TrainResult:
+         echo: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
@@ -315,6 +321,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         mean_seconds = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
         echo(epoch_line(record, loop.epochs, loop.select_metric, time.perf_counter() - epoch_started,
                         None if stopping else mean_seconds * (loop.epochs - epoch - 1)))
+        if on_epoch is not None:
+            on_epoch(record)
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
 
 

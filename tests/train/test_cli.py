@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -12,7 +11,7 @@ import pytest
 from twotower import __version__
 from twotower.cli import main
 from twotower.cli_options import HIDDEN
-from twotower.config import NESTED, TrainConfig
+from twotower.config import setting_names
 
 TINY = [
     "--quiet", "--data.synthetic_users", "300", "--data.synthetic_items", "200",
@@ -36,23 +35,15 @@ def trained(tmp_path_factory):
     return out
 
 
-def leaf_settings(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    names = []
-    for f in dataclasses.fields(cls):
-        nested = NESTED.get(cls, {}).get(f.name)
-        names += leaf_settings(nested, f"{prefix}{f.name}.") if nested else [f"{prefix}{f.name}"]
-    return names
-
-
 def test_train_help_lists_every_setting_with_its_default(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name in leaf_settings():
+    for name in setting_names():
         if name not in HIDDEN:
             assert f"--{name}" in text, name
-    assert text.count("(default:") >= len(leaf_settings()) - len(HIDDEN)
+    assert text.count("(default:") >= len(setting_names()) - len(HIDDEN)
 
 
 def test_train_prints_metrics_next_to_popularity(trained):

@@ -86,3 +86,35 @@ def test_numbers_given_where_names_are_expected_are_names():
     """Column names typed on the command line (`--data.options.names 1 2 3`) arrive as numbers."""
     config = TrainConfig.from_dict({"data": {"options": {"names": [1, "item", 2020]}}})
     assert config.data.options.names == ["1", "item", "2020"]
+
+
+def test_to_toml_reads_back_to_an_equal_config(tmp_path):
+    config = TrainConfig.from_dict({
+        "data": {"path": "ratings.csv", "options": {"columns": {"user": "userId", "item": 1}, "ratios": [0.7, 0.2, 0.1]}},
+        "model": {"embedding_dim": 48, "user": {"hidden_dims": [32, 16], "id_dim": 8}},
+        "loss": {"temperature": 0.07, "kind": "infonce"},
+        "batches": {"hard_rank_range": [3, 40]},
+        "optim": {"lr": 1.2345678901234567e-3},
+        "train": {"ks": [5, 10], "select_metric": "recall@5"},
+    })
+    path = tmp_path / "written.toml"
+    path.write_text(config.to_toml())
+    assert TrainConfig.from_toml(path) == config
+    assert TrainConfig.from_toml(path).optim.lr == 1.2345678901234567e-3  # floats survive bit for bit
+
+
+def test_to_toml_refuses_a_none_it_cannot_write():
+    config = TrainConfig.from_dict({"batches": {"hard_rank_range": [2, None]}})  # the default is (0, None)
+    with pytest.raises(ValueError, match=r"batches.hard_rank_range = \(2, None\) cannot be written as TOML"):
+        config.to_toml()
+
+
+def test_training_ignores_the_tune_table_of_its_config(tmp_path):
+    plain = "[model]\nembedding_dim = 32\n[optim]\nlr = 0.01\n"
+    with_tune = plain + '[tune]\ntrials = 3\n[tune.space]\n"optim.lr" = { low = 0.001, high = 0.1, log = true }\n'
+    (tmp_path / "plain.toml").write_text(plain)
+    (tmp_path / "tune.toml").write_text(with_tune)
+    assert TrainConfig.from_toml(tmp_path / "tune.toml") == TrainConfig.from_toml(tmp_path / "plain.toml")
+    (tmp_path / "other.toml").write_text(plain + "[tuning]\ntrials = 3\n")
+    with pytest.raises(ValueError, match="unknown setting.*tuning"):  # other unknown tables are still refused
+        TrainConfig.from_toml(tmp_path / "other.toml")
