@@ -243,6 +243,49 @@ def test_history_length_and_live_history_inputs() -> None:
     torch.testing.assert_close(model.encode_users(torch.tensor([-1]), inputs=live)[0], table[[1, 3]].mean(0))
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_history_gate_blends_the_pooled_history_into_the_user_id(weight: float) -> None:
+    # SimpleX: user = (1 - w) e_user + w V mean(history); V starts as the identity.
+    torch.manual_seed(6)
+    config = ModelConfig(embedding_dim=4, user_history=True, history_combine="gate", history_weight=weight,
+                         history_dropout=0.0)
+    model = TwoTowerModel(config, num_users=3, num_items=6)
+    model.set_history(csr([[0, 2, 5], [1], []]))
+    users, items = model.user_tower.id_embedding.weight, model.item_tower.id_embedding.weight
+    got = model.encode_users(torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(got[0], (1 - weight) * users[0] + weight * items[[0, 2, 5]].mean(0))
+    torch.testing.assert_close(got[1], (1 - weight) * users[1] + weight * items[1])
+    torch.testing.assert_close(got[2], (1 - weight) * users[2])  # empty history: zeros pooled
+    with torch.no_grad():  # the learned map V applies to the pooled history
+        model.user_tower.history_map.weight.mul_(2.0)
+    torch.testing.assert_close(model.encode_users(torch.tensor([1]))[0], (1 - weight) * users[1] + 2 * weight * items[1])
+
+
+def test_history_gate_gives_both_tables_row_sparse_gradients() -> None:
+    torch.manual_seed(7)
+    config = ModelConfig(embedding_dim=4, user_history=True, history_combine="gate", history_dropout=0.0)
+    model = TwoTowerModel(config, num_users=3, num_items=6)
+    model.set_history(csr([[0, 2, 5], [1], []]))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
+    (model.encode_users(torch.tensor([0, 0])) * model.encode_items(torch.tensor([3, 4]))).sum().backward()
+    item_grad = model.item_tower.id_embedding.weight.grad
+    assert item_grad.is_sparse
+    touched = sorted(set(item_grad.coalesce().indices()[0].tolist()))
+    assert touched == [0, 2, 3, 4, 5]  # the history's rows and the scored items, nothing else
+    assert model.user_tower.history_map.weight.grad is not None
+
+
+def test_history_gate_needs_equal_widths() -> None:
+    with pytest.raises(ValueError, match="history_combine 'gate'.*must be equal"):
+        ModelConfig(embedding_dim=8, user=TowerConfig(id_dim=4), user_history=True, history_combine="gate").validate()
+    with pytest.raises(ValueError, match="history_weight must be in"):
+        ModelConfig(history_weight=1.5).validate()
+    with pytest.raises(ValueError, match="history_combine must be one of"):
+        ModelConfig(history_combine="sum").validate()
+
+
 def test_cold_start_uses_the_unknown_row_and_side_features() -> None:
     torch.manual_seed(6)
     table = item_table(5, seed=1)

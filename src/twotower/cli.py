@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", default="twotower-runs/tune", help="study directory (default: %(default)s)")
     tune.add_argument("--trials", type=int, help="finished trials the study should hold (default: tune.trials)")
     tune.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this long (default: tune.timeout)")
+    _add_protocol_flag(tune)
     add_config_flags(tune)
     tune.set_defaults(func=cmd_tune)
 

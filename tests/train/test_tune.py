@@ -84,7 +84,7 @@ def test_a_study_reports_its_trials_and_best_toml_trains_the_best_trial_again(tm
     assert (run / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     written = tomllib.loads((run / "best.toml").read_text())
-    assert set(written) == {"data", "model", "loss", "batches", "optim", "train"}  # complete, no [tune]
+    assert set(written) == {"data", "model", "loss", "batches", "optim", "train", "eval"}  # complete, no [tune]
     assert written["optim"]["lr"] == float(best["optim.lr"])
     assert written["loss"]["temperature"] == float(best["loss.temperature"])
     assert written["model"]["embedding_dim"] == int(best["model.embedding_dim"])

@@ -1,0 +1,133 @@
+"""Retrieval quality on a public benchmark, under its paper protocol, next to the published numbers.
+
+Trains a configuration (the library's defaults, or a TOML such as `examples/gowalla.toml`) once per
+seed on the data set's train split, selects the epoch on its validation split, and reports test
+Recall@20 / NDCG@20 with the mean and spread over seeds, the time per epoch and in total, next to
+most-popular and the published results the data set's README gives.
+
+    python -m benchmarks.quality --data gowalla                                 # the defaults, 3 seeds
+    python -m benchmarks.quality --data gowalla --config examples/gowalla.toml --name tuned
+    python -m benchmarks.quality --data gowalla --seeds 0 --epochs 2            # a quick look
+
+Each named configuration's runs go to benchmarks/results/quality-<data>.json (rows of other names are
+kept), and the whole table to quality-<data>.md, with the CPU that ran it. The data stays in
+../shared/data; a data set that is not there is skipped with a message (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.runner import RESULTS_DIR, markdown_table, write_results
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Published test results on each split, as its README gives them (trained on train + valid, selected on test).
+DATASETS: dict[str, dict[str, Any]] = {
+    "gowalla": {
+        "files": ("train.txt", "valid.txt", "test.txt"),
+        "metric": "ndcg@20",
+        "published": [("MF-BPR (LightGCN paper)", 0.1291, 0.1109), ("NGCF", 0.1570, 0.1327),
+                      ("LightGCN", 0.1830, 0.1554), ("SimpleX", 0.1872, 0.1557)],
+    },
+}
+
+
+def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int) -> dict[str, Any]:
+    """One training run; returns its metrics and times."""
+    from twotower.config import TrainConfig
+    from twotower.train import fit
+
+    spec = DATASETS[data]
+    config = TrainConfig.from_toml(config_path) if config_path else TrainConfig()
+    train, valid, test = (str(DATA_ROOT / data / name) for name in spec["files"])
+    config.data.path, config.data.valid, config.data.test = train, valid, test
+    config.train.select_metric, config.train.ks = spec["metric"], [20]
+    config.train.seed, config.batches = seed, _with_seed(config.batches, seed)
+    config.train.num_threads, config.train.progress = threads, False
+    if epochs is not None:
+        config.train.epochs = epochs
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="twotower-quality-") as out:
+        result = fit(config, out, echo=lambda line: print(f"  seed {seed}: {line}", flush=True))
+    seconds = time.perf_counter() - started
+    epoch_seconds = [record["epoch_seconds"] for record in result.history]
+    return {"seed": seed, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "valid": {k: result.valid.metrics[k] for k in ("recall@20", "ndcg@20")},
+            "test": {k: result.test.metrics[k] for k in ("recall@20", "ndcg@20")},
+            "popularity_test": {k: result.popularity_test.metrics[k] for k in ("recall@20", "ndcg@20")},
+            "seconds_per_epoch": statistics.median(epoch_seconds), "total_seconds": seconds}
+
+
+def _with_seed(batches: Any, seed: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(batches, seed=seed)
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def table(data: str, runs: dict[str, dict[str, Any]]) -> str:
+    """The markdown table: published rows, then each configuration's test mean ± standard deviation."""
+    rows = [[name, "published", f"{r:.4f}", f"{n:.4f}", "", ""] for name, r, n in DATASETS[data]["published"]]
+    for name, entry in runs.items():
+        runs_ = entry["runs"]
+        test_r = [run["test"]["recall@20"] for run in runs_]
+        test_n = [run["test"]["ndcg@20"] for run in runs_]
+        valid_n = [run["valid"]["ndcg@20"] for run in runs_]
+        times = f"{statistics.fmean(r['seconds_per_epoch'] for r in runs_):.0f} s/epoch, " \
+                f"{statistics.fmean(r['total_seconds'] for r in runs_) / 60:.1f} min"
+        seeds = ", ".join(str(r["seed"]) for r in runs_)
+        rows.append([f"twotower, {name} ({entry['config'] or 'defaults'})", f"seeds {seeds}", _spread(test_r),
+                     _spread(test_n), _spread(valid_n), times])
+        pop = runs_[0]["popularity_test"]
+    if runs:
+        rows.append(["most-popular", "", f"{pop['recall@20']:.4f}", f"{pop['ndcg@20']:.4f}", "", ""])
+    header = ["model", "runs", "test Recall@20", "test NDCG@20", "valid NDCG@20", "time (train + eval)"]
+    return markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(DATASETS), default="gowalla")
+    parser.add_argument("--config", help="TOML configuration (default: the library's defaults)")
+    parser.add_argument("--name", default=None, help="row name (default: 'defaults' or the TOML's stem)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, help="override train.epochs (for a quick look; not for the table)")
+    parser.add_argument("--threads", type=int, default=0, help="train.num_threads (0: the trainer's default)")
+    args = parser.parse_args(argv)
+    folder = DATA_ROOT / args.data
+    if not all((folder / name).is_file() for name in DATASETS[args.data]["files"]):
+        print(f"{folder} is not here (it lives in ../shared/data next to the repository): skipped")
+        return 0
+    name = args.name or (Path(args.config).stem if args.config else "defaults")
+    runs = []
+    for seed in args.seeds:
+        print(f"{args.data}, {name}, seed {seed}", flush=True)
+        runs.append(run_config(args.data, args.config, seed, args.epochs, args.threads))
+        print(f"  test recall@20 {runs[-1]['test']['recall@20']:.4f}, ndcg@20 {runs[-1]['test']['ndcg@20']:.4f}")
+    stored_path = RESULTS_DIR / f"quality-{args.data}.json"
+    stored = json.loads(stored_path.read_text())["runs"] if stored_path.is_file() else {}
+    stored[name] = {"config": args.config, "epochs_override": args.epochs, "runs": runs}
+    text = table(args.data, stored) + (
+        "\n\nTest figures are means ± standard deviations over the seeds (train.seed and batches.seed); "
+        "every setting and the epoch were chosen on the validation split; the published rows trained on "
+        "train + valid and selected on test (see ../shared/data/" + args.data + "/README.md). "
+        "Times: median epoch (training and its validation), and the whole run.")
+    print(text)
+    write_results(f"quality-{args.data}", text, {"runs": stored})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
