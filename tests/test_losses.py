@@ -838,3 +838,29 @@ def test_directau_refuses_negatives_and_ccl_bad_settings():
         LossConfig(kind="directau", uniformity_weight=float("nan"))
     with pytest.raises(ValueError, match="margin"):
         LossConfig(kind="ccl", margin=float("inf"))
+
+
+def test_data_temperature_follows_the_catalogue_share_of_a_user():
+    from twotower.losses import data_temperature
+    from twotower.losses.config import DATA_TEMPERATURE_RANGE, DATA_TEMPERATURE_SCALE
+
+    # tau = scale / ln(N / k): N = 1000 items, k = 10 per user -> scale / ln 100
+    assert data_temperature(1000, 10.0) == pytest.approx(DATA_TEMPERATURE_SCALE / math.log(100), rel=1e-12)
+    # a user covering less of the catalogue needs a sharper softmax
+    assert data_temperature(100_000, 10.0) < data_temperature(1000, 10.0)
+    # clamped at both ends: users covering the whole catalogue, and an astronomically large one
+    assert data_temperature(50, 50.0) == DATA_TEMPERATURE_RANGE[1]
+    assert data_temperature(2, 1.0) == DATA_TEMPERATURE_RANGE[1]  # scale / ln 2 > 0.5
+    assert data_temperature(10**300, 1.0) == DATA_TEMPERATURE_RANGE[0]
+    with pytest.raises(ValueError, match="positives_per_user > 0"):
+        data_temperature(100, 0.0)
+
+
+def test_for_data_fills_only_an_unset_softmax_temperature():
+    from twotower.losses import data_temperature
+
+    auto = LossConfig(kind="mixed").for_data(1000, 10.0)
+    assert auto.resolved_temperature == pytest.approx(data_temperature(1000, 10.0))
+    assert LossConfig(kind="mixed", temperature=0.3).for_data(1000, 10.0).resolved_temperature == 0.3
+    assert LossConfig(kind="bpr").for_data(1000, 10.0).resolved_temperature == 1.0
+    assert LossConfig(kind="sampled_softmax").for_data(10**6, 1.0).resolved_temperature < 0.1

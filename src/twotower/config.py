@@ -176,8 +176,10 @@ class LoopConfig:
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
 
 
-# Defaults chosen on validation NDCG@10 (ML-100K search in benchmarks/results/quality-search.md; also
-# better on the synthetic data and ml-latest-small): cosine towers, temperature 0.2, width 128.
+# Defaults chosen on validation (ML-100K search in benchmarks/results/quality-search.md; Gowalla,
+# ml-latest-small and Last.fm in benchmarks/results/quality-gowalla.md): cosine towers, width 128, and
+# the softmax temperature set from the training data (`twotower.losses.data_temperature`), since the
+# best one moves with the share of the catalogue a user covers (0.2 on ML-100K, 0.1 on Gowalla).
 def _default_model() -> ModelConfig:
     return ModelConfig(embedding_dim=128, scoring="cosine")
 
@@ -187,7 +189,7 @@ def _default_batches() -> BatchConfig:
 
 
 def _default_loss() -> LossConfig:
-    return LossConfig(kind="mixed", temperature=0.2)
+    return LossConfig(kind="mixed")
 
 
 @dataclass

@@ -47,7 +47,7 @@ from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
-from twotower.losses import make_loss
+from twotower.losses import LossConfig, make_loss
 from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
@@ -83,10 +83,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_loss(config: TrainConfig, dataset: SplitDataset) -> LossConfig:
+    """The loss settings a run trains with: `config.loss`, its unset softmax temperature taken from
+    the training split (`LossConfig.for_data`: the catalogue size against the items per user)."""
+    users = max(1, int(np.unique(dataset.train.users).size))
+    return config.loss.for_data(dataset.num_items, len(dataset.train.users) / users)
+
+
 def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     """The model for `dataset`; the loss's temperature is the one source of truth for training and
     is written into the model (fixed) so that a saved model reports the temperature it trained with."""
-    model_config = dataclasses.replace(config.model, temperature=config.loss.resolved_temperature, learn_temperature=False)
+    temperature = training_loss(config, dataset).resolved_temperature
+    model_config = dataclasses.replace(config.model, temperature=temperature, learn_temperature=False)
     model = TwoTowerModel(
         model_config,
         num_users=dataset.num_users,
@@ -205,7 +213,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
 
     torch.manual_seed(loop.seed)
     model = build_model(config, dataset).to(device)
-    loss_fn = make_loss(config.loss).to(device)
+    loss_fn = make_loss(training_loss(config, dataset)).to(device)
     optimizer = make_optimizer([model, loss_fn], config.optim)
     train_step = make_train_step(config, model, loss_fn, optimizer, device)
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,

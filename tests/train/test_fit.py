@@ -42,7 +42,15 @@ def test_fit_beats_popularity_and_writes_a_complete_run(tmp_path):
     assert result.valid.metrics["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-6)
     trained = load_model_dir(tmp_path / "model")
     assert trained.config["train_config"]["train"]["epochs"] == 6
-    assert float(trained.model.temperature) == pytest.approx(0.2, rel=1e-5)
+    # The temperature was left unset: the run took it from its training split's catalogue share.
+    from twotower.datasets import load_dataset
+    from twotower.losses import data_temperature
+
+    data = load_dataset(config.data)
+    want = data_temperature(data.num_items, len(data.train.users) / np.unique(data.train.users).size)
+    assert 0.2 < want < 0.5  # 200 items, ~16 per user: a milder softmax than a large catalogue's
+    assert float(trained.model.temperature) == pytest.approx(want, rel=1e-5)
+    assert json.loads((tmp_path / "results.json").read_text())["temperature"] == pytest.approx(want, rel=1e-5)
 
 
 def test_early_stopping_stops_after_patience(tmp_path):

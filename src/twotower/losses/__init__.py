@@ -10,8 +10,8 @@
 
 from twotower.losses._common import EmbeddingRows, IndexedRows
 from twotower.losses.functional import bce, bpr, ccl, directau, hinge, sampled_softmax
-from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs
+from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs, data_temperature
 from twotower.losses.select import Loss, make_loss
 
 __all__ = ["EmbeddingRows", "IN_BATCH_KINDS", "IndexedRows", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr",
-           "ccl", "directau", "hinge", "make_loss", "sampled_softmax"]
+           "ccl", "data_temperature", "directau", "hinge", "make_loss", "sampled_softmax"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from twotower.losses._common import REDUCTIONS, IndexedRows, Negatives, check_temperature
 from twotower.losses.functional import check_ccl, check_margin, check_weight
 
-__all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs"]
+__all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs", "data_temperature"]
 
 KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce", "ccl", "directau")
 # Kinds computed over the batch's own rows: they need the positives as vectors, not as table rows.
@@ -20,6 +21,37 @@ _SOFTMAX_KINDS = ("infonce", "mixed", "sampled_softmax")
 _SYMMETRIC_KINDS = ("infonce", "mixed")
 _SOFTMAX_DEFAULT_TEMPERATURE = 0.1
 _DEFAULT_MARGINS = {"hinge": 1.0, "ccl": 0.9}
+# The data-set temperature's constant: chosen on validation across ML-100K, ml-latest-small, Last.fm
+# and Gowalla (benchmarks/results/quality-gowalla.md, "temperature from the data").
+DATA_TEMPERATURE_SCALE = 0.75
+DATA_TEMPERATURE_RANGE = (0.05, 0.5)
+
+
+def data_temperature(num_items: int, positives_per_user: float) -> float:
+    """The softmax temperature for a catalogue of `num_items` whose users have `positives_per_user`
+    training items on average: DATA_TEMPERATURE_SCALE / ln(num_items / positives_per_user), within
+    DATA_TEMPERATURE_RANGE.
+
+    Why: with unit vectors a logit lies in [-1/tau, 1/tau], so the softmax can raise an item above
+    another by at most a factor e^(2/tau). To give a user's ~k items most of the mass against the
+    N - k others, that factor must reach about N / k: the smaller the share of the catalogue a user
+    covers, the lower the temperature needs to be. The best of 0.1, 0.15, 0.2 (0.05 ... 0.5 on
+    ML-100K) on validation follows the rule: 0.2 on ML-100K (ln(N / k) = 3.0), 0.15 on
+    ml-latest-small (4.2) and Last.fm (6.0), 0.1 on Gowalla (7.4); the scale gives 0.25, 0.18,
+    0.13 and 0.10.
+
+    Example:
+        >>> round(data_temperature(40_981, 24.1), 3)
+        0.101
+    """
+    if num_items < 1 or not positives_per_user > 0:
+        raise ValueError(f"data_temperature needs num_items >= 1 and positives_per_user > 0; got {num_items}, "
+                         f"{positives_per_user}")
+    low, high = DATA_TEMPERATURE_RANGE
+    spread = math.log(num_items / positives_per_user)
+    if spread <= 0:  # users cover the whole catalogue: nothing to separate, the mildest temperature
+        return high
+    return min(high, max(low, DATA_TEMPERATURE_SCALE / spread))
 
 
 @dataclass(frozen=True)
@@ -35,7 +67,8 @@ class LossConfig:
             "directau": alignment + uniformity over the batch's rows (Wang et al. 2022), no negatives.
         temperature: logits are q·k / temperature. None picks 0.1 for the softmax kinds (infonce,
             mixed, sampled_softmax; suits L2-normalised towers) and 1.0, raw scores, for bpr,
-            hinge, bce and ccl (directau uses none). With `learn_temperature` it is the initial value.
+            hinge, bce and ccl (directau uses none); the trainer sets the softmax kinds' None from
+            the training data instead (`for_data`). With `learn_temperature` it is the initial value.
         learn_temperature: learn log(temperature) as a parameter of the loss module.
         min_temperature: lower clamp of a learned temperature (as CLIP caps its logit scale at 100).
         margin: "hinge": the gap required between positive and negative scores (>= 0; None: 1.0).
@@ -94,6 +127,13 @@ class LossConfig:
         if self.temperature is not None:
             return float(self.temperature)
         return _SOFTMAX_DEFAULT_TEMPERATURE if self.kind in _SOFTMAX_KINDS else 1.0
+
+    def for_data(self, num_items: int, positives_per_user: float) -> LossConfig:
+        """This config with a softmax kind's unset temperature taken from the data
+        (`data_temperature`); any other config unchanged."""
+        if self.temperature is not None or self.kind not in _SOFTMAX_KINDS:
+            return self
+        return dataclasses.replace(self, temperature=data_temperature(num_items, positives_per_user))
 
     @property
     def resolved_margin(self) -> float:
