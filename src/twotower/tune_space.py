@@ -156,32 +156,36 @@ def default_space(base: TrainConfig) -> dict[str, dict[str, Any]]:
 
     Why these settings and ranges (evidence: the ML-100K search in
     benchmarks/results/quality-search.md, where the temperature moved validation NDCG@10 by 25%,
-    the width by 3-4% and lr, batch and id dropout by about 1%):
-    - `loss.temperature` 0.03-0.5, log (softmax losses): 0.05 and 0.5 were both clearly worse
-      than 0.2 there, so the optimum lies inside; log, as it divides the scores.
-    - `optim.lr` 1e-3 to 3e-2, log: the default 5e-3 times 1/5 to 6; beyond that Adam either
+    the width by 3-4% and lr, batch and id dropout by about 1%; the Gowalla search in
+    benchmarks/results/quality-gowalla-search.md, where temperature, width and the history gate
+    carried and a 4x learning rate did not):
+    - `loss.temperature` 0.05-0.4, log (softmax losses): the optimum was 0.2 on ML-100K and 0.1 on
+      Gowalla, with 0.05 and 0.5 clearly worse; log, as it divides the scores.
+    - `optim.lr` 1e-3 to 2e-2, log: the default 5e-3 times 1/5 to 4; beyond that Adam either
       stalls within the epoch budget or diverges.
-    - `model.embedding_dim` 64, 128, 256: wider was better on ML-100K up to 256; choices, since
-      the cost grows with the width and widths are powers of two in practice.
+    - `model.embedding_dim` 64 to 512: wider was better on ML-100K up to 256 and on Gowalla up to
+      512; choices, since the cost grows with the width and widths are powers of two in practice.
     - `batches.num_shared_negatives` 256-4096, log (when the base uses shared negatives): more
       negatives sharpen the softmax at a cost linear in their number.
     - `model.id_dropout` 0-0.2 (when a tower has an id embedding): 0.1 was as good as 0.02.
     - `model.history_dropout` 0.1-0.8 (with `model.user_history`): the pooled history must not
-      reveal the target.
+      reveal the target; `model.history_weight` 0.2-0.8 (with the gate): SimpleX's share of it.
     - `optim.embedding_weight_decay` none or 1e-4 to 1e-1 in decades: decoupled decay on the rows a
       batch touches; off by default (on purpose: it is a choice), so the search decides.
     """
     space: dict[str, dict[str, Any]] = {}
     if base.loss.kind in ("infonce", "mixed", "sampled_softmax"):
-        space["loss.temperature"] = {"low": 0.03, "high": 0.5, "log": True}
-    space["optim.lr"] = {"low": 1e-3, "high": 3e-2, "log": True}
-    space["model.embedding_dim"] = {"choices": [64, 128, 256]}
+        space["loss.temperature"] = {"low": 0.05, "high": 0.4, "log": True}
+    space["optim.lr"] = {"low": 1e-3, "high": 2e-2, "log": True}
+    space["model.embedding_dim"] = {"choices": [64, 128, 256, 512]}
     if base.batches.num_shared_negatives > 0:
         space["batches.num_shared_negatives"] = {"low": 256, "high": 4096, "log": True}
     if base.model.user.id_dim != 0 or base.model.item.id_dim != 0:
         space["model.id_dropout"] = {"low": 0.0, "high": 0.2}
     if base.model.user_history:
         space["model.history_dropout"] = {"low": 0.1, "high": 0.8}
+        if base.model.history_combine == "gate":
+            space["model.history_weight"] = {"low": 0.2, "high": 0.8}
     space["optim.embedding_weight_decay"] = {"choices": [0.0, 1e-4, 1e-3, 1e-2, 1e-1]}
     return space
 

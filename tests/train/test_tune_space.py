@@ -120,6 +120,10 @@ def test_without_a_space_the_default_space_fits_the_base_model(tmp_path):
     assert "batches.num_shared_negatives" not in per_row
     features_only = read(tmp_path, "", base=BASE + "[model.user]\nid_dim = 0\n[model.item]\nid_dim = 0\n").space
     assert "model.id_dropout" not in features_only
+    concat = read(tmp_path, "", base="[model]\nuser_history = true\n").space
+    assert "model.history_dropout" in concat and "model.history_weight" not in concat
+    gate = read(tmp_path, "", base='[model]\nuser_history = true\nhistory_combine = "gate"\n').space
+    assert "model.history_weight" in gate  # SimpleX's share of the history is searched with the gate
     with_history = read(tmp_path, "", base="[model]\nembedding_dim = 16\nuser_history = true\n").space
     assert "model.history_dropout" in with_history
 
