@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,12 @@ def test_training_ignores_the_tune_table_of_its_config(tmp_path):
     (tmp_path / "other.toml").write_text(plain + "[tuning]\ntrials = 3\n")
     with pytest.raises(ValueError, match="unknown setting.*tuning"):  # other unknown tables are still refused
         TrainConfig.from_toml(tmp_path / "other.toml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_example_configuration_reads_and_validates(path):
+    # The examples are what README tells users to run: a renamed setting must not break them silently.
+    config = TrainConfig.from_toml(path)
+    config.validate()
+    assert config.data.path.startswith("../shared/data/")  # the data stays outside the repository
