@@ -133,3 +133,19 @@ def test_hit_matrix_with_ids_near_2_to_the_63(seed: int) -> None:
     got = hit_matrix(big(small_top), indptr, big(small_rel))
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_the_lightgcn_protocol_definitions_by_hand() -> None:
+    # LightGCN's (and Gowalla's README) definitions at K = 2, where they differ from the common
+    # alternatives: recall's denominator is the number of the user's test items, not min(|R|, K);
+    # NDCG's ideal DCG runs over min(|R|, K) positions, not |R|; a user without test items is skipped.
+    topk = np.array([[5, 7], [1, 2], [3, 4]])
+    indptr, indices = np.array([0, 3, 4, 4]), np.array([5, 8, 9, 2])  # user 0: {5, 8, 9}; user 1: {2}; user 2: none
+    got = ranking_metrics(topk, indptr, indices, ks=[2], num_items=10)
+    # user 0: one hit at rank 1 of 3 test items: recall 1/3 (1/2 under min(|R|, K));
+    #         DCG 1, ideal 1 + 1/log2 3 = 1.630930 (two positions), NDCG 0.613147 (0.530721 over |R| = 3).
+    # user 1: its one item at rank 2: recall 1, DCG 1/log2 3 = 0.630930, ideal 1, NDCG 0.630930.
+    # user 2 is left out of the means.
+    assert got["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
+    assert got["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 1 / math.log2(3)) / 2)
+    assert got["ndcg@2"] == pytest.approx((0.613147 + 0.630930) / 2, abs=1e-6)
