@@ -500,7 +500,10 @@ def test_the_saved_model_carries_the_best_epochs_learned_temperature(tmp_path, m
     saved = load_model_dir(tmp_path / "model")
     assert float(saved.model.temperature) == pytest.approx(per_epoch[0], rel=1e-6)
     assert json.loads((tmp_path / "results.json").read_text())["temperature"] == pytest.approx(per_epoch[0], rel=1e-6)
-    assert saved.model.config.temperature == pytest.approx(config.loss.temperature)
+    from twotower.datasets import load_dataset
+
+    initial = train_module.training_loss(config, load_dataset(config.data)).resolved_temperature  # the data's
+    assert saved.model.config.temperature == pytest.approx(initial)
 
 
 def test_symmetric_neg_l2_softmaxes_over_true_distances():
