@@ -9,8 +9,9 @@ most-popular and the published results the data set's README gives.
     python -m benchmarks.quality --data gowalla --config examples/gowalla.toml --name tuned
     python -m benchmarks.quality --data gowalla --seeds 0 --epochs 2            # a quick look
 
-Each named configuration's runs go to benchmarks/results/quality-<data>.json (rows of other names are
-kept), and the whole table to quality-<data>.md, with the CPU that ran it. The data stays in
+Each named configuration's runs go to benchmarks/results/quality-<data>.json (rows of other names, and
+runs of other seeds of the same configuration, are kept), and the whole table to quality-<data>.md,
+with the CPU that ran it. The data stays in
 ../shared/data; a data set that is not there is skipped with a message (exit 0).
 """
 
@@ -66,6 +67,17 @@ def run_config(data: str, config_path: str | None, seed: int, epochs: int | None
             "seconds_per_epoch": statistics.median(epoch_seconds), "total_seconds": seconds}
 
 
+def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A configuration's entry after new runs: the earlier runs of other seeds stay when they trained
+    the same configuration (a seed run again replaces its old run), so seeds can be run one at a
+    time; a changed configuration starts the entry afresh."""
+    if old is None or (old["config"], old["epochs_override"]) != (new["config"], new["epochs_override"]):
+        return new
+    seeds = {run["seed"] for run in new["runs"]}
+    kept = [run for run in old["runs"] if run["seed"] not in seeds]
+    return {**new, "runs": sorted(kept + new["runs"], key=lambda run: run["seed"])}
+
+
 def _with_seed(batches: Any, seed: int) -> Any:
     import dataclasses
 
@@ -118,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  test recall@20 {runs[-1]['test']['recall@20']:.4f}, ndcg@20 {runs[-1]['test']['ndcg@20']:.4f}")
     stored_path = RESULTS_DIR / f"quality-{args.data}.json"
     stored = json.loads(stored_path.read_text())["runs"] if stored_path.is_file() else {}
-    stored[name] = {"config": args.config, "epochs_override": args.epochs, "runs": runs}
+    stored[name] = merge_runs(stored.get(name), {"config": args.config, "epochs_override": args.epochs, "runs": runs})
     text = table(args.data, stored) + (
         "\n\nTest figures are means ± standard deviations over the seeds (train.seed and batches.seed); "
         "every setting and the epoch were chosen on the validation split; the published rows trained on "

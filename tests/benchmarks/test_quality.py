@@ -1,0 +1,32 @@
+"""The quality benchmark's bookkeeping: seeds run one at a time add up, a changed configuration
+starts afresh, the table shows mean ± spread next to the published rows, missing data skips."""
+
+import benchmarks.quality as quality
+
+
+def _run(seed, recall, ndcg):
+    return {"seed": seed, "test": {"recall@20": recall, "ndcg@20": ndcg}, "valid": {"recall@20": 0.2, "ndcg@20": 0.1},
+            "popularity_test": {"recall@20": 0.04, "ndcg@20": 0.03}, "seconds_per_epoch": 20.0, "total_seconds": 600.0}
+
+
+def test_seeds_run_one_at_a_time_add_up_and_a_rerun_seed_replaces_its_run():
+    entry = {"config": "a.toml", "epochs_override": None, "runs": [_run(0, 0.17, 0.14)]}
+    entry = quality.merge_runs(entry, {"config": "a.toml", "epochs_override": None, "runs": [_run(2, 0.19, 0.15)]})
+    entry = quality.merge_runs(entry, {"config": "a.toml", "epochs_override": None, "runs": [_run(0, 0.18, 0.145)]})
+    assert [(r["seed"], r["test"]["recall@20"]) for r in entry["runs"]] == [(0, 0.18), (2, 0.19)]
+    changed = quality.merge_runs(entry, {"config": "b.toml", "epochs_override": None, "runs": [_run(1, 0.1, 0.1)]})
+    assert [r["seed"] for r in changed["runs"]] == [1]  # another configuration: its own runs only
+
+
+def test_the_table_gives_mean_and_spread_next_to_the_published_rows():
+    text = quality.table("gowalla", {"tuned": {"config": "x.toml", "runs": [_run(0, 0.17, 0.14), _run(1, 0.19, 0.16)]}})
+    assert "| LightGCN | published | 0.1830 | 0.1554 |" in text
+    # mean 0.18, sample standard deviation of (0.17, 0.19) = 0.0141
+    assert "| twotower, tuned (x.toml) | seeds 0, 1 | 0.1800 ± 0.0141 | 0.1500 ± 0.0141 |" in text
+    assert "| most-popular |  | 0.0400 | 0.0300 |" in text
+
+
+def test_a_missing_data_set_is_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quality, "DATA_ROOT", tmp_path)
+    assert quality.main(["--data", "gowalla"]) == 0
+    assert "skipped" in capsys.readouterr().out
