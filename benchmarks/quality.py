@@ -100,13 +100,24 @@ def table(data: str, runs: dict[str, dict[str, Any]]) -> str:
         times = f"{statistics.fmean(r['seconds_per_epoch'] for r in runs_):.0f} s/epoch, " \
                 f"{statistics.fmean(r['total_seconds'] for r in runs_) / 60:.1f} min"
         seeds = ", ".join(str(r["seed"]) for r in runs_)
-        rows.append([f"twotower, {name} ({entry['config'] or 'defaults'})", f"seeds {seeds}", _spread(test_r),
+        label = f"twotower, {name}" + (f" (`{entry['config']}`)" if entry["config"] else "")
+        rows.append([label, f"seeds {seeds}", _spread(test_r),
                      _spread(test_n), _spread(valid_n), times])
         pop = runs_[0]["popularity_test"]
     if runs:
         rows.append(["most-popular", "", f"{pop['recall@20']:.4f}", f"{pop['ndcg@20']:.4f}", "", ""])
     header = ["model", "runs", "test Recall@20", "test NDCG@20", "valid NDCG@20", "time (train + eval)"]
     return markdown_table(header, rows)
+
+
+def _write(data: str, stored: dict[str, Any]) -> None:
+    text = table(data, stored) + (
+        "\n\nTest figures are means ± standard deviations over the seeds (train.seed and batches.seed); "
+        "every setting and the epoch were chosen on the validation split; the published rows trained on "
+        "train + valid and selected on test (see ../shared/data/" + data + "/README.md). "
+        "Times: median epoch (training and its validation), and the whole run.")
+    print(text)
+    write_results(f"quality-{data}", text, {"runs": stored})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override train.epochs (for a quick look; not for the table)")
     parser.add_argument("--threads", type=int, default=0, help="train.num_threads (0: the trainer's default)")
+    parser.add_argument("--table", action="store_true", help="only rewrite the table from the stored runs")
     args = parser.parse_args(argv)
+    stored_path = RESULTS_DIR / f"quality-{args.data}.json"
+    stored = json.loads(stored_path.read_text())["runs"] if stored_path.is_file() else {}
+    if args.table:
+        _write(args.data, stored)
+        return 0
     folder = DATA_ROOT / args.data
     if not all((folder / name).is_file() for name in DATASETS[args.data]["files"]):
         print(f"{folder} is not here (it lives in ../shared/data next to the repository): skipped")
@@ -128,16 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}, {name}, seed {seed}", flush=True)
         runs.append(run_config(args.data, args.config, seed, args.epochs, args.threads))
         print(f"  test recall@20 {runs[-1]['test']['recall@20']:.4f}, ndcg@20 {runs[-1]['test']['ndcg@20']:.4f}")
-    stored_path = RESULTS_DIR / f"quality-{args.data}.json"
-    stored = json.loads(stored_path.read_text())["runs"] if stored_path.is_file() else {}
+    if stored_path.is_file():  # runs another process stored meanwhile
+        stored = json.loads(stored_path.read_text())["runs"]
     stored[name] = merge_runs(stored.get(name), {"config": args.config, "epochs_override": args.epochs, "runs": runs})
-    text = table(args.data, stored) + (
-        "\n\nTest figures are means ± standard deviations over the seeds (train.seed and batches.seed); "
-        "every setting and the epoch were chosen on the validation split; the published rows trained on "
-        "train + valid and selected on test (see ../shared/data/" + args.data + "/README.md). "
-        "Times: median epoch (training and its validation), and the whole run.")
-    print(text)
-    write_results(f"quality-{args.data}", text, {"runs": stored})
+    _write(args.data, stored)
     return 0
 
 

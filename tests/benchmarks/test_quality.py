@@ -22,7 +22,7 @@ def test_the_table_gives_mean_and_spread_next_to_the_published_rows():
     text = quality.table("gowalla", {"tuned": {"config": "x.toml", "runs": [_run(0, 0.17, 0.14), _run(1, 0.19, 0.16)]}})
     assert "| LightGCN | published | 0.1830 | 0.1554 |" in text
     # mean 0.18, sample standard deviation of (0.17, 0.19) = 0.0141
-    assert "| twotower, tuned (x.toml) | seeds 0, 1 | 0.1800 ± 0.0141 | 0.1500 ± 0.0141 |" in text
+    assert "| twotower, tuned (`x.toml`) | seeds 0, 1 | 0.1800 ± 0.0141 | 0.1500 ± 0.0141 |" in text
     assert "| most-popular |  | 0.0400 | 0.0300 |" in text
 
 
