@@ -18,6 +18,7 @@ with the CPU that ran it. The data stays in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -51,7 +52,7 @@ def run_config(data: str, config_path: str | None, seed: int, epochs: int | None
     train, valid, test = (str(DATA_ROOT / data / name) for name in spec["files"])
     config.data.path, config.data.valid, config.data.test = train, valid, test
     config.train.select_metric, config.train.ks = spec["metric"], [20]
-    config.train.seed, config.batches = seed, _with_seed(config.batches, seed)
+    config.train.seed, config.batches = seed, dataclasses.replace(config.batches, seed=seed)
     config.train.num_threads, config.train.progress = threads, False
     if epochs is not None:
         config.train.epochs = epochs
@@ -76,12 +77,6 @@ def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
     seeds = {run["seed"] for run in new["runs"]}
     kept = [run for run in old["runs"] if run["seed"] not in seeds]
     return {**new, "runs": sorted(kept + new["runs"], key=lambda run: run["seed"])}
-
-
-def _with_seed(batches: Any, seed: int) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(batches, seed=seed)
 
 
 def _spread(values: list[float]) -> str:

@@ -177,7 +177,7 @@ class LoopConfig:
 
 
 # Defaults chosen on validation (ML-100K search in benchmarks/results/quality-search.md; Gowalla,
-# ml-latest-small and Last.fm in benchmarks/results/quality-gowalla.md): cosine towers, width 128, and
+# ml-latest-small and Last.fm in benchmarks/results/quality-gowalla-search.md): cosine towers, width 128, and
 # the softmax temperature set from the training data (`twotower.losses.data_temperature`), since the
 # best one moves with the share of the catalogue a user covers (0.2 on ML-100K, 0.1 on Gowalla).
 def _default_model() -> ModelConfig:

@@ -22,7 +22,7 @@ _SYMMETRIC_KINDS = ("infonce", "mixed")
 _SOFTMAX_DEFAULT_TEMPERATURE = 0.1
 _DEFAULT_MARGINS = {"hinge": 1.0, "ccl": 0.9}
 # The data-set temperature's constant: chosen on validation across ML-100K, ml-latest-small, Last.fm
-# and Gowalla (benchmarks/results/quality-gowalla.md, "temperature from the data").
+# and Gowalla (benchmarks/results/quality-gowalla-search.md, "Temperature from the data").
 DATA_TEMPERATURE_SCALE = 0.75
 DATA_TEMPERATURE_RANGE = (0.05, 0.5)
 
