@@ -137,7 +137,20 @@ class TwoTowerModel(nn.Module):
         shared = config.user_history and config.share_item_embeddings
         history_dim = (item_id_dim if item_id_dim > 0 else config.embedding_dim) if config.user_history else 0
         common = {"embedding_dim": config.embedding_dim, "id_dropout": config.id_dropout, "init_std": config.init_std}
-        self.item_tower = _named_tower("item", config.item, num_ids=self.num_items, features=item_layout, **common)
+        user_id_dim = config.embedding_dim if config.user.id_dim is None else config.user.id_dim
+        self.item_tower = _named_tower(
+            "item",
+            config.item,
+            num_ids=self.num_items,
+            features=item_layout,
+            history_dim=user_id_dim if config.item_history else 0,
+            history_table_rows=self.num_users,  # the user id table's rows but its unknown one
+            history_length=config.item_history_length,
+            history_dropout=config.history_dropout,
+            history_combine=config.history_combine,
+            history_weight=config.history_weight,
+            **common,
+        )
         self.user_tower = _named_tower(
             "user",
             config.user,
@@ -191,9 +204,28 @@ class TwoTowerModel(nn.Module):
                               history_sparse=table is not None and table.sparse, exclude_history=exclude_history)
         return self._finish(out)
 
-    def encode_items(self, items: torch.Tensor | np.ndarray, *, inputs: TowerInputs | None = None) -> torch.Tensor:
-        """Item vectors [B, D] (L2-normalised for "cosine"); code -1 = unseen item (cold start)."""
-        return self._finish(self.item_tower(self._codes(items), inputs))
+    def encode_items(
+        self,
+        items: torch.Tensor | np.ndarray,
+        *,
+        inputs: TowerInputs | None = None,
+        exclude_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Item vectors [B, D] (L2-normalised for "cosine"); code -1 = unseen item (cold start).
+
+        Args:
+            items: int [B] item codes.
+            inputs: optional per-batch feature overrides (`history`: user codes, with `item_history`).
+            exclude_pairs: with `item_history`, (item codes [P], user codes [P]) left out of the
+                items' user pooling: the batch's training pairs, so that no item vector holds the
+                embedding of the user it is the positive of.
+        """
+        if not self.config.item_history:
+            return self._finish(self.item_tower(self._codes(items), inputs))
+        table = self.user_tower.id_embedding
+        out = self.item_tower(self._codes(items), inputs, history_table=table.weight, history_sparse=table.sparse,
+                              exclude_pairs=exclude_pairs)
+        return self._finish(out)
 
     def item_table_rows(self, items: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
         """(table, rows, normalize) with `encode_items(items)[i] == f(table[rows[i]])` (f: L2
@@ -246,13 +278,18 @@ class TwoTowerModel(nn.Module):
         return self._export(codes, inputs, batch_size, self.encode_items, query=False)
 
     def set_history(self, history: Any) -> None:
-        """Sets the per-user item history used by history pooling.
+        """Sets the per-user item history used by history pooling (and, with `item_history`, its
+        transpose: each item's users).
 
         Args:
             history: a CSR (`indptr` [num_users + 1], `indices` item codes), e.g. the dataset's
                 `train_history`, or a time-ordered one when `history_length` should mean "recent".
         """
-        self.user_tower.set_history(history.indptr, history.indices)
+        if self.config.user_history:
+            self.user_tower.set_history(history.indptr, history.indices)
+        if self.config.item_history:
+            self.item_tower.set_history(*item_history(history.indptr, history.indices, self.num_items,
+                                                      self.config.item_history_length))
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -332,6 +369,29 @@ class TwoTowerModel(nn.Module):
             return np.ascontiguousarray(out.float().cpu().numpy())
         finally:
             self.train(was_training)
+
+
+def item_history(indptr: np.ndarray, indices: np.ndarray, num_items: int,
+                 length: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's users: the transpose of a user -> items CSR, as (indptr [num_items + 1], user codes).
+
+    With `length` > 0 each item's users come in a random order (seeded: the same data give the same
+    rows), so that pooling the last `length` of them (`Tower.history_length`) pools a random subset
+    rather than the users with the highest codes.
+    """
+    indptr = np.asarray(indptr, dtype=np.int64)
+    users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    items = np.asarray(indices, dtype=np.int64)
+    if length > 0:
+        order = np.lexsort((np.random.default_rng(0).random(len(items)), items))
+    else:
+        order = np.argsort(items, kind="stable")
+    counts = np.bincount(items, minlength=num_items)
+    if len(counts) > num_items:
+        raise ValueError(f"history item codes must be in [0, {num_items}); found {len(counts) - 1}")
+    item_indptr = np.zeros(num_items + 1, dtype=np.int64)
+    np.cumsum(counts, out=item_indptr[1:])
+    return item_indptr, users[order]
 
 
 def _named_tower(name: str, *args: Any, **kwargs: Any) -> Tower:

@@ -256,7 +256,7 @@ class Tower(nn.Module):
     def set_history(self, indptr: np.ndarray, indices: np.ndarray) -> None:
         """Stores each id's history (CSR over ids, values = item codes) for history pooling."""
         if self.history_dim == 0:
-            raise ValueError("this tower has no history pooling (enable ModelConfig.user_history)")
+            raise ValueError("this tower has no history pooling (enable ModelConfig.user_history or item_history)")
         indptr = np.asarray(indptr, dtype=np.int64)
         if indptr.shape != (self.num_ids + 1,):
             raise ValueError(f"history indptr must have {self.num_ids + 1} entries; got {indptr.shape[0]}")
@@ -275,6 +275,7 @@ class Tower(nn.Module):
         history_table: torch.Tensor | None = None,
         history_sparse: bool = False,
         exclude_history: torch.Tensor | None = None,
+        exclude_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Vectors for a batch of codes.
 
@@ -286,6 +287,9 @@ class Tower(nn.Module):
             history_sparse: give `history_table` a sparse gradient (it is a sparse embedding's table).
             exclude_history: optional int64 [B]: item to leave out of row b's history pooling
                 (the training positive, so the user vector cannot simply copy its target).
+            exclude_pairs: optional (codes [P], history values [P]): an entry v of the history of
+                a row whose code is c is left out when (c, v) is one of the pairs (the batch's
+                training pairs, seen from this tower's side, so no vector contains its target).
 
         Returns:
             [B, embedding_dim] before any normalisation.
@@ -299,7 +303,9 @@ class Tower(nn.Module):
         if self.id_embedding is not None:
             parts.append(self.id_embedding(self._id_rows(codes, all_known)))
         if self.history_map is not None:  # SimpleX's gate: the history blended into the id embedding
-            pooled = self.history_map(self._pool_history(codes, inputs, history_table, history_sparse, exclude_history))
+            pooled = self.history_map(
+                self._pool_history(codes, inputs, history_table, history_sparse, exclude_history, exclude_pairs)
+            )
             parts[0] = torch.lerp(parts[0], pooled, self.history_weight)
         for i, (name, card) in enumerate(self.categorical.items()):
             if name in inputs.categorical:
@@ -330,7 +336,9 @@ class Tower(nn.Module):
                 values = torch.where(known.unsqueeze(1), stored[safe], torch.zeros((), device=stored.device))
             parts.append(values)
         if self.history_dim > 0 and self.history_map is None:
-            parts.append(self._pool_history(codes, inputs, history_table, history_sparse, exclude_history))
+            parts.append(
+                self._pool_history(codes, inputs, history_table, history_sparse, exclude_history, exclude_pairs)
+            )
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.mlp(x)
 
@@ -389,6 +397,7 @@ class Tower(nn.Module):
         history_table: torch.Tensor | None,
         history_sparse: bool,
         exclude: torch.Tensor | None,
+        exclude_pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         own = self.history_embedding
         table = own.weight if own is not None else history_table
@@ -416,6 +425,9 @@ class Tower(nn.Module):
                 self.history_indptr, self.history_indices, codes, self.history_length
             )
         keep = None if exclude is None else values != exclude.to(values.device)[segment]
+        if exclude_pairs is not None:
+            kept = ~_is_pair(codes[segment], values, exclude_pairs, self.history_table_rows)
+            keep = kept if keep is None else keep & kept
         if self.training and self.history_dropout > 0:
             kept = torch.rand(values.shape, device=values.device) >= self.history_dropout
             keep = kept if keep is None else keep & kept
@@ -445,6 +457,14 @@ class Tower(nn.Module):
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= card):
             raise ValueError(f"{what} input codes must be in [0, {card})")
         return values, offsets
+
+
+def _is_pair(codes: torch.Tensor, values: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor],
+             num_values: int) -> torch.Tensor:
+    """bool [M]: whether (codes[m], values[m]) is one of the pairs (codes [P], values [P])."""
+    pair_codes, pair_values = (p.to(codes.device, torch.int64) for p in pairs)
+    keys = torch.unique(pair_codes * num_values + pair_values)
+    return torch.isin(codes * num_values + values, keys, assume_unique=False)
 
 
 def _compact(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,7 +102,7 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
         user_features=dataset.user_features,
         item_features=dataset.item_features,
     )
-    if model_config.user_history:
+    if model_config.user_history or model_config.item_history:
         model.set_history(dataset.train_history)
     return model
 

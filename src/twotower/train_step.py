@@ -61,7 +61,9 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     query = inner_product_form(model.encode_users(users, exclude_history=history_target), None,
                                model.config.scoring, exact=exact)[0]
 
-    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None, exact)
+    pairs = (_tensor(batch.items, device), users) if model.config.item_history else None
+    distinct = _distinct_item_vectors(model, _tensor(batch.distinct_items, device), in_batch or shared is not None,
+                                      exact, pairs)
     item_rows = _tensor(batch.item_rows, device)
     # Positives and per-row negatives stay rows of `distinct`: the per-row losses score them in place
     # (gather_scores / embedding_scores); the in-batch losses need the positives gathered.
@@ -98,15 +100,17 @@ def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
     return _expected_count(batch.negative_log_q, batch.negatives.size if in_batch else batch.negatives.shape[1])
 
 
-def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool,
-                           exact: bool = False) -> torch.Tensor | EmbeddingRows:
+def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool, exact: bool = False,
+                           pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | EmbeddingRows:
     """The vectors of a batch's distinct items: left in the item table (`EmbeddingRows`, scored by
     `embedding_scores` without writing them out) when the item tower is an id lookup, the loss
     scores only rows (per-row kinds) and nothing else needs them as a tensor (`dense` False);
-    otherwise encoded by the item tower."""
+    otherwise encoded by the item tower, with the batch's (item, user) `pairs` left out of the items'
+    user pooling (`item_history`)."""
     rows = None if dense else model.item_table_rows(codes)
     if rows is None:
-        return inner_product_form(None, model.encode_items(codes), model.config.scoring, exact=exact)[1]
+        vectors = model.encode_items(codes, exclude_pairs=pairs)
+        return inner_product_form(None, vectors, model.config.scoring, exact=exact)[1]
     table, ids, normalize = rows
     return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
 
