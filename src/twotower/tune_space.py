@@ -168,8 +168,9 @@ def default_space(base: TrainConfig) -> dict[str, dict[str, Any]]:
     - `batches.num_shared_negatives` 256-4096, log (when the base uses shared negatives): more
       negatives sharpen the softmax at a cost linear in their number.
     - `model.id_dropout` 0-0.2 (when a tower has an id embedding): 0.1 was as good as 0.02.
-    - `model.history_dropout` 0.1-0.8 (with `model.user_history`): the pooled history must not
-      reveal the target; `model.history_weight` 0.2-0.8 (with the gate): SimpleX's share of it.
+    - `model.history_dropout` 0.1-0.8 (with `model.user_history` or `model.item_history`): the
+      pooled history must not reveal the target; `model.history_weight` 0.2-0.8 (with the gate):
+      SimpleX's share of it.
     - `optim.embedding_weight_decay` none or 1e-4 to 1e-1 in decades: decoupled decay on the rows a
       batch touches; off by default (on purpose: it is a choice), so the search decides.
     """
@@ -182,7 +183,7 @@ def default_space(base: TrainConfig) -> dict[str, dict[str, Any]]:
         space["batches.num_shared_negatives"] = {"low": 256, "high": 4096, "log": True}
     if base.model.user.id_dim != 0 or base.model.item.id_dim != 0:
         space["model.id_dropout"] = {"low": 0.0, "high": 0.2}
-    if base.model.user_history:
+    if base.model.user_history or base.model.item_history:
         space["model.history_dropout"] = {"low": 0.1, "high": 0.8}
         if base.model.history_combine == "gate":
             space["model.history_weight"] = {"low": 0.2, "high": 0.8}

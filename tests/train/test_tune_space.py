@@ -126,6 +126,8 @@ def test_without_a_space_the_default_space_fits_the_base_model(tmp_path):
     assert "model.history_weight" in gate  # SimpleX's share of the history is searched with the gate
     with_history = read(tmp_path, "", base="[model]\nembedding_dim = 16\nuser_history = true\n").space
     assert "model.history_dropout" in with_history
+    items_only = read(tmp_path, "", base='[model]\nitem_history = true\nhistory_combine = "gate"\n').space
+    assert "model.history_dropout" in items_only and "model.history_weight" in items_only  # the item side's too
 
 
 def test_tune_settings_from_flags_are_checked(tmp_path):
