@@ -5,7 +5,7 @@
 #              in .whl/fallback/ is used if the build fails), nvidia-smi, versions
 #   infonce    pytest tests/kernels/test_infonce.py (compiled Triton kernels on CUDA)   } run side
 #   trainer    pytest tests/train tests/test_model.py tests/test_losses.py              } by side
-#              tests/test_evaluate.py tests/test_index.py (trainer device "auto" = CUDA)
+#              tests/test_evaluate.py tests/retrieval/test_hnsw.py (trainer device "auto" = CUDA)
 #   train-cuda python -m benchmarks.gpu.train_cuda (AMP vs fp32 vs CPU training; alone on the GPU)
 #   extras     python -m benchmarks.gpu.profile_train (where a CUDA training step's time goes), then
 #              the C++ scorer's tests on the device's CPU (its SIMD dispatch; the paths listed)
@@ -34,7 +34,7 @@ if [[ ${1:-} == setup ]]; then
     HNSWLIB_NO_NATIVE=1 python3 -m pip install -q --no-build-isolation --no-index --no-deps --no-cache-dir --upgrade \
       --target /tmp/site .whl/sdist/hnswlib-*.tar.gz
   fi
-  python3 -c "import hnswlib; print('hnswlib', hnswlib.__file__)" || echo "SETUP: hnswlib missing (tests/test_index.py will fail or skip)"
+  python3 -c "import hnswlib; print('hnswlib', hnswlib.__file__)" || echo "SETUP: hnswlib missing (tests/retrieval/test_hnsw.py will fail or skip)"
   echo "--- twotower build (pip install --no-build-isolation --no-deps --no-index .)"
   b0=$(date +%s)
   if python3 -m pip install -q --no-build-isolation --no-deps --no-index . ; then
@@ -85,7 +85,7 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   run_step infonce-tests 180 1 "${PYTEST[@]}" tests/kernels/test_infonce.py &
   pid=$!
   run_step trainer-tests 180 1 "${PYTEST[@]}" tests/train tests/test_model.py tests/test_losses.py \
-    tests/test_evaluate.py tests/test_index.py
+    tests/test_evaluate.py tests/retrieval/test_hnsw.py
   wait "$pid"
   for name in infonce-tests trainer-tests; do
     echo "--- $name: last lines"
@@ -98,7 +98,7 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   #       most 8 files.
   run_step extras 210 0 bash -c "python3 -m benchmarks.gpu.profile_train ${PROFILE_TRAIN_ARGS:-}; \
     python3 -c \"import twotower; print('scorer SIMD paths on this CPU:', twotower.available_simd())\"; \
-    ${PYTEST[*]} tests/test_scorer.py tests/test_scorer_screening.py tests/test_scorer_errors.py tests/test_scorer_build.py"
+    ${PYTEST[*]} tests/retrieval/test_exact.py tests/retrieval/test_exact_screening.py tests/retrieval/test_exact_errors.py tests/retrieval/test_exact_build.py"
 fi
 
 # -- summary -------------------------------------------------------------------------------------

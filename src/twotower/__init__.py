@@ -10,10 +10,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ExactIndex": "twotower.scorer",
-    "available_simd": "twotower.scorer",
-    "topk": "twotower.scorer",
-    "topk_reference": "twotower.scorer",
+    "ExactIndex": "twotower.retrieval.exact",
+    "available_simd": "twotower.retrieval.exact",
+    "topk": "twotower.retrieval.exact",
+    "topk_reference": "twotower.retrieval.exact",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -202,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- index ------------------------------------------------------------------------------------------
 def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
-    from twotower.index import HNSWIndex
+    from twotower.retrieval.hnsw import HNSWIndex
 
     directory = trained.path / "index"
     if (directory / "index.hnsw").is_file():
@@ -213,7 +213,7 @@ def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
 
 def _load_index(trained: Any) -> Any:
     """The index saved next to the model, refused unless it was built for this model's items and scoring."""
-    from twotower.index import HNSWIndex
+    from twotower.retrieval.hnsw import HNSWIndex
 
     index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
     if index.scoring != trained.model.config.scoring:
@@ -223,7 +223,7 @@ def _load_index(trained: Any) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from twotower.index import HNSWIndex
+    from twotower.retrieval.hnsw import HNSWIndex
     from twotower.model_dir import load_model_dir
 
     trained = load_model_dir(args.model_dir)

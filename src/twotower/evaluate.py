@@ -266,7 +266,7 @@ def random_ranker(num_items: int, k: int, *, seed: int = 0) -> Ranker:
 
 
 def ann_ranker(index: Any, user_vectors: np.ndarray, k: int) -> Ranker:
-    """Ranks through an `twotower.index.HNSWIndex` (seen items filtered by over-fetching)."""
+    """Ranks through an `twotower.retrieval.hnsw.HNSWIndex` (seen items filtered by over-fetching)."""
     queries = np.ascontiguousarray(user_vectors, dtype=np.float32)
 
     def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:

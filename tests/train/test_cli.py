@@ -137,7 +137,7 @@ def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     vectors, as if built before the model was retrained) is refused with a message, not searched."""
     import shutil
 
-    from twotower.index import HNSWIndex
+    from twotower.retrieval.hnsw import HNSWIndex
     from twotower.model_dir import load_model_dir
 
     model_dir = tmp_path / "model"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import twotower
-from twotower.scorer_reference import topk_reference
+from twotower.retrieval.exact_reference import topk_reference
 
 SIMD_PATHS = twotower.available_simd()
 THREADS = [1, 2]

@@ -9,7 +9,7 @@ import pytest
 
 import twotower
 from twotower import _C
-from tests.test_scorer import assert_matches_reference
+from tests.retrieval.test_exact import assert_matches_reference
 
 pytestmark = pytest.mark.skipif(
     "avx512_vnni" not in twotower.available_simd(), reason="the screening kernel needs AVX-512 VNNI"

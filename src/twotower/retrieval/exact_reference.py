@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twotower.scorer_checks import check_exclude, check_k, check_matrix
+from twotower.retrieval.checks import check_exclude, check_k, check_matrix
 
 _BLOCK_ELEMENTS = 1 << 22  # scores held at once: bounds memory for large catalogues
 

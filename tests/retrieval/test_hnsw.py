@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from twotower.evaluate import evaluate_ann
-from twotower.index import HNSWIndex
-from twotower.scorer_reference import topk_reference
+from twotower.retrieval.hnsw import HNSWIndex
+from twotower.retrieval.exact_reference import topk_reference
 
 
 def data(seed: int = 0, n: int = 2000, dim: int = 16, queries: int = 100) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ import numpy as np
 from twotower.atomic import atomic_write, write_json_atomic
 from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
-from twotower.scorer import ExactIndex
+from twotower.retrieval.exact import ExactIndex
 
 INDEX_FILE = "index.hnsw"
 META_FILE = "index.json"

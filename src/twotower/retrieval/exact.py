@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from twotower import _C
-from twotower.scorer_reference import topk_reference
+from twotower.retrieval.exact_reference import topk_reference
 
 __all__ = ["ExactIndex", "available_simd", "topk", "topk_reference"]
 
