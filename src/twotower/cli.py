@@ -245,13 +245,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 # -- recommend --------------------------------------------------------------------------------------
 def _print_recommendations(trained: Any, users: list[str], k: int, *, searcher: Any, as_json: bool) -> None:
     from twotower.data.types import take_rows
+    from twotower.retrieval.scoring import true_scores
 
     codes = _user_codes(trained, users)
     queries = trained.model.user_search_vectors(codes)
     scores, ids = searcher(queries, k, exclude=take_rows((trained.seen.indptr, trained.seen.indices), codes))
-    if trained.model.config.scoring == "neg_l2":  # the search form drops -||q||^2 per user: the score is -||q - v||^2
-        q = queries[:, :-1].astype(np.float64)
-        scores = (scores - (q * q).sum(axis=1, keepdims=True)).astype(np.float32)
+    scores = true_scores(queries, scores, trained.model.config.scoring)
     out = []
     for user, row_scores, row_ids in zip(users, scores, ids):
         valid = row_ids >= 0

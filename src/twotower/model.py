@@ -21,6 +21,7 @@ from torch import nn
 from twotower.atomic import atomic_write, write_json_atomic
 from twotower.kernels.l2_normalize import l2_normalize
 from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
+from twotower.retrieval.scoring import inner_product_form, pairwise_scores
 from twotower.towers import Tower, TowerInputs
 
 __all__ = [
@@ -36,67 +37,6 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def inner_product_form(
-    queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, scoring: str, *, exact: bool = False
-) -> tuple[Any, Any]:
-    """Rewrites (query, item) vectors so that their inner product ranks items exactly by `scoring`.
-
-    - "dot": unchanged.
-    - "cosine": unchanged; the towers already L2-normalise their outputs, so the inner product is
-      the cosine.
-    - "neg_l2": -||q - v||^2 = 2 q.v - ||v||^2 - ||q||^2. The last term is the same for every item of
-      a query, so q' = [q, 1] and v' = [2 v, -||v||^2] give q'.v' = -||q - v||^2 + ||q||^2: the exact
-      score up to a per-query constant, hence the same ranking (and the same softmax over items).
-
-      With `exact`, q' = [q, 1, -||q||^2] and v' = [2 v, -||v||^2, 1] give q'.v' = -||q - v||^2 itself,
-      for a softmax over queries (the item-to-query side of a symmetric loss), where the per-query
-      constant does not cancel.
-
-    Works on torch tensors (differentiable) and on NumPy arrays; either side may be None to
-    transform only the other.
-
-    Args:
-        queries: [B, D] or None.
-        items: [N, D] or None.
-        scoring: "dot", "cosine" or "neg_l2".
-
-    Returns:
-        (queries' [B, D'], items' [N, D']) with D' = D, or D + 1 for "neg_l2" (D + 2 with `exact`).
-
-    Example:
-        >>> q, v = np.ones((1, 2), np.float32), np.eye(2, dtype=np.float32)
-        >>> inner_product_form(q, v, "neg_l2")[1].tolist()
-        [[2.0, 0.0, -1.0], [0.0, 2.0, -1.0]]
-    """
-    if scoring in ("dot", "cosine"):
-        return queries, items
-    if scoring != "neg_l2":
-        raise ValueError(f"scoring must be 'dot', 'cosine' or 'neg_l2'; got {scoring!r}")
-    out_q = out_v = None
-    if queries is not None:
-        out_q = _append_columns(queries, True, exact)
-    if items is not None:
-        out_v = _append_columns(items, False, exact)
-    return out_q, out_v
-
-
-def _append_columns(x: torch.Tensor | np.ndarray, query: bool, exact: bool) -> Any:
-    """neg_l2's extra columns. Queries: [q, 1] ([q, 1, -||q||^2] when exact); items: [2v, -||v||^2]
-    ([2v, -||v||^2, 1] when exact). The norm is summed in float64 on both paths (and by the HNSW
-    index, which recomputes it from v), so they give the same float32 column."""
-    if isinstance(x, torch.Tensor):
-        wide = x.double()
-        norm = -(wide * wide).sum(dim=1, keepdim=True).to(x.dtype)
-        ones = torch.ones_like(x[:, :1])
-        parts = [x, ones, norm] if query else [2 * x, norm, ones]
-        return torch.cat(parts if exact else parts[:2], dim=1)
-    wide = x.astype(np.float64)
-    norm = -(wide * wide).sum(axis=1, keepdims=True)
-    ones = np.ones_like(wide[:, :1])
-    parts = [wide, ones, norm] if query else [2 * wide, norm, ones]
-    return np.concatenate(parts if exact else parts[:2], axis=1).astype(x.dtype)
 
 
 class TwoTowerModel(nn.Module):
@@ -247,9 +187,7 @@ class TwoTowerModel(nn.Module):
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Exact scores of every (user, item) pair under the model's scoring: [B, D] x [N, D] -> [B, N]."""
-        if self.config.scoring == "neg_l2":
-            return -torch.cdist(user_vectors, item_vectors).square()
-        return user_vectors @ item_vectors.T
+        return pairwise_scores(user_vectors, item_vectors, self.config.scoring)
 
     def inner_product_form(self, queries: Any, items: Any) -> tuple[Any, Any]:
         """See `twotower.model.inner_product_form`; uses this model's scoring."""

@@ -236,7 +236,7 @@ def test_ann_evaluation_reports_recall_and_speed(built) -> None:
 
 def neg_l2_data(seed: int = 11, n: int = 3000, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Search forms of a neg_l2 model: items [2v, -||v||^2], queries [q, 1]; norms spread as trained ones are."""
-    from twotower.model import inner_product_form
+    from twotower.retrieval.scoring import inner_product_form
 
     rng = np.random.default_rng(seed)
     v = (rng.normal(size=(n, dim)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)

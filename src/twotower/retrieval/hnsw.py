@@ -2,22 +2,16 @@
 
 Vectors in and scores out are those of the exact scorer: feed it `TwoTowerModel.item_search_vectors()`
 and `user_search_vectors()` (the inner-product form of every scoring) and say the model's `scoring`.
-The graph lives in the space that matches it: hnswlib's inner-product space ('ip') over the vectors
-as given for "dot" and "cosine" (no MIPS-to-L2 transform, which costs recall); for "neg_l2" its L2
-space over the raw item vectors recovered from the form [2v, -||v||^2] (a graph over that form is
-useless: its inner products are dominated by the norm column), queries [q, 1] searched as q, and
-the squared distances reported as the form's scores ||q||^2 - ||q - v||^2. hnswlib labels are the
-item codes.
+The graph lives in the space that matches it (`twotower.retrieval.scoring.HNSWSpace`: inner product
+for "dot" and "cosine", L2 over the raw item vectors for "neg_l2"); hnswlib labels are the item codes.
 
 Threading rule: never search while the index is being mutated from another thread (hnswlib does not
 guard its graph). `HNSWIndex` enforces it with a readers-writer lock: any number of searches run
 together (hnswlib releases the GIL), while `add` / `update` / `remove` / `rebuild` / `ef` changes wait
 for running searches and hold new ones back until they finish.
 
-Files: `save(directory)` writes `index.hnsw` (hnswlib's format) and `index.json` (the settings
-hnswlib does not store -- `ef` among them -- the sha256 of `index.hnsw`, the catalogue size and the
-item-vocabulary fingerprint), each atomically; `load` refuses files whose checksum, catalogue size or
-vocabulary do not match.
+Files (`twotower.retrieval.hnsw_files`): `save(directory)` writes `index.hnsw` and `index.json`, each
+atomically; `load` refuses files whose checksum, catalogue size or vocabulary do not match.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -30,79 +24,23 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import struct
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hnswlib
 import numpy as np
 
-from twotower.atomic import atomic_write, write_json_atomic
 from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
+from twotower.retrieval import hnsw_files
 from twotower.retrieval.exact import ExactIndex
+from twotower.retrieval.hnsw_files import INDEX_FILE, META_FILE, vocabulary_fingerprint
+from twotower.retrieval.rwlock import ReadWriteLock
+from twotower.retrieval.scoring import HNSWSpace
 
-INDEX_FILE = "index.hnsw"
-META_FILE = "index.json"
-_FORMAT = "twotower.hnsw/1"
-
-
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-def vocabulary_fingerprint(ids: Any) -> str:
-    """sha256 of a vocabulary's external ids in code order (ints or strings), to tie files together."""
-    ids = np.asarray(ids)
-    digest = hashlib.sha256()
-    if ids.dtype.kind in "iu":
-        digest.update(b"int:")
-        digest.update(ids.astype("<i8").tobytes())
-    else:
-        digest.update(b"str:")
-        for value in ids.tolist():
-            digest.update(str(value).encode("utf-8") + b"\x00")
-    return digest.hexdigest()
+__all__ = ["INDEX_FILE", "META_FILE", "HNSWIndex", "vocabulary_fingerprint"]
 
 
 class HNSWIndex:
@@ -136,10 +74,9 @@ class HNSWIndex:
         max_fetch: int = 1024,
         max_elements: int = 1024,
     ) -> None:
-        if scoring not in _SPACES:
-            raise ValueError(f"scoring must be one of {tuple(_SPACES)}; got {scoring!r}")
-        if dim < 1 or (scoring == "neg_l2" and dim < 2):
-            raise ValueError(f"dim must be >= {2 if scoring == 'neg_l2' else 1} for scoring {scoring!r}; got {dim}")
+        space = HNSWSpace(scoring)  # checks the scoring
+        if dim < space.min_dim:
+            raise ValueError(f"dim must be >= {space.min_dim} for scoring {scoring!r}; got {dim}")
         if M < 2:
             raise ValueError(f"M must be >= 2; got {M}")
         if ef_construction < 1 or ef < 1:
@@ -150,13 +87,14 @@ class HNSWIndex:
             raise ValueError(f"rebuild_threshold must be in (0, 1) or None; got {rebuild_threshold}")
         self.dim, self.M, self.ef_construction = int(dim), int(M), int(ef_construction)
         self.scoring = scoring
-        self._space = _SPACES[scoring]
-        self._graph_dim = self.dim - 1 if self._space == "l2" else self.dim
+        self._space = space
+        self._graph_dim = space.graph_dim(self.dim)
         self._ef = int(ef)
         self.num_threads = -1 if num_threads is None else int(num_threads)
         self.rebuild_threshold = rebuild_threshold
         self.max_fetch = int(max_fetch)
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
+        self._exact_lock = threading.Lock()  # concurrent searches build the exact fallback once
         self._labels: set[int] = set()  # every label in the graph, deleted ones included
         self._deleted: set[int] = set()
         self._exact_cache: tuple[np.ndarray, ExactIndex] | None = None
@@ -174,7 +112,7 @@ class HNSWIndex:
         return index
 
     def _new_graph(self, capacity: int) -> hnswlib.Index:
-        graph = hnswlib.Index(space=self._space, dim=self._graph_dim)
+        graph = hnswlib.Index(space=self._space.name, dim=self._graph_dim)
         graph.init_index(
             max_elements=capacity, ef_construction=self.ef_construction, M=self.M, allow_replace_deleted=True
         )
@@ -214,31 +152,6 @@ class HNSWIndex:
     def _missing(self, labels: np.ndarray) -> list[int]:
         return [label for label in labels.tolist() if label not in self._labels or label in self._deleted]
 
-    # -- the graph's space ----------------------------------------------------------------------------
-    def _to_graph(self, vectors: np.ndarray) -> np.ndarray:
-        """Search-form item vectors -> what the graph stores: as given, or v from [2v, -||v||^2]."""
-        if self._space == "ip":
-            return vectors
-        return np.ascontiguousarray(vectors[:, :-1] * np.float32(0.5))
-
-    def _from_graph(self, stored: np.ndarray) -> np.ndarray:
-        """What the graph stores -> search-form item vectors (the exact scorer's input)."""
-        stored = np.ascontiguousarray(stored, dtype=np.float32).reshape(-1, self._graph_dim)
-        if self._space == "ip":
-            return stored
-        wide = stored.astype(np.float64)  # the norm as `inner_product_form` computes it: the same float32 column
-        return np.concatenate([2 * stored, (-(wide * wide).sum(axis=1, keepdims=True)).astype(np.float32)], axis=1)
-
-    def _graph_queries(self, queries: np.ndarray) -> np.ndarray:
-        return queries if self._space == "ip" else np.ascontiguousarray(queries[:, :-1])
-
-    def _scores(self, queries: np.ndarray, distances: np.ndarray) -> np.ndarray:
-        """hnswlib distances -> the search form's scores ('ip': 1 - <q, v>; 'l2': ||q - v||^2)."""
-        if self._space == "ip":
-            return (1.0 - distances).astype(np.float32)
-        q = queries[:, :-1].astype(np.float64)
-        return ((q * q).sum(axis=1, keepdims=True) - distances).astype(np.float32)
-
     # -- mutation ---------------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Inserts items, or replaces the vectors of labels already present (an upsert).
@@ -262,7 +175,7 @@ class HNSWIndex:
             for label in revived:
                 self._index.unmark_deleted(label)
                 self._deleted.discard(label)
-            vectors = self._to_graph(vectors)
+            vectors = self._space.items_to_graph(vectors)
             if is_present.any():  # same label: hnswlib updates the vector and its links
                 self._index.add_items(vectors[is_present], labels[is_present], num_threads=self.num_threads)
             fresh = ~is_present
@@ -349,9 +262,7 @@ class HNSWIndex:
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1; got {k!r}")
         k = int(k)
-        if self._space == "l2" and len(queries) and not (queries[:, -1] == 1).all():
-            raise ValueError("queries of a neg_l2 index must be in its search form [q, 1] "
-                             "(TwoTowerModel.user_search_vectors): their last column must be 1")
+        self._space.check_queries(queries)
         num = len(queries)
         if exclude is not None:
             indptr, indices = _check_exclude(exclude, num)
@@ -377,12 +288,12 @@ class HNSWIndex:
         """Fetches `fetch` neighbours per query, drops excluded ones, answers short rows exactly."""
         try:
             labels, distances = self._index.knn_query(
-                self._graph_queries(queries), k=fetch, num_threads=self.num_threads
+                self._space.queries_to_graph(queries), k=fetch, num_threads=self.num_threads
             )
         except RuntimeError:  # hnswlib could not find `fetch` live neighbours for some query
             return self._exact(queries, k, exclude)
         labels = labels.astype(np.int64)
-        found = self._scores(queries, distances)
+        found = self._space.form_scores(queries, distances)
         keep = np.ones(labels.shape, dtype=bool) if exclude is None else ~hit_matrix(labels, *exclude)[0]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in rank order
         n_keep = np.minimum(keep.sum(axis=1), k)
@@ -405,11 +316,7 @@ class HNSWIndex:
         """Exact top-k over the live vectors (labels mapped to rows of the packed matrix and back). The
         vectors are packed once per state of the index (an `ExactIndex`: a query costs a scan of the
         packed items, not a repacking), and dropped on any add, update or removal."""
-        if self._exact_cache is None:
-            labels = self._live_labels()
-            vectors = self._from_graph(self._index.get_items(labels, return_type="numpy"))
-            self._exact_cache = (labels, ExactIndex(vectors))
-        labels, exact = self._exact_cache
+        labels, exact = self._exact_index()
         rows_exclude = None
         if exclude is not None:
             indptr, indices = exclude
@@ -419,6 +326,16 @@ class HNSWIndex:
             rows_exclude = (kept_before[indptr], pos[inside])  # exclusions of items still in the index
         scores, rows = exact.search(queries, k, exclude=rows_exclude)
         return scores, np.where(rows >= 0, labels[np.maximum(rows, 0)], -1)
+
+    def _exact_index(self) -> tuple[np.ndarray, ExactIndex]:
+        """(live labels, their packed search vectors), built once per state of the index even when
+        searches that need it run together (they hold the read lock, so the state cannot change)."""
+        with self._exact_lock:
+            if self._exact_cache is None:
+                labels = self._live_labels()
+                stored = self._index.get_items(labels, return_type="numpy")
+                self._exact_cache = (labels, ExactIndex(self._space.items_from_graph(stored, self._graph_dim)))
+            return self._exact_cache
 
     # -- files ------------------------------------------------------------------------------------
     def save(
@@ -433,17 +350,9 @@ class HNSWIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            checksum = ""
-
-            def write_graph(tmp: Path) -> None:
-                nonlocal checksum
-                self._index.save_index(str(tmp))
-                checksum = _sha256(tmp)
-
-            atomic_write(directory / INDEX_FILE, write_graph)
+            checksum = hnsw_files.write_graph(directory, self._index.save_index)
             meta = {
-                "format": _FORMAT,
-                "space": self._space,
+                "space": self._space.name,
                 "scoring": self.scoring,
                 "dim": self.dim,
                 "M": self.M,
@@ -456,9 +365,8 @@ class HNSWIndex:
                 "deleted": sorted(self._deleted),
                 "sha256": checksum,
                 "num_items": num_items,
-                "item_vocabulary": None if item_ids is None else vocabulary_fingerprint(item_ids),
             }
-        write_json_atomic(directory / META_FILE, meta)
+        hnsw_files.write_description(directory, meta, item_ids)
         return directory
 
     @classmethod
@@ -481,34 +389,7 @@ class HNSWIndex:
             ValueError: checksum, catalogue size, vocabulary or format mismatch.
         """
         directory = Path(directory)
-        index_path, meta_path = directory / INDEX_FILE, directory / META_FILE
-        for path in (index_path, meta_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: build the index first (twotower index build)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise ValueError(f"{meta_path} is not a twotower HNSW index description (format {_FORMAT})")
-        _check_meta(meta, meta_path)
-        actual = _sha256(index_path)
-        if actual != meta["sha256"]:
-            raise ValueError(
-                f"{index_path} does not match its checksum in {meta_path} "
-                f"(sha256 {actual[:12]}... vs {meta['sha256'][:12]}...): rebuild the index"
-            )
-        if num_items is not None and meta["num_items"] is not None and int(num_items) != meta["num_items"]:
-            raise ValueError(
-                f"index in {directory} was built for {meta['num_items']} items; "
-                f"the model has {num_items}: rebuild the index"
-            )
-        if (
-            item_ids is not None
-            and meta["item_vocabulary"] is not None
-            and vocabulary_fingerprint(item_ids) != meta["item_vocabulary"]
-        ):
-            raise ValueError(f"index in {directory} was built for a different item vocabulary: rebuild the index")
+        meta = hnsw_files.read_description(directory, num_items=num_items, item_ids=item_ids)
         index = cls(
             meta["dim"],
             scoring=meta.get("scoring", "dot"),  # files from before neg_l2 had its own space: inner product
@@ -519,26 +400,31 @@ class HNSWIndex:
             rebuild_threshold=meta["rebuild_threshold"],
             max_fetch=meta["max_fetch"],
         )
-        if meta["space"] != index._space:
-            raise ValueError(f"{meta_path}: space {meta['space']!r} does not go with scoring {index.scoring!r}")
-        header = _graph_header(index_path)
-        if header["data_bytes"] != 4 * index._graph_dim or header["M"] != meta["M"]:
+        index._load_graph(directory, meta)
+        return index
+
+    def _load_graph(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Replaces the empty graph with the saved one, once its header and deleted set agree with `meta`."""
+        index_path, meta_path = directory / INDEX_FILE, directory / META_FILE
+        if meta["space"] != self._space.name:
+            raise ValueError(f"{meta_path}: space {meta['space']!r} does not go with scoring {self.scoring!r}")
+        header = hnsw_files.graph_header(index_path)
+        if header["data_bytes"] != 4 * self._graph_dim or header["M"] != meta["M"]:
             raise ValueError(
                 f"{index_path} holds {header['data_bytes'] // 4}-d vectors with M = {header['M']}; {meta_path} says "
-                f"{index._graph_dim}-d (dim {meta['dim']}, scoring {index.scoring!r}) with M = {meta['M']}: rebuild the index"
+                f"{self._graph_dim}-d (dim {meta['dim']}, scoring {self.scoring!r}) with M = {meta['M']}: rebuild the index"
             )
-        graph = hnswlib.Index(space=index._space, dim=index._graph_dim)
+        graph = hnswlib.Index(space=self._space.name, dim=self._graph_dim)
         graph.load_index(str(index_path), max_elements=max(meta["max_elements"], header["max_elements"]),
                          allow_replace_deleted=True)
         graph.set_ef(meta["ef"])  # hnswlib does not save ef
-        graph.set_num_threads(index.num_threads if index.num_threads > 0 else os.cpu_count() or 1)
-        index._index = graph
-        index._labels = set(graph.get_ids_list())
-        index._deleted = set(int(x) for x in meta["deleted"])
-        _check_deleted(graph, index._labels, index._deleted, index_path, meta_path)
-        if len(index) != meta["count"]:
-            raise ValueError(f"{index_path} holds {len(index)} live items; {meta_path} says {meta['count']}")
-        return index
+        graph.set_num_threads(self.num_threads if self.num_threads > 0 else os.cpu_count() or 1)
+        self._index = graph
+        self._labels = set(graph.get_ids_list())
+        self._deleted = set(int(x) for x in meta["deleted"])
+        hnsw_files.check_deleted(graph, self._labels, self._deleted, directory)
+        if len(self) != meta["count"]:
+            raise ValueError(f"{index_path} holds {len(self)} live items; {meta_path} says {meta['count']}")
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_labels(self, labels: np.ndarray | None, n: int) -> np.ndarray:
@@ -569,80 +455,6 @@ def _check_vectors(vectors: Any, dim: int | None, name: str = "vectors") -> np.n
     if not np.isfinite(vectors).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return np.ascontiguousarray(vectors)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_SPACES = {"dot": "ip", "cosine": "ip", "neg_l2": "l2"}
-
-# index.json keys and their types (bool is not an int here).
-_META_TYPES: dict[str, tuple[type, ...]] = {
-    "space": (str,), "dim": (int,), "M": (int,), "ef_construction": (int,), "ef": (int,),
-    "rebuild_threshold": (float, int, type(None)), "max_fetch": (int,), "max_elements": (int,), "count": (int,),
-    "deleted": (list,), "sha256": (str,), "num_items": (int, type(None)), "item_vocabulary": (str, type(None)),
-}
-
-
-def _check_meta(meta: dict[str, Any], path: Path) -> None:
-    """Every key `load` reads is there with its type; a hand-edited or truncated file is named."""
-    for key, types in _META_TYPES.items():
-        if key not in meta:
-            raise ValueError(f"{path} lacks {key!r}: not a complete index description (rebuild the index)")
-        value = meta[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise ValueError(f"{path}: {key!r} has the wrong type ({type(value).__name__}): rebuild the index")
-    if "scoring" in meta and meta["scoring"] not in _SPACES:
-        raise ValueError(f"{path}: unknown scoring {meta['scoring']!r}")
-    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in meta["deleted"]):
-        raise ValueError(f"{path}: 'deleted' must list non-negative item codes")
-
-
-def _graph_header(path: Path) -> dict[str, int]:
-    """The sizes hnswlib's file header records (its `saveIndex` layout), read before hnswlib trusts them:
-    a description whose dim disagrees with the graph would make every search read past each vector."""
-    layout = "<6Qi I3Qd Q"
-    size = struct.calcsize(layout)
-    with open(path, "rb") as f:
-        raw = f.read(size)
-    if len(raw) < size:
-        raise ValueError(f"{path} is too short to be an hnswlib index ({len(raw)} bytes): rebuild the index")
-    (_, max_elements, count, _, label_offset, data_offset, _, _, _, _, m, _, _) = struct.unpack(layout, raw)
-    return {"max_elements": max_elements, "count": count, "data_bytes": label_offset - data_offset, "M": m}
-
-
-def _check_deleted(graph: hnswlib.Index, labels: set[int], deleted: set[int], index_path: Path, meta_path: Path) -> None:
-    """The deleted set of index.json must be the graph's own: every listed label is in the graph and
-    marked deleted there, and every other label is live (hnswlib answers `get_items` for live labels only)."""
-    unknown = sorted(deleted - labels)
-    if unknown:
-        raise ValueError(f"{meta_path} lists deleted labels that {index_path} does not hold: {unknown[:10]}")
-    for label in sorted(deleted):
-        if _is_live(graph, label):
-            raise ValueError(f"{meta_path} lists label {label} as deleted; it is live in {index_path}: rebuild the index")
-    live = np.sort(np.fromiter(labels - deleted, dtype=np.int64))
-    for start in range(0, len(live), 65536):  # bounded memory: get_items copies the vectors out
-        chunk = live[start : start + 65536]
-        try:
-            graph.get_items(chunk, return_type="numpy")
-        except RuntimeError:
-            dead = [int(x) for x in chunk if not _is_live(graph, int(x))]
-            raise ValueError(
-                f"{index_path} has deleted labels that {meta_path} lists as live: {dead[:10]}: rebuild the index"
-            ) from None
-
-
-def _is_live(graph: hnswlib.Index, label: int) -> bool:
-    try:
-        graph.get_items([label])
-    except RuntimeError:
-        return False
-    return True
 
 
 def _check_exclude(exclude: Any, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
