@@ -2,7 +2,7 @@
 
 The package root stays light: `import twotower` loads nothing heavy. The exact top-K scorer (C++)
 loads on first use of `twotower.topk` / `twotower.ExactIndex`; torch-based parts (model, losses,
-training) load when their modules are imported.
+training, `twotower.Recommender`) load on first use or when their modules are imported.
 """
 
 from typing import Any
@@ -14,6 +14,8 @@ _LAZY = {
     "available_simd": "twotower.retrieval.exact",
     "topk": "twotower.retrieval.exact",
     "topk_reference": "twotower.retrieval.exact",
+    "Recommender": "twotower.retrieval.recommend",
+    "UnknownIdError": "twotower.retrieval.recommend",
 }
 
 __all__ = [*_LAZY, "__version__"]

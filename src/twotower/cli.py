@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np  # noqa: E402
-
 from twotower import __version__  # noqa: E402
 from twotower.cli_options import _key_value, add_config_flags, merge, overrides_from_args  # noqa: E402
 from twotower.config import TrainConfig  # noqa: E402
@@ -202,60 +200,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- index ------------------------------------------------------------------------------------------
 def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
-    from twotower.retrieval.hnsw import HNSWIndex
+    from twotower.retrieval.recommend import build_index, has_index, load_index
 
-    directory = trained.path / "index"
-    if (directory / "index.hnsw").is_file():
-        return _load_index(trained)
-    return HNSWIndex.build(trained.model.item_search_vectors(), scoring=trained.model.config.scoring, M=getattr(args, "M", 16),
-                           ef_construction=getattr(args, "ef_construction", 200), ef=getattr(args, "ef", 100))
-
-
-def _load_index(trained: Any) -> Any:
-    """The index saved next to the model, refused unless it was built for this model's items and scoring."""
-    from twotower.retrieval.hnsw import HNSWIndex
-
-    index = HNSWIndex.load(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
-    if index.scoring != trained.model.config.scoring:
-        raise UserError(f"the index in {trained.path / 'index'} was built for {index.scoring!r} scores; the model "
-                        f"scores by {trained.model.config.scoring!r}: rebuild it (twotower index build)")
-    return index
+    if has_index(trained):
+        return load_index(trained)
+    return build_index(trained, M=getattr(args, "M", 16), ef_construction=getattr(args, "ef_construction", 200),
+                       ef=getattr(args, "ef", 100))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from twotower.retrieval.hnsw import HNSWIndex
     from twotower.model_dir import load_model_dir
+    from twotower.retrieval.recommend import Recommender, build_index, save_index
 
     trained = load_model_dir(args.model_dir)
     if args.action == "build":
-        index = HNSWIndex.build(trained.model.item_search_vectors(), scoring=trained.model.config.scoring, M=args.M,
-                                ef_construction=args.ef_construction, ef=args.ef)
-        path = index.save(trained.path / "index", num_items=trained.model.num_items, item_ids=trained.item_vocab.ids)
+        index = build_index(trained, M=args.M, ef_construction=args.ef_construction, ef=args.ef)
+        path = save_index(index, trained)
         print(f"HNSW index over {len(index)} items (M={args.M}, ef_construction={args.ef_construction}, ef={args.ef}) saved to {path}")
         return 0
     if not args.user:
         raise UserError("index query needs --user ID (one or more)")
-    index = _load_index(trained)
-    if args.ef is not None:
-        index.ef = args.ef
-    _print_recommendations(trained, args.user, args.k, searcher=index.search, as_json=args.json)
+    _print_recommendations(Recommender(trained, ann=True, ef=args.ef), args.user, args.k, as_json=args.json)
     return 0
 
 
 # -- recommend --------------------------------------------------------------------------------------
-def _print_recommendations(trained: Any, users: list[str], k: int, *, searcher: Any, as_json: bool) -> None:
-    from twotower.data.types import take_rows
-    from twotower.retrieval.scoring import true_scores
+def _print_recommendations(recommender: Any, users: list[str], k: int, *, as_json: bool) -> None:
+    from twotower.retrieval.recommend import UnknownIdError
 
-    codes = _user_codes(trained, users)
-    queries = trained.model.user_search_vectors(codes)
-    scores, ids = searcher(queries, k, exclude=take_rows((trained.seen.indptr, trained.seen.indices), codes))
-    scores = true_scores(queries, scores, trained.model.config.scoring)
-    out = []
-    for user, row_scores, row_ids in zip(users, scores, ids):
-        valid = row_ids >= 0
-        items = trained.item_vocab.decode(row_ids[valid])
-        out.append({"user": user, "items": [_plain(i) for i in items], "scores": [round(float(s), 6) for s in row_scores[valid]]})
+    try:
+        answers = recommender.recommend(users, k)
+    except UnknownIdError as err:
+        raise UserError(f"unknown user id(s) {err.ids[:5]}: not in the training data of {recommender.path}") from None
+    out = [{"user": answer.query, "items": [_plain(i) for i in answer.items],
+            "scores": [round(float(s), 6) for s in answer.scores]} for answer in answers]
     if as_json:
         print(json.dumps(out if len(out) > 1 else out[0]))
         return
@@ -269,35 +247,10 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _user_codes(trained: Any, users: list[str]) -> np.ndarray:
-    vocab = trained.user_vocab
-    external: list[Any] = users
-    if vocab.is_integer:
-        try:
-            external = [int(u) for u in users]
-        except ValueError:
-            raise UserError(f"user ids of this model are integers; got {users}") from None
-    try:
-        codes = vocab.encode(external)
-    except (TypeError, ValueError, OverflowError, ArithmeticError):  # e.g. an id beyond int64: no such user
-        raise UserError(f"unknown user id(s) {users[:5]}: not in the training data of {trained.path}") from None
-    unknown = [u for u, c in zip(users, codes) if c < 0]
-    if unknown:
-        raise UserError(f"unknown user id(s) {unknown[:5]}: not in the training data of {trained.path}")
-    return codes
-
-
 def cmd_recommend(args: argparse.Namespace) -> int:
-    import twotower
-    from twotower.model_dir import load_model_dir
+    from twotower.retrieval.recommend import Recommender
 
-    trained = load_model_dir(args.model_dir)
-    if args.ann:
-        searcher = _load_index(trained).search
-    else:
-        exact = twotower.ExactIndex(trained.model.item_search_vectors())
-        searcher = exact.search
-    _print_recommendations(trained, args.user, args.k, searcher=searcher, as_json=args.json)
+    _print_recommendations(Recommender.load(args.model_dir, ann=args.ann), args.user, args.k, as_json=args.json)
     return 0
 
 
