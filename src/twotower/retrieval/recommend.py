@@ -354,7 +354,7 @@ def _inputs_from_mappings(rows: list[Mapping[str, Any]], layout: Any) -> TowerIn
     given = sorted({name for row in rows for name in row})
     unknown = [name for name in given if name not in known]
     if unknown:
-        raise ValueError(f"features name {unknown}, which the user tower does not have; its features: {sorted(known)}")
+        raise ValueError(f"features= names {unknown}, which the user tower does not have; its features: {sorted(known)}")
     inputs = TowerInputs()
     for name in given:
         values = [row.get(name) for row in rows]
