@@ -111,7 +111,8 @@ def test_results_equal_the_cli_output(model_dir, capsys, ann) -> None:
     printed = cli_json(capsys, "recommend", str(model_dir), "--user", *USERS, "-k", "7", "--json", *flags)
     assert as_json(Recommender.load(model_dir, ann=ann).recommend(USERS, k=7)) == printed
     if ann:
-        queried = cli_json(capsys, "index", "query", str(model_dir), "--user", *USERS, "-k", "7", "--ef", "50", "--json")
+        queried = cli_json(capsys, "index", "query", str(model_dir), "--user", *USERS, "-k", "7", "--ef", "50",
+                           "--json")
         assert as_json(Recommender.load(model_dir, ann=True, ef=50).recommend(USERS, k=7)) == queried
 
 
@@ -206,7 +207,7 @@ def test_ann_without_a_saved_index_says_how_to_build_it(tmp_path, model_dir) -> 
 
     bare = tmp_path / "model"
     shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("index"))
-    with pytest.raises(FileNotFoundError, match=r"index\.hnsw not found: build the index first \(twotower index build\)"):
+    with pytest.raises(FileNotFoundError, match=r"index\.hnsw not found: build the index first \(twotower index"):
         Recommender.load(bare, ann=True)
 
 
@@ -241,12 +242,12 @@ def test_recommend_for_features_from_side_features(cold_start_dir) -> None:
     trained = load_model_dir(cold_start_dir)
     recommender = Recommender(trained)
     got = recommender.encode_new_users([{"segment": 3, "activity": 0.5}, {"segment": 4}])
-    inputs = TowerInputs(categorical={"segment": np.array([3, 4])}, dense={"activity": np.array([[0.5], [0.0]], np.float32)})
+    activity = np.array([[0.5], [0.0]], np.float32)
+    inputs = TowerInputs(categorical={"segment": np.array([3, 4])}, dense={"activity": activity})
     want = trained.model.user_search_vectors(np.array([-1, -1]), inputs=inputs)
     np.testing.assert_array_equal(got, want)
     assert not np.allclose(got[0], got[1])
-    table = FeatureTable(2, {"segment": (np.array([3, 4], np.int32), 11)}, {},
-                         {"activity": np.array([[0.5], [0.0]], np.float32)})
+    table = FeatureTable(2, {"segment": (np.array([3, 4], np.int32), 11)}, {}, {"activity": activity})
     np.testing.assert_array_equal(recommender.encode_new_users(table), want)
     both = recommender.encode_new_users({"segment": 3, "activity": 0.5}, history=[[trained.item_vocab.ids[9]]])
     assert both.shape == (1, want.shape[1]) and not np.allclose(both[0], want[0])

@@ -105,7 +105,8 @@ class Recommender:
 
     Thread-safe for concurrent readers: the searches share only read-only arrays and an index whose
     search is safe from many threads (the exact scorer, or `HNSWIndex` under its readers lock); the
-    towers, whose module state torch does not promise to keep unchanged, run one request at a time.
+    tower passes run one request at a time, because encoding switches the shared module to eval mode
+    and back.
 
     Build with `Recommender.load(model_dir)` (or `Recommender(trained)` from a loaded directory).
     """
@@ -220,17 +221,12 @@ class Recommender:
                 model that pools none.
         """
         k = check_k(k)
-        inputs, count = self._new_user_inputs(features, history)
-        with self._lock:
-            queries = self._model.user_search_vectors(np.full(count, -1, dtype=np.int64), inputs=inputs)
-        exclude = inputs.history if exclude_history else None
-        return self._answer(list(range(count)), queries, k, exclude)
+        queries, histories = self._encode_new_users(features, history)
+        return self._answer(list(range(len(queries))), queries, k, histories if exclude_history else None)
 
     def encode_new_users(self, features: Any = None, *, history: Sequence[Sequence[Any]] | None = None) -> np.ndarray:
         """The search vectors [B, D'] that `recommend_for_features` searches with (same arguments)."""
-        inputs, count = self._new_user_inputs(features, history)
-        with self._lock:
-            return self._model.user_search_vectors(np.full(count, -1, dtype=np.int64), inputs=inputs)
+        return self._encode_new_users(features, history)[0]
 
     def similar_items(self, item_ids: Sequence[Any], k: int = 10) -> list[Recommendation]:
         """The k items nearest each given item in the item tower's space, by the model's scoring
@@ -271,8 +267,15 @@ class Recommender:
                 self._item_vectors = self._model.item_search_vectors()
             return self._item_vectors
 
+    def _encode_new_users(self, features: Any, history: Any) -> tuple[np.ndarray, CSRPair | None]:
+        """New users' search vectors (code -1 with their inputs) and their histories as item codes."""
+        inputs, count = self._new_user_inputs(features, history)
+        with self._lock:
+            queries = self._model.user_search_vectors(np.full(count, -1, dtype=np.int64), inputs=inputs)
+        return queries, inputs.history
+
     def _new_user_inputs(self, features: Any, history: Sequence[Sequence[Any]] | None) -> tuple[TowerInputs, int]:
-        """`TowerInputs` for new users (code -1) and their number, from the arguments as given."""
+        """`TowerInputs` for new users and their number, from the arguments as given."""
         if features is None and history is None:
             raise ValueError("recommend_for_features needs features=, history= or both")
         inputs, count = TowerInputs(), None
@@ -354,7 +357,8 @@ def _inputs_from_mappings(rows: list[Mapping[str, Any]], layout: Any) -> TowerIn
     given = sorted({name for row in rows for name in row})
     unknown = [name for name in given if name not in known]
     if unknown:
-        raise ValueError(f"features= names {unknown}, which the user tower does not have; its features: {sorted(known)}")
+        raise ValueError(f"features= names {unknown}, which the user tower does not have; "
+                         f"its features: {sorted(known)}")
     inputs = TowerInputs()
     for name in given:
         values = [row.get(name) for row in rows]
