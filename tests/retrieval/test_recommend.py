@@ -18,11 +18,13 @@ import torch
 
 import twotower
 from twotower.cli import main
-from twotower.data import FeatureTable
+from twotower.data import CSR, FeatureTable
 from twotower.data.synthetic import generate_with_truth
 from twotower.model_dir import load_model_dir, trained_dataset
 from twotower.retrieval.recommend import Recommender, UnknownIdError
 from twotower.towers import TowerInputs
+
+from tests.retrieval.test_scoring import definition
 
 SMALL = [
     "--silent", "--model.embedding_dim", "16", "--batches.batch_size", "256",
@@ -54,11 +56,15 @@ def model_dir(request, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cold_start_dir(tmp_path_factory) -> Path:
-    """A cosine model whose user tower reads a categorical and a dense side feature and pools histories."""
+    """A cosine model whose user tower reads a categorical, a multi-valued and a dense side feature and
+    pools histories."""
     root = tmp_path_factory.mktemp("cold")
     table, truth = generate_with_truth(300, 200, interactions_per_user=20, seed=0)
     pacsv.write_csv(table, root / "interactions.csv")
-    users = truth.user_table.append_column("activity", pa.array(np.random.default_rng(0).normal(size=300)))
+    rng = np.random.default_rng(0)
+    tags = [f"t{a}|t{b}" for a, b in rng.integers(6, size=(300, 2))]
+    users = truth.user_table.append_column("activity", pa.array(rng.normal(size=300)))
+    users = users.append_column("tags", pa.array(tags))
     pacsv.write_csv(users, root / "users.csv")
     return train(root / "run", "--data.path", str(root / "interactions.csv"), "--data.user_features",
                  str(root / "users.csv"), "--model.scoring", "cosine", "--model.user_history")
@@ -75,13 +81,6 @@ def as_json(answers) -> list[dict]:
     """What the CLI prints for `answers`, built here from the Recommender's own fields."""
     return [{"user": a.query, "items": a.items.tolist(), "scores": [round(float(s), 6) for s in a.scores]}
             for a in answers]
-
-
-def definition(users: np.ndarray, items: np.ndarray, scoring: str) -> np.ndarray:
-    """float64 scores by the definition of each scoring."""
-    if scoring == "neg_l2":
-        return -((users[:, None, :] - items[None, :, :]) ** 2).sum(axis=2)
-    return users @ items.T
 
 
 def tower_vectors(trained, user_codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -241,13 +240,18 @@ def test_recommend_for_features_with_a_history_is_the_models_vector_for_that_his
 def test_recommend_for_features_from_side_features(cold_start_dir) -> None:
     trained = load_model_dir(cold_start_dir)
     recommender = Recommender(trained)
-    got = recommender.encode_new_users([{"segment": 3, "activity": 0.5}, {"segment": 4}])
-    activity = np.array([[0.5], [0.0]], np.float32)
-    inputs = TowerInputs(categorical={"segment": np.array([3, 4])}, dense={"activity": activity})
+    assert trained.model.user_layout.multi_categorical == {"tags": 7}
+    got = recommender.encode_new_users([{"segment": 3, "activity": 0.5, "tags": [2, 5]}, {"segment": 4}])
+    activity, tags = np.array([[0.5], [0.0]], np.float32), (np.array([0, 2, 2]), np.array([2, 5]))
+    inputs = TowerInputs(categorical={"segment": np.array([3, 4])}, multi_categorical={"tags": tags},
+                         dense={"activity": activity})
     want = trained.model.user_search_vectors(np.array([-1, -1]), inputs=inputs)
     np.testing.assert_array_equal(got, want)
     assert not np.allclose(got[0], got[1])
-    table = FeatureTable(2, {"segment": (np.array([3, 4], np.int32), 11)}, {}, {"activity": activity})
+    without_tags = recommender.encode_new_users({"segment": 3, "activity": 0.5})
+    assert not np.allclose(without_tags[0], got[0])
+    table = FeatureTable(2, {"segment": (np.array([3, 4], np.int32), 11)}, {"tags": (CSR(*tags), 7)},
+                         {"activity": activity})
     np.testing.assert_array_equal(recommender.encode_new_users(table), want)
     both = recommender.encode_new_users({"segment": 3, "activity": 0.5}, history=[[trained.item_vocab.ids[9]]])
     assert both.shape == (1, want.shape[1]) and not np.allclose(both[0], want[0])

@@ -303,12 +303,8 @@ class Recommender:
         return _inputs_from_mappings(rows, layout), len(rows)
 
     def _history_csr(self, histories: list[Any]) -> CSRPair:
-        rows = [_as_id_list(row, f"history[{i}]") for i, row in enumerate(histories)]
-        flat = [item for row in rows for item in row]
-        codes = self._codes(flat, "item") if flat else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([len(row) for row in rows], out=offsets[1:])
-        return offsets, codes
+        offsets, flat = _lists_as_csr([_as_id_list(row, f"history[{i}]") for i, row in enumerate(histories)])
+        return offsets, self._codes(flat, "item") if flat else np.zeros(0, dtype=np.int64)
 
 
 def _as_id_list(ids: Any, name: str) -> list[Any]:
@@ -317,6 +313,13 @@ def _as_id_list(ids: Any, name: str) -> list[Any]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a list of ids; got {type(ids).__name__} {ids!r} (wrap one id in a list)")
     return list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+
+
+def _lists_as_csr(rows: list[list[Any]]) -> tuple[np.ndarray, list[Any]]:
+    """(offsets int64 [len(rows) + 1], every row's values in one list): a list of lists in CSR form."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(row) for row in rows], out=offsets[1:])
+    return offsets, [value for row in rows for value in row]
 
 
 def _encode(vocab: Any, ids: list[Any]) -> np.ndarray:
@@ -365,10 +368,8 @@ def _inputs_from_mappings(rows: list[Mapping[str, Any]], layout: Any) -> TowerIn
         if known[name] == "categorical":
             inputs.categorical[name] = np.array([0 if v is None else v for v in values], dtype=np.int64)
         elif known[name] == "multi":
-            bags = [[] if v is None else _as_id_list(v, f"features[{name!r}]") for v in values]
-            offsets = np.zeros(len(bags) + 1, dtype=np.int64)
-            np.cumsum([len(bag) for bag in bags], out=offsets[1:])
-            inputs.multi_categorical[name] = (offsets, np.array([c for bag in bags for c in bag], dtype=np.int64))
+            offsets, flat = _lists_as_csr([[] if v is None else _as_id_list(v, f"features[{name!r}]") for v in values])
+            inputs.multi_categorical[name] = (offsets, np.array(flat, dtype=np.int64))
         else:
             width = layout.dense[name]
             inputs.dense[name] = np.array([np.zeros(width) if v is None else np.reshape(v, width) for v in values],
