@@ -71,12 +71,26 @@ def run_config(data: str, config_path: str | None, seed: int, epochs: int | None
 def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """A configuration's entry after new runs: the earlier runs of other seeds stay when they trained
     the same configuration (a seed run again replaces its old run), so seeds can be run one at a
-    time; a changed configuration starts the entry afresh."""
-    if old is None or (old["config"], old["epochs_override"]) != (new["config"], new["epochs_override"]):
+    time; a changed configuration (another file, or the same file with other settings) starts the
+    entry afresh."""
+    same = ("config", "settings", "epochs_override")
+    if old is None or any(old.get(key) != new.get(key) for key in same):
         return new
     seeds = {run["seed"] for run in new["runs"]}
     kept = [run for run in old["runs"] if run["seed"] not in seeds]
     return {**new, "runs": sorted(kept + new["runs"], key=lambda run: run["seed"])}
+
+
+def _settings(config_path: str | None) -> dict[str, Any]:
+    """Every setting the runs trained with (the TOML's, over the defaults), but the seeds and paths
+    that `run_config` sets itself: what decides whether stored runs of other seeds still count."""
+    from twotower.config import TrainConfig
+
+    settings = (TrainConfig.from_toml(config_path) if config_path else TrainConfig()).to_dict()
+    settings.pop("data", None)
+    settings["train"].pop("seed", None)
+    settings["batches"].pop("seed", None)
+    return settings
 
 
 def _spread(values: list[float]) -> str:
@@ -142,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  test recall@20 {runs[-1]['test']['recall@20']:.4f}, ndcg@20 {runs[-1]['test']['ndcg@20']:.4f}")
     if stored_path.is_file():  # runs another process stored meanwhile
         stored = json.loads(stored_path.read_text())["runs"]
-    stored[name] = merge_runs(stored.get(name), {"config": args.config, "epochs_override": args.epochs, "runs": runs})
+    settings = _settings(args.config)
+    stored[name] = merge_runs(stored.get(name), {"config": args.config, "settings": settings,
+                                                 "epochs_override": args.epochs, "runs": runs})
     _write(args.data, stored)
     return 0
 

@@ -16,6 +16,20 @@ def test_seeds_run_one_at_a_time_add_up_and_a_rerun_seed_replaces_its_run():
     assert [(r["seed"], r["test"]["recall@20"]) for r in entry["runs"]] == [(0, 0.18), (2, 0.19)]
     changed = quality.merge_runs(entry, {"config": "b.toml", "epochs_override": None, "runs": [_run(1, 0.1, 0.1)]})
     assert [r["seed"] for r in changed["runs"]] == [1]  # another configuration: its own runs only
+    edited = quality.merge_runs({**entry, "settings": {"model": {"embedding_dim": 128}}},
+                                {"config": "a.toml", "settings": {"model": {"embedding_dim": 256}},
+                                 "epochs_override": None, "runs": [_run(1, 0.1, 0.1)]})
+    assert [r["seed"] for r in edited["runs"]] == [1]  # the same file, edited: the old seeds no longer count
+
+
+def test_the_stored_settings_leave_out_seeds_and_paths_but_see_an_edited_file(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('[model]\nembedding_dim = 32\n[train]\nseed = 3\n[batches]\nseed = 4\n[data]\npath = "x.csv"\n')
+    settings = quality._settings(str(path))
+    assert settings["model"]["embedding_dim"] == 32 and "data" not in settings
+    assert "seed" not in settings["train"] and "seed" not in settings["batches"]
+    path.write_text('[model]\nembedding_dim = 64\n')
+    assert quality._settings(str(path))["model"]["embedding_dim"] == 64
 
 
 def test_the_table_gives_mean_and_spread_next_to_the_published_rows():
