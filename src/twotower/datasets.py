@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twotower.config import DataSource
+from twotower.settings.data import DataSource
 from twotower.data import SplitDataset, build_dataset, generate
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twotower.config import OptimConfig
+from twotower.settings.optim import OptimConfig
 from twotower.kernels.sparse_adam import sparse_adam
 from twotower.kernels.table_step import AdamTable
 

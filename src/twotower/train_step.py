@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from twotower.batches import Batch
-from twotower.config import TrainConfig
+from twotower.settings.train import TrainConfig
 from twotower.kernels.table_step import table_adam_step, table_grad_sq_norm, table_scores
 from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs
 from twotower.model import TwoTowerModel

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from twotower.config import OptimConfig
+from twotower.settings.train import OptimConfig
 from twotower.optim import LazyAdam, clip_grad_norm, make_optimizer
 
 
