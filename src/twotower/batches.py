@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from twotower.data.csr import CSR
 from twotower.kernels import samplers
 from twotower.kernels.distinct import distinct
 from twotower.kernels._rng import derive_seed
@@ -99,14 +100,6 @@ class Batch:
             object.__setattr__(self, name, value)
 
 
-def _history_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr int64, indices int32 sorted unique per row) of the pairs."""
-    keys = np.unique(users * num_items + items)
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=indptr[1:])
-    return indptr, (keys % num_items).astype(np.int32)
-
-
 class BatchIterator:
     """Yields `Batch`es over training pairs, epoch after epoch.
 
@@ -155,7 +148,7 @@ class BatchIterator:
         self._users = np.ascontiguousarray(users, dtype=np.int64)
         self._items = np.ascontiguousarray(items, dtype=np.int64)
         if history is None:
-            history = _history_from_pairs(self._users, self._items, int(self._users.max()) + 1, self.num_items)
+            history = CSR.from_pairs(self._users, self._items, int(self._users.max()) + 1)
         if hasattr(history, "indptr") and hasattr(history, "indices"):  # twotower.data's CSR
             history = (history.indptr, history.indices)
         if not isinstance(history, tuple) or len(history) != 2:

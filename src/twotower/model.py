@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from twotower.atomic import atomic_write, write_json_atomic
+from twotower.data.csr import transpose
 from twotower.kernels.l2_normalize import l2_normalize
 from twotower.settings.loss import check_temperature_value
 from twotower.settings.model import FeatureLayout, ModelConfig, TowerConfig, without_retired
@@ -230,8 +231,8 @@ class TwoTowerModel(nn.Module):
         if self.config.user_history:
             self.user_tower.set_history(history.indptr, history.indices)
         if self.config.item_history:
-            self.item_tower.set_history(*item_history(history.indptr, history.indices, self.num_items,
-                                                      self.config.item_history_length))
+            self.item_tower.set_history(*transpose(history.indptr, history.indices, self.num_items,
+                                                   self.config.item_history_length))
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -316,29 +317,6 @@ class TwoTowerModel(nn.Module):
             return np.ascontiguousarray(out.float().cpu().numpy())
         finally:
             self.train(was_training)
-
-
-def item_history(indptr: np.ndarray, indices: np.ndarray, num_items: int,
-                 length: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's users: the transpose of a user -> items CSR, as (indptr [num_items + 1], user codes).
-
-    With `length` > 0 each item's users come in a random order (seeded: the same data give the same
-    rows), so that pooling the last `length` of them (`Tower.history_length`) pools a random subset
-    rather than the users with the highest codes.
-    """
-    indptr = np.asarray(indptr, dtype=np.int64)
-    users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-    items = np.asarray(indices, dtype=np.int64)
-    if length > 0:
-        order = np.lexsort((np.random.default_rng(0).random(len(items)), items))
-    else:
-        order = np.argsort(items, kind="stable")
-    counts = np.bincount(items, minlength=num_items)
-    if len(counts) > num_items:
-        raise ValueError(f"history item codes must be in [0, {num_items}); found {len(counts) - 1}")
-    item_indptr = np.zeros(num_items + 1, dtype=np.int64)
-    np.cumsum(counts, out=item_indptr[1:])
-    return item_indptr, users[order]
 
 
 def _named_tower(name: str, *args: Any, **kwargs: Any) -> Tower:

@@ -21,7 +21,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from twotower.data.io import COLUMN_ALIASES, open_source
-from twotower.data.types import CSR, DataError, FeatureTable
+from twotower.data.csr import CSR
+from twotower.data.types import DataError, FeatureTable
 from twotower.data.vocab import Vocabulary, encode_ids
 
 FEATURE_KINDS = ("categorical", "multi", "dense")
