@@ -44,7 +44,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int) -> dict[str, Any]:
     """One training run; returns its metrics and times."""
-    from twotower.settings.train import TrainConfig
+    from twotower.settings import TrainConfig
     from twotower.train import fit
 
     spec = DATASETS[data]

@@ -36,8 +36,8 @@ import numpy as np
 
 from twotower.data.csr import CSR
 from twotower.kernels import samplers
-from twotower.kernels.distinct import distinct
 from twotower.kernels._rng import derive_seed
+from twotower.kernels.distinct import distinct
 from twotower.settings.batches import BatchConfig
 
 __all__ = ["Batch", "BatchConfig", "BatchIterator", "EpochBatches"]

@@ -22,9 +22,9 @@ from torch import nn
 from twotower.atomic import atomic_write, write_json_atomic
 from twotower.data.csr import transpose
 from twotower.kernels.l2_normalize import l2_normalize
+from twotower.retrieval.scoring import inner_product_form, pairwise_scores
 from twotower.settings.loss import check_temperature_value
 from twotower.settings.model import FeatureLayout, ModelConfig, TowerConfig, without_retired
-from twotower.retrieval.scoring import inner_product_form, pairwise_scores
 from twotower.towers import Tower, TowerInputs
 
 __all__ = [

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from twotower import __version__
-from twotower.batches import BatchIterator
 from twotower.atomic import (
     disk_usage,
     link_if_identical,
@@ -35,6 +34,7 @@ from twotower.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from twotower.batches import BatchIterator
 from twotower.checkpoint import (
     drop_optimizer_state,
     has_optimizer_state,
@@ -43,7 +43,6 @@ from twotower.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from twotower.settings.train import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
@@ -52,6 +51,7 @@ from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
+from twotower.settings import TrainConfig
 from twotower.train_step import TrainingDiverged, batch_loss, make_train_step
 
 __all__ = ["TrainResult", "TrainingDiverged", "batch_loss", "build_model", "fit"]

@@ -34,11 +34,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from twotower.atomic import write_text_atomic
-from twotower.settings.train import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
-from twotower.train import TrainingDiverged, _semantic, fit
+from twotower.settings import TrainConfig
 from twotower.settings.tune import Param, TuneConfig, trial_config
+from twotower.train import TrainingDiverged, _semantic, fit
 
 __all__ = ["TrialRow", "TuneResult", "format_trials", "tune"]
 

@@ -1,7 +1,12 @@
 """Every command's flags as JSON: option strings, nargs, metavar and the "(default: ...)" of the help
 (tests/settings/cli_flags.json holds them as they were before the settings moved into twotower.settings)."""
-import argparse, json, re, sys
+import argparse
+import json
+import re
+import sys
+
 from twotower.cli import build_parser
+
 
 def flags(parser):
     out = []

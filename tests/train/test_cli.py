@@ -135,8 +135,8 @@ def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     vectors, as if built before the model was retrained) is refused with a message, not searched."""
     import shutil
 
-    from twotower.retrieval.hnsw import HNSWIndex
     from twotower.model_dir import load_model_dir
+    from twotower.retrieval.hnsw import HNSWIndex
 
     model_dir = tmp_path / "model"
     shutil.copytree(trained / "model", model_dir)

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from twotower.settings.train import TrainConfig
+from twotower.settings import TrainConfig
 from twotower.settings.tune import Param, TuneConfig, read_tune, trial_config
 
 BASE = "[model]\nembedding_dim = 16\n[train]\nepochs = 2\n"

@@ -15,7 +15,6 @@ from twotower.kernels.gather_scores import gather_scores
 from twotower.kernels.l2_normalize import l2_normalize
 from twotower.settings.loss import REDUCTIONS, check_temperature_value
 
-
 Temperature = float | Tensor
 
 

@@ -9,8 +9,8 @@ import re
 import typing
 from typing import Any
 
-from twotower.settings.train import NESTED, TrainConfig
 from twotower.settings.checks import union_members
+from twotower.settings.train import NESTED, TrainConfig
 
 # Settings whose owner documents them together; spelled out here for --help.
 EXTRA_HELP = {

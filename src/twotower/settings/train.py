@@ -33,6 +33,7 @@ from twotower.settings.loss import IN_BATCH_KINDS, LossConfig
 from twotower.settings.model import ModelConfig, TowerConfig, check_retired, without_retired
 from twotower.settings.optim import OptimConfig
 
+
 @dataclass
 class LoopConfig:
     """The training loop: epochs, evaluation, early stopping, checkpoints, hardware.

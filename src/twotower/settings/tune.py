@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower.settings.cli import merge
-from twotower.settings.train import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml, setting_names
 from twotower.settings.checks import check_setting, union_members
+from twotower.settings.cli import merge
 from twotower.settings.model import RETIRED
+from twotower.settings.train import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml, setting_names
 
 __all__ = ["Param", "TuneConfig", "default_space", "read_tune", "trial_config"]
 
