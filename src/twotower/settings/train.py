@@ -3,7 +3,8 @@
 Sections and their modules in `twotower.settings`: `data` (`data.DataSource`, with
 `data.DataConfig` inside), `model` (`model.ModelConfig`), `loss` (`loss.LossConfig`), `batches`
 (`batches.BatchConfig`: batch size and negatives), `optim` (`optim.OptimConfig`), `train`
-(`LoopConfig`, defined here) and `eval` (`eval.EvalConfig`: the evaluation protocol). A TOML file has one table per section, e.g.
+(`LoopConfig`, defined here) and `eval` (`eval.EvalConfig`: the evaluation protocol). A TOML
+file has one table per section, e.g.
 
     [data]
     path = "ml-100k/u.data"
