@@ -51,6 +51,7 @@ from twotower.model import TwoTowerModel, save_model
 from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
+from twotower.run_lock import run_lock
 from twotower.settings import TrainConfig
 from twotower.train_step import TrainingDiverged, batch_loss, make_train_step
 
@@ -168,6 +169,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
             consistent, and resumable with `resume=True`.
 
     Raises:
+        RunDirectoryLocked: another run is writing into `out_dir` (its pid, host and start are named).
         TrainingDiverged: the loss became NaN or infinite (the step is named).
         ValueError: inconsistent settings, or a checkpoint from another config or dataset.
     """
@@ -178,7 +180,8 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     if echo is None:
         echo = tqdm.write if config.train.progress else _silent
     try:
-        return _fit(config, Path(out_dir), device, dataset, resume, echo, on_epoch)
+        with run_lock(out_dir) as locked_dir:
+            return _fit(config, locked_dir, device, dataset, resume, echo, on_epoch)
     finally:
         torch.set_num_threads(previous)
 

@@ -20,6 +20,7 @@ import twotower.train_step as train_step_module
 from twotower.atomic import disk_usage
 from twotower.checkpoint import drop_optimizer_state, has_optimizer_state, latest_checkpoint
 from twotower.model_dir import load_model_dir
+from twotower.run_lock import LOCK_NAME
 from twotower.train import TrainingDiverged, duration, epoch_line, fit
 
 from .conftest import tiny_config
@@ -475,7 +476,8 @@ def test_a_crash_while_checkpointing_leaves_a_log_and_directory_that_resume_mend
     monkeypatch.setattr(train_module, "save_checkpoint", real)
     fit(config, tmp_path, resume=True)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    leftovers = [p.name for p in [*tmp_path.iterdir(), *(tmp_path / "checkpoints").iterdir()] if p.name.startswith(".")]
+    leftovers = [p.name for p in [*tmp_path.iterdir(), *(tmp_path / "checkpoints").iterdir()]
+                 if p.name.startswith(".") and p.name != LOCK_NAME]  # the lock file is a note, not a leftover
     assert leftovers == []
 
 

@@ -1,0 +1,69 @@
+"""One run per output directory: the lock refuses a second run, names its holder, and dies with
+the process that held it (a killed run leaves no stale lock)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from twotower.run_lock import LOCK_NAME, RunDirectoryLocked, run_lock
+
+from .conftest import tiny_config
+
+
+def test_a_second_holder_is_refused_and_the_first_is_named(tmp_path) -> None:
+    with run_lock(tmp_path / "run") as out:
+        assert out == tmp_path / "run" and out.is_dir()
+        with pytest.raises(RunDirectoryLocked, match=rf"pid {os.getpid()} on {socket.gethostname()}, started 20"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released at the end of the block
+        pass
+
+
+def test_fit_into_a_locked_directory_is_refused_before_writing(tmp_path) -> None:
+    from twotower.train import fit
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("the other run's log\n")
+    with run_lock(out), pytest.raises(RunDirectoryLocked, match="in use by another run"):
+        fit(tiny_config(), out, echo=lambda line: None)
+    assert (out / "metrics.jsonl").read_text() == "the other run's log\n"
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "metrics.jsonl"]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path) -> None:
+    holder = textwrap.dedent(f"""
+        import time
+        from twotower.run_lock import run_lock
+        with run_lock({str(tmp_path / 'run')!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryLocked, match=f"pid {process.pid} "):
+            with run_lock(tmp_path / "run"):
+                pass
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.stdout.close()
+    with run_lock(tmp_path / "run"):  # the kernel dropped the dead process's lock
+        pass
+
+
+def test_a_file_in_the_way_is_named(tmp_path) -> None:
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(ValueError, match="is a file; choose another --out"):
+        with run_lock(tmp_path / "run"):
+            pass
