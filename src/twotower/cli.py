@@ -389,7 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("twotower: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "train" and not getattr(args, "resume", False):
+            hint = "; the same command with --resume continues from the newest checkpoint"
+        elif args.command == "train":
+            hint = "; run it again to continue from the newest checkpoint"
+        print(f"twotower: interrupted{hint}", file=sys.stderr)
         return 130
     except KeyError as err:  # a JSON/config file without an entry the command needs
         print(f"twotower: error: a file of {getattr(args, 'model_dir', 'the input')} lacks the entry {err}; "

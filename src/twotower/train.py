@@ -258,6 +258,10 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     write_text_atomic(metrics_log, "".join(json.dumps(record) + "\n" for record in history))
     best_dir = out_dir / "best"
     if not resume:  # a fresh run: an earlier run's best weights and checkpoints in out_dir are not ours
+        earlier = latest_checkpoint(checkpoint_root)
+        if earlier is not None:
+            echo(f"notice: {out_dir} holds an earlier run's checkpoints (newest: {earlier.name}); this fresh run "
+                 "replaces them (--resume continues that run instead)")
         shutil.rmtree(best_dir, ignore_errors=True)
         shutil.rmtree(checkpoint_root, ignore_errors=True)
     # Without a validation split there is nothing to select on: every epoch is kept as the newest

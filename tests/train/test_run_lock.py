@@ -67,3 +67,29 @@ def test_a_file_in_the_way_is_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="is a file; choose another --out"):
         with run_lock(tmp_path / "run"):
             pass
+
+
+def test_a_fresh_run_says_it_replaces_an_earlier_runs_checkpoints(tmp_path) -> None:
+    from twotower.train import fit
+
+    lines: list[str] = []
+    fit(tiny_config(epochs=1), tmp_path, echo=lines.append)
+    assert not any(line.startswith("notice:") for line in lines)  # nothing there to replace
+    fit(tiny_config(epochs=1), tmp_path, echo=lines.append)
+    assert any(line.startswith("notice:") and "earlier run's checkpoints (newest: epoch-0001)" in line
+               and "--resume continues that run" in line for line in lines)
+
+
+@pytest.mark.parametrize(("resume", "hint"), [(False, "the same command with --resume continues"),
+                                              (True, "run it again to continue")])
+def test_ctrl_c_in_training_says_how_to_go_on(tmp_path, monkeypatch, capsys, resume: bool, hint: str) -> None:
+    import twotower.train
+    from twotower.cli import main
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(twotower.train, "fit", interrupted)
+    argv = ["train", "--out", str(tmp_path), "--quiet"] + (["--resume"] if resume else [])
+    assert main(argv) == 130
+    assert f"twotower: interrupted; {hint}" in capsys.readouterr().err
