@@ -53,7 +53,7 @@ class Trainer:
 
     def __init__(self, history: bool) -> None:
         from twotower.batches import BatchIterator
-        from twotower.config import DataSource, TrainConfig
+        from twotower.settings import DataSource, TrainConfig
         from twotower.datasets import load_dataset
         from twotower.losses import make_loss
         from twotower.optim import make_optimizer

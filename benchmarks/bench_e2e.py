@@ -36,7 +36,7 @@ import torch
 from benchmarks import e2e_reference as ref
 from benchmarks.plot_e2e import plot_e2e
 from benchmarks.runner import markdown_table, write_results
-from twotower.config import TrainConfig
+from twotower.settings import TrainConfig
 from twotower.data import build_dataset, generate
 from twotower.evaluate import evaluate_model
 from twotower.train import fit

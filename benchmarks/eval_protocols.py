@@ -1,5 +1,5 @@
 """One trained model under every evaluation protocol: the same rankings scored by each combination
-of the three rules of `twotower.protocol` (what the test ranking leaves out, what becomes of
+of the three rules of `twotower.settings.eval` (what the test ranking leaves out, what becomes of
 targets unknown to training, whether a target the user already has can be hit), each named after
 the paper preset it matches.
 
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import markdown_table, write_results
-from twotower.config import TrainConfig
+from twotower.settings import TrainConfig
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.model_dir import load_model_dir, trained_dataset
-from twotower.protocol import EXCLUDE, PRESETS, REPEAT_TARGETS, UNKNOWN_TARGETS, EvalConfig
+from twotower.settings.eval import EXCLUDE, PRESETS, REPEAT_TARGETS, UNKNOWN_TARGETS, EvalConfig
 from twotower.train import fit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens-100k.toml"

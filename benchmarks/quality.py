@@ -44,7 +44,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int) -> dict[str, Any]:
     """One training run; returns its metrics and times."""
-    from twotower.config import TrainConfig
+    from twotower.settings import TrainConfig
     from twotower.train import fit
 
     spec = DATASETS[data]
@@ -84,7 +84,7 @@ def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
 def _settings(config_path: str | None) -> dict[str, Any]:
     """Every setting the runs trained with (the TOML's, over the defaults), but the seeds and paths
     that `run_config` sets itself: what decides whether stored runs of other seeds still count."""
-    from twotower.config import TrainConfig
+    from twotower.settings import TrainConfig
 
     settings = (TrainConfig.from_toml(config_path) if config_path else TrainConfig()).to_dict()
     settings.pop("data", None)

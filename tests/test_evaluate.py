@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.test_metrics import naive_metrics
+from twotower.data.csr import group_by_user, take_rows
 from twotower.evaluate import (
     evaluate_model,
     evaluate_popularity,
@@ -16,10 +17,8 @@ from twotower.evaluate import (
     evaluate_rankings,
     evaluate_vectors,
     exact_ranker,
-    group_by_user,
     popularity_ranker,
     random_ranker,
-    take_rows,
 )
 from twotower.model import ModelConfig, TwoTowerModel
 

@@ -12,7 +12,8 @@ import torch
 
 from twotower.batches import Batch
 from twotower.losses import LossConfig, make_loss
-from twotower.model import ModelConfig, TowerConfig, TwoTowerModel, item_history, load_model, save_model
+from twotower.data.csr import transpose
+from twotower.model import ModelConfig, TowerConfig, TwoTowerModel, load_model, save_model
 from twotower.train_step import batch_loss
 
 
@@ -40,16 +41,16 @@ def users_of(history: SimpleNamespace, num_items: int) -> list[set[int]]:
 @pytest.mark.parametrize("length", [0, 2])
 def test_item_history_is_the_transpose_of_the_user_history(length: int) -> None:
     history = random_history(40, 15, seed=int(np.random.SeedSequence().entropy % 1000))
-    indptr, users = item_history(history.indptr, history.indices, 15, length)
+    indptr, users = transpose(history.indptr, history.indices, 15, length)
     assert indptr.shape == (16,) and indptr[0] == 0 and indptr[-1] == len(history.indices)
     expected = users_of(history, 15)
     for j in range(15):
         row = users[indptr[j]:indptr[j + 1]]
         assert len(row) == len(set(row.tolist())) and set(row.tolist()) == expected[j]
-    again = item_history(history.indptr, history.indices, 15, length)
+    again = transpose(history.indptr, history.indices, 15, length)
     np.testing.assert_array_equal(again[1], users)  # seeded: the same data give the same rows
     with pytest.raises(ValueError, match=r"item codes must be in \[0, 10\)"):
-        item_history(history.indptr, history.indices, 10)
+        transpose(history.indptr, history.indices, 10)
 
 
 def gate_model(weight: float, **overrides: object) -> TwoTowerModel:

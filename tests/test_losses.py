@@ -842,7 +842,7 @@ def test_directau_refuses_negatives_and_ccl_bad_settings():
 
 def test_data_temperature_follows_the_catalogue_share_of_a_user():
     from twotower.losses import data_temperature
-    from twotower.losses.config import DATA_TEMPERATURE_RANGE, DATA_TEMPERATURE_SCALE
+    from twotower.settings.loss import DATA_TEMPERATURE_RANGE, DATA_TEMPERATURE_SCALE
 
     # tau = scale / ln(N / k): N = 1000 items, k = 10 per user -> scale / ln 100
     assert data_temperature(1000, 10.0) == pytest.approx(DATA_TEMPERATURE_SCALE / math.log(100), rel=1e-12)

@@ -316,20 +316,16 @@ def test_id_dropout_trains_the_unknown_row(id_dropout: float) -> None:
     assert (unknown_grad > 0) == (id_dropout > 0)
 
 
-def test_temperature_fixed_or_learned() -> None:
-    fixed = TwoTowerModel(ModelConfig(embedding_dim=2, temperature=0.2), num_users=2, num_items=2)
-    assert fixed.temperature.item() == pytest.approx(0.2)
-    assert all("temperature" not in name for name, _ in fixed.named_parameters())
-    learned = TwoTowerModel(
-        ModelConfig(embedding_dim=2, temperature=0.2, learn_temperature=True, min_temperature=0.05),
-        num_users=2,
-        num_items=2,
-    )
-    (1.0 / learned.temperature).backward()
-    assert learned.log_temperature.grad is not None and learned.log_temperature.grad.item() < 0
-    with torch.no_grad():
-        learned.log_temperature.fill_(-10.0)
-    assert learned.temperature.item() == pytest.approx(0.05)
+def test_temperature_is_a_record_of_the_losss() -> None:
+    """The loss owns (and learns) the temperature; the model records the one it trained with."""
+    model = TwoTowerModel(ModelConfig(embedding_dim=2), num_users=2, num_items=2, temperature=0.2)
+    assert model.temperature.item() == pytest.approx(0.2)
+    assert all("temperature" not in name for name, _ in model.named_parameters())
+    learned = torch.tensor(0.5, requires_grad=True).log().exp()
+    model.set_temperature(learned)
+    assert model.temperature.item() == pytest.approx(0.5) and not model.temperature.requires_grad
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        TwoTowerModel(ModelConfig(embedding_dim=2), num_users=2, num_items=2, temperature=0.0)
 
 
 def test_save_load_round_trip(tmp_path) -> None:
@@ -338,10 +334,9 @@ def test_save_load_round_trip(tmp_path) -> None:
         embedding_dim=4,
         scoring="neg_l2",
         user_history=True,
-        learn_temperature=True,
         item=TowerConfig(hidden_dims=[5], activation="gelu"),
     )
-    model = TwoTowerModel(config, num_users=3, num_items=6, item_features=item_table(6))
+    model = TwoTowerModel(config, num_users=3, num_items=6, item_features=item_table(6), temperature=0.3)
     model.set_history(csr([[0, 2, 5], [1], [3, 4]]))
     save_model(tmp_path, model, extra={"note": "round trip"})
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -351,6 +346,25 @@ def test_save_load_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.user_search_vectors(), model.user_search_vectors())
     np.testing.assert_array_equal(loaded.item_search_vectors(), model.item_search_vectors())
     assert loaded.temperature.item() == pytest.approx(model.temperature.item())
+    assert saved["model"]["temperature"] == pytest.approx(0.3)
+
+
+def test_a_model_saved_when_the_model_owned_the_temperature_loads(tmp_path) -> None:
+    """config.json as the code before `twotower.settings` wrote it: the temperature in the model's
+    config (with learn_temperature and min_temperature), none next to it; the weights hold it too."""
+    model = TwoTowerModel(ModelConfig(embedding_dim=4, scoring="cosine"), num_users=3, num_items=5, temperature=0.2)
+    save_model(tmp_path, model)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    description = saved["model"]
+    del description["temperature"]
+    description["config"] = {**description["config"], "temperature": 0.2, "learn_temperature": False,
+                             "min_temperature": 0.01}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = load_model(tmp_path)
+    assert loaded.temperature.item() == pytest.approx(0.2)
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(loaded.item_search_vectors(), model.item_search_vectors())
+    assert loaded.describe() == model.describe()
 
 
 def test_load_refuses_mismatched_files(tmp_path) -> None:

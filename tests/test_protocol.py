@@ -12,7 +12,7 @@ import pytest
 from twotower.data import build_dataset
 from twotower.evaluate import evaluate_popularity, split_targets
 from twotower.metrics import RankingMetrics
-from twotower.protocol import PRESETS, EvalConfig, preset
+from twotower.settings.eval import PRESETS, EvalConfig, preset
 
 
 def _table(pairs: list[tuple[int, int]]) -> pa.Table:

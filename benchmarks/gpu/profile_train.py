@@ -33,7 +33,7 @@ from contextlib import nullcontext  # noqa: E402
 import torch  # noqa: E402
 
 from twotower.batches import BatchIterator  # noqa: E402
-from twotower.config import TrainConfig  # noqa: E402
+from twotower.settings import TrainConfig  # noqa: E402
 from twotower.data import build_dataset, generate  # noqa: E402
 from twotower.losses import make_loss  # noqa: E402
 from twotower.optim import clip_grad_norm, make_optimizer  # noqa: E402

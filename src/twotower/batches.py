@@ -34,96 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from twotower.data.csr import CSR
 from twotower.kernels import samplers
-from twotower.kernels.distinct import distinct
 from twotower.kernels._rng import derive_seed
+from twotower.kernels.distinct import distinct
+from twotower.settings.batches import BatchConfig
 
 __all__ = ["Batch", "BatchConfig", "BatchIterator", "EpochBatches"]
 
-NEGATIVE_KINDS = ("none", "uniform", "popularity", "hard")
-SHARED_KINDS = ("uniform", "popularity")
-LOG_Q_KINDS = ("none", "static", "streaming")
-
 # Sub-stream tags: each sampler of a batch gets its own seed, so adding one never shifts another.
 _SHUFFLE, _NEGATIVES, _SHARED = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchConfig:
-    """How batches are cut and which negatives come with them.
-
-    Attributes:
-        batch_size: rows (user, positive item) per batch.
-        num_negatives: n per-row negatives (0: none; in-batch negatives need nothing here).
-        negative_kind: "none", "uniform", "popularity" (count**popularity_alpha) or "hard" (from
-            candidate lists given with `BatchIterator.set_candidates`; uniform until then).
-        exclude_positives: per-row negatives skip the user's training positives.
-        popularity_alpha: exponent of the popularity sampler (0.75 as in word2vec).
-        num_shared_negatives: M negatives drawn once per batch and shared by all rows (0: none).
-        shared_negative_kind: "uniform" or "popularity".
-        log_q: "none"; "static" (item_log_q from training counts); or "streaming" (Yi et al. estimate,
-            for catalogues too large or drifting for counts). Sampler log-probabilities (shared and
-            per-row negatives) are exact and come whenever log_q is not "none"; hard negatives are
-            mined, not drawn from a known distribution, and come without (the trainer leaves them
-            uncorrected).
-        hard_rank_range: (a, b): hard negatives come from candidate ranks a <= rank < b (None: all).
-        streaming_buckets: hash buckets of the streaming estimator (its memory, and collisions).
-        streaming_hashes: independent hashes of the streaming estimator (an item takes its smallest estimate).
-        streaming_learning_rate: how fast the streaming estimator follows a changing frequency.
-        shuffle: shuffle rows each epoch (off: file order, for evaluation-like passes).
-        drop_last: drop the last, smaller batch of an epoch.
-        prefetch: about this many batches are kept ready by the worker thread, built and handed over
-            ceil(prefetch / 2) at a time (0: prepare each batch in the caller's thread).
-        seed: the only source of randomness.
-    """
-
-    batch_size: int = 1024
-    num_negatives: int = 0
-    negative_kind: str = "none"
-    exclude_positives: bool = True
-    popularity_alpha: float = 0.75
-    num_shared_negatives: int = 0
-    shared_negative_kind: str = "uniform"
-    log_q: str = "none"
-    hard_rank_range: tuple[int, int | None] = (0, None)
-    streaming_buckets: int = 1 << 20
-    streaming_hashes: int = 2
-    streaming_learning_rate: float = 0.05
-    shuffle: bool = True
-    drop_last: bool = False
-    prefetch: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "num_negatives", "num_shared_negatives", "prefetch", "seed", "streaming_buckets", "streaming_hashes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"BatchConfig.{name} must be an int, got {type(value).__name__}")
-        if self.batch_size < 1:
-            raise ValueError(f"BatchConfig.batch_size must be >= 1, got {self.batch_size}")
-        for name in ("num_negatives", "num_shared_negatives", "prefetch"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"BatchConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name, kinds in (("negative_kind", NEGATIVE_KINDS), ("shared_negative_kind", SHARED_KINDS), ("log_q", LOG_Q_KINDS)):
-            if getattr(self, name) not in kinds:
-                raise ValueError(f"BatchConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
-        if (self.negative_kind == "none") != (self.num_negatives == 0):
-            raise ValueError(
-                f"BatchConfig: negative_kind={self.negative_kind!r} with num_negatives={self.num_negatives}; "
-                "set both (a kind and n > 0) or neither"
-            )
-        for name in ("exclude_positives", "shuffle", "drop_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"BatchConfig.{name} must be a bool")
-        if not np.isfinite(self.popularity_alpha) or self.popularity_alpha < 0:
-            raise ValueError(f"BatchConfig.popularity_alpha must be finite and >= 0, got {self.popularity_alpha}")
-        if not isinstance(self.hard_rank_range, tuple) or len(self.hard_rank_range) != 2:
-            raise TypeError(f"BatchConfig.hard_rank_range must be a tuple (a, b), got {self.hard_rank_range!r}")
-        a, b = self.hard_rank_range
-        if not isinstance(a, (int, np.integer)) or not (b is None or isinstance(b, (int, np.integer))) or isinstance(a, bool):
-            raise TypeError(f"BatchConfig.hard_rank_range must hold ints (b may be None), got {self.hard_rank_range!r}")
-        if a < 0 or (b is not None and b < a):
-            raise ValueError(f"BatchConfig.hard_rank_range must be (a, b) with 0 <= a <= b, got {self.hard_rank_range}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +100,6 @@ class Batch:
             object.__setattr__(self, name, value)
 
 
-def _history_from_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr int64, indices int32 sorted unique per row) of the pairs."""
-    keys = np.unique(users * num_items + items)
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=indptr[1:])
-    return indptr, (keys % num_items).astype(np.int32)
-
-
 class BatchIterator:
     """Yields `Batch`es over training pairs, epoch after epoch.
 
@@ -236,7 +148,7 @@ class BatchIterator:
         self._users = np.ascontiguousarray(users, dtype=np.int64)
         self._items = np.ascontiguousarray(items, dtype=np.int64)
         if history is None:
-            history = _history_from_pairs(self._users, self._items, int(self._users.max()) + 1, self.num_items)
+            history = CSR.from_pairs(self._users, self._items, int(self._users.max()) + 1)
         if hasattr(history, "indptr") and hasattr(history, "indices"):  # twotower.data's CSR
             history = (history.indptr, history.indices)
         if not isinstance(history, tuple) or len(history) != 2:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from twotower import __version__  # noqa: E402
-from twotower.cli_options import _key_value, add_config_flags, merge, overrides_from_args  # noqa: E402
-from twotower.config import TrainConfig  # noqa: E402
-from twotower.protocol import PRESET_HELP, PRESETS, preset  # noqa: E402
+from twotower.settings import TrainConfig  # noqa: E402
+from twotower.settings.cli import _key_value, add_config_flags, merge, overrides_from_args  # noqa: E402
+from twotower.settings.eval import PRESET_HELP, PRESETS, preset  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -128,8 +128,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         import optuna
     except ImportError:
         raise UserError("twotower tune needs Optuna: pip install 'twotower[tune]' (or pip install optuna)") from None
+    from twotower.settings.tune import TuneConfig, read_tune
     from twotower.tune import format_trials, tune
-    from twotower.tune_space import TuneConfig, read_tune
 
     config = _config_from_args(args)
     settings = read_tune(args.config, config) if args.config else TuneConfig.from_dict({}, config)

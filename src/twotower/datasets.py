@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from twotower.config import DataSource
 from twotower.data import SplitDataset, build_dataset, generate
+from twotower.settings.data import DataSource
 
 
 def load_dataset(source: DataSource) -> SplitDataset:

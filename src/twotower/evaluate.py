@@ -1,6 +1,6 @@
 """Full-ranking evaluation: every user against the whole catalogue, seen items excluded.
 
-Protocol (RecBole / LightGCN style; every rule is a setting, `twotower.protocol`): for the
+Protocol (RecBole / LightGCN style; every rule is a setting, `twotower.settings.eval`): for the
 validation split, each user's train items are excluded and the validation items are the relevant
 ones; for the test split, train and validation items (or train items only, `exclude="train"`) are
 excluded and the test items are relevant. Only users with at least one relevant item are evaluated.
@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from twotower.data.types import take_rows
-from twotower.metrics import RankingMetrics, hit_matrix, sorted_unique
-from twotower.protocol import EvalConfig
+from twotower.data.csr import CSRPair, csr_pair, group_by_user, indptr_from_counts, row_ids, take_rows
+from twotower.metrics import RankingMetrics, hit_matrix
+from twotower.settings.eval import EvalConfig
 
-CSRPair = tuple[np.ndarray, np.ndarray]
 # A ranker maps (user codes [b], their exclusion CSR) to top-K item ids [b, K].
 Ranker = Callable[[np.ndarray, CSRPair | None], np.ndarray]
 
@@ -75,41 +74,6 @@ class EvalResult:
             **self.extra,
             **({"targets": dict(self.targets)} if self.targets else {}),
         }
-
-
-def csr_pair(csr: Any) -> CSRPair:
-    """(indptr int64, indices int64) from a CSR object or an (indptr, indices) pair."""
-    if isinstance(csr, (tuple, list)) and len(csr) == 2:
-        indptr, indices = csr
-    elif hasattr(csr, "indptr") and hasattr(csr, "indices"):
-        indptr, indices = csr.indptr, csr.indices
-    else:
-        raise TypeError(f"expected a CSR (indptr, indices); got {type(csr).__name__}")
-    return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
-
-
-def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPair:
-    """CSR [num_users] of each user's items (sorted, unique) from interaction columns."""
-    users = np.asarray(users, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
-    if users.shape != items.shape:
-        raise ValueError(f"users and items must have one length; got {users.shape} and {items.shape}")
-    if len(users) and (users.min() < 0 or users.max() >= num_users):
-        raise ValueError(f"user codes must be in [0, {num_users})")
-    if len(items) and items.min() < 0:
-        raise ValueError(f"item codes must be >= 0; found {int(items.min())}")
-    width = int(items.max(initial=0)) + 1
-    if width > np.iinfo(np.int64).max // max(num_users, 1):  # user * width + item would overflow
-        order = np.lexsort((items, users))
-        pairs = np.stack([users[order], items[order]])
-        keep = np.concatenate(([True], (pairs[:, 1:] != pairs[:, :-1]).any(axis=0))) if len(users) else np.zeros(0, bool)
-        indptr = np.zeros(num_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pairs[0, keep], minlength=num_users), out=indptr[1:])
-        return indptr, pairs[1, keep]
-    keys = sorted_unique(users * width + items)
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // width, minlength=num_users), out=indptr[1:])
-    return indptr, keys % width
 
 
 def evaluate_rankings(
@@ -248,7 +212,7 @@ def random_ranker(num_items: int, k: int, *, seed: int = 0) -> Ranker:
             scores = rng.random((e - s, num_items), dtype=np.float32)
             if exclude is not None:
                 indptr, indices = exclude
-                rows = np.repeat(np.arange(e - s), np.diff(indptr[s : e + 1]))
+                rows = row_ids(indptr[s : e + 1])
                 scores[rows, indices[indptr[s] : indptr[e]]] = -np.inf
             top = min(k, num_items)
             part = (
@@ -337,16 +301,15 @@ def _spare_targets(seen: CSRPair, relevant: CSRPair, num_items: int, spare: bool
     """(`seen` less each user's relevant items when `spare`, else `seen` itself; how many relevant
     (user, item) pairs are in `seen`). Both CSRs hold sorted, unique rows."""
     width = max(int(num_items), 1)
-    seen_rows = np.repeat(np.arange(len(seen[0]) - 1, dtype=np.int64), np.diff(seen[0]))
+    seen_rows = row_ids(seen[0])
     seen_keys = seen_rows * width + seen[1]
-    rel_keys = np.repeat(np.arange(len(relevant[0]) - 1, dtype=np.int64), np.diff(relevant[0])) * width + relevant[1]
+    rel_keys = row_ids(relevant[0]) * width + relevant[1]
     pos = np.minimum(np.searchsorted(rel_keys, seen_keys), max(len(rel_keys) - 1, 0))
     in_relevant = rel_keys[pos] == seen_keys if len(rel_keys) else np.zeros(len(seen_keys), dtype=bool)
     repeats = int(in_relevant.sum())
     if not spare or repeats == 0:
         return seen, repeats
-    indptr = np.zeros(len(seen[0]), dtype=np.int64)
-    np.cumsum(np.bincount(seen_rows[~in_relevant], minlength=len(seen[0]) - 1), out=indptr[1:])
+    indptr = indptr_from_counts(np.bincount(seen_rows[~in_relevant], minlength=len(seen[0]) - 1))
     return (indptr, seen[1][~in_relevant]), repeats
 
 
@@ -420,7 +383,7 @@ def evaluate_model(
         model: a `TwoTowerModel` (anything with `user_search_vectors` / `item_search_vectors`).
         dataset: a `twotower.data.SplitDataset`.
         split: "valid" (train items excluded) or "test" (train + valid items excluded by default).
-        protocol: the evaluation protocol (`twotower.protocol.EvalConfig`); default: the defaults.
+        protocol: the evaluation protocol (`twotower.settings.eval.EvalConfig`); default: the defaults.
     """
     targets = split_targets(dataset, split, protocol)
     item_vectors = model.item_search_vectors()
@@ -486,8 +449,7 @@ def evaluate_ann(
         ids = ann(batch, excl)
         reference = exact_ids.popleft()
         valid = reference >= 0
-        ref_ptr = np.zeros(len(batch) + 1, dtype=np.int64)
-        np.cumsum(valid.sum(axis=1), out=ref_ptr[1:])
+        ref_ptr = indptr_from_counts(valid.sum(axis=1))
         hits, _ = hit_matrix(ids, ref_ptr, reference[valid])
         overlap[0] += int(hits.sum())
         overlap[1] += int(valid.sum())

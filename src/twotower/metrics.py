@@ -27,19 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from twotower.data.csr import row_ids, sorted_unique
+
 METRICS = ("recall", "ndcg", "mrr", "hit", "precision", "map")
-
-
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; O(n) when already strictly increasing (sorted CSR rows).
-
-    Stands in for `np.unique`, whose hash-based path in NumPy 2.x is ~20x slower than a sort on
-    large int64 arrays.
-    """
-    if values.size < 2 or bool((values[1:] > values[:-1]).all()):
-        return values
-    values = np.sort(values)
-    return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
 def hit_matrix(topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +67,7 @@ def hit_matrix(topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray) ->
         pos = np.minimum(np.searchsorted(vocab, topk_ids), max(len(vocab) - 1, 0))
         topk_ids = np.where((topk_ids >= 0) & (vocab[pos] == topk_ids) if len(vocab) else False, pos, -1)
         width = max(len(vocab), 1)
-    rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(indptr))
+    rows = row_ids(indptr)
     keys = sorted_unique(rows * width + indices)  # duplicate (user, item) pairs collapse
     num_relevant = (
         np.bincount(keys // width, minlength=num_users).astype(np.int64) if width else np.zeros(num_users, np.int64)

@@ -1,4 +1,5 @@
-"""The two-tower model: a user tower, an item tower, a scoring function and a temperature; save/load.
+"""The two-tower model: a user tower, an item tower, a scoring function and the temperature it was
+trained with (the loss owns the temperature; the model records it); save/load.
 
 Public API: `TwoTowerModel`, `inner_product_form`, `save_model` / `load_model` (config.json +
 model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `FeatureLayout` and
@@ -19,9 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from twotower.atomic import atomic_write, write_json_atomic
+from twotower.data.csr import transpose
 from twotower.kernels.l2_normalize import l2_normalize
-from twotower.model_config import FeatureLayout, ModelConfig, TowerConfig
 from twotower.retrieval.scoring import inner_product_form, pairwise_scores
+from twotower.settings.loss import check_temperature_value
+from twotower.settings.model import FeatureLayout, ModelConfig, TowerConfig, without_retired
 from twotower.towers import Tower, TowerInputs
 
 __all__ = [
@@ -65,6 +68,7 @@ class TwoTowerModel(nn.Module):
         num_items: int,
         user_features: Any | None = None,
         item_features: Any | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         config.validate()
@@ -106,11 +110,8 @@ class TwoTowerModel(nn.Module):
             history_weight=config.history_weight,
             **common,
         )
-        log_t = torch.tensor(math.log(config.temperature))
-        if config.learn_temperature:
-            self.log_temperature = nn.Parameter(log_t)
-        else:
-            self.register_buffer("log_temperature", log_t)
+        check_temperature_value(temperature)
+        self.register_buffer("log_temperature", torch.tensor(math.log(temperature)))
         if user_features is not None and not isinstance(user_features, FeatureLayout):
             self.user_tower.load_features(user_features)
         if item_features is not None and not isinstance(item_features, FeatureLayout):
@@ -180,10 +181,14 @@ class TwoTowerModel(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """Scalar temperature (learned ones are clamped below at `min_temperature`)."""
-        if not self.config.learn_temperature:
-            return self.log_temperature.exp()
-        return self.log_temperature.clamp(min=math.log(self.config.min_temperature)).exp()
+        """Scalar temperature the model was trained with (a record: the loss owns and learns it;
+        `set_temperature` writes it). Saved in the weights and in config.json's description."""
+        return self.log_temperature.exp()
+
+    def set_temperature(self, temperature: float | torch.Tensor) -> None:
+        """Records the loss's temperature (a float or a learned 0-d tensor, read without its gradient)."""
+        with torch.no_grad():
+            self.log_temperature.copy_(torch.as_tensor(temperature, dtype=torch.float32).log())
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Exact scores of every (user, item) pair under the model's scoring: [B, D] x [N, D] -> [B, N]."""
@@ -226,14 +231,15 @@ class TwoTowerModel(nn.Module):
         if self.config.user_history:
             self.user_tower.set_history(history.indptr, history.indices)
         if self.config.item_history:
-            self.item_tower.set_history(*item_history(history.indptr, history.indices, self.num_items,
-                                                      self.config.item_history_length))
+            self.item_tower.set_history(*transpose(history.indptr, history.indices, self.num_items,
+                                                   self.config.item_history_length))
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """JSON-ready description that rebuilds this model's structure with `from_description`."""
         return {
             "config": self.config.to_dict(),
+            "temperature": float(self.temperature),
             "num_users": self.num_users,
             "num_items": self.num_items,
             "user_features": self.user_layout.to_dict() if self.user_layout else None,
@@ -242,14 +248,18 @@ class TwoTowerModel(nn.Module):
 
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> TwoTowerModel:
-        """Rebuilds an untrained model of the described structure (load weights afterwards)."""
+        """Rebuilds an untrained model of the described structure (load weights afterwards). A
+        description saved before the loss owned the temperature holds it in its config."""
         try:
+            _, retired = without_retired(description["config"])
+            temperature = description.get("temperature", retired.get("temperature", 1.0))
             config = ModelConfig.from_dict(description["config"])
             layouts = {
                 key: None if description.get(key) is None else FeatureLayout.from_dict(description[key])
                 for key in ("user_features", "item_features")
             }
-            return cls(config, num_users=description["num_users"], num_items=description["num_items"], **layouts)
+            return cls(config, num_users=description["num_users"], num_items=description["num_items"],
+                       temperature=temperature, **layouts)
         except KeyError as err:
             raise ValueError(f"model description lacks {err.args[0]!r}") from None
 
@@ -307,29 +317,6 @@ class TwoTowerModel(nn.Module):
             return np.ascontiguousarray(out.float().cpu().numpy())
         finally:
             self.train(was_training)
-
-
-def item_history(indptr: np.ndarray, indices: np.ndarray, num_items: int,
-                 length: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's users: the transpose of a user -> items CSR, as (indptr [num_items + 1], user codes).
-
-    With `length` > 0 each item's users come in a random order (seeded: the same data give the same
-    rows), so that pooling the last `length` of them (`Tower.history_length`) pools a random subset
-    rather than the users with the highest codes.
-    """
-    indptr = np.asarray(indptr, dtype=np.int64)
-    users = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-    items = np.asarray(indices, dtype=np.int64)
-    if length > 0:
-        order = np.lexsort((np.random.default_rng(0).random(len(items)), items))
-    else:
-        order = np.argsort(items, kind="stable")
-    counts = np.bincount(items, minlength=num_items)
-    if len(counts) > num_items:
-        raise ValueError(f"history item codes must be in [0, {num_items}); found {len(counts) - 1}")
-    item_indptr = np.zeros(num_items + 1, dtype=np.int64)
-    np.cumsum(counts, out=item_indptr[1:])
-    return item_indptr, users[order]
 
 
 def _named_tower(name: str, *args: Any, **kwargs: Any) -> Tower:

@@ -70,8 +70,8 @@ def trained_dataset(trained: TrainedModel, data_path: str | None = None) -> Spli
     Raises:
         ValueError: the data read is not the data of training (fingerprint mismatch).
     """
-    from twotower.config import TrainConfig
     from twotower.datasets import fingerprint, load_dataset
+    from twotower.settings import TrainConfig
 
     config = TrainConfig.from_dict(trained.config["train_config"])
     if data_path:

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from twotower.config import OptimConfig
 from twotower.kernels.sparse_adam import sparse_adam
 from twotower.kernels.table_step import AdamTable
+from twotower.settings.optim import OptimConfig
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:

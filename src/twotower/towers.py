@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.kernels.bag_mean import bag_mean
-from twotower.model_config import FeatureLayout, TowerConfig
+from twotower.settings.model import FeatureLayout, TowerConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from twotower import __version__
-from twotower.batches import BatchIterator
 from twotower.atomic import (
     disk_usage,
     link_if_identical,
@@ -35,6 +34,7 @@ from twotower.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from twotower.batches import BatchIterator
 from twotower.checkpoint import (
     drop_optimizer_state,
     has_optimizer_state,
@@ -43,7 +43,6 @@ from twotower.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
@@ -53,6 +52,7 @@ from twotower.model_dir import save_model_dir
 from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
 from twotower.run_lock import run_lock
+from twotower.settings import TrainConfig
 from twotower.train_step import TrainingDiverged, batch_loss, make_train_step
 
 __all__ = ["TrainResult", "TrainingDiverged", "batch_loss", "build_model", "fit"]
@@ -92,18 +92,17 @@ def training_loss(config: TrainConfig, dataset: SplitDataset) -> LossConfig:
 
 
 def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
-    """The model for `dataset`; the loss's temperature is the one source of truth for training and
-    is written into the model (fixed) so that a saved model reports the temperature it trained with."""
-    temperature = training_loss(config, dataset).resolved_temperature
-    model_config = dataclasses.replace(config.model, temperature=temperature, learn_temperature=False)
+    """The model for `dataset`; the loss owns the temperature, and the model records it so that a
+    saved model reports the temperature it trained with."""
     model = TwoTowerModel(
-        model_config,
+        config.model,
         num_users=dataset.num_users,
         num_items=dataset.num_items,
         user_features=dataset.user_features,
         item_features=dataset.item_features,
+        temperature=training_loss(config, dataset).resolved_temperature,
     )
-    if model_config.user_history or model_config.item_history:
+    if config.model.user_history or config.model.item_history:
         model.set_history(dataset.train_history)
     return model
 
@@ -367,13 +366,8 @@ def duration(seconds: float) -> str:
 def _save_best(best_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, saved_config: dict[str, Any]) -> None:
     """The weights of the best epoch so far, with the temperature the loss had then (a learned one
     moves on), kept apart from the rolling checkpoints."""
-    _set_temperature(model, loss_fn.temperature)
+    model.set_temperature(loss_fn.temperature)
     write_dir_atomic(best_dir, lambda tmp: save_model(tmp, model, extra=saved_config))
-
-
-def _set_temperature(model: TwoTowerModel, temperature: Any) -> None:
-    with torch.no_grad():
-        model.log_temperature.copy_(torch.as_tensor(temperature, dtype=torch.float32).log())
 
 
 def _non_finite_parameter(modules: list[torch.nn.Module]) -> str | None:
@@ -404,7 +398,7 @@ def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: t
     if best_weights.is_file():
         model.load_state_dict(load_file(str(best_weights)))  # the temperature of that epoch included
     else:
-        _set_temperature(model, loss_fn.temperature)
+        model.set_temperature(loss_fn.temperature)
     temperature = float(model.temperature)
     model.eval()
     kwargs = {"ks": loop.ks, "progress": False, "protocol": config.eval}

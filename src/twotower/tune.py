@@ -7,7 +7,7 @@ A study lives in its run directory:
     RUN_DIR/best.toml       the best trial's complete configuration, for `twotower train --config`
     RUN_DIR/trials.csv      one row per trial, RUN_DIR/trials.png the values over the trials
 
-Each trial trains the base configuration with the sampled settings (`twotower.tune_space`) and
+Each trial trains the base configuration with the sampled settings (`twotower.settings.tune`) and
 the base seeds, so `twotower train --config RUN_DIR/best.toml` trains the best trial again. After
 every evaluated epoch the trial reports its best validation value so far; the median pruner stops
 a trial that trails the completed ones at that epoch. Running the same command again continues an
@@ -34,11 +34,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from twotower.atomic import write_text_atomic
-from twotower.config import TrainConfig
 from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
+from twotower.settings import TrainConfig
+from twotower.settings.tune import Param, TuneConfig, trial_config
 from twotower.train import TrainingDiverged, _semantic, fit
-from twotower.tune_space import Param, TuneConfig, trial_config
 
 __all__ = ["TrialRow", "TuneResult", "format_trials", "tune"]
 
@@ -79,7 +79,7 @@ def tune(base: TrainConfig, settings: TuneConfig, run_dir: str | Path, *,
 
     Args:
         base: the configuration every trial starts from (validated here).
-        settings: the search (`twotower.tune_space.read_tune`).
+        settings: the search (`twotower.settings.tune.read_tune`).
         run_dir: the study's directory (created); the same directory continues the same study.
         report: called with one line per finished trial (e.g. `print`).
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from twotower.config import TrainConfig
+from twotower.settings import TrainConfig
 
 
 def tiny_config(**train: object) -> TrainConfig:

@@ -10,8 +10,7 @@ import pytest
 
 from twotower import __version__
 from twotower.cli import main
-from twotower.cli_options import HIDDEN
-from twotower.config import setting_names
+from twotower.settings.train import setting_names
 
 TINY = [
     "--quiet", "--data.synthetic_users", "300", "--data.synthetic_items", "200",
@@ -41,9 +40,8 @@ def test_train_help_lists_every_setting_with_its_default(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for name in setting_names():
-        if name not in HIDDEN:
-            assert f"--{name}" in text, name
-    assert text.count("(default:") >= len(setting_names()) - len(HIDDEN)
+        assert f"--{name}" in text, name
+    assert text.count("(default:") >= len(setting_names())
 
 
 def test_train_prints_metrics_next_to_popularity(trained):
@@ -137,8 +135,8 @@ def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     vectors, as if built before the model was retrained) is refused with a message, not searched."""
     import shutil
 
-    from twotower.retrieval.hnsw import HNSWIndex
     from twotower.model_dir import load_model_dir
+    from twotower.retrieval.hnsw import HNSWIndex
 
     model_dir = tmp_path / "model"
     shutil.copytree(trained / "model", model_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from twotower.atomic import write_dir_atomic, write_text_atomic
-from twotower.config import TrainConfig
+from twotower.settings import TrainConfig
 
 
 def test_a_partial_section_keeps_the_other_defaults(tmp_path):

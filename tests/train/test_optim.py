@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from twotower.config import OptimConfig
 from twotower.optim import LazyAdam, clip_grad_norm, make_optimizer
+from twotower.settings import OptimConfig
 
 
 class Toy(nn.Module):

@@ -21,9 +21,9 @@ optuna = pytest.importorskip("optuna")
 
 import twotower.tune as tune_module  # noqa: E402
 from twotower.cli import main  # noqa: E402
-from twotower.config import TrainConfig  # noqa: E402
+from twotower.settings import TrainConfig  # noqa: E402
+from twotower.settings.tune import read_tune  # noqa: E402
 from twotower.tune import STUDY_NAME, tune  # noqa: E402
-from twotower.tune_space import read_tune  # noqa: E402
 
 BASE = """
 [data]

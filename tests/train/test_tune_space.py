@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from twotower.config import TrainConfig
-from twotower.tune_space import Param, TuneConfig, read_tune, trial_config
+from twotower.settings import TrainConfig
+from twotower.settings.tune import Param, TuneConfig, read_tune, trial_config
 
 BASE = "[model]\nembedding_dim = 16\n[train]\nepochs = 2\n"
 

@@ -5,30 +5,57 @@
 
 Modules: `io` (readers), `clean` (row validation), `vocab` (id encoding), `filters` (positives,
 dedupe, k-core), `split`, `features` (side features), `synthetic` (generator), `dataset` (the
-one-call builder), `stats` (describe).
+one-call builder), `stats` (describe), `csr` (every CSR helper).
+
+Names load on first use, so that importing one module (e.g. `twotower.data.csr`) does not
+load the file readers (pyarrow) with it.
 """
 
-from twotower.data.clean import ReadReport
-from twotower.data.dataset import DataConfig, EncodedInteractions, build_dataset, load_encoded
-from twotower.data.features import (
-    FeatureSource,
-    FeatureSpec,
-    build_features,
-    infer_source,
-    infer_specs,
-    load_features,
-    movielens_item_features,
-    movielens_user_features,
-)
-from twotower.data.filters import dedupe, kcore, select_positives
-from twotower.data.io import FORMATS, InteractionTable, detect_format, from_table, read_interactions
-from twotower.data.split import assemble, leave_last_out, ratio_split, time_split
-from twotower.data.stats import describe, format_stats, gini, split_summary
-from twotower.data.synthetic import SyntheticTruth, generate, generate_with_truth
-from twotower.data.types import CSR, DataError, FeatureTable, Interactions, SplitDataset, UnknownTargets
-from twotower.data.vocab import Vocabulary, encode_ids
+from typing import Any
 
-load = build_dataset  # the contract's other name for the one-call builder
+_LAZY = {
+    "assemble": "twotower.data.split",
+    "build_dataset": "twotower.data.dataset",
+    "build_features": "twotower.data.features",
+    "CSR": "twotower.data.csr",
+    "DataConfig": "twotower.settings.data",
+    "DataError": "twotower.data.types",
+    "dedupe": "twotower.data.filters",
+    "describe": "twotower.data.stats",
+    "detect_format": "twotower.data.io",
+    "encode_ids": "twotower.data.vocab",
+    "EncodedInteractions": "twotower.data.dataset",
+    "FeatureSource": "twotower.data.features",
+    "FeatureSpec": "twotower.data.features",
+    "FeatureTable": "twotower.data.types",
+    "format_stats": "twotower.data.stats",
+    "FORMATS": "twotower.data.io",
+    "from_table": "twotower.data.io",
+    "generate": "twotower.data.synthetic",
+    "generate_with_truth": "twotower.data.synthetic",
+    "gini": "twotower.data.stats",
+    "infer_source": "twotower.data.features",
+    "infer_specs": "twotower.data.features",
+    "Interactions": "twotower.data.types",
+    "InteractionTable": "twotower.data.io",
+    "kcore": "twotower.data.filters",
+    "leave_last_out": "twotower.data.split",
+    "load_encoded": "twotower.data.dataset",
+    "load_features": "twotower.data.features",
+    "movielens_item_features": "twotower.data.features",
+    "movielens_user_features": "twotower.data.features",
+    "ratio_split": "twotower.data.split",
+    "read_interactions": "twotower.data.io",
+    "ReadReport": "twotower.data.clean",
+    "select_positives": "twotower.data.filters",
+    "split_summary": "twotower.data.stats",
+    "SplitDataset": "twotower.data.types",
+    "SyntheticTruth": "twotower.data.synthetic",
+    "time_split": "twotower.data.split",
+    "UnknownTargets": "twotower.data.types",
+    "Vocabulary": "twotower.data.vocab",
+    "load": "twotower.data.dataset",  # the contract's other name for `build_dataset`
+}
 
 __all__ = [
     "CSR",
@@ -73,3 +100,12 @@ __all__ = [
     "split_summary",
     "time_split",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, "build_dataset" if name == "load" else name)
+    raise AttributeError(f"module 'twotower.data' has no attribute {name!r}")

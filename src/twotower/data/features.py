@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from twotower.data.csr import CSR
 from twotower.data.io import COLUMN_ALIASES, open_source
-from twotower.data.types import CSR, DataError, FeatureTable
+from twotower.data.types import DataError, FeatureTable
 from twotower.data.vocab import Vocabulary, encode_ids
 
 FEATURE_KINDS = ("categorical", "multi", "dense")

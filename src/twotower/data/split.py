@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from twotower.data.csr import CSR, sorted_unique
 from twotower.data.filters import compact
-from twotower.data.types import CSR, DataError, Interactions, SplitDataset, UnknownTargets, sorted_unique
+from twotower.data.types import DataError, Interactions, SplitDataset, UnknownTargets
 from twotower.data.vocab import Vocabulary
 from twotower.kernels.grouping import stable_group_order
 

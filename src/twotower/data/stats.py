@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from twotower.data.csr import sorted_unique
 from twotower.data.dataset import DataConfig, EncodedInteractions, load_encoded
-from twotower.data.types import SplitDataset, sorted_unique
+from twotower.data.types import SplitDataset
 
 
 def gini(counts: np.ndarray) -> float:

@@ -1,5 +1,6 @@
-"""The encoded containers every later stage reads: CSR histories, interactions, feature tables and
-the split dataset. Plain NumPy arrays inside frozen dataclasses; no per-row Python objects."""
+"""The encoded containers every later stage reads: interactions, feature tables and the split
+dataset (their CSR histories: `twotower.data.csr`). Plain NumPy arrays inside frozen dataclasses;
+no per-row Python objects."""
 
 from __future__ import annotations
 
@@ -8,74 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twotower.kernels.grouping import csr_from_pairs
+from twotower.data.csr import CSR, take_rows
 
 if TYPE_CHECKING:
     from twotower.data.vocab import Vocabulary
 
 
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """Ascending distinct values of an int array [n], by one sort (NumPy 2's `np.unique` hashes and
-    then sorts, several times slower on millions of int64)."""
-    out = np.sort(values)
-    if len(out) > 1:
-        out = out[np.concatenate(([True], out[1:] != out[:-1]))]
-    return out
-
-
 class DataError(ValueError):
     """Bad input data: a malformed row, a missing column, an empty result. The message names the file
     (and line, where one is known) so the user can go and fix it."""
-
-
-@dataclass(frozen=True)
-class CSR:
-    """Per-row sorted, unique int lists (compressed sparse rows without values).
-
-    Attributes:
-        indptr: int64 [num_rows + 1], `indptr[0] == 0`; row r is `indices[indptr[r]:indptr[r + 1]]`.
-        indices: int32 [nnz], ascending and unique within each row.
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-
-    def row(self, r: int) -> np.ndarray:
-        """Row `r` as an int32 view [len(row)]."""
-        return self.indices[self.indptr[r] : self.indptr[r + 1]]
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
-    def lengths(self) -> np.ndarray:
-        """int64 [num_rows] number of entries per row."""
-        return np.diff(self.indptr)
-
-    @classmethod
-    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, num_rows: int) -> CSR:
-        """Builds the CSR of the pairs (rows[j], cols[j]); duplicate pairs collapse into one entry.
-
-        Args:
-            rows: int [n] row of each pair, in [0, num_rows).
-            cols: int [n] column of each pair, non-negative (< 2**31).
-            num_rows: number of rows; rows without pairs are empty.
-
-        Example:
-            >>> CSR.from_pairs(np.array([1, 0, 1]), np.array([5, 2, 3]), 3).row(1)
-            array([3, 5], dtype=int32)
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
-        if rows.shape != cols.shape or rows.ndim != 1:
-            raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and {cols.shape}")
-        if len(rows) and (rows.min() < 0 or rows.max() >= num_rows or cols.min() < 0):
-            raise ValueError(f"pairs out of range: rows must lie in [0, {num_rows}) and cols be >= 0")
-        return cls(*csr_from_pairs(rows, cols, num_rows))  # a counting sort by row, then each row's columns
 
 
 @dataclass(frozen=True)
@@ -141,13 +83,8 @@ class FeatureTable:
     def take(self, index: np.ndarray) -> FeatureTable:
         """The rows `index` (int [m]) in that order, e.g. to follow a re-encoding of the codes."""
         index = np.asarray(index, dtype=np.int64)
-        multi = {}
-        for name, (csr, card) in self.multi_categorical.items():
-            lengths = csr.lengths()[index]
-            indptr = np.zeros(len(index) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=indptr[1:])
-            starts = np.repeat(csr.indptr[index] - indptr[:-1], lengths)
-            multi[name] = (CSR(indptr, csr.indices[np.arange(indptr[-1]) + starts]), card)
+        multi = {name: (CSR(*take_rows((csr.indptr, csr.indices), index)), card)
+                 for name, (csr, card) in self.multi_categorical.items()}
         return FeatureTable(
             len(index),
             {n: (c[index], k) for n, (c, k) in self.categorical.items()},
@@ -216,14 +153,3 @@ class SplitDataset:
     def item_counts(self) -> np.ndarray:
         """int64 [num_items] training interactions per item (popularity, e.g. for alias samplers)."""
         return np.bincount(self.train.items, minlength=self.num_items)
-
-
-def take_rows(csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The CSR rows `rows` [b] (in that order) as a new CSR [b], vectorised."""
-    indptr, indices = csr
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lengths = ends - starts
-    out_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out_ptr[1:])
-    positions = np.arange(out_ptr[-1], dtype=np.int64) + np.repeat(starts - out_ptr[:-1], lengths)
-    return out_ptr, indices[positions]

@@ -10,8 +10,9 @@
 
 from twotower.losses._common import EmbeddingRows, IndexedRows
 from twotower.losses.functional import bce, bpr, ccl, directau, hinge, sampled_softmax
-from twotower.losses.config import IN_BATCH_KINDS, KINDS, LossConfig, LossInputs, data_temperature
+from twotower.losses.inputs import LossInputs
 from twotower.losses.select import Loss, make_loss
+from twotower.settings.loss import IN_BATCH_KINDS, KINDS, LossConfig, data_temperature
 
 __all__ = ["EmbeddingRows", "IN_BATCH_KINDS", "IndexedRows", "KINDS", "Loss", "LossConfig", "LossInputs", "bce", "bpr",
            "ccl", "data_temperature", "directau", "hinge", "make_loss", "sampled_softmax"]

@@ -4,7 +4,6 @@ masks, the masked mean and the reduction. Each step is small and pure so that th
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -14,8 +13,7 @@ from torch import Tensor
 from twotower.kernels.embedding_scores import embedding_scores
 from twotower.kernels.gather_scores import gather_scores
 from twotower.kernels.l2_normalize import l2_normalize
-
-REDUCTIONS = ("mean", "sum", "none")
+from twotower.settings.loss import REDUCTIONS, check_temperature_value
 
 Temperature = float | Tensor
 
@@ -93,10 +91,7 @@ def check_temperature(temperature: Temperature) -> None:
         if not temperature.is_floating_point():
             raise TypeError(f"temperature tensor must be floating point, got {temperature.dtype}")
         return
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float or a 0-d tensor, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    check_temperature_value(temperature)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

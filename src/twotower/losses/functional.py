@@ -47,6 +47,7 @@ from twotower.losses._common import (
     positive_logits,
     reduce,
 )
+from twotower.settings.loss import check_ccl, check_margin, check_weight
 
 __all__ = ["bce", "bpr", "ccl", "directau", "hinge", "sampled_softmax"]
 
@@ -383,26 +384,3 @@ def directau(q: Tensor, pos: Tensor, *, uniformity_weight: float = 1.0, reductio
         align = (u - v).square().sum(dim=1)
         uniform = (uniformity(u) + uniformity(v)) / 2
     return reduce(align + uniformity_weight * uniform, reduction)
-
-
-def check_ccl(margin: float, negative_weight: float) -> None:
-    """A CCL margin is any finite float (cosines live in [-1, 1]); its weight a finite float >= 0."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-        raise ValueError(f"ccl margin must be a finite float, got {margin!r}")
-    check_weight(negative_weight, "negative_weight")
-
-
-def check_weight(value: float, name: str) -> None:
-    """A loss weight is a finite float >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-
-
-def check_margin(margin: float) -> None:
-    """A hinge margin is a finite float >= 0."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
-    if not (margin >= 0 and margin != float("inf")):
-        raise ValueError(f"margin must be finite and >= 0, got {margin}")

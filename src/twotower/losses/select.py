@@ -29,8 +29,9 @@ from twotower.losses._common import (
     positive_logits,
     reduce,
 )
-from twotower.losses.config import LossConfig, LossInputs
 from twotower.losses.functional import bce_rows, bpr_rows, ccl_rows, directau, hinge_rows, softmax_loss
+from twotower.losses.inputs import LossInputs
+from twotower.settings.loss import LossConfig
 
 __all__ = ["Loss", "make_loss"]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from twotower.model_config import SCORINGS
+from twotower.settings.model import SCORINGS
 
 __all__ = [
     "SCORINGS",

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower.cli_options import HIDDEN, merge
-from twotower.config import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml, setting_names
-from twotower.setting_types import check_setting, union_members
+from twotower.settings.checks import check_setting, union_members
+from twotower.settings.cli import merge
+from twotower.settings.model import RETIRED
+from twotower.settings.train import NESTED, TUNE_SECTION, LoopConfig, TrainConfig, _build, read_toml, setting_names
 
 __all__ = ["Param", "TuneConfig", "default_space", "read_tune", "trial_config"]
 
@@ -216,7 +217,7 @@ def _owner(name: str) -> tuple[type, str]:
         return cls, leaf
     if cls is not None and parents:  # a known section: list its settings
         section = ".".join(parents)
-        known = [n for n in setting_names(cls, section + ".") if n.count(".") == name.count(".") and n not in HIDDEN]
+        known = [n for n in setting_names(cls, section + ".") if n.count(".") == name.count(".")]
         raise ValueError(f"tune.space: unknown setting {name!r}; [{section}] has {', '.join(known)}")
     close = difflib.get_close_matches(name, setting_names(), n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -226,8 +227,10 @@ def _owner(name: str) -> tuple[type, str]:
 def _param(name: str, entry: Any) -> Param:
     """The `[tune.space]` entry for setting `name`, checked against the setting's type."""
     where = f"tune.space {name!r}"
-    cls, leaf = _owner(name)
-    if name in HIDDEN or name.startswith(_FIXED):
+    retired = name in {f"model.{key}" for key in RETIRED}
+    if not retired:
+        cls, leaf = _owner(name)
+    if retired or name.startswith(_FIXED):
         raise ValueError(f"{where}: this setting cannot be searched (the data and split, the metric and the "
                          "model's own temperature settings are fixed for a study; loss.temperature is searchable)")
     if not isinstance(entry, dict):

@@ -1,9 +1,10 @@
 """Every setting of a training run in one JSON/TOML-friendly dataclass, saved into every checkpoint.
 
-Sections and their owners: `data` (where interactions come from; `twotower.data.DataConfig` inside),
-`model` (`ModelConfig`), `loss` (`LossConfig`), `batches` (`BatchConfig`: batch size and negatives),
-`optim` and `train` (defined here), `eval` (`twotower.protocol.EvalConfig`: the evaluation
-protocol). A TOML file has one table per section, e.g.
+Sections and their modules in `twotower.settings`: `data` (`data.DataSource`, with
+`data.DataConfig` inside), `model` (`model.ModelConfig`), `loss` (`loss.LossConfig`), `batches`
+(`batches.BatchConfig`: batch size and negatives), `optim` (`optim.OptimConfig`), `train`
+(`LoopConfig`, defined here) and `eval` (`eval.EvalConfig`: the evaluation protocol). A TOML
+file has one table per section, e.g.
 
     [data]
     path = "ml-100k/u.data"
@@ -13,99 +14,25 @@ protocol). A TOML file has one table per section, e.g.
     kind = "infonce"
 
 and every key is also a command-line flag `--section.key` (flags override the file). A `[tune]`
-table in the same file is the search space of `twotower tune` (`twotower.tune_space`); training
+table in the same file is the search space of `twotower tune` (`twotower.settings.tune`); training
 ignores it. `TrainConfig.to_toml` writes a config back as such a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower.batches import BatchConfig
-from twotower.data import DataConfig
-from twotower.losses import IN_BATCH_KINDS, LossConfig
-from twotower.model_config import ModelConfig, TowerConfig
-from twotower.protocol import EvalConfig
-from twotower.setting_types import check_setting
-
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class DataSource:
-    """Where the interactions come from.
-
-    Attributes:
-        path: interaction file; empty = the built-in synthetic dataset.
-        valid: validation file for a user-given split (with `test`).
-        test: test file for a user-given split.
-        user_features: user side-feature file (MovieLens `u.user` is recognised).
-        item_features: item side-feature file (MovieLens `u.item` / `movies.csv` are recognised).
-        synthetic_users: users of the synthetic dataset.
-        synthetic_items: items of the synthetic dataset.
-        synthetic_interactions_per_user: mean interactions per synthetic user.
-        synthetic_seed: seed of the synthetic generator.
-        options: how to read and split (twotower.data.DataConfig: format, columns, feedback, kcore, split...).
-    """
-
-    path: str = ""
-    valid: str = ""
-    test: str = ""
-    user_features: str = ""
-    item_features: str = ""
-    synthetic_users: int = 2000
-    synthetic_items: int = 1000
-    synthetic_interactions_per_user: float = 25.0
-    synthetic_seed: int = 0
-    options: DataConfig = field(default_factory=DataConfig)
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule.
-
-    Attributes:
-        optimizer: "adamw" or "adam".
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay of dense (MLP) weights; embedding tables get none.
-        embedding_weight_decay: weight decay of embedding tables (0: none, on purpose).
-        warmup_fraction: share of all steps spent warming the learning rate up linearly from 0.
-        schedule: after warm-up: "cosine" (to 0), "linear" (to 0) or "constant".
-        clip_norm: clip the gradient norm to this (0: no clipping).
-        sparse_embeddings: embedding tables get sparse gradients and a row-sparse ("lazy") Adam
-            step that reads and writes only the rows a batch touched, as TensorFlow's LazyAdam and
-            torch's SparseAdam do; rows a batch does not touch keep their weights and moments.
-            False: every row of every table steps every batch (torch.optim.Adam/AdamW).
-    """
-
-    optimizer: str = "adamw"
-    lr: float = 0.005
-    weight_decay: float = 0.0
-    embedding_weight_decay: float = 0.0
-    warmup_fraction: float = 0.05
-    schedule: str = "cosine"
-    clip_norm: float = 1.0
-    sparse_embeddings: bool = True
-
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {SCHEDULES}; got {self.schedule!r}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"optim.lr must be a finite number > 0; got {self.lr}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
-        for name in ("weight_decay", "embedding_weight_decay", "clip_norm"):
-            value = getattr(self, name)
-            if not 0 <= value < math.inf:
-                raise ValueError(f"optim.{name} must be a finite number >= 0; got {value}")
+from twotower.settings.batches import BatchConfig
+from twotower.settings.checks import check_setting
+from twotower.settings.data import DataConfig, DataSource
+from twotower.settings.eval import EvalConfig
+from twotower.settings.loss import IN_BATCH_KINDS, LossConfig
+from twotower.settings.model import ModelConfig, TowerConfig, check_retired, without_retired
+from twotower.settings.optim import OptimConfig
 
 
 @dataclass
@@ -178,7 +105,7 @@ class LoopConfig:
 
 # Defaults chosen on validation (ML-100K search in benchmarks/results/quality-search.md; Gowalla,
 # ml-latest-small and Last.fm in benchmarks/results/quality-gowalla-search.md): cosine towers, width 128, and
-# the softmax temperature set from the training data (`twotower.losses.data_temperature`), since the
+# the softmax temperature set from the training data (`twotower.settings.loss.data_temperature`), since the
 # best one moves with the share of the catalogue a user covers (0.2 on ML-100K, 0.1 on Gowalla).
 def _default_model() -> ModelConfig:
     return ModelConfig(embedding_dim=128, scoring="cosine")
@@ -214,11 +141,6 @@ class TrainConfig:
             raise ValueError(f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}")
         if self.loss.reduction == "none":
             raise ValueError("loss.reduction 'none' gives per-row losses (for custom loops); training needs 'mean' or 'sum'")
-        defaults = ModelConfig()
-        if (self.model.temperature, self.model.learn_temperature) != (defaults.temperature, defaults.learn_temperature):
-            raise ValueError("model.temperature and model.learn_temperature are not training settings: the loss "
-                             "owns the temperature (set loss.temperature / loss.learn_temperature); the saved model "
-                             "records the one it trained with")
 
     def _check_negatives(self) -> None:
         """The loss's needs against what the batches bring, in the settings' own names (the loss would
@@ -268,7 +190,7 @@ class TrainConfig:
         return tomli_w.dumps(_without_none(self.to_dict(), TrainConfig().to_dict(), ""))
 
 
-TUNE_SECTION = "tune"  # the [tune] table of a config file: read by twotower.tune_space, ignored by training
+TUNE_SECTION = "tune"  # the [tune] table of a config file: read by twotower.settings.tune, ignored by training
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -325,6 +247,9 @@ def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any
     """`cls` from the settings in `data`; those it lacks come from `base` (an instance) when given."""
     if not isinstance(data, dict):
         raise ValueError(f"[{where or 'root'}] must be a table of settings; got {data!r}")
+    if cls is ModelConfig:  # configs saved before the loss owned the temperature hold it here
+        data, retired = without_retired(data)
+        check_retired(retired)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -11,12 +11,32 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from twotower.setting_types import check_setting
+from twotower.settings.checks import check_setting
 
 SCORINGS = ("dot", "cosine", "neg_l2")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
 POOLINGS = ("mean", "sum")
 HISTORY_COMBINES = ("concat", "gate")
+# Model settings from before the loss owned the temperature, with their old defaults: saved
+# descriptions and training configs written then still hold them (`without_retired`).
+RETIRED = {"temperature": 1.0, "learn_temperature": False, "min_temperature": 0.01}
+RETIRED_MESSAGE = ("model.temperature and model.learn_temperature are not training settings: the loss owns the "
+                   "temperature (set loss.temperature / loss.learn_temperature); the saved model records the one "
+                   "it trained with")
+
+
+def without_retired(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`data` (a [model] section or a saved model config) split into its current settings and the
+    retired temperature settings it holds (see RETIRED)."""
+    current = {key: value for key, value in data.items() if key not in RETIRED}
+    return current, {key: value for key, value in data.items() if key in RETIRED}
+
+
+def check_retired(retired: dict[str, Any]) -> None:
+    """A training config may hold the retired settings only at their old defaults (as every config
+    saved before the move does); any other value is refused with RETIRED_MESSAGE."""
+    if any(value != RETIRED[key] for key, value in retired.items()):
+        raise ValueError(RETIRED_MESSAGE)
 
 
 @dataclass
@@ -73,9 +93,6 @@ class ModelConfig:
         scoring: "dot" (inner product), "cosine" (both outputs L2-normalised, then inner product) or
             "neg_l2" (negative squared Euclidean distance). Search goes through
             `TwoTowerModel.inner_product_form`, which turns every scoring into an inner product.
-        temperature: logits = score / temperature in the losses.
-        learn_temperature: learn it (parametrised as log temperature, clamped to `min_temperature`).
-        min_temperature: lower clamp of a learned temperature.
         user_history: pool the item embeddings of the user's history (mean) into the user tower.
         history_combine: how the pooled history joins the user tower. "concat" (YouTube-DNN): next
             to the id embedding and the side features, into the MLP (or a linear map to D).
@@ -113,9 +130,6 @@ class ModelConfig:
     user: TowerConfig = field(default_factory=TowerConfig)
     item: TowerConfig = field(default_factory=TowerConfig)
     scoring: str = "dot"
-    temperature: float = 1.0
-    learn_temperature: bool = False
-    min_temperature: float = 0.01
     user_history: bool = False
     history_combine: str = "concat"
     history_weight: float = 0.5
@@ -135,12 +149,6 @@ class ModelConfig:
         self.item.validate("item")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}; got {self.scoring!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {self.temperature}")
-        if not self.min_temperature > 0 or (self.learn_temperature and self.min_temperature > self.temperature):
-            raise ValueError(  # the clamp applies to a learned temperature only
-                f"min_temperature must be in (0, temperature={self.temperature}]; got {self.min_temperature}"
-            )
         if self.history_combine not in HISTORY_COMBINES:
             raise ValueError(f"history_combine must be one of {HISTORY_COMBINES}; got {self.history_combine!r}")
         if not 0.0 <= self.history_weight <= 1.0:
@@ -188,8 +196,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown keys raise ValueError (a typo should not pass silently)."""
-        data = dict(data)
+        """Inverse of `to_dict`; unknown keys raise ValueError (a typo should not pass silently).
+        The temperature of a description saved before the loss owned it is left out here
+        (`TwoTowerModel.from_description` reads it)."""
+        data, _ = without_retired(data)
         towers = {}
         for name in ("user", "item"):
             if name in data:

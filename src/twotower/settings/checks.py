@@ -1,5 +1,5 @@
 """Type checks of settings against their dataclass annotations, shared by the TOML/flag settings
-(`twotower.config`) and the model description a saved model carries (`twotower.model_config`), so
+(`twotower.settings.train`) and the model description a saved model carries (`twotower.settings.model`), so
 that a wrong type is named by its setting ("model.embedding_dim must be an integer; got '128'")
 instead of failing later inside a comparison."""
 

@@ -9,8 +9,8 @@ import re
 import typing
 from typing import Any
 
-from twotower.config import NESTED, TrainConfig
-from twotower.setting_types import union_members
+from twotower.settings.checks import union_members
+from twotower.settings.train import NESTED, TrainConfig
 
 # Settings whose owner documents them together; spelled out here for --help.
 EXTRA_HELP = {
@@ -22,8 +22,6 @@ EXTRA_HELP = {
     "header": "whether the first row names the columns (default: detect)",
     "strict": "raise on the first malformed row (file and line named) instead of skipping and counting it",
 }
-# Model settings the trainer takes from [loss] instead (one temperature for training and the saved model).
-HIDDEN = {"model.temperature", "model.learn_temperature", "model.min_temperature"}
 
 _ATTR_LINE = re.compile(r"^\s{8}([A-Za-z_][\w /,]*):\s?(.*)$")
 
@@ -90,8 +88,6 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] 
             dest = f"{prefix}{f.name}"
             if nested is not None:
                 walk(nested, value, dest + ".", group)
-                continue
-            if dest in HIDDEN:
                 continue
             text = EXTRA_HELP.get(f.name, helps.get(f.name, "")) if cls.__name__ == "DataConfig" else helps.get(f.name, "")
             options = union_members(hints[f.name])

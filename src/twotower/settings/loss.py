@@ -1,4 +1,6 @@
-"""What to train with (`LossConfig`) and what one batch offers a loss (`LossInputs`)."""
+"""Which loss to train with (`LossConfig`), its checks, and the temperature the loss owns: its
+value, whether it is learned, and the rule that sets it from the training data (`data_temperature`).
+The losses' own module (`twotower.losses`) runs them; the trained model records the temperature."""
 
 from __future__ import annotations
 
@@ -7,13 +9,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+__all__ = ["IN_BATCH_KINDS", "KINDS", "REDUCTIONS", "LossConfig", "check_ccl", "check_margin", "check_temperature_value",
+           "check_weight", "data_temperature"]
 
-from twotower.losses._common import REDUCTIONS, IndexedRows, Negatives, check_temperature
-from twotower.losses.functional import check_ccl, check_margin, check_weight
-
-__all__ = ["IN_BATCH_KINDS", "KINDS", "LossConfig", "LossInputs", "data_temperature"]
-
+REDUCTIONS = ("mean", "sum", "none")
 KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce", "ccl", "directau")
 # Kinds computed over the batch's own rows: they need the positives as vectors, not as table rows.
 IN_BATCH_KINDS = ("infonce", "mixed", "directau")
@@ -104,8 +103,8 @@ class LossConfig:
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.temperature is not None:
-            check_temperature(self.temperature)
-        check_temperature(self.min_temperature)
+            check_temperature_value(self.temperature)
+        check_temperature_value(self.min_temperature)
         if self.kind == "ccl":
             check_ccl(self.resolved_margin, self.negative_weight)
         elif self.margin is not None:
@@ -154,42 +153,33 @@ class LossConfig:
         return cls(**data)
 
 
-@dataclass(frozen=True)
-class LossInputs:
-    """Everything a loss may need for one batch; each loss uses the fields that apply to it.
+def check_temperature_value(temperature: float) -> None:
+    """A fixed temperature is a positive finite float (a learned one, a tensor, is checked by
+    `twotower.losses` where tensors exist)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float or a 0-d tensor, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
 
-    Attributes:
-        query: [B, D] query (user) vectors.
-        positive: [B, D] positive item vectors, or `IndexedRows` with a [B, 1] index; in-batch
-            kinds use the other rows as negatives. When the positives and the per-row negatives
-            are rows of the same table, the per-row kinds score both in one pass.
-        negatives: [B, n, D] per-row negatives, or the same as `IndexedRows` (rows of a [U, D]
-            table, scored without materialising [B, n, D]). The in-batch kinds share them across
-            the batch (every row sees every row's negatives, as DPR does with hard negatives).
-        shared_negatives: [M, D] negatives shared by every row.
-        user_ids: [B] query ids; in-batch kinds do not use a row of the same user as a negative.
-        item_ids: [B] positive item ids (accidental-hit masking).
-        negative_ids: [B, n] ids of `negatives`.
-        shared_ids: [M] ids of `shared_negatives`.
-        item_log_q: [B] log sampling probability of the positives (in-batch candidates).
-        negative_log_q: [B, n] log sampling probability of `negatives`.
-        shared_log_q: [M] log sampling probability of `shared_negatives`.
-        row_scores: [B, 1 + n] dot products of each query with its positive (column 0) and its
-            per-row negatives, computed outside autograd (`twotower.kernels.table_step`: the
-            trainer's fused step of id-only towers); the per-row kinds then take their logits from
-            them and differentiate only them (the temperature too, when learned). `positive` and
-            `negatives` must still be the `IndexedRows` they were scored from (shapes, ids).
-    """
 
-    query: Tensor
-    positive: Tensor | IndexedRows
-    negatives: Negatives | None = None
-    shared_negatives: Tensor | None = None
-    user_ids: Tensor | None = None
-    item_ids: Tensor | None = None
-    negative_ids: Tensor | None = None
-    shared_ids: Tensor | None = None
-    item_log_q: Tensor | None = None
-    negative_log_q: Tensor | None = None
-    shared_log_q: Tensor | None = None
-    row_scores: Tensor | None = None
+def check_ccl(margin: float, negative_weight: float) -> None:
+    """A CCL margin is any finite float (cosines live in [-1, 1]); its weight a finite float >= 0."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise ValueError(f"ccl margin must be a finite float, got {margin!r}")
+    check_weight(negative_weight, "negative_weight")
+
+
+def check_weight(value: float, name: str) -> None:
+    """A loss weight is a finite float >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+def check_margin(margin: float) -> None:
+    """A hinge margin is a finite float >= 0."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    if not (margin >= 0 and margin != float("inf")):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")

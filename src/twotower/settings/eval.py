@@ -32,7 +32,7 @@ REPEAT_TARGETS = ("exclude", "rank")
 
 @dataclass
 class EvalConfig:
-    """The evaluation protocol (see `twotower.protocol`): what each ranking leaves out, what counts.
+    """The evaluation protocol (see `twotower.settings.eval`): what each ranking leaves out, what counts.
 
     Attributes:
         exclude: items left out of each user's test ranking: "train+valid" (every item the user

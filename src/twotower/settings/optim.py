@@ -1,0 +1,53 @@
+"""The optimizer and its learning-rate schedule (`OptimConfig`); `twotower.optim` builds them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "OptimConfig"]
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        optimizer: "adamw" or "adam".
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of dense (MLP) weights; embedding tables get none.
+        embedding_weight_decay: weight decay of embedding tables (0: none, on purpose).
+        warmup_fraction: share of all steps spent warming the learning rate up linearly from 0.
+        schedule: after warm-up: "cosine" (to 0), "linear" (to 0) or "constant".
+        clip_norm: clip the gradient norm to this (0: no clipping).
+        sparse_embeddings: embedding tables get sparse gradients and a row-sparse ("lazy") Adam
+            step that reads and writes only the rows a batch touched, as TensorFlow's LazyAdam and
+            torch's SparseAdam do; rows a batch does not touch keep their weights and moments.
+            False: every row of every table steps every batch (torch.optim.Adam/AdamW).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    embedding_weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"
+    clip_norm: float = 1.0
+    sparse_embeddings: bool = True
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}; got {self.schedule!r}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"optim.lr must be a finite number > 0; got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
+        for name in ("weight_decay", "embedding_weight_decay", "clip_norm"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"optim.{name} must be a finite number >= 0; got {value}")
