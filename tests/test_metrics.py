@@ -149,3 +149,38 @@ def test_the_lightgcn_protocol_definitions_by_hand() -> None:
     assert got["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
     assert got["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 1 / math.log2(3)) / 2)
     assert got["ndcg@2"] == pytest.approx((0.613147 + 0.630930) / 2, abs=1e-6)
+
+
+def test_a_cutoff_beyond_the_catalogue_costs_the_catalogue_not_the_cutoff() -> None:
+    # A complete ranking of 5 items scored at k = 10**12: every position past 5 is a miss, so each
+    # metric equals its value at k = 5, except precision (hits / k); nothing is allocated k wide.
+    from twotower.metrics import RankingMetrics
+
+    rng = np.random.default_rng()
+    top = np.stack([rng.permutation(5) for _ in range(4)])
+    relevant = [[0, 3], [4], [1, 2, 3], [2]]
+    indptr = np.cumsum([0] + [len(r) for r in relevant])
+    indices = np.array([x for r in relevant for x in r])
+    huge, full = RankingMetrics([10**12], 5), RankingMetrics([5], 5)
+    huge.update(top, indptr, indices)
+    full.update(top, indptr, indices)
+    for name in ("recall", "ndcg", "mrr", "hit", "map"):
+        assert huge.result()[f"{name}@{10**12}"] == pytest.approx(full.result()[f"{name}@5"]), name
+    assert huge.result()[f"precision@{10**12}"] == pytest.approx(full.result()["precision@5"] * 5 / 10**12)
+    assert huge.result()[f"recall@{10**12}"] == 1.0  # the whole catalogue is ranked: every item is found
+    with pytest.raises(ValueError, match="smaller than the largest cutoff 10"):
+        RankingMetrics([10], 20).update(top, indptr, indices)  # a truncated ranking is still refused
+
+
+def test_evaluation_at_a_huge_k_ranks_the_catalogue_once() -> None:
+    from twotower.evaluate import evaluate_vectors, ranking_width
+
+    rng = np.random.default_rng()
+    users, items = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    relevant = [[0, 5], [1], [2, 3, 8], [7], [6], [4]]
+    indptr = np.cumsum([0] + [len(r) for r in relevant])
+    csr = (indptr, np.array([x for r in relevant for x in r]))
+    assert ranking_width([10, 10**9], 9) == 9 and ranking_width([3], 9) == 3
+    huge = evaluate_vectors(users, items, csr, ks=[10**9], progress=False, num_threads=1).metrics
+    full = evaluate_vectors(users, items, csr, ks=[9], progress=False, num_threads=1).metrics
+    assert huge[f"ndcg@{10**9}"] == pytest.approx(full["ndcg@9"]) and huge[f"recall@{10**9}"] == 1.0

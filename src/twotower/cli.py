@@ -165,7 +165,7 @@ def _protocol_for(trained: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, split_targets
+    from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, ranking_width, split_targets
     from twotower.model_dir import load_model_dir, trained_dataset
 
     trained = load_model_dir(args.model_dir)
@@ -191,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ann = evaluate_ann(index, users, items, targets.relevant, exclude=targets.exclude, ks=ks,
                            progress=not args.quiet, unreachable=targets.unreachable,
                            unreachable_users=targets.unreachable_users)
-        k = max(ks)
+        k = ranking_width(ks, trained.model.num_items)
         print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
               f"recall of ANN top-{k} vs exact top-{k}: {ann.extra[f'ann_recall@{k}']:.4f}; "
               f"queries/s: ANN {ann.extra['ann_qps']:.0f}, exact {ann.extra['exact_qps']:.0f}")

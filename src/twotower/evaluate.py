@@ -93,7 +93,8 @@ def evaluate_rankings(
     """Runs `ranker` over users in batches and accumulates the metrics.
 
     Args:
-        ranker: (user codes [b], exclusion CSR of those users or None) -> top-K ids [b, K >= max(ks)].
+        ranker: (user codes [b], exclusion CSR of those users or None) -> top-K ids [b, K >= ranking_width(ks,
+            num_items)].
         relevant: CSR over all users (row = user code) of the relevant items.
         num_items: catalogue size.
         ks: cutoffs.
@@ -152,6 +153,13 @@ def evaluate_rankings(
         users_per_second=acc.num_users / seconds if seconds > 0 else float("inf"),
         extra={"rank_seconds": rank_seconds},
     )
+
+
+def ranking_width(ks: Sequence[int], num_items: int) -> int:
+    """How many items each ranking lists: the largest cutoff, but never more than the catalogue
+    (metrics at a cutoff beyond it count the missing positions as misses), so memory follows
+    min(max(ks), num_items) and `-k 1000000000` is as cheap as ranking everything."""
+    return max(1, min(max(ks), int(num_items)))
 
 
 # -- rankers ------------------------------------------------------------------------------------------
@@ -352,7 +360,7 @@ def evaluate_vectors(
         ks, users, batch_size, progress: see `evaluate_rankings`.
         num_threads: scorer threads (default: all cores).
     """
-    ranker = exact_ranker(user_vectors, item_vectors, max(ks), num_threads=num_threads)
+    ranker = exact_ranker(user_vectors, item_vectors, ranking_width(ks, len(item_vectors)), num_threads=num_threads)
     return evaluate_rankings(
         ranker,
         relevant,
@@ -387,7 +395,8 @@ def evaluate_model(
     """
     targets = split_targets(dataset, split, protocol)
     item_vectors = model.item_search_vectors()
-    ranker = exact_ranker(model.user_search_vectors(), item_vectors, max(ks), num_threads=num_threads)
+    ranker = exact_ranker(model.user_search_vectors(), item_vectors, ranking_width(ks, len(item_vectors)),
+                          num_threads=num_threads)
     return evaluate_targets(ranker, targets, num_items=len(item_vectors), ks=ks, progress=progress, desc="exact",
                             batch_size=batch_size)
 
@@ -398,7 +407,7 @@ def evaluate_popularity(
 ) -> EvalResult:  # fmt: skip
     """Most-popular baseline (train interaction counts) under the same protocol as `evaluate_model`."""
     counts = np.bincount(np.asarray(dataset.train.items, dtype=np.int64), minlength=dataset.num_items)
-    return evaluate_targets(popularity_ranker(counts, max(ks)), split_targets(dataset, split, protocol),
+    return evaluate_targets(popularity_ranker(counts, ranking_width(ks, len(counts))), split_targets(dataset, split, protocol),
                             num_items=dataset.num_items, ks=ks, progress=progress, desc="popular")
 
 
@@ -407,7 +416,7 @@ def evaluate_random(
     protocol: EvalConfig | None = None,
 ) -> EvalResult:  # fmt: skip
     """Random baseline (seeded) under the same protocol as `evaluate_model`."""
-    return evaluate_targets(random_ranker(dataset.num_items, max(ks), seed=seed), split_targets(dataset, split, protocol),
+    return evaluate_targets(random_ranker(dataset.num_items, ranking_width(ks, dataset.num_items), seed=seed), split_targets(dataset, split, protocol),
                             num_items=dataset.num_items, ks=ks, progress=progress, desc="random")
 
 
@@ -429,11 +438,11 @@ def evaluate_ann(
     """Metrics through the HNSW index, next to the exact scorer's (`unreachable`,
     `unreachable_users`: see `evaluate_rankings`).
 
-    `extra` holds, for K = max(ks): "ann_recall@K" (mean over users of |ANN top-K ∩ exact top-K| /
+    `extra` holds, for K = `ranking_width(ks, num_items)`: "ann_recall@K" (mean over users of |ANN top-K ∩ exact top-K| /
     |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps" (users ranked per second
     by each, ranking time only), and the exact metrics as "exact/<metric>@<k>".
     """
-    k = max(ks)
+    k = ranking_width(ks, len(item_vectors))
     exact_ids: deque[np.ndarray] = deque()  # per batch; both passes visit the same batches in the same order
     exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
     ann = ann_ranker(index, user_vectors, k)

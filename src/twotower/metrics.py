@@ -83,27 +83,32 @@ def user_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[str
     """Per-user metrics at cutoff k (definitions in the module docstring).
 
     Args:
-        hits: bool [U, K] with K >= k; num_relevant: int [U], all >= 1.
-        k: cutoff.
+        hits: bool [U, K]: whether each ranked position is relevant. K may be below k only where the
+            ranking ended early because it lists every rankable item: positions past K are misses,
+            so memory follows min(k, K), never k.
+        num_relevant: int [U], all >= 1.
+        k: cutoff (>= 1).
 
     Returns:
         name -> float64 [U] for each name in METRICS.
     """
-    if not 1 <= k <= hits.shape[1]:
-        raise ValueError(f"k must be in [1, {hits.shape[1]}] (the top-K width); got {k}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
     if np.any(num_relevant < 1):
         raise ValueError("user_metrics needs users with at least one relevant item")
-    h = hits[:, :k].astype(np.float64)
-    ranks = np.arange(1, k + 1, dtype=np.float64)
+    width = min(k, hits.shape[1])
+    h = hits[:, :width].astype(np.float64)
+    ranks = np.arange(1, width + 1, dtype=np.float64)
     n_hit = h.sum(axis=1)
-    discounts = 1.0 / np.log2(ranks + 1.0)
-    ideal = np.concatenate([[0.0], np.cumsum(discounts)])  # ideal[m] = IDCG with m relevant items in the top
     capped = np.minimum(num_relevant, k)
-    first = np.argmax(hits[:, :k], axis=1)
+    # ideal[m] = IDCG with m relevant items in the top: as long as the largest capped count, not as k
+    longest = int(capped.max()) if capped.size else 0
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, longest + 2, dtype=np.float64)))])
+    first = np.argmax(hits[:, :width], axis=1) if width else np.zeros(len(h), dtype=np.int64)
     cum_precision = np.cumsum(h, axis=1) / ranks
     return {
         "recall": n_hit / num_relevant,
-        "ndcg": (h @ discounts) / ideal[capped],
+        "ndcg": (h @ (1.0 / np.log2(ranks + 1.0))) / ideal[capped],
         "mrr": np.where(n_hit > 0, 1.0 / (first + 1.0), 0.0),
         "hit": (n_hit > 0).astype(np.float64),
         "precision": n_hit / k,
@@ -136,7 +141,7 @@ class RankingMetrics:
     def update(
         self, topk_ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray, unreachable: np.ndarray | None = None
     ) -> None:
-        """Adds a batch: top-K ids [b, K >= max(ks)] and the CSR of those users' relevant items.
+        """Adds a batch: top-K ids [b, K >= min(max(ks), num_items)] and the CSR of those users' relevant items.
 
         Args:
             unreachable: int [b] more relevant items of each user that the ranking cannot contain:
@@ -144,8 +149,9 @@ class RankingMetrics:
 
         Users of the batch with no relevant item are skipped.
         """
-        if topk_ids.shape[1] < self.ks[-1]:
-            raise ValueError(f"top-K width {topk_ids.shape[1]} is smaller than the largest cutoff {self.ks[-1]}")
+        if topk_ids.shape[1] < min(self.ks[-1], self.num_items):
+            raise ValueError(f"top-K width {topk_ids.shape[1]} is smaller than the largest cutoff {self.ks[-1]} "
+                             f"(or the catalogue, {self.num_items} items, where that is smaller)")
         if topk_ids.size and topk_ids.max() >= self.num_items:
             raise ValueError(f"top-K ids must be < num_items = {self.num_items}; found {topk_ids.max()}")
         hits, num_relevant = hit_matrix(topk_ids, indptr, indices)
@@ -185,7 +191,7 @@ def ranking_metrics(
     """All metrics at every cutoff in one call (see the module docstring for the definitions).
 
     Args:
-        topk_ids: int [U, K] recommended ids, K >= max(ks).
+        topk_ids: int [U, K] recommended ids, K >= min(max(ks), num_items).
         indptr, indices: CSR [U] of each user's relevant items.
         ks: cutoffs, e.g. (10, 20, 50).
         num_items: catalogue size (for coverage).
