@@ -142,6 +142,64 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "trainer.json").is_file() else None
 
 
+def resumable_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint under `root` whose files are complete, and the newer ones skipped with
+    why (a truncated weights file, a missing trainer.json ...): a crash or a full disk can damage the
+    newest checkpoint, and the one before it is then where training goes on from. `LATEST` is a
+    hint, not a requirement: an empty or stale pointer does not hide the checkpoints there."""
+    root = Path(root)
+    if not root.is_dir():
+        return None, []
+    numbered = [p for p in root.glob("epoch-*") if p.is_dir() and p.name[len("epoch-"):].isdigit()]
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(numbered, key=lambda p: int(p.name[len("epoch-"):]), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from (the first file found incomplete), or None."""
+    for name in ("trainer.json", "config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            return f"{name} is unreadable ({err})"
+    if not (path / "model.safetensors").is_file():
+        return "model.safetensors is missing"
+    for file in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            return f"{file.name} {problem}"
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Whether a safetensors file is whole, from its header alone: the header must parse and the
+    tensors it lists must end exactly at the end of the file. None when whole, else what is wrong."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"is truncated ({size} bytes, not even a header)"
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            return f"is truncated (its header says {length} bytes; the file has {size})"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "has a corrupt header"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"is truncated ({size} bytes; its header describes {expected})"
+    return None
+
+
 def load_checkpoint(
     path: Path,
     *,

@@ -41,6 +41,7 @@ from twotower.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    resumable_checkpoint,
     save_checkpoint,
 )
 from twotower.data import SplitDataset
@@ -230,9 +231,12 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     candidates: np.ndarray | None = None
     checkpoint_root = out_dir / CHECKPOINTS
     if resume:
-        last = latest_checkpoint(checkpoint_root)
+        last, skipped = resumable_checkpoint(checkpoint_root)
+        for path, problem in skipped:
+            echo(f"notice: --resume skips {path.name}: {problem}")
         if last is None:
-            raise ValueError(f"--resume: no checkpoint in {checkpoint_root}")
+            found = f" ({len(skipped)} damaged: see above)" if skipped else ""
+            raise ValueError(f"--resume: no intact checkpoint in {checkpoint_root}{found}")
         saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
         if saved.get("data_fingerprint") != data_fp:
             raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")

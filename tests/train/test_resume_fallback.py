@@ -1,0 +1,75 @@
+"""--resume goes on from the newest intact checkpoint: a damaged newest one (truncated weights, a
+missing trainer.json) is skipped with a notice naming it and why, and an empty LATEST hides nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from twotower.checkpoint import resumable_checkpoint, safetensors_problem
+
+from .conftest import tiny_config
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted_run(tmp_path, epochs: int = 4, stop_after: int = 3):
+    from twotower.train import fit
+
+    config = tiny_config(epochs=epochs, keep_checkpoints=3)
+
+    def stop(record: dict) -> None:
+        if record["epoch"] == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, tmp_path, echo=lambda line: None, on_epoch=stop)
+    return config
+
+
+def truncate(file, keep: float = 0.5) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_and_named(tmp_path) -> None:
+    from twotower.train import fit
+
+    config = interrupted_run(tmp_path)
+    root = tmp_path / "checkpoints"
+    truncate(root / "epoch-0003" / "model.safetensors")
+    (root / "LATEST").write_text("")  # an emptied pointer must not hide epoch-0002
+    lines: list[str] = []
+    fit(config, tmp_path, resume=True, echo=lines.append)
+    assert any(line.startswith("notice: --resume skips epoch-0003: model.safetensors is truncated") for line in lines)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]  # epoch 3 trained again from epoch-0002
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path) -> None:
+    from twotower.train import fit
+
+    config = interrupted_run(tmp_path, epochs=3, stop_after=2)
+    root = tmp_path / "checkpoints"
+    for path in root.glob("epoch-*"):
+        (path / "trainer.json").unlink()
+    with pytest.raises(ValueError, match=r"no intact checkpoint in .*checkpoints \(2 damaged: see above\)"):
+        fit(config, tmp_path, resume=True, echo=lambda line: None)
+    found, skipped = resumable_checkpoint(root)
+    assert found is None and [(p.name, why) for p, why in skipped] == [
+        ("epoch-0002", "trainer.json is missing"), ("epoch-0001", "trainer.json is missing")]
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.001, 0.5, 0.999])
+def test_a_safetensors_file_cut_anywhere_is_found(tmp_path, cut: float) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    file = tmp_path / "w.safetensors"
+    save_file({"a": np.random.default_rng().normal(size=(50, 8)).astype(np.float32), "b": np.arange(7)}, str(file))
+    assert safetensors_problem(file) is None
+    truncate(file, cut)
+    assert "truncated" in (safetensors_problem(file) or "") or safetensors_problem(file) == "has a corrupt header"
