@@ -127,6 +127,17 @@ def _semantic(config: dict[str, Any]) -> dict[str, Any]:
                          for section, names in _COSMETIC.items()}}
 
 
+def _changed_settings(saved: Any, given: Any, name: str = "") -> list[str]:
+    """'section.key: saved -> given' for every setting that differs (nested sections walked)."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        changed = []
+        for key in sorted(set(saved) | set(given), key=str):
+            where = f"{name}.{key}" if name else str(key)
+            changed += _changed_settings(saved.get(key, "(unset)"), given.get(key, "(unset)"), where)
+        return changed
+    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
+
+
 def _select(result: EvalResult, metric: str) -> float:
     return float(result.metrics[metric])
 
@@ -240,8 +251,10 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
         if saved.get("data_fingerprint") != data_fp:
             raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-        if _semantic(saved.get("train_config", {})) != _semantic(config.to_dict()):
-            raise ValueError(f"--resume: {last} was written with different settings; resume with the same config")
+        changed = _changed_settings(_semantic(saved.get("train_config", {})), _semantic(config.to_dict()))
+        if changed:
+            raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
+                             "the settings it was written with")
         state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, best_epoch, stale, history = state["best"], state["best_epoch"], state["stale"], state["history"]

@@ -225,11 +225,11 @@ def test_resume_refuses_other_settings(tmp_path):
     config.eval.exclude = "train"  # the test ranking only
     fit(config, tmp_path, resume=True)
     config.eval.unknown_targets = "keep"  # changes the validation metric, hence the best epoch
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match=r"other settings: eval.unknown_targets: 'drop' -> 'keep'; resume"):
         fit(config, tmp_path, resume=True)
     config.eval.unknown_targets = "drop"
-    config.optim.lr = 0.1
-    with pytest.raises(ValueError, match="different settings"):
+    config.optim.lr, config.model.embedding_dim = 0.1, 8
+    with pytest.raises(ValueError, match=r"other settings: model.embedding_dim: 16 -> 8; optim.lr: 0.005 -> 0.1; "):
         fit(config, tmp_path, resume=True)
 
 
