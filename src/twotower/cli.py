@@ -39,9 +39,23 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig().to_dict()
     if args.config:
         base = TrainConfig.from_toml(args.config).to_dict()
+    elif getattr(args, "resume", False):
+        base = _resumed_settings(Path(args.out)) or base
     if args.protocol:
         base["eval"] = dataclasses.asdict(preset(args.protocol))
     return TrainConfig.from_dict(merge(base, overrides_from_args(args)))
+
+
+def _resumed_settings(out: Path) -> dict[str, Any] | None:
+    """`--resume` without `--config`: the settings stored in the run's newest intact checkpoint, so
+    `twotower train --resume --out DIR` alone continues a run started from a file and flags (flags
+    given with it still override, and `fit` names any that differ)."""
+    from twotower.checkpoint import resumable_checkpoint
+
+    last, _ = resumable_checkpoint(out / "checkpoints")
+    if last is None:
+        return None  # fit says there is nothing to resume, and why
+    return json.loads((last / "config.json").read_text(encoding="utf-8")).get("train_config")
 
 
 def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str]) -> str:

@@ -73,3 +73,15 @@ def test_a_safetensors_file_cut_anywhere_is_found(tmp_path, cut: float) -> None:
     assert safetensors_problem(file) is None
     truncate(file, cut)
     assert "truncated" in (safetensors_problem(file) or "") or safetensors_problem(file) == "has a corrupt header"
+
+
+def test_resume_with_the_out_directory_alone_takes_the_stored_settings(tmp_path, capsys) -> None:
+    from twotower.cli import main
+
+    interrupted_run(tmp_path)  # tiny_config's settings, far from the defaults
+    assert main(["train", "--out", str(tmp_path), "--resume", "--quiet"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    interrupted_run(tmp_path / "again")
+    assert main(["train", "--out", str(tmp_path / "again"), "--resume", "--quiet", "--optim.lr", "0.1"]) == 2
+    assert "other settings: optim.lr: 0.005 -> 0.1" in capsys.readouterr().err  # a flag still overrides, named
