@@ -408,3 +408,20 @@ def test_config_errors_name_the_setting() -> None:
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="no inputs"):
         TwoTowerModel(ModelConfig(user=TowerConfig(id_dim=0)), num_users=2, num_items=2)
+
+
+def test_flipped_bytes_in_saved_weights_are_refused_naming_the_file(tmp_path) -> None:
+    torch.manual_seed(9)
+    model = TwoTowerModel(ModelConfig(embedding_dim=8), num_users=40, num_items=50)
+    save_model(tmp_path, model)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 300] = bytes(b ^ 0xFF for b in data[middle:middle + 300])  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match the checksum recorded in .*config.json"):
+        load_model(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["weights_sha256"]  # a model saved before checksums: loads as it did
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path).num_items == 50

@@ -30,7 +30,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from twotower.atomic import write_dir_atomic, write_json_atomic, write_text_atomic
-from twotower.model import TwoTowerModel, save_model
+from twotower.model import TwoTowerModel, check_weights, save_model
 
 LATEST = "LATEST"
 
@@ -175,6 +175,11 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = safetensors_problem(file)
         if problem is not None:
             return f"{file.name} {problem}"
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    try:
+        check_weights(path / "config.json", path / "model.safetensors", config)
+    except ValueError:
+        return "model.safetensors does not match the checksum in its config.json"
     return None
 
 

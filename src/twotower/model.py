@@ -8,6 +8,7 @@ model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `Featu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,6 +41,7 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_CHECKSUM = "weights_sha256"  # config.json entry: the weights file's SHA-256 when it was saved
 
 
 class TwoTowerModel(nn.Module):
@@ -361,9 +363,33 @@ def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: d
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    config = {"twotower_version": __version__, "model": model.describe(), **(extra or {})}
+    config = {"twotower_version": __version__, "model": model.describe(), **(extra or {}),
+              WEIGHTS_CHECKSUM: file_sha256(directory / WEIGHTS_FILE)}
     write_json_atomic(directory / CONFIG_FILE, config)
     return directory
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (hex digest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights(config_path: Path, weights_path: Path, config: dict[str, Any]) -> None:
+    """Raises ValueError when the weights file's bytes differ from the checksum its config.json
+    recorded at saving (a flipped bit would otherwise load and serve silently wrong scores). A
+    config written before checksums existed has none: nothing to compare."""
+    expected = config.get(WEIGHTS_CHECKSUM)
+    if expected is None:
+        return
+    actual = file_sha256(weights_path)
+    if actual != expected:
+        raise ValueError(f"{weights_path} does not match the checksum recorded in {config_path} (sha256 "
+                         f"{actual[:16]}... vs {expected[:16]}...): the file changed or was damaged after it was "
+                         "saved; restore it from a copy or train again")
 
 
 def load_model(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TwoTowerModel:
@@ -393,6 +419,7 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
         state = load_file(str(weights_path))
     except Exception as err:  # safetensors' error for a truncated or corrupt file
         raise ValueError(f"{weights_path} is not a readable safetensors file ({err}): save the model again") from None
+    check_weights(config_path, weights_path, config)  # readable, but are these the bytes that were saved?
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
