@@ -402,6 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ef = 100
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`twotower data stats FILE | head`): what was printed is what it
+        # wanted; stdout is pointed at devnull so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         hint = ""
         if args.command == "train" and not getattr(args, "resume", False):

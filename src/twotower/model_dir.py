@@ -95,6 +95,9 @@ def load_model_dir(path: str | Path) -> TrainedModel:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is a training run's directory, not a model directory: its model is "
+                                f"{path / 'model'}")
     for name in REQUIRED:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete twotower model directory")

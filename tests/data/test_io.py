@@ -167,7 +167,8 @@ def test_malformed_late_in_large_file_is_found(tmp_path):
 
 def test_strict_raises_on_first_with_file_and_line(tmp_path):
     (tmp_path / "bad.csv").write_text(MALFORMED)
-    with pytest.raises(DataError, match=r"bad\.csv:3: malformed line \(expected 4 columns, found 2\)"):
+    with pytest.raises(DataError, match=r"bad\.csv:3: malformed line \(expected 4 columns, found 2\); turn strict "
+                                        r"mode off \(--no-data.options.strict; in Python, strict=False\)"):
         read_interactions(tmp_path / "bad.csv", strict=True)
     (tmp_path / "bad2.csv").write_text("user,item,rating\n1,2,3\n1,2,x\n")
     with pytest.raises(DataError, match=r"bad2\.csv:3: .*non-numeric rating"):

@@ -93,3 +93,30 @@ def test_ctrl_c_in_training_says_how_to_go_on(tmp_path, monkeypatch, capsys, res
     argv = ["train", "--out", str(tmp_path), "--quiet"] + (["--resume"] if resume else [])
     assert main(argv) == 130
     assert f"twotower: interrupted; {hint}" in capsys.readouterr().err
+
+
+def test_a_run_directory_given_for_a_model_says_where_the_model_is(tmp_path) -> None:
+    from twotower.model_dir import load_model_dir
+    from twotower.train import fit
+
+    fit(tiny_config(epochs=1), tmp_path / "run", echo=lambda line: None)
+    with pytest.raises(FileNotFoundError, match=r"is a training run's directory, not a model directory: its model is "
+                                                r".*run/model"):
+        load_model_dir(tmp_path / "run")
+    assert load_model_dir(tmp_path / "run" / "model").model.num_items == 200
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
+    # `twotower data stats FILE | head`: the reader is gone before the command writes.
+    data = tmp_path / "u.csv"
+    data.write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(300) for i in range(u % 7, 40, 3)))
+    process = subprocess.Popen([sys.executable, "-m", "twotower.cli", "data", "stats", str(data)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    try:
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err

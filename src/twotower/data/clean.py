@@ -244,7 +244,8 @@ def build_report(
             if first is None or hit[0] < first[0]:
                 first = (int(hit[0]), reason)
     if strict and first is not None:
-        raise DataError(f"{source}:{first[0]}: malformed {unit} ({first[1]}); pass strict=False to skip such rows")
+        raise DataError(f"{source}:{first[0]}: malformed {unit} ({first[1]}); turn strict mode off "
+                        "(--no-data.options.strict; in Python, strict=False) to skip and count such rows")
     all_lines = np.sort(np.concatenate(lines)) if lines else np.zeros(0, dtype=np.int64)
     skipped = int(sum(reasons.values()))
     return ReadReport(
