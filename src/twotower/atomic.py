@@ -71,6 +71,9 @@ def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]
     try:
         fill(tmp)
         _usual_mode(tmp, directory=True)
+        for entry in tmp.iterdir():  # writers that stage through their own temporary files leave 0600
+            if entry.is_file() and not entry.is_symlink():
+                _usual_mode(entry, directory=False)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

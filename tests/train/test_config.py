@@ -76,11 +76,18 @@ def test_saved_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         file = write_text_atomic(tmp_path / "results.json", "{}")
-        directory = write_dir_atomic(tmp_path / "model", lambda tmp: (tmp / "w.txt").write_text("x"))
+        directory = write_dir_atomic(tmp_path / "model", private_file)
     finally:
         os.umask(old)
     assert stat.S_IMODE(file.stat().st_mode) == 0o644
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    # a writer inside the directory that staged its file through mkstemp (safetensors does) left 0600
+    assert stat.S_IMODE((directory / "w.txt").stat().st_mode) == 0o644
+
+
+def private_file(tmp) -> None:
+    (tmp / "w.txt").write_text("x")
+    os.chmod(tmp / "w.txt", 0o600)
 
 
 def test_numbers_given_where_names_are_expected_are_names():
