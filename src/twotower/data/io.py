@@ -236,7 +236,7 @@ def read_interactions(
         return _read_any(path, fmt_name, columns, names, delimiter, header, tuple(features), strict, encoding)
     except pa.ArrowInvalid as e:  # what pyarrow itself cannot parse (bad UTF-8, broken quoting, ...)
         hint = " (pass encoding=..., e.g. 'latin-1')" if "UTF8" in str(e) or "utf8" in str(e) else ""
-        raise DataError(f"{path}: cannot read as {fmt_name!r}: {e}{hint}") from e
+        raise DataError(f"{path}: cannot read as {fmt_name!r}: {_printable(str(e))}{hint}") from e
     except UnicodeDecodeError as e:  # a binary file (e.g. Parquet read as CSV) or another text encoding
         raise DataError(f"{path}: not {encoding} text as format {fmt_name!r} reads it ({e.reason} at byte {e.start}); "
                         f"is the format right, or pass the file's encoding (e.g. latin-1)?") from None
@@ -494,3 +494,11 @@ def _read_adjacency(path: Path, encoding: str, skip_header: bool = False) -> Int
         raise DataError(f"{path}: no line lists any item")
     report = ReadReport(str(path), int(len(lines)))
     return InteractionTable(normalise_types(table, {"user": "user", "item": "item"}), report)
+
+
+def _printable(message: str, limit: int = 300) -> str:
+    """A parser's message with the file's bytes it quotes made safe for a terminal: control and
+    undecodable characters escaped (a binary file would otherwise print raw bytes), cut to `limit`."""
+    safe = "".join(c if c.isprintable() and c != "\ufffd" else ascii(c)[1:-1] for c in message)
+    return safe if len(safe) <= limit else safe[:limit] + "..."
+
