@@ -7,6 +7,7 @@ here: written under a temporary name in the same directory, then renamed over th
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import shutil
@@ -144,3 +145,14 @@ def remove_stale_temporaries(directory: str | os.PathLike[str], name: str) -> li
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex digest), read in blocks: what a saved file's manifest
+    records so that a later load can tell the bytes are the ones written."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

@@ -8,7 +8,6 @@ model.safetensors, no pickle), re-exporting `ModelConfig`, `TowerConfig`, `Featu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from twotower.atomic import atomic_write, write_json_atomic
+from twotower.atomic import atomic_write, file_sha256, write_json_atomic
 from twotower.data.csr import transpose
 from twotower.kernels.l2_normalize import l2_normalize
 from twotower.retrieval.scoring import inner_product_form, pairwise_scores
@@ -367,15 +366,6 @@ def save_model(directory: str | os.PathLike[str], model: TwoTowerModel, extra: d
               WEIGHTS_CHECKSUM: file_sha256(directory / WEIGHTS_FILE)}
     write_json_atomic(directory / CONFIG_FILE, config)
     return directory
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes, read in blocks (hex digest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_weights(config_path: Path, weights_path: Path, config: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from twotower.atomic import atomic_write, write_json_atomic
+from twotower.atomic import atomic_write, file_sha256, write_json_atomic
 from twotower.retrieval.scoring import SCORINGS
 
 INDEX_FILE = "index.hnsw"
@@ -49,14 +49,6 @@ def vocabulary_fingerprint(ids: Any) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_graph(directory: Path, save: Callable[[str], None]) -> str:
     """Writes `index.hnsw` atomically through `save(path)` (hnswlib's `save_index`); returns its sha256."""
     checksum = ""
@@ -64,7 +56,7 @@ def write_graph(directory: Path, save: Callable[[str], None]) -> str:
     def write(tmp: Path) -> None:
         nonlocal checksum
         save(str(tmp))
-        checksum = sha256_file(tmp)
+        checksum = file_sha256(tmp)
 
     atomic_write(directory / INDEX_FILE, write)
     return checksum
@@ -94,7 +86,7 @@ def read_description(directory: Path, *, num_items: int | None, item_ids: Any | 
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a twotower HNSW index description (format {FORMAT})")
     _check_meta(meta, meta_path)
-    actual = sha256_file(index_path)
+    actual = file_sha256(index_path)
     if actual != meta["sha256"]:
         raise ValueError(
             f"{index_path} does not match its checksum in {meta_path} "
