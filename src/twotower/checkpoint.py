@@ -162,22 +162,24 @@ def resumable_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why checkpoint `path` cannot be resumed from (the first file found incomplete), or None."""
+    parsed = {}
     for name in ("trainer.json", "config.json"):
         try:
-            json.loads((path / name).read_text(encoding="utf-8"))
+            parsed[name] = json.loads((path / name).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return f"{name} is missing"
         except (OSError, UnicodeDecodeError, ValueError) as err:
             return f"{name} is unreadable ({err})"
+        if not isinstance(parsed[name], dict):
+            return f"{name} is not a JSON object"
     if not (path / "model.safetensors").is_file():
         return "model.safetensors is missing"
     for file in sorted(path.glob("*.safetensors")):
         problem = safetensors_problem(file)
         if problem is not None:
             return f"{file.name} {problem}"
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     try:
-        check_weights(path / "config.json", path / "model.safetensors", config)
+        check_weights(path / "config.json", path / "model.safetensors", parsed["config.json"])
     except ValueError:
         return "model.safetensors does not match the checksum in its config.json"
     return None

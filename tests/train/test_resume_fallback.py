@@ -85,3 +85,11 @@ def test_resume_with_the_out_directory_alone_takes_the_stored_settings(tmp_path,
     interrupted_run(tmp_path / "again")
     assert main(["train", "--out", str(tmp_path / "again"), "--resume", "--quiet", "--optim.lr", "0.1"]) == 2
     assert "other settings: optim.lr: 0.005 -> 0.1" in capsys.readouterr().err  # a flag still overrides, named
+
+
+def test_a_config_json_that_is_no_object_marks_the_checkpoint_damaged(tmp_path) -> None:
+    interrupted_run(tmp_path, epochs=3, stop_after=2)
+    (tmp_path / "checkpoints" / "epoch-0002" / "config.json").write_text("[1, 2]")
+    found, skipped = resumable_checkpoint(tmp_path / "checkpoints")
+    assert found.name == "epoch-0001" and [(p.name, why) for p, why in skipped] == [
+        ("epoch-0002", "config.json is not a JSON object")]
