@@ -59,10 +59,11 @@ def _resumed_settings(out: Path) -> dict[str, Any] | None:
 
 
 def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str]) -> str:
-    header = f"{'':<22}" + "".join(f"{n:>13}" for n in names)
+    width = max(22, *(len(label) + 1 for label, _ in rows))
+    header = f"{'':<{width}}" + "".join(f"{n:>13}" for n in names)
     lines = [header]
     for label, metrics in rows:
-        lines.append(f"{label:<22}" + "".join(f"{metrics.get(n, float('nan')):>13.4f}" for n in names))
+        lines.append(f"{label:<{width}}" + "".join(f"{metrics.get(n, float('nan')):>13.4f}" for n in names))
     return "\n".join(lines)
 
 
@@ -121,16 +122,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     ks = config.train.ks
     names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
     say("")
-    say(_metrics_table([
-        ("model, valid", result.valid.metrics),
-        ("most-popular, valid", result.popularity_valid.metrics),
-        ("model, test", result.test.metrics),
-        ("most-popular, test", result.popularity_test.metrics),
-    ], names))
+    rows = [("model, valid", result.valid.metrics), ("most-popular, valid", result.popularity_valid.metrics),
+            ("model, test", result.test.metrics), ("most-popular, test", result.popularity_test.metrics)]
+    if result.refit is not None:
+        rows.insert(3, ("refit on train + valid, test", result.refit.test.metrics))
+    say(_metrics_table(rows, names))
     say("")
     for split, evaluated in (("valid", result.valid), ("test", result.test)):
         say(_targets_line(split, evaluated.targets))
     say(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
+    if result.refit is not None:
+        say(f"refit on train + valid for {result.refit.best_epoch} epochs; model saved to {result.refit.model_dir} "
+            "(serve this one)")
     say(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
     say(f"run directory: {result.disk_bytes / 1e6:.1f} MB on disk ({out}; hard-linked weights counted once)")
     return 0

@@ -45,6 +45,7 @@ from twotower.checkpoint import (
     save_checkpoint,
 )
 from twotower.data import SplitDataset
+from twotower.data.split import with_valid_in_train
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
 from twotower.losses import LossConfig, make_loss
@@ -60,6 +61,7 @@ __all__ = ["TrainResult", "TrainingDiverged", "batch_loss", "build_model", "fit"
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
+REFIT = "refit"
 _OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
 
 
@@ -75,6 +77,7 @@ class TrainResult:
     popularity_test: EvalResult
     history: list[dict[str, Any]]
     disk_bytes: int = 0  # the run directory once finished, hard links counted once
+    refit: TrainResult | None = None  # train.refit's model, trained on train + valid
 
 
 def resolve_device(name: str) -> torch.device:
@@ -193,7 +196,11 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         echo = tqdm.write if config.train.progress else _silent
     try:
         with run_lock(out_dir) as locked_dir:
-            return _fit(config, locked_dir, device, dataset, resume, echo, on_epoch)
+            dataset = dataset if dataset is not None else load_dataset(config.data)
+            result = _fit(config, locked_dir, device, dataset, resume, echo, on_epoch)
+            if config.train.refit:
+                result = _refit(config, locked_dir, device, dataset, result, resume, echo)
+            return result
     finally:
         torch.set_num_threads(previous)
 
@@ -214,14 +221,38 @@ def _silent(line: str) -> None:
     """An `echo` that shows nothing."""
 
 
-def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset | None, resume: bool,
-         echo: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset, selected: TrainResult,
+           resume: bool, echo: Callable[[str], None]) -> TrainResult:
+    """`train.refit`: a second run in `out_dir/refit` on train + valid, stopped after the selected
+    run's best epoch on the same learning-rate schedule (so it retraces the selected model's
+    trajectory with more data), with the temperature the selected run trained with (a data rule
+    would read the larger split); results.json gains its test metrics."""
+    refit_config = dataclasses.replace(
+        config, loss=training_loss(config, dataset),
+        train=dataclasses.replace(config.train, refit=False, patience=0, eval_every=config.train.epochs))
+    refit_dir = out_dir / REFIT
+    resume_refit = resume and resumable_checkpoint(refit_dir / CHECKPOINTS)[0] is not None
+    echo(f"refit: training on train + valid for {selected.best_epoch} epochs (the selected epoch) -> {refit_dir}")
+    refit = _fit(refit_config, refit_dir, device, with_valid_in_train(dataset), resume_refit,
+                 lambda line: echo(f"refit {line}"), None, stop_after=selected.best_epoch)
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    results["refit"] = {"epochs": selected.best_epoch, "train_rows": len(dataset.train) + len(dataset.valid),
+                        "model_dir": f"{REFIT}/{MODEL}", "test": refit.test.to_dict()}
+    write_json_atomic(out_dir / "results.json", results)
+    return dataclasses.replace(selected, refit=refit, disk_bytes=disk_usage(out_dir))
+
+
+def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset, resume: bool,
+         echo: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None] | None,
+         stop_after: int | None = None) -> TrainResult:
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = loop.num_threads or None
-    dataset = dataset if dataset is not None else load_dataset(config.data)
+    if loop.refit and len(dataset.valid) == 0:
+        raise ValueError("train.refit needs a validation split to choose the epoch on; this data has none")
+    last_epoch = min(loop.epochs, stop_after or loop.epochs)
     data_fp = fingerprint(dataset)
     saved_config = {"twotower_version": __version__, "train_config": config.to_dict(), "data_fingerprint": data_fp}
 
@@ -258,7 +289,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
         best, best_epoch, stale, history = state["best"], state["best_epoch"], state["stale"], state["history"]
-        if not has_optimizer_state(last) and start_epoch < loop.epochs and not stale >= loop.patience > 0:
+        if not has_optimizer_state(last) and start_epoch < last_epoch and not stale >= loop.patience > 0:
             raise ValueError(f"--resume: {last} holds no optimizer state (deleted when its run finished, as "
                              "train.keep_optimizer_state was off), so training cannot go on from it")
         batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
@@ -281,11 +312,12 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                  "replaces them (--resume continues that run instead)")
         shutil.rmtree(best_dir, ignore_errors=True)
         shutil.rmtree(checkpoint_root, ignore_errors=True)
+        shutil.rmtree(out_dir / REFIT, ignore_errors=True)  # an earlier run's refit is not this run's either
     # Without a validation split there is nothing to select on: every epoch is kept as the newest
     # (no early stopping) and the model is the last epoch's.
     selects = len(dataset.valid.users) > 0
     run_started = time.perf_counter()
-    for epoch in range(start_epoch, loop.epochs):
+    for epoch in range(start_epoch, last_epoch):
         if stale >= loop.patience > 0:
             break
         epoch_started = time.perf_counter()
@@ -295,7 +327,7 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         with batches.epoch(epoch) as epoch_batches:
-            bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{loop.epochs}", disable=not loop.progress, leave=False)
+            bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{last_epoch}", disable=not loop.progress, leave=False)
             for batch in bar:
                 lr = learning_rate(step, total_steps, config.optim)
                 for group in optimizer.param_groups:
@@ -322,25 +354,26 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                                    f"training stopped before saving them. {_last_good(checkpoint_root)}")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                                   "samples_per_s": seen / seconds, "epoch_seconds": seconds}
-        if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == loop.epochs:
+        if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == last_epoch:
             model.eval()
-            valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads, progress=False,
-                                   protocol=config.eval)
-            record["valid"] = valid.metrics
-            score = _select(valid, loop.select_metric)
             if not selects:
                 best_epoch, stale = epoch + 1, 0
                 _save_best(best_dir, model, loss_fn, saved_config)
-            elif score > best:
-                best, best_epoch, stale = score, epoch + 1, 0
-                _save_best(best_dir, model, loss_fn, saved_config)
             else:
-                stale += 1
+                valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads,
+                                       progress=False, protocol=config.eval)
+                record["valid"] = valid.metrics
+                score = _select(valid, loop.select_metric)
+                if score > best:
+                    best, best_epoch, stale = score, epoch + 1, 0
+                    _save_best(best_dir, model, loss_fn, saved_config)
+                else:
+                    stale += 1
         history.append(record)
         with metrics_log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         stopping = stale >= loop.patience > 0
-        if (epoch + 1) % loop.checkpoint_every == 0 or epoch + 1 == loop.epochs or stopping:
+        if (epoch + 1) % loop.checkpoint_every == 0 or epoch + 1 == last_epoch or stopping:
             arrays = {f"batches.{k}": v for k, v in batches.state_dict().items()}
             if candidates is not None:
                 arrays["candidates"] = candidates
@@ -350,8 +383,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
                             trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
                                            "stale": stale, "history": history})
         mean_seconds = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
-        echo(epoch_line(record, loop.epochs, loop.select_metric, time.perf_counter() - epoch_started,
-                        None if stopping else mean_seconds * (loop.epochs - epoch - 1)))
+        echo(epoch_line(record, last_epoch, loop.select_metric, time.perf_counter() - epoch_started,
+                        None if stopping else mean_seconds * (last_epoch - epoch - 1)))
         if on_epoch is not None:
             on_epoch(record)
     return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)

@@ -130,7 +130,8 @@ def _objective(base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, r
         params = {name: _suggest(trial, param) for name, param in settings.space.items()}
         try:
             config = trial_config(base, params, settings.metric)
-            quiet = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
+            # A trial is judged on validation: train.refit would only double its cost (refit the winner).
+            quiet = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False, refit=False))
             result = fit(quiet, _trial_dir(run_dir, trial.number), dataset=dataset, on_epoch=_reporter(trial, settings.metric))
         except (TrainingDiverged, ValueError) as err:  # the settings' fault: the trial counts as failed
             trial.set_user_attr("error", str(err).splitlines()[0])

@@ -40,6 +40,14 @@ def test_the_table_gives_mean_and_spread_next_to_the_published_rows():
     assert "| most-popular |  | 0.0400 | 0.0300 |" in text
 
 
+def test_a_refit_gets_its_own_row_next_to_the_train_only_figure():
+    runs = [{**_run(0, 0.17, 0.14), "best_epoch": 19, "refit_test": {"recall@20": 0.18, "ndcg@20": 0.15}},
+            {**_run(1, 0.19, 0.16), "best_epoch": 20, "refit_test": {"recall@20": 0.20, "ndcg@20": 0.17}}]
+    text = quality.table("gowalla", {"tuned": {"config": "x.toml", "runs": runs}})
+    assert "| twotower, tuned (`x.toml`) | seeds 0, 1 | 0.1800 ± 0.0141 | 0.1500 ± 0.0141 |" in text
+    assert "| twotower, tuned (`x.toml`), refit on train + valid (19, 20 epochs) | seeds 0, 1 | 0.1900 ± 0.0141 | 0.1600 ± 0.0141 |" in text
+
+
 def test_a_missing_data_set_is_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quality, "DATA_ROOT", tmp_path)
     assert quality.main(["--data", "gowalla"]) == 0

@@ -101,3 +101,23 @@ def test_csr_from_pairs():
     assert csr.indptr.tolist() == [0, 1, 1, 3, 3] and csr.indices.tolist() == [3, 1, 7]
     with pytest.raises(ValueError, match="out of range"):
         CSR.from_pairs(np.array([4]), np.array([0]), 4)
+
+
+def test_with_valid_in_train_moves_every_valid_row_into_train_and_keeps_test():
+    from twotower.data import build_dataset, generate, with_valid_in_train
+
+    ds = build_dataset(generate(num_users=120, num_items=90, interactions_per_user=12, seed=3), seed=1)
+    assert len(ds.valid) > 0
+    refit = with_valid_in_train(ds)
+    pairs = lambda part: sorted(zip(part.users.tolist(), part.items.tolist()))  # noqa: E731
+    assert pairs(refit.train) == sorted(pairs(ds.train) + pairs(ds.valid))
+    assert len(refit.valid) == 0 and refit.stats["valid_rows"] == 0
+    assert pairs(refit.test) == pairs(ds.test)
+    assert (refit.num_users, refit.num_items) == (ds.num_users, ds.num_items)
+    expected = {u: set() for u in range(ds.num_users)}
+    for u, i in pairs(ds.train) + pairs(ds.valid):
+        expected[u].add(i)
+    for history in (refit.train_history, refit.train_valid_history):
+        got = {u: set(history.indices[history.indptr[u]:history.indptr[u + 1]].tolist()) for u in range(ds.num_users)}
+        assert got == expected
+    assert "valid" not in refit.unknown_targets

@@ -54,6 +54,7 @@ _LAZY = {
     "time_split": "twotower.data.split",
     "UnknownTargets": "twotower.data.types",
     "Vocabulary": "twotower.data.vocab",
+    "with_valid_in_train": "twotower.data.split",
     "load": "twotower.data.dataset",  # the contract's other name for `build_dataset`
 }
 
@@ -99,6 +100,7 @@ __all__ = [
     "select_positives",
     "split_summary",
     "time_split",
+    "with_valid_in_train",
 ]
 
 

@@ -7,6 +7,7 @@ cold start), renumbers codes so that every code has training data, and builds th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -203,3 +204,26 @@ def _unknown_targets(inter: Interactions, assignment: np.ndarray, cold_u: np.nda
         users = len(sorted_unique(inter.users[by_user]))
         out[name] = UnknownTargets(per_user, users, int(by_user.sum()), int(by_item.sum()))
     return out
+
+
+def with_valid_in_train(dataset: SplitDataset) -> SplitDataset:
+    """The dataset a refit trains on: validation rows join the training rows, the validation split
+    is empty, test and the encoding are unchanged (so a refit model has the same ids).
+
+    Why: once the settings and the epoch count are chosen on validation, a model trained on train +
+    valid sees every known interaction, as benchmark papers' models do (e.g. LightGCN's train file
+    is train + valid). Test still leaves out train + valid items; validation rows that were left out
+    as cold start (an item or user with no training row) stay left out.
+    """
+    train, valid = dataset.train, dataset.valid
+    timestamps = None
+    if train.timestamps is not None and valid.timestamps is not None:
+        timestamps = np.concatenate([train.timestamps, valid.timestamps])
+    merged = Interactions(np.concatenate([train.users, valid.users]), np.concatenate([train.items, valid.items]),
+                          timestamps)
+    empty = valid.take(np.zeros(0, dtype=np.int64))
+    history = CSR.from_pairs(merged.users, merged.items, dataset.num_users)
+    stats = {**dataset.stats, "train_rows": len(merged), "valid_rows": 0, "valid_in_train": len(valid)}
+    unknown = {name: targets for name, targets in dataset.unknown_targets.items() if name != "valid"}
+    return dataclasses.replace(dataset, train=merged, valid=empty, train_history=history, train_valid_history=history,
+                               stats=stats, unknown_targets=unknown)

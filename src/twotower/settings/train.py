@@ -66,6 +66,11 @@ class LoopConfig:
             fused table step (`twotower.train_step.TableStep`: the same updates, a 1M-row epoch
             1.2-1.3x faster on a CPU); off: always the autograd step. Other models always take the
             autograd step.
+        refit: once the epoch is chosen on validation, train a second model on train + valid for
+            that many epochs, with the same settings and learning-rate schedule, into `OUT/refit`
+            (a run directory of its own; `OUT/refit/model` is the model to serve). The protocol of
+            benchmarks whose published models trained on train + valid; results.json reports
+            both models' test metrics. Needs a validation split.
     """
 
     epochs: int = 30
@@ -84,6 +89,7 @@ class LoopConfig:
     keep_optimizer_state: bool = False
     progress: bool = True
     fused_step: bool = True
+    refit: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:
