@@ -67,6 +67,12 @@ def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str
     return "\n".join(lines)
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: not when told to be quiet, and not when stderr is a file or a
+    pipe (a bar redrawn there piles up as partial lines; the per-epoch lines say the same)."""
+    return not (getattr(args, "quiet", False) or getattr(args, "silent", False)) and sys.stderr.isatty()
+
+
 def _say(silent: bool) -> Callable[[str], None]:
     """Where a command's lines go: stdout, flushed line by line (a log file shows progress as it
     happens), or nowhere under --silent."""
@@ -106,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from twotower.train import fit
 
     config = _config_from_args(args)
-    if args.quiet or args.silent:
+    if not _bars(args):
         config.train.progress = False
     if args.silent:
         logging.getLogger("twotower").setLevel(logging.ERROR)
@@ -191,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ks = args.k or TrainConfig.from_dict(trained.config["train_config"]).train.ks
     rows, counts = [], []
     for split in ("valid", "test"):
-        result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=not args.quiet, protocol=protocol)
+        result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=_bars(args), protocol=protocol)
         rows.append((f"model, {split}", result.metrics))
         popular = evaluate_popularity(dataset, split=split, ks=ks, progress=False, protocol=protocol)
         rows.append((f"most-popular, {split}", popular.metrics))
@@ -206,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         users = trained.model.user_search_vectors()
         items = trained.model.item_search_vectors()
         ann = evaluate_ann(index, users, items, targets.relevant, exclude=targets.exclude, ks=ks,
-                           progress=not args.quiet, unreachable=targets.unreachable,
+                           progress=_bars(args), unreachable=targets.unreachable,
                            unreachable_users=targets.unreachable_users)
         k = ranking_width(ks, trained.model.num_items)
         print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "

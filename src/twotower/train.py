@@ -111,11 +111,12 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     return model
 
 
-# Settings that do not change what is trained or selected: a resumed run may differ in them.
+# Settings that do not change what is trained or selected: a resumed run may differ in them (so a
+# finished run can be resumed with --train.refit to add its refit).
 # (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
 # validation metric, hence the best epoch and early stopping.)
 _COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state"), "eval": ("exclude",)}
+                       "keep_optimizer_state", "refit"), "eval": ("exclude",)}
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:

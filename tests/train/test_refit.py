@@ -121,3 +121,13 @@ def test_a_fresh_run_removes_an_earlier_runs_refit(tmp_path) -> None:
     fit(tiny_config(), tmp_path, echo=lambda line: None)
     assert not (tmp_path / "refit").exists()
     assert "refit" not in json.loads((tmp_path / "results.json").read_text())
+
+
+def test_a_finished_run_resumed_with_refit_adds_the_refit(tmp_path) -> None:
+    from twotower.train import fit
+
+    fit(tiny_config(), tmp_path, echo=lambda line: None)
+    said: list[str] = []
+    result = fit(tiny_config(refit=True), tmp_path, resume=True, echo=said.append)
+    assert not any(line.startswith("epoch ") for line in said)  # the selection run is not trained again
+    assert result.refit is not None and (tmp_path / "refit" / "model").is_dir()
