@@ -74,7 +74,7 @@ def run_twotower(path: str, fmt: str, epochs: int, recommended: bool, out: Path)
 
 
 def result_model(out: Path):
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
 
     return load_model_dir(out / "model").model
 

@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks.runner import markdown_table, write_results
 from twotower.settings import TrainConfig
 from twotower.evaluate import evaluate_model, evaluate_popularity
-from twotower.model_dir import load_model_dir, trained_dataset
+from twotower.model.model_dir import load_model_dir, trained_dataset
 from twotower.settings.eval import EXCLUDE, PRESETS, REPEAT_TARGETS, UNKNOWN_TARGETS, EvalConfig
 from twotower.train import fit
 

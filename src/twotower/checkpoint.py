@@ -3,7 +3,7 @@
 A checkpoint directory holds:
 
     config.json            every setting, the library version, the data fingerprint, the model description
-    model.safetensors      model weights (through `twotower.model.save_model`)
+    model.safetensors      model weights (through `twotower.model.io.save_model`)
     loss.safetensors       the loss module's state (a learned temperature), when it has one
     optimizer.safetensors  optimizer tensors; optimizer.json holds the rest of its state dict (both
                            deleted from a finished run's checkpoint unless train.keep_optimizer_state)
@@ -30,7 +30,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from twotower.atomic import write_dir_atomic, write_json_atomic, write_text_atomic
-from twotower.model import TwoTowerModel, check_weights, save_model
+from twotower.model.io import check_weights, save_model
+from twotower.model.two_tower import TwoTowerModel
 
 LATEST = "LATEST"
 

@@ -189,7 +189,7 @@ def _protocol_for(trained: Any, args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from twotower.evaluate import evaluate_ann, evaluate_model, evaluate_popularity, ranking_width, split_targets
-    from twotower.model_dir import load_model_dir, trained_dataset
+    from twotower.model.model_dir import load_model_dir, trained_dataset
 
     trained = load_model_dir(args.model_dir)
     protocol = _protocol_for(trained, args)
@@ -232,7 +232,7 @@ def _load_or_build_index(trained: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
     from twotower.retrieval.recommend import Recommender, build_index, save_index
 
     trained = load_model_dir(args.model_dir)

@@ -49,8 +49,9 @@ from twotower.data.split import with_valid_in_train
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
 from twotower.losses import LossConfig, make_loss
-from twotower.model import TwoTowerModel, save_model
-from twotower.model_dir import save_model_dir
+from twotower.model.io import save_model
+from twotower.model.model_dir import save_model_dir
+from twotower.model.two_tower import TwoTowerModel
 from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
 from twotower.run_lock import run_lock
@@ -166,7 +167,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     `out_dir` receives `checkpoints/` (every `train.checkpoint_every` epochs; a finished run keeps
     the newest, without optimizer state unless `train.keep_optimizer_state`), `best/` (the best
     epoch so far), `model/` (the best epoch on validation, or the last epoch when the data has no
-    validation split: see `twotower.model_dir`; its weights a hard link of `best/`'s),
+    validation split: see `twotower.model.model_dir`; its weights a hard link of `best/`'s),
     `results.json`, `metrics.jsonl` (one line per epoch), `training.png`.
 
     Args:

@@ -20,7 +20,7 @@ import torch
 from twotower.batches import Batch
 from twotower.kernels.table_step import table_adam_step, table_grad_sq_norm, table_scores
 from twotower.losses import IN_BATCH_KINDS, EmbeddingRows, IndexedRows, LossInputs
-from twotower.model import TwoTowerModel
+from twotower.model.two_tower import TwoTowerModel
 from twotower.optim import LazyAdam, clip_grad_norm
 from twotower.retrieval.scoring import inner_product_form
 from twotower.settings import TrainConfig

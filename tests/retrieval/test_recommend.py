@@ -20,9 +20,9 @@ import twotower
 from twotower.cli import main
 from twotower.data import CSR, FeatureTable
 from twotower.data.synthetic import generate_with_truth
-from twotower.model_dir import load_model_dir, trained_dataset
+from twotower.model.model_dir import load_model_dir, trained_dataset
+from twotower.model.towers import TowerInputs
 from twotower.retrieval.recommend import Recommender, UnknownIdError
-from twotower.towers import TowerInputs
 
 from tests.retrieval.test_scoring import definition
 

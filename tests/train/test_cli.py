@@ -59,7 +59,7 @@ def test_evaluate_reproduces_the_training_metrics(trained, capsys):
 
 
 def test_recommend_gives_external_ids_and_filters_seen_items(trained, capsys):
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
 
     model = load_model_dir(trained / "model")
     user = model.user_vocab.ids[5]
@@ -135,7 +135,7 @@ def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     vectors, as if built before the model was retrained) is refused with a message, not searched."""
     import shutil
 
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
     from twotower.retrieval.hnsw import HNSWIndex
 
     model_dir = tmp_path / "model"
@@ -239,7 +239,7 @@ def test_more_inputs_a_person_gets_wrong_are_one_clear_line(trained, tmp_path, c
 def test_recommend_reports_neg_l2_scores_as_minus_squared_distances(tmp_path, capsys):
     import torch
 
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
 
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *TINY, "--train.epochs", "1", "--model.scoring", "neg_l2"]) == 0
@@ -272,7 +272,7 @@ def test_combinations_that_cannot_train_are_refused_in_settings_terms(tmp_path, 
 
 
 def test_a_fixed_temperature_below_the_learned_clamp_is_used_as_given(tmp_path):
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
 
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *TINY, "--train.epochs", "1", "--loss.temperature", "0.005"]) == 0

@@ -19,7 +19,7 @@ import twotower.train as train_module
 import twotower.train_step as train_step_module
 from twotower.atomic import disk_usage
 from twotower.checkpoint import drop_optimizer_state, has_optimizer_state, latest_checkpoint
-from twotower.model_dir import load_model_dir
+from twotower.model.model_dir import load_model_dir
 from twotower.run_lock import LOCK_NAME
 from twotower.train import TrainingDiverged, duration, epoch_line, fit
 

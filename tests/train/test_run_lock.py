@@ -96,7 +96,7 @@ def test_ctrl_c_in_training_says_how_to_go_on(tmp_path, monkeypatch, capsys, res
 
 
 def test_a_run_directory_given_for_a_model_says_where_the_model_is(tmp_path) -> None:
-    from twotower.model_dir import load_model_dir
+    from twotower.model.model_dir import load_model_dir
     from twotower.train import fit
 
     fit(tiny_config(epochs=1), tmp_path / "run", echo=lambda line: None)

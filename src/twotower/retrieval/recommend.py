@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from twotower.data.types import take_rows
-from twotower.model_dir import TrainedModel, load_model_dir
+from twotower.model.model_dir import TrainedModel, load_model_dir
+from twotower.model.towers import TowerInputs
 from twotower.retrieval.checks import check_k
 from twotower.retrieval.exact import ExactIndex
 from twotower.retrieval.hnsw import INDEX_FILE, HNSWIndex
 from twotower.retrieval.scoring import item_queries, true_scores
 from twotower.retrieval.searcher import CSRPair, Searcher
-from twotower.towers import TowerInputs
 
 __all__ = ["INDEX_DIR", "Recommendation", "Recommender", "UnknownIdError", "build_index", "load_index", "save_index"]
 

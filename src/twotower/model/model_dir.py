@@ -22,7 +22,8 @@ from safetensors.numpy import load_file, save_file
 
 from twotower.atomic import write_dir_atomic, write_json_atomic
 from twotower.data import CSR, SplitDataset, Vocabulary
-from twotower.model import TwoTowerModel, load_model, save_model
+from twotower.model.io import load_model, save_model
+from twotower.model.two_tower import TwoTowerModel
 
 REQUIRED = ("config.json", "model.safetensors", "user_vocab.parquet", "item_vocab.parquet", "seen.safetensors")
 

@@ -19,7 +19,7 @@ from twotower.model import (
     load_model,
     save_model,
 )
-from twotower.towers import gather_ragged, pool_bags
+from twotower.model.towers import gather_ragged, pool_bags
 
 
 def csr(rows: list[list[int]]) -> SimpleNamespace:
