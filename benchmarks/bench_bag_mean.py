@@ -52,13 +52,13 @@ class Trainer:
     """A model, its loss and optimizer, and fixed batches of synthetic Gowalla-sized data."""
 
     def __init__(self, history: bool) -> None:
-        from twotower.batches import BatchIterator
-        from twotower.settings import DataSource, TrainConfig
         from twotower.datasets import load_dataset
         from twotower.losses import make_loss
-        from twotower.optim import make_optimizer
-        from twotower.train import build_model
-        from twotower.train_step import make_train_step
+        from twotower.settings import DataSource, TrainConfig
+        from twotower.training.batches import BatchIterator
+        from twotower.training.loop import build_model
+        from twotower.training.optim import make_optimizer
+        from twotower.training.step import make_train_step
 
         config = TrainConfig(data=DataSource(synthetic_users=USERS, synthetic_items=ITEMS,
                                              synthetic_interactions_per_user=PER_USER))

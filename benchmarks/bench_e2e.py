@@ -36,10 +36,10 @@ import torch
 from benchmarks import e2e_reference as ref
 from benchmarks.plot_e2e import plot_e2e
 from benchmarks.runner import markdown_table, write_results
-from twotower.settings import TrainConfig
 from twotower.data import build_dataset, generate
 from twotower.evaluate import evaluate_model
-from twotower.train import fit
+from twotower.settings import TrainConfig
+from twotower.training.loop import fit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEGATIVES, DIM, BATCH, LR, TEMPERATURE = 16, 64, 1024, 0.005, 0.1

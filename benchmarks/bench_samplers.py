@@ -25,7 +25,6 @@ negatives, hard negatives from candidate lists, the streaming frequency estimato
 from __future__ import annotations
 
 import argparse
-
 import functools
 import os
 import random
@@ -39,8 +38,8 @@ import numpy as np
 import pytest
 
 from benchmarks.runner import Timing, markdown_table, measure, write_results
-from twotower.batches import BatchConfig, BatchIterator
 from twotower.kernels import samplers, samplers_reference
+from twotower.training.batches import BatchConfig, BatchIterator
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k" / "u.data"
 BATCH = 4096

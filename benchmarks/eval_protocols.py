@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import markdown_table, write_results
-from twotower.settings import TrainConfig
 from twotower.evaluate import evaluate_model, evaluate_popularity
 from twotower.model.model_dir import load_model_dir, trained_dataset
+from twotower.settings import TrainConfig
 from twotower.settings.eval import EXCLUDE, PRESETS, REPEAT_TARGETS, UNKNOWN_TARGETS, EvalConfig
-from twotower.train import fit
+from twotower.training.loop import fit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens-100k.toml"
 HEADER = ["data", "preset", "test leaves out", "unknown targets", "repeat targets", "users", "recall@10",

@@ -45,7 +45,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int) -> dict[str, Any]:
     """One training run; returns its metrics and times."""
     from twotower.settings import TrainConfig
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     spec = DATASETS[data]
     config = TrainConfig.from_toml(config_path) if config_path else TrainConfig()

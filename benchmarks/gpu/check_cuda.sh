@@ -4,7 +4,7 @@
 #              does not import), twotower built from this checkout and installed (a prebuilt wheel
 #              in .whl/fallback/ is used if the build fails), nvidia-smi, versions
 #   infonce    pytest tests/kernels/test_infonce.py (compiled Triton kernels on CUDA)   } run side
-#   trainer    pytest tests/train tests/test_model.py tests/test_losses.py              } by side
+#   trainer    pytest tests/training tests/model tests/test_losses.py                   } by side
 #              tests/test_evaluate.py tests/retrieval/test_hnsw.py (trainer device "auto" = CUDA)
 #   train-cuda python -m benchmarks.gpu.train_cuda (AMP vs fp32 vs CPU training; alone on the GPU)
 #   extras     python -m benchmarks.gpu.profile_train (where a CUDA training step's time goes), then
@@ -84,7 +84,7 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   # -- 2 + 3. the two test runs side by side (correctness only; nothing here is timed) ------------
   run_step infonce-tests 180 1 "${PYTEST[@]}" tests/kernels/test_infonce.py &
   pid=$!
-  run_step trainer-tests 180 1 "${PYTEST[@]}" tests/train tests/test_model.py tests/test_losses.py \
+  run_step trainer-tests 180 1 "${PYTEST[@]}" tests/training tests/model tests/test_losses.py \
     tests/test_evaluate.py tests/retrieval/test_hnsw.py
   wait "$pid"
   for name in infonce-tests trainer-tests; do

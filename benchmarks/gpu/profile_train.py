@@ -32,12 +32,13 @@ from contextlib import nullcontext  # noqa: E402
 
 import torch  # noqa: E402
 
-from twotower.batches import BatchIterator  # noqa: E402
-from twotower.settings import TrainConfig  # noqa: E402
 from twotower.data import build_dataset, generate  # noqa: E402
 from twotower.losses import make_loss  # noqa: E402
-from twotower.optim import clip_grad_norm, make_optimizer  # noqa: E402
-from twotower.train import batch_loss, build_model  # noqa: E402
+from twotower.settings import TrainConfig  # noqa: E402
+from twotower.training.batches import BatchIterator  # noqa: E402
+from twotower.training.loop import build_model  # noqa: E402
+from twotower.training.optim import clip_grad_norm, make_optimizer  # noqa: E402
+from twotower.training.step import batch_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -43,9 +43,9 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.runner import RESULTS_DIR, machine_info, markdown_table  # noqa: E402
-from twotower.settings import TrainConfig  # noqa: E402
 from twotower.data import build_dataset, generate  # noqa: E402
-from twotower.train import fit  # noqa: E402
+from twotower.settings import TrainConfig  # noqa: E402
+from twotower.training.loop import fit  # noqa: E402
 
 MODES = {  # name -> (train.device, train.amp)
     "cuda+amp": ("cuda", True),

@@ -50,7 +50,7 @@ def _resumed_settings(out: Path) -> dict[str, Any] | None:
     """`--resume` without `--config`: the settings stored in the run's newest intact checkpoint, so
     `twotower train --resume --out DIR` alone continues a run started from a file and flags (flags
     given with it still override, and `fit` names any that differ)."""
-    from twotower.checkpoint import resumable_checkpoint
+    from twotower.training.checkpoint import resumable_checkpoint
 
     last, _ = resumable_checkpoint(out / "checkpoints")
     if last is None:
@@ -109,7 +109,7 @@ def _targets_line(split: str, targets: dict[str, Any]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from twotower.data import split_summary
     from twotower.datasets import load_dataset
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     config = _config_from_args(args)
     if not _bars(args):

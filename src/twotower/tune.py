@@ -3,7 +3,7 @@
 A study lives in its run directory:
 
     RUN_DIR/study.db        the Optuna study (SQLite): every trial, its settings, its per-epoch values
-    RUN_DIR/trials/NNNN/    trial NNNN, a `twotower.train.fit` run (metrics.jsonl; the best trial's model/)
+    RUN_DIR/trials/NNNN/    trial NNNN, a `twotower.training.loop.fit` run (metrics.jsonl; the best trial's model/)
     RUN_DIR/best.toml       the best trial's complete configuration, for `twotower train --config`
     RUN_DIR/trials.csv      one row per trial, RUN_DIR/trials.png the values over the trials
 
@@ -38,7 +38,7 @@ from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.settings import TrainConfig
 from twotower.settings.tune import Param, TuneConfig, trial_config
-from twotower.train import TrainingDiverged, _semantic, fit
+from twotower.training.loop import TrainingDiverged, _semantic, fit
 
 __all__ = ["TrialRow", "TuneResult", "format_trials", "tune"]
 

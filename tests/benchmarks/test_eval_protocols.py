@@ -3,8 +3,8 @@
 import json
 
 from benchmarks.eval_protocols import every_protocol, protocol_rows
-from tests.train.conftest import tiny_config
-from twotower.train import fit
+from tests.training.conftest import tiny_config
+from twotower.training.loop import fit
 
 
 def test_every_combination_is_scored_and_the_default_row_is_the_runs_result(tmp_path, monkeypatch):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.batches import Batch
-from twotower.losses import LossConfig, make_loss
 from twotower.data.csr import transpose
+from twotower.losses import LossConfig, make_loss
 from twotower.model import ModelConfig, TowerConfig, TwoTowerModel, load_model, save_model
-from twotower.train_step import batch_loss
+from twotower.training.batches import Batch
+from twotower.training.step import batch_loss
 
 
 def csr(rows: list[list[int]]) -> SimpleNamespace:

@@ -1,5 +1,5 @@
 """How training batches are cut and which negatives come with them (`BatchConfig`); the batches
-themselves are built by `twotower.batches`."""
+themselves are built by `twotower.training.batches`."""
 
 from __future__ import annotations
 

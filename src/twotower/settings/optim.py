@@ -1,4 +1,4 @@
-"""The optimizer and its learning-rate schedule (`OptimConfig`); `twotower.optim` builds them."""
+"""The optimizer and its learning-rate schedule (`OptimConfig`); `twotower.training.optim` builds them."""
 
 from __future__ import annotations
 

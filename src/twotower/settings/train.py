@@ -63,9 +63,9 @@ class LoopConfig:
             model needs none; the checkpoint then only lets `--resume` redo the final evaluation).
         progress: show progress bars.
         fused_step: train an id-only (matrix factorisation) model with a per-row loss through the
-            fused table step (`twotower.train_step.TableStep`: the same updates, a 1M-row epoch
-            1.2-1.3x faster on a CPU); off: always the autograd step. Other models always take the
-            autograd step.
+            fused table step (`twotower.training.fused_step.TableStep`: the same updates, a 1M-row
+            epoch 1.2-1.3x faster on a CPU); off: always the autograd step. Other models always take
+            the autograd step.
         refit: once the epoch is chosen on validation, train a second model on train + valid for
             that many epochs, with the same settings and learning-rate schedule, into `OUT/refit`
             (a run directory of its own; `OUT/refit/model` is the model to serve). The protocol of

@@ -19,7 +19,7 @@ class Stop(Exception):
 def scripted_selection(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
     """Validation scores by epoch, so that the best epoch is known in advance."""
     calls = iter(scores)
-    monkeypatch.setattr("twotower.train._select", lambda result, metric: next(calls))
+    monkeypatch.setattr("twotower.training.loop._select", lambda result, metric: next(calls))
 
 
 def weights(path) -> dict:
@@ -31,7 +31,7 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 def test_refit_trains_the_selected_epochs_on_train_plus_valid(tmp_path, monkeypatch) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     scripted_selection(monkeypatch, [0.1, 0.3, 0.2, 0.1])  # epoch 2 is the best of 4
     result = fit(tiny_config(epochs=4, patience=0, refit=True), tmp_path, echo=lambda line: None)
@@ -50,9 +50,9 @@ def test_refit_trains_the_selected_epochs_on_train_plus_valid(tmp_path, monkeypa
 def test_refit_retraces_the_selected_runs_schedule(tmp_path, monkeypatch) -> None:
     """The refit stops after the best epoch of a 4-epoch cosine schedule: its weights are those of
     a 4-epoch run on train + valid at epoch 2, not of a 2-epoch schedule."""
-    from twotower.datasets import load_dataset
     from twotower.data import with_valid_in_train
-    from twotower.train import fit, training_loss
+    from twotower.datasets import load_dataset
+    from twotower.training.loop import fit, training_loss
 
     config = tiny_config(epochs=4, patience=0, refit=True, keep_checkpoints=4)
     scripted_selection(monkeypatch, [0.1, 0.3, 0.2, 0.1])
@@ -77,7 +77,7 @@ def test_refit_retraces_the_selected_runs_schedule(tmp_path, monkeypatch) -> Non
 
 
 def test_a_refit_interrupted_midway_resumes_to_the_same_model(tmp_path, monkeypatch) -> None:
-    import twotower.train as train
+    import twotower.training.loop as train
 
     config = tiny_config(epochs=3, patience=0, refit=True)
     train.fit(config, tmp_path / "whole", echo=lambda line: None)
@@ -105,7 +105,7 @@ def test_a_refit_interrupted_midway_resumes_to_the_same_model(tmp_path, monkeypa
 
 
 def test_refit_needs_a_validation_split(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     config = tiny_config(refit=True)
     config.data.options = dataclasses.replace(config.data.options, ratios=[0.8, 0.2])
@@ -114,7 +114,7 @@ def test_refit_needs_a_validation_split(tmp_path) -> None:
 
 
 def test_a_fresh_run_removes_an_earlier_runs_refit(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     fit(tiny_config(refit=True), tmp_path, echo=lambda line: None)
     assert (tmp_path / "refit" / "model").is_dir()
@@ -124,7 +124,7 @@ def test_a_fresh_run_removes_an_earlier_runs_refit(tmp_path) -> None:
 
 
 def test_a_finished_run_resumed_with_refit_adds_the_refit(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     fit(tiny_config(), tmp_path, echo=lambda line: None)
     said: list[str] = []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from twotower.checkpoint import resumable_checkpoint, safetensors_problem
+from twotower.training.checkpoint import resumable_checkpoint, safetensors_problem
 
 from .conftest import tiny_config
 
@@ -17,7 +17,7 @@ class Stop(Exception):
 
 
 def interrupted_run(tmp_path, epochs: int = 4, stop_after: int = 3):
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     config = tiny_config(epochs=epochs, keep_checkpoints=3)
 
@@ -36,7 +36,7 @@ def truncate(file, keep: float = 0.5) -> None:
 
 
 def test_a_truncated_newest_checkpoint_is_skipped_and_named(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     config = interrupted_run(tmp_path)
     root = tmp_path / "checkpoints"
@@ -50,7 +50,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_and_named(tmp_path) -> None:
 
 
 def test_every_checkpoint_damaged_is_a_clear_error(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     config = interrupted_run(tmp_path, epochs=3, stop_after=2)
     root = tmp_path / "checkpoints"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from twotower.datasets import load_dataset
-from twotower.train import build_model
+from twotower.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from twotower.training.loop import build_model
 
 from .conftest import tiny_config
 

@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import twotower.train as train_module
-import twotower.train_step as train_step_module
+import twotower.training.loop as train_module
+import twotower.training.step as train_step_module
 from twotower.atomic import disk_usage
-from twotower.checkpoint import drop_optimizer_state, has_optimizer_state, latest_checkpoint
 from twotower.model.model_dir import load_model_dir
-from twotower.run_lock import LOCK_NAME
-from twotower.train import TrainingDiverged, duration, epoch_line, fit
+from twotower.training.checkpoint import drop_optimizer_state, has_optimizer_state, latest_checkpoint
+from twotower.training.loop import TrainingDiverged, duration, epoch_line, fit
+from twotower.training.run_lock import LOCK_NAME
 
 from .conftest import tiny_config
 
@@ -86,8 +86,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
 
 RUN = """
 import dataclasses, sys
-from twotower.train import fit
-from tests.train.conftest import tiny_config
+from twotower.training.loop import fit
+from tests.training.conftest import tiny_config
 config = tiny_config(epochs=4, checkpoint_every=int(sys.argv[2]))
 config.data.synthetic_users = 1500
 config.data.synthetic_interactions_per_user = 30
@@ -276,10 +276,11 @@ def test_mixed_loss_gets_expected_count_corrections():
 
     import torch
 
-    from twotower.batches import Batch
     from twotower.data import build_dataset, generate
     from twotower.losses import make_loss
-    from twotower.train import batch_loss, build_model
+    from twotower.training.batches import Batch
+    from twotower.training.loop import build_model
+    from twotower.training.step import batch_loss
 
     config = tiny_config()
     dataset = build_dataset(generate(50, 40, interactions_per_user=5, seed=0))
@@ -359,12 +360,13 @@ def test_id_lookup_item_tower_scored_in_the_table_trains_as_the_encoded_vectors(
 
     import torch
 
-    from twotower.batches import Batch
     from twotower.data import build_dataset, generate
     from twotower.losses import EmbeddingRows, make_loss
     from twotower.model import TwoTowerModel
-    from twotower.optim import make_optimizer
-    from twotower.train import batch_loss, build_model
+    from twotower.training.batches import Batch
+    from twotower.training.loop import build_model
+    from twotower.training.optim import make_optimizer
+    from twotower.training.step import batch_loss
 
     config = tiny_config()
     config.model = dc.replace(config.model, scoring=scoring, id_dropout=0.3)  # dropout draws must match too
@@ -407,7 +409,7 @@ def test_item_vectors_stay_in_the_table_only_where_that_is_exact():
 
     from twotower.data import build_dataset, generate
     from twotower.model import TowerConfig
-    from twotower.train import build_model
+    from twotower.training.loop import build_model
 
     dataset = build_dataset(generate(30, 20, interactions_per_user=4, seed=0))
     codes = torch.arange(5)
@@ -516,9 +518,10 @@ def test_symmetric_neg_l2_softmaxes_over_true_distances():
 
     import torch
 
-    from twotower.batches import Batch
     from twotower.data import build_dataset, generate
-    from twotower.train import batch_loss, build_model
+    from twotower.training.batches import Batch
+    from twotower.training.loop import build_model
+    from twotower.training.step import batch_loss
 
     config = tiny_config()
     config.model.scoring = "neg_l2"

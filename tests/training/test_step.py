@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.batches import BatchIterator
 from twotower.data import build_dataset, generate
 from twotower.losses import make_loss
-from twotower.optim import make_optimizer
-from twotower.train import build_model, fit
-from twotower.train_step import AutogradStep, TableStep, make_train_step
+from twotower.training.batches import BatchIterator
+from twotower.training.fused_step import TableStep
+from twotower.training.loop import build_model, fit
+from twotower.training.optim import make_optimizer
+from twotower.training.step import AutogradStep, make_train_step
 
 from .conftest import tiny_config
 
@@ -119,8 +120,9 @@ def test_the_autograd_step_serves_everything_else_and_says_why(change, reason):
 def test_a_fused_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path, monkeypatch):
     """The table step keeps its Adam state in the optimizer (`LazyAdam.adam_table`): checkpoints carry
     it, and a run stopped after epoch 2 and resumed ends bit for bit as a run never stopped."""
-    import twotower.train as train_module
     from safetensors.torch import load_file
+
+    import twotower.training.loop as train_module
 
     config = per_row_config(train__epochs=3, train__patience=0)
     fit(config, tmp_path / "straight")

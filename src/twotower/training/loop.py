@@ -34,16 +34,6 @@ from twotower.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from twotower.batches import BatchIterator
-from twotower.checkpoint import (
-    drop_optimizer_state,
-    has_optimizer_state,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    resumable_checkpoint,
-    save_checkpoint,
-)
 from twotower.data import SplitDataset
 from twotower.data.split import with_valid_in_train
 from twotower.datasets import fingerprint, load_dataset
@@ -52,13 +42,23 @@ from twotower.losses import LossConfig, make_loss
 from twotower.model.io import save_model
 from twotower.model.model_dir import save_model_dir
 from twotower.model.two_tower import TwoTowerModel
-from twotower.optim import learning_rate, make_optimizer
 from twotower.plots import plot_training
-from twotower.run_lock import run_lock
 from twotower.settings import TrainConfig
-from twotower.train_step import TrainingDiverged, batch_loss, make_train_step
+from twotower.training.batches import BatchIterator
+from twotower.training.checkpoint import (
+    drop_optimizer_state,
+    has_optimizer_state,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    resumable_checkpoint,
+    save_checkpoint,
+)
+from twotower.training.optim import learning_rate, make_optimizer
+from twotower.training.run_lock import run_lock
+from twotower.training.step import TrainingDiverged, make_train_step
 
-__all__ = ["TrainResult", "TrainingDiverged", "batch_loss", "build_model", "fit"]
+__all__ = ["TrainResult", "TrainingDiverged", "build_model", "fit", "training_loss"]
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"

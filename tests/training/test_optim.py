@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from twotower.optim import LazyAdam, clip_grad_norm, make_optimizer
 from twotower.settings import OptimConfig
+from twotower.training.optim import LazyAdam, clip_grad_norm, make_optimizer
 
 
 class Toy(nn.Module):
@@ -94,7 +94,7 @@ def test_clip_grad_norm_counts_repeated_sparse_rows_once_summed():
 
 
 def test_training_step_threads_leave_one_core_to_the_batch_worker(monkeypatch):
-    from twotower import train
+    from twotower.training import loop as train
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(train.os, "cpu_count", lambda: 8)

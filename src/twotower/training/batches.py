@@ -1,12 +1,11 @@
-"""Epoch iterator over training pairs: shuffled batches with negatives, prepared in a background thread.
+"""Epoch iterator over training pairs: shuffled batches with negatives (`BatchIterator`), prepared
+ahead of the training step by `twotower.training.prefetch`.
 
 Each batch is a pure function of (config.seed, epoch, batch index): the shuffle of an epoch and every
 sampler call draw from seeds derived from those three numbers, so the same seed gives the same batches
-whatever the thread timing. The worker thread runs the Numba samplers, which release the GIL, so the
-training step overlaps with the sampling of the next batches (about `prefetch` of them wait ready).
-The worker hands batches over in chunks of ceil(prefetch / 2): every hand-off through the queue
-costs the training thread a GIL round trip, and chunks of 8 made an ML-100K epoch 10-15% faster
-than one batch at a time.
+whatever the thread timing. `_BatchMaker` builds batch `index` of an epoch (the sampler dispatch);
+the prefetch worker calls it in a background thread, where the Numba samplers release the GIL, so
+the training step overlaps with the sampling of the next batches.
 
 The one piece of state carried across batches is the streaming frequency estimate (`log_q="streaming"`):
 it is updated in the consumer's thread, in consumption order, so it too is deterministic and counts
@@ -14,7 +13,7 @@ exactly the batches the trainer used, not the ones prefetched and thrown away at
 
 Example:
     >>> import numpy as np
-    >>> from twotower.batches import BatchConfig, BatchIterator
+    >>> from twotower.training.batches import BatchConfig, BatchIterator
     >>> users = np.array([0, 0, 1, 2, 2, 2]); items = np.array([0, 3, 1, 2, 4, 0])
     >>> it = BatchIterator(users, items, num_items=5, config=BatchConfig(batch_size=4, num_negatives=2, negative_kind="uniform"))
     >>> with it.epoch(0) as batches:
@@ -25,10 +24,7 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,8 +35,9 @@ from twotower.kernels import samplers
 from twotower.kernels._rng import derive_seed
 from twotower.kernels.distinct import distinct
 from twotower.settings.batches import BatchConfig
+from twotower.training.prefetch import EpochBatches
 
-__all__ = ["Batch", "BatchConfig", "BatchIterator", "EpochBatches"]
+__all__ = ["Batch", "BatchConfig", "BatchIterator"]
 
 # Sub-stream tags: each sampler of a batch gets its own seed, so adding one never shifts another.
 _SHUFFLE, _NEGATIVES, _SHARED = 0, 1, 2
@@ -220,7 +217,7 @@ class BatchIterator:
         # int32 lists stay int32 (half the memory for U x C); each batch's rows are widened when drawn.
         self._candidates = np.ascontiguousarray(cand, dtype=cand.dtype if cand.dtype in (np.int32, np.int64) else np.int64)
 
-    def epoch(self, epoch: int) -> EpochBatches:
+    def epoch(self, epoch: int) -> EpochBatches[Batch]:
         """The batches of epoch `epoch` (a context manager; close it to stop early)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
@@ -343,123 +340,3 @@ class _BatchMaker:
             epoch=self.epoch,
             index=index,
         )
-
-
-_END = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _produce(make: _BatchMaker, num_batches: int, chunk: int, out: queue.Queue, stop: threading.Event) -> None:
-    """Worker loop: puts lists of `chunk` consecutive batches, then `_END` (or a `_Failure`); gives up
-    as soon as `stop` is set."""
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    for start in range(0, num_batches, chunk):
-        batches = []
-        try:
-            for index in range(start, min(start + chunk, num_batches)):
-                batches.append(make(index))
-        except BaseException as error:  # the batches before it first, then the error for the consumer to raise
-            if not batches or put(batches):
-                put(_Failure(error))
-            return
-        if stop.is_set() or not put(batches):
-            return
-    put(_END)
-
-
-class EpochBatches:
-    """Iterator over one epoch's batches, prepared by a worker thread about `prefetch` batches ahead.
-
-    Stopping early: leave a `with` block, call `close()`, or drop the iterator; the worker stops and
-    is joined. An exception raised while preparing a batch is re-raised here, in the consumer.
-    """
-
-    def __init__(self, make: _BatchMaker, num_batches: int, prefetch: int, finish: Any) -> None:
-        self._make = make
-        self._num_batches = num_batches
-        self._finish = finish
-        self._next = 0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._ready: collections.deque[Batch] = collections.deque()
-        if prefetch > 0 and num_batches > 0:
-            # One chunk waits in the queue while the consumer works through the previous one.
-            self._queue: queue.Queue = queue.Queue(maxsize=1)
-            self._stop = threading.Event()
-            chunk = -(-prefetch // 2)
-            self._thread = threading.Thread(
-                target=_produce, args=(make, num_batches, chunk, self._queue, self._stop), name="twotower-batches",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def __iter__(self) -> EpochBatches:
-        return self
-
-    def __next__(self) -> Batch:
-        if self._closed or self._next >= self._num_batches:
-            self.close()
-            raise StopIteration
-        if self._thread is None:
-            batch = self._make(self._next)
-        else:
-            if not self._ready:
-                item = self._get()
-                if isinstance(item, _Failure):
-                    self.close()
-                    raise item.error
-                if item is _END:  # cannot happen before num_batches batches; kept for safety
-                    self.close()
-                    raise StopIteration
-                self._ready.extend(item)
-            batch = self._ready.popleft()
-        self._next += 1
-        return self._finish(batch)
-
-    def _get(self) -> Any:
-        while True:
-            try:
-                return self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    self.close()
-                    raise RuntimeError("the batch worker thread ended without a result") from None
-
-    def close(self) -> None:
-        """Stops the worker (if any) and waits for it; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread is not None:
-            self._stop.set()
-            while True:  # unblock a worker waiting on a full queue
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._thread.join()
-
-    def __enter__(self) -> EpochBatches:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from twotower.run_lock import LOCK_NAME, RunDirectoryLocked, run_lock
+from twotower.training.run_lock import LOCK_NAME, RunDirectoryLocked, run_lock
 
 from .conftest import tiny_config
 
@@ -28,7 +28,7 @@ def test_a_second_holder_is_refused_and_the_first_is_named(tmp_path) -> None:
 
 
 def test_fit_into_a_locked_directory_is_refused_before_writing(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     out = tmp_path / "run"
     out.mkdir()
@@ -42,7 +42,7 @@ def test_fit_into_a_locked_directory_is_refused_before_writing(tmp_path) -> None
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path) -> None:
     holder = textwrap.dedent(f"""
         import time
-        from twotower.run_lock import run_lock
+        from twotower.training.run_lock import run_lock
         with run_lock({str(tmp_path / 'run')!r}):
             print("locked", flush=True)
             time.sleep(120)
@@ -70,7 +70,7 @@ def test_a_file_in_the_way_is_named(tmp_path) -> None:
 
 
 def test_a_fresh_run_says_it_replaces_an_earlier_runs_checkpoints(tmp_path) -> None:
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     lines: list[str] = []
     fit(tiny_config(epochs=1), tmp_path, echo=lines.append)
@@ -83,13 +83,13 @@ def test_a_fresh_run_says_it_replaces_an_earlier_runs_checkpoints(tmp_path) -> N
 @pytest.mark.parametrize(("resume", "hint"), [(False, "the same command with --resume continues"),
                                               (True, "run it again to continue")])
 def test_ctrl_c_in_training_says_how_to_go_on(tmp_path, monkeypatch, capsys, resume: bool, hint: str) -> None:
-    import twotower.train
+    import twotower.training.loop
     from twotower.cli import main
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(twotower.train, "fit", interrupted)
+    monkeypatch.setattr(twotower.training.loop, "fit", interrupted)
     argv = ["train", "--out", str(tmp_path), "--quiet"] + (["--resume"] if resume else [])
     assert main(argv) == 130
     assert f"twotower: interrupted; {hint}" in capsys.readouterr().err
@@ -97,7 +97,7 @@ def test_ctrl_c_in_training_says_how_to_go_on(tmp_path, monkeypatch, capsys, res
 
 def test_a_run_directory_given_for_a_model_says_where_the_model_is(tmp_path) -> None:
     from twotower.model.model_dir import load_model_dir
-    from twotower.train import fit
+    from twotower.training.loop import fit
 
     fit(tiny_config(epochs=1), tmp_path / "run", echo=lambda line: None)
     with pytest.raises(FileNotFoundError, match=r"is a training run's directory, not a model directory: its model is "

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from twotower.checkpoint import latest_checkpoint
-from twotower.train import fit
+from twotower.training.checkpoint import latest_checkpoint
+from twotower.training.loop import fit
 
 from .conftest import tiny_config
 
