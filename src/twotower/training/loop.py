@@ -1,11 +1,14 @@
 """The training loop: batches -> towers -> loss -> optimizer, with validation, early stopping,
 checkpoints that survive a crash, and `--resume` that continues exactly where a run stopped.
 
-Reads top to bottom: `fit` builds everything from a `TrainConfig`, then runs epochs. Each epoch's
-batches are a pure function of (seed, epoch), the torch RNG is saved with every checkpoint (at the
-end of every `train.checkpoint_every`-th epoch), and the learning rate is a pure function of the
-step, so a run killed at any point and resumed from its last checkpoint replays the epochs after it
-and finishes with the same weights as one that was never interrupted.
+Reads top to bottom: `fit` takes the run directory's lock and runs `_fit` (and `_refit` with
+`train.refit`); `_fit` is the run as named phases on one screen (build, start or resume, clear
+earlier outputs, then per epoch: mine, train, evaluate and select, log, checkpoint; then finish),
+each phase a function below it. Each epoch's batches are a pure function of (seed, epoch), the
+torch RNG is saved with every checkpoint (at the end of every `train.checkpoint_every`-th epoch),
+and the learning rate is a pure function of the step, so a run killed at any point and resumed
+from its last checkpoint replays the epochs after it and finishes with the same weights as one
+that was never interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +57,10 @@ from twotower.training.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
+from twotower.training.fused_step import TableStep
 from twotower.training.optim import learning_rate, make_optimizer
 from twotower.training.run_lock import run_lock
-from twotower.training.step import TrainingDiverged, make_train_step
+from twotower.training.step import AutogradStep, TrainingDiverged, make_train_step
 
 __all__ = ["TrainResult", "TrainingDiverged", "build_model", "fit", "training_loss"]
 
@@ -110,53 +114,6 @@ def build_model(config: TrainConfig, dataset: SplitDataset) -> TwoTowerModel:
     if config.model.user_history or config.model.item_history:
         model.set_history(dataset.train_history)
     return model
-
-
-# Settings that do not change what is trained or selected: a resumed run may differ in them (so a
-# finished run can be resumed with --train.refit to add its refit).
-# (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
-# validation metric, hence the best epoch and early stopping.)
-_COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state", "refit"), "eval": ("exclude",)}
-
-
-def _semantic(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must share with its checkpoint; a config saved before a section
-    existed reads with that section's defaults."""
-    try:
-        config = TrainConfig.from_dict(config).to_dict()
-    except (TypeError, ValueError):
-        pass  # compared as saved: the comparison then names the difference as different settings
-    config = json.loads(json.dumps(config))  # tuples as lists, as a saved config has them
-    return {**config, **{section: {k: v for k, v in config.get(section, {}).items() if k not in names}
-                         for section, names in _COSMETIC.items()}}
-
-
-def _changed_settings(saved: Any, given: Any, name: str = "") -> list[str]:
-    """'section.key: saved -> given' for every setting that differs (nested sections walked)."""
-    if isinstance(saved, dict) and isinstance(given, dict):
-        changed = []
-        for key in sorted(set(saved) | set(given), key=str):
-            where = f"{name}.{key}" if name else str(key)
-            changed += _changed_settings(saved.get(key, "(unset)"), given.get(key, "(unset)"), where)
-        return changed
-    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
-
-
-def _select(result: EvalResult, metric: str) -> float:
-    return float(result.metrics[metric])
-
-
-def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int, threads: int | None) -> np.ndarray:
-    """[U, count] best-scoring items of every user under the current model, train items excluded."""
-    import twotower
-
-    model.eval()
-    users, items = model.user_search_vectors(), model.item_search_vectors()
-    model.train()
-    history = dataset.train_history
-    _, ids = twotower.topk(users, items, count, exclude=(history.indptr, history.indices), num_threads=threads)
-    return ids
 
 
 def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | None = None, resume: bool = False,
@@ -247,16 +204,95 @@ def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Sp
 def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset, resume: bool,
          echo: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None] | None,
          stop_after: int | None = None) -> TrainResult:
+    """One run in `out_dir`, as phases: build the run, start it or resume it, clear what an earlier
+    run left, then every epoch train, evaluate and select, log and checkpoint; finally evaluate the
+    selected weights and write the model. `stop_after` ends the run after that epoch on the
+    schedule of `train.epochs` (`train.refit`)."""
+    run = _build_run(config, out_dir, device, dataset, echo, stop_after)
+    state = _start_or_resume(run, resume)
+    _clear_earlier_outputs(run, state, resume)
+    loop, last_epoch = config.train, run.last_epoch
+    run_started = time.perf_counter()
+    for epoch in range(state.start_epoch, last_epoch):
+        if state.stale >= loop.patience > 0:
+            break
+        epoch_started = time.perf_counter()
+        _mine_if_due(run, state, epoch)
+        record = _train_epoch(run, state, epoch)
+        _evaluate_and_select(run, state, record)
+        _log_epoch(run, state, record)
+        stopping = state.stale >= loop.patience > 0
+        if (epoch + 1) % loop.checkpoint_every == 0 or epoch + 1 == last_epoch or stopping:
+            _checkpoint(run, state, epoch)
+        mean_seconds = (time.perf_counter() - run_started) / (epoch + 1 - state.start_epoch)
+        echo(epoch_line(record, last_epoch, loop.select_metric, time.perf_counter() - epoch_started,
+                        None if stopping else mean_seconds * (last_epoch - epoch - 1)))
+        if on_epoch is not None:
+            on_epoch(record)
+    return _finish(run, state)
+
+
+@dataclass
+class _Run:
+    """What a run builds once and its phases share: the settings, the data, the model, the loss,
+    the optimizer and step, the batch iterator, and where its files go."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    dataset: SplitDataset
+    echo: Callable[[str], None]
+    last_epoch: int  # train.epochs, or the refit's stop_after
+    saved_config: dict[str, Any]  # the config.json of checkpoints and models
+    model: TwoTowerModel
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_step: AutogradStep | TableStep
+    batches: BatchIterator
+
+    @property
+    def threads(self) -> int | None:
+        return self.config.train.num_threads or None
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out_dir / CHECKPOINTS
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+
+@dataclass
+class _State:
+    """What changes from epoch to epoch: a checkpoint saves it and `--resume` restores it."""
+
+    start_epoch: int = 0  # the first epoch this process trains
+    step: int = 0
+    best: float = -math.inf  # the best validation score so far, of `best_epoch` (1-based; -1: none)
+    best_epoch: int = -1
+    stale: int = 0  # evaluations since the best one (early stopping)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records
+    candidates: np.ndarray | None = None  # the mined hard-negative candidates
+
+
+def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset,
+               echo: Callable[[str], None], stop_after: int | None) -> _Run:
+    """Checks the output directory and the settings against the data, then builds the model, the
+    loss, the optimizer, the step and the batch iterator from the run's seed."""
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = loop.num_threads or None
     if loop.refit and len(dataset.valid) == 0:
         raise ValueError("train.refit needs a validation split to choose the epoch on; this data has none")
     last_epoch = min(loop.epochs, stop_after or loop.epochs)
-    data_fp = fingerprint(dataset)
-    saved_config = {"twotower_version": __version__, "train_config": config.to_dict(), "data_fingerprint": data_fp}
+    saved_config = {"twotower_version": __version__, "train_config": config.to_dict(),
+                    "data_fingerprint": fingerprint(dataset)}
 
     torch.manual_seed(loop.seed)
     model = build_model(config, dataset).to(device)
@@ -268,128 +304,203 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     if len(batches) == 0:
         raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
                          f"training split has {len(dataset.train.users)} rows; lower the batch size")
-    total_steps = loop.epochs * len(batches)
-    autocast = device.type == "cuda" and loop.amp
+    return _Run(config, out_dir, device, dataset, echo, last_epoch, saved_config, model, loss_fn, optimizer,
+                train_step, batches)
 
-    start_epoch, step, best, best_epoch, stale, history = 0, 0, -math.inf, -1, 0, []
-    candidates: np.ndarray | None = None
-    checkpoint_root = out_dir / CHECKPOINTS
-    if resume:
-        last, skipped = resumable_checkpoint(checkpoint_root)
-        for path, problem in skipped:
-            echo(f"notice: --resume skips {path.name}: {problem}")
-        if last is None:
-            found = f" ({len(skipped)} damaged: see above)" if skipped else ""
-            raise ValueError(f"--resume: no intact checkpoint in {checkpoint_root}{found}")
-        saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
-        if saved.get("data_fingerprint") != data_fp:
-            raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-        changed = _changed_settings(_semantic(saved.get("train_config", {})), _semantic(config.to_dict()))
-        if changed:
-            raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
-                             "the settings it was written with")
-        state, arrays = load_checkpoint(last, model=model, loss_fn=loss_fn, optimizer=optimizer)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best, best_epoch, stale, history = state["best"], state["best_epoch"], state["stale"], state["history"]
-        if not has_optimizer_state(last) and start_epoch < last_epoch and not stale >= loop.patience > 0:
-            raise ValueError(f"--resume: {last} holds no optimizer state (deleted when its run finished, as "
-                             "train.keep_optimizer_state was off), so training cannot go on from it")
-        batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
-        if "candidates" in arrays:
-            candidates = arrays["candidates"]
-            batches.set_candidates(candidates)
 
-    vocab_files = {"user_vocab.parquet": dataset.user_vocab.save, "item_vocab.parquet": dataset.item_vocab.save}
-    metrics_log = out_dir / "metrics.jsonl"
+def _start_or_resume(run: _Run, resume: bool) -> _State:
+    """A fresh run's state; with `resume`, the newest intact checkpoint's (weights, optimizer, RNG,
+    batch iterator, mined candidates and trainer state), once it is known to come from the same
+    data and the same settings, and to hold what the epochs left need."""
+    if not resume:
+        return _State()
+    loop, checkpoint_root = run.config.train, run.checkpoint_root
+    last, skipped = resumable_checkpoint(checkpoint_root)
+    for path, problem in skipped:
+        run.echo(f"notice: --resume skips {path.name}: {problem}")
+    if last is None:
+        found = f" ({len(skipped)} damaged: see above)" if skipped else ""
+        raise ValueError(f"--resume: no intact checkpoint in {checkpoint_root}{found}")
+    saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
+    if saved.get("data_fingerprint") != run.saved_config["data_fingerprint"]:
+        raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
+    changed = _changed_settings(_semantic(saved.get("train_config", {})), _semantic(run.config.to_dict()))
+    if changed:
+        raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
+                         "the settings it was written with")
+    saved_state, arrays = load_checkpoint(last, model=run.model, loss_fn=run.loss_fn, optimizer=run.optimizer)
+    state = _State(start_epoch=saved_state["epoch"] + 1, step=saved_state["step"], best=saved_state["best"],
+                   best_epoch=saved_state["best_epoch"], stale=saved_state["stale"], history=saved_state["history"])
+    if not has_optimizer_state(last) and state.start_epoch < run.last_epoch and not state.stale >= loop.patience > 0:
+        raise ValueError(f"--resume: {last} holds no optimizer state (deleted when its run finished, as "
+                         "train.keep_optimizer_state was off), so training cannot go on from it")
+    run.batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
+    if "candidates" in arrays:
+        state.candidates = arrays["candidates"]
+        run.batches.set_candidates(state.candidates)
+    return state
+
+
+# Settings that do not change what is trained or selected: a resumed run may differ in them (so a
+# finished run can be resumed with --train.refit to add its refit).
+# (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
+# validation metric, hence the best epoch and early stopping.)
+_COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
+                       "keep_optimizer_state", "refit"), "eval": ("exclude",)}
+
+
+def _semantic(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint; a config saved before a section
+    existed reads with that section's defaults."""
+    try:
+        config = TrainConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError):
+        pass  # compared as saved: the comparison then names the difference as different settings
+    config = json.loads(json.dumps(config))  # tuples as lists, as a saved config has them
+    return {**config, **{section: {k: v for k, v in config.get(section, {}).items() if k not in names}
+                         for section, names in _COSMETIC.items()}}
+
+
+def _changed_settings(saved: Any, given: Any, name: str = "") -> list[str]:
+    """'section.key: saved -> given' for every setting that differs (nested sections walked)."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        changed = []
+        for key in sorted(set(saved) | set(given), key=str):
+            where = f"{name}.{key}" if name else str(key)
+            changed += _changed_settings(saved.get(key, "(unset)"), given.get(key, "(unset)"), where)
+        return changed
+    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
+
+
+def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
+    """Removes what a killed run left mid-write, rewrites metrics.jsonl as the run's history (a
+    resumed run's log is its checkpoint's: a run killed between its log line and its checkpoint
+    would otherwise log that epoch twice), and on a fresh run removes an earlier run's best
+    weights, checkpoints and refit, which are not this run's."""
+    out_dir, checkpoint_root = run.out_dir, run.checkpoint_root
     for directory, name in ((checkpoint_root, "epoch-*"), *((out_dir, n) for n in _OUTPUTS)):
-        remove_stale_temporaries(directory, name)  # what a killed run left mid-write
-    # One line per epoch the run has: a resumed run's log is the checkpoint's history (a run killed
-    # between its log line and its checkpoint would otherwise log that epoch twice).
-    write_text_atomic(metrics_log, "".join(json.dumps(record) + "\n" for record in history))
-    best_dir = out_dir / "best"
-    if not resume:  # a fresh run: an earlier run's best weights and checkpoints in out_dir are not ours
-        earlier = latest_checkpoint(checkpoint_root)
-        if earlier is not None:
-            echo(f"notice: {out_dir} holds an earlier run's checkpoints (newest: {earlier.name}); this fresh run "
+        remove_stale_temporaries(directory, name)
+    write_text_atomic(run.metrics_log, "".join(json.dumps(record) + "\n" for record in state.history))
+    if resume:
+        return
+    earlier = latest_checkpoint(checkpoint_root)
+    if earlier is not None:
+        run.echo(f"notice: {out_dir} holds an earlier run's checkpoints (newest: {earlier.name}); this fresh run "
                  "replaces them (--resume continues that run instead)")
-        shutil.rmtree(best_dir, ignore_errors=True)
-        shutil.rmtree(checkpoint_root, ignore_errors=True)
-        shutil.rmtree(out_dir / REFIT, ignore_errors=True)  # an earlier run's refit is not this run's either
-    # Without a validation split there is nothing to select on: every epoch is kept as the newest
-    # (no early stopping) and the model is the last epoch's.
-    selects = len(dataset.valid.users) > 0
-    run_started = time.perf_counter()
-    for epoch in range(start_epoch, last_epoch):
-        if stale >= loop.patience > 0:
-            break
-        epoch_started = time.perf_counter()
-        if config.batches.negative_kind == "hard" and epoch > 0 and epoch % loop.hard_mining_every == 0:
-            candidates = _mine_hard_negatives(model, dataset, loop.hard_candidates, threads)
-            batches.set_candidates(candidates)
-        model.train()
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        with batches.epoch(epoch) as epoch_batches:
-            bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{last_epoch}", disable=not loop.progress, leave=False)
-            for batch in bar:
-                lr = learning_rate(step, total_steps, config.optim)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = train_step.loss(batch)
-                value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
-                if not math.isfinite(value):
-                    raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
-                                           f"{_last_good(checkpoint_root)}")
-                try:
-                    train_step.update(loss)
-                except TrainingDiverged as error:
-                    raise TrainingDiverged(f"{error} at epoch {epoch + 1}, step {step + 1}; training stopped. "
-                                           f"{_last_good(checkpoint_root)}") from None
-                step += 1
-                loss_sum += value * len(batch.users)
-                seen += len(batch.users)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
-        seconds = time.perf_counter() - started
-        bad = _non_finite_parameter([model, loss_fn])
-        if bad is not None:  # the loss of the epoch's last step was finite, its update was not
-            raise TrainingDiverged(f"{bad} holds NaN or infinite values after epoch {epoch + 1} (step {step}); "
-                                   f"training stopped before saving them. {_last_good(checkpoint_root)}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-                                  "samples_per_s": seen / seconds, "epoch_seconds": seconds}
-        if (epoch + 1) % loop.eval_every == 0 or epoch + 1 == last_epoch:
-            model.eval()
-            if not selects:
-                best_epoch, stale = epoch + 1, 0
-                _save_best(best_dir, model, loss_fn, saved_config)
-            else:
-                valid = evaluate_model(model, dataset, split="valid", ks=loop.ks, num_threads=threads,
-                                       progress=False, protocol=config.eval)
-                record["valid"] = valid.metrics
-                score = _select(valid, loop.select_metric)
-                if score > best:
-                    best, best_epoch, stale = score, epoch + 1, 0
-                    _save_best(best_dir, model, loss_fn, saved_config)
-                else:
-                    stale += 1
-        history.append(record)
-        with metrics_log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        stopping = stale >= loop.patience > 0
-        if (epoch + 1) % loop.checkpoint_every == 0 or epoch + 1 == last_epoch or stopping:
-            arrays = {f"batches.{k}": v for k, v in batches.state_dict().items()}
-            if candidates is not None:
-                arrays["candidates"] = candidates
-            save_checkpoint(checkpoint_root, f"epoch-{epoch + 1:04d}", model=model, config=saved_config,
-                            loss_fn=loss_fn, optimizer=optimizer, arrays=arrays, keep=loop.keep_checkpoints,
-                            extra_files=vocab_files,
-                            trainer_state={"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch,
-                                           "stale": stale, "history": history})
-        mean_seconds = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
-        echo(epoch_line(record, last_epoch, loop.select_metric, time.perf_counter() - epoch_started,
-                        None if stopping else mean_seconds * (last_epoch - epoch - 1)))
-        if on_epoch is not None:
-            on_epoch(record)
-    return _finish(config, out_dir, model, loss_fn, dataset, saved_config, best_epoch, history, threads)
+    shutil.rmtree(run.best_dir, ignore_errors=True)
+    shutil.rmtree(checkpoint_root, ignore_errors=True)
+    shutil.rmtree(out_dir / REFIT, ignore_errors=True)
+
+
+def _mine_if_due(run: _Run, state: _State, epoch: int) -> None:
+    """With hard negatives, every `train.hard_mining_every` epochs (not before the first): the
+    current model's best-scoring items of every user become the candidates of the epochs after."""
+    loop = run.config.train
+    if run.config.batches.negative_kind == "hard" and epoch > 0 and epoch % loop.hard_mining_every == 0:
+        state.candidates = _mine_hard_negatives(run.model, run.dataset, loop.hard_candidates, run.threads)
+        run.batches.set_candidates(state.candidates)
+
+
+def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int, threads: int | None) -> np.ndarray:
+    """[U, count] best-scoring items of every user under the current model, train items excluded."""
+    import twotower
+
+    model.eval()
+    users, items = model.user_search_vectors(), model.item_search_vectors()
+    model.train()
+    history = dataset.train_history
+    _, ids = twotower.topk(users, items, count, exclude=(history.indptr, history.indices), num_threads=threads)
+    return ids
+
+
+def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
+    """One pass over the epoch's batches, each step at the scheduled learning rate; the epoch's
+    record (loss, speed). A non-finite loss or update stops the run naming the step and the last
+    good checkpoint, before anything of it is saved."""
+    config, model, optimizer, train_step = run.config, run.model, run.optimizer, run.train_step
+    loop, device = config.train, run.device
+    total_steps = loop.epochs * len(run.batches)
+    autocast = device.type == "cuda" and loop.amp
+    model.train()
+    started, loss_sum, seen = time.perf_counter(), 0.0, 0
+    with run.batches.epoch(epoch) as epoch_batches:
+        bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{run.last_epoch}", disable=not loop.progress, leave=False)
+        for batch in bar:
+            lr = learning_rate(state.step, total_steps, config.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = train_step.loss(batch)
+            value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {state.step + 1}; training "
+                                       f"stopped. {_last_good(run.checkpoint_root)}")
+            try:
+                train_step.update(loss)
+            except TrainingDiverged as error:
+                raise TrainingDiverged(f"{error} at epoch {epoch + 1}, step {state.step + 1}; training stopped. "
+                                       f"{_last_good(run.checkpoint_root)}") from None
+            state.step += 1
+            loss_sum += value * len(batch.users)
+            seen += len(batch.users)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
+    seconds = time.perf_counter() - started
+    bad = _non_finite_parameter([model, run.loss_fn])
+    if bad is not None:  # the loss of the epoch's last step was finite, its update was not
+        raise TrainingDiverged(f"{bad} holds NaN or infinite values after epoch {epoch + 1} (step {state.step}); "
+                               f"training stopped before saving them. {_last_good(run.checkpoint_root)}")
+    return {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / max(seen, 1),
+            "samples_per_s": seen / seconds, "epoch_seconds": seconds}
+
+
+def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> None:
+    """Every `train.eval_every` epochs and at the last: the validation metrics into `record`, and
+    the epoch's weights saved as the best when its `train.select_metric` beats the best so far
+    (else one more stale evaluation). Without a validation split there is nothing to select on:
+    every evaluated epoch is the newest best (no early stopping), so the model is the last epoch's."""
+    loop, epoch = run.config.train, record["epoch"]
+    if not (epoch % loop.eval_every == 0 or epoch == run.last_epoch):
+        return
+    run.model.eval()
+    if len(run.dataset.valid.users) == 0:
+        state.best_epoch, state.stale = epoch, 0
+        _save_best(run.best_dir, run.model, run.loss_fn, run.saved_config)
+        return
+    valid = evaluate_model(run.model, run.dataset, split="valid", ks=loop.ks, num_threads=run.threads,
+                           progress=False, protocol=run.config.eval)
+    record["valid"] = valid.metrics
+    score = _select(valid, loop.select_metric)
+    if score > state.best:
+        state.best, state.best_epoch, state.stale = score, epoch, 0
+        _save_best(run.best_dir, run.model, run.loss_fn, run.saved_config)
+    else:
+        state.stale += 1
+
+
+def _select(result: EvalResult, metric: str) -> float:
+    """The score an evaluation is selected by: its `metric` (higher is better)."""
+    return float(result.metrics[metric])
+
+
+def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
+    """The epoch's record joins the history and metrics.jsonl."""
+    state.history.append(record)
+    with run.metrics_log.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint(run: _Run, state: _State, epoch: int) -> None:
+    """checkpoints/epoch-NNNN: weights, optimizer and RNG state, the batch iterator's state, the
+    mined candidates, the trainer state and the vocabularies; the newest `train.keep_checkpoints` stay."""
+    arrays = {f"batches.{k}": v for k, v in run.batches.state_dict().items()}
+    if state.candidates is not None:
+        arrays["candidates"] = state.candidates
+    vocab_files = {"user_vocab.parquet": run.dataset.user_vocab.save, "item_vocab.parquet": run.dataset.item_vocab.save}
+    save_checkpoint(run.checkpoint_root, f"epoch-{epoch + 1:04d}", model=run.model, config=run.saved_config,
+                    loss_fn=run.loss_fn, optimizer=run.optimizer, arrays=arrays, keep=run.config.train.keep_checkpoints,
+                    extra_files=vocab_files,
+                    trainer_state={"epoch": epoch, "step": state.step, "best": state.best,
+                                   "best_epoch": state.best_epoch, "stale": state.stale, "history": state.history})
 
 
 def epoch_line(record: dict[str, Any], epochs: int, metric: str, seconds: float, left: float | None) -> str:
@@ -438,13 +549,14 @@ def _last_good(checkpoint_root: Path) -> str:
     return f"The last good checkpoint is {last} (try a lower optim.lr or optim.clip_norm)."
 
 
-def _finish(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn: torch.nn.Module, dataset: SplitDataset,
-            saved_config: dict[str, Any], best_epoch: int, history: list[dict[str, Any]], threads: int | None) -> TrainResult:
+def _finish(run: _Run, state: _State) -> TrainResult:
     """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
     the model directory and the plot, then leaves the run directory as small as a finished run can
     be (`_settle`)."""
     from safetensors.torch import load_file
 
+    config, out_dir, model, loss_fn, dataset = run.config, run.out_dir, run.model, run.loss_fn, run.dataset
+    saved_config, best_epoch, history, threads = run.saved_config, state.best_epoch, state.history, run.threads
     loop = config.train
     best_weights = out_dir / "best" / "model.safetensors"
     if best_weights.is_file():
