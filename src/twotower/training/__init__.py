@@ -5,7 +5,7 @@
     step.py         one training step through autograd (`AutogradStep`) and the batch -> loss
                     inputs it shares with the fused step; `make_train_step` picks one
     fused_step.py   `TableStep`: the fused step of matrix-factorisation models, the only code that
-                    reaches into the id tables and the optimizer's slots
+                    steps the id tables itself, on the optimizer's own slots
     batches.py      `BatchIterator`: shuffled batches with negatives, a pure function of (seed,
                     epoch, index), and the sampler dispatch
     prefetch.py     the worker thread that prepares an epoch's batches ahead of the step

@@ -1,8 +1,8 @@
 """The fused training step of matrix-factorisation models (`TableStep`): both towers an id table
 alone, a per-row loss on per-row negatives, the row-sparse optimizer, the CPU. The one piece of the
-trainer that reaches into the towers' id tables and the optimizer's slots: it scores the tables,
-takes their gradient and steps their rows without autograd (`twotower.kernels.table_step`), and
-gives the same updates as `twotower.training.step.AutogradStep`.
+trainer that steps the towers' id tables itself, on the optimizer's own slots: it scores the
+tables, takes their gradient and steps their rows without autograd (`twotower.kernels.table_step`),
+and gives the same updates as `twotower.training.step.AutogradStep`.
 """
 
 from __future__ import annotations
