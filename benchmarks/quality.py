@@ -7,6 +7,7 @@ most-popular and the published results the data set's README gives.
 
     python -m benchmarks.quality --data gowalla                                 # the defaults, 3 seeds
     python -m benchmarks.quality --data gowalla --config examples/gowalla.toml --name tuned
+    python -m benchmarks.quality --data gowalla --config examples/gowalla.toml --refit   # + a refit on train + valid
     python -m benchmarks.quality --data gowalla --seeds 0 --epochs 2            # a quick look
 
 Each named configuration's runs go to benchmarks/results/quality-<data>.json (rows of other names, and
@@ -42,13 +43,15 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int) -> dict[str, Any]:
-    """One training run; returns its metrics and times."""
+def run_config(data: str, config_path: str | None, seed: int, epochs: int | None, threads: int,
+               refit: bool = False) -> dict[str, Any]:
+    """One training run (and its refit on train + valid with `refit`); returns its metrics and times."""
     from twotower.settings import TrainConfig
-    from twotower.training.loop import fit
+    from twotower.training import fit
 
     spec = DATASETS[data]
     config = TrainConfig.from_toml(config_path) if config_path else TrainConfig()
+    config.train.refit = config.train.refit or refit
     train, valid, test = (str(DATA_ROOT / data / name) for name in spec["files"])
     config.data.path, config.data.valid, config.data.test = train, valid, test
     config.train.select_metric, config.train.ks = spec["metric"], [20]
@@ -85,12 +88,14 @@ def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
     return {**new, "runs": sorted(kept + new["runs"], key=lambda run: run["seed"])}
 
 
-def _settings(config_path: str | None) -> dict[str, Any]:
+def _settings(config_path: str | None, refit: bool = False) -> dict[str, Any]:
     """Every setting the runs trained with (the TOML's, over the defaults), but the seeds and paths
     that `run_config` sets itself: what decides whether stored runs of other seeds still count."""
     from twotower.settings import TrainConfig
 
-    settings = (TrainConfig.from_toml(config_path) if config_path else TrainConfig()).to_dict()
+    config = TrainConfig.from_toml(config_path) if config_path else TrainConfig()
+    config.train.refit = config.train.refit or refit
+    settings = config.to_dict()
     settings.pop("data", None)
     settings["train"].pop("seed", None)
     settings["batches"].pop("seed", None)
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="row name (default: 'defaults' or the TOML's stem)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override train.epochs (for a quick look; not for the table)")
+    parser.add_argument("--refit", action="store_true",
+                        help="also refit each run on train + valid for its selected epochs (train.refit)")
     parser.add_argument("--threads", type=int, default=0, help="train.num_threads (0: the trainer's default)")
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the stored runs")
     args = parser.parse_args(argv)
@@ -161,15 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     if not all((folder / name).is_file() for name in DATASETS[args.data]["files"]):
         print(f"{folder} is not here (it lives in ../shared/data next to the repository): skipped")
         return 0
-    name = args.name or (Path(args.config).stem if args.config else "defaults")
+    name = args.name or (Path(args.config).stem if args.config else "defaults") + ("-refit" if args.refit else "")
     runs = []
     for seed in args.seeds:
         print(f"{args.data}, {name}, seed {seed}", flush=True)
-        runs.append(run_config(args.data, args.config, seed, args.epochs, args.threads))
+        runs.append(run_config(args.data, args.config, seed, args.epochs, args.threads, args.refit))
         print(f"  test recall@20 {runs[-1]['test']['recall@20']:.4f}, ndcg@20 {runs[-1]['test']['ndcg@20']:.4f}")
+        if "refit_test" in runs[-1]:
+            print(f"  refit: test recall@20 {runs[-1]['refit_test']['recall@20']:.4f}, "
+                  f"ndcg@20 {runs[-1]['refit_test']['ndcg@20']:.4f}")
     if stored_path.is_file():  # runs another process stored meanwhile
         stored = json.loads(stored_path.read_text())["runs"]
-    settings = _settings(args.config)
+    settings = _settings(args.config, args.refit)
     stored[name] = merge_runs(stored.get(name), {"config": args.config, "settings": settings,
                                                  "epochs_override": args.epochs, "runs": runs})
     _write(args.data, stored)
