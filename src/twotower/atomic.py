@@ -156,3 +156,50 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: str | os.PathLike[str], *, skip: tuple[str, ...] = ()) -> Path:
+    """Records the SHA-256 of every file in `directory` (but `skip` and the manifest itself) in
+    `directory/manifest.json`, so that a later load can tell every file holds the bytes written
+    (a file covered by another's checksum, e.g. weights whose hash config.json holds, can be skipped)."""
+    directory = Path(directory)
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in skip)
+    return write_json_atomic(directory / MANIFEST, {"sha256": {name: file_sha256(directory / name) for name in names}})
+
+
+def drop_from_manifest(directory: str | os.PathLike[str], names: tuple[str, ...]) -> None:
+    """Removes `names` from `directory`'s manifest (before those files are deleted: a deletion cut
+    short then leaves unlisted files, never listed ones that are gone). No manifest: nothing to do."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["sha256"] = {name: digest for name, digest in manifest["sha256"].items() if name not in names}
+    write_json_atomic(path, manifest)
+
+
+def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
+    """The first file listed in `directory`'s manifest that is missing or whose bytes changed since,
+    as a phrase naming it ("seen.safetensors does not match its SHA-256 in manifest.json"), or None
+    when every listed file matches. A directory without a manifest (written before manifests
+    existed) has nothing to check; files not listed (added later, e.g. an index) are not checked."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["sha256"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, digest in sorted(listed.items()):
+        if not (directory / name).is_file():
+            return f"{name} is missing (listed in {MANIFEST})"
+        actual = file_sha256(directory / name)
+        if actual != digest:
+            return f"{name} does not match its SHA-256 in {MANIFEST} (recorded {digest[:12]}..., found {actual[:12]}...)"
+    return None

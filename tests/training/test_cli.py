@@ -186,7 +186,8 @@ def test_data_stats_reads_what_train_reads(tmp_path, capsys):
     assert "--threshold applies to --feedback rating" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", ["truncate weights", "corrupt seen", "no train_config"])
+@pytest.mark.parametrize("damage", ["truncate weights", "corrupt seen", "no train_config", "seen changed",
+                                    "vocabulary changed"])
 def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, damage):
     import shutil
 
@@ -196,14 +197,25 @@ def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, 
         data = (model_dir / "model.safetensors").read_bytes()
         (model_dir / "model.safetensors").write_bytes(data[: len(data) // 3])
         argv, wanted = ["recommend", str(model_dir), "--user", "1"], "model.safetensors is not a readable safetensors"
-    elif damage == "corrupt seen":
+    elif damage == "corrupt seen":  # in a directory from before manifests: the reader finds it
+        (model_dir / "manifest.json").unlink()
         (model_dir / "seen.safetensors").write_bytes(b"\x01\x00")
         argv, wanted = ["recommend", str(model_dir), "--user", "1"], "seen.safetensors is not a readable safetensors"
-    else:
+    elif damage == "no train_config":
+        (model_dir / "manifest.json").unlink()
         config = json.loads((model_dir / "config.json").read_text())
         del config["train_config"]
         (model_dir / "config.json").write_text(json.dumps(config))
         argv, wanted = ["evaluate", str(model_dir)], "lacks the entry 'train_config'"
+    elif damage == "seen changed":  # a well-formed file with other bytes: only the checksum can tell
+        seen = model_dir / "seen.safetensors"
+        data = bytearray(seen.read_bytes())
+        data[-1] ^= 0x01
+        seen.write_bytes(bytes(data))
+        argv, wanted = ["recommend", str(model_dir), "--user", "1"], "seen.safetensors does not match its SHA-256 in manifest.json"
+    else:
+        shutil.copy(model_dir / "user_vocab.parquet", model_dir / "item_vocab.parquet")
+        argv, wanted = ["evaluate", str(model_dir)], "item_vocab.parquet does not match its SHA-256 in manifest.json"
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert wanted in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -93,3 +93,29 @@ def test_a_config_json_that_is_no_object_marks_the_checkpoint_damaged(tmp_path) 
     found, skipped = resumable_checkpoint(tmp_path / "checkpoints")
     assert found.name == "epoch-0001" and [(p.name, why) for p, why in skipped] == [
         ("epoch-0002", "config.json is not a JSON object")]
+
+
+def test_a_checkpoint_whose_optimizer_state_changed_is_skipped_and_named(tmp_path) -> None:
+    """A well-formed file with other bytes (its header intact): only the manifest's checksum tells."""
+    from twotower.training import fit
+
+    config = interrupted_run(tmp_path)
+    optimizer = tmp_path / "checkpoints" / "epoch-0003" / "optimizer.safetensors"
+    data = bytearray(optimizer.read_bytes())
+    data[-5] ^= 0x40
+    optimizer.write_bytes(bytes(data))
+    assert safetensors_problem(optimizer) is None
+    lines: list[str] = []
+    fit(config, tmp_path, resume=True, echo=lines.append)
+    assert any(line.startswith("notice: --resume skips epoch-0003: optimizer.safetensors does not match its "
+                               "SHA-256 in manifest.json") for line in lines)
+
+
+def test_a_finished_run_keeps_a_checkpoint_that_verifies_without_its_optimizer_state(tmp_path) -> None:
+    from twotower.training import fit
+
+    config = interrupted_run(tmp_path, epochs=3, stop_after=2)
+    fit(config, tmp_path, resume=True, echo=lambda line: None)
+    newest, skipped = resumable_checkpoint(tmp_path / "checkpoints")
+    assert newest is not None and newest.name == "epoch-0003" and skipped == []
+    assert not (newest / "optimizer.safetensors").exists()

@@ -6,6 +6,8 @@
     item_vocab.parquet     external item id <-> code
     seen.safetensors       every user's known items (train + valid + test) as CSR, for filtering
     results.json           validation / test metrics and the baselines of the run
+    manifest.json          the SHA-256 of every other file but the weights (config.json holds theirs),
+                           checked on every load: a changed file is refused, named
 
 Written atomically as a whole (temporary directory + rename).
 """
@@ -20,9 +22,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from twotower.atomic import write_dir_atomic, write_json_atomic
+from twotower.atomic import manifest_problem, write_dir_atomic, write_json_atomic, write_manifest
 from twotower.data import CSR, SplitDataset, Vocabulary
-from twotower.model.io import load_model, save_model
+from twotower.model.io import WEIGHTS_FILE, load_model, save_model
 from twotower.model.two_tower import TwoTowerModel
 
 REQUIRED = ("config.json", "model.safetensors", "user_vocab.parquet", "item_vocab.parquet", "seen.safetensors")
@@ -60,6 +62,7 @@ def save_model_dir(
         save_file({"indptr": np.ascontiguousarray(seen.indptr), "indices": np.ascontiguousarray(seen.indices)},
                   str(tmp / "seen.safetensors"))
         write_json_atomic(tmp / "results.json", results)
+        write_manifest(tmp, skip=(WEIGHTS_FILE,))  # config.json, in the manifest, holds the weights' hash
 
     return write_dir_atomic(path, fill)
 
@@ -102,6 +105,9 @@ def load_model_dir(path: str | Path) -> TrainedModel:
     for name in REQUIRED:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete twotower model directory")
+    problem = manifest_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}: the model directory changed after it was written; train or copy it again")
     model = load_model(path)
     user_vocab = Vocabulary.load(path / "user_vocab.parquet")
     item_vocab = Vocabulary.load(path / "item_vocab.parquet")

@@ -10,6 +10,8 @@ A checkpoint directory holds:
     state.safetensors      torch RNG state and other arrays of the loop (sampler state, mined candidates)
     trainer.json           epoch, step, best metric, early-stopping counter, metric history
     user_vocab.parquet, item_vocab.parquet   the vocabularies (external id <-> code)
+    manifest.json          the SHA-256 of every other file but the weights (config.json holds theirs);
+                           a checkpoint whose files do not match is skipped by `--resume`, named
 
 It is written under a temporary name inside its parent and renamed into place; a `LATEST` file
 (replaced atomically) names the newest complete one, so `--resume` never reads a partial write.
@@ -29,8 +31,15 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from twotower.atomic import write_dir_atomic, write_json_atomic, write_text_atomic
-from twotower.model.io import check_weights, save_model
+from twotower.atomic import (
+    drop_from_manifest,
+    manifest_problem,
+    write_dir_atomic,
+    write_json_atomic,
+    write_manifest,
+    write_text_atomic,
+)
+from twotower.model.io import WEIGHTS_FILE, check_weights, save_model
 from twotower.model.two_tower import TwoTowerModel
 
 LATEST = "LATEST"
@@ -100,6 +109,7 @@ def save_checkpoint(
         write_json_atomic(tmp / "trainer.json", dict(trainer_state or {}))
         for filename, writer in (extra_files or {}).items():
             writer(tmp / filename)
+        write_manifest(tmp, skip=(WEIGHTS_FILE,))  # config.json, in the manifest, holds the weights' hash
 
     final = write_dir_atomic(Path(root) / name, fill)
     write_text_atomic(Path(root) / LATEST, name)
@@ -123,6 +133,7 @@ def drop_optimizer_state(path: Path) -> None:
     """Deletes the optimizer's state from checkpoint `path`: its weights and loop state still let a
     finished run redo its final evaluation, not train on. The tensors go first, so a half-done
     deletion reads as no optimizer state."""
+    drop_from_manifest(path, ("optimizer.safetensors", "optimizer.json"))
     (Path(path) / "optimizer.safetensors").unlink(missing_ok=True)
     (Path(path) / "optimizer.json").unlink(missing_ok=True)
 
@@ -183,7 +194,7 @@ def checkpoint_problem(path: Path) -> str | None:
         check_weights(path / "config.json", path / "model.safetensors", parsed["config.json"])
     except ValueError:
         return "model.safetensors does not match the checksum in its config.json"
-    return None
+    return manifest_problem(path)
 
 
 def safetensors_problem(file: Path) -> str | None:
