@@ -43,7 +43,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = _resumed_settings(Path(args.out)) or base
     if args.protocol:
         base["eval"] = dataclasses.asdict(preset(args.protocol))
-    return TrainConfig.from_dict(merge(base, overrides_from_args(args)))
+    config = TrainConfig.from_dict(merge(base, overrides_from_args(args)))
+    config.data = config.data.resolved(Path.cwd())  # flags name files from here (the file's are absolute)
+    return config
 
 
 def _resumed_settings(out: Path) -> dict[str, Any] | None:

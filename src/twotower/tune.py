@@ -316,6 +316,7 @@ def _write_outputs(study: optuna.Study, base: TrainConfig, settings: TuneConfig,
     if best is None:
         return TuneResult(_ranked(rows), None, None, None, settings.metric)
     config = trial_config(base, best.params, settings.metric)
+    config.data = config.data.resolved(Path.cwd())  # the file's paths are read relative to run_dir
     header = (f"# twotower tune: trial {best.number} of {run_dir}, valid {settings.metric} {best.value:.6f}, "
               f"the best of {len(rows)} finished trials.\n# Train it again: twotower train --config {run_dir / 'best.toml'}\n\n")
     best_toml = write_text_atomic(run_dir / "best.toml", header + config.to_toml())

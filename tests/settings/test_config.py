@@ -98,7 +98,7 @@ def test_numbers_given_where_names_are_expected_are_names():
 
 def test_to_toml_reads_back_to_an_equal_config(tmp_path):
     config = TrainConfig.from_dict({
-        "data": {"path": "ratings.csv", "options": {"columns": {"user": "userId", "item": 1}, "ratios": [0.7, 0.2, 0.1]}},
+        "data": {"path": "/data/ratings.csv", "options": {"columns": {"user": "userId", "item": 1}, "ratios": [0.7, 0.2, 0.1]}},
         "model": {"embedding_dim": 48, "user": {"hidden_dims": [32, 16], "id_dim": 8}},
         "loss": {"temperature": 0.07, "kind": "infonce"},
         "batches": {"hard_rank_range": [3, 40]},
@@ -134,4 +134,6 @@ def test_every_example_configuration_reads_and_validates(path):
     # The examples are what README tells users to run: a renamed setting must not break them silently.
     config = TrainConfig.from_toml(path)
     config.validate()
-    assert config.data.path.startswith("../shared/data/")  # the data stays outside the repository
+    repo = Path(__file__).resolve().parents[2]
+    # The data stays outside the repository, in ../shared/data next to it, found from the file's folder.
+    assert Path(config.data.path).resolve().is_relative_to(repo.parent / "shared" / "data")

@@ -68,10 +68,13 @@ def save_model_dir(
 
 
 def trained_dataset(trained: TrainedModel, data_path: str | None = None) -> SplitDataset:
-    """The dataset `trained` was trained on, read and split again from its saved settings
-    (`data_path`: the interaction file, when it moved since training).
+    """The dataset `trained` was trained on, read and split again from its saved settings (whose
+    files are absolute paths). `data_path`: the interaction file, when the data moved since
+    training; a validation, test or feature file no longer where it was is then looked for next to
+    it by name (data moved as a folder).
 
     Raises:
+        FileNotFoundError: a data file is not where the model says, with the hint to pass --data.
         ValueError: the data read is not the data of training (fingerprint mismatch).
     """
     from twotower.datasets import fingerprint, load_dataset
@@ -79,8 +82,17 @@ def trained_dataset(trained: TrainedModel, data_path: str | None = None) -> Spli
 
     config = TrainConfig.from_dict(trained.config["train_config"])
     if data_path:
-        config.data.path = data_path
-    dataset = load_dataset(config.data)
+        moved = Path(data_path).absolute()
+        config.data.path = str(moved)
+        for name in ("valid", "test", "user_features", "item_features"):
+            value = getattr(config.data, name)
+            if value and not Path(value).exists() and (moved.parent / Path(value).name).exists():
+                setattr(config.data, name, str(moved.parent / Path(value).name))
+    try:
+        dataset = load_dataset(config.data)
+    except FileNotFoundError as err:
+        hint = "" if data_path else "; if the data moved, pass its training file with --data FILE"
+        raise FileNotFoundError(f"{err} (the data {trained.path} was trained on){hint}") from None
     if fingerprint(dataset) != trained.config.get("data_fingerprint"):
         raise ValueError(
             f"the data ({config.data.path or 'synthetic'}) is not the data {trained.path} was trained on "

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["SPLITS", "DataConfig", "DataSource"]
@@ -104,3 +106,14 @@ class DataSource:
     synthetic_interactions_per_user: float = 25.0
     synthetic_seed: int = 0
     options: DataConfig = field(default_factory=DataConfig)
+
+    FILES = ("path", "valid", "test", "user_features", "item_features")  # the settings that name a file
+
+    def resolved(self, base: str | os.PathLike[str]) -> DataSource:
+        """This source with every relative file setting made absolute against directory `base`: the
+        config file's folder for paths written in it, the working directory for flags. A saved model
+        then names its data wherever it is evaluated from."""
+        base = Path(base)
+        changes = {name: str((base / value).absolute()) for name in self.FILES
+                   if (value := getattr(self, name)) and not Path(value).is_absolute()}
+        return dataclasses.replace(self, **changes)

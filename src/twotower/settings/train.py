@@ -177,13 +177,16 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
         """The settings of a TOML file (see the module docstring); its `[tune]` table, if any, is
-        left to `twotower tune`."""
+        left to `twotower tune`. Relative data files in it are relative to the file's own folder
+        (made absolute here), so a config file works from any working directory."""
         data = read_toml(path)
         data.pop(TUNE_SECTION, None)
         try:
-            return cls.from_dict(data)
+            config = cls.from_dict(data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
+        config.data = config.data.resolved(Path(path).parent)
+        return config
 
     def to_toml(self) -> str:
         """Every setting as TOML text that `from_toml` reads back to an equal config.

@@ -47,6 +47,7 @@ from twotower.model.model_dir import save_model_dir
 from twotower.model.two_tower import TwoTowerModel
 from twotower.plots import plot_training
 from twotower.settings import TrainConfig
+from twotower.settings.data import DataSource
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
     drop_optimizer_state,
@@ -291,7 +292,9 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
     if loop.refit and len(dataset.valid) == 0:
         raise ValueError("train.refit needs a validation split to choose the epoch on; this data has none")
     last_epoch = min(loop.epochs, stop_after or loop.epochs)
-    saved_config = {"twotower_version": __version__, "train_config": config.to_dict(),
+    # Data files saved absolute, so that `evaluate MODEL` finds them from any working directory.
+    located = dataclasses.replace(config, data=config.data.resolved(Path.cwd()))
+    saved_config = {"twotower_version": __version__, "train_config": located.to_dict(),
                     "data_fingerprint": fingerprint(dataset)}
 
     torch.manual_seed(loop.seed)
@@ -344,9 +347,10 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
 # Settings that do not change what is trained or selected: a resumed run may differ in them (so a
 # finished run can be resumed with --train.refit to add its refit).
 # (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
-# validation metric, hence the best epoch and early stopping.)
+# validation metric, hence the best epoch and early stopping. Where the data files are does not
+# matter: the data fingerprint, checked apart, says whether they hold the same data.)
 _COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state", "refit"), "eval": ("exclude",)}
+                       "keep_optimizer_state", "refit"), "eval": ("exclude",), "data": DataSource.FILES}
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
