@@ -72,7 +72,7 @@ class Trainer:
         iterator = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                                  config=config.batches, history=dataset.train_history)
         with iterator.epoch(0) as batches:
-            self.batches = [b for _, b in zip(range(40), batches)]
+            self.batches = [b for _, b in zip(range(40), batches, strict=False)]
         self.position = 0
 
     def __call__(self) -> None:

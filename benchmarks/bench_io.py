@@ -11,7 +11,6 @@ imports), so one case's allocations do not hide another's.
 from __future__ import annotations
 
 import argparse
-
 import csv
 import os
 import statistics

@@ -156,12 +156,20 @@ def main() -> None:
         draws = BATCH * n
         counts = {"python loop + set": PYTHON_ROWS * n}
         fns = {
-            "python loop + set": lambda: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
-            "numpy rejection": lambda: numpy_rejection(users, n, keys, num_items, rng),
-            "numpy reference (kernel's oracle)": lambda: samplers_reference.uniform_negatives(users, num_items, n, exclude=history, seed=2),
-            "kernel, tuple, validate=True": lambda: samplers.uniform_negatives(users, num_items, n, exclude=history, seed=3),
-            "kernel, tuple, validate=False": lambda: samplers.uniform_negatives(users, num_items, n, exclude=history, seed=3, validate=False),
-            "kernel, ExclusionIndex": lambda: samplers.uniform_negatives(users, num_items, n, exclude=index, seed=3),
+            "python loop + set": lambda n=n: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
+            "numpy rejection": lambda n=n: numpy_rejection(users, n, keys, num_items, rng),
+            "numpy reference (kernel's oracle)": lambda n=n: samplers_reference.uniform_negatives(
+                users, num_items, n, exclude=history, seed=2
+            ),
+            "kernel, tuple, validate=True": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=history, seed=3
+            ),
+            "kernel, tuple, validate=False": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=history, seed=3, validate=False
+            ),
+            "kernel, ExclusionIndex": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=index, seed=3
+            ),
         }
         timings = interleaved(fns, rounds=7)
         cpu_rate = {name: counts.get(name, draws) / t[1].median for name, t in timings.items()}

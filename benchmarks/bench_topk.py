@@ -123,7 +123,9 @@ def main() -> None:
     add("twotower ExactIndex.search + exclusion", B, t_excl.median, base, f"{EXCLUDED_PER_QUERY} excluded ids per query")
     fallbacks = index._packed.search(queries, K, num_threads=THREADS, report=True)[2]["fallback_queries"]
     for simd in [s for s in twotower.available_simd() if s != "avx512_vnni"]:
-        t = measure(lambda: panels.search(queries, K, num_threads=THREADS, simd=simd), repeats=max(1, args.repeats // 2))
+        t = measure(
+            lambda simd=simd: panels.search(queries, K, num_threads=THREADS, simd=simd), repeats=max(1, args.repeats // 2)
+        )
         add(f"twotower ExactIndex.search, simd={simd}", B, t.median, base, "float32 panels, forced path")
 
     print("measuring PyTorch / NumPy ...", flush=True)

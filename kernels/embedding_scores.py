@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from . import _embedding_scores_jit as jit
-from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
+from ._first_order import first_order_only
 from .embedding_scores_reference import embedding_scores_reference
 
 __all__ = ["embedding_scores", "embedding_scores_reference"]

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from . import _gather_scores_jit as jit
-from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
+from ._first_order import first_order_only
 from .gather_scores_reference import gather_scores_reference
 
 __all__ = ["gather_scores", "gather_scores_reference"]

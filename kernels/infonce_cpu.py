@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._first_order import first_order_only
-
 from . import _infonce_cpu_jit as jit
+from ._first_order import first_order_only
 from .distinct import distinct
 
 _BLOCK_ELEMENTS = 1 << 17  # logits per row block: 512 KiB of float32

@@ -23,7 +23,7 @@ F64 = torch.float64
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return sum(float(x) * float(y) for x, y in zip(a.tolist(), b.tolist()))
+    return sum(float(x) * float(y) for x, y in zip(a.tolist(), b.tolist(), strict=True))
 
 
 def log_sigmoid(x: float) -> float:
@@ -81,12 +81,12 @@ def naive_directau(q, pos, gamma):
         return [x / norm for x in v]
 
     def uniformity(rows):
-        potentials = [math.exp(-2 * sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])))
+        potentials = [math.exp(-2 * sum((a - b) ** 2 for a, b in zip(rows[i], rows[j], strict=True)))
                       for i in range(len(rows)) for j in range(i + 1, len(rows))]
         return math.log(sum(potentials) / len(potentials))
 
     u, v = [unit(r) for r in q.tolist()], [unit(r) for r in pos.tolist()]
-    align = [sum((a - b) ** 2 for a, b in zip(x, y)) for x, y in zip(u, v)]
+    align = [sum((a - b) ** 2 for a, b in zip(x, y, strict=True)) for x, y in zip(u, v, strict=True)]
     uniform = (uniformity(u) + uniformity(v)) / 2
     return torch.tensor([a + gamma * uniform for a in align], dtype=F64)
 
@@ -364,10 +364,13 @@ def test_selector_per_row_kinds_match_naive(kind, sets):
     # Naive: the per-row negatives and the shared ones are one list of negatives for each row.
     negs, ids, lqs = [], [], []
     if x.negatives is not None:
-        negs.append(x.negatives); ids.append(x.negative_ids); lqs.append(x.negative_log_q)
+        negs.append(x.negatives)
+        ids.append(x.negative_ids)
+        lqs.append(x.negative_log_q)
     if x.shared_negatives is not None:
         b = x.query.shape[0]
-        negs.append(x.shared_negatives.expand(b, -1, -1)); ids.append(x.shared_ids.expand(b, -1))
+        negs.append(x.shared_negatives.expand(b, -1, -1))
+        ids.append(x.shared_ids.expand(b, -1))
         lqs.append(x.shared_log_q.expand(b, -1))
     neg, neg_ids, lq_neg = torch.cat(negs, 1), torch.cat(ids, 1), torch.cat(lqs, 1)
     uses_logq = kind in TAKES_LOGQ
@@ -660,7 +663,7 @@ def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensors(kind, 
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, t.grad))
     for other in results[1:]:
-        for got, want in zip(other, results[0]):
+        for got, want in zip(other, results[0], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -717,7 +720,7 @@ def test_embedding_rows_give_the_loss_and_gradients_of_the_looked_up_vectors(kin
             without_negatives(inputs) if kind == "directau" else inputs)
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, w.grad.to_dense()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -30,7 +30,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 
-
 def _kt():
     try:
         import twotower.kernels.infonce_triton as kt

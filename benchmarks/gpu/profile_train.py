@@ -126,7 +126,7 @@ def main() -> None:
         sync(device)
         last = [time.perf_counter()]
 
-        def mark(name: str) -> None:
+        def mark(name: str, last: list[float] = last) -> None:
             sync(device)
             now = time.perf_counter()
             phases.setdefault(name, []).append(now - last[0])

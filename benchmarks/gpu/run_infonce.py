@@ -259,12 +259,16 @@ def dense_rate_tflops(torch, dev: Device, tiny: bool) -> float | None:
     if not dev.cuda:
         return None
     n = 8192 if not tiny else 1024
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = dev.time_ms(lambda: a @ b, warmup=3, min_reps=10, budget_s=0.5)
-    del a, b
+    ms = _gemm_ms(torch, dev, n)  # its two n x n operands are gone once it returns
     dev.free()
     return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def _gemm_ms(torch, dev: Device, n: int) -> float:
+    """Median ms of one bf16 n x n @ n x n product on the GPU."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    return dev.time_ms(lambda: a @ b, warmup=3, min_reps=10, budget_s=0.5)
 
 
 def timings(torch, mod: ModuleType, dev: Device, args: argparse.Namespace, start: float) -> tuple[list[list], list[dict]]:
@@ -340,7 +344,7 @@ def print_tuned_configs(mod: ModuleType) -> None:
     if os.environ.get("TWOTOWER_INFONCE_AUTOTUNE", "0") != "1":
         return
     kt = importlib.import_module(f"{mod.__package__}.infonce_triton")
-    for name, kernel in zip(("fwd", "dq", "dc"), kt._tuned_kernels()):
+    for name, kernel in zip(("fwd", "dq", "dc"), kt._tuned_kernels(), strict=True):
         for key, config in getattr(kernel, "cache", {}).items():
             print(f"tuned {name} key={key}: {config}", flush=True)
 

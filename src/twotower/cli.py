@@ -262,7 +262,7 @@ def _print_recommendations(recommender: Any, users: list[str], k: int, *, as_jso
         return
     for entry in out:
         print(f"user {entry['user']}: top {len(entry['items'])} (seen items filtered)")
-        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
+        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"], strict=True), 1):
             print(f"  {rank:>3}. {item}  ({score:.4f})")
 
 

@@ -48,7 +48,7 @@ def plot_trials(trials: list[tuple[int, str, float | None]], path: str | Path, *
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         shown = [(n, v) for n, s, v in trials if s == state and v is not None]
         if shown:
-            ax.plot(*zip(*shown), marker, linestyle="none", label=state.lower())
+            ax.plot(*zip(*shown, strict=True), marker, linestyle="none", label=state.lower())
     complete = sorted((n, v) for n, s, v in trials if s == "COMPLETE" and v is not None)
     if complete:
         best, line = -float("inf"), []
@@ -56,7 +56,7 @@ def plot_trials(trials: list[tuple[int, str, float | None]], path: str | Path, *
             best = max(best, value)
             line.append((number, best))
         line.append((max(n for n, _, _ in trials), best))  # drawn on to the last trial
-        ax.step(*zip(*line), where="post", color="grey", linewidth=1, label="best so far")
+        ax.step(*zip(*line, strict=True), where="post", color="grey", linewidth=1, label="best so far")
     ax.set(title=f"trials (valid {metric})", xlabel="trial", ylabel=metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -284,12 +284,12 @@ def format_trials(rows: list[TrialRow], metric: str) -> str:
     names = list(dict.fromkeys(name for row in rows for name in row.params))
     widths = [max(len(n), 10) for n in names]
     header = f"{'trial':>5}  {'state':<8}  {metric:>10}  {'epochs':>6}  {'seconds':>8}  " + "  ".join(
-        f"{n:>{w}}" for n, w in zip(names, widths))
+        f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
     lines = [header]
     for row in _ranked(rows):
         value = f"{row.value:.4f}" if row.value is not None else "-"
         seconds = f"{row.seconds:.1f}" if row.seconds is not None else "-"
-        cells = "  ".join(f"{_value(row.params.get(n, '')):>{w}}" for n, w in zip(names, widths))
+        cells = "  ".join(f"{_value(row.params.get(n, '')):>{w}}" for n, w in zip(names, widths, strict=True))
         lines.append(f"{row.number:>5}  {row.state:<8}  {value:>10}  {row.epochs:>6}  {seconds:>8}  {cells}")
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ def test_double_colon_split_across_chunk_boundary():
 def test_many_rows_double_colon_matches_tab(tmp_path):
     rng = np.random.default_rng(0)
     u, i, t = rng.integers(0, 10**6, 200_000), rng.integers(0, 10**5, 200_000), rng.integers(0, 10**9, 200_000)
-    lines = "\n".join(f"{a}::{b}::{c % 5 + 1}::{c}" for a, b, c in zip(u, i, t)) + "\n"
+    lines = "\n".join(f"{a}::{b}::{c % 5 + 1}::{c}" for a, b, c in zip(u, i, t, strict=True)) + "\n"
     (tmp_path / "ratings.dat").write_text(lines)  # > 4 MiB: several chunks of the separator stream
     result = read_interactions(tmp_path / "ratings.dat")
     assert result.table.column("user").to_numpy().tolist() == u.tolist()
@@ -235,7 +235,7 @@ _CORRUPT = {
 def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
     # every corrupted line is reported by its physical number; blank lines shift numbers but are not errors
     lines, kept, bad_lines = ["user,item,rating,timestamp"], [], []
-    for (u, i, r, t), mark in zip(rows, marks):
+    for (u, i, r, t), mark in zip(rows, marks, strict=True):
         if mark == "blank":
             lines.append("")
         if mark in _CORRUPT:
@@ -250,7 +250,7 @@ def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
     path.write_bytes((("\r\n" if crlf else "\n").join(lines) + "\n").encode())
     result = read_interactions(path)
     t = result.table
-    assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")))) == kept
+    assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")), strict=True)) == kept
     assert result.report.rows_skipped == len(bad_lines)
     assert result.report.skipped_lines == tuple(bad_lines[:10])
 

@@ -109,7 +109,7 @@ def test_with_valid_in_train_moves_every_valid_row_into_train_and_keeps_test():
     ds = build_dataset(generate(num_users=120, num_items=90, interactions_per_user=12, seed=3), seed=1)
     assert len(ds.valid) > 0
     refit = with_valid_in_train(ds)
-    pairs = lambda part: sorted(zip(part.users.tolist(), part.items.tolist()))  # noqa: E731
+    pairs = lambda part: sorted(zip(part.users.tolist(), part.items.tolist(), strict=True))  # noqa: E731
     assert pairs(refit.train) == sorted(pairs(ds.train) + pairs(ds.valid))
     assert len(refit.valid) == 0 and refit.stats["valid_rows"] == 0
     assert pairs(refit.test) == pairs(ds.test)

@@ -44,7 +44,7 @@ def test_matches_float64_reference(B, C, D, R, U, dtype, normalize, sparse):
     inputs = _inputs(B, C, D, R, U, seed=B * 7 + C + D + R)
     got = _run(embedding_scores, *inputs, dtype, normalize, sparse)
     want = _run(embedding_scores_reference, *inputs, torch.float64, normalize, sparse)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
         torch.testing.assert_close(g, w, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
 

@@ -33,7 +33,7 @@ def test_matches_float64_reference(B, C, D, U, dtype):
         out = fn(q, v, index)
         (out.double() * upstream).sum().backward()
         results.append((out.detach().double(), q.grad.double(), v.grad.double()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
         torch.testing.assert_close(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
 

@@ -52,7 +52,7 @@ def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch
         upstream = torch.randn(loss.shape, generator=torch.Generator().manual_seed(1), dtype=loss.dtype)
         (loss * upstream).sum().backward()
         grads.append((loss.detach(), q.grad, k.grad, None if extra is None else extra.grad, temperature.grad))
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         if want is None:
             assert got is None
             continue

@@ -67,9 +67,9 @@ def test_scores_norm_and_adam_step_match_the_reference(shape, normalize, dtype):
                         AdamTable(got_tables[1], *got_moments[2:], **kw), grad_scale=0.3)
         table_adam_step_reference(want, grad, AdamTable(want_tables[0], *want_moments[:2], **kw),
                                   AdamTable(want_tables[1], *want_moments[2:], **kw), grad_scale=0.3)
-    for name, a, b in zip(("query table", "item table"), got_tables, want_tables):
+    for name, a, b in zip(("query table", "item table"), got_tables, want_tables, strict=True):
         _close(a, b, dtype, name)
-    for name, a, b in zip(("query exp_avg", "query exp_avg_sq", "item exp_avg", "item exp_avg_sq"), got_moments, want_moments):
+    for name, a, b in zip(("query exp_avg", "query exp_avg_sq", "item exp_avg", "item exp_avg_sq"), got_moments, want_moments, strict=True):
         _close(a, b, dtype, name)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import twotower
-from twotower import _C
 from tests.retrieval.test_exact import assert_matches_reference
+from twotower import _C
 
 pytestmark = pytest.mark.skipif(
     "avx512_vnni" not in twotower.available_simd(), reason="the screening kernel needs AVX-512 VNNI"

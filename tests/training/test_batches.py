@@ -66,7 +66,7 @@ FULL_CONFIG = dict(
 
 def assert_same_batches(a: list[Batch], b: list[Batch]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for field in ("users", "items", "negatives", "negative_log_q", "shared_negatives", "shared_log_q", "item_log_q"):
             xa, ya = getattr(x, field), getattr(y, field)
             assert (xa is None) == (ya is None), field
@@ -98,7 +98,7 @@ def test_negatives_exclude_positives_and_log_q_is_exact(kind):
     weights = counts**0.75
     for b in collect(it, 0):
         assert b.negatives.shape == (b.users.size, 5) and b.negatives.dtype == np.int64
-        for u, row in zip(b.users.tolist(), b.negatives.tolist()):
+        for u, row in zip(b.users.tolist(), b.negatives.tolist(), strict=True):
             assert not positives[u] & set(row), f"user {u} got a positive as negative"
         # Static logQ of the positives: log(count / total) of the training stream.
         np.testing.assert_allclose(b.item_log_q, np.log(counts[b.items] / counts.sum()), rtol=1e-6)
@@ -144,7 +144,7 @@ def test_hard_negatives_come_from_candidates_once_set():
     it.set_candidates(candidates)
     positives = {u: set(items[users == u].tolist()) for u in np.unique(users)}
     for b in collect(it, 1):
-        for u, row in zip(b.users.tolist(), b.negatives.tolist()):
+        for u, row in zip(b.users.tolist(), b.negatives.tolist(), strict=True):
             window = set(candidates[u, 2:10].tolist()) - positives[u]
             if window:
                 assert set(row) <= window, f"user {u}: {row} outside candidate ranks [2, 10)"

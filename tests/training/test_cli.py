@@ -80,7 +80,7 @@ def test_index_build_and_query_agree_with_exact(trained, capsys):
     ann = json.loads(capsys.readouterr().out)
     assert main(["recommend", model_dir, "--user", "1", "2", "-k", "5", "--json"]) == 0
     exact = json.loads(capsys.readouterr().out)
-    overlap = [len(set(a["items"]) & set(e["items"])) for a, e in zip(ann, exact)]
+    overlap = [len(set(a["items"]) & set(e["items"])) for a, e in zip(ann, exact, strict=True)]
     assert sum(overlap) >= 8  # HNSW on 200 items is near exact
     assert main(["evaluate", model_dir, "--ann", "--quiet"]) == 0
     assert "recall of ANN top-50 vs exact top-50" in capsys.readouterr().out
@@ -316,10 +316,10 @@ def _given_split(tmp_path):
     users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
     part = np.arange(len(users)) % 10
     paths = {}
-    extra = f"{users[0]},99999\n88888,{items[0]}\n88888,{items[1]}\n"
-    for name, rows, extra in (("train", part < 8, ""), ("valid", part == 8, ""), ("test", part == 9, extra)):
+    unknown = f"{users[0]},99999\n88888,{items[0]}\n88888,{items[1]}\n"
+    for name, rows, extra in (("train", part < 8, ""), ("valid", part == 8, ""), ("test", part == 9, unknown)):
         paths[name] = tmp_path / f"{name}.csv"
-        paths[name].write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users[rows], items[rows])) + extra)
+        paths[name].write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users[rows], items[rows], strict=True)) + extra)
     return paths
 
 

@@ -398,7 +398,7 @@ def test_id_lookup_item_tower_scored_in_the_table_trains_as_the_encoded_vectors(
         results.append((loss.detach(), *(p.grad.to_dense() for p in model.parameters() if p.grad is not None)))
     assert seen == [True, False]
     assert len(results[0]) == len(results[1]) == 3  # the loss, the user table's and the item table's gradients
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 

@@ -25,9 +25,9 @@ def test_early_stop_shuts_the_worker_down():
         next(batches)
         assert worker_threads(), "no worker thread while iterating"
     assert not worker_threads(), "worker still alive after leaving the with block"
-    for batch in it.epoch(1):  # dropped by a break: garbage collection closes it
+    for _batch in it.epoch(1):  # dropped by a break: garbage collection closes it
         break
-    del batch
+    del _batch
     deadline = time.monotonic() + 5
     while worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -55,7 +55,7 @@ def _train(config, dataset, step_class, steps: int):
     torch.manual_seed(1)  # the dropout draws
     for epoch in range(2):
         with batches.epoch(epoch) as epoch_batches:
-            for batch, _ in zip(epoch_batches, range(steps)):
+            for batch, _ in zip(epoch_batches, range(steps), strict=False):
                 for group in optimizer.param_groups:
                     group["lr"] = 0.05
                 loss = step.loss(batch)

@@ -228,7 +228,7 @@ def _concat(tables: list[pa.Table], parts: list[int]) -> tuple[pa.Table, np.ndar
     for role in ("user", "item"):
         if any(not pa.types.is_integer(t.column(role).type) for t in tables):  # mixed: compare as text
             tables = [t.set_column(t.column_names.index(role), role, t.column(role).cast(pa.string())) for t in tables]
-    part = np.concatenate([np.full(t.num_rows, p, dtype=np.int8) for t, p in zip(tables, parts)])
+    part = np.concatenate([np.full(t.num_rows, p, dtype=np.int8) for t, p in zip(tables, parts, strict=True)])
     return pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"), part
 
 

@@ -150,7 +150,7 @@ def _categorical_values(col: pa.ChunkedArray, spec: FeatureSpec) -> tuple[np.nda
         nums = _numeric(col, spec.name, fill=np.nan)
         edges = np.asarray(spec.buckets, dtype=np.float64)
         bins = np.searchsorted(edges, nums, side="right")
-        labels = np.array([f"<{edges[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])] + [f">={edges[-1]:g}"], dtype=object)
+        labels = np.array([f"<{edges[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:], strict=True)] + [f">={edges[-1]:g}"], dtype=object)
         codes = np.where(np.isnan(nums), 0, bins + 1).astype(np.int32)
         vocab = Vocabulary.__new__(Vocabulary)
         vocab._arrow = pa.array(labels, type=pa.string())

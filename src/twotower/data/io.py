@@ -388,7 +388,7 @@ def _read_text(
     for use_threads in (True, False):
         problems: list[tuple[int, str]] = []
 
-        def record(row: Any) -> str:
+        def record(row: Any, problems: list[tuple[int, str]] = problems) -> str:
             problems.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
             return "skip"
 

@@ -70,13 +70,13 @@ def describe_arrays(users: np.ndarray, items: np.ndarray, num_users: int, num_it
         values, counts = np.unique(ratings, return_counts=True)
         out["rating"] = {"min": float(values[0]), "max": float(values[-1]), "mean": float(ratings.mean())}
         if len(values) <= 20:
-            out["rating"]["histogram"] = {f"{v:g}": int(c) for v, c in zip(values, counts)}
+            out["rating"]["histogram"] = {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
     if timestamps is not None and len(timestamps):
         lo, hi = int(timestamps.min()), int(timestamps.max())
         out["time"] = {"min": lo, "max": hi, "span_days": (hi - lo) / 86400}
         if 0 <= lo and hi < 32503680000:  # plausible Unix seconds: show dates too
-            out["time"]["first"] = dt.datetime.fromtimestamp(lo, dt.timezone.utc).isoformat()
-            out["time"]["last"] = dt.datetime.fromtimestamp(hi, dt.timezone.utc).isoformat()
+            out["time"]["first"] = dt.datetime.fromtimestamp(lo, dt.UTC).isoformat()
+            out["time"]["last"] = dt.datetime.fromtimestamp(hi, dt.UTC).isoformat()
     return out
 
 
