@@ -94,7 +94,8 @@ def main() -> None:
     print(rows[-1], flush=True)
     gate, plain = measure_pair(Trainer(history=True), Trainer(history=False), warmup=5, repeats=31)
     rows.append(["training step, history gate (SimpleX)", f"{gate.median * 1e3:.2f}",
-                 "training step, plain MF", f"{plain.median * 1e3:.2f}", f"{gate.median / plain.median:.2f}x the MF step"])
+                 "training step, plain MF", f"{plain.median * 1e3:.2f}",
+                 f"{gate.median / plain.median:.2f}x the MF step"])
     print(rows[-1], flush=True)
     header = ["what", "twotower ms", "baseline", "baseline ms", "ratio"]
     note = (f"\n\nOne thread, float32, medians of calls taken in turns; B = {B}, D = {D}, {ITEMS:,} items, "

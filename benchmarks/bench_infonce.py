@@ -51,7 +51,9 @@ def options(B: int, M: int, seed: int = 1) -> dict:
 
 
 def reference_step(inputs: dict, opts: dict | None = None) -> None:
-    loss = infonce_reference(inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {}))
+    loss = infonce_reference(
+        inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {})
+    )
     loss.backward()
 
 

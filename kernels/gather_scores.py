@@ -101,4 +101,6 @@ def gather_scores(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= vectors.shape[0]):
             raise IndexError(f"gather_scores: index entries must lie in [0, {vectors.shape[0]})")
         return gather_scores_reference(query, vectors, index)
-    return _GatherScores.apply(query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index"))
+    return _GatherScores.apply(
+        query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index")
+    )

@@ -29,7 +29,9 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, *, select_met
         names = list(dict.fromkeys(n for n in names if n in evaluated[0]["valid"]))
         for name in names:
             style = "-" if name == select_metric else "--"
-            ax_metric.plot([r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name)
+            ax_metric.plot(
+                [r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name
+            )
         best = max(evaluated, key=lambda r: r["valid"][select_metric])
         ax_metric.axvline(best["epoch"], color="grey", linewidth=0.8, linestyle=":")
         ax_metric.legend(fontsize="small", ncol=2)

@@ -45,7 +45,9 @@ def test_csv_with_header_guesses_columns(tmp_path):
 
 def test_tsv_with_given_names_and_explicit_columns(tmp_path):
     path = _write(tmp_path / "x.tsv", None, "\t")
-    result = read_interactions(path, names=["a", "b", "c", "d"], columns={"user": "a", "item": "b", "rating": "c", "timestamp": "d"})
+    result = read_interactions(
+        path, names=["a", "b", "c", "d"], columns={"user": "a", "item": "b", "rating": "c", "timestamp": "d"}
+    )
     assert _cols(result) == _expected()
 
 
@@ -228,7 +230,10 @@ _CORRUPT = {
 
 @settings(max_examples=40, deadline=None)
 @given(
-    rows=st.lists(st.tuples(st.integers(0, 50), st.integers(-5, 10**12), st.integers(0, 10), st.integers(0, 2**40)), min_size=1, max_size=30),
+    rows=st.lists(
+        st.tuples(st.integers(0, 50), st.integers(-5, 10**12), st.integers(0, 10), st.integers(0, 2**40)), min_size=1,
+        max_size=30
+    ),
     marks=st.lists(st.sampled_from([None, None, None, "blank", *_CORRUPT]), min_size=30, max_size=30),
     crlf=st.booleans(),
 )
@@ -257,7 +262,9 @@ def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
 
 def test_large_integer_timestamps_stay_exact_on_the_text_path(tmp_path):
     # a bad row forces the all-text re-read; 19-digit nanosecond epochs must not pass through float64
-    (tmp_path / "ns.csv").write_text("user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n")
+    (tmp_path / "ns.csv").write_text(
+        "user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n"
+    )
     result = read_interactions(tmp_path / "ns.csv")
     assert result.table.column("timestamp").to_pylist() == [1600000000123456789, 1600000000123456791]
 
@@ -324,7 +331,9 @@ def test_id_type_does_not_depend_on_unrelated_rows(tmp_path):
 def test_float_ids_that_are_not_exact_integers_are_refused():
     """Float id columns (pandas, Parquet) must hold exact integers: 2.5 silently became the string
     '2.5' (and every other id a string with it)."""
-    with pytest.raises(DataError, match=r"item ids in column 'item' are floats that are not exact integers \(e.g. 2.5\)"):
+    with pytest.raises(
+        DataError, match=r"item ids in column 'item' are floats that are not exact integers \(e.g. 2.5\)"
+    ):
         from_table(pa.table({"user": [1, 2, 3], "item": [1.0, 2.5, 3.0]}))
     with pytest.raises(DataError, match="not exact integers"):
         from_table(pa.table({"user": [2.0**60, 1.0], "item": [1, 2]}))

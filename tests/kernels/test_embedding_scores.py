@@ -19,7 +19,8 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 3e-5}  # float32: roundings of
 def _inputs(B, C, D, R, U, seed):
     g = torch.Generator().manual_seed(seed)
     query = torch.randn(B, D, generator=g, dtype=torch.float64)
-    weight = torch.randn(R, D, generator=g, dtype=torch.float64) * torch.rand(R, 1, generator=g, dtype=torch.float64) * 3
+    weight = (torch.randn(R, D, generator=g, dtype=torch.float64)
+              * torch.rand(R, 1, generator=g, dtype=torch.float64) * 3)
     weight[0] = 0.0  # a zero row: its normalised copy is 0 and its derivative g / eps
     ids = torch.randint(0, R, (U,), generator=g)  # repeats allowed, many table rows unused
     index = torch.randint(0, U, (B, C), generator=g)

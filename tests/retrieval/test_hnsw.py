@@ -20,7 +20,9 @@ def data(seed: int = 0, n: int = 2000, dim: int = 16, queries: int = 100) -> tup
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x[x >= 0]) & set(y[y >= 0])) / max((y >= 0).sum(), 1) for x, y in zip(a, b, strict=True)]))
+    return float(
+        np.mean([len(set(x[x >= 0]) & set(y[y >= 0])) / max((y >= 0).sum(), 1) for x, y in zip(a, b, strict=True)])
+    )
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ def test_worker_exception_is_reraised_in_the_consumer(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(batches_module.samplers, "uniform_negatives", failing)
-    it = BatchIterator(users, items, num_items=n_items, config=BatchConfig(batch_size=8, num_negatives=2, negative_kind="uniform"))
+    it = BatchIterator(
+        users, items, num_items=n_items, config=BatchConfig(batch_size=8, num_negatives=2, negative_kind="uniform")
+    )
     seen = []
     with pytest.raises(FloatingPointError, match="batch 2"):
         for b in it.epoch(0):

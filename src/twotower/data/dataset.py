@@ -156,7 +156,8 @@ def build_dataset(
 
 def _interaction_feature_columns(*sources: FeatureSource | str | os.PathLike | None) -> tuple[str, ...]:
     """Columns of the (training) interaction file that FeatureSources without a file of their own need."""
-    cols = [c for fs in sources if isinstance(fs, FeatureSource) and fs.source is None for spec in fs.specs for c in spec.columns]
+    cols = [c for fs in sources if isinstance(fs, FeatureSource) and fs.source is None
+            for spec in fs.specs for c in spec.columns]
     return tuple(dict.fromkeys(cols))
 
 
@@ -232,7 +233,9 @@ def _concat(tables: list[pa.Table], parts: list[int]) -> tuple[pa.Table, np.ndar
     return pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"), part
 
 
-def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary, table: pa.Table, kind: str) -> FeatureTable | None:
+def _features(
+    spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary, table: pa.Table, kind: str
+) -> FeatureTable | None:
     if spec is None:
         return None
     if isinstance(spec, FeatureSource):

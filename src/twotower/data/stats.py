@@ -46,7 +46,8 @@ def _spread(counts: np.ndarray) -> dict[str, float]:
 
 
 def describe_arrays(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, *,
-                    timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+                    timestamps: np.ndarray | None = None,
+                    ratings: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """Statistics of interactions given as codes [n]."""
     n = len(users)
     per_user = np.bincount(users, minlength=num_users)
@@ -96,7 +97,8 @@ def describe(data: EncodedInteractions | SplitDataset | str | os.PathLike | pa.T
     if not isinstance(data, EncodedInteractions):
         data = load_encoded(data, config, **options)
     out = describe_arrays(
-        data.users, data.items, len(data.user_vocab), len(data.item_vocab), timestamps=data.timestamps, ratings=data.ratings
+        data.users, data.items, len(data.user_vocab), len(data.item_vocab), timestamps=data.timestamps,
+        ratings=data.ratings
     )
     rep = data.report
     out["read"] = {"source": rep.source, "rows_read": rep.rows_read, "rows_skipped": rep.rows_skipped,
