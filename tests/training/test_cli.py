@@ -215,7 +215,8 @@ def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, 
         data = bytearray(seen.read_bytes())
         data[-1] ^= 0x01
         seen.write_bytes(bytes(data))
-        argv, wanted = ["recommend", str(model_dir), "--user", "1"], "seen.safetensors does not match its SHA-256 in manifest.json"
+        argv = ["recommend", str(model_dir), "--user", "1"]
+        wanted = "seen.safetensors does not match its SHA-256 in manifest.json"
     else:
         shutil.copy(model_dir / "user_vocab.parquet", model_dir / "item_vocab.parquet")
         argv, wanted = ["evaluate", str(model_dir)], "item_vocab.parquet does not match its SHA-256 in manifest.json"
