@@ -72,7 +72,7 @@ class Trainer:
         iterator = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                                  config=config.batches, history=dataset.train_history)
         with iterator.epoch(0) as batches:
-            self.batches = [b for _, b in zip(range(40), batches)]
+            self.batches = [b for _, b in zip(range(40), batches, strict=False)]
         self.position = 0
 
     def __call__(self) -> None:
@@ -94,7 +94,8 @@ def main() -> None:
     print(rows[-1], flush=True)
     gate, plain = measure_pair(Trainer(history=True), Trainer(history=False), warmup=5, repeats=31)
     rows.append(["training step, history gate (SimpleX)", f"{gate.median * 1e3:.2f}",
-                 "training step, plain MF", f"{plain.median * 1e3:.2f}", f"{gate.median / plain.median:.2f}x the MF step"])
+                 "training step, plain MF", f"{plain.median * 1e3:.2f}",
+                 f"{gate.median / plain.median:.2f}x the MF step"])
     print(rows[-1], flush=True)
     header = ["what", "twotower ms", "baseline", "baseline ms", "ratio"]
     note = (f"\n\nOne thread, float32, medians of calls taken in turns; B = {B}, D = {D}, {ITEMS:,} items, "

@@ -45,7 +45,9 @@ def main() -> None:
          lambda: csr_from_pairs_reference(users, items, USERS), "np.sort of row * width + col, repeats dropped"),
     ):
         a, b = measure_pair(ours, reference, warmup=2, repeats=15)
-        rows.append([name, f"{a.median * 1e3:.1f}", reference_name, f"{b.median * 1e3:.1f}", f"{b.median / a.median:.1f}x"])
+        rows.append(
+            [name, f"{a.median * 1e3:.1f}", reference_name, f"{b.median * 1e3:.1f}", f"{b.median / a.median:.1f}x"]
+        )
         print(rows[-1], flush=True)
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
     note = (f"\n\nOne thread, median of 15 calls of each, taken in turns, after 2 warm-ups; {ROWS:,} pairs, "

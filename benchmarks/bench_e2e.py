@@ -51,9 +51,11 @@ def twotower_config(epochs: int, recommended: bool) -> TrainConfig:
     config.optim = dataclasses.replace(config.optim, lr=LR, warmup_fraction=0.0, schedule="constant", clip_norm=0.0)
     config.train = dataclasses.replace(config.train, epochs=epochs, patience=0, eval_every=epochs, progress=False)
     if not recommended:
-        config.batches = dataclasses.replace(config.batches, batch_size=BATCH, num_negatives=NEGATIVES, negative_kind="uniform",
-                                             num_shared_negatives=0, log_q="none")
-        config.loss = dataclasses.replace(config.loss, kind="sampled_softmax", temperature=TEMPERATURE, remove_accidental_hits=False)
+        config.batches = dataclasses.replace(config.batches, batch_size=BATCH, num_negatives=NEGATIVES,
+                                             negative_kind="uniform", num_shared_negatives=0, log_q="none")
+        config.loss = dataclasses.replace(
+            config.loss, kind="sampled_softmax", temperature=TEMPERATURE, remove_accidental_hits=False
+        )
     return config
 
 
@@ -107,7 +109,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved runs of each MovieLens-100K pipeline, the median kept")
-    parser.add_argument("--big-repeats", type=int, default=3, help="the same for the 1M-row case (about 2.5 minutes per run)")
+    parser.add_argument(
+        "--big-repeats", type=int, default=3, help="the same for the 1M-row case (about 2.5 minutes per run)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows, notes = [], []
@@ -115,7 +119,9 @@ def main() -> None:
         tmp = Path(tmp)
         cases = []
         if (DATA / "ml-100k" / "u.data").is_file():
-            cases.append(("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs, args.repeats))
+            cases.append(
+                ("MovieLens-100K", str(DATA / "ml-100k" / "u.data"), "ml-100k", "\t", args.epochs, args.repeats)
+            )
         else:
             print(f"skipping MovieLens-100K: {DATA / 'ml-100k' / 'u.data'} not found", flush=True)
         big = generated_csv(tmp)
@@ -128,7 +134,9 @@ def main() -> None:
             same_runs, rec_runs = [], []
             for i in range(repeats):
                 for threads in thread_counts:
-                    print(f"{name}: reference pipeline, {threads} torch thread(s), run {i + 1}/{repeats} ...", flush=True)
+                    print(
+                        f"{name}: reference pipeline, {threads} torch thread(s), run {i + 1}/{repeats} ...", flush=True
+                    )
                     torch.set_num_threads(threads)
                     reference_runs[threads].append(run_reference(path, delimiter, epochs))
                 torch.set_num_threads(os.cpu_count() or 1)

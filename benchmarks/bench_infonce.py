@@ -51,7 +51,9 @@ def options(B: int, M: int, seed: int = 1) -> dict:
 
 
 def reference_step(inputs: dict, opts: dict | None = None) -> None:
-    loss = infonce_reference(inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {}))
+    loss = infonce_reference(
+        inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {})
+    )
     loss.backward()
 
 
@@ -78,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     for B, M, D in SIZES:
         inputs = make_inputs(B, M, D)
         opts = options(B, M)
-        base = measure(lambda: cross_entropy_step(inputs), warmup=2, repeats=7)
-        ref = measure(lambda: reference_step(inputs), warmup=2, repeats=7)
-        full = measure(lambda: reference_step(inputs, opts), warmup=2, repeats=7)
-        blocked = measure(lambda: blocked_step(inputs, opts), warmup=2, repeats=7)
+        base = measure(lambda inputs=inputs: cross_entropy_step(inputs), warmup=2, repeats=7)
+        ref = measure(lambda inputs=inputs: reference_step(inputs), warmup=2, repeats=7)
+        full = measure(lambda inputs=inputs, opts=opts: reference_step(inputs, opts), warmup=2, repeats=7)
+        blocked = measure(lambda inputs=inputs, opts=opts: blocked_step(inputs, opts), warmup=2, repeats=7)
         logits = B * (B + M)
         rows.append([
             B, M, D,

@@ -11,7 +11,6 @@ imports), so one case's allocations do not hide another's.
 from __future__ import annotations
 
 import argparse
-
 import csv
 import os
 import statistics
@@ -103,7 +102,8 @@ def peak_memory(name: str, path: Path) -> int:
     """Bytes of peak RSS growth of one call of case `name`, in a fresh Python process (Linux)."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, name, str(path)], cwd=root, capture_output=True, text=True, timeout=900, check=True
+        [sys.executable, "-c", _CHILD, name, str(path)], cwd=root, capture_output=True, text=True, timeout=900,
+        check=True
     )
     return int(done.stdout.strip().splitlines()[-1])
 
@@ -131,7 +131,8 @@ def run_file(label: str, path: Path, repeats: int, with_python: bool = False) ->
     size_mb = path.stat().st_size / 2**20
     for name, t in timings.items():
         mem = f"{peak_memory(name, path) / 2**20:.0f}" if name in CASES and Path("/proc/self/status").exists() else "-"
-        rows.append([label, f"{size_mb:.0f}", name, f"{t.median:.3f}", f"{t.minimum:.3f}-{t.maximum:.3f}", f"{t.median / bare:.2f}x", mem])
+        rows.append([label, f"{size_mb:.0f}", name, f"{t.median:.3f}", f"{t.minimum:.3f}-{t.maximum:.3f}",
+                     f"{t.median / bare:.2f}x", mem])
     return rows
 
 

@@ -100,7 +100,9 @@ def python_loop(users: np.ndarray, n: int, positive_sets: list[set[int]], num_it
     return out
 
 
-def numpy_rejection(users: np.ndarray, n: int, keys: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
+def numpy_rejection(
+    users: np.ndarray, n: int, keys: np.ndarray, num_items: int, rng: np.random.Generator
+) -> np.ndarray:
     """Vectorised rejection: draw all, look the keys `user * N + item` up in the sorted history keys
     with one `np.searchsorted`, redraw the rejected until none is left."""
     out = rng.integers(0, num_items, size=(users.size, n))
@@ -156,12 +158,20 @@ def main() -> None:
         draws = BATCH * n
         counts = {"python loop + set": PYTHON_ROWS * n}
         fns = {
-            "python loop + set": lambda: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
-            "numpy rejection": lambda: numpy_rejection(users, n, keys, num_items, rng),
-            "numpy reference (kernel's oracle)": lambda: samplers_reference.uniform_negatives(users, num_items, n, exclude=history, seed=2),
-            "kernel, tuple, validate=True": lambda: samplers.uniform_negatives(users, num_items, n, exclude=history, seed=3),
-            "kernel, tuple, validate=False": lambda: samplers.uniform_negatives(users, num_items, n, exclude=history, seed=3, validate=False),
-            "kernel, ExclusionIndex": lambda: samplers.uniform_negatives(users, num_items, n, exclude=index, seed=3),
+            "python loop + set": lambda n=n: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
+            "numpy rejection": lambda n=n: numpy_rejection(users, n, keys, num_items, rng),
+            "numpy reference (kernel's oracle)": lambda n=n: samplers_reference.uniform_negatives(
+                users, num_items, n, exclude=history, seed=2
+            ),
+            "kernel, tuple, validate=True": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=history, seed=3
+            ),
+            "kernel, tuple, validate=False": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=history, seed=3, validate=False
+            ),
+            "kernel, ExclusionIndex": lambda n=n: samplers.uniform_negatives(
+                users, num_items, n, exclude=index, seed=3
+            ),
         }
         timings = interleaved(fns, rounds=7)
         cpu_rate = {name: counts.get(name, draws) / t[1].median for name, t in timings.items()}
@@ -184,7 +194,10 @@ def main() -> None:
                 f"{wall_rate[name] / 1e6:.2f}", f"{best / cpu_rate[name]:.1f}x",
             ])
             print(rows[-1], flush=True)
-    header = ["n per row", "sampler", "CPU ms per call", "M draws/s (CPU)", "wall ms per call", "M draws/s (wall)", "kernel (index) speed-up (CPU)"]
+    header = [
+        "n per row", "sampler", "CPU ms per call", "M draws/s (CPU)", "wall ms per call", "M draws/s (wall)",
+        "kernel (index) speed-up (CPU)"
+    ]
     main_table = markdown_table(header, rows)
 
     # Targets, at every n measured, for both forms of `exclude` (thread CPU time; wall clock beside).
@@ -197,7 +210,10 @@ def main() -> None:
                 f"{s['wall_M_per_s']:.1f} / {s['wall_python_x']:.0f}x / {s['wall_numpy_x']:.1f}x",
             ])
     target_table = markdown_table(
-        ["n per row", "exclude", "M draws/s (>= 20)", "vs python loop (>= 100x)", "vs numpy (>= 5x)", "all met", "same by wall clock"],
+        [
+            "n per row", "exclude", "M draws/s (>= 20)", "vs python loop (>= 100x)", "vs numpy (>= 5x)", "all met",
+            "same by wall clock"
+        ],
         target_rows,
     )
 
@@ -205,7 +221,8 @@ def main() -> None:
     counts = np.bincount(items_all, minlength=num_items).astype(np.float64)
     table = samplers.build_alias_table(samplers.popularity_weights(counts, 0.75))
     big_counts = np.random.default_rng(0).zipf(1.3, 1_000_000).astype(np.float64)
-    candidates = np.stack([np.random.default_rng(u).permutation(num_items)[:100] for u in range(64)])[np.arange(BATCH) % 64]
+    candidates = np.stack([np.random.default_rng(u).permutation(num_items)[:100] for u in range(64)])
+    candidates = candidates[np.arange(BATCH) % 64]
     stream_items = items_all[np.random.default_rng(2).integers(0, items_all.size, BATCH)]
     estimator = samplers.StreamingFrequencyEstimator(1 << 16, num_hashes=2)
     samplers.popularity_negatives(users[:8], table, 2, exclude=history, seed=0)
@@ -218,20 +235,55 @@ def main() -> None:
         print(other[-1], flush=True)
 
     n = 16
-    add(f"alias popularity**0.75, no exclusion, [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, seed=1), BATCH * n)
-    add(f"alias popularity**0.75, excluding positives (tuple), [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, exclude=history, seed=1, validate=False), BATCH * n)
+    add(
+        f"alias popularity**0.75, no exclusion, [{BATCH}, {n}]",
+        lambda: samplers.popularity_negatives(users, table, n, seed=1), BATCH * n
+    )
+    add(
+        f"alias popularity**0.75, excluding positives (tuple), [{BATCH}, {n}]",
+        lambda: samplers.popularity_negatives(users, table, n, exclude=history, seed=1, validate=False), BATCH * n
+    )
     mass = samplers.popularity_positive_mass(index, table)
-    add(f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, {n}]", lambda: samplers.popularity_negatives(users, table, n, exclude=index, seed=1, positive_mass=mass), BATCH * n)
-    add(f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, 1]", lambda: samplers.popularity_negatives(users, table, 1, exclude=index, seed=1, positive_mass=mass), BATCH)
-    add(f"alias popularity**0.75 numpy reference, excluding, [{BATCH}, {n}]", lambda: samplers_reference.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n)
+    add(
+        f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, {n}]",
+        lambda: samplers.popularity_negatives(users, table, n, exclude=index, seed=1, positive_mass=mass), BATCH * n
+    )
+    add(
+        f"alias popularity**0.75, excluding positives (index + positive_mass), [{BATCH}, 1]",
+        lambda: samplers.popularity_negatives(users, table, 1, exclude=index, seed=1, positive_mass=mass), BATCH
+    )
+    add(
+        f"alias popularity**0.75 numpy reference, excluding, [{BATCH}, {n}]",
+        lambda: samplers_reference.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n
+    )
     add(f"alias table build, N = {num_items}", lambda: samplers.build_alias_table(counts**0.75), num_items, "M items/s")
-    add("alias table build, N = 1,000,000", lambda: samplers.build_alias_table(big_counts**0.75), 1_000_000, "M items/s")
-    add("alias table build numpy reference (python loop), N = 1,000,000", lambda: samplers_reference.build_alias_table(big_counts**0.75), 1_000_000, "M items/s")
+    add(
+        "alias table build, N = 1,000,000", lambda: samplers.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
+    )
+    add(
+        "alias table build numpy reference (python loop), N = 1,000,000",
+        lambda: samplers_reference.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
+    )
     for m in (4096, 65536):
-        add(f"shared negatives uniform, M = {m} (ids + log_q)", lambda m=m: samplers.shared_negatives(m, num_items=num_items, seed=1), m)
-        add(f"shared negatives alias, M = {m} (ids + log_q)", lambda m=m: samplers.shared_negatives(m, table=table, seed=1), m)
-    add(f"hard negatives, C = 100, ranks [10, 100), [{BATCH}, {n}] (index)", lambda: samplers.hard_negatives(users, candidates, n, num_items=num_items, exclude=index, rank_range=(10, 100), seed=1), BATCH * n)
-    add(f"streaming frequency update + estimate, B = {BATCH}", lambda: (estimator.update(stream_items), estimator.probability(stream_items)), BATCH, "M items/s")
+        add(
+            f"shared negatives uniform, M = {m} (ids + log_q)",
+            lambda m=m: samplers.shared_negatives(m, num_items=num_items, seed=1), m
+        )
+        add(
+            f"shared negatives alias, M = {m} (ids + log_q)",
+            lambda m=m: samplers.shared_negatives(m, table=table, seed=1), m
+        )
+    add(
+        f"hard negatives, C = 100, ranks [10, 100), [{BATCH}, {n}] (index)",
+        lambda: samplers.hard_negatives(
+            users, candidates, n, num_items=num_items, exclude=index, rank_range=(10, 100), seed=1
+        ),
+        BATCH * n
+    )
+    add(
+        f"streaming frequency update + estimate, B = {BATCH}",
+        lambda: (estimator.update(stream_items), estimator.probability(stream_items)), BATCH, "M items/s"
+    )
 
     def one_epoch(config: BatchConfig) -> None:
         it = BatchIterator(users_all, items_all, num_items=num_items, config=config, history=history)
@@ -241,14 +293,19 @@ def main() -> None:
     pairs = users_all.size
     base = dict(batch_size=1024, num_negatives=16, negative_kind="uniform", num_shared_negatives=4096,
                 shared_negative_kind="popularity", log_q="static")
-    add("batch iterator, one epoch, batches prepared inline (prefetch=0)", lambda: one_epoch(BatchConfig(**base, prefetch=0)), pairs, "M rows/s")
+    add(
+        "batch iterator, one epoch, batches prepared inline (prefetch=0)",
+        lambda: one_epoch(BatchConfig(**base, prefetch=0)), pairs, "M rows/s"
+    )
 
     # Overlap: a consumer that spends STEP_S per batch outside the GIL (a stand-in for a GPU training
     # step) waits in next() only for what the worker could not prepare in the meantime.
     step_s = 0.002
     waits = {}
     for prefetch in (0, 4):
-        it = BatchIterator(users_all, items_all, num_items=num_items, config=BatchConfig(**base, prefetch=prefetch), history=history)
+        it = BatchIterator(
+            users_all, items_all, num_items=num_items, config=BatchConfig(**base, prefetch=prefetch), history=history
+        )
         waited, count, start = 0.0, 0, time.perf_counter()
         with it.epoch(0) as batches:
             while True:
@@ -261,7 +318,8 @@ def main() -> None:
                 time.sleep(step_s)
         waits[prefetch] = (waited / count, time.perf_counter() - start)
         other.append([
-            f"batch iterator + {step_s * 1e3:.0f} ms GIL-free step per batch, prefetch={prefetch}: wait in next() per batch",
+            f"batch iterator + {step_s * 1e3:.0f} ms GIL-free step per batch, prefetch={prefetch}: "
+            "wait in next() per batch",
             f"{waits[prefetch][0] * 1e3:.3f}",
             f"epoch {waits[prefetch][1] * 1e3:.0f} ms for {count} batches",
         ])
@@ -277,14 +335,17 @@ def main() -> None:
         f"(mean {indices.size / (indptr.size - 1):.0f} per user). Batches of {BATCH} training rows. "
         f"One thread throughout. The python loop is timed on {PYTHON_ROWS} rows; its per-draw cost does not "
         "depend on the batch. Uniform samplers: 7 rounds in which every sampler takes its turn (one "
-        "untimed call, then 3 timed calls back to back), medians of the 21 timed calls; rates from the calling thread's CPU time (time.thread_time), because this 2-core machine is "
+        "untimed call, then 3 timed calls back to back), medians of the 21 timed calls; rates from the calling "
+        "thread's CPU time (time.thread_time), because this 2-core machine is "
         "shared with other jobs and wall-clock time counts the waits for a core (wall clock beside it). "
         "Other samplers: wall-clock medians (benchmarks.runner.measure)."
     )
     text = "## Uniform negatives excluding positives\n\n" + main_table + "\n\n## Targets\n\n" + target_table
     text += "\n\n## Other samplers\n\n" + other_table + note
     print(text)
-    write_results("samplers", text, {"uniform": rows, "targets": summary, "other": other, "source": source, "load_average": load})
+    write_results(
+        "samplers", text, {"uniform": rows, "targets": summary, "other": other, "source": source, "load_average": load}
+    )
 
 
 # ---------------------------------------------------------------------------------- pytest-benchmark

@@ -73,7 +73,8 @@ index.search(q, k)  # warm-up
 times = []
 for _ in range(repeats):
     t = time.perf_counter(); index.search(q, k); times.append(time.perf_counter() - t)
-blas = [i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas" and "openblaso" in i["filepath"]]
+blas = [i.get("architecture") for i in threadpool_info()
+        if i["internal_api"] == "openblas" and "openblaso" in i["filepath"]]
 print(json.dumps({"median": float(np.median(times)), "blas_core": blas}))
 """
 
@@ -120,10 +121,15 @@ def main() -> None:
     t_raw = measure(lambda: twotower.topk(queries, items, K, num_threads=THREADS), repeats=args.repeats)
     add("twotower.topk (raw array)", B, t_raw.median, base, "packs on the fly")
     t_excl = measure(lambda: index.search(queries, K, exclude=exclude, num_threads=THREADS), repeats=args.repeats)
-    add("twotower ExactIndex.search + exclusion", B, t_excl.median, base, f"{EXCLUDED_PER_QUERY} excluded ids per query")
+    add(
+        "twotower ExactIndex.search + exclusion", B, t_excl.median, base, f"{EXCLUDED_PER_QUERY} excluded ids per query"
+    )
     fallbacks = index._packed.search(queries, K, num_threads=THREADS, report=True)[2]["fallback_queries"]
     for simd in [s for s in twotower.available_simd() if s != "avx512_vnni"]:
-        t = measure(lambda: panels.search(queries, K, num_threads=THREADS, simd=simd), repeats=max(1, args.repeats // 2))
+        t = measure(
+            lambda simd=simd: panels.search(queries, K, num_threads=THREADS, simd=simd),
+            repeats=max(1, args.repeats // 2)
+        )
         add(f"twotower ExactIndex.search, simd={simd}", B, t.median, base, "float32 panels, forced path")
 
     print("measuring PyTorch / NumPy ...", flush=True)
@@ -186,7 +192,9 @@ def test_twotower_index_batch(benchmark, inputs):
 def test_twotower_index_batch_with_exclusion(benchmark, inputs):
     queries, _, index = inputs
     exclude = make_exclusion(B, N, EXCLUDED_PER_QUERY)
-    benchmark.pedantic(index.search, args=(queries, K), kwargs={"num_threads": THREADS, "exclude": exclude}, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        index.search, args=(queries, K), kwargs={"num_threads": THREADS, "exclude": exclude}, rounds=3, warmup_rounds=1
+    )
 
 
 def test_twotower_index_single_query(benchmark, inputs):
@@ -197,7 +205,9 @@ def test_twotower_index_single_query(benchmark, inputs):
 def test_torch_reference_batch(benchmark, inputs):
     queries, items, _ = inputs
     torch.set_num_threads(THREADS)
-    benchmark.pedantic(torch_reference, args=(torch.from_numpy(queries), torch.from_numpy(items), K), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(
+        torch_reference, args=(torch.from_numpy(queries), torch.from_numpy(items), K), rounds=1, warmup_rounds=0
+    )
 
 
 if __name__ == "__main__":

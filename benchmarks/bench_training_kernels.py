@@ -132,7 +132,9 @@ def main() -> None:
 
     def add(name: str, ours, reference, reference_name: str) -> None:
         a, b = measure_pair(ours, reference, warmup=3, repeats=21)
-        rows.append([name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}", f"{b.median / a.median:.1f}x"])
+        rows.append(
+            [name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}", f"{b.median / a.median:.1f}x"]
+        )
         print(rows[-1], flush=True)
 
     add("gather_scores fwd+bwd", lambda: scores_step(gather_scores, x),
@@ -152,7 +154,10 @@ def main() -> None:
         step["ref"] += 1
         sparse_adam_reference(*ref_state, touched, grads, step=step["ref"], lr=1e-3)
 
-    add(f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam, "reference (unique + index_add + index)")
+    add(
+        f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam,
+        "reference (unique + index_add + index)"
+    )
     table = torch.nn.Parameter(torch.randn(ROWS, D))
     dense = torch.optim.AdamW([table], lr=1e-3)
     dense_grad = torch.zeros(ROWS, D)
@@ -166,8 +171,8 @@ def main() -> None:
     add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: distinct_reference(x["ids"]),
         "np.unique + first-occurrence order")
     ids_t = torch.from_numpy(x["ids"])
-    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: torch.unique(ids_t, return_inverse=True),
-        "torch.unique(return_inverse) (sorted)")
+    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]),
+        lambda: torch.unique(ids_t, return_inverse=True), "torch.unique(return_inverse) (sorted)")
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(embedding_scores_reference, x), "F.embedding + F.normalize + gather (autograd)")
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),

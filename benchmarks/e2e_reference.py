@@ -139,4 +139,5 @@ def evaluate(model: MF, data: ReferenceData, k: int = 10, batch_size: int = 256)
             dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
             idcg = sum(1.0 / math.log2(r + 2) for r in range(min(len(relevant), k)))
             ndcg.append(dcg / idcg)
-    return {f"recall@{k}": float(np.mean(recall)), f"ndcg@{k}": float(np.mean(ndcg))}, time.perf_counter() - start, len(users)
+    metrics = {f"recall@{k}": float(np.mean(recall)), f"ndcg@{k}": float(np.mean(ndcg))}
+    return metrics, time.perf_counter() - start, len(users)

@@ -81,8 +81,8 @@ def main() -> None:
         if not args.no_training:
             model_dir, seconds = train_example(Path(tmp) / "ml-100k", args.epochs, args.threads)
             models.insert(0, (model_dir, "MovieLens-100K"))
-            notes.append(f"MovieLens-100K model: `{EXAMPLE.relative_to(EXAMPLE.parents[1])}`, trained in {seconds:.0f} s "
-                         f"with {args.threads} training thread(s).")
+            notes.append(f"MovieLens-100K model: `{EXAMPLE.relative_to(EXAMPLE.parents[1])}`, "
+                         f"trained in {seconds:.0f} s with {args.threads} training thread(s).")
         for model_dir, label in models:
             started = time.perf_counter()
             table_rows, counts[label] = protocol_rows(model_dir, label)

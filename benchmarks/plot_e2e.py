@@ -24,15 +24,15 @@ def plot_e2e(result_json: str | Path, png: str | Path | None = None) -> Path:
     datasets = list(dict.fromkeys(r[0] for r in rows))
     seconds = {id(r): [float(r[column].replace(",", "")) for _, column, _ in PHASES] for r in rows}  # ValueError early
     fig, axes = plt.subplots(len(datasets), 1, figsize=(10, 1.0 + 1.2 * len(rows)), squeeze=False)
-    for ax, name in zip(axes[:, 0], datasets):
+    for ax, name in zip(axes[:, 0], datasets, strict=True):
         group = [r for r in rows if r[0] == name]
         labels = [r[2] for r in group]
         left = [0.0] * len(group)
         for k, (phase, _, color) in enumerate(PHASES):
             widths = [seconds[id(r)][k] for r in group]
             ax.barh(labels, widths, left=left, color=color, label=phase)
-            left = [a + b for a, b in zip(left, widths)]
-        for y, (r, end) in enumerate(zip(group, left)):
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        for y, (r, end) in enumerate(zip(group, left, strict=True)):
             ax.text(end, y, f"  {r[8]} s ({r[9]})", va="center", fontsize="small")
         ax.invert_yaxis()
         ax.set_xlim(0, max(left) * 1.25)

@@ -24,7 +24,7 @@ def plot_topk(result_json: str | Path, png: str | Path | None = None) -> Path:
     heights = [sum(1 for _, b, _, _ in parsed if b == batch) for batch in batches]
     fig, axes = plt.subplots(len(batches), 1, figsize=(10, 1.0 + 0.45 * len(parsed)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    for ax, batch in zip(axes[:, 0], batches):
+    for ax, batch in zip(axes[:, 0], batches, strict=True):
         group = [p for p in parsed if p[1] == batch]
         colors = ["C0" if name.startswith("twotower") else "C7" for name, _, _, _ in group]
         ax.barh([name for name, _, _, _ in group], [ms for _, _, ms, _ in group], color=colors)

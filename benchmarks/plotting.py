@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["plot_main", "plt", "save_png"]
 
 
-def save_png(fig: "plt.Figure", png: str | Path) -> Path:
+def save_png(fig: plt.Figure, png: str | Path) -> Path:
     """Writes `fig` to `png` through a temporary name (a plot is either whole or absent), closes it."""
     png = Path(png)
     tmp = png.with_name(png.name + ".tmp")

@@ -27,7 +27,8 @@ class Timing:
     repeats: int
 
     def __str__(self) -> str:
-        return f"{self.median * 1e3:.2f} ms (min {self.minimum * 1e3:.2f}, max {self.maximum * 1e3:.2f}, n={self.repeats})"
+        return (f"{self.median * 1e3:.2f} ms (min {self.minimum * 1e3:.2f}, max {self.maximum * 1e3:.2f}, "
+                f"n={self.repeats})")
 
 
 def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> Timing:

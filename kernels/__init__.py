@@ -10,8 +10,8 @@ from typing import Any
 
 _SUBMODULES = ("samplers", "samplers_reference", "frequency", "infonce", "infonce_reference", "gather_scores",
                "gather_scores_reference", "distinct", "distinct_reference", "sparse_adam", "sparse_adam_reference",
-               "l2_normalize", "embedding_scores", "embedding_scores_reference", "grouping", "grouping_reference", "table_step",
-               "table_step_reference", "bag_mean", "bag_mean_reference")
+               "l2_normalize", "embedding_scores", "embedding_scores_reference", "grouping", "grouping_reference",
+               "table_step", "table_step_reference", "bag_mean", "bag_mean_reference")
 
 
 def __getattr__(name: str) -> Any:

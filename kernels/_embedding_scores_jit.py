@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._gather_scores_jit import forward as scores
 from ._gather_scores_jit import group_entries, query_gradient
 from ._prefetch_jit import PREFETCH_DISTANCE, prefetch_row
-from ._gather_scores_jit import forward as scores
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")

@@ -83,7 +83,9 @@ class _BagMean(torch.autograd.Function):
                           grad_rows.numpy())
         index = torch.from_numpy(rows)
         if ctx.sparse:
-            sparse_grad = torch.sparse_coo_tensor(index.unsqueeze(0), grad_rows, (num_rows, dim), check_invariants=False)
+            sparse_grad = torch.sparse_coo_tensor(
+                index.unsqueeze(0), grad_rows, (num_rows, dim), check_invariants=False
+            )
             return sparse_grad, None, None, None, None
         dense = torch.zeros(num_rows, dim, dtype=grad.dtype)
         dense[index] = grad_rows

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from . import _embedding_scores_jit as jit
-from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
+from ._first_order import first_order_only
 from .embedding_scores_reference import embedding_scores_reference
 
 __all__ = ["embedding_scores", "embedding_scores_reference"]
@@ -131,7 +131,8 @@ def embedding_scores(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, 
 
     Example:
         >>> w = torch.tensor([[3.0, 4.0], [1.0, 0.0]], requires_grad=True)
-        >>> embedding_scores(torch.tensor([[1.0, 0.0]]), w, torch.tensor([1, 0]), torch.tensor([[1, 0]]), normalize=True)
+        >>> embedding_scores(torch.tensor([[1.0, 0.0]]), w, torch.tensor([1, 0]), torch.tensor([[1, 0]]),
+        ...                  normalize=True)
         tensor([[0.6000, 1.0000]], grad_fn=<_EmbeddingScoresBackward>)
     """
     _check(query, weight, ids, index, eps)

@@ -112,7 +112,8 @@ class StreamingFrequencyEstimator:
     """
 
     def __init__(self, num_buckets: int = 1 << 20, *, num_hashes: int = 2, learning_rate: float = 0.05, seed: int = 0):
-        if isinstance(num_buckets, bool) or not isinstance(num_buckets, (int, np.integer)) or not 1 <= num_buckets < 2**32:
+        if (isinstance(num_buckets, bool) or not isinstance(num_buckets, (int, np.integer))
+                or not 1 <= num_buckets < 2**32):
             raise ValueError(f"num_buckets must be an int in [1, 2**32), got {num_buckets!r}")
         if isinstance(num_hashes, bool) or not isinstance(num_hashes, (int, np.integer)) or num_hashes < 1:
             raise ValueError(f"num_hashes must be an int >= 1, got {num_hashes!r}")
@@ -165,7 +166,9 @@ class StreamingFrequencyEstimator:
         """Restores `state_dict()` output; shapes must match this estimator's."""
         for name in ("hash_keys", "last_step", "gap", "hits", "count"):
             if np.shape(state[name]) != getattr(self, name).shape:
-                raise ValueError(f"state {name!r} has shape {np.shape(state[name])}, expected {getattr(self, name).shape}")
+                raise ValueError(
+                    f"state {name!r} has shape {np.shape(state[name])}, expected {getattr(self, name).shape}"
+                )
         self.hash_keys = np.asarray(state["hash_keys"], dtype=np.uint64).copy()
         self.last_step = np.asarray(state["last_step"], dtype=np.int64).copy()
         self.gap = np.asarray(state["gap"], dtype=np.float64).copy()

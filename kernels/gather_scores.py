@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from . import _gather_scores_jit as jit
-from ._first_order import first_order_only
 from ._bounds_jit import checked_indices
+from ._first_order import first_order_only
 from .gather_scores_reference import gather_scores_reference
 
 __all__ = ["gather_scores", "gather_scores_reference"]
@@ -101,4 +101,6 @@ def gather_scores(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= vectors.shape[0]):
             raise IndexError(f"gather_scores: index entries must lie in [0, {vectors.shape[0]})")
         return gather_scores_reference(query, vectors, index)
-    return _GatherScores.apply(query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index"))
+    return _GatherScores.apply(
+        query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index")
+    )

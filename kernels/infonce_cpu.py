@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._first_order import first_order_only
-
 from . import _infonce_cpu_jit as jit
+from ._first_order import first_order_only
 from .distinct import distinct
 
 _BLOCK_ELEMENTS = 1 << 17  # logits per row block: 512 KiB of float32
@@ -42,7 +41,8 @@ class _Side:
     extras (they are not in-batch rows)."""
 
     def __init__(self, B: int, N: int, logq: Tensor | None, logq_extra: Tensor | None, correct_positive: bool,
-                 query_ids: Tensor | None, item_ids: Tensor | None, extra_ids: Tensor | None, dtype: torch.dtype) -> None:
+                 query_ids: Tensor | None, item_ids: Tensor | None, extra_ids: Tensor | None,
+                 dtype: torch.dtype) -> None:
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.B = B
         self.lq = np.zeros(N, dtype=np_dtype)
@@ -96,7 +96,9 @@ class InfoNCEBlocked(torch.autograd.Function):
                 p.div_(total)
                 lse[r0 : r0 + step] = (top + total.log()).squeeze(1)
             loss[r0 : r0 + step] = lse[r0 : r0 + step] - s[rows, rows + r0]
-        ctx.save_for_backward(q, cand, lse, temperature if isinstance(temperature, Tensor) else torch.tensor(temperature))
+        ctx.save_for_backward(
+            q, cand, lse, temperature if isinstance(temperature, Tensor) else torch.tensor(temperature)
+        )
         ctx.side, ctx.reduction, ctx.softmax = side, reduction, softmax
         if reduction == "mean":
             return loss.mean()

@@ -382,13 +382,13 @@ def _fwd_combine_kernel(PART_ptr, LSE_ptr, LOSS_ptr, B, SPLITS: tl.constexpr, BL
     for s in tl.static_range(SPLITS):
         m = tl.maximum(m, tl.load(PART_ptr + s * B + offs, mask=ok, other=0.0))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.zeros([BLOCK], dtype=tl.float32)
+    l_sum = tl.zeros([BLOCK], dtype=tl.float32)
     pos = tl.zeros([BLOCK], dtype=tl.float32)
     for s in tl.static_range(SPLITS):
         m_s = tl.load(PART_ptr + s * B + offs, mask=ok, other=0.0)
-        l += tl.load(PART_ptr + (SPLITS + s) * B + offs, mask=ok, other=0.0) * tl.exp2(m_s - m_safe)
+        l_sum += tl.load(PART_ptr + (SPLITS + s) * B + offs, mask=ok, other=0.0) * tl.exp2(m_s - m_safe)
         pos += tl.load(PART_ptr + (2 * SPLITS + s) * B + offs, mask=ok, other=0.0)
-    lse2 = m + tl.log2(tl.where(ok, l, 1.0))
+    lse2 = m + tl.log2(tl.where(ok, l_sum, 1.0))
     tl.store(LSE_ptr + offs, lse2, mask=ok)
     tl.store(LOSS_ptr + offs, (lse2 - pos) * _K_LN2, mask=ok)
 

@@ -156,7 +156,8 @@ def _resolve(
     """(users, indptr, indices, row_words, words) for the kernels; without `exclude`, an all-empty
     history (every batch row reads row 0, which has no positives)."""
     if exclude is None:
-        return np.zeros(users.size, dtype=np.int64), np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32), _NO_ROWS, _NO_WORDS
+        return (np.zeros(users.size, dtype=np.int64), np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32),
+                _NO_ROWS, _NO_WORDS)
     return (users, *_check_exclude(exclude, users, num_items, validate))
 
 
@@ -204,7 +205,9 @@ class ExclusionIndex:
         return int(self.indptr.size - 1)
 
 
-def build_exclusion_index(indptr: np.ndarray, indices: np.ndarray, num_items: int, *, memory_ratio: float = 4.0) -> ExclusionIndex:
+def build_exclusion_index(
+    indptr: np.ndarray, indices: np.ndarray, num_items: int, *, memory_ratio: float = 4.0
+) -> ExclusionIndex:
     """Validates a history once (`validate_csr`) and precomputes bitmaps for its longer rows.
 
     A row of k ids gets a bitmap when N / 8 bytes <= memory_ratio * 4k bytes (its CSR size) and k <= N / 2
@@ -427,7 +430,8 @@ def popularity_negatives(
     mass = _check_mass(positive_mass, indptr.size - 1) if exclude is not None else _NO_MASS
     out = np.empty((users.size, num_negatives), dtype=np.int64)
     _popularity_kernel(
-        users_k, indptr, indices, row_words, words, table.prob, table.alias, table.p, mass, np.uint64(seed_key(seed)), max_tries, out
+        users_k, indptr, indices, row_words, words, table.prob, table.alias, table.p, mass, np.uint64(seed_key(seed)),
+        max_tries, out
     )
     return out
 
@@ -438,7 +442,8 @@ _NO_MASS = np.zeros(0, dtype=np.float64)
 def _check_mass(positive_mass: Any, num_rows: int) -> np.ndarray:
     if positive_mass is None:
         return _NO_MASS
-    if not isinstance(positive_mass, np.ndarray) or positive_mass.dtype != np.float64 or positive_mass.shape != (num_rows,):
+    if (not isinstance(positive_mass, np.ndarray) or positive_mass.dtype != np.float64
+            or positive_mass.shape != (num_rows,)):
         raise TypeError(f"positive_mass must be a float64 ndarray [{num_rows}] (from popularity_positive_mass)")
     return positive_mass
 
@@ -467,7 +472,9 @@ def popularity_log_q(
     negatives = np.asarray(negatives)
     if negatives.ndim != 2 or negatives.shape[0] != users.size:
         raise ValueError(f"negatives must be [B={users.size}, n], got shape {negatives.shape}")
-    if negatives.size and (negatives.dtype.kind not in "iu" or negatives.min() < -1 or negatives.max() >= table.num_items):
+    if negatives.size and (
+        negatives.dtype.kind not in "iu" or negatives.min() < -1 or negatives.max() >= table.num_items
+    ):
         raise ValueError(f"negatives must be item ids in [0, {table.num_items}) or -1 (no draw)")
     none = negatives < 0
     with np.errstate(divide="ignore"):
@@ -553,7 +560,8 @@ def hard_negatives(
     Example:
         >>> cand = np.array([[5, 2, 7, 1, 4], [3, 0, 6, 2, -1]])  # e.g. each user's top-5
         >>> exclude = (np.array([0, 1, 2], dtype=np.int64), np.array([7, 3], dtype=np.int32))
-        >>> hard_negatives(np.array([0, 1]), cand, 3, num_items=8, exclude=exclude, rank_range=(1, 4), replace=False, seed=0)
+        >>> hard_negatives(np.array([0, 1]), cand, 3, num_items=8, exclude=exclude, rank_range=(1, 4),
+        ...                replace=False, seed=0)
         array([[2, 1, 2],
                [0, 2, 6]])
     """
@@ -580,6 +588,7 @@ def hard_negatives(
     users_k, indptr, indices, row_words, words = _resolve(exclude, users, num_items, validate)
     out = np.empty((users.size, num_negatives), dtype=np.int64)
     _hard_kernel(
-        users_k, cand, indptr, indices, row_words, words, lo, hi, num_items, np.uint64(seed_key(seed)), max_tries, bool(replace), out
+        users_k, cand, indptr, indices, row_words, words, lo, hi, num_items, np.uint64(seed_key(seed)), max_tries,
+        bool(replace), out
     )
     return out

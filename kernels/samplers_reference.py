@@ -40,7 +40,9 @@ def _flat_keys(indptr: np.ndarray, indices: np.ndarray, num_items: int) -> tuple
 
 def _member(flat: np.ndarray, query: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(flat, query)
-    return (pos < flat.size) & (flat[np.minimum(pos, max(flat.size - 1, 0))] == query) if flat.size else np.zeros(query.shape, bool)
+    if not flat.size:
+        return np.zeros(query.shape, bool)
+    return (pos < flat.size) & (flat[np.minimum(pos, max(flat.size - 1, 0))] == query)
 
 
 def _reject(out, pending, keys, users, flat, num_items, stride, max_tries, draw):
@@ -55,7 +57,9 @@ def _reject(out, pending, keys, users, flat, num_items, stride, max_tries, draw)
         pending[rr[ok], ss[ok]] = False
 
 
-def uniform_negatives(users, num_items, num_negatives, *, exclude=None, seed, max_tries=DEFAULT_MAX_TRIES, validate=True):
+def uniform_negatives(
+    users, num_items, num_negatives, *, exclude=None, seed, max_tries=DEFAULT_MAX_TRIES, validate=True
+):
     """Reference of `samplers.uniform_negatives` (same ids)."""
     batch = np.asarray(users).size
     users, indptr, indices = _history(exclude, batch, users)
@@ -112,7 +116,9 @@ def popularity_negatives(
     n, stride, num_items = num_negatives, max_tries + 1, table.p.size
     keys = row_keys_np(seed_key(seed), np.arange(batch))
     # Mass of each row's positives, summed left to right like the kernel (same rounding).
-    mass = np.array([np.cumsum(table.p[indices[indptr[u] : indptr[u + 1]]])[-1] if indptr[u + 1] > indptr[u] else 0.0 for u in users])
+    mass = np.array([
+        np.cumsum(table.p[indices[indptr[u] : indptr[u + 1]]])[-1] if indptr[u + 1] > indptr[u] else 0.0 for u in users
+    ])
     _, flat = _flat_keys(indptr, indices, num_items)
     out = np.full((batch, n), -1, dtype=np.int64)
     empty = indptr[users + 1] == indptr[users]  # no positives: plain alias draws, whatever max_tries

@@ -86,7 +86,9 @@ def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, gra
     if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
         raise TypeError(f"sparse_adam: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
     if grads.dim() != 2 or grads.shape != (rows.shape[0], param.shape[1]):
-        raise ValueError(f"sparse_adam: grads must be [P, D] = [{rows.shape[0]}, {param.shape[1]}], got {tuple(grads.shape)}")
+        raise ValueError(
+            f"sparse_adam: grads must be [P, D] = [{rows.shape[0]}, {param.shape[1]}], got {tuple(grads.shape)}"
+        )
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"sparse_adam: step must be an int >= 1 (the step being taken), got {step!r}")
 

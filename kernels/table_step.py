@@ -44,27 +44,35 @@ __all__ = ["AdamTable", "TableScores", "table_adam_step", "table_grad_sq_norm", 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _check(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor, index: Tensor, eps: float) -> None:
+def _check(
+    query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor, index: Tensor, eps: float
+) -> None:
     for name, t in (("query_table", query_table), ("item_table", item_table), ("query_ids", query_ids),
                     ("item_ids", item_ids), ("index", index)):
         if not isinstance(t, Tensor):
             raise TypeError(f"table_scores: {name} must be a torch.Tensor, got {type(t).__name__}")
     if not query_table.is_floating_point() or item_table.dtype != query_table.dtype:
-        raise TypeError(f"table_scores: the tables must share one floating dtype, got {query_table.dtype} and {item_table.dtype}")
+        raise TypeError(
+            f"table_scores: the tables must share one floating dtype, got {query_table.dtype} and {item_table.dtype}"
+        )
     for name, t in (("query_ids", query_ids), ("item_ids", item_ids), ("index", index)):
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"table_scores: {name} must be an integer tensor, got {t.dtype}")
-    if query_table.dim() != 2 or item_table.dim() != 2 or query_ids.dim() != 1 or item_ids.dim() != 1 or index.dim() != 2:
+    if (query_table.dim() != 2 or item_table.dim() != 2 or query_ids.dim() != 1 or item_ids.dim() != 1
+            or index.dim() != 2):
         raise ValueError(
-            "table_scores: query_table [R, D], item_table [S, D], query_ids [B], item_ids [U] and index [B, C] expected; got "
-            f"{tuple(query_table.shape)}, {tuple(item_table.shape)}, {tuple(query_ids.shape)}, {tuple(item_ids.shape)}, "
+            "table_scores: query_table [R, D], item_table [S, D], query_ids [B], item_ids [U] and index [B, C] "
+            f"expected; got {tuple(query_table.shape)}, {tuple(item_table.shape)}, {tuple(query_ids.shape)}, "
+            f"{tuple(item_ids.shape)}, "
             f"{tuple(index.shape)}"
         )
     if query_table.data_ptr() == item_table.data_ptr():
         raise ValueError("table_scores: query_table and item_table are one table; the step updates each table's "
                          "rows once, so a shared table's two gradients would not be summed first")
     if query_table.shape[1] != item_table.shape[1]:
-        raise ValueError(f"table_scores: query_table has D = {query_table.shape[1]}, item_table D = {item_table.shape[1]}")
+        raise ValueError(
+            f"table_scores: query_table has D = {query_table.shape[1]}, item_table D = {item_table.shape[1]}"
+        )
     if index.shape[0] != query_ids.shape[0]:
         raise ValueError(f"table_scores: index has {index.shape[0]} rows, query_ids {query_ids.shape[0]}")
     devices = {t.device for t in (query_table, item_table, query_ids, item_ids, index)}
@@ -130,7 +138,9 @@ def _slots(slots: np.ndarray | None, rows: int, name: str) -> np.ndarray:
 def _grad(saved: TableScores, grad: Tensor) -> np.ndarray:
     if not isinstance(grad, Tensor) or tuple(grad.shape) != tuple(saved.scores.shape):
         shape = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
-        raise ValueError(f"table_step: grad must be a tensor of the scores' shape {tuple(saved.scores.shape)}, got {shape}")
+        raise ValueError(
+            f"table_step: grad must be a tensor of the scores' shape {tuple(saved.scores.shape)}, got {shape}"
+        )
     return np.ascontiguousarray(grad.detach().to(saved.scores.dtype).numpy())
 
 
@@ -144,7 +154,9 @@ def _run(saved: TableScores, grad: Tensor, query: AdamTable | None, item: AdamTa
         moments = []
         for name, table, weight in (("query", query, saved.query_table), ("item", item, saved.item_table)):
             if table.weight is not weight:
-                raise ValueError(f"table_step: the {name} AdamTable's weight is not the table the scores were computed from")
+                raise ValueError(
+                    f"table_step: the {name} AdamTable's weight is not the table the scores were computed from"
+                )
             for moment in ("exp_avg", "exp_avg_sq"):
                 t = getattr(table, moment)
                 if t.shape != weight.shape or t.dtype != weight.dtype or not _kernel_tables(t):

@@ -71,8 +71,8 @@ def _vectors(table: Tensor, ids: Tensor, normalize: bool, eps: float) -> Tensor:
     return F.normalize(rows, dim=1, eps=eps) if normalize else rows
 
 
-def table_scores_reference(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor, index: Tensor, *,
-                           normalize: bool, eps: float = 1e-12) -> TableScores:
+def table_scores_reference(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor,
+                           index: Tensor, *, normalize: bool, eps: float = 1e-12) -> TableScores:
     """Same contract as `table_scores`."""
     with torch.no_grad():
         query = _vectors(query_table, query_ids, normalize, eps)
@@ -112,6 +112,6 @@ def table_adam_step_reference(saved: TableScores, grad: Tensor, query: AdamTable
     grads = _gradients(saved, grad)
     for table, ids, g in ((query, saved.query_ids, grads[0]), (item, saved.item_ids, grads[1])):
         rows = torch.unique(ids)
-        sparse_adam_reference(table.weight.data, table.exp_avg, table.exp_avg_sq, rows, g[rows], step=table.step, lr=table.lr,
-                              beta1=table.beta1, beta2=table.beta2, eps=table.eps, weight_decay=table.weight_decay,
-                              decoupled=table.decoupled, grad_scale=grad_scale)
+        sparse_adam_reference(table.weight.data, table.exp_avg, table.exp_avg_sq, rows, g[rows],
+                              step=table.step, lr=table.lr, beta1=table.beta1, beta2=table.beta2, eps=table.eps,
+                              weight_decay=table.weight_decay, decoupled=table.decoupled, grad_scale=grad_scale)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 
-
 def _drop_stale_numba_caches() -> None:
     """Numba's on-disk cache notices a change in a kernel's own file, not in a kernel it calls from
     another module (edit `_gather_scores_jit.py` and `_embedding_scores_jit`'s cache stays stale).

@@ -114,7 +114,7 @@ def test_popularity_baseline() -> None:
     counts = np.bincount(data.train.items, minlength=data.num_items)
     seen = [
         set(data.train_valid_history.indices[a:b].tolist())
-        for a, b in zip(data.train_valid_history.indptr[:-1], data.train_valid_history.indptr[1:])
+        for a, b in zip(data.train_valid_history.indptr[:-1], data.train_valid_history.indptr[1:], strict=True)
     ]
     ids = popularity_ranker(counts, 10)(
         np.arange(data.num_users),
@@ -124,7 +124,7 @@ def test_popularity_baseline() -> None:
         ids, brute_force_topk(np.tile(counts.astype(np.float64), (data.num_users, 1)), seen, 10)
     )
     test_relevant = [set() for _ in range(data.num_users)]
-    for u, i in zip(data.test.users, data.test.items):
+    for u, i in zip(data.test.users, data.test.items, strict=True):
         test_relevant[u].add(int(i))
     got = evaluate_popularity(data, split="test", ks=[10], progress=False)
     want = naive_metrics(ids, test_relevant, [10], data.num_items)
@@ -178,10 +178,10 @@ def test_evaluate_model_end_to_end(split: str) -> None:
         v = model.encode_items(torch.arange(data.num_items)).double()
         scores = (-torch.cdist(q, v).square()).numpy()
     history = data.train_history if split == "valid" else data.train_valid_history
-    seen = [set(history.indices[a:b].tolist()) for a, b in zip(history.indptr[:-1], history.indptr[1:])]
+    seen = [set(history.indices[a:b].tolist()) for a, b in zip(history.indptr[:-1], history.indptr[1:], strict=True)]
     target = getattr(data, split)
     relevant = [set() for _ in range(data.num_users)]
-    for u, i in zip(target.users, target.items):
+    for u, i in zip(target.users, target.items, strict=True):
         relevant[u].add(int(i))
     want = naive_metrics(brute_force_topk(scores, seen, 20), relevant, [5, 20], data.num_items)
     for key, value in want.items():

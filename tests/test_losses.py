@@ -23,7 +23,7 @@ F64 = torch.float64
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return sum(float(x) * float(y) for x, y in zip(a.tolist(), b.tolist()))
+    return sum(float(x) * float(y) for x, y in zip(a.tolist(), b.tolist(), strict=True))
 
 
 def log_sigmoid(x: float) -> float:
@@ -81,12 +81,12 @@ def naive_directau(q, pos, gamma):
         return [x / norm for x in v]
 
     def uniformity(rows):
-        potentials = [math.exp(-2 * sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])))
+        potentials = [math.exp(-2 * sum((a - b) ** 2 for a, b in zip(rows[i], rows[j], strict=True)))
                       for i in range(len(rows)) for j in range(i + 1, len(rows))]
         return math.log(sum(potentials) / len(potentials))
 
     u, v = [unit(r) for r in q.tolist()], [unit(r) for r in pos.tolist()]
-    align = [sum((a - b) ** 2 for a, b in zip(x, y)) for x, y in zip(u, v)]
+    align = [sum((a - b) ** 2 for a, b in zip(x, y, strict=True)) for x, y in zip(u, v, strict=True)]
     uniform = (uniformity(u) + uniformity(v)) / 2
     return torch.tensor([a + gamma * uniform for a in align], dtype=F64)
 
@@ -329,7 +329,9 @@ def test_low_precision_inputs_reduce_in_fp32(kind, dtype, rtol):
     q, pos, neg = (t.to(dtype) for t in (q, pos, neg))
     got = call(kind, q, pos, neg, 0.5, pos_ids=pos_ids, neg_ids=neg_ids, reduction="none")
     assert got.dtype == torch.float32
-    want = naive_loss(kind, naive_rows(q.double(), pos.double(), neg.double(), 0.5, pos_ids=pos_ids, neg_ids=neg_ids), 0.7)
+    want = naive_loss(
+        kind, naive_rows(q.double(), pos.double(), neg.double(), 0.5, pos_ids=pos_ids, neg_ids=neg_ids), 0.7
+    )
     torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol)
 
 
@@ -364,10 +366,13 @@ def test_selector_per_row_kinds_match_naive(kind, sets):
     # Naive: the per-row negatives and the shared ones are one list of negatives for each row.
     negs, ids, lqs = [], [], []
     if x.negatives is not None:
-        negs.append(x.negatives); ids.append(x.negative_ids); lqs.append(x.negative_log_q)
+        negs.append(x.negatives)
+        ids.append(x.negative_ids)
+        lqs.append(x.negative_log_q)
     if x.shared_negatives is not None:
         b = x.query.shape[0]
-        negs.append(x.shared_negatives.expand(b, -1, -1)); ids.append(x.shared_ids.expand(b, -1))
+        negs.append(x.shared_negatives.expand(b, -1, -1))
+        ids.append(x.shared_ids.expand(b, -1))
         lqs.append(x.shared_log_q.expand(b, -1))
     neg, neg_ids, lq_neg = torch.cat(negs, 1), torch.cat(ids, 1), torch.cat(lqs, 1)
     uses_logq = kind in TAKES_LOGQ
@@ -403,7 +408,8 @@ def test_learned_temperature_is_a_parameter_with_gradient(kind):
     # same value as the fixed temperature, and a gradient that matches a finite difference
     torch.testing.assert_close(learned(x), fixed(x))
     assert torch.autograd.gradcheck(
-        lambda lt: make_loss_with_log_temperature(kind, lt)(x), (params["log_temperature"].detach().clone().requires_grad_(),)
+        lambda lt: make_loss_with_log_temperature(kind, lt)(x),
+        (params["log_temperature"].detach().clone().requires_grad_(),)
     )
     learned(x).backward()
     assert params["log_temperature"].grad is not None and params["log_temperature"].grad != 0
@@ -660,7 +666,7 @@ def test_indexed_rows_give_the_loss_and_gradients_of_the_gathered_tensors(kind, 
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, t.grad))
     for other in results[1:]:
-        for got, want in zip(other, results[0]):
+        for got, want in zip(other, results[0], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -712,12 +718,14 @@ def test_embedding_rows_give_the_loss_and_gradients_of_the_looked_up_vectors(kin
                             user_ids=torch.arange(b), shared_negatives=shared, shared_ids=torch.arange(3),
                             shared_log_q=-torch.ones(3, dtype=torch.float64),
                             item_log_q=-torch.ones(b, dtype=torch.float64),
-                            negative_log_q=-torch.rand(b, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+                            negative_log_q=-torch.rand(
+                                b, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+                            ))
         loss = make_loss(LossConfig(kind=kind, temperature=0.3, reduction="none"))(
             without_negatives(inputs) if kind == "directau" else inputs)
         (loss * torch.linspace(0.5, 1.5, b, dtype=torch.float64)).sum().backward()
         results.append((loss.detach(), q.grad, w.grad.to_dense()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -734,15 +742,19 @@ def test_precomputed_row_scores_give_the_loss_and_gradient_of_scoring_the_rows(k
     config = LossConfig(kind=kind, temperature=0.3, remove_accidental_hits=True)
     loss_fn = make_loss(config)
     rows = table.clone().requires_grad_()
-    want = loss_fn(LossInputs(query=q, positive=IndexedRows(rows, index[:, :1]), negatives=IndexedRows(rows, index[:, 1:]),
+    want = loss_fn(LossInputs(query=q, positive=IndexedRows(rows, index[:, :1]),
+                              negatives=IndexedRows(rows, index[:, 1:]),
                               item_ids=ids[:, 0], negative_ids=ids[:, 1:]))
     want.backward()
     scores = (q.unsqueeze(1) * table[index]).sum(-1).requires_grad_()
-    got = loss_fn(LossInputs(query=q, positive=IndexedRows(table, index[:, :1]), negatives=IndexedRows(table, index[:, 1:]),
+    got = loss_fn(LossInputs(query=q, positive=IndexedRows(table, index[:, :1]),
+                             negatives=IndexedRows(table, index[:, 1:]),
                              item_ids=ids[:, 0], negative_ids=ids[:, 1:], row_scores=scores))
     got.backward()
     torch.testing.assert_close(got, want.detach())
-    via_scores = torch.zeros_like(table).index_add_(0, index.reshape(-1), (scores.grad.unsqueeze(-1) * q.unsqueeze(1)).reshape(-1, 4))
+    via_scores = torch.zeros_like(table).index_add_(
+        0, index.reshape(-1), (scores.grad.unsqueeze(-1) * q.unsqueeze(1)).reshape(-1, 4)
+    )
     torch.testing.assert_close(via_scores, rows.grad)
 
 

@@ -107,7 +107,9 @@ def test_unknown_targets_are_counted_per_split_and_per_reason():
     valid, test = dataset.unknown_targets["valid"], dataset.unknown_targets["test"]
     assert (valid.user_rows, valid.item_rows, valid.users) == (1, 0, 1)
     assert (test.user_rows, test.item_rows, test.users) == (1, 2, 1)
-    per_user = dict(zip(dataset.user_vocab.decode(np.arange(dataset.num_users)).tolist(), test.per_user.tolist()))
+    per_user = dict(
+        zip(dataset.user_vocab.decode(np.arange(dataset.num_users)).tolist(), test.per_user.tolist(), strict=True)
+    )
     assert per_user == {1: 1, 2: 1}
     assert dataset.stats["unknown_targets"]["test"] == {"user_rows": 1, "item_rows": 2, "users": 1}
 
@@ -128,5 +130,7 @@ def test_bad_values_are_refused_by_name(settings, message):
 
 
 def test_an_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown protocol 'ncf'; choose one of twotower, lightgcn, lightgcn\\+\\+, recbole"):
+    with pytest.raises(
+        ValueError, match="unknown protocol 'ncf'; choose one of twotower, lightgcn, lightgcn\\+\\+, recbole"
+    ):
         preset("ncf")

@@ -30,7 +30,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 
-
 def _kt():
     try:
         import twotower.kernels.infonce_triton as kt
@@ -120,7 +119,10 @@ def ptxas_stats(ptx: str, arch: int) -> str:
         path = Path(tmp) / "k.ptx"
         path.write_text(ptx)
         out = subprocess.run(
-            [str(ptxas), "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}", str(path), "-o", os.devnull],
+            [
+                str(ptxas), "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}", str(path), "-o",
+                os.devnull
+            ],
             capture_output=True, text=True,
         )
     text = out.stderr + out.stdout
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
     failures = 0
-    for label, fn, ptrs, ce, opts, D in variants(tuple(args.dtypes.split(",")), tuple(int(d) for d in args.dims.split(","))):
+    for label, fn, ptrs, ce, opts, D in variants(
+        tuple(args.dtypes.split(",")), tuple(int(d) for d in args.dims.split(","))
+    ):
         t0 = time.perf_counter()
         try:
             src = source(fn, ptrs, ce, aligned=D)
@@ -150,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 context = ir.context()
                 ir.load_dialects(context)
                 backend.load_dialects(context)
-                src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+                src.make_ir(
+                    target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context
+                )
                 stats = "ttir ok"
             else:
                 kernel = triton.compile(src, target=target, options=opts)

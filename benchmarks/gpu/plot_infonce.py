@@ -46,7 +46,7 @@ def plot_infonce(result_json: str | Path, png: str | Path | None = None) -> Path
                 ax_mem.plot(batch, [p / 2**20 for p in peak], style, color=color, marker=".", label=label)
     for dim in dims:
         batch, ms = _series(timings, "fused kernel", dim, "ms")
-        ax_rate.plot(batch, [10.0 * b * b * dim / (t * 1e-3) / 1e12 for b, t in zip(batch, ms)],
+        ax_rate.plot(batch, [10.0 * b * b * dim / (t * 1e-3) / 1e12 for b, t in zip(batch, ms, strict=True)],
                      DIM_STYLE.get(dim, "-."), color="C0", marker=".", label=f"fused, D={dim}")
     if data.get("cublas_bf16_tflops"):
         ax_rate.axhline(data["cublas_bf16_tflops"], color="grey", linewidth=0.8,

@@ -120,7 +120,7 @@ def sweep(torch, kt, B: int, D: int) -> None:
     kt.backward_dc(q, k, temp, side, lse, None, g, is_extra=False, splits=1)
     torch.cuda.synchronize()
     print(f"sweep B=N={B} D={D}: {len(configs)} configs per pass, {time.perf_counter() - t0:.0f} s", flush=True)
-    for (name, units), kernel in zip(PASS_UNITS.items(), kt._tuned_kernels()):
+    for (name, units), kernel in zip(PASS_UNITS.items(), kt._tuned_kernels(), strict=True):
         timings = getattr(kernel, "configs_timings", None) or {}
         ranked = sorted(((t[0] if isinstance(t, (list, tuple)) else t), str(c)) for c, t in timings.items())
         for ms, cfg in ranked[:6]:

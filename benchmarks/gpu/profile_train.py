@@ -73,7 +73,8 @@ def main() -> None:
     loss_fn = make_loss(config.loss).to(device)
     optimizer = make_optimizer([model, loss_fn], config.optim)
     iterator = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
-                             config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
+                             config=config.batches,
+                             history=(dataset.train_history.indptr, dataset.train_history.indices))
 
     # 1. The sampler alone.
     started = time.perf_counter()
@@ -126,7 +127,7 @@ def main() -> None:
         sync(device)
         last = [time.perf_counter()]
 
-        def mark(name: str) -> None:
+        def mark(name: str, last: list[float] = last) -> None:
             sync(device)
             now = time.perf_counter()
             phases.setdefault(name, []).append(now - last[0])

@@ -102,7 +102,9 @@ class Device:
         self.sync()
         return self.torch.cuda.max_memory_allocated() - base
 
-    def time_ms(self, step: Callable[[], None], *, warmup: int = 2, min_reps: int = 3, max_reps: int = 25, budget_s: float = 1.0) -> float:
+    def time_ms(
+        self, step: Callable[[], None], *, warmup: int = 2, min_reps: int = 3, max_reps: int = 25, budget_s: float = 1.0
+    ) -> float:
         """Median milliseconds of `step` over repeats (CUDA events on GPU), after `warmup` calls."""
         for _ in range(warmup):
             step()
@@ -218,7 +220,8 @@ def _check_case(torch, mod, dev, i, B, M, D, dtype_name, options, symmetric, cor
     dtype = getattr(torch, dtype_name)
     leaves, opts = make_inputs(torch, B, M, D, dtype, dev.kind, seed=100 + i, options=options)
     opts.update(symmetric=symmetric, correct_positive=correct_pos, reduction=reduction)
-    upstream = torch.randn(B if reduction == "none" else (), generator=torch.Generator().manual_seed(i), dtype=torch.float64).to(dev.kind)
+    upstream = torch.randn(B if reduction == "none" else (), generator=torch.Generator().manual_seed(i),
+                           dtype=torch.float64).to(dev.kind)
 
     def run(fn, cast):
         xs = {n: v.detach().clone().to(cast or v.dtype).requires_grad_(True) for n, v in leaves.items()}
@@ -240,7 +243,8 @@ def _check_case(torch, mod, dev, i, B, M, D, dtype_name, options, symmetric, cor
     tol_loss, tol_grad = TOL[dtype_name]
     errs = {"loss": rel(loss, ref_loss), **{f"d{n}": rel(grads[n], ref_grads[n]) for n in grads}}
     ok = deterministic and errs["loss"] <= tol_loss and all(v <= tol_grad for n, v in errs.items() if n != "loss")
-    flags = "+".join(f for f, on in (("logq+masks", options), ("symmetric", symmetric), ("rawpos", not correct_pos)) if on) or "plain"
+    switches = (("logq+masks", options), ("symmetric", symmetric), ("rawpos", not correct_pos))
+    flags = "+".join(f for f, on in switches if on) or "plain"
     row = [
         B, M, D, dtype_name, flags, reduction,
         " ".join(f"{n} {v:.1e}" for n, v in errs.items()),
@@ -259,15 +263,21 @@ def dense_rate_tflops(torch, dev: Device, tiny: bool) -> float | None:
     if not dev.cuda:
         return None
     n = 8192 if not tiny else 1024
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = dev.time_ms(lambda: a @ b, warmup=3, min_reps=10, budget_s=0.5)
-    del a, b
+    ms = _gemm_ms(torch, dev, n)  # its two n x n operands are gone once it returns
     dev.free()
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def timings(torch, mod: ModuleType, dev: Device, args: argparse.Namespace, start: float) -> tuple[list[list], list[dict]]:
+def _gemm_ms(torch, dev: Device, n: int) -> float:
+    """Median ms of one bf16 n x n @ n x n product on the GPU."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    return dev.time_ms(lambda: a @ b, warmup=3, min_reps=10, budget_s=0.5)
+
+
+def timings(
+    torch, mod: ModuleType, dev: Device, args: argparse.Namespace, start: float
+) -> tuple[list[list], list[dict]]:
     if args.tiny:
         shapes = [(64, 0, 16, False), (128, 0, 32, False), (32, 96, 32, True)]
     else:
@@ -340,7 +350,7 @@ def print_tuned_configs(mod: ModuleType) -> None:
     if os.environ.get("TWOTOWER_INFONCE_AUTOTUNE", "0") != "1":
         return
     kt = importlib.import_module(f"{mod.__package__}.infonce_triton")
-    for name, kernel in zip(("fwd", "dq", "dc"), kt._tuned_kernels()):
+    for name, kernel in zip(("fwd", "dq", "dc"), kt._tuned_kernels(), strict=True):
         for key, config in getattr(kernel, "cache", {}).items():
             print(f"tuned {name} key={key}: {config}", flush=True)
 
@@ -358,7 +368,9 @@ def targets(records: list[dict], rate: float | None, spec: float | None) -> list
     for B in (65536, 16384):
         f, e = find(B, 0, 128, "fused kernel"), find(B, 0, 128, "eager reference")
         if f and e and f.get("ms") and e.get("ms"):
-            lines.append(f"- B = N = {B}, D = 128: fused is {e['ms'] / f['ms']:.2f}x eager (target >= 3x at B = N >= 32768)")
+            lines.append(
+                f"- B = N = {B}, D = 128: fused is {e['ms'] / f['ms']:.2f}x eager (target >= 3x at B = N >= 32768)"
+            )
         elif f and e:
             lines.append(f"- B = N = {B}, D = 128: fused {f['status']}, eager {e['status']}")
     f, c = find(8192, 0, 128, "fused kernel"), find(8192, 0, 128, "torch.compile(reference)")
@@ -366,7 +378,8 @@ def targets(records: list[dict], rate: float | None, spec: float | None) -> list
         lines.append(f"- B = N = 8192, D = 128: fused is {c['ms'] / f['ms']:.2f}x torch.compile (target >= 1x)")
     for r in records:
         if r["method"] == "fused kernel" and r.get("peak") is not None:
-            lines.append(f"- fused extra memory at B = {r['B']}, N = {r['N']}, D = {r['D']}: {r['peak']} bytes = {r['peak'] / (r['B'] + r['N']):.0f} bytes per (B + N)")
+            lines.append(f"- fused extra memory at B = {r['B']}, N = {r['N']}, D = {r['D']}: {r['peak']} bytes = "
+                         f"{r['peak'] / (r['B'] + r['N']):.0f} bytes per (B + N)")
     for r in records:
         if r["method"] == "fused kernel" and r["D"] == 256 and r.get("ms"):
             tf = 10.0 * r["B"] * r["N"] * r["D"] / (r["ms"] * 1e-3) / 1e12
@@ -405,11 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = timings(torch, mod, dev, args, start)
 
     corr_table = markdown_table(
-        ["B", "M", "D", "dtype", "options", "reduction", "max error / max |ref| (loss, grads)", "bitwise repeatable", "result"],
+        [
+            "B", "M", "D", "dtype", "options", "reduction", "max error / max |ref| (loss, grads)", "bitwise repeatable",
+            "result"
+        ],
         corr_rows,
     )
     time_table = markdown_table(
-        ["B", "N", "M", "D", "options", "method", "fwd+bwd ms", "TFLOP/s (10BND)", "peak extra MiB", "peak extra bytes / N", "vs eager", "vs compile"],
+        [
+            "B", "N", "M", "D", "options", "method", "fwd+bwd ms", "TFLOP/s (10BND)", "peak extra MiB",
+            "peak extra bytes / N", "vs eager", "vs compile"
+        ],
         rows,
     )
     target_lines = targets(records, rate, spec)
@@ -417,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Device: {gpu} ({sms} SMs); torch {torch.__version__}, triton {triton.__version__}; "
         f"measured cuBLAS bf16 8192³ GEMM: {f'{rate:.0f} TFLOP/s' if rate else 'n/a'}; "
         f"total run {time.perf_counter() - start:.0f} s.\n\n"
-        f"Forward + backward of the mean loss, {'bf16' if dev.cuda else 'fp32'} inputs, temperature 0.05; median over repeats "
+        f"Forward + backward of the mean loss, {'bf16' if dev.cuda else 'fp32'} inputs, temperature 0.05; "
+        "median over repeats "
         "timed with CUDA events after warm-up. 'peak extra' = peak allocated during one step minus "
         "allocated before it (includes the gradients of q, k, extra). N = B + M candidates.\n"
     )

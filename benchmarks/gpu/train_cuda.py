@@ -123,7 +123,8 @@ def run_one(case: Case, dataset: Any, mode: str, seed: int, tiny: bool, counter:
     samples = len(dataset.train.users)
     return {
         "dataset": case.name, "mode": mode, "seed": seed, "epochs": len(epochs),
-        "first_epoch_s": epochs[0], "epoch_s": statistics.mean(later), "samples_per_s": samples / statistics.mean(later),
+        "first_epoch_s": epochs[0], "epoch_s": statistics.mean(later),
+        "samples_per_s": samples / statistics.mean(later),
         "train_loss": result.history[-1]["train_loss"], "fit_wall_s": wall,
         "valid_ndcg@10": result.valid.metrics["ndcg@10"], "valid_recall@10": result.valid.metrics["recall@10"],
         "test_ndcg@10": result.test.metrics["ndcg@10"], "test_recall@10": result.test.metrics["recall@10"],
@@ -140,12 +141,14 @@ def table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["dataset"], r["mode"], r["seed"], "FAILED: " + r["error"].splitlines()[-1]] + [""] * (len(header) - 4))
+            failed = [r["dataset"], r["mode"], r["seed"], "FAILED: " + r["error"].splitlines()[-1]]
+            rows.append(failed + [""] * (len(header) - 4))
             continue
         rows.append([
             r["dataset"], r["mode"], r["seed"], r["epochs"], f"{r['first_epoch_s']:.2f}", f"{r['epoch_s']:.2f}",
-            f"{r['samples_per_s']:,.0f}", f"{r['train_loss']:.4f}", f"{r['valid_ndcg@10']:.4f}", f"{r['valid_recall@10']:.4f}",
-            f"{r['test_ndcg@10']:.4f}", f"{r['test_recall@10']:.4f}", f"{r['fused_kernel_calls']} ({r['kernel_dtypes']})",
+            f"{r['samples_per_s']:,.0f}", f"{r['train_loss']:.4f}", f"{r['valid_ndcg@10']:.4f}",
+            f"{r['valid_recall@10']:.4f}", f"{r['test_ndcg@10']:.4f}", f"{r['test_recall@10']:.4f}",
+            f"{r['fused_kernel_calls']} ({r['kernel_dtypes']})",
             "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}", f"{r['fit_wall_s']:.1f}",
         ])
     return markdown_table(header, rows)
@@ -165,8 +168,11 @@ def summary(records: list[dict[str, Any]]) -> str:
             ndcg = [r["test_ndcg@10"] for r in runs]
             recall = [r["test_recall@10"] for r in runs]
             spread = f" (seeds {min(ndcg):.4f}-{max(ndcg):.4f})" if len(ndcg) > 1 else ""
-            speed = f", epoch {cpu / statistics.mean(r['epoch_s'] for r in runs):.1f}x the CPU's speed" if cpu and mode != "cpu" else ""
-            parts.append(f"{mode}: test NDCG@10 {statistics.mean(ndcg):.4f}{spread}, Recall@10 {statistics.mean(recall):.4f}{speed}")
+            speed = ""
+            if cpu and mode != "cpu":
+                speed = f", epoch {cpu / statistics.mean(r['epoch_s'] for r in runs):.1f}x the CPU's speed"
+            parts.append(f"{mode}: test NDCG@10 {statistics.mean(ndcg):.4f}{spread}, "
+                         f"Recall@10 {statistics.mean(recall):.4f}{speed}")
         lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines)
 
@@ -174,13 +180,14 @@ def summary(records: list[dict[str, Any]]) -> str:
 def markdown(records: list[dict[str, Any]], header: dict[str, Any], notes: list[str]) -> str:
     text = [
         f"Device: {header['device']}; torch {torch.__version__}, triton {header.get('triton')}; "
-        f"CPU runs: {header['cpu_threads']} torch threads for the training step on {os.cpu_count()} cores; total run {header['total_s']:.0f} s.",
+        f"CPU runs: {header['cpu_threads']} torch threads for the training step on {os.cpu_count()} cores; "
+        f"total run {header['total_s']:.0f} s.",
         "",
-        "Same `TrainConfig()` defaults in every mode (cosine towers, width 128, \"mixed\" loss: in-batch + 1024 shared "
-        "uniform negatives with logQ, temperature 0.2, batch 1024, row-sparse AdamW, lr 0.005 cosine schedule), a fixed "
-        "number of epochs, metrics of the last epoch. 'epoch s (later)' is the mean of the epochs after the first "
-        "(the first includes CUDA / Triton warm-up); samples/s = training interactions / that time. Evaluation (full "
-        "catalogue, train items excluded) runs on the CPU scorer in every mode.",
+        "Same `TrainConfig()` defaults in every mode (cosine towers, width 128, \"mixed\" loss: in-batch + 1024 "
+        "shared uniform negatives with logQ, temperature 0.2, batch 1024, row-sparse AdamW, lr 0.005 cosine schedule), "
+        "a fixed number of epochs, metrics of the last epoch. 'epoch s (later)' is the mean of the epochs after the "
+        "first (the first includes CUDA / Triton warm-up); samples/s = training interactions / that time. "
+        "Evaluation (full catalogue, train items excluded) runs on the CPU scorer in every mode.",
         "",
         table(records),
         "",
@@ -229,7 +236,10 @@ def main() -> int:
     cpu_threads = max(1, (os.cpu_count() or 1) - 1)
 
     def save() -> None:
-        header = {"device": device, "triton": triton_version, "cpu_threads": cpu_threads, "total_s": time.perf_counter() - started}
+        header = {
+            "device": device, "triton": triton_version, "cpu_threads": cpu_threads,
+            "total_s": time.perf_counter() - started
+        }
         md = markdown(records, header, notes)
         payload = {"machine": machine_info(), **header, "runs": records, "notes": notes}
         targets = []
@@ -242,7 +252,9 @@ def main() -> int:
         for base in targets:
             info = payload["machine"]
             title = f"# {base.name}\n\nMachine: {info['cpu']}, {info['cores']} cores; Python {info['python']}\n\n"
-            for path, text in ((base.with_suffix(".md"), title + md), (base.with_suffix(".json"), json.dumps(payload, indent=2))):
+            for path, text in (
+                (base.with_suffix(".md"), title + md), (base.with_suffix(".json"), json.dumps(payload, indent=2))
+            ):
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text(text)
                 os.replace(tmp, path)
@@ -256,8 +268,10 @@ def main() -> int:
             ds = build_dataset(table_, config=TrainConfig().data.options)
             print(f"{case.name}: {table_.num_rows:,} interactions, {ds.num_users:,} users, {ds.num_items:,} items, "
                   f"train {len(ds.train.users):,} (generated + split in {time.perf_counter() - t0:.1f} s)", flush=True)
-            notes.append(f"{case.name}: {table_.num_rows:,} interactions ({ds.num_users:,} users x {ds.num_items:,} items), "
-                         f"split {len(ds.train.users):,} / {len(ds.valid.users):,} / {len(ds.test.users):,} train / valid / test")
+            notes.append(f"{case.name}: {table_.num_rows:,} interactions "
+                         f"({ds.num_users:,} users x {ds.num_items:,} items), "
+                         f"split {len(ds.train.users):,} / {len(ds.valid.users):,} / {len(ds.test.users):,} "
+                         "train / valid / test")
             datasets[case.name] = ds
         return datasets[case.name]
 
@@ -278,7 +292,9 @@ def main() -> int:
                     # per-interaction CPU cost measured on a smaller case, x2 for the larger item table + eval
                     estimate = 2.0 * len(dataset.train.users) * case.epochs / earlier[0]["samples_per_s"]
                     if estimate > left:
-                        notes.append(f"{case.name} cpu seed {seed}: skipped (estimated {estimate:.0f} s > {left:.0f} s left)")
+                        notes.append(
+                            f"{case.name} cpu seed {seed}: skipped (estimated {estimate:.0f} s > {left:.0f} s left)"
+                        )
                         print(notes[-1], flush=True)
                         continue
             try:

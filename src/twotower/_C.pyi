@@ -12,7 +12,10 @@ import numpy as np
 import numpy.typing as npt
 
 _Floats = npt.ArrayLike
-_Result = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], dict[str, Any]]
+_Result = (
+    tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+    | tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], dict[str, Any]]
+)
 
 def topk(
     queries: _Floats,

@@ -201,5 +201,6 @@ def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
             return f"{name} is missing (listed in {MANIFEST})"
         actual = file_sha256(directory / name)
         if actual != digest:
-            return f"{name} does not match its SHA-256 in {MANIFEST} (recorded {digest[:12]}..., found {actual[:12]}...)"
+            return (f"{name} does not match its SHA-256 in {MANIFEST} "
+                    f"(recorded {digest[:12]}..., found {actual[:12]}...)")
     return None

@@ -171,7 +171,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.best is None:
         print(f"\nno trial completed yet; run the same command again to continue the study in {out}")
         return 0
-    print(f"\nbest: trial {result.best.number}, valid {settings.metric} {result.best.value:.4f}; model {result.best_model}")
+    print(f"\nbest: trial {result.best.number}, valid {settings.metric} {result.best.value:.4f}; "
+          f"model {result.best_model}")
     print(f"best configuration: {result.best_toml} (twotower train --config {result.best_toml})")
     print(f"all trials: {out / 'trials.csv'}, plot: {out / 'trials.png'}")
     return 0
@@ -217,7 +218,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            progress=_bars(args), unreachable=targets.unreachable,
                            unreachable_users=targets.unreachable_users)
         k = ranking_width(ks, trained.model.num_items)
-        print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
+        print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} "
+              f"vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
               f"recall of ANN top-{k} vs exact top-{k}: {ann.extra[f'ann_recall@{k}']:.4f}; "
               f"queries/s: ANN {ann.extra['ann_qps']:.0f}, exact {ann.extra['exact_qps']:.0f}")
     return 0
@@ -241,7 +243,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.action == "build":
         index = build_index(trained, M=args.M, ef_construction=args.ef_construction, ef=args.ef)
         path = save_index(index, trained)
-        print(f"HNSW index over {len(index)} items (M={args.M}, ef_construction={args.ef_construction}, ef={args.ef}) saved to {path}")
+        print(f"HNSW index over {len(index)} items (M={args.M}, ef_construction={args.ef_construction}, "
+              f"ef={args.ef}) saved to {path}")
         return 0
     if not args.user:
         raise UserError("index query needs --user ID (one or more)")
@@ -264,7 +267,7 @@ def _print_recommendations(recommender: Any, users: list[str], k: int, *, as_jso
         return
     for entry in out:
         print(f"user {entry['user']}: top {len(entry['items'])} (seen items filtered)")
-        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
+        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"], strict=True), 1):
             print(f"  {rank:>3}. {item}  ({score:.4f})")
 
 
@@ -336,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--config", metavar="FILE", help="TOML file: base settings and a [tune] table")
     tune.add_argument("--out", default="twotower-runs/tune", help="study directory (default: %(default)s)")
     tune.add_argument("--trials", type=int, help="finished trials the study should hold (default: tune.trials)")
-    tune.add_argument("--timeout", type=float, metavar="SECONDS", help="start no trial after this long (default: tune.timeout)")
+    tune.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="start no trial after this long (default: tune.timeout)"
+    )
     _add_protocol_flag(tune)
     add_config_flags(tune)
     tune.set_defaults(func=cmd_tune)
@@ -347,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(--protocol) or single rules (--eval.*; they override the preset).")
     evaluate.add_argument("model_dir", help="a model directory written by `twotower train` (OUT/model)")
     evaluate.add_argument("--data", help="interaction file, when it moved since training (must be the same data)")
-    evaluate.add_argument("--ann", action="store_true", help="also evaluate through the HNSW index (recall vs exact, queries/s)")
+    evaluate.add_argument(
+        "--ann", action="store_true", help="also evaluate through the HNSW index (recall vs exact, queries/s)"
+    )
     evaluate.add_argument("-k", type=int, nargs="+", help="cut-offs K (default: those of training)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_protocol_flag(evaluate)
@@ -358,8 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("action", choices=["build", "query"])
     index.add_argument("model_dir")
     index.add_argument("--M", type=int, default=16, help="graph degree (default: %(default)s)")
-    index.add_argument("--ef-construction", type=int, default=200, help="build-time candidate list (default: %(default)s)")
-    index.add_argument("--ef", type=int, default=None, help="search-time candidate list (default: 100 at build, the saved value at query)")
+    index.add_argument(
+        "--ef-construction", type=int, default=200, help="build-time candidate list (default: %(default)s)"
+    )
+    index.add_argument(
+        "--ef", type=int, default=None,
+        help="search-time candidate list (default: 100 at build, the saved value at query)"
+    )
     index.add_argument("--user", nargs="+", help="external user id(s) to query")
     index.add_argument("-k", type=int, default=10, help="results per user (default: %(default)s)")
     index.add_argument("--json", action="store_true", help="print JSON")

@@ -407,7 +407,8 @@ def evaluate_popularity(
 ) -> EvalResult:  # fmt: skip
     """Most-popular baseline (train interaction counts) under the same protocol as `evaluate_model`."""
     counts = np.bincount(np.asarray(dataset.train.items, dtype=np.int64), minlength=dataset.num_items)
-    return evaluate_targets(popularity_ranker(counts, ranking_width(ks, len(counts))), split_targets(dataset, split, protocol),
+    ranker = popularity_ranker(counts, ranking_width(ks, len(counts)))
+    return evaluate_targets(ranker, split_targets(dataset, split, protocol),
                             num_items=dataset.num_items, ks=ks, progress=progress, desc="popular")
 
 
@@ -416,7 +417,8 @@ def evaluate_random(
     protocol: EvalConfig | None = None,
 ) -> EvalResult:  # fmt: skip
     """Random baseline (seeded) under the same protocol as `evaluate_model`."""
-    return evaluate_targets(random_ranker(dataset.num_items, ranking_width(ks, dataset.num_items), seed=seed), split_targets(dataset, split, protocol),
+    ranker = random_ranker(dataset.num_items, ranking_width(ks, dataset.num_items), seed=seed)
+    return evaluate_targets(ranker, split_targets(dataset, split, protocol),
                             num_items=dataset.num_items, ks=ks, progress=progress, desc="random")
 
 
@@ -438,9 +440,9 @@ def evaluate_ann(
     """Metrics through the HNSW index, next to the exact scorer's (`unreachable`,
     `unreachable_users`: see `evaluate_rankings`).
 
-    `extra` holds, for K = `ranking_width(ks, num_items)`: "ann_recall@K" (mean over users of |ANN top-K ∩ exact top-K| /
-    |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps" (users ranked per second
-    by each, ranking time only), and the exact metrics as "exact/<metric>@<k>".
+    `extra` holds, for K = `ranking_width(ks, num_items)`: "ann_recall@K" (mean over users of
+    |ANN top-K ∩ exact top-K| / |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps"
+    (users ranked per second by each, ranking time only), and the exact metrics as "exact/<metric>@<k>".
     """
     k = ranking_width(ks, len(item_vectors))
     exact_ids: deque[np.ndarray] = deque()  # per batch; both passes visit the same batches in the same order

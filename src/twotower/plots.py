@@ -29,7 +29,9 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, *, select_met
         names = list(dict.fromkeys(n for n in names if n in evaluated[0]["valid"]))
         for name in names:
             style = "-" if name == select_metric else "--"
-            ax_metric.plot([r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name)
+            ax_metric.plot(
+                [r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], style, marker=".", label=name
+            )
         best = max(evaluated, key=lambda r: r["valid"][select_metric])
         ax_metric.axvline(best["epoch"], color="grey", linewidth=0.8, linestyle=":")
         ax_metric.legend(fontsize="small", ncol=2)
@@ -48,7 +50,7 @@ def plot_trials(trials: list[tuple[int, str, float | None]], path: str | Path, *
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         shown = [(n, v) for n, s, v in trials if s == state and v is not None]
         if shown:
-            ax.plot(*zip(*shown), marker, linestyle="none", label=state.lower())
+            ax.plot(*zip(*shown, strict=True), marker, linestyle="none", label=state.lower())
     complete = sorted((n, v) for n, s, v in trials if s == "COMPLETE" and v is not None)
     if complete:
         best, line = -float("inf"), []
@@ -56,7 +58,7 @@ def plot_trials(trials: list[tuple[int, str, float | None]], path: str | Path, *
             best = max(best, value)
             line.append((number, best))
         line.append((max(n for n, _, _ in trials), best))  # drawn on to the last trial
-        ax.step(*zip(*line), where="post", color="grey", linewidth=1, label="best so far")
+        ax.step(*zip(*line, strict=True), where="post", color="grey", linewidth=1, label="best so far")
     ax.set(title=f"trials (valid {metric})", xlabel="trial", ylabel=metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

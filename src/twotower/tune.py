@@ -124,7 +124,9 @@ def _run_trials(study: optuna.Study, base: TrainConfig, settings: TuneConfig, da
                    callbacks=[after_trial], catch=(TrainingDiverged, ValueError))
 
 
-def _objective(base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, run_dir: Path) -> Callable[[optuna.Trial], float]:
+def _objective(
+    base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, run_dir: Path
+) -> Callable[[optuna.Trial], float]:
     """One trial: sample the space, train in trials/NNNN, report each evaluated epoch, prune."""
     def objective(trial: optuna.Trial) -> float:
         params = {name: _suggest(trial, param) for name, param in settings.space.items()}
@@ -132,7 +134,9 @@ def _objective(base: TrainConfig, settings: TuneConfig, dataset: SplitDataset, r
             config = trial_config(base, params, settings.metric)
             # A trial is judged on validation: train.refit would only double its cost (refit the winner).
             quiet = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False, refit=False))
-            result = fit(quiet, _trial_dir(run_dir, trial.number), dataset=dataset, on_epoch=_reporter(trial, settings.metric))
+            result = fit(
+                quiet, _trial_dir(run_dir, trial.number), dataset=dataset, on_epoch=_reporter(trial, settings.metric)
+            )
         except (TrainingDiverged, ValueError) as err:  # the settings' fault: the trial counts as failed
             trial.set_user_attr("error", str(err).splitlines()[0])
             raise
@@ -178,7 +182,9 @@ def _owned(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{run_dir} is in use by another twotower tune; wait for it or choose another --out") from None
+            raise ValueError(
+                f"{run_dir} is in use by another twotower tune; wait for it or choose another --out"
+            ) from None
         yield
 
 
@@ -195,7 +201,9 @@ def _open_study(run_dir: Path, base: TrainConfig, settings: TuneConfig, data_fin
         raise ValueError(f"{run_dir / 'study.db'} holds a study of other settings, data or search space; continue it "
                          "with the same config, or choose another --out")
     # Seeded by the trials already there: a resumed study must not draw its first trials' settings again.
-    study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials), n_startup_trials=settings.startup_trials)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=settings.seed + len(study.trials), n_startup_trials=settings.startup_trials
+    )
     study.pruner = (optuna.pruners.NopPruner() if settings.pruner == "none" else optuna.pruners.MedianPruner(
         n_startup_trials=settings.prune_startup_trials, n_warmup_steps=settings.prune_from_epoch))
     return study
@@ -251,19 +259,25 @@ def _row(trial: FrozenTrial) -> TrialRow:
     if trial.state == TrialState.COMPLETE:
         value = trial.value
     else:  # pruned: the best value it reached; failed: none
-        value = max(trial.intermediate_values.values()) if trial.state == TrialState.PRUNED and trial.intermediate_values else None
-    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
+        value = (max(trial.intermediate_values.values())
+                 if trial.state == TrialState.PRUNED and trial.intermediate_values else None)
+    seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+               if trial.datetime_complete and trial.datetime_start else None)
     attrs = trial.user_attrs
     note = "interrupted" if _interrupted(trial) else attrs.get("error", "")
     if "retry_of" in attrs:
         note = f"rerun of trial {attrs['retry_of']}" + (f"; {note}" if note else "")
-    return TrialRow(trial.number, trial.state.name, value, int(attrs.get("epochs", 0)), seconds, dict(trial.params), note)
+    return TrialRow(
+        trial.number, trial.state.name, value, int(attrs.get("epochs", 0)), seconds, dict(trial.params), note
+    )
 
 
 def _ranked(rows: list[TrialRow]) -> list[TrialRow]:
     """Completed trials best first, then pruned ones by the value they reached, then failed ones."""
     order = {"COMPLETE": 0, "PRUNED": 1}
-    return sorted(rows, key=lambda r: (order.get(r.state, 2), -(r.value if r.value is not None else -math.inf), r.number))
+    return sorted(
+        rows, key=lambda r: (order.get(r.state, 2), -(r.value if r.value is not None else -math.inf), r.number)
+    )
 
 
 def _value(value: Any) -> str:
@@ -276,7 +290,8 @@ def format_trial(row: TrialRow, metric: str) -> str:
     seconds = f"{row.seconds:.1f} s" if row.seconds is not None else "-"
     params = " ".join(f"{k}={_value(v)}" for k, v in row.params.items())
     note = f"  ({row.note})" if row.note else ""
-    return f"trial {row.number:>4} {row.state:<8} {metric} {value}  epochs {row.epochs:>3}  {seconds:>8}  {params}{note}"
+    return (f"trial {row.number:>4} {row.state:<8} {metric} {value}  epochs {row.epochs:>3}  {seconds:>8}  "
+            f"{params}{note}")
 
 
 def format_trials(rows: list[TrialRow], metric: str) -> str:
@@ -284,12 +299,12 @@ def format_trials(rows: list[TrialRow], metric: str) -> str:
     names = list(dict.fromkeys(name for row in rows for name in row.params))
     widths = [max(len(n), 10) for n in names]
     header = f"{'trial':>5}  {'state':<8}  {metric:>10}  {'epochs':>6}  {'seconds':>8}  " + "  ".join(
-        f"{n:>{w}}" for n, w in zip(names, widths))
+        f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
     lines = [header]
     for row in _ranked(rows):
         value = f"{row.value:.4f}" if row.value is not None else "-"
         seconds = f"{row.seconds:.1f}" if row.seconds is not None else "-"
-        cells = "  ".join(f"{_value(row.params.get(n, '')):>{w}}" for n, w in zip(names, widths))
+        cells = "  ".join(f"{_value(row.params.get(n, '')):>{w}}" for n, w in zip(names, widths, strict=True))
         lines.append(f"{row.number:>5}  {row.state:<8}  {value:>10}  {row.epochs:>6}  {seconds:>8}  {cells}")
     return "\n".join(lines)
 
@@ -301,7 +316,8 @@ def _csv(rows: list[TrialRow]) -> str:
     writer.writerow(["trial", "state", "value", "epochs", "seconds", *names, "note"])
     for row in _ranked(rows):
         writer.writerow([row.number, row.state, "" if row.value is None else repr(row.value), row.epochs,
-                         "" if row.seconds is None else f"{row.seconds:.2f}", *(row.params.get(n, "") for n in names), row.note])
+                         "" if row.seconds is None else f"{row.seconds:.2f}", *(row.params.get(n, "") for n in names),
+                         row.note])
     return out.getvalue()
 
 
@@ -318,7 +334,8 @@ def _write_outputs(study: optuna.Study, base: TrainConfig, settings: TuneConfig,
     config = trial_config(base, best.params, settings.metric)
     config.data = config.data.resolved(Path.cwd())  # the file's paths are read relative to run_dir
     header = (f"# twotower tune: trial {best.number} of {run_dir}, valid {settings.metric} {best.value:.6f}, "
-              f"the best of {len(rows)} finished trials.\n# Train it again: twotower train --config {run_dir / 'best.toml'}\n\n")
+              f"the best of {len(rows)} finished trials.\n"
+              f"# Train it again: twotower train --config {run_dir / 'best.toml'}\n\n")
     best_toml = write_text_atomic(run_dir / "best.toml", header + config.to_toml())
     best_row = next(r for r in rows if r.number == best.number)
     return TuneResult(_ranked(rows), best_row, best_toml, _trial_dir(run_dir, best.number) / "model", settings.metric)

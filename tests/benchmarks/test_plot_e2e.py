@@ -26,7 +26,9 @@ def test_plot_is_written_whole_next_to_the_json(tmp_path: Path) -> None:
 
 def test_a_malformed_result_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "e2e.json"
-    path.write_text(json.dumps({"rows": [["data", 1, "pipeline", "n/a", "1.0", "1", "0.1", "1", "1.1", "1.0x", "0.2"]]}))
+    path.write_text(
+        json.dumps({"rows": [["data", 1, "pipeline", "n/a", "1.0", "1", "0.1", "1", "1.1", "1.0x", "0.2"]]})
+    )
     with pytest.raises(ValueError):
         plot_e2e(path)
     assert [p.name for p in tmp_path.iterdir()] == ["e2e.json"]

@@ -14,7 +14,9 @@ def _row(B: int, D: int, method: str, ms: float, peak: int, status: str = "ok") 
 def test_plot_is_written_whole_next_to_the_json(tmp_path: Path) -> None:
     rows = [_row(b, d, m, b * d * f * 1e-6, b * d * 10) for b in (1024, 4096) for d in (64, 128)
             for m, f in (("fused kernel", 1.0), ("eager reference", 3.0), ("torch.compile(reference)", 2.0))]
-    rows.append({"B": 8192, "M": 0, "N": 8192, "D": 128, "options": False, "method": "eager reference", "status": "OOM"})
+    rows.append(
+        {"B": 8192, "M": 0, "N": 8192, "D": 128, "options": False, "method": "eager reference", "status": "OOM"}
+    )
     rows.append(_row(1024, 128, "fused kernel", 1.0, 5) | {"M": 4096, "N": 5120})  # extra negatives: not plotted
     rows.append(_row(2048, 64, "fused kernel", 1.0, None))  # no memory statistics (a CPU dry run)
     path = tmp_path / "infonce-gpu-test-card.json"

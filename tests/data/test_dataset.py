@@ -32,7 +32,7 @@ def _raw(seed=0, n=4000):
 
 
 def _pairs(ds, part):
-    return set(zip(ds.user_vocab.decode(part.users).tolist(), ds.item_vocab.decode(part.items).tolist()))
+    return set(zip(ds.user_vocab.decode(part.users).tolist(), ds.item_vocab.decode(part.items).tolist(), strict=True))
 
 
 def test_ratio_split_end_to_end(tmp_path):
@@ -41,7 +41,8 @@ def test_ratio_split_end_to_end(tmp_path):
     ds = build_dataset(tmp_path / "r.csv", feedback="rating", threshold=4, kcore=3, seed=7)
     train, valid, test = (_pairs(ds, p) for p in (ds.train, ds.valid, ds.test))
     assert not (train & test) and not (train & valid) and not (valid & test)
-    positives = {(u, i) for u, i, r in zip(raw["userId"].to_pylist(), raw["movieId"].to_pylist(), raw["rating"].to_pylist()) if r >= 4}
+    columns = (raw["userId"].to_pylist(), raw["movieId"].to_pylist(), raw["rating"].to_pylist())
+    positives = {(u, i) for u, i, r in zip(*columns, strict=True) if r >= 4}
     assert train | valid | test <= positives  # decoded back to the external ids of positive rows
     assert ds.stats["non_positive_rows"] == sum(r < 4 for r in raw["rating"].to_pylist())
     n_all = len(ds.train) + len(ds.valid) + len(ds.test)
@@ -55,11 +56,11 @@ def test_leave_last_out_end_to_end():
     raw = _raw(1)
     ds = build_dataset(raw, columns={"user": "userId", "item": "movieId"}, split="leave_last_out")
     latest = {}
-    for u, t in zip(raw["userId"].to_pylist(), raw["timestamp"].to_pylist()):
+    for u, t in zip(raw["userId"].to_pylist(), raw["timestamp"].to_pylist(), strict=True):
         latest[u] = max(latest.get(u, -1), t)
     test_users = ds.user_vocab.decode(ds.test.users)
     assert len(ds.test) == ds.num_users  # every user has > 2 rows here
-    assert all(latest[u] == t for u, t in zip(test_users.tolist(), ds.test.timestamps.tolist()))
+    assert all(latest[u] == t for u, t in zip(test_users.tolist(), ds.test.timestamps.tolist(), strict=True))
 
 
 def test_time_split_end_to_end():
@@ -98,7 +99,8 @@ def test_generic_feature_file_is_inferred(tmp_path):
     )
     ds = build_dataset(_raw(4), kcore=2, item_features=tmp_path / "items.csv")
     ft = ds.item_features
-    assert set(ft.categorical) == {"kind"} and set(ft.multi_categorical) == {"tags"} and set(ft.dense) == {"price", "rank"}
+    assert set(ft.categorical) == {"kind"} and set(ft.multi_categorical) == {"tags"}
+    assert set(ft.dense) == {"price", "rank"}
     # aligned by the key column movie_id (found by name though it is not the first column)
     ids = ds.item_vocab.ids
     kinds = [ft.values["kind"][c - 1] for c in ft.categorical["kind"][0]]
@@ -145,7 +147,10 @@ def test_gini_and_describe(tmp_path):
 def test_config_round_trip_through_json():
     import json
 
-    cfg = DataConfig(feedback="rating", threshold=3.5, kcore=(5, 2), split="time", time_cuts=(10, 20), columns={"user": "u", "item": "i"})
+    cfg = DataConfig(
+        feedback="rating", threshold=3.5, kcore=(5, 2), split="time", time_cuts=(10, 20),
+        columns={"user": "u", "item": "i"}
+    )
     again = DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     with pytest.raises(ValueError, match="unknown DataConfig field"):

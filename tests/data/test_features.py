@@ -46,7 +46,10 @@ def test_generic_features_aligned_with_codes():
 def test_buckets_prefix_and_errors():
     vocab = Vocabulary(["u1", "u2", "u3"])
     table = pa.table({"id": ["u1", "u2", "u3"], "age": [17, 30, None], "zip": ["94043", "T8H1N", "10"]})
-    ft = build_features(table.column("id"), table, [FeatureSpec("age", "categorical", buckets=(18, 25, 35)), FeatureSpec("zip", "categorical", prefix=2)], vocab)
+    ft = build_features(
+        table.column("id"), table,
+        [FeatureSpec("age", "categorical", buckets=(18, 25, 35)), FeatureSpec("zip", "categorical", prefix=2)], vocab
+    )
     age, card = ft.categorical["age"]
     assert card == 5 and [ft.values["age"][c - 1] if c else None for c in age] == ["<18", "[25,35)", None]
     assert [ft.values["zip"][c - 1] for c in ft.categorical["zip"][0]] == ["94", "T8", "10"]
@@ -92,7 +95,8 @@ def test_movielens_u_user(tmp_path, age):
     gender = [ft.values["gender"][c - 1] if c else None for c in ft.categorical["gender"][0]]
     assert gender == ["F", "M", None]  # code 0 is id 2, code 1 id 1, id 4 has no row
     if age == "bucket":
-        assert [ft.values["age"][c - 1] if c else None for c in ft.categorical["age"][0]] == ["[50,56)", "[18,25)", None]
+        ages = [ft.values["age"][c - 1] if c else None for c in ft.categorical["age"][0]]
+        assert ages == ["[50,56)", "[18,25)", None]
     else:
         # standardized over the 2 known users: (24 - 38.5) / 14.5 = -1, (53 - 38.5) / 14.5 = 1; unknown 0
         np.testing.assert_allclose(ft.dense["age"][:, 0], [1.0, -1.0, 0.0])

@@ -45,7 +45,9 @@ def test_csv_with_header_guesses_columns(tmp_path):
 
 def test_tsv_with_given_names_and_explicit_columns(tmp_path):
     path = _write(tmp_path / "x.tsv", None, "\t")
-    result = read_interactions(path, names=["a", "b", "c", "d"], columns={"user": "a", "item": "b", "rating": "c", "timestamp": "d"})
+    result = read_interactions(
+        path, names=["a", "b", "c", "d"], columns={"user": "a", "item": "b", "rating": "c", "timestamp": "d"}
+    )
     assert _cols(result) == _expected()
 
 
@@ -79,7 +81,7 @@ def test_double_colon_split_across_chunk_boundary():
 def test_many_rows_double_colon_matches_tab(tmp_path):
     rng = np.random.default_rng(0)
     u, i, t = rng.integers(0, 10**6, 200_000), rng.integers(0, 10**5, 200_000), rng.integers(0, 10**9, 200_000)
-    lines = "\n".join(f"{a}::{b}::{c % 5 + 1}::{c}" for a, b, c in zip(u, i, t)) + "\n"
+    lines = "\n".join(f"{a}::{b}::{c % 5 + 1}::{c}" for a, b, c in zip(u, i, t, strict=True)) + "\n"
     (tmp_path / "ratings.dat").write_text(lines)  # > 4 MiB: several chunks of the separator stream
     result = read_interactions(tmp_path / "ratings.dat")
     assert result.table.column("user").to_numpy().tolist() == u.tolist()
@@ -228,14 +230,15 @@ _CORRUPT = {
 
 @settings(max_examples=40, deadline=None)
 @given(
-    rows=st.lists(st.tuples(st.integers(0, 50), st.integers(-5, 10**12), st.integers(0, 10), st.integers(0, 2**40)), min_size=1, max_size=30),
+    rows=st.lists(st.tuples(st.integers(0, 50), st.integers(-5, 10**12), st.integers(0, 10), st.integers(0, 2**40)),
+                  min_size=1, max_size=30),
     marks=st.lists(st.sampled_from([None, None, None, "blank", *_CORRUPT]), min_size=30, max_size=30),
     crlf=st.booleans(),
 )
 def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
     # every corrupted line is reported by its physical number; blank lines shift numbers but are not errors
     lines, kept, bad_lines = ["user,item,rating,timestamp"], [], []
-    for (u, i, r, t), mark in zip(rows, marks):
+    for (u, i, r, t), mark in zip(rows, marks, strict=False):  # marks has 30 entries, rows 1 to 30: the first len(rows)
         if mark == "blank":
             lines.append("")
         if mark in _CORRUPT:
@@ -250,14 +253,16 @@ def test_line_numbers_property(tmp_path_factory, rows, marks, crlf):
     path.write_bytes((("\r\n" if crlf else "\n").join(lines) + "\n").encode())
     result = read_interactions(path)
     t = result.table
-    assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")))) == kept
+    assert list(zip(*(t.column(c).to_pylist() for c in ("user", "item", "rating", "timestamp")), strict=True)) == kept
     assert result.report.rows_skipped == len(bad_lines)
     assert result.report.skipped_lines == tuple(bad_lines[:10])
 
 
 def test_large_integer_timestamps_stay_exact_on_the_text_path(tmp_path):
     # a bad row forces the all-text re-read; 19-digit nanosecond epochs must not pass through float64
-    (tmp_path / "ns.csv").write_text("user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n")
+    (tmp_path / "ns.csv").write_text(
+        "user,item,ts\n1,2,1600000000123456789\n1,,1600000000123456790\n2,3,1600000000123456791\n"
+    )
     result = read_interactions(tmp_path / "ns.csv")
     assert result.table.column("timestamp").to_pylist() == [1600000000123456789, 1600000000123456791]
 
@@ -324,7 +329,9 @@ def test_id_type_does_not_depend_on_unrelated_rows(tmp_path):
 def test_float_ids_that_are_not_exact_integers_are_refused():
     """Float id columns (pandas, Parquet) must hold exact integers: 2.5 silently became the string
     '2.5' (and every other id a string with it)."""
-    with pytest.raises(DataError, match=r"item ids in column 'item' are floats that are not exact integers \(e.g. 2.5\)"):
+    with pytest.raises(
+        DataError, match=r"item ids in column 'item' are floats that are not exact integers \(e.g. 2.5\)"
+    ):
         from_table(pa.table({"user": [1, 2, 3], "item": [1.0, 2.5, 3.0]}))
     with pytest.raises(DataError, match="not exact integers"):
         from_table(pa.table({"user": [2.0**60, 1.0], "item": [1, 2]}))

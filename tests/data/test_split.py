@@ -15,7 +15,9 @@ def _counts(assignment, users, user):
 # RecBole 0.8/0.1/0.1 by hand: valid/test get int(0.1 * n); train the rest; a part with share in
 # (0, 1) takes one row from train while train has > 1 (test first). n=2: share 0.2 -> test 1.
 # n=3: test 1 (train 2 > 1), then valid 1. n=25: int(2.5) = 2 each, train 21.
-@pytest.mark.parametrize("n,expected", [(1, [1, 0, 0]), (2, [1, 0, 1]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [21, 2, 2]), (19, [17, 1, 1])])
+@pytest.mark.parametrize(
+    "n,expected", [(1, [1, 0, 0]), (2, [1, 0, 1]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [21, 2, 2]), (19, [17, 1, 1])]
+)
 def test_ratio_counts_follow_recbole(n, expected):
     users = np.zeros(n, dtype=np.int32)
     assert _counts(ratio_split(users, (0.8, 0.1, 0.1), seed=3), users, 0) == expected
@@ -58,7 +60,9 @@ def test_time_split():
 def _dataset(users, items, assignment, require_valid=True):
     u, uv = encode_ids(np.asarray(users))
     i, iv = encode_ids(np.asarray(items))
-    return assemble(Interactions(u, i, None), np.asarray(assignment, dtype=np.int8), uv, iv, require_valid=require_valid)
+    return assemble(
+        Interactions(u, i, None), np.asarray(assignment, dtype=np.int8), uv, iv, require_valid=require_valid
+    )
 
 
 def test_assemble_drops_cold_start_and_renumbers():
@@ -109,7 +113,7 @@ def test_with_valid_in_train_moves_every_valid_row_into_train_and_keeps_test():
     ds = build_dataset(generate(num_users=120, num_items=90, interactions_per_user=12, seed=3), seed=1)
     assert len(ds.valid) > 0
     refit = with_valid_in_train(ds)
-    pairs = lambda part: sorted(zip(part.users.tolist(), part.items.tolist()))  # noqa: E731
+    pairs = lambda part: sorted(zip(part.users.tolist(), part.items.tolist(), strict=True))  # noqa: E731
     assert pairs(refit.train) == sorted(pairs(ds.train) + pairs(ds.valid))
     assert len(refit.valid) == 0 and refit.stats["valid_rows"] == 0
     assert pairs(refit.test) == pairs(ds.test)

@@ -59,7 +59,9 @@ def test_personal_taste_beats_popularity():
 def test_side_feature_tables():
     _, truth = generate_with_truth(num_users=100, num_items=80, interactions_per_user=5, seed=2)
     assert truth.item_table.column_names == ["item", "category", "tags", "quality"]
-    agree = np.array([c == f"c{k}" for c, k in zip(truth.item_table.column("category").to_pylist(), truth.item_cluster)])
+    agree = np.array(
+        [c == f"c{k}" for c, k in zip(truth.item_table.column("category").to_pylist(), truth.item_cluster, strict=True)]
+    )
     assert 0.8 < agree.mean() <= 1.0  # a noisy copy of the cluster
 
 

@@ -49,7 +49,7 @@ def test_matches_float64_reference(B, D, V, dtype, sparse, masked):
         (out.double() * upstream).sum().backward()
         assert t.grad.is_sparse == sparse
         results.append((out.detach().double(), t.grad.to_dense().double()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
         torch.testing.assert_close(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
     torch.testing.assert_close(results[0][0], _naive(table, values, offsets, keep),

@@ -19,7 +19,8 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 3e-5}  # float32: roundings of
 def _inputs(B, C, D, R, U, seed):
     g = torch.Generator().manual_seed(seed)
     query = torch.randn(B, D, generator=g, dtype=torch.float64)
-    weight = torch.randn(R, D, generator=g, dtype=torch.float64) * torch.rand(R, 1, generator=g, dtype=torch.float64) * 3
+    weight = (torch.randn(R, D, generator=g, dtype=torch.float64)
+              * torch.rand(R, 1, generator=g, dtype=torch.float64) * 3)
     weight[0] = 0.0  # a zero row: its normalised copy is 0 and its derivative g / eps
     ids = torch.randint(0, R, (U,), generator=g)  # repeats allowed, many table rows unused
     index = torch.randint(0, U, (B, C), generator=g)
@@ -44,7 +45,7 @@ def test_matches_float64_reference(B, C, D, R, U, dtype, normalize, sparse):
     inputs = _inputs(B, C, D, R, U, seed=B * 7 + C + D + R)
     got = _run(embedding_scores, *inputs, dtype, normalize, sparse)
     want = _run(embedding_scores_reference, *inputs, torch.float64, normalize, sparse)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
         torch.testing.assert_close(g, w, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
 

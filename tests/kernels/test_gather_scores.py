@@ -33,7 +33,7 @@ def test_matches_float64_reference(B, C, D, U, dtype):
         out = fn(q, v, index)
         (out.double() * upstream).sum().backward()
         results.append((out.detach().double(), q.grad.double(), v.grad.double()))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
         torch.testing.assert_close(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
 
@@ -52,7 +52,9 @@ def test_non_contiguous_inputs_and_int32_index():
     query, vectors, index, _ = _inputs(20, 6, 10, 15, seed=5, dtype=torch.float64)
     q_t = query.t().contiguous().t()  # same values, column-major strides
     v_wide = torch.cat([vectors, vectors], dim=1)[:, ::2]
-    torch.testing.assert_close(gather_scores(q_t, v_wide, index.int()), gather_scores_reference(query, v_wide.contiguous(), index))
+    torch.testing.assert_close(
+        gather_scores(q_t, v_wide, index.int()), gather_scores_reference(query, v_wide.contiguous(), index)
+    )
 
 
 def test_only_the_needed_gradient_is_formed():

@@ -249,7 +249,9 @@ def test_split_columns_agree_with_reference(splits: int) -> None:
     from twotower.kernels.infonce_reference import accidental_hit_mask
 
     s = s.masked_fill(
-        accidental_hit_mask(B, M, query_ids=inp["query_ids"], item_ids=inp["item_ids"], extra_ids=inp["extra_ids"], device=s.device),
+        accidental_hit_mask(
+            B, M, query_ids=inp["query_ids"], item_ids=inp["item_ids"], extra_ids=inp["extra_ids"], device=s.device
+        ),
         float("-inf"),
     )
     ref_lse = torch.logsumexp(s, 1)
@@ -341,7 +343,9 @@ def test_autotune_opt_in_is_wired(monkeypatch: pytest.MonkeyPatch) -> None:
     # lambdas and the heuristics they keep (BLOCK_D, SINGLE_D) end to end.
     import triton
 
-    monkeypatch.setattr(kt, "_tune_configs", lambda: [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)])
+    monkeypatch.setattr(
+        kt, "_tune_configs", lambda: [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
+    )
     kt._tuned_kernels.cache_clear()
     try:
         tuned = kt._tuned_kernels()
@@ -446,7 +450,10 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu.compile_infonce", "--stage", "ttir", "--dtypes", "bf16,fp32", "--dims", "64,256,320"],
+        [
+            sys.executable, "-m", "benchmarks.gpu.compile_infonce", "--stage", "ttir", "--dtypes", "bf16,fp32",
+            "--dims", "64,256,320"
+        ],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]

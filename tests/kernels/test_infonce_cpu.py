@@ -52,7 +52,7 @@ def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch
         upstream = torch.randn(loss.shape, generator=torch.Generator().manual_seed(1), dtype=loss.dtype)
         (loss * upstream).sum().backward()
         grads.append((loss.detach(), q.grad, k.grad, None if extra is None else extra.grad, temperature.grad))
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         if want is None:
             assert got is None
             continue
@@ -68,7 +68,10 @@ def test_float32_matches_float64_reference_and_dispatches_on_cpu(monkeypatch):
     real = infonce_cpu.infonce_blocked
     monkeypatch.setattr("twotower.kernels.infonce.infonce_blocked", lambda *a, **kw: called.append(1) or real(*a, **kw))
     q32, k32 = q.detach().float(), k.detach().float()
-    kwargs32 = {**kwargs, "extra": extra.detach().float(), "logq": kwargs["logq"].float(), "logq_extra": kwargs["logq_extra"].float()}
+    kwargs32 = {
+        **kwargs, "extra": extra.detach().float(), "logq": kwargs["logq"].float(),
+        "logq_extra": kwargs["logq_extra"].float()
+    }
     got = infonce(q32, k32, temperature=0.1, **kwargs32)
     assert called == [1] and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-6)

@@ -64,7 +64,8 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     rng = np.random.default_rng(100 + case)
     num_items = int(rng.integers(1, 300))
     num_users = int(rng.integers(1, 25))
-    sizes = [rng.choice([0, rng.integers(0, num_items + 1), rng.integers(0, max(1, num_items // 8)), num_items]) for _ in range(num_users)]
+    sizes = [rng.choice([0, rng.integers(0, num_items + 1), rng.integers(0, max(1, num_items // 8)), num_items])
+             for _ in range(num_users)]
     history = make_history(rng, num_users, num_items, sizes)
     users = rng.integers(0, num_users, size=int(rng.integers(0, 40)))
     n = int(rng.integers(0, 70))
@@ -75,8 +76,12 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     index = K.build_exclusion_index(*history, num_items, memory_ratio=float(rng.choice([0.0, 0.5, 4.0, 1e9])))
 
     got = K.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries)
-    np.testing.assert_array_equal(got, R.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries))
-    np.testing.assert_array_equal(got, K.uniform_negatives(users, num_items, n, exclude=index, seed=seed, max_tries=tries))
+    np.testing.assert_array_equal(
+        got, R.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries)
+    )
+    np.testing.assert_array_equal(
+        got, K.uniform_negatives(users, num_items, n, exclude=index, seed=seed, max_tries=tries)
+    )
     assert got.dtype == np.int64 and got.shape == (users.size, n) and got.flags.c_contiguous
 
     weights = rng.random(num_items) ** 3 * (rng.random(num_items) < 0.8)
@@ -87,12 +92,16 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     np.testing.assert_array_equal(table.alias, ref_table.alias)
     for exclude in (None, history, index):
         got = K.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries)
-        np.testing.assert_array_equal(got, R.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries))
+        np.testing.assert_array_equal(
+            got, R.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries)
+        )
 
     cand = rng.integers(-1, num_items, size=(users.size, int(rng.integers(0, 30))))
     for replace in (True, False):
         for rank_range in ((0, None), (2, 9), (5, 5)):
-            kwargs = dict(num_items=num_items, exclude=history, seed=seed, rank_range=rank_range, replace=replace, max_tries=tries)
+            kwargs = dict(
+                num_items=num_items, exclude=history, seed=seed, rank_range=rank_range, replace=replace, max_tries=tries
+            )
             got = K.hard_negatives(users, cand, n, **kwargs)
             np.testing.assert_array_equal(got, R.hard_negatives(users, cand, n, **kwargs))
             np.testing.assert_array_equal(got, K.hard_negatives(users, cand, n, **{**kwargs, "exclude": index}))
@@ -115,8 +124,12 @@ def test_one_draw_per_row_equals_reference(memory_ratio, tries):
     index = K.build_exclusion_index(*history, num_items, memory_ratio=memory_ratio)
     users = rng.integers(0, sizes.size, 3000)
     got = K.uniform_negatives(users, num_items, 1, exclude=index, seed=5, max_tries=tries)
-    np.testing.assert_array_equal(got, R.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries))
-    np.testing.assert_array_equal(got, K.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries))
+    np.testing.assert_array_equal(
+        got, R.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries)
+    )
+    np.testing.assert_array_equal(
+        got, K.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries)
+    )
 
 
 def test_frequency_estimator_equals_reference():
@@ -158,7 +171,8 @@ def test_popularity_never_draws_excluded_items():
     table = K.build_alias_table(K.popularity_weights(counts))
     # Give half the users the most popular items, so their positives hold most of the mass (fallback path).
     popular = np.argsort(-counts)
-    rows = [np.sort(popular[:k]) if u % 2 else np.sort(rng.choice(num_items, k, replace=False)) for u, k in enumerate(rng.integers(1, 150, num_users))]
+    rows = [np.sort(popular[:k]) if u % 2 else np.sort(rng.choice(num_items, k, replace=False))
+            for u, k in enumerate(rng.integers(1, 150, num_users))]
     indptr = np.zeros(num_users + 1, np.int64)
     indptr[1:] = np.cumsum([r.size for r in rows])
     history = (indptr, np.concatenate(rows).astype(np.int32))
@@ -257,7 +271,8 @@ def test_alias_table_encodes_the_target_distribution(num_items):
     weights = rng.zipf(1.3, num_items).astype(float) ** 0.75 * (rng.random(num_items) < 0.9)
     weights[0] += 1.0
     table = K.build_alias_table(weights)
-    implied = np.bincount(np.arange(num_items), table.prob, num_items) + np.bincount(table.alias, 1 - table.prob, num_items)
+    implied = (np.bincount(np.arange(num_items), table.prob, num_items)
+               + np.bincount(table.alias, 1 - table.prob, num_items))
     np.testing.assert_allclose(implied / num_items, weights / weights.sum(), rtol=0, atol=1e-13)
 
 
@@ -297,7 +312,9 @@ def test_popularity_excluding_fits_renormalised_popularity(n):
         # logQ of a draw: p_i / (1 - mass of positives).
         log_q = K.popularity_log_q(np.full(neg.shape[0], u), neg, table, exclude=history)
         np.testing.assert_allclose(log_q, np.log(table.p[neg] / (1 - table.p[positives].sum())), rtol=1e-5)
-        np.testing.assert_array_equal(log_q, K.popularity_log_q(np.full(neg.shape[0], u), neg, table, exclude=history, positive_mass=mass))
+        np.testing.assert_array_equal(
+            log_q, K.popularity_log_q(np.full(neg.shape[0], u), neg, table, exclude=history, positive_mass=mass)
+        )
 
 
 # ---------------------------------------------------------------------------------- hard negatives
@@ -312,7 +329,9 @@ def test_hard_negatives_respect_ranks_and_positives():
     users = np.arange(batch)
     a, b = 10, 40
     for replace in (True, False):
-        neg = K.hard_negatives(users, cand, 12, num_items=num_items, exclude=history, rank_range=(a, b), replace=replace, seed=1)
+        neg = K.hard_negatives(
+            users, cand, 12, num_items=num_items, exclude=history, rank_range=(a, b), replace=replace, seed=1
+        )
         for r in range(batch):
             eligible = np.setdiff1d(cand[r, a:b], row(history, r))
             assert np.isin(neg[r], eligible).all(), f"row {r} drew outside ranks [{a}, {b}) minus positives"
@@ -323,7 +342,9 @@ def test_hard_negatives_respect_ranks_and_positives():
 def test_hard_negatives_uniform_over_window():
     cand = np.tile(np.arange(100)[::-1], (1, 1))
     history = (np.array([0, 3], np.int64), np.array([93, 95, 97], np.int32))  # ranks 6, 4, 2
-    neg = K.hard_negatives(np.zeros(1, np.int64), cand, 200_000, num_items=100, exclude=history, rank_range=(1, 20), seed=2)
+    neg = K.hard_negatives(
+        np.zeros(1, np.int64), cand, 200_000, num_items=100, exclude=history, rank_range=(1, 20), seed=2
+    )
     eligible = np.setdiff1d(cand[0, 1:20], history[1])
     stat, threshold = chi2_fits(neg, eligible, np.ones(eligible.size))
     assert stat < threshold
@@ -399,7 +420,9 @@ def test_streaming_frequency_error_on_a_zipf_stream():
             est.update(stream[step])
         ratio = est.probability(np.arange(num_items))[keep] / rate[keep]
         rel = np.abs(ratio - 1)
-        errors[hashes] = (np.median(rel), np.quantile(rel, 0.9), (f[keep] * rel).sum() / f[keep].sum(), np.median(ratio))
+        errors[hashes] = (
+            np.median(rel), np.quantile(rel, 0.9), (f[keep] * rel).sum() / f[keep].sum(), np.median(ratio)
+        )
     median, p90, weighted, bias = errors[2]
     assert median < 0.16 and p90 < 0.5 and weighted < 0.12 and 0.97 < bias < 1.1, errors[2]
     assert errors[1][1] > 2 * p90 and errors[1][2] > 2 * weighted, "a second hash should cut collision error"

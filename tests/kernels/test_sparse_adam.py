@@ -27,11 +27,14 @@ def test_matches_reference_over_several_steps(R, D, P, decoupled, dtype, tol):
         g = torch.Generator().manual_seed(step * 31 + P)
         rows = torch.randint(0, R, (P,), generator=g)  # repeats when P > R or by chance
         grads = torch.randn(P, D, generator=g, dtype=torch.float64)
-        kwargs = {"step": step, "lr": 0.03, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1, "decoupled": decoupled}
+        kwargs = {
+            "step": step, "lr": 0.03, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1,
+            "decoupled": decoupled
+        }
         sparse_adam(*got, rows, grads.to(dtype), slots=slots, **kwargs)
         sparse_adam_reference(*want, rows, grads, **kwargs)
         assert (slots == -1).all(), "the scratch must come back clean"
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
 
 
@@ -47,16 +50,18 @@ def test_a_few_repeated_rows_among_single_ones(R):
     sparse_adam(*got, rows, grads, step=1, lr=0.01, slots=slots)
     sparse_adam_reference(*want, rows, grads, step=1, lr=0.01)
     assert (slots == -1).all()
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_untouched_rows_are_left_alone():
     param, m, v = _state(20, 4, seed=1)
     before = [t.clone() for t in (param, m, v)]
-    sparse_adam(param, m, v, torch.tensor([3, 3, 11]), torch.randn(3, 4, dtype=torch.float64), step=5, lr=0.1, weight_decay=0.5)
+    sparse_adam(
+        param, m, v, torch.tensor([3, 3, 11]), torch.randn(3, 4, dtype=torch.float64), step=5, lr=0.1, weight_decay=0.5
+    )
     untouched = [r for r in range(20) if r not in (3, 11)]
-    for now, then in zip((param, m, v), before):
+    for now, then in zip((param, m, v), before, strict=True):
         assert torch.equal(now[untouched], then[untouched])
         assert not torch.equal(now[[3, 11]], then[[3, 11]])
 

@@ -25,14 +25,18 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 5e-5}  # relative; float32: ro
 
 def _inputs(B, C, D, R, S, U, seed):
     g = torch.Generator().manual_seed(seed)
-    query_table = torch.randn(R, D, generator=g, dtype=torch.float64) * (0.5 + torch.rand(R, 1, generator=g, dtype=torch.float64))
-    item_table = torch.randn(S, D, generator=g, dtype=torch.float64) * (0.5 + torch.rand(S, 1, generator=g, dtype=torch.float64))
+    query_table = (torch.randn(R, D, generator=g, dtype=torch.float64)
+                   * (0.5 + torch.rand(R, 1, generator=g, dtype=torch.float64)))
+    item_table = (torch.randn(S, D, generator=g, dtype=torch.float64)
+                  * (0.5 + torch.rand(S, 1, generator=g, dtype=torch.float64)))
     query_ids = torch.randint(0, R, (B,), generator=g)  # repeats: a user twice in a batch
     item_ids = torch.randint(0, S, (U,), generator=g)  # repeats: the unknown row id dropout maps to
     index = torch.randint(0, U, (B, C), generator=g)
     grad = torch.randn(B, C, generator=g, dtype=torch.float64)
-    moments = [torch.randn(R, D, generator=g, dtype=torch.float64) * 0.1, torch.rand(R, D, generator=g, dtype=torch.float64),
-               torch.randn(S, D, generator=g, dtype=torch.float64) * 0.1, torch.rand(S, D, generator=g, dtype=torch.float64)]
+    moments = [torch.randn(R, D, generator=g, dtype=torch.float64) * 0.1,
+               torch.rand(R, D, generator=g, dtype=torch.float64),
+               torch.randn(S, D, generator=g, dtype=torch.float64) * 0.1,
+               torch.rand(S, D, generator=g, dtype=torch.float64)]
     return query_table, item_table, query_ids, item_ids, index, grad, moments
 
 
@@ -67,9 +71,11 @@ def test_scores_norm_and_adam_step_match_the_reference(shape, normalize, dtype):
                         AdamTable(got_tables[1], *got_moments[2:], **kw), grad_scale=0.3)
         table_adam_step_reference(want, grad, AdamTable(want_tables[0], *want_moments[:2], **kw),
                                   AdamTable(want_tables[1], *want_moments[2:], **kw), grad_scale=0.3)
-    for name, a, b in zip(("query table", "item table"), got_tables, want_tables):
+    for name, a, b in zip(("query table", "item table"), got_tables, want_tables, strict=True):
         _close(a, b, dtype, name)
-    for name, a, b in zip(("query exp_avg", "query exp_avg_sq", "item exp_avg", "item exp_avg_sq"), got_moments, want_moments):
+    for name, a, b in zip(
+        ("query exp_avg", "query exp_avg_sq", "item exp_avg", "item exp_avg_sq"), got_moments, want_moments, strict=True
+    ):
         _close(a, b, dtype, name)
 
 

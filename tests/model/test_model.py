@@ -258,7 +258,9 @@ def test_history_gate_blends_the_pooled_history_into_the_user_id(weight: float) 
     torch.testing.assert_close(got[2], (1 - weight) * users[2])  # empty history: zeros pooled
     with torch.no_grad():  # the learned map V applies to the pooled history
         model.user_tower.history_map.weight.mul_(2.0)
-    torch.testing.assert_close(model.encode_users(torch.tensor([1]))[0], (1 - weight) * users[1] + 2 * weight * items[1])
+    torch.testing.assert_close(
+        model.encode_users(torch.tensor([1]))[0], (1 - weight) * users[1] + 2 * weight * items[1]
+    )
 
 
 def test_history_gate_gives_both_tables_row_sparse_gradients() -> None:

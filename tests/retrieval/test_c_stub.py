@@ -22,8 +22,9 @@ def stub_params(fn: ast.FunctionDef) -> list[tuple[str, bool, str | None]]:
     args = fn.args
     positional = [a for a in args.args if a.arg != "self"]
     defaults = [None] * (len(positional) - len(args.defaults)) + [ast.unparse(d) for d in args.defaults]
-    out = [(a.arg, False, d) for a, d in zip(positional, defaults)]
-    out += [(a.arg, True, None if d is None else ast.unparse(d)) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    out = [(a.arg, False, d) for a, d in zip(positional, defaults, strict=True)]
+    out += [(a.arg, True, None if d is None else ast.unparse(d))
+            for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
     return out
 
 

@@ -79,7 +79,9 @@ arrays = hnp.arrays(
     dtype=st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_]),
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6),
 )
-anything = st.one_of(arrays, st.none(), st.integers(-5, 5), st.floats(), st.text(max_size=3), st.lists(st.integers(), max_size=3))
+anything = st.one_of(
+    arrays, st.none(), st.integers(-5, 5), st.floats(), st.text(max_size=3), st.lists(st.integers(), max_size=3)
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import twotower
-from twotower import _C
 from tests.retrieval.test_exact import assert_matches_reference
+from twotower import _C
 
 pytestmark = pytest.mark.skipif(
     "avx512_vnni" not in twotower.available_simd(), reason="the screening kernel needs AVX-512 VNNI"
@@ -26,7 +26,9 @@ def fresh_rng() -> np.random.Generator:
 
 def float32_path(queries, items, k, exclude=None, threads=1):
     indptr, indices = exclude if exclude is not None else (None, None)
-    return _C.topk(queries, items, k, exclude_indptr=indptr, exclude_indices=indices, num_threads=threads, simd="avx512")
+    return _C.topk(
+        queries, items, k, exclude_indptr=indptr, exclude_indices=indices, num_threads=threads, simd="avx512"
+    )
 
 
 def screened(queries, items, k, exclude=None, threads=1, raw=False):

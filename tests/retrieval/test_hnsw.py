@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from twotower.evaluate import evaluate_ann
-from twotower.retrieval.hnsw import HNSWIndex
 from twotower.retrieval.exact_reference import topk_reference
+from twotower.retrieval.hnsw import HNSWIndex
 
 
 def data(seed: int = 0, n: int = 2000, dim: int = 16, queries: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +20,9 @@ def data(seed: int = 0, n: int = 2000, dim: int = 16, queries: int = 100) -> tup
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x[x >= 0]) & set(y[y >= 0])) / max((y >= 0).sum(), 1) for x, y in zip(a, b)]))
+    return float(
+        np.mean([len(set(x[x >= 0]) & set(y[y >= 0])) / max((y >= 0).sum(), 1) for x, y in zip(a, b, strict=True)])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_seen_items_are_filtered(built) -> None:
     exclude = (indptr, np.concatenate(rows))
     _, ids = index.search(queries[:20], 10, exclude=exclude)
     _, exact_ids = topk_reference(queries[:20], items, 10, exclude=exclude)
-    for row, got in zip(rows, ids):
+    for row, got in zip(rows, ids, strict=True):
         assert not np.isin(got, row).any()
     assert overlap(ids, exact_ids) >= 0.95
 

@@ -17,14 +17,13 @@ import pytest
 import torch
 
 import twotower
+from tests.retrieval.test_scoring import definition
 from twotower.cli import main
 from twotower.data import CSR, FeatureTable
 from twotower.data.synthetic import generate_with_truth
 from twotower.model.model_dir import load_model_dir, trained_dataset
 from twotower.model.towers import TowerInputs
 from twotower.retrieval.recommend import Recommender, UnknownIdError
-
-from tests.retrieval.test_scoring import definition
 
 SMALL = [
     "--silent", "--model.embedding_dim", "16", "--batches.batch_size", "256",
@@ -122,7 +121,7 @@ def test_exact_results_are_the_float64_top_k_in_the_models_scoring(model_dir) ->
     scoring = trained.model.config.scoring
     oracle = definition(users, items, scoring)
     answers = Recommender(trained).recommend(USERS, k=9)
-    for row, (code, answer) in enumerate(zip(codes, answers)):
+    for row, (code, answer) in enumerate(zip(codes, answers, strict=True)):
         allowed = np.ones(trained.model.num_items, dtype=bool)
         allowed[trained.seen.row(code)] = False
         assert_is_top_k(answer, oracle[row], trained.item_vocab, 9, allowed)
@@ -133,7 +132,7 @@ def test_exact_results_are_the_float64_top_k_in_the_models_scoring(model_dir) ->
 def test_ann_finds_the_exact_answer_on_a_small_catalogue(model_dir) -> None:
     exact = Recommender.load(model_dir).recommend(USERS, k=10)
     approximate = Recommender.load(model_dir, ann=True).recommend(USERS, k=10)
-    for e, a in zip(exact, approximate):
+    for e, a in zip(exact, approximate, strict=True):
         assert len(set(e.items.tolist()) & set(a.items.tolist())) >= 9
         np.testing.assert_allclose(np.sort(a.scores), np.sort(e.scores), rtol=1e-3, atol=1e-3)
 
@@ -194,7 +193,7 @@ def test_exclude_seen_leaves_out_every_training_item(model_dir) -> None:
     answers = recommender.recommend(list(users), k=50)
     unfiltered = recommender.recommend(list(users), k=50, exclude_seen=False)
     seen_somewhere = 0
-    for code, kept, everything in zip(range(40), answers, unfiltered):
+    for code, kept, everything in zip(range(40), answers, unfiltered, strict=True):
         trained_items = set(train.items[train.users == code].tolist())
         assert trained_items and not trained_items & set(trained.item_vocab.encode(kept.items).tolist())
         seen_somewhere += bool(trained_items & set(trained.item_vocab.encode(everything.items).tolist()))
@@ -285,7 +284,7 @@ def test_similar_items_leave_out_the_item_and_match_a_float64_oracle(model_dir, 
     asked = trained.item_vocab.ids[[0, 5, 199]].tolist()
     for ann in (False, True) if which == "scored" else (False,):
         answers = Recommender(trained, ann=ann).similar_items(asked, k=8)
-        for answer, item in zip(answers, asked):
+        for answer, item in zip(answers, asked, strict=True):
             code = int(trained.item_vocab.encode([item])[0])
             assert answer.query == item and item not in answer.items.tolist()
             allowed = np.ones(trained.model.num_items, dtype=bool)

@@ -98,7 +98,10 @@ def test_numbers_given_where_names_are_expected_are_names():
 
 def test_to_toml_reads_back_to_an_equal_config(tmp_path):
     config = TrainConfig.from_dict({
-        "data": {"path": "/data/ratings.csv", "options": {"columns": {"user": "userId", "item": 1}, "ratios": [0.7, 0.2, 0.1]}},
+        "data": {
+            "path": "/data/ratings.csv",
+            "options": {"columns": {"user": "userId", "item": 1}, "ratios": [0.7, 0.2, 0.1]},
+        },
         "model": {"embedding_dim": 48, "user": {"hidden_dims": [32, 16], "id_dim": 8}},
         "loss": {"temperature": 0.07, "kind": "infonce"},
         "batches": {"hard_rank_range": [3, 40]},

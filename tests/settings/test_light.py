@@ -44,7 +44,8 @@ def test_importing_every_settings_module_loads_no_runtime():
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["tune", "--help"], ["evaluate", "--help"]])
 def test_help_loads_no_runtime(argv):
-    code = f"import runpy, sys\nsys.argv = ['twotower', *{argv!r}]\nrunpy.run_module('twotower.cli', run_name='__main__')"
+    code = (f"import runpy, sys\nsys.argv = ['twotower', *{argv!r}]\n"
+            "runpy.run_module('twotower.cli', run_name='__main__')")
     heavy, out = _heavy_modules_after(code)
     assert heavy == []
     assert out.startswith("usage: twotower")

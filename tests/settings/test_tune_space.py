@@ -36,7 +36,9 @@ timeout = 60
 """)
     assert (settings.metric, settings.trials, settings.timeout) == ("recall@20", 7, 60.0)
     space = settings.space
-    assert space["loss.temperature"] == Param("loss.temperature", low=0.05, high=0.5, log=True)  # float | None: a float range
+    assert space["loss.temperature"] == Param(  # float | None: a float range
+        "loss.temperature", low=0.05, high=0.5, log=True
+    )
     assert space["model.embedding_dim"] == Param("model.embedding_dim", low=8, high=64, step=8, integer=True)
     assert space["model.user.id_dim"].integer and space["model.user.id_dim"].log  # int | None: an integer range
     assert not space["optim.lr"].integer
@@ -48,25 +50,46 @@ timeout = 60
 @pytest.mark.parametrize(
     ("tune", "message"),
     [
-        ('"optim.learning_rate" = { low = 0.001, high = 0.1 }', r"unknown setting 'optim.learning_rate'; \[optim\] has optim.optimizer, optim.lr, "),
+        (
+            '"optim.learning_rate" = { low = 0.001, high = 0.1 }',
+            r"unknown setting 'optim.learning_rate'; \[optim\] has optim.optimizer, optim.lr, "
+        ),
         ('"lr" = { low = 0.001, high = 0.1 }', "unknown setting 'lr'"),
-        ('"model.user" = { choices = [1, 2] }', r"unknown setting 'model.user'; \[model\] has model.embedding_dim, model.scoring, model.user_history"),
+        (
+            '"model.user" = { choices = [1, 2] }',
+            r"unknown setting 'model.user'; \[model\] has model.embedding_dim, model.scoring, model.user_history"
+        ),
         ('"optim.lr.x" = { choices = [1, 2] }', "unknown setting 'optim.lr.x'"),
         ('"optm.lr" = { low = 0.001, high = 0.1 }', "unknown setting 'optm.lr'; did you mean 'optim.lr'"),
         ('"model.embedding_dim" = { low = 8.5, high = 64 }', "'model.embedding_dim': low must be an integer; got 8.5"),
-        ('"model.embedding_dim" = { choices = [64, "128"] }', r"'model.embedding_dim': choices\[1\] must be an integer; got '128'"),
+        (
+            '"model.embedding_dim" = { choices = [64, "128"] }',
+            r"'model.embedding_dim': choices\[1\] must be an integer; got '128'"
+        ),
         ('"loss.symmetric" = { choices = [1, 0] }', r"'loss.symmetric': choices\[0\] must be true or false"),
         ('"optim.lr" = { low = 0.1, high = 0.01 }', r"'optim.lr': low \(0.1\) is above high \(0.01\)"),
         ('"optim.lr" = { low = 0.0, high = 0.01, log = true }', "'optim.lr': log = true needs low > 0"),
-        ('"optim.lr" = { low = 0.001, high = 0.01, log = true, step = 0.001 }', "step must be > 0 and cannot go with log"),
+        (
+            '"optim.lr" = { low = 0.001, high = 0.01, log = true, step = 0.001 }',
+            "step must be > 0 and cannot go with log"
+        ),
         ('"optim.lr" = { low = 0.001 }', "'optim.lr': a range needs low and high"),
         ('"optim.lr" = { low = 0.001, high = 0.1, scale = "log" }', "'optim.lr': a range needs low and high"),
         ('"optim.lr" = { low = 0.001, high = 0.1, choices = [0.01] }', "either choices or a range"),
         ('"optim.lr" = { choices = [] }', "choices must be a non-empty list"),
         ('"optim.lr" = 0.01', "'optim.lr' must be a table"),
-        ('"optim.lr" = { low = 0.0, high = 0.01 }', r"'optim.lr': 0.0 gives settings that cannot train: optim.lr must be a finite number > 0"),
-        ('"optim.optimizer" = { low = 1, high = 2 }', "'optim.optimizer': a range needs a numeric setting; this one takes str"),
-        ('"optim.optimizer" = { choices = ["adamw", "sgd"] }', "'sgd' gives settings that cannot train: optim.optimizer must be one of"),
+        (
+            '"optim.lr" = { low = 0.0, high = 0.01 }',
+            r"'optim.lr': 0.0 gives settings that cannot train: optim.lr must be a finite number > 0"
+        ),
+        (
+            '"optim.optimizer" = { low = 1, high = 2 }',
+            "'optim.optimizer': a range needs a numeric setting; this one takes str"
+        ),
+        (
+            '"optim.optimizer" = { choices = ["adamw", "sgd"] }',
+            "'sgd' gives settings that cannot train: optim.optimizer must be one of"
+        ),
         ('"model.user.hidden_dims" = { choices = [[32], [64]] }', "only settings holding one number"),
         ('"data.options.kcore" = { low = 0, high = 5 }', "this setting cannot be searched"),
         ('"train.select_metric" = { choices = ["ndcg@10", "recall@10"] }', "this setting cannot be searched"),

@@ -48,7 +48,9 @@ def test_epoch_covers_every_pair_once_in_contiguous_int64():
 
 def test_drop_last_and_no_shuffle():
     users, items, n_items = make_pairs()
-    it = BatchIterator(users, items, num_items=n_items, config=BatchConfig(batch_size=32, drop_last=True, shuffle=False))
+    it = BatchIterator(
+        users, items, num_items=n_items, config=BatchConfig(batch_size=32, drop_last=True, shuffle=False)
+    )
     got = collect(it, 0)
     assert len(got) == users.size // 32 and all(b.users.size == 32 for b in got)
     np.testing.assert_array_equal(np.concatenate([b.items for b in got]), items[: 32 * len(got)])
@@ -66,8 +68,10 @@ FULL_CONFIG = dict(
 
 def assert_same_batches(a: list[Batch], b: list[Batch]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
-        for field in ("users", "items", "negatives", "negative_log_q", "shared_negatives", "shared_log_q", "item_log_q"):
+    for x, y in zip(a, b, strict=True):
+        for field in (
+            "users", "items", "negatives", "negative_log_q", "shared_negatives", "shared_log_q", "item_log_q"
+        ):
             xa, ya = getattr(x, field), getattr(y, field)
             assert (xa is None) == (ya is None), field
             if xa is not None:
@@ -81,11 +85,18 @@ def test_same_seed_same_batches_with_or_without_prefetch(kind):
     first = collect(BatchIterator(users, items, num_items=n_items, config=config), 2)
     again = collect(BatchIterator(users, items, num_items=n_items, config=config), 2)
     inline = collect(
-        BatchIterator(users, items, num_items=n_items, config=BatchConfig(**{**FULL_CONFIG, "negative_kind": kind}, seed=5, prefetch=0)), 2
+        BatchIterator(users, items, num_items=n_items,
+                      config=BatchConfig(**{**FULL_CONFIG, "negative_kind": kind}, seed=5, prefetch=0)),
+        2,
     )
     assert_same_batches(first, again)
     assert_same_batches(first, inline)
-    other = collect(BatchIterator(users, items, num_items=n_items, config=BatchConfig(**{**FULL_CONFIG, "negative_kind": kind}, seed=6)), 2)
+    other = collect(
+        BatchIterator(
+            users, items, num_items=n_items, config=BatchConfig(**{**FULL_CONFIG, "negative_kind": kind}, seed=6)
+        ),
+        2
+    )
     assert not np.array_equal(first[0].negatives, other[0].negatives)
 
 
@@ -98,7 +109,7 @@ def test_negatives_exclude_positives_and_log_q_is_exact(kind):
     weights = counts**0.75
     for b in collect(it, 0):
         assert b.negatives.shape == (b.users.size, 5) and b.negatives.dtype == np.int64
-        for u, row in zip(b.users.tolist(), b.negatives.tolist()):
+        for u, row in zip(b.users.tolist(), b.negatives.tolist(), strict=True):
             assert not positives[u] & set(row), f"user {u} got a positive as negative"
         # Static logQ of the positives: log(count / total) of the training stream.
         np.testing.assert_allclose(b.item_log_q, np.log(counts[b.items] / counts.sum()), rtol=1e-6)
@@ -137,14 +148,17 @@ def test_hard_negatives_come_from_candidates_once_set():
     config = BatchConfig(batch_size=16, num_negatives=4, negative_kind="hard", hard_rank_range=(2, 10), seed=3)
     it = BatchIterator(users, items, num_items=n_items, config=config)
     # Before any candidates, hard rows fall back to uniform draws: the very ids of the uniform kind.
-    uniform = BatchIterator(users, items, num_items=n_items, config=BatchConfig(batch_size=16, num_negatives=4, negative_kind="uniform", seed=3))
+    uniform = BatchIterator(
+        users, items, num_items=n_items,
+        config=BatchConfig(batch_size=16, num_negatives=4, negative_kind="uniform", seed=3)
+    )
     assert_same_batches(collect(it, 0), collect(uniform, 0))
     rng = np.random.default_rng(0)
     candidates = np.stack([rng.permutation(n_items)[:20] for _ in range(40)]).astype(np.int32)  # int32 kept as is
     it.set_candidates(candidates)
     positives = {u: set(items[users == u].tolist()) for u in np.unique(users)}
     for b in collect(it, 1):
-        for u, row in zip(b.users.tolist(), b.negatives.tolist()):
+        for u, row in zip(b.users.tolist(), b.negatives.tolist(), strict=True):
             window = set(candidates[u, 2:10].tolist()) - positives[u]
             if window:
                 assert set(row) <= window, f"user {u}: {row} outside candidate ranks [2, 10)"
@@ -204,11 +218,17 @@ def test_bad_input_raises_clear_errors():
     config = BatchConfig(num_negatives=1, negative_kind="uniform")
     with pytest.raises(ValueError, match="user code 99"):
         BatchIterator(full_users, full_items, num_items=n_items, config=config)
-    BatchIterator(full_users, full_items, num_items=n_items, config=BatchConfig(num_negatives=1, negative_kind="uniform", exclude_positives=False))
+    BatchIterator(
+        full_users, full_items, num_items=n_items,
+        config=BatchConfig(num_negatives=1, negative_kind="uniform", exclude_positives=False)
+    )
     # An unsorted history is caught once, at construction.
     indptr = np.array([0, 2], np.int64)
     with pytest.raises(ValueError, match="not sorted"):
-        BatchIterator(np.zeros(2, np.int64), np.array([3, 1]), num_items=5, config=BatchConfig(), history=(indptr, np.array([3, 1], np.int32)))
+        BatchIterator(
+            np.zeros(2, np.int64), np.array([3, 1]), num_items=5, config=BatchConfig(),
+            history=(indptr, np.array([3, 1], np.int32))
+        )
     it = BatchIterator(users, items, num_items=n_items, config=BatchConfig(num_negatives=1, negative_kind="hard"))
     with pytest.raises(ValueError, match="candidates must be"):
         it.set_candidates(np.zeros((3, 4), np.int64))

@@ -56,7 +56,7 @@ def test_cuda_rng_states_are_saved_and_restored_on_as_many_devices(tmp_path, mon
     assert torch.equal(torch.get_rng_state(), cpu_state)
     if restored:
         assert fake.restored is not None and len(fake.restored) == 2
-        for got, want in zip(fake.restored, states):
+        for got, want in zip(fake.restored, states, strict=True):
             assert torch.equal(got, want)
     else:  # resumed on another machine: its CUDA draws start afresh instead of failing
         assert fake.restored is None

@@ -80,7 +80,7 @@ def test_index_build_and_query_agree_with_exact(trained, capsys):
     ann = json.loads(capsys.readouterr().out)
     assert main(["recommend", model_dir, "--user", "1", "2", "-k", "5", "--json"]) == 0
     exact = json.loads(capsys.readouterr().out)
-    overlap = [len(set(a["items"]) & set(e["items"])) for a, e in zip(ann, exact)]
+    overlap = [len(set(a["items"]) & set(e["items"])) for a, e in zip(ann, exact, strict=True)]
     assert sum(overlap) >= 8  # HNSW on 200 items is near exact
     assert main(["evaluate", model_dir, "--ann", "--quiet"]) == 0
     assert "recall of ANN top-50 vs exact top-50" in capsys.readouterr().out
@@ -107,7 +107,10 @@ def test_config_file_and_flags_compose(tmp_path, monkeypatch):
         (["train", "--train.epochs", "abc"], "train.epochs must be an integer; got 'abc'"),
         (["train", "--batches.batch_size", "12.5"], "batches.batch_size must be an integer; got 12.5"),
         (["train", "--optim.lr", "fast"], "optim.lr must be a number; got 'fast'"),
-        (["train", "--eval.unknown_targets", "maybe"], "eval.unknown_targets must be one of 'drop', 'keep'; got 'maybe'"),
+        (
+            ["train", "--eval.unknown_targets", "maybe"],
+            "eval.unknown_targets must be one of 'drop', 'keep'; got 'maybe'"
+        ),
         (["train", "--eval.exclude", "valid"], "eval.exclude must be one of 'train+valid', 'train'; got 'valid'"),
         (["train", "--train.checkpoint_every", "0"], "train.checkpoint_every must be >= 1"),
         (["evaluate", "no/such/dir"], "model directory no/such/dir does not exist"),
@@ -212,7 +215,8 @@ def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, 
         data = bytearray(seen.read_bytes())
         data[-1] ^= 0x01
         seen.write_bytes(bytes(data))
-        argv, wanted = ["recommend", str(model_dir), "--user", "1"], "seen.safetensors does not match its SHA-256 in manifest.json"
+        argv = ["recommend", str(model_dir), "--user", "1"]
+        wanted = "seen.safetensors does not match its SHA-256 in manifest.json"
     else:
         shutil.copy(model_dir / "user_vocab.parquet", model_dir / "item_vocab.parquet")
         argv, wanted = ["evaluate", str(model_dir)], "item_vocab.parquet does not match its SHA-256 in manifest.json"
@@ -292,7 +296,8 @@ def test_a_fixed_temperature_below_the_learned_clamp_is_used_as_given(tmp_path):
 
 
 def test_quiet_prints_the_opening_and_one_line_per_epoch_and_silent_nothing(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "quiet"), *TINY[:-4], "--train.epochs", "2", "--train.num_threads", "1"]) == 0
+    assert main(["train", "--out", str(tmp_path / "quiet"), *TINY[:-4], "--train.epochs", "2",
+                 "--train.num_threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"twotower {__version__}: training -> {tmp_path / 'quiet'}"
     assert lines[1] == "  inputs: built-in synthetic dataset (300 users, 200 items)"
@@ -301,7 +306,8 @@ def test_quiet_prints_the_opening_and_one_line_per_epoch_and_silent_nothing(tmp_
     assert re.fullmatch(r"epoch 1/2: loss \d+\.\d{4}, valid ndcg@10 \d\.\d{4}, \d+\.\d s, ~\d+ s left", lines[4])
     assert re.fullmatch(r"epoch 2/2: loss \d+\.\d{4}, valid ndcg@10 \d\.\d{4}, \d+\.\d s", lines[5])
     assert re.fullmatch(r"run directory: \d+\.\d MB on disk .*", lines[-1])
-    assert main(["train", "--silent", "--out", str(tmp_path / "silent"), *TINY[:-4], "--train.epochs", "2", "--train.num_threads", "1"]) == 0
+    assert main(["train", "--silent", "--out", str(tmp_path / "silent"), *TINY[:-4], "--train.epochs", "2",
+                 "--train.num_threads", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert (tmp_path / "silent" / "results.json").is_file()
@@ -316,10 +322,12 @@ def _given_split(tmp_path):
     users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
     part = np.arange(len(users)) % 10
     paths = {}
-    extra = f"{users[0]},99999\n88888,{items[0]}\n88888,{items[1]}\n"
-    for name, rows, extra in (("train", part < 8, ""), ("valid", part == 8, ""), ("test", part == 9, extra)):
+    unknown = f"{users[0]},99999\n88888,{items[0]}\n88888,{items[1]}\n"
+    for name, rows, extra in (("train", part < 8, ""), ("valid", part == 8, ""), ("test", part == 9, unknown)):
         paths[name] = tmp_path / f"{name}.csv"
-        paths[name].write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users[rows], items[rows])) + extra)
+        paths[name].write_text(
+            "user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users[rows], items[rows], strict=True)) + extra
+        )
     return paths
 
 
@@ -333,7 +341,8 @@ def test_the_opening_names_every_input_and_the_rows_left_out_and_results_count_t
     assert f"  inputs: train {paths['train']}, valid {paths['valid']}, test {paths['test']}" in text
     assert ("left out: 2 test rows of 1 user without train rows; 1 test rows whose item has no train row "
             "(eval.unknown_targets drop: not in the metrics)") in text
-    assert "test: " in text and "1 with an item and 2 with a user unknown to training (eval.unknown_targets drop)" in text
+    assert "test: " in text
+    assert "1 with an item and 2 with a user unknown to training (eval.unknown_targets drop)" in text
     targets = json.loads((out / "results.json").read_text())["test"]["targets"]
     assert (targets["unknown_item_rows"], targets["unknown_user_rows"], targets["unknown_targets"]) == (1, 2, "drop")
     # Kept, the three rows count: one more user (88888, with zeros) and one more target of user 0.

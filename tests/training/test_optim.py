@@ -39,7 +39,7 @@ def test_dense_parameters_train_as_with_torch(optimizer):
             opt.zero_grad()
             model(every).backward()
             opt.step()
-    for a, b in zip(ours.parameters(), theirs.parameters()):
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -66,14 +66,18 @@ def test_state_dict_round_trip_continues_identically():
     opt_a = make_optimizer([a], OptimConfig(lr=0.05))
     batches = [torch.randint(0, 40, (8,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
     for ids in batches[:2]:
-        opt_a.zero_grad(); a(ids).backward(); opt_a.step()
+        opt_a.zero_grad()
+        a(ids).backward()
+        opt_a.step()
     b.load_state_dict(a.state_dict())
     opt_b = make_optimizer([b], OptimConfig(lr=0.05))
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as from a checkpoint file
     for ids in batches[2:]:
         for model, opt in ((a, opt_a), (b, opt_b)):
-            opt.zero_grad(); model(ids).backward(); opt.step()
-    for x, y in zip(a.parameters(), b.parameters()):
+            opt.zero_grad()
+            model(ids).backward()
+            opt.step()
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(x, y)
 
 

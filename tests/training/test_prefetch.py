@@ -25,9 +25,9 @@ def test_early_stop_shuts_the_worker_down():
         next(batches)
         assert worker_threads(), "no worker thread while iterating"
     assert not worker_threads(), "worker still alive after leaving the with block"
-    for batch in it.epoch(1):  # dropped by a break: garbage collection closes it
+    for _batch in it.epoch(1):  # dropped by a break: garbage collection closes it
         break
-    del batch
+    del _batch
     deadline = time.monotonic() + 5
     while worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -68,7 +68,9 @@ def test_worker_exception_is_reraised_in_the_consumer(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(batches_module.samplers, "uniform_negatives", failing)
-    it = BatchIterator(users, items, num_items=n_items, config=BatchConfig(batch_size=8, num_negatives=2, negative_kind="uniform"))
+    it = BatchIterator(
+        users, items, num_items=n_items, config=BatchConfig(batch_size=8, num_negatives=2, negative_kind="uniform")
+    )
     seen = []
     with pytest.raises(FloatingPointError, match="batch 2"):
         for b in it.epoch(0):

@@ -48,14 +48,15 @@ def _train(config, dataset, step_class, steps: int):
         step = TableStep(model, loss_fn, optimizer, config.optim.clip_norm)
     else:
         step = AutogradStep(model, loss_fn, optimizer, CPU, config.optim.clip_norm)
-    batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items, config=config.batches,
+    batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
+                            config=config.batches,
                             history=(dataset.train_history.indptr, dataset.train_history.indices))
     losses = []
     model.train()
     torch.manual_seed(1)  # the dropout draws
     for epoch in range(2):
         with batches.epoch(epoch) as epoch_batches:
-            for batch, _ in zip(epoch_batches, range(steps)):
+            for batch, _ in zip(epoch_batches, range(steps), strict=False):
                 for group in optimizer.param_groups:
                     group["lr"] = 0.05
                 loss = step.loss(batch)
@@ -74,7 +75,9 @@ CASES = {
     "sampled softmax, dot, no clipping": {"model__scoring": "dot", "optim__clip_norm": 0.0},
     "sampled softmax, learned temperature, logQ, accidental hits": {
         "loss__learn_temperature": True, "batches__log_q": "static", "loss__remove_accidental_hits": True},
-    "bpr, adam with L2 weight decay": {"kind": "bpr", "optim__optimizer": "adam", "optim__embedding_weight_decay": 0.01},
+    "bpr, adam with L2 weight decay": {
+        "kind": "bpr", "optim__optimizer": "adam", "optim__embedding_weight_decay": 0.01
+    },
     "hinge, popularity negatives, tight clipping": {"kind": "hinge", "batches__negative_kind": "popularity",
                                                     "optim__clip_norm": 0.05},
     "bce, decoupled weight decay": {"kind": "bce", "optim__embedding_weight_decay": 0.05},
@@ -114,7 +117,9 @@ def test_the_autograd_step_serves_everything_else_and_says_why(change, reason):
     assert isinstance(make_train_step(config, model, loss_fn, optimizer, CPU), AutogradStep)
     plain = per_row_config()
     model, loss_fn = build_model(plain, dataset), make_loss(plain.loss)
-    assert isinstance(make_train_step(plain, model, loss_fn, make_optimizer([model, loss_fn], plain.optim), CPU), TableStep)
+    assert isinstance(
+        make_train_step(plain, model, loss_fn, make_optimizer([model, loss_fn], plain.optim), CPU), TableStep
+    )
 
 
 def test_a_fused_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path, monkeypatch):

@@ -166,7 +166,9 @@ def test_a_trial_interrupted_by_ctrl_c_runs_again_on_resume(tmp_path, monkeypatc
     monkeypatch.setattr(tune_module, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         tune(base, settings, run)
-    assert [(r["trial"], r["state"]) for r in csv_rows(run)] == [("0", "COMPLETE"), ("1", "FAIL")]  # written on the way out
+    assert [(r["trial"], r["state"]) for r in csv_rows(run)] == [  # written on the way out
+        ("0", "COMPLETE"), ("1", "FAIL")
+    ]
     assert (run / "best.toml").is_file()
     monkeypatch.setattr(tune_module, "fit", real_fit)
     lines: list[str] = []
@@ -181,7 +183,8 @@ def test_a_trial_interrupted_by_ctrl_c_runs_again_on_resume(tmp_path, monkeypatc
 
 
 def test_trials_whose_settings_cannot_train_are_failed_and_counted(tmp_path, capsys):
-    config = write_config(tmp_path, "[tune]\ntrials = 2\n[tune.space]\n\"batches.batch_size\" = { choices = [100000] }\n",
+    config = write_config(tmp_path,
+                          "[tune]\ntrials = 2\n[tune.space]\n\"batches.batch_size\" = { choices = [100000] }\n",
                           base=BASE.replace("prefetch = 2", "prefetch = 2\ndrop_last = true"))
     run = tmp_path / "run"
     assert main(["tune", "--config", str(config), "--out", str(run)]) == 0
@@ -212,7 +215,8 @@ def test_without_optuna_tune_says_how_to_install_it(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     assert main(["tune", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "twotower: error: twotower tune needs Optuna: pip install 'twotower[tune]' (or pip install optuna)"
+    assert err.strip() == ("twotower: error: twotower tune needs Optuna: pip install 'twotower[tune]' "
+                           "(or pip install optuna)")
 
 
 def test_help_does_not_import_optuna():
@@ -230,8 +234,12 @@ def test_a_sigkilled_study_resumes_and_reruns_the_trial_it_was_running(tmp_path)
     """The process is killed by SIGKILL while trial 1 trains (after its first epoch is logged): the
     study is left with trial 1 RUNNING. The same command again marks it failed, runs its settings
     again, and does not run trial 0 again."""
-    slower = BASE.replace("synthetic_users = 300", "synthetic_users = 1500").replace("batch_size = 256", "batch_size = 128")
-    config = write_config(tmp_path, "[tune]\ntrials = 3\npruner = \"none\"\n" + SPACE, base=slower.replace("epochs = 3", "epochs = 4"))
+    slower = BASE.replace("synthetic_users = 300", "synthetic_users = 1500").replace(
+        "batch_size = 256", "batch_size = 128"
+    )
+    config = write_config(
+        tmp_path, "[tune]\ntrials = 3\npruner = \"none\"\n" + SPACE, base=slower.replace("epochs = 3", "epochs = 4")
+    )
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "twotower.cli", "tune", "--config", str(config), "--out", str(run)],
@@ -255,7 +263,10 @@ def test_a_sigkilled_study_resumes_and_reruns_the_trial_it_was_running(tmp_path)
     assert main(["tune", "--config", str(config), "--out", str(run)]) == 0
     trials = study_of(run).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[0].datetime_start == killed[0].datetime_start and trials[0].datetime_complete == killed[0].datetime_complete
+    assert trials[0].datetime_start == killed[0].datetime_start
+    assert trials[0].datetime_complete == killed[0].datetime_complete
     assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
     assert not (run / "trials" / "0001").exists()
-    assert {r["trial"]: r["note"] for r in csv_rows(run)} == {"0": "", "1": "interrupted", "2": "rerun of trial 1", "3": ""}
+    assert {r["trial"]: r["note"] for r in csv_rows(run)} == {
+        "0": "", "1": "interrupted", "2": "rerun of trial 1", "3": ""
+    }

@@ -121,7 +121,8 @@ def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPa
     if width > np.iinfo(np.int64).max // max(num_users, 1):  # user * width + item would overflow
         order = np.lexsort((items, users))
         pairs = np.stack([users[order], items[order]])
-        keep = np.concatenate(([True], (pairs[:, 1:] != pairs[:, :-1]).any(axis=0))) if len(users) else np.zeros(0, bool)
+        keep = (np.concatenate(([True], (pairs[:, 1:] != pairs[:, :-1]).any(axis=0))) if len(users)
+                else np.zeros(0, bool))
         return indptr_from_counts(np.bincount(pairs[0, keep], minlength=num_users)), pairs[1, keep]
     keys = sorted_unique(users * width + items)
     return indptr_from_counts(np.bincount(keys // width, minlength=num_users)), keys % width

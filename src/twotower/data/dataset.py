@@ -156,7 +156,8 @@ def build_dataset(
 
 def _interaction_feature_columns(*sources: FeatureSource | str | os.PathLike | None) -> tuple[str, ...]:
     """Columns of the (training) interaction file that FeatureSources without a file of their own need."""
-    cols = [c for fs in sources if isinstance(fs, FeatureSource) and fs.source is None for spec in fs.specs for c in spec.columns]
+    cols = [c for fs in sources if isinstance(fs, FeatureSource) and fs.source is None
+            for spec in fs.specs for c in spec.columns]
     return tuple(dict.fromkeys(cols))
 
 
@@ -228,11 +229,13 @@ def _concat(tables: list[pa.Table], parts: list[int]) -> tuple[pa.Table, np.ndar
     for role in ("user", "item"):
         if any(not pa.types.is_integer(t.column(role).type) for t in tables):  # mixed: compare as text
             tables = [t.set_column(t.column_names.index(role), role, t.column(role).cast(pa.string())) for t in tables]
-    part = np.concatenate([np.full(t.num_rows, p, dtype=np.int8) for t, p in zip(tables, parts)])
+    part = np.concatenate([np.full(t.num_rows, p, dtype=np.int8) for t, p in zip(tables, parts, strict=True)])
     return pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"), part
 
 
-def _features(spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary, table: pa.Table, kind: str) -> FeatureTable | None:
+def _features(
+    spec: FeatureSource | str | os.PathLike | None, vocab: Vocabulary, table: pa.Table, kind: str
+) -> FeatureTable | None:
     if spec is None:
         return None
     if isinstance(spec, FeatureSource):

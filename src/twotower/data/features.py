@@ -76,7 +76,9 @@ class FeatureSource:
     delimiter: str | None = None
 
 
-def build_features(keys: object, table: pa.Table, specs: list[FeatureSpec] | tuple[FeatureSpec, ...], vocab: Vocabulary) -> FeatureTable:
+def build_features(
+    keys: object, table: pa.Table, specs: list[FeatureSpec] | tuple[FeatureSpec, ...], vocab: Vocabulary
+) -> FeatureTable:
     """Encodes feature columns of `table` (one row per key) into a FeatureTable aligned with `vocab`.
 
     Args:
@@ -150,7 +152,8 @@ def _categorical_values(col: pa.ChunkedArray, spec: FeatureSpec) -> tuple[np.nda
         nums = _numeric(col, spec.name, fill=np.nan)
         edges = np.asarray(spec.buckets, dtype=np.float64)
         bins = np.searchsorted(edges, nums, side="right")
-        labels = np.array([f"<{edges[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])] + [f">={edges[-1]:g}"], dtype=object)
+        between = [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        labels = np.array([f"<{edges[0]:g}"] + between + [f">={edges[-1]:g}"], dtype=object)
         codes = np.where(np.isnan(nums), 0, bins + 1).astype(np.int32)
         vocab = Vocabulary.__new__(Vocabulary)
         vocab._arrow = pa.array(labels, type=pa.string())
@@ -170,7 +173,10 @@ def _numeric(col: pa.ChunkedArray, name: str, fill: float = 0.0) -> np.ndarray:
     """float64 [m] of a numeric or numeric-text column; empty / null -> `fill`."""
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
         text = _text(col)
-        bad = pc.and_(pc.not_equal(text, ""), pc.invert(pc.match_substring_regex(text, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")))
+        bad = pc.and_(
+            pc.not_equal(text, ""),
+            pc.invert(pc.match_substring_regex(text, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"))
+        )
         if pc.any(bad).as_py():
             example = text.filter(bad)[0].as_py()
             raise DataError(f"feature {name!r}: non-numeric value {example!r} in a dense/bucketed column")
@@ -178,7 +184,9 @@ def _numeric(col: pa.ChunkedArray, name: str, fill: float = 0.0) -> np.ndarray:
     return col.cast(pa.float64()).fill_null(fill).to_numpy(zero_copy_only=False)
 
 
-def read_table(path: str | os.PathLike, *, delimiter: str | None = None, names: list[str] | None = None, encoding: str = "utf8") -> pa.Table:
+def read_table(
+    path: str | os.PathLike, *, delimiter: str | None = None, names: list[str] | None = None, encoding: str = "utf8"
+) -> pa.Table:
     """A whole feature file as text columns (CSV/TSV with header, or `names` for none), or Parquet."""
     path = Path(path)
     if not path.exists():
@@ -226,7 +234,9 @@ def load_features(source: FeatureSource, vocab: Vocabulary, interactions: pa.Tab
         raise  # a table in memory: the caller names where it came from
 
 
-def infer_specs(table: pa.Table, key: str, *, max_unique_share: float = 0.5, max_int_categories: int = 32) -> tuple[FeatureSpec, ...]:
+def infer_specs(
+    table: pa.Table, key: str, *, max_unique_share: float = 0.5, max_int_categories: int = 32
+) -> tuple[FeatureSpec, ...]:
     """A FeatureSpec for each non-key column, guessed from its values.
 
     Floats -> dense (standardized); integers -> categorical with at most `max_int_categories` distinct
@@ -266,7 +276,8 @@ def infer_source(source: str | os.PathLike | pa.Table, kind: str, *, delimiter: 
     key = next((c for c in table.column_names if c.lower() in COLUMN_ALIASES[kind]), table.column_names[0])
     specs = infer_specs(table, key)
     if not specs:
-        raise DataError(f"{source if not isinstance(source, pa.Table) else '<table>'}: no usable feature column besides the key {key!r}")
+        raise DataError(f"{source if not isinstance(source, pa.Table) else '<table>'}: "
+                        f"no usable feature column besides the key {key!r}")
     return FeatureSource(table, key, specs)
 
 
@@ -275,7 +286,9 @@ def movielens_item_features(path: str | os.PathLike, vocab: Vocabulary) -> Featu
     path = Path(path)
     if path.name.endswith(".csv"):
         table = read_table(path)
-        years = pc.extract_regex(pc.utf8_trim_whitespace(table.column("title").combine_chunks()), r"\((?P<year>\d{4})\)$")
+        years = pc.extract_regex(
+            pc.utf8_trim_whitespace(table.column("title").combine_chunks()), r"\((?P<year>\d{4})\)$"
+        )
         table = table.append_column("decade", _decade(pc.struct_field(years, "year")))
         specs = [FeatureSpec("genres", "multi", ("genres",)), FeatureSpec("decade", "categorical")]
         return build_features(table.column("movieId"), table, specs, vocab)
@@ -310,7 +323,9 @@ def _decade(year_text: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pc.multiply(pc.divide(year.cast(pa.int64()), 10), 10).cast(pa.string()), "s", "")
 
 
-def movielens_user_features(path: str | os.PathLike, vocab: Vocabulary, *, age: str = "bucket", zip_prefix: int = 2) -> FeatureTable:
+def movielens_user_features(
+    path: str | os.PathLike, vocab: Vocabulary, *, age: str = "bucket", zip_prefix: int = 2
+) -> FeatureTable:
     """Age (categorical buckets or a standardized dense column), gender, occupation and zip-code
     prefix (categorical) from MovieLens `u.user` (`|`) or `users.dat` (`::`, ages already bucketed)."""
     if age not in ("bucket", "dense"):
@@ -323,7 +338,8 @@ def movielens_user_features(path: str | os.PathLike, vocab: Vocabulary, *, age: 
         names = ["user", "age", "gender", "occupation", "zip"]
         table = read_table(path, delimiter="|", names=names, encoding="latin-1")
     specs = [
-        FeatureSpec("age", "dense", standardize=True) if age == "dense" else FeatureSpec("age", "categorical", buckets=AGE_BUCKETS),
+        (FeatureSpec("age", "dense", standardize=True) if age == "dense"
+         else FeatureSpec("age", "categorical", buckets=AGE_BUCKETS)),
         FeatureSpec("gender", "categorical"),
         FeatureSpec("occupation", "categorical"),
         FeatureSpec("zip", "categorical", prefix=zip_prefix),

@@ -12,7 +12,9 @@ from twotower.data.types import DataError
 FEEDBACK_MODES = ("all", "label", "rating")
 
 
-def select_positives(table: pa.Table, feedback: str = "all", threshold: float | None = None, *, source: str = "") -> pa.Table:
+def select_positives(
+    table: pa.Table, feedback: str = "all", threshold: float | None = None, *, source: str = ""
+) -> pa.Table:
     """Keeps the rows that count as positive interactions.
 
     Args:
@@ -33,7 +35,9 @@ def select_positives(table: pa.Table, feedback: str = "all", threshold: float | 
     else:
         column = "label" if feedback == "label" else "rating"
         if column not in table.column_names:
-            raise DataError(f"feedback={feedback!r} needs a {column} column{where}; the columns are {table.column_names}")
+            raise DataError(
+                f"feedback={feedback!r} needs a {column} column{where}; the columns are {table.column_names}"
+            )
         if feedback == "label":
             mask = pc.equal(table.column("label"), 1.0)
         else:

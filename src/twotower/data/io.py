@@ -59,7 +59,9 @@ FORMATS: dict[str, Format] = {
 # header names recognised when `columns` leaves a role out (compared lower-case)
 COLUMN_ALIASES = {
     "user": ("user", "user_id", "userid", "uid", "user id", "users", "customer_id", "visitorid"),
-    "item": ("item", "item_id", "itemid", "iid", "movieid", "movie_id", "artistid", "product_id", "business_id", "track_id"),
+    "item": (
+        "item", "item_id", "itemid", "iid", "movieid", "movie_id", "artistid", "product_id", "business_id", "track_id"
+    ),
     "rating": ("rating", "ratings", "score", "stars"),
     "label": ("label", "click", "clicked", "target"),
     "timestamp": ("timestamp", "time", "ts", "datetime", "date", "unix_timestamp"),
@@ -256,7 +258,9 @@ def _read_any(
     fmt = FORMATS[fmt_name]
     if fmt.kind == "parquet":
         table = pq.read_table(path)
-        return from_table(table, columns=columns or dict(fmt.columns), features=features, strict=strict, source=str(path))
+        return from_table(
+            table, columns=columns or dict(fmt.columns), features=features, strict=strict, source=str(path)
+        )
     if fmt.kind == "adjacency":
         return _read_adjacency(path, encoding, skip_header=header if header is not None else
                                bool(detect_header(_peek(path, 6), " ")))
@@ -284,7 +288,8 @@ def _column_names(path: Path, delim: str, has_header: bool, names: list[str] | N
     if not head_bytes.strip():
         raise DataError(f"{path} is empty")
     first = head_bytes.split(b"\n", 1)[0].rstrip(b"\r") + b"\n"
-    source, d = (io.BytesIO(first), delim) if len(delim) == 1 else (io.BytesIO(first.replace(delim.encode(), b"\x1f")), "\x1f")
+    source, d = ((io.BytesIO(first), delim) if len(delim) == 1
+                 else (io.BytesIO(first.replace(delim.encode(), b"\x1f")), "\x1f"))
     head = pacsv.read_csv(
         source,
         read_options=pacsv.ReadOptions(autogenerate_column_names=not has_header, encoding=encoding),
@@ -310,7 +315,9 @@ def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: P
             continue
         if isinstance(col, int):
             if not 0 <= col < len(file_names):
-                raise DataError(f"{path}: column position {col} for {role!r} out of range; the file has {len(file_names)} columns")
+                raise DataError(
+                    f"{path}: column position {col} for {role!r} out of range; the file has {len(file_names)} columns"
+                )
             roles[role] = file_names[col]
         elif col not in file_names:
             raise DataError(f"{path}: no column named {col!r} (for {role!r}); the columns are {file_names}")
@@ -345,7 +352,8 @@ def _resolve_roles(file_names: list[str], columns: dict[str, str | int], path: P
 
 
 def _read_delimited(
-    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool,
+    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str],
+    strict: bool,
     encoding: str,
 ) -> InteractionTable:  # fmt: skip
     read_opts = dict(column_names=None if has_header else file_names, encoding=encoding)
@@ -376,7 +384,8 @@ def _read_delimited(
 
 
 def _read_text(
-    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str], strict: bool,
+    path: Path, delim: str, has_header: bool, file_names: list[str], roles: dict[str, str], wanted: list[str],
+    strict: bool,
     encoding: str,
 ) -> InteractionTable:  # fmt: skip
     """All-text read that finds every malformed row with its line number.
@@ -388,7 +397,7 @@ def _read_text(
     for use_threads in (True, False):
         problems: list[tuple[int, str]] = []
 
-        def record(row: Any) -> str:
+        def record(row: Any, problems: list[tuple[int, str]] = problems) -> str:
             problems.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
             return "skip"
 
@@ -454,8 +463,8 @@ def from_table(
             exact = exact_integers(given)
             if not pc.all(exact).as_py():
                 example = given.filter(pc.invert(exact))[0].as_py()
-                raise DataError(f"{source}: {role} ids in column {roles[role]!r} are floats that are not exact integers "
-                                f"(e.g. {example!r}); store ids as integers or strings")
+                raise DataError(f"{source}: {role} ids in column {roles[role]!r} are floats that are not exact "
+                                f"integers (e.g. {example!r}); store ids as integers or strings")
     if fast_path_ok(table, roles):
         return InteractionTable(normalise_types(table, roles), ReadReport(source, table.num_rows))
     text = pa.table({name: pc.cast(table.column(name), pa.string()).fill_null("") for name in roles.values()})

@@ -84,7 +84,9 @@ def leave_last_out(users: np.ndarray, timestamps: np.ndarray | None, n_valid: in
     no validation row for that user.
     """
     if timestamps is None:
-        raise DataError("leave-last-out needs timestamps; map a timestamp column (columns={'timestamp': ...}) or use split='ratio'")
+        raise DataError(
+            "leave-last-out needs timestamps; map a timestamp column (columns={'timestamp': ...}) or use split='ratio'"
+        )
     if n_test < 1 or n_valid < 0:
         raise ValueError(f"need n_test >= 1 and n_valid >= 0, got {n_test}, {n_valid}")
     order = np.lexsort((np.arange(len(users)), timestamps, users))
@@ -97,7 +99,8 @@ def leave_last_out(users: np.ndarray, timestamps: np.ndarray | None, n_valid: in
 
 
 def time_split(
-    timestamps: np.ndarray | None, *, cuts: tuple[int, int] | None = None, ratios: tuple[float, float, float] | None = None
+    timestamps: np.ndarray | None, *, cuts: tuple[int, int] | None = None,
+    ratios: tuple[float, float, float] | None = None
 ) -> np.ndarray:
     """Global time cut: rows before `cuts[0]` train, in [cuts[0], cuts[1]) validation, from `cuts[1]` test.
 
@@ -161,7 +164,9 @@ def assemble(
                                 for name, u in unknown.items()}
     items, old_items = compact(inter.items, len(item_vocab))
     inter = Interactions(users, items, inter.timestamps)
-    parts = {name: inter.take(assignment == code) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
+    parts = {
+        name: inter.take(assignment == code) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))
+    }
     for name, part in parts.items():
         if len(part) == 0 and (name != "valid" or require_valid):
             raise DataError(

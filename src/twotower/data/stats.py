@@ -46,7 +46,8 @@ def _spread(counts: np.ndarray) -> dict[str, float]:
 
 
 def describe_arrays(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, *,
-                    timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+                    timestamps: np.ndarray | None = None,
+                    ratings: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """Statistics of interactions given as codes [n]."""
     n = len(users)
     per_user = np.bincount(users, minlength=num_users)
@@ -70,13 +71,13 @@ def describe_arrays(users: np.ndarray, items: np.ndarray, num_users: int, num_it
         values, counts = np.unique(ratings, return_counts=True)
         out["rating"] = {"min": float(values[0]), "max": float(values[-1]), "mean": float(ratings.mean())}
         if len(values) <= 20:
-            out["rating"]["histogram"] = {f"{v:g}": int(c) for v, c in zip(values, counts)}
+            out["rating"]["histogram"] = {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
     if timestamps is not None and len(timestamps):
         lo, hi = int(timestamps.min()), int(timestamps.max())
         out["time"] = {"min": lo, "max": hi, "span_days": (hi - lo) / 86400}
         if 0 <= lo and hi < 32503680000:  # plausible Unix seconds: show dates too
-            out["time"]["first"] = dt.datetime.fromtimestamp(lo, dt.timezone.utc).isoformat()
-            out["time"]["last"] = dt.datetime.fromtimestamp(hi, dt.timezone.utc).isoformat()
+            out["time"]["first"] = dt.datetime.fromtimestamp(lo, dt.UTC).isoformat()
+            out["time"]["last"] = dt.datetime.fromtimestamp(hi, dt.UTC).isoformat()
     return out
 
 
@@ -96,7 +97,8 @@ def describe(data: EncodedInteractions | SplitDataset | str | os.PathLike | pa.T
     if not isinstance(data, EncodedInteractions):
         data = load_encoded(data, config, **options)
     out = describe_arrays(
-        data.users, data.items, len(data.user_vocab), len(data.item_vocab), timestamps=data.timestamps, ratings=data.ratings
+        data.users, data.items, len(data.user_vocab), len(data.item_vocab), timestamps=data.timestamps,
+        ratings=data.ratings
     )
     rep = data.report
     out["read"] = {"source": rep.source, "rows_read": rep.rows_read, "rows_skipped": rep.rows_skipped,

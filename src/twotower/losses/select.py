@@ -284,7 +284,9 @@ class Loss(nn.Module):
 
     def _hinge(self, x: LossInputs) -> Tensor:
         logits, valid = self._row_logits(x, corrects=False)
-        return reduce(hinge_rows(logits[:, 0], logits[:, 1:], valid, self.config.resolved_margin), self.config.reduction)
+        return reduce(
+            hinge_rows(logits[:, 0], logits[:, 1:], valid, self.config.resolved_margin), self.config.reduction
+        )
 
     def _ccl(self, x: LossInputs) -> Tensor:
         cfg = self.config

@@ -412,7 +412,8 @@ class HNSWIndex:
         if header["data_bytes"] != 4 * self._graph_dim or header["M"] != meta["M"]:
             raise ValueError(
                 f"{index_path} holds {header['data_bytes'] // 4}-d vectors with M = {header['M']}; {meta_path} says "
-                f"{self._graph_dim}-d (dim {meta['dim']}, scoring {self.scoring!r}) with M = {meta['M']}: rebuild the index"
+                f"{self._graph_dim}-d (dim {meta['dim']}, scoring {self.scoring!r}) with M = {meta['M']}: "
+                "rebuild the index"
             )
         graph = hnswlib.Index(space=self._space.name, dim=self._graph_dim)
         graph.load_index(str(index_path), max_elements=max(meta["max_elements"], header["max_elements"]),

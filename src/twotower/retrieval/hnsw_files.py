@@ -142,7 +142,9 @@ def check_deleted(graph: hnswlib.Index, labels: set[int], deleted: set[int], dir
         raise ValueError(f"{meta_path} lists deleted labels that {index_path} does not hold: {unknown[:10]}")
     for label in sorted(deleted):
         if _is_live(graph, label):
-            raise ValueError(f"{meta_path} lists label {label} as deleted; it is live in {index_path}: rebuild the index")
+            raise ValueError(
+                f"{meta_path} lists label {label} as deleted; it is live in {index_path}: rebuild the index"
+            )
     live = np.sort(np.fromiter(labels - deleted, dtype=np.int64))
     for start in range(0, len(live), 65536):  # bounded memory: get_items copies the vectors out
         chunk = live[start : start + 65536]

@@ -251,12 +251,12 @@ class Recommender:
         scores = true_scores(queries, scores, self._scoring)
         decode = self._trained.item_vocab.decode
         return [Recommendation(query, decode(row_ids[row_ids >= 0]), row_scores[row_ids >= 0])
-                for query, row_scores, row_ids in zip(asked, scores, ids)]
+                for query, row_scores, row_ids in zip(asked, scores, ids, strict=True)]
 
     def _codes(self, ids: list[Any], kind: str) -> np.ndarray:
         vocab = self._trained.user_vocab if kind == "user" else self._trained.item_vocab
         codes = _encode(vocab, ids)
-        unknown = [value for value, code in zip(ids, codes) if code < 0]
+        unknown = [value for value, code in zip(ids, codes, strict=True) if code < 0]
         if unknown:
             raise UnknownIdError(kind, unknown, self.path)
         return codes

@@ -61,7 +61,10 @@ class BatchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_negatives", "num_shared_negatives", "prefetch", "seed", "streaming_buckets", "streaming_hashes"):
+        for name in (
+            "batch_size", "num_negatives", "num_shared_negatives", "prefetch", "seed", "streaming_buckets",
+            "streaming_hashes"
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Integral):
                 raise TypeError(f"BatchConfig.{name} must be an int, got {type(value).__name__}")
@@ -70,7 +73,9 @@ class BatchConfig:
         for name in ("num_negatives", "num_shared_negatives", "prefetch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"BatchConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name, kinds in (("negative_kind", NEGATIVE_KINDS), ("shared_negative_kind", SHARED_KINDS), ("log_q", LOG_Q_KINDS)):
+        for name, kinds in (
+            ("negative_kind", NEGATIVE_KINDS), ("shared_negative_kind", SHARED_KINDS), ("log_q", LOG_Q_KINDS)
+        ):
             if getattr(self, name) not in kinds:
                 raise ValueError(f"BatchConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
         if (self.negative_kind == "none") != (self.num_negatives == 0):

@@ -66,7 +66,7 @@ def _check_container(annotation: Any, value: Any, path: str) -> Any:
     else:
         element_types = [args[0] if args else Any] * len(value)
     checked = []
-    for i, (element, element_type) in enumerate(zip(value, element_types)):
+    for i, (element, element_type) in enumerate(zip(value, element_types, strict=True)):
         options = union_members(element_type)
         if element is None and type(None) in options:
             checked.append(None)

@@ -89,17 +89,22 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] 
             if nested is not None:
                 walk(nested, value, dest + ".", group)
                 continue
-            text = EXTRA_HELP.get(f.name, helps.get(f.name, "")) if cls.__name__ == "DataConfig" else helps.get(f.name, "")
+            text = (EXTRA_HELP.get(f.name, helps.get(f.name, "")) if cls.__name__ == "DataConfig"
+                    else helps.get(f.name, ""))
             options = union_members(hints[f.name])
             origins = {typing.get_origin(o) for o in options}
-            kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f"{text} (default: {value!r})"}
+            kwargs: dict[str, Any] = {
+                "dest": dest, "default": argparse.SUPPRESS, "help": f"{text} (default: {value!r})"
+            }
             if hints[f.name] is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif dict in origins:
                 kwargs.update(nargs="+", metavar="KEY=VALUE", type=_key_value, action=_DictAction)
             elif origins & {list, tuple}:
                 scalar_too = any(o in (int, float) for o in options)
-                kwargs.update(nargs="+", metavar="VALUE", type=_scalar, action=_ScalarOrListAction if scalar_too else None)
+                kwargs.update(
+                    nargs="+", metavar="VALUE", type=_scalar, action=_ScalarOrListAction if scalar_too else None
+                )
             else:
                 kwargs.update(metavar="VALUE", type=str if str in options else _scalar)
             group.add_argument(f"--{dest}", **{k: v for k, v in kwargs.items() if v is not None})

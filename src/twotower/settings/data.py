@@ -75,7 +75,9 @@ class DataConfig:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown DataConfig field(s) {sorted(unknown)}")
-        fixed = {k: tuple(v) if isinstance(v, list) and k in ("ratios", "time_cuts", "kcore") else v for k, v in data.items()}
+        fixed = {
+            k: tuple(v) if isinstance(v, list) and k in ("ratios", "time_cuts", "kcore") else v for k, v in data.items()
+        }
         return cls(**fixed)
 
 

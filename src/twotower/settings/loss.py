@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["IN_BATCH_KINDS", "KINDS", "REDUCTIONS", "LossConfig", "check_ccl", "check_margin", "check_temperature_value",
-           "check_weight", "data_temperature"]
+__all__ = ["IN_BATCH_KINDS", "KINDS", "REDUCTIONS", "LossConfig", "check_ccl", "check_margin",
+           "check_temperature_value", "check_weight", "data_temperature"]
 
 REDUCTIONS = ("mean", "sum", "none")
 KINDS = ("infonce", "mixed", "sampled_softmax", "bpr", "hinge", "bce", "ccl", "directau")

@@ -97,12 +97,15 @@ class LoopConfig:
         if self.patience < 0 or self.eval_every < 1 or self.hard_mining_every < 1 or self.hard_candidates < 1:
             raise ValueError("train.patience must be >= 0; train.eval_every, hard_mining_every, hard_candidates >= 1")
         if self.checkpoint_every < 1:
-            raise ValueError(f"train.checkpoint_every must be >= 1 (epochs between checkpoints); got {self.checkpoint_every}")
+            raise ValueError(
+                f"train.checkpoint_every must be >= 1 (epochs between checkpoints); got {self.checkpoint_every}"
+            )
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"train.ks must be cut-offs >= 1; got {self.ks}")
         name, _, k = self.select_metric.partition("@")
         if name not in ("recall", "ndcg", "mrr", "hit", "precision", "map") or not k.isdigit():
-            raise ValueError(f"train.select_metric must look like 'ndcg@10' (recall, ndcg, mrr, hit, precision, map); got {self.select_metric!r}")
+            raise ValueError("train.select_metric must look like 'ndcg@10' (recall, ndcg, mrr, hit, precision, map); "
+                             f"got {self.select_metric!r}")
         if int(k) not in self.ks:
             self.ks = sorted({*self.ks, int(k)})
         if self.device not in ("auto", "cpu", "cuda"):
@@ -144,9 +147,13 @@ class TrainConfig:
         self.eval.validate()
         self._check_negatives()
         if self.train.keep_checkpoints < 1:
-            raise ValueError(f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}")
+            raise ValueError(
+                f"train.keep_checkpoints must be >= 1 (resume needs one); got {self.train.keep_checkpoints}"
+            )
         if self.loss.reduction == "none":
-            raise ValueError("loss.reduction 'none' gives per-row losses (for custom loops); training needs 'mean' or 'sum'")
+            raise ValueError(
+                "loss.reduction 'none' gives per-row losses (for custom loops); training needs 'mean' or 'sum'"
+            )
 
     def _check_negatives(self) -> None:
         """The loss's needs against what the batches bring, in the settings' own names (the loss would
@@ -162,7 +169,8 @@ class TrainConfig:
                              f"batches.num_shared_negatives (got {b.num_shared_negatives}) to 0")
         if kind not in IN_BATCH_KINDS and b.num_negatives == 0 and b.num_shared_negatives == 0:
             raise ValueError(f"loss.kind {kind!r} scores each row against explicit negatives: set "
-                             "batches.num_negatives > 0 (with batches.negative_kind) or batches.num_shared_negatives > 0")
+                             "batches.num_negatives > 0 (with batches.negative_kind) or "
+                             "batches.num_shared_negatives > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

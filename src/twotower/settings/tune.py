@@ -132,7 +132,9 @@ class TuneConfig:
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"tune.timeout must be > 0 seconds (leave it out for no limit); got {self.timeout}")
         if self.startup_trials < 0 or self.prune_startup_trials < 0 or self.prune_from_epoch < 1:
-            raise ValueError("tune.startup_trials and tune.prune_startup_trials must be >= 0, tune.prune_from_epoch >= 1")
+            raise ValueError(
+                "tune.startup_trials and tune.prune_startup_trials must be >= 0, tune.prune_from_epoch >= 1"
+            )
         if self.pruner not in PRUNERS:
             raise ValueError(f"tune.pruner must be one of {PRUNERS}; got {self.pruner!r}")
         if self.keep_models not in KEEP_MODELS:
@@ -234,7 +236,9 @@ def _param(name: str, entry: Any) -> Param:
         raise ValueError(f"{where}: this setting cannot be searched (the data and split, the metric and the "
                          "model's own temperature settings are fixed for a study; loss.temperature is searchable)")
     if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be a table: {{ low = ..., high = ... }} or {{ choices = [...] }}; got {entry!r}")
+        raise ValueError(
+            f"{where} must be a table: {{ low = ..., high = ... }} or {{ choices = [...] }}; got {entry!r}"
+        )
     options = [o for o in union_members(typing.get_type_hints(cls)[leaf]) if o is not type(None)]
     if not all(o in (int, float, bool, str) for o in options):
         raise ValueError(f"{where}: only settings holding one number, string or true/false can be searched")
@@ -245,19 +249,26 @@ def _param(name: str, entry: Any) -> Param:
 
 def _choices(name: str, cls: type, leaf: str, entry: dict[str, Any], where: str) -> Param:
     if set(entry) != {"choices"}:
-        raise ValueError(f"{where}: give either choices or a range (low, high, step, log), not both; got keys {sorted(entry)}")
+        raise ValueError(
+            f"{where}: give either choices or a range (low, high, step, log), not both; got keys {sorted(entry)}"
+        )
     choices = entry["choices"]
     if not isinstance(choices, list) or not choices:
         raise ValueError(f"{where}: choices must be a non-empty list; got {choices!r}")
-    return Param(name, choices=tuple(check_setting(cls, leaf, c, f"{where}: choices[{i}]") for i, c in enumerate(choices)))
+    return Param(
+        name, choices=tuple(check_setting(cls, leaf, c, f"{where}: choices[{i}]") for i, c in enumerate(choices))
+    )
 
 
 def _range(name: str, cls: type, leaf: str, options: list[type], entry: dict[str, Any], where: str) -> Param:
     unknown = sorted(set(entry) - _RANGE_KEYS)
     if unknown or not {"low", "high"} <= set(entry):
-        raise ValueError(f"{where}: a range needs low and high (optional step or log), or give choices; got keys {sorted(entry)}")
+        raise ValueError(
+            f"{where}: a range needs low and high (optional step or log), or give choices; got keys {sorted(entry)}"
+        )
     if options not in ([int], [float]):
-        raise ValueError(f"{where}: a range needs a numeric setting; this one takes {' or '.join(o.__name__ for o in options)}: give choices")
+        raise ValueError(f"{where}: a range needs a numeric setting; this one takes "
+                         f"{' or '.join(o.__name__ for o in options)}: give choices")
     integer = options == [int]
     low, high = (check_setting(cls, leaf, entry[k], f"{where}: {k}") for k in ("low", "high"))
     log = entry.get("log", False)

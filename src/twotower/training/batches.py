@@ -15,7 +15,8 @@ Example:
     >>> import numpy as np
     >>> from twotower.training.batches import BatchConfig, BatchIterator
     >>> users = np.array([0, 0, 1, 2, 2, 2]); items = np.array([0, 3, 1, 2, 4, 0])
-    >>> it = BatchIterator(users, items, num_items=5, config=BatchConfig(batch_size=4, num_negatives=2, negative_kind="uniform"))
+    >>> it = BatchIterator(users, items, num_items=5,
+    ...                    config=BatchConfig(batch_size=4, num_negatives=2, negative_kind="uniform"))
     >>> with it.epoch(0) as batches:
     ...     shapes = [(b.users.shape, b.negatives.shape) for b in batches]
     >>> shapes
@@ -128,7 +129,9 @@ class BatchIterator:
         users = np.asarray(users)
         items = np.asarray(items)
         if users.ndim != 1 or items.shape != users.shape:
-            raise ValueError(f"users and items must be 1-D of the same length, got shapes {users.shape} and {items.shape}")
+            raise ValueError(
+                f"users and items must be 1-D of the same length, got shapes {users.shape} and {items.shape}"
+            )
         if users.size == 0:
             raise ValueError("no training pairs: users and items are empty")
         for name, arr in (("users", users), ("items", items)):
@@ -157,8 +160,11 @@ class BatchIterator:
         self._history = (self._index.indptr, self._index.indices)
         counts = np.bincount(self._items, minlength=self.num_items).astype(np.float64)
         self._item_log_p = np.log(np.maximum(counts, 1e-300) / counts.sum())
-        needs_table = config.negative_kind == "popularity" or (config.num_shared_negatives and config.shared_negative_kind == "popularity")
-        self._table = samplers.build_alias_table(samplers.popularity_weights(counts, config.popularity_alpha)) if needs_table else None
+        needs_table = config.negative_kind == "popularity" or (
+            config.num_shared_negatives and config.shared_negative_kind == "popularity"
+        )
+        self._table = (samplers.build_alias_table(samplers.popularity_weights(counts, config.popularity_alpha))
+                       if needs_table else None)
         self._check_negatives_possible()
         # Each user's positive mass under the popularity table, summed once instead of in every batch.
         self._positive_mass = (
@@ -215,7 +221,9 @@ class BatchIterator:
         if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
             raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
         # int32 lists stay int32 (half the memory for U x C); each batch's rows are widened when drawn.
-        self._candidates = np.ascontiguousarray(cand, dtype=cand.dtype if cand.dtype in (np.int32, np.int64) else np.int64)
+        self._candidates = np.ascontiguousarray(
+            cand, dtype=cand.dtype if cand.dtype in (np.int32, np.int64) else np.int64
+        )
 
     def epoch(self, epoch: int) -> EpochBatches[Batch]:
         """The batches of epoch `epoch` (a context manager; close it to stop early)."""
@@ -249,7 +257,9 @@ class BatchIterator:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._next_epoch = int(state["next_epoch"][0])
         if self._estimator is not None:
-            self._estimator.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")})
+            self._estimator.load_state_dict(
+                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")}
+            )
 
 
 class _BatchMaker:
@@ -322,7 +332,9 @@ class _BatchMaker:
         if cfg.num_shared_negatives:
             seed = derive_seed(cfg.seed, self.epoch, _SHARED, index)
             if cfg.shared_negative_kind == "uniform":
-                shared, shared_log_q = samplers.shared_negatives(cfg.num_shared_negatives, num_items=self.num_items, seed=seed)
+                shared, shared_log_q = samplers.shared_negatives(
+                    cfg.num_shared_negatives, num_items=self.num_items, seed=seed
+                )
             else:
                 shared, shared_log_q = samplers.shared_negatives(cfg.num_shared_negatives, table=self.table, seed=seed)
             if not log_q_on:

@@ -96,7 +96,10 @@ def save_checkpoint(
     def fill(tmp: Path) -> None:
         save_model(tmp, model, extra=dict(config))
         if loss_fn is not None and loss_fn.state_dict():
-            save_file({k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()}, str(tmp / "loss.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()},
+                str(tmp / "loss.safetensors")
+            )
         if optimizer is not None:
             tensors, plain = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))

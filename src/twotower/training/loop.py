@@ -303,7 +303,8 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
     optimizer = make_optimizer([model, loss_fn], config.optim)
     train_step = make_train_step(config, model, loss_fn, optimizer, device)
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
-                            config=config.batches, history=(dataset.train_history.indptr, dataset.train_history.indices))
+                            config=config.batches,
+                            history=(dataset.train_history.indptr, dataset.train_history.indices))
     if len(batches) == 0:
         raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
                          f"training split has {len(dataset.train.users)} rows; lower the batch size")
@@ -447,7 +448,9 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
             state.step += 1
             loss_sum += value * len(batch.users)
             seen += len(batch.users)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}")
+            bar.set_postfix(
+                loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}"
+            )
     seconds = time.perf_counter() - started
     bad = _non_finite_parameter([model, run.loss_fn])
     if bad is not None:  # the loss of the epoch's last step was finite, its update was not

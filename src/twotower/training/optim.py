@@ -42,8 +42,12 @@ class LazyAdam(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = True) -> None:
         if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"LazyAdam: bad hyper-parameters lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled})
+            raise ValueError(
+                f"LazyAdam: bad hyper-parameters lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
+            )
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled}
+        )
         self._slots: dict[int, np.ndarray] = {}  # per-table scratch of the kernel, not state
 
     @torch.no_grad()
@@ -62,12 +66,17 @@ class LazyAdam(torch.optim.Optimizer):
                 grad = param.grad
                 if grad.is_sparse:
                     if param.dim() != 2:
-                        raise ValueError(f"LazyAdam: a sparse gradient needs a 2-d table, got shape {tuple(param.shape)}")
+                        raise ValueError(
+                            f"LazyAdam: a sparse gradient needs a 2-d table, got shape {tuple(param.shape)}"
+                        )
                     sparse_adam(param, state["exp_avg"], state["exp_avg_sq"], grad._indices()[0], grad._values(),
                                 step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay,
                                 decoupled=decoupled, slots=self.table_slots(param))
                 else:
-                    _dense_adam(param, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, decay, decoupled)
+                    _dense_adam(
+                        param, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, decay,
+                        decoupled
+                    )
         return loss
 
     def adam_table(self, param: torch.Tensor) -> AdamTable:
@@ -150,8 +159,8 @@ def make_optimizer(modules: list[nn.Module], config: OptimConfig) -> torch.optim
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale all gradients so that their joint L2 norm is at most `max_norm`; returns the norm
-    before clipping (a 0-d tensor: no host sync). Sparse gradients are coalesced first (repeated rows summed), so their norm is
-    that of the gradient they stand for; torch's clip_grad_norm_ rejects them."""
+    before clipping (a 0-d tensor: no host sync). Sparse gradients are coalesced first (repeated rows summed), so
+    their norm is that of the gradient they stand for; torch's clip_grad_norm_ rejects them."""
     grads = []
     for p in params:
         if p.grad is None:

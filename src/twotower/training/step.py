@@ -137,7 +137,8 @@ class AutogradStep:
 
     def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, clip_norm: float) -> None:
-        self.model, self.loss_fn, self.optimizer, self.device, self.clip_norm = model, loss_fn, optimizer, device, clip_norm
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.device, self.clip_norm = device, clip_norm
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The batch's loss (a 0-d tensor, differentiable)."""
