@@ -392,6 +392,46 @@ def test_kernels_are_thread_safe_without_the_gil():
     for s in range(4):
         np.testing.assert_array_equal(results[s], expected[s])
 
+    # Released, not merely thread-safe: Python keeps running beside a long sampler call, as it cannot
+    # beside a kernel compiled to hold the GIL (the control, which shows the measure can tell).
+    big = rng.integers(0, 50, 300_000)
+    K.uniform_negatives(big[:10], 2000, 16, exclude=history, seed=0)  # compiled before measuring
+    released = longest_python_pause_beside(lambda: K.uniform_negatives(big, 2000, 16, exclude=history, seed=1))
+    busy = _gil_holding_kernel()
+    held = longest_python_pause_beside(lambda: busy(400_000_000))
+    assert released < 0.5 < 0.8 < held, (released, held)
+
+
+def longest_python_pause_beside(call) -> float:
+    """The longest stretch in which the main thread ran no Python while `call` ran in another thread,
+    as a fraction of the call's time: near 1 when `call` holds the GIL throughout (nothing else can
+    run until it returns), small when it releases it (only the OS scheduler pauses the loop)."""
+    import time
+
+    worker = threading.Thread(target=call)
+    start = last = time.perf_counter()
+    longest = 0.0
+    worker.start()
+    while worker.is_alive():
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    return longest / (time.perf_counter() - start)
+
+
+def _gil_holding_kernel():
+    """A Numba kernel compiled to keep the GIL (nogil=False), compiled here, before any measuring."""
+    import numba
+
+    @numba.njit(nogil=False, cache=False)
+    def busy(n: int) -> float:
+        total = 0.0
+        for i in range(n):
+            total += math.sqrt(i)
+        return total
+
+    busy(10)
+    return busy
+
 
 # ---------------------------------------------------------------------------------- streaming frequency
 

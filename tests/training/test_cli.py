@@ -100,7 +100,7 @@ def test_config_file_and_flags_compose(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--data.path", "no/such/file.csv"], "data.path: file no/such/file.csv does not exist"),
+        (["train", "--data.path", "no/such/file.csv"], "no/such/file.csv does not exist"),  # named absolute
         (["train", "--loss.kind", "softmaxx"], "loss kind must be one of"),
         (["train", "--optim.lr", "-1"], "optim.lr must be a finite number > 0"),
         (["train", "--model.scoring", "manhattan"], "scoring must be one of"),

@@ -54,12 +54,15 @@ def test_fit_beats_popularity_and_writes_a_complete_run(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["temperature"] == pytest.approx(want, rel=1e-5)
 
 
-def test_early_stopping_stops_after_patience(tmp_path):
-    config = tiny_config(epochs=30, patience=1)
-    config.optim.lr = 1e-6  # nothing improves after the first evaluation
-    result = fit(config, tmp_path)
-    assert len(result.history) < 30
-    assert result.best_epoch <= len(result.history) - 1
+def test_early_stopping_stops_after_patience(tmp_path, monkeypatch):
+    """Validation scores scripted by epoch: best at 2, stale at 3, a new best at 4 (the count starts
+    again), stale at 5 and 6: with patience 2 the run ends after epoch 6 of 30, its model epoch 4's."""
+    scores = iter([0.1, 0.3, 0.2, 0.35, 0.3, 0.34, 0.9, 0.9])
+    monkeypatch.setattr("twotower.training.loop._select", lambda result, metric: next(scores))
+    result = fit(tiny_config(epochs=30, patience=2), tmp_path)
+    assert [record["epoch"] for record in result.history] == [1, 2, 3, 4, 5, 6]
+    assert result.best_epoch == 4
+    assert json.loads((tmp_path / "results.json").read_text())["best_epoch"] == 4
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -94,6 +97,15 @@ config.data.synthetic_interactions_per_user = 30
 config.batches = dataclasses.replace(config.batches, batch_size=128)
 config.model.user.dropout = 0.1
 config.model.user.hidden_dims = [32]
+if len(sys.argv) > 3 and sys.argv[3].startswith("mark="):  # touch a file at step 6 of epoch 2, then go on
+    import pathlib
+    import twotower.training.step as step
+    real_loss, mark = step.batch_loss, pathlib.Path(sys.argv.pop(3)[len("mark="):])
+    def marking(model, loss_fn, batch, device):
+        if (batch.epoch, batch.index) == (1, 5):
+            mark.touch()
+        return real_loss(model, loss_fn, batch, device)
+    step.batch_loss = marking
 result = fit(config, sys.argv[1], resume=len(sys.argv) > 3)
 print("RESULT", result.test.metrics["ndcg@10"], result.valid.metrics["ndcg@10"], result.best_epoch)
 """
@@ -116,13 +128,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     was never interrupted (batches, dropout RNG, optimizer state and schedule are all restored)."""
     reference = _run(tmp_path / "straight")
     killed = tmp_path / "killed"
-    proc = _run(killed, wait=False)
+    mark = tmp_path / "in-epoch-2"
+    proc = _run(killed, f"mark={mark}", wait=False)
     deadline = time.monotonic() + 240
-    while latest_checkpoint(killed / "checkpoints") is None:
+    while not mark.exists():  # progress, not time: the run is 6 steps into epoch 2
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.3)  # into epoch 2
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest_checkpoint(killed / "checkpoints").name == "epoch-0001", "the kill came too late to test resuming"
