@@ -176,7 +176,7 @@ def drop_from_manifest(directory: str | os.PathLike[str], names: tuple[str, ...]
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json_object(path)
     manifest["sha256"] = {name: digest for name, digest in manifest["sha256"].items() if name not in names}
     write_json_atomic(path, manifest)
 
@@ -191,10 +191,10 @@ def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
     if not path.is_file():
         return None
     try:
-        listed = json.loads(path.read_text(encoding="utf-8"))["sha256"]
-        if not isinstance(listed, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        listed = read_json_object(path).get("sha256")
+    except (OSError, ValueError):
+        listed = None
+    if not isinstance(listed, dict):
         return f"{MANIFEST} is unreadable"
     for name, digest in sorted(listed.items()):
         if not (directory / name).is_file():
@@ -204,3 +204,21 @@ def manifest_problem(directory: str | os.PathLike[str]) -> str | None:
             return (f"{name} does not match its SHA-256 in {MANIFEST} "
                     f"(recorded {digest[:12]}..., found {actual[:12]}...)")
     return None
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in file `path`: the one reader of every JSON file the library writes (settings,
+    manifests, checkpoints' state, index descriptions), so that each bad file gets the same clear error.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not UTF-8 JSON, or JSON that is not an object (the file named).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value

@@ -52,12 +52,13 @@ def _resumed_settings(out: Path) -> dict[str, Any] | None:
     """`--resume` without `--config`: the settings stored in the run's newest intact checkpoint, so
     `twotower train --resume --out DIR` alone continues a run started from a file and flags (flags
     given with it still override, and `fit` names any that differ)."""
+    from twotower.atomic import read_json_object
     from twotower.training.checkpoint import resumable_checkpoint
 
     last, _ = resumable_checkpoint(out / "checkpoints")
     if last is None:
         return None  # fit says there is nothing to resume, and why
-    return json.loads((last / "config.json").read_text(encoding="utf-8")).get("train_config")
+    return read_json_object(last / "config.json").get("train_config")
 
 
 def _metrics_table(rows: list[tuple[str, dict[str, float]]], names: Sequence[str]) -> str:

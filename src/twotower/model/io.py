@@ -7,7 +7,6 @@ model.safetensors the state dict (weights and the data-sized feature / history b
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from twotower.atomic import atomic_write, file_sha256, write_json_atomic
+from twotower.atomic import atomic_write, file_sha256, read_json_object, write_json_atomic
 from twotower.model.two_tower import TwoTowerModel
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_CHECKSUM", "WEIGHTS_FILE", "check_weights", "load_model", "save_model"]
@@ -79,11 +78,8 @@ def load_model(directory: str | os.PathLike[str], *, device: str | torch.device 
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {directory} a twotower model directory?")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+    config = read_json_object(config_path)
+    if not isinstance(config.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section: not a twotower model directory")
     try:
         model = TwoTowerModel.from_description(config["model"])

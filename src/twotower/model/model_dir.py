@@ -14,7 +14,6 @@ Written atomically as a whole (temporary directory + rename).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from twotower.atomic import manifest_problem, write_dir_atomic, write_json_atomic, write_manifest
+from twotower.atomic import manifest_problem, read_json_object, write_dir_atomic, write_json_atomic, write_manifest
 from twotower.data import CSR, SplitDataset, Vocabulary
 from twotower.model.io import WEIGHTS_FILE, load_model, save_model
 from twotower.model.two_tower import TwoTowerModel
@@ -135,5 +134,5 @@ def load_model_dir(path: str | Path) -> TrainedModel:
     seen = CSR(arrays["indptr"], arrays["indices"])
     if seen.num_rows != model.num_users:
         raise ValueError(f"{path / 'seen.safetensors'} has {seen.num_rows} users; the model has {model.num_users}")
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = read_json_object(path / "config.json")
     return TrainedModel(model, user_vocab, item_vocab, seen, config, path)

@@ -11,7 +11,6 @@ loaded graph. A file that fails a check is named, with what to do (rebuild the i
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from twotower.atomic import atomic_write, file_sha256, write_json_atomic
+from twotower.atomic import atomic_write, file_sha256, read_json_object, write_json_atomic
 from twotower.retrieval.scoring import SCORINGS
 
 INDEX_FILE = "index.hnsw"
@@ -79,11 +78,8 @@ def read_description(directory: Path, *, num_items: int | None, item_ids: Any | 
     for path in (index_path, meta_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: build the index first (twotower index build)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json_object(meta_path)
+    if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a twotower HNSW index description (format {FORMAT})")
     _check_meta(meta, meta_path)
     actual = file_sha256(index_path)

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from twotower.atomic import (
     drop_from_manifest,
     manifest_problem,
+    read_json_object,
     write_dir_atomic,
     write_json_atomic,
     write_manifest,
@@ -180,13 +181,13 @@ def checkpoint_problem(path: Path) -> str | None:
     parsed = {}
     for name in ("trainer.json", "config.json"):
         try:
-            parsed[name] = json.loads((path / name).read_text(encoding="utf-8"))
+            parsed[name] = read_json_object(path / name)
         except FileNotFoundError:
             return f"{name} is missing"
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+        except ValueError as err:  # says "is not valid JSON" or "is not a JSON object"
+            return f"{name}{str(err).removeprefix(str(path / name))}"
+        except OSError as err:
             return f"{name} is unreadable ({err})"
-        if not isinstance(parsed[name], dict):
-            return f"{name} is not a JSON object"
     if not (path / "model.safetensors").is_file():
         return "model.safetensors is missing"
     for file in sorted(path.glob("*.safetensors")):
@@ -240,7 +241,7 @@ def load_checkpoint(
     if loss_fn is not None and (path / "loss.safetensors").is_file():
         loss_fn.load_state_dict(load_file(str(path / "loss.safetensors")))
     if optimizer is not None and (path / "optimizer.safetensors").is_file():
-        plain = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+        plain = read_json_object(path / "optimizer.json")
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), plain))
     state = load_numpy(str(path / "state.safetensors"))
     torch.set_rng_state(torch.from_numpy(state.pop("torch_rng")))
@@ -249,4 +250,4 @@ def load_checkpoint(
     if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
         torch.cuda.set_rng_state_all(cuda_states)  # else resumed elsewhere: CUDA draws start afresh
     arrays = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("loop.")}
-    return json.loads((path / "trainer.json").read_text(encoding="utf-8")), arrays
+    return read_json_object(path / "trainer.json"), arrays

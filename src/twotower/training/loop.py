@@ -32,6 +32,7 @@ from twotower import __version__
 from twotower.atomic import (
     disk_usage,
     link_if_identical,
+    read_json_object,
     remove_stale_temporaries,
     write_dir_atomic,
     write_json_atomic,
@@ -195,7 +196,7 @@ def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Sp
     echo(f"refit: training on train + valid for {selected.best_epoch} epochs (the selected epoch) -> {refit_dir}")
     refit = _fit(refit_config, refit_dir, device, with_valid_in_train(dataset), resume_refit,
                  lambda line: echo(f"refit {line}"), None, stop_after=selected.best_epoch)
-    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    results = read_json_object(out_dir / "results.json")
     results["refit"] = {"epochs": selected.best_epoch, "train_rows": len(dataset.train) + len(dataset.valid),
                         "model_dir": f"{REFIT}/{MODEL}", "test": refit.test.to_dict()}
     write_json_atomic(out_dir / "results.json", results)
@@ -325,7 +326,7 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
     if last is None:
         found = f" ({len(skipped)} damaged: see above)" if skipped else ""
         raise ValueError(f"--resume: no intact checkpoint in {checkpoint_root}{found}")
-    saved = json.loads((last / "config.json").read_text(encoding="utf-8"))
+    saved = read_json_object(last / "config.json")
     if saved.get("data_fingerprint") != run.saved_config["data_fingerprint"]:
         raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
     changed = _changed_settings(_semantic(saved.get("train_config", {})), _semantic(run.config.to_dict()))
