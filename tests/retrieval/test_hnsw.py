@@ -324,8 +324,8 @@ def test_a_label_deleted_in_the_graph_but_listed_live_is_refused(tmp_path) -> No
 @pytest.mark.parametrize(
     ("exclude", "error", "match"),
     [
-        ((np.array([0, 1, 1]), np.array([29.9])), TypeError, "exclude indices must be a 1-D integer"),
-        ((np.array([0, 1, 1]), np.array([-1])), ValueError, "exclude indices must be item codes >= 0; found -1"),
+        ((np.array([0, 1, 1]), np.array([29.9])), TypeError, "exclude indices must be int32 or int64"),
+        ((np.array([0, 1, 1]), np.array([-1])), ValueError, "exclude indices must be item ids >= 0; found -1"),
         ((np.array([0.0, 1.0, 1.0]), np.array([3])), TypeError, "exclude indptr"),
         ((np.array([0, 1]), np.array([3])), ValueError, "B \\+ 1 = 3"),
         (np.array([0, 1, 1]), TypeError, "pair"),

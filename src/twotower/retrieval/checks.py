@@ -28,9 +28,11 @@ def check_k(k: object) -> int:
 
 
 def check_exclude(
-    exclude: object, num_queries: int, num_items: int
+    exclude: object, num_queries: int, num_items: int | None
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Validates a per-query CSR exclusion list `(indptr [B+1], indices)`; returns int64 arrays."""
+    """Validates a per-query CSR exclusion list `(indptr [B+1], indices)`; returns int64 arrays. The
+    one check of every search's exclusions (exact scorer, reference, HNSW). `num_items`: ids must be
+    below it; None where ids are labels with no fixed bound (an HNSW index with items added live)."""
     if exclude is None:
         return None
     if not isinstance(exclude, (tuple, list)) or len(exclude) != 2:
@@ -51,7 +53,10 @@ def check_exclude(
         raise ValueError(
             f"exclude indptr[-1] must equal len(indices) = {indices.shape[0]}; got {indptr[-1]}"
         )
-    if indices.size and (indices.min() < 0 or indices.max() >= num_items):
+    if num_items is None:
+        if indices.size and indices.min() < 0:
+            raise ValueError(f"exclude indices must be item ids >= 0; found {indices[indices < 0][0]}")
+    elif indices.size and (indices.min() < 0 or indices.max() >= num_items):
         bad = indices[(indices < 0) | (indices >= num_items)][0]
         raise ValueError(f"exclude indices must be item ids in [0, {num_items}); found {bad}")
     return indptr.astype(np.int64, copy=False), indices.astype(np.int64, copy=False)

@@ -35,6 +35,7 @@ import numpy as np
 from twotower.data.types import take_rows
 from twotower.metrics import hit_matrix
 from twotower.retrieval import hnsw_files
+from twotower.retrieval.checks import check_exclude
 from twotower.retrieval.exact import ExactIndex
 from twotower.retrieval.hnsw_files import INDEX_FILE, META_FILE, vocabulary_fingerprint
 from twotower.retrieval.rwlock import ReadWriteLock
@@ -265,7 +266,7 @@ class HNSWIndex:
         self._space.check_queries(queries)
         num = len(queries)
         if exclude is not None:
-            indptr, indices = _check_exclude(exclude, num)
+            indptr, indices = check_exclude(exclude, num, None)  # labels: no fixed upper bound
         scores = np.full((num, k), -np.inf, dtype=np.float32)
         ids = np.full((num, k), -1, dtype=np.int64)
         with self._lock.read():
@@ -456,27 +457,3 @@ def _check_vectors(vectors: Any, dim: int | None, name: str = "vectors") -> np.n
     if not np.isfinite(vectors).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return np.ascontiguousarray(vectors)
-
-
-def _check_exclude(exclude: Any, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
-    """A CSR (indptr [B + 1], item codes) of integer arrays with non-negative ids."""
-    if not isinstance(exclude, (tuple, list)) or len(exclude) != 2:
-        raise TypeError("exclude must be a pair (indptr, indices)")
-    indptr, indices = (np.asarray(part) for part in exclude)
-    for name, part in (("indptr", indptr), ("indices", indices)):
-        if part.ndim != 1 or part.dtype.kind not in "iu":
-            raise TypeError(f"exclude {name} must be a 1-D integer array; got dtype {part.dtype}, shape {part.shape}")
-    indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
-    if (
-        indptr.shape != (num_queries + 1,)
-        or indptr[0] != 0
-        or indptr[-1] != len(indices)
-        or np.any(np.diff(indptr) < 0)
-    ):
-        raise ValueError(
-            f"exclude must be a CSR (indptr [B + 1 = {num_queries + 1}], indices) with indptr from 0 to len(indices)"
-        )
-    if len(indices) and indices.min() < 0:
-        bad = int(np.flatnonzero(indices < 0)[0])
-        raise ValueError(f"exclude indices must be item codes >= 0; found {int(indices[bad])} at position {bad}")
-    return indptr, indices
