@@ -50,6 +50,7 @@ from twotower.settings import TrainConfig
 from twotower.settings.data import DataSource
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
+    LATEST,
     drop_optimizer_state,
     has_optimizer_state,
     latest_checkpoint,
@@ -383,7 +384,7 @@ def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
     would otherwise log that epoch twice), and on a fresh run removes an earlier run's best
     weights, checkpoints and refit, which are not this run's."""
     out_dir, checkpoint_root = run.out_dir, run.checkpoint_root
-    for directory, name in ((checkpoint_root, "epoch-*"), *((out_dir, n) for n in _OUTPUTS)):
+    for directory, name in ((checkpoint_root, "epoch-*"), (checkpoint_root, LATEST), *((out_dir, n) for n in _OUTPUTS)):
         remove_stale_temporaries(directory, name)
     write_text_atomic(run.metrics_log, "".join(json.dumps(record) + "\n" for record in state.history))
     if resume:
