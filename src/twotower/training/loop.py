@@ -32,6 +32,7 @@ from twotower import __version__
 from twotower.atomic import (
     disk_usage,
     link_if_identical,
+    named_error,
     remove_stale_temporaries,
     write_dir_atomic,
     write_json_atomic,
@@ -493,8 +494,11 @@ def _select(result: EvalResult, metric: str) -> float:
 def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
     """The epoch's record joins the history and metrics.jsonl."""
     state.history.append(record)
-    with run.metrics_log.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with run.metrics_log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # a full disk: name the log (a resumed run rewrites it from its checkpoint)
+        raise named_error(err, run.metrics_log) from err
 
 
 def _checkpoint(run: _Run, state: _State, epoch: int) -> None:
