@@ -5,7 +5,9 @@ item-vocabulary fingerprint).
 Everything here is about trusting the files before hnswlib reads them: `read_description` checks the
 description's keys and types, the checksum, the catalogue size and the vocabulary; `graph_header`
 reads the sizes hnswlib's binary header records; `check_deleted` checks the deleted set against the
-loaded graph. A file that fails a check is named, with what to do (rebuild the index).
+loaded graph. A file that fails a check is named, with what to do (rebuild the index). `write_files`
+renames the two files into place together under `files_lock`, which readers share while they load:
+a reader during `twotower index build` gets the old pair or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import hnswlib
 import numpy as np
 
 from twotower.atomic import _umask, file_sha256, named_error
+from twotower.retrieval.scoring import SCORINGS
 
 try:
     import fcntl
 except ImportError:  # Windows: no lock (see files_lock)
     fcntl = None  # type: ignore[assignment]
-from twotower.retrieval.scoring import SCORINGS
 
 INDEX_FILE = "index.hnsw"
 META_FILE = "index.json"
@@ -107,7 +109,7 @@ def write_files(directory: Path, save: Callable[[str], None], meta: dict[str, An
         stage(INDEX_FILE, lambda tmp: save(str(tmp)))
         description = {"format": FORMAT, **meta, "sha256": file_sha256(staged[INDEX_FILE]),
                        "item_vocabulary": fingerprint}
-        stage(META_FILE, lambda tmp: tmp.write_text(json.dumps(description, indent=2, sort_keys=True),
+        stage(META_FILE, lambda tmp: tmp.write_text(json.dumps(description, indent=2, sort_keys=True, default=str),
                                                     encoding="utf-8"))
         with files_lock(directory, exclusive=True):
             for name in (INDEX_FILE, META_FILE):
