@@ -122,3 +122,51 @@ def test_readers_in_threads_while_the_index_is_rebuilt_30_times(model_dir) -> No
     assert errors == [], f"{len(errors)} of {len(errors) + len(reads)} loads failed; first: {errors[0]!r}"
     assert reads and set(reads) <= {(b["M"], b["ef"]) for b in BUILDS}
     print(f"\n{len(reads)} loads during 30 rebuilds, none failed")
+
+
+READER = """
+import json, sys
+from pathlib import Path
+from twotower.retrieval.recommend import Recommender
+model_dir, stop = Path(sys.argv[1]), Path(sys.argv[2])
+loads, errors = 0, []
+while True:
+    try:
+        recommender = Recommender.load(model_dir, ann=True)
+        assert len(recommender.recommend(["1"], 5)[0].items) == 5
+        loads += 1
+    except Exception as err:
+        errors.append(repr(err))
+    if loads + len(errors) == 1:
+        print("ready", flush=True)
+    if stop.exists():
+        break
+print(json.dumps({"loads": loads, "errors": errors[:3], "failed": len(errors)}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_reader_processes_while_the_index_is_rebuilt_20_times(model_dir, tmp_path) -> None:
+    """The same across processes (the lock is the operating system's): two processes load and
+    query the index over and over, as `recommend --ann` would, while it is rebuilt 20 times."""
+    import json
+    import subprocess
+    import sys
+
+    stop = tmp_path / "stop"
+    root = Path(__file__).resolve().parents[2]
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(model_dir), str(stop)], cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    try:
+        for reader in readers:
+            assert reader.stdout.readline() == "ready\n", reader.stderr.read()
+        for i in range(20):
+            rebuild(model_dir, BUILDS[i % 2])
+    finally:
+        stop.touch()
+        outcomes = [reader.communicate(timeout=120) for reader in readers]
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outcomes]
+    assert all(r["failed"] == 0 for r in results), results
+    assert all(r["loads"] > 0 for r in results)
+    print(f"\n{sum(r['loads'] for r in results)} loads in 2 processes during 20 rebuilds, none failed")
