@@ -228,8 +228,7 @@ def test_a_failed_write_is_named_leaves_nothing_half_written_and_resumes(straigh
             assert caught.value.filename is not None and "tmp" not in Path(caught.value.filename).name
             message = str(caught.value)
     assert fault.path is not None, f"{writer} call {at} was never made"
-    named = final_path(fault.path) if writer != "new directory (mkdtemp)" else final_path(
-        fault.path.replace("xxxxxxxx", "abcdefgh"))
+    named = final_path(fault.path)  # the final path of the file (or directory) being written
     assert named in message and os.strerror(code) in message, (named, message)
     found, skipped = resumable_checkpoint(out / "checkpoints")
     assert skipped == [], skipped  # nothing half-written under a checkpoint's name
