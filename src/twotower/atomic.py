@@ -39,17 +39,56 @@ def _usual_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def named_error(err: OSError, final: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> OSError:
+    """`err` (same errno) naming the file being written by its final path: a failed write(2) -- a
+    full disk (ENOSPC), a failing device (EIO) -- names no file, and an error naming a temporary
+    (`tmp`, a file inside it, a `.NAME.*.tmp` or `.NAME.old` beside `final`) names the place it was
+    going. An error that names another file (one being read) is returned as it is."""
+    final = Path(final)
+    if err.errno is None:
+        return err
+    names = [Path(os.fsdecode(n)) for n in (err.filename, err.filename2) if isinstance(n, (str, bytes, os.PathLike))]
+    where = next((w for w in (_final_name(n, final, tmp) for n in names) if w is not None), None)
+    if where is None:
+        if names:
+            return err
+        where = final
+    if err.filename2 is None and err.filename is not None and Path(os.fsdecode(err.filename)) == where:
+        return err
+    return OSError(err.errno, err.strerror, str(where))
+
+
+def _final_name(name: Path, final: Path, tmp: str | os.PathLike[str] | None) -> Path | None:
+    if tmp is not None:
+        tmp = Path(tmp)
+        if name == tmp:
+            return final
+        if tmp in name.parents:
+            return final / name.relative_to(tmp)
+    if name == final or name == final.with_name(f".{final.name}.old"):
+        return final
+    if name.parent == final.parent and name.name.startswith(f".{final.name}.") and name.name.endswith(_TMP_SUFFIX):
+        return final
+    return None
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Calls `write(tmp)` for a temporary path beside `path`, then renames it to `path`."""
+    """Calls `write(tmp)` for a temporary path beside `path`, then renames it to `path`. An OSError
+    (a full disk, a failing device) names `path`, with its errno (see `named_error`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise named_error(err, path) from err
     os.close(fd)
     try:
         write(Path(tmp))
         _usual_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise named_error(err, path, tmp) from err
         raise
     return path
 
@@ -65,10 +104,14 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
 
 def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
     """Creates directory `final` by filling a temporary sibling and renaming it into place; an older
-    `final` is swapped out only once the new one is complete."""
+    `final` is swapped out only once the new one is complete. An OSError names the file of `final`
+    being written (or `final`), with its errno (see `named_error`)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=_TMP_SUFFIX))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=_TMP_SUFFIX))
+    except OSError as err:
+        raise named_error(err, final) from err
     try:
         fill(tmp)
         _usual_mode(tmp, directory=True)
@@ -83,8 +126,16 @@ def write_dir_atomic(final: str | os.PathLike[str], fill: Callable[[Path], None]
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        old = final.with_name(f".{final.name}.old")
+        if old.is_dir() and not final.exists():  # the swap failed half-way: the older one goes back
+            try:
+                os.replace(old, final)
+            except OSError:
+                pass  # left as .NAME.old, which the next run's clean-up removes
+        if isinstance(err, OSError):
+            raise named_error(err, final, tmp) from err
         raise
     return final
 

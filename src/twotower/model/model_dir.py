@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from twotower.atomic import manifest_problem, read_json_object, write_dir_atomic, write_json_atomic, write_manifest
+from twotower.atomic import (
+    atomic_write,
+    manifest_problem,
+    read_json_object,
+    write_dir_atomic,
+    write_json_atomic,
+    write_manifest,
+)
 from twotower.data import CSR, SplitDataset, Vocabulary
 from twotower.model.io import WEIGHTS_FILE, load_model, save_model
 from twotower.model.two_tower import TwoTowerModel
@@ -58,8 +65,8 @@ def save_model_dir(
         save_model(tmp, model, extra=config)
         dataset.user_vocab.save(tmp / "user_vocab.parquet")
         dataset.item_vocab.save(tmp / "item_vocab.parquet")
-        save_file({"indptr": np.ascontiguousarray(seen.indptr), "indices": np.ascontiguousarray(seen.indices)},
-                  str(tmp / "seen.safetensors"))
+        arrays = {"indptr": np.ascontiguousarray(seen.indptr), "indices": np.ascontiguousarray(seen.indices)}
+        atomic_write(tmp / "seen.safetensors", lambda file: save_file(arrays, str(file)))  # names it when it fails
         write_json_atomic(tmp / "results.json", results)
         write_manifest(tmp, skip=(WEIGHTS_FILE,))  # config.json, in the manifest, holds the weights' hash
 

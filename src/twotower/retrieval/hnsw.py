@@ -351,7 +351,6 @@ class HNSWIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            checksum = hnsw_files.write_graph(directory, self._index.save_index)
             meta = {
                 "space": self._space.name,
                 "scoring": self.scoring,
@@ -364,10 +363,9 @@ class HNSWIndex:
                 "max_elements": int(self._index.get_max_elements()),
                 "count": len(self),
                 "deleted": sorted(self._deleted),
-                "sha256": checksum,
                 "num_items": num_items,
             }
-        hnsw_files.write_description(directory, meta, item_ids)
+            hnsw_files.write_files(directory, self._index.save_index, meta, item_ids)
         return directory
 
     @classmethod
@@ -390,18 +388,19 @@ class HNSWIndex:
             ValueError: checksum, catalogue size, vocabulary or format mismatch.
         """
         directory = Path(directory)
-        meta = hnsw_files.read_description(directory, num_items=num_items, item_ids=item_ids)
-        index = cls(
-            meta["dim"],
-            scoring=meta.get("scoring", "dot"),  # files from before neg_l2 had its own space: inner product
-            M=meta["M"],
-            ef_construction=meta["ef_construction"],
-            ef=meta["ef"],
-            num_threads=num_threads,
-            rebuild_threshold=meta["rebuild_threshold"],
-            max_fetch=meta["max_fetch"],
-        )
-        index._load_graph(directory, meta)
+        with hnsw_files.files_lock(directory, exclusive=False):  # the pair of one build, while a rebuild replaces it
+            meta = hnsw_files.read_description(directory, num_items=num_items, item_ids=item_ids)
+            index = cls(
+                meta["dim"],
+                scoring=meta.get("scoring", "dot"),  # files from before neg_l2 had its own space: inner product
+                M=meta["M"],
+                ef_construction=meta["ef_construction"],
+                ef=meta["ef"],
+                num_threads=num_threads,
+                rebuild_threshold=meta["rebuild_threshold"],
+                max_fetch=meta["max_fetch"],
+            )
+            index._load_graph(directory, meta)
         return index
 
     def _load_graph(self, directory: Path, meta: dict[str, Any]) -> None:

@@ -5,25 +5,37 @@ item-vocabulary fingerprint).
 Everything here is about trusting the files before hnswlib reads them: `read_description` checks the
 description's keys and types, the checksum, the catalogue size and the vocabulary; `graph_header`
 reads the sizes hnswlib's binary header records; `check_deleted` checks the deleted set against the
-loaded graph. A file that fails a check is named, with what to do (rebuild the index).
+loaded graph. A file that fails a check is named, with what to do (rebuild the index). `write_files`
+renames the two files into place together under `files_lock`, which readers share while they load:
+a reader during `twotower index build` gets the old pair or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import struct
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hnswlib
 import numpy as np
 
-from twotower.atomic import atomic_write, file_sha256, read_json_object, write_json_atomic
+from twotower.atomic import _umask, file_sha256, named_error, read_json_object
 from twotower.retrieval.scoring import SCORINGS
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (see files_lock)
+    fcntl = None  # type: ignore[assignment]
 
 INDEX_FILE = "index.hnsw"
 META_FILE = "index.json"
+LOCK_FILE = ".index.lock"
 FORMAT = "twotower.hnsw/1"
 
 # index.json keys and their types (bool is not an int here).
@@ -48,23 +60,66 @@ def vocabulary_fingerprint(ids: Any) -> str:
     return digest.hexdigest()
 
 
-def write_graph(directory: Path, save: Callable[[str], None]) -> str:
-    """Writes `index.hnsw` atomically through `save(path)` (hnswlib's `save_index`); returns its sha256."""
-    checksum = ""
+@contextmanager
+def files_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """The index files' readers-writer lock across threads and processes (`flock` on `.index.lock`):
+    `write_files` replaces index.hnsw and then index.json, and holds it alone for those two renames;
+    a reader holds it shared while it reads both, so it gets one build's pair, old or new, never
+    one build's graph with another's description. Where the lock file cannot be made (a read-only
+    model directory, which no build can change either) or there is no `flock` (Windows), nothing
+    is locked."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        if exclusive:
+            raise
+        try:  # another account's model directory: its lock file can still be read, and locked shared
+            fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    def write(tmp: Path) -> None:
-        nonlocal checksum
-        save(str(tmp))
-        checksum = file_sha256(tmp)
 
-    atomic_write(directory / INDEX_FILE, write)
-    return checksum
+def write_files(directory: Path, save: Callable[[str], None], meta: dict[str, Any], item_ids: Any | None) -> None:
+    """Writes `index.hnsw` through `save(path)` (hnswlib's `save_index`) and `index.json` (`meta`,
+    the format tag, the graph's sha256, the vocabulary fingerprint): both complete under temporary
+    names first, then renamed into place together under `files_lock`."""
+    staged: dict[str, Path] = {}
 
+    def stage(name: str, write: Callable[[Path], None]) -> None:  # completes `name` under a temporary name
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            staged[name] = Path(tmp)
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError as err:
+            raise named_error(err, directory / name, staged.get(name)) from err
 
-def write_description(directory: Path, meta: dict[str, Any], item_ids: Any | None) -> None:
-    """Writes `index.json` atomically: `meta` with the format tag and the vocabulary fingerprint."""
     fingerprint = None if item_ids is None else vocabulary_fingerprint(item_ids)
-    write_json_atomic(directory / META_FILE, {"format": FORMAT, **meta, "item_vocabulary": fingerprint})
+    try:
+        stage(INDEX_FILE, lambda tmp: save(str(tmp)))
+        description = {"format": FORMAT, **meta, "sha256": file_sha256(staged[INDEX_FILE]),
+                       "item_vocabulary": fingerprint}
+        stage(META_FILE, lambda tmp: tmp.write_text(json.dumps(description, indent=2, sort_keys=True, default=str),
+                                                    encoding="utf-8"))
+        with files_lock(directory, exclusive=True):
+            for name in (INDEX_FILE, META_FILE):
+                try:
+                    os.replace(staged.pop(name), directory / name)
+                except OSError as err:
+                    raise named_error(err, directory / name) from err
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 def read_description(directory: Path, *, num_items: int | None, item_ids: Any | None) -> dict[str, Any]:

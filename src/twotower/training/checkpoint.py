@@ -32,6 +32,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from twotower.atomic import (
+    atomic_write,
     drop_from_manifest,
     manifest_problem,
     read_json_object,
@@ -96,20 +97,19 @@ def save_checkpoint(
 
     def fill(tmp: Path) -> None:
         save_model(tmp, model, extra=dict(config))
+        # Every file through atomic_write, so that a failed write (a full disk) names the file.
         if loss_fn is not None and loss_fn.state_dict():
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()},
-                str(tmp / "loss.safetensors")
-            )
+            loss_state = {k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()}
+            atomic_write(tmp / "loss.safetensors", lambda path: save_file(loss_state, str(path)))
         if optimizer is not None:
             tensors, plain = _flatten_optimizer(optimizer.state_dict())
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            atomic_write(tmp / "optimizer.safetensors", lambda path: save_file(tensors, str(path)))
             write_json_atomic(tmp / "optimizer.json", plain)
         state = {"torch_rng": torch.get_rng_state().numpy()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on CUDA draws from these
             state.update({f"cuda_rng.{i}": s.numpy() for i, s in enumerate(torch.cuda.get_rng_state_all())})
         state.update({f"loop.{k}": np.ascontiguousarray(v) for k, v in (arrays or {}).items()})
-        save_numpy(state, str(tmp / "state.safetensors"))
+        atomic_write(tmp / "state.safetensors", lambda path: save_numpy(state, str(path)))
         write_json_atomic(tmp / "trainer.json", dict(trainer_state or {}))
         for filename, writer in (extra_files or {}).items():
             writer(tmp / filename)

@@ -32,6 +32,7 @@ from twotower import __version__
 from twotower.atomic import (
     disk_usage,
     link_if_identical,
+    named_error,
     read_json_object,
     remove_stale_temporaries,
     write_dir_atomic,
@@ -51,6 +52,7 @@ from twotower.settings import TrainConfig
 from twotower.settings.data import DataSource
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
+    LATEST,
     drop_optimizer_state,
     has_optimizer_state,
     latest_checkpoint,
@@ -384,7 +386,7 @@ def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
     would otherwise log that epoch twice), and on a fresh run removes an earlier run's best
     weights, checkpoints and refit, which are not this run's."""
     out_dir, checkpoint_root = run.out_dir, run.checkpoint_root
-    for directory, name in ((checkpoint_root, "epoch-*"), *((out_dir, n) for n in _OUTPUTS)):
+    for directory, name in ((checkpoint_root, "epoch-*"), (checkpoint_root, LATEST), *((out_dir, n) for n in _OUTPUTS)):
         remove_stale_temporaries(directory, name)
     write_text_atomic(run.metrics_log, "".join(json.dumps(record) + "\n" for record in state.history))
     if resume:
@@ -493,8 +495,11 @@ def _select(result: EvalResult, metric: str) -> float:
 def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
     """The epoch's record joins the history and metrics.jsonl."""
     state.history.append(record)
-    with run.metrics_log.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with run.metrics_log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # a full disk: name the log (a resumed run rewrites it from its checkpoint)
+        raise named_error(err, run.metrics_log) from err
 
 
 def _checkpoint(run: _Run, state: _State, epoch: int) -> None:
