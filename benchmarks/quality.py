@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import statistics
 import sys
@@ -177,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         if "refit_test" in runs[-1]:
             print(f"  refit: test recall@20 {runs[-1]['refit_test']['recall@20']:.4f}, "
                   f"ndcg@20 {runs[-1]['refit_test']['ndcg@20']:.4f}")
-    if stored_path.is_file():  # runs another process stored meanwhile
-        stored = json.loads(stored_path.read_text())["runs"]
     settings = _settings(args.config, args.refit)
-    stored[name] = merge_runs(stored.get(name), {"config": args.config, "settings": settings,
-                                                 "epochs_override": args.epochs, "runs": runs})
-    _write(args.data, stored)
+    # Seeds run as parallel processes finish together: read, merge and write under one lock, so
+    # that no process writes over runs another stored meanwhile.
+    with open(stored_path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(stored_path.read_text())["runs"] if stored_path.is_file() else {}
+        stored[name] = merge_runs(stored.get(name), {"config": args.config, "settings": settings,
+                                                     "epochs_override": args.epochs, "runs": runs})
+        _write(args.data, stored)
     return 0
 
 
