@@ -22,6 +22,9 @@ from twotower.kernels import infonce_triton as kt  # noqa: E402
 from twotower.kernels.infonce import InfoNCE, infonce, kernel_available  # noqa: E402
 from twotower.kernels.infonce_reference import infonce_reference  # noqa: E402
 
+# The Triton kernel runs under the CPU interpreter here: minutes in all (pytest -m "not slow" skips it).
+pytestmark = pytest.mark.slow
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Tolerances per input dtype, relative to the largest magnitude of the float64 reference

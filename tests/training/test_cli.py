@@ -44,12 +44,14 @@ def test_train_help_lists_every_setting_with_its_default(capsys):
     assert text.count("(default:") >= len(setting_names())
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_train_prints_metrics_next_to_popularity(trained):
     results = json.loads((trained / "results.json").read_text())
     assert results["valid"]["metrics"]["ndcg@10"] > results["popularity"]["valid"]["metrics"]["ndcg@10"]
     assert (trained / "model" / "seen.safetensors").is_file()
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_evaluate_reproduces_the_training_metrics(trained, capsys):
     assert main(["evaluate", str(trained / "model"), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -58,6 +60,7 @@ def test_evaluate_reproduces_the_training_metrics(trained, capsys):
     assert f"{results['test']['metrics']['recall@10']:.4f}" in test_line
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_recommend_gives_external_ids_and_filters_seen_items(trained, capsys):
     from twotower.model.model_dir import load_model_dir
 
@@ -72,6 +75,7 @@ def test_recommend_gives_external_ids_and_filters_seen_items(trained, capsys):
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_index_build_and_query_agree_with_exact(trained, capsys):
     model_dir = str(trained / "model")
     assert main(["index", "build", model_dir]) == 0
@@ -133,6 +137,7 @@ def test_wrong_column_name_lists_the_columns(tmp_path, capsys):
     assert "user_id" in err and "uid" in err and "iid" in err
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     """An index saved next to the model with another scoring (here neg_l2 over the model's own item
     vectors, as if built before the model was retrained) is refused with a message, not searched."""
@@ -152,6 +157,7 @@ def test_an_index_built_for_other_scores_is_refused(trained, tmp_path, capsys):
     assert "built for 'neg_l2' scores" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_unknown_user_and_incompatible_model_dir(trained, tmp_path, capsys):
     assert main(["recommend", str(trained / "model"), "--user", "no-such-user"]) == 2
     assert "user" in capsys.readouterr().err
@@ -191,6 +197,7 @@ def test_data_stats_reads_what_train_reads(tmp_path, capsys):
 
 @pytest.mark.parametrize("damage", ["truncate weights", "corrupt seen", "no train_config", "seen changed",
                                     "vocabulary changed"])
+@pytest.mark.slow  # the module's trained-model fixture
 def test_a_damaged_model_directory_is_one_clear_line(trained, tmp_path, capsys, damage):
     import shutil
 
@@ -232,6 +239,7 @@ def test_a_corrupt_compressed_file_is_one_clear_line(tmp_path, capsys):
     assert "twotower: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_more_inputs_a_person_gets_wrong_are_one_clear_line(trained, tmp_path, capsys):
     config_dir = tmp_path / "conf"
     config_dir.mkdir()
@@ -356,6 +364,7 @@ def test_the_opening_names_every_input_and_the_rows_left_out_and_results_count_t
     assert "(eval.unknown_targets keep)" in printed and 0 < kept < dropped
 
 
+@pytest.mark.slow  # the module's trained-model fixture
 def test_evaluate_takes_a_protocol_preset_and_single_rules_over_it(trained, capsys):
     def test_row(*flags):
         assert main(["evaluate", str(trained / "model"), "--quiet", *flags]) == 0

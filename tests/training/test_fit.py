@@ -123,6 +123,7 @@ def _run(out: Path, *extra: str, every: int = 1, wait: bool = True) -> subproces
     return [line for line in stdout.splitlines() if line.startswith("RESULT")][0]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     """A run SIGKILLed in the middle of epoch 2 and resumed ends with the same metrics as a run that
     was never interrupted (batches, dropout RNG, optimizer state and schedule are all restored)."""
@@ -145,6 +146,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_between_sparse_checkpoints_replays_to_the_same_weights(tmp_path):
     """With a checkpoint every 2 epochs, a run SIGKILLed after logging epoch 3 (whose checkpoint was
     never written) resumes from epoch 2, replays epoch 3 and ends with the same bytes of weights as
