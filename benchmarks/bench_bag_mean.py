@@ -2,7 +2,7 @@
 against its reference, and what history pooling costs a whole training step.
 
 - kernel: forward + backward of the pooled histories of one batch, each ending in the coalesced
-  sparse gradient the row-sparse optimizer needs, vs `bag_mean_reference` (`F.embedding_bag` with a
+  sparse gradient the row-sparse optimizer needs, vs `bag_mean_eager` (`F.embedding_bag` with a
   sparse gradient, coalesced by torch);
 - step: one training step (forward, backward, clipping, optimizer) of a SimpleX-style model (user id
   gated with the mean of its history, `model.history_combine = "gate"`) vs the plain matrix
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from benchmarks.runner import markdown_table, measure_pair, write_results
-from twotower.kernels.bag_mean import bag_mean, bag_mean_reference
+from twotower.kernels.bag_mean import bag_mean
+from twotower.kernels.bag_mean_eager import bag_mean_eager
 
 USERS, ITEMS, PER_USER, B, D = 29_858, 40_981, 24, 1024, 128
 
@@ -86,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(1)
     x = _bags()
     rows = []
-    ours, ref = measure_pair(lambda: pool_step(bag_mean, x), lambda: pool_step(bag_mean_reference, x),
+    ours, ref = measure_pair(lambda: pool_step(bag_mean, x), lambda: pool_step(bag_mean_eager, x),
                              warmup=3, repeats=21)
     rows.append([f"bag_mean fwd+bwd, {x['values'].numel():,} history entries", f"{ours.median * 1e3:.2f}",
                  "F.embedding_bag(sparse=True) + coalesce", f"{ref.median * 1e3:.2f}",

@@ -17,12 +17,8 @@ import numpy as np
 import pytest
 
 from benchmarks.runner import markdown_table, measure_pair, write_results
-from twotower.kernels.grouping import (
-    csr_from_pairs,
-    csr_from_pairs_reference,
-    stable_group_order,
-    stable_group_order_reference,
-)
+from twotower.kernels.grouping import csr_from_pairs, stable_group_order
+from twotower.kernels.grouping_eager import csr_from_pairs_eager, stable_group_order_eager
 
 ROWS, USERS, ITEMS = 1_000_000, 20_000, 20_000
 
@@ -40,9 +36,9 @@ def main() -> None:
     rows = []
     for name, ours, reference, reference_name in (
         ("stable_group_order", lambda: stable_group_order(shuffled, USERS),
-         lambda: stable_group_order_reference(shuffled, USERS), "np.argsort(kind='stable')"),
+         lambda: stable_group_order_eager(shuffled, USERS), "np.argsort(kind='stable')"),
         ("csr_from_pairs", lambda: csr_from_pairs(users, items, USERS),
-         lambda: csr_from_pairs_reference(users, items, USERS), "np.sort of row * width + col, repeats dropped"),
+         lambda: csr_from_pairs_eager(users, items, USERS), "np.sort of row * width + col, repeats dropped"),
     ):
         a, b = measure_pair(ours, reference, warmup=2, repeats=15)
         rows.append(
@@ -56,13 +52,13 @@ def main() -> None:
     write_results("data-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
 
 
-@pytest.mark.parametrize("fn", [csr_from_pairs, csr_from_pairs_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [csr_from_pairs, csr_from_pairs_eager], ids=["kernel", "reference"])
 def test_csr_from_pairs(benchmark, fn):
     users, items = _pairs()
     benchmark.pedantic(fn, args=(users, items, USERS), rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("fn", [stable_group_order, stable_group_order_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [stable_group_order, stable_group_order_eager], ids=["kernel", "reference"])
 def test_stable_group_order(benchmark, fn):
     users, _ = _pairs()
     benchmark.pedantic(fn, args=(users, USERS), rounds=5, warmup_rounds=1)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from benchmarks.runner import markdown_table, measure, write_results
 from twotower.kernels.infonce_cpu import infonce_blocked
-from twotower.kernels.infonce_reference import infonce_reference
+from twotower.kernels.infonce_eager import infonce_eager
 
 # (B, M, D): in-batch only, and in-batch + shared extra negatives (mixed negative sampling).
 SIZES = [(256, 0, 64), (1024, 0, 64), (1024, 4096, 64), (2048, 0, 128)]
@@ -51,7 +51,7 @@ def options(B: int, M: int, seed: int = 1) -> dict:
 
 
 def reference_step(inputs: dict, opts: dict | None = None) -> None:
-    loss = infonce_reference(
+    loss = infonce_eager(
         inputs["q"], inputs["k"], temperature=TEMPERATURE, extra=inputs.get("extra"), **(opts or {})
     )
     loss.backward()

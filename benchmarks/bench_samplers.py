@@ -8,7 +8,7 @@ for batches of 4096 training rows (users drawn in proportion to their activity, 
   in the user's `set` of positives (sets built once, outside the timing);
 - numpy rejection: vectorised, `Generator.integers` for all draws, membership of the keys
   `user * N + item` by one `np.searchsorted` in the sorted history keys, redraw the rejected;
-- numpy reference: `samplers_reference.uniform_negatives`, the kernel's oracle (same ids, hashed RNG);
+- numpy reference: `samplers_eager.uniform_negatives`, the kernel's oracle (same ids, hashed RNG);
 - kernel, tuple: `samplers.uniform_negatives(..., exclude=(indptr, indices))`, one thread, with and
   without the per-call validation of the touched rows (binary search or a per-row scratch bitmap);
 - kernel, index: the same with `exclude=build_exclusion_index(indptr, indices, N)`, built once (validated,
@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from benchmarks.runner import Timing, markdown_table, measure, write_results
-from twotower.kernels import samplers, samplers_reference
+from twotower.kernels import samplers, samplers_eager
 from twotower.training.batches import BatchConfig, BatchIterator
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k" / "u.data"
@@ -160,7 +160,7 @@ def main() -> None:
         fns = {
             "python loop + set": lambda n=n: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
             "numpy rejection": lambda n=n: numpy_rejection(users, n, keys, num_items, rng),
-            "numpy reference (kernel's oracle)": lambda n=n: samplers_reference.uniform_negatives(
+            "numpy reference (kernel's oracle)": lambda n=n: samplers_eager.uniform_negatives(
                 users, num_items, n, exclude=history, seed=2
             ),
             "kernel, tuple, validate=True": lambda n=n: samplers.uniform_negatives(
@@ -254,7 +254,7 @@ def main() -> None:
     )
     add(
         f"alias popularity**0.75 numpy reference, excluding, [{BATCH}, {n}]",
-        lambda: samplers_reference.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n
+        lambda: samplers_eager.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n
     )
     add(f"alias table build, N = {num_items}", lambda: samplers.build_alias_table(counts**0.75), num_items, "M items/s")
     add(
@@ -262,7 +262,7 @@ def main() -> None:
     )
     add(
         "alias table build numpy reference (python loop), N = 1,000,000",
-        lambda: samplers_reference.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
+        lambda: samplers_eager.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
     )
     for m in (4096, 65536):
         add(

@@ -11,7 +11,7 @@ end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tab
   `gather_scores`), forward + backward;
 - `table_step` (user and item tables scored against each other, their gradient and the row-sparse
   Adam step of both, fused, no autograd) vs its reference (autograd through F.embedding and
-  F.normalize, then `sparse_adam_reference`) and vs the autograd step's kernels (F.embedding +
+  F.normalize, then `sparse_adam_eager`) and vs the autograd step's kernels (F.embedding +
   `l2_normalize` for the users, `embedding_scores` for the items, `sparse_adam` on both tables).
 
     python -m benchmarks.bench_training_kernels      # table -> benchmarks/results/training-kernels.md
@@ -28,13 +28,18 @@ import torch
 
 from benchmarks.runner import markdown_table, measure_pair, write_results
 from twotower.kernels.distinct import distinct
-from twotower.kernels.distinct_reference import distinct_reference
-from twotower.kernels.embedding_scores import embedding_scores, embedding_scores_reference
-from twotower.kernels.gather_scores import gather_scores, gather_scores_reference
-from twotower.kernels.l2_normalize import l2_normalize, l2_normalize_reference
-from twotower.kernels.sparse_adam import sparse_adam, sparse_adam_reference
+from twotower.kernels.distinct_eager import distinct_eager
+from twotower.kernels.embedding_scores import embedding_scores
+from twotower.kernels.embedding_scores_eager import embedding_scores_eager
+from twotower.kernels.gather_scores import gather_scores
+from twotower.kernels.gather_scores_eager import gather_scores_eager
+from twotower.kernels.l2_normalize import l2_normalize
+from twotower.kernels.l2_normalize_eager import l2_normalize_eager
+from twotower.kernels.sparse_adam import sparse_adam
+from twotower.kernels.sparse_adam_eager import sparse_adam_eager
 from twotower.kernels.table_step import AdamTable, table_adam_step, table_scores
-from twotower.kernels.table_step_reference import table_adam_step_reference, table_scores_reference
+from twotower.kernels.table_step_eager import table_adam_step_eager
+from twotower.kernels.table_step_eager_eager import table_scores_eager
 
 B, N, D, ROWS = 1024, 16, 64, 20_000
 
@@ -107,7 +112,7 @@ class TwoTables:
         adam_fn(saved, self.upstream, self.adam(0), self.adam(1))
 
     def reference(self) -> None:
-        self.fused(table_scores_reference, table_adam_step_reference)
+        self.fused(table_scores_eager, table_adam_step_eager)
 
     def autograd_kernels(self) -> None:
         """What the autograd step runs for the same tables (the trainer before the table step)."""
@@ -138,9 +143,9 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     add("gather_scores fwd+bwd", lambda: scores_step(gather_scores, x),
-        lambda: scores_step(gather_scores_reference, x), "gather + multiply + sum (autograd)")
+        lambda: scores_step(gather_scores_eager, x), "gather + multiply + sum (autograd)")
     add("l2_normalize fwd+bwd", lambda: normalize_step(l2_normalize, x),
-        lambda: normalize_step(l2_normalize_reference, x), "F.normalize (autograd)")
+        lambda: normalize_step(l2_normalize_eager, x), "F.normalize (autograd)")
     touched, grads = x["unique"], torch.randn(x["unique"].numel(), D)
     ours_state, ref_state = adam_tables(), adam_tables()
     slots = np.full(ROWS, -1, dtype=np.int64)
@@ -152,7 +157,7 @@ def main() -> None:
 
     def ref_adam() -> None:
         step["ref"] += 1
-        sparse_adam_reference(*ref_state, touched, grads, step=step["ref"], lr=1e-3)
+        sparse_adam_eager(*ref_state, touched, grads, step=step["ref"], lr=1e-3)
 
     add(
         f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam,
@@ -168,18 +173,18 @@ def main() -> None:
         dense.step()
 
     add(f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, dense_adam, "torch.optim.AdamW, whole table")
-    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: distinct_reference(x["ids"]),
+    add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: distinct_eager(x["ids"]),
         "np.unique + first-occurrence order")
     ids_t = torch.from_numpy(x["ids"])
     add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]),
         lambda: torch.unique(ids_t, return_inverse=True), "torch.unique(return_inverse) (sorted)")
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
-        lambda: table_scores_step(embedding_scores_reference, x), "F.embedding + F.normalize + gather (autograd)")
+        lambda: table_scores_step(embedding_scores_eager, x), "F.embedding + F.normalize + gather (autograd)")
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
     ours, theirs, unfused = TwoTables(x, 1), TwoTables(x, 1), TwoTables(x, 1)
     add("table_step scores + both tables' Adam", ours.fused, theirs.reference,
-        "F.embedding + F.normalize + gather (autograd) + sparse_adam_reference")
+        "F.embedding + F.normalize + gather (autograd) + sparse_adam_eager")
     add("table_step scores + both tables' Adam", ours.fused, unfused.autograd_kernels,
         "the autograd step's kernels (embedding_scores, l2_normalize, sparse_adam x 2)")
     header = ["kernel", "twotower ms", "baseline", "baseline ms", "speed-up"]
@@ -190,26 +195,26 @@ def main() -> None:
     write_results("training-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
 
 
-@pytest.mark.parametrize("fn", [gather_scores, gather_scores_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [gather_scores, gather_scores_eager], ids=["kernel", "reference"])
 def test_gather_scores(benchmark, fn):
     x = _batch()
     benchmark.pedantic(scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [l2_normalize, l2_normalize_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [l2_normalize, l2_normalize_eager], ids=["kernel", "reference"])
 def test_l2_normalize(benchmark, fn):
     x = _batch()
     benchmark.pedantic(normalize_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [sparse_adam, sparse_adam_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [sparse_adam, sparse_adam_eager], ids=["kernel", "reference"])
 def test_sparse_adam(benchmark, fn):
     x = _batch()
     state, grads = adam_tables(), torch.randn(x["unique"].numel(), D)
     benchmark.pedantic(lambda: fn(*state, x["unique"], grads, step=1, lr=1e-3), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [embedding_scores, embedding_scores_reference], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [embedding_scores, embedding_scores_eager], ids=["kernel", "reference"])
 def test_embedding_scores(benchmark, fn):
     x = _batch()
     benchmark.pedantic(table_scores_step, args=(fn, x), rounds=10, warmup_rounds=2)

@@ -8,10 +8,11 @@ or under TRITON_INTERPRET=1). Nothing here imports from `twotower` itself.
 import importlib
 from typing import Any
 
-_SUBMODULES = ("samplers", "samplers_reference", "frequency", "infonce", "infonce_reference", "gather_scores",
-               "gather_scores_reference", "distinct", "distinct_reference", "sparse_adam", "sparse_adam_reference",
-               "l2_normalize", "embedding_scores", "embedding_scores_reference", "grouping", "grouping_reference",
-               "table_step", "table_step_reference", "bag_mean", "bag_mean_reference")
+_KERNELS = ("samplers", "frequency", "infonce", "gather_scores", "distinct", "sparse_adam", "l2_normalize",
+            "embedding_scores", "grouping", "table_step", "bag_mean")
+# `<op>_eager`: the same op in eager PyTorch/NumPy (fallback off the kernel's path, benchmark baseline).
+_EAGER = tuple(op for op in _KERNELS if op != "frequency")  # the estimator's loops live in samplers_eager
+_SUBMODULES = _KERNELS + tuple(f"{op}_eager" for op in _EAGER)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 f"{type(ctx).__name__.removesuffix('Backward')} has no second derivative: backward with "
-                "create_graph=True (double backward) is not supported; use its *_reference function for that"
+                "create_graph=True (double backward) is not supported; use its *_eager function for that"
             )
         return backward(ctx, *grads)
 

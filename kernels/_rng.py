@@ -7,7 +7,7 @@ Each sampler draws its bits from splitmix64's output function applied to a count
 
 so any word is a pure function of (seed, row, counter). Results do not depend on thread timing or on
 how many words other rows consumed, the Numba kernels need no shared RNG state (they release the GIL
-safely), and the NumPy references in `samplers_reference` reproduce the kernels bit for bit.
+safely), and the NumPy functions in `samplers_eager` reproduce the kernels bit for bit.
 
 Integers in [0, n) come from the top 32 bits by multiply-shift (Lemire): `((x >> 32) * n) >> 32`
 (`bounded`). Each value then has floor or ceil of 2**32 / n preimages, a relative bias of up to

@@ -11,7 +11,7 @@ gradient once (a first-appearance slot per row, one pass over the entries) and h
 sparse gradient with one row per distinct item, or the dense table gradient when `sparse` is off.
 
 Dispatch: float32 and float64 tensors on the CPU go to the Numba kernel (one thread, deterministic);
-anything else (CUDA, half precision) to `bag_mean_reference`. Imports torch and Numba, nothing from
+anything else (CUDA, half precision) to `bag_mean_eager`. Imports torch and Numba, nothing from
 twotower.
 """
 
@@ -24,9 +24,9 @@ from torch import Tensor
 from . import _bag_mean_jit as jit
 from ._bounds_jit import checked_indices
 from ._first_order import first_order_only
-from .bag_mean_reference import bag_mean_reference
+from .bag_mean_eager import bag_mean_eager
 
-__all__ = ["bag_mean", "bag_mean_reference"]
+__all__ = ["bag_mean"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -122,7 +122,7 @@ def bag_mean(table: Tensor, values: Tensor, offsets: Tensor, keep: Tensor | None
     if table.device.type != "cpu" or table.dtype not in _KERNEL_DTYPES:
         if values.numel() and (int(values.min()) < 0 or int(values.max()) >= table.shape[0]):
             raise IndexError(f"bag_mean: values must lie in [0, {table.shape[0]})")
-        return bag_mean_reference(table, values, offsets, keep, sparse=sparse)
+        return bag_mean_eager(table, values, offsets, keep, sparse=sparse)
     rows = checked_indices(values.detach().numpy(), table.shape[0], "bag_mean: values")
     bounds = np.ascontiguousarray(offsets.detach().numpy(), dtype=np.int64)
     mask = None if keep is None else np.ascontiguousarray(keep.detach().numpy())

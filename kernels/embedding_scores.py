@@ -18,7 +18,7 @@ values of a sparse COO gradient over `ids` (what `nn.Embedding(sparse=True)` giv
 gives a dense one instead).
 
 Dispatch: float32 and float64 tensors on the CPU go to the Numba kernel (one thread, deterministic);
-anything else (CUDA, half precision) to `embedding_scores_reference`. Imports torch and Numba,
+anything else (CUDA, half precision) to `embedding_scores_eager`. Imports torch and Numba,
 nothing from twotower.
 """
 
@@ -33,9 +33,9 @@ from torch import Tensor
 from . import _embedding_scores_jit as jit
 from ._bounds_jit import checked_indices
 from ._first_order import first_order_only
-from .embedding_scores_reference import embedding_scores_reference
+from .embedding_scores_eager import embedding_scores_eager
 
-__all__ = ["embedding_scores", "embedding_scores_reference"]
+__all__ = ["embedding_scores"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -140,7 +140,7 @@ def embedding_scores(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, 
         for name, t, rows in (("ids", ids, weight.shape[0]), ("index", index, ids.shape[0])):
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= rows):
                 raise IndexError(f"embedding_scores: {name} entries must lie in [0, {rows})")
-        return embedding_scores_reference(query, weight, ids, index, normalize=normalize, eps=eps, sparse=sparse)
+        return embedding_scores_eager(query, weight, ids, index, normalize=normalize, eps=eps, sparse=sparse)
     ids_np = checked_indices(ids.detach().numpy(), weight.shape[0], "embedding_scores: ids")
     index_np = checked_indices(index.detach().numpy(), ids.shape[0], "embedding_scores: index")
     return _EmbeddingScores.apply(query, weight, ids_np, index_np, bool(normalize), float(eps), bool(sparse))

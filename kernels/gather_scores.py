@@ -10,7 +10,7 @@ was half of a CPU training step. The kernel reads the rows in place and writes o
 [B, D] and [U, D] backward, each row of the [U, D] gradient once.
 
 Dispatch: float32 and float64 tensors on the CPU go to the Numba kernel (one thread, deterministic);
-anything else (CUDA, half precision) to `gather_scores_reference`, where PyTorch's own gather and
+anything else (CUDA, half precision) to `gather_scores_eager`, where PyTorch's own gather and
 reduction are already what a GPU wants. Imports torch and Numba, nothing from twotower.
 """
 
@@ -23,9 +23,9 @@ from torch import Tensor
 from . import _gather_scores_jit as jit
 from ._bounds_jit import checked_indices
 from ._first_order import first_order_only
-from .gather_scores_reference import gather_scores_reference
+from .gather_scores_eager import gather_scores_eager
 
-__all__ = ["gather_scores", "gather_scores_reference"]
+__all__ = ["gather_scores"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -100,7 +100,7 @@ def gather_scores(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
     if query.device.type != "cpu" or query.dtype not in _KERNEL_DTYPES:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= vectors.shape[0]):
             raise IndexError(f"gather_scores: index entries must lie in [0, {vectors.shape[0]})")
-        return gather_scores_reference(query, vectors, index)
+        return gather_scores_eager(query, vectors, index)
     return _GatherScores.apply(
         query, vectors, checked_indices(index.detach().numpy(), vectors.shape[0], "gather_scores: index")
     )

@@ -15,9 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .grouping_reference import csr_from_pairs_reference, stable_group_order_reference
-
-__all__ = ["csr_from_pairs", "csr_from_pairs_reference", "stable_group_order", "stable_group_order_reference"]
+__all__ = ["csr_from_pairs", "stable_group_order"]
 
 
 @njit(cache=True, nogil=True)

@@ -4,7 +4,8 @@
 positives and M shared extra negatives without ever materialising the logits: on CUDA through the
 Triton kernels of `infonce_triton` (FlashAttention-2 layout, fp32 online log-sum-exp, only lse[B]
 saved for backward, deterministic); on the CPU through the row-blocked PyTorch version of the same
-algorithm in `infonce_cpu` (the reference for `symmetric=True`); `infonce_reference` is the oracle.
+algorithm in `infonce_cpu`; everything else (`symmetric=True` on the CPU, a GPU without Triton or
+float64 on a GPU) through the eager PyTorch `infonce_eager`.
 Under TRITON_INTERPRET=1 CPU tensors go through the Triton kernels instead (how the tests exercise them).
 
 Importing this module needs torch only; Triton is imported on first use of the kernel path.
@@ -22,9 +23,9 @@ from torch import Tensor
 
 from ._first_order import first_order_only
 from .infonce_cpu import infonce_blocked
-from .infonce_reference import check_infonce_inputs, infonce_reference
+from .infonce_eager import check_infonce_inputs, infonce_eager
 
-__all__ = ["infonce", "infonce_reference", "InfoNCE", "kernel_available"]
+__all__ = ["infonce", "InfoNCE", "kernel_available"]
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _triton_module: ModuleType | None = None
@@ -168,7 +169,7 @@ def infonce(
     ``loss_i = logsumexp_j(s_ij) - s_ii`` with ``s_ij = <q_i, c_j> / temperature - logq_j``.
 
     Args:
-        q: [B, D] query vectors (float16, bfloat16, float32; float64 runs the reference).
+        q: [B, D] query vectors (float16, bfloat16, float32; float64 runs `infonce_eager`).
         k: [B, D] positive item vectors; row i's positive is k[i], the other rows are its negatives.
         temperature: a float > 0, or a 0-d floating tensor (a learned temperature gets its gradient).
             A tensor's positivity is checked only on CPU, to avoid a GPU sync.
@@ -222,7 +223,7 @@ def infonce(
                 correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
                 extra_ids=extra_ids, reduction=reduction,
             )
-        return infonce_reference(
+        return infonce_eager(
             q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
             correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
             extra_ids=extra_ids, reduction=reduction, symmetric=symmetric,

@@ -6,10 +6,10 @@ log-q correction and accidental-hit masks are then one Numba pass over the block
 (`_infonce_cpu_jit`, integer codes instead of boolean [rows, N] masks: the PyTorch form of that
 step took about ten passes), and torch's vectorised exp does the log-sum-exp forward and
 dS = g * (softmax - onehot) / tau backward. Above `_KEEP_ELEMENTS` logits only lse[B] is kept for
-backward, which recomputes each block's scores: extra memory is O(B + M) plus one block, where the
-reference holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536); below it the
-forward keeps the softmax (at most 64 MiB) and backward skips the recomputation. Same contract as `infonce_reference`
-except `symmetric` (the caller sends that to the reference).
+backward, which recomputes each block's scores: extra memory is O(B + M) plus one block, where
+`infonce_eager` holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536); below it the
+forward keeps the softmax (at most 64 MiB) and backward skips the recomputation. Same contract as `infonce_eager`
+except `symmetric` (the caller sends that to `infonce_eager`).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def infonce_blocked(
     reduction: str = "mean",
 ) -> Tensor:
     """Row-blocked InfoNCE for CPU tensors; inputs already checked by `check_infonce_inputs`.
-    Computes in float32 (float64 for float64 inputs) and returns that dtype, like the reference."""
+    Computes in float32 (float64 for float64 inputs) and returns that dtype, like `infonce_eager`."""
     B = q.shape[0]
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     cand = k if extra is None or extra.shape[0] == 0 else torch.cat([k, extra], dim=0)

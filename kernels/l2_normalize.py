@@ -9,7 +9,7 @@ row's norm, and backward one pass: dx = (g - y (g · y)) / n for rows with n > e
 (the derivative of the clamped form, as PyTorch computes it).
 
 Dispatch: 2-d float32/float64 CPU tensors go to the Numba kernel (sums in the input's dtype); anything else to
-`l2_normalize_reference` (`F.normalize`). Imports torch and Numba, nothing from twotower.
+`l2_normalize_eager` (`F.normalize`). Imports torch and Numba, nothing from twotower.
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ from numba import njit
 from torch import Tensor
 
 from ._first_order import first_order_only
+from .l2_normalize_eager import l2_normalize_eager
 
-__all__ = ["l2_normalize", "l2_normalize_reference"]
-
-
-def l2_normalize_reference(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """`torch.nn.functional.normalize(x, dim=1, eps=eps)`: the oracle and the non-kernel path."""
-    return torch.nn.functional.normalize(x, dim=1, eps=eps)
+__all__ = ["l2_normalize"]
 
 
 # Sums run in the storage dtype (`zero` is a 0 of it) so that the loops over D vectorise: float64
@@ -102,5 +98,5 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     if not eps > 0:
         raise ValueError(f"l2_normalize: eps must be > 0, got {eps}")
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return l2_normalize_reference(x, eps)
+        return l2_normalize_eager(x, eps)
     return _L2Normalize.apply(x, eps)

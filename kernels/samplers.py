@@ -6,8 +6,8 @@ a history once with `validate_csr`), or, for repeated calls on the same history,
 (`build_exclusion_index`: validated once, with precomputed bitmaps for the longer rows, so a membership
 test is one bit instead of a binary search; several times faster on MovieLens-sized histories). Every
 sampler is a deterministic function of its `seed`: batch row `r` reads its own counter-based stream (see
-`_rng`), so results do not depend on threads, timing or the form of `exclude`, and the NumPy references
-in `twotower.kernels.samplers_reference` give the same ids bit for bit.
+`_rng`), so results do not depend on threads, timing or the form of `exclude`, and the NumPy functions
+in `twotower.kernels.samplers_eager` give the same ids bit for bit.
 
 Samplers:
     uniform_negatives     uniform over items, optionally excluding each user's positives (rejection +

@@ -13,7 +13,7 @@ and moments (no momentum drift, no weight decay): the semantics of TensorFlow's 
 
 Dispatch: contiguous float32/float64 CPU tensors go to the Numba kernel (one pass to find the
 distinct rows through a per-table slot array, the few repeated rows summed aside, one pass to
-update; untouched rows are never read); anything else goes to `sparse_adam_reference`. Imports
+update; untouched rows are never read); anything else goes to `sparse_adam_eager`. Imports
 torch and Numba, nothing from twotower.
 """
 
@@ -28,9 +28,9 @@ from torch import Tensor
 
 from ._adam_jit import adam_row, ascending_rows
 from ._bounds_jit import checked_indices
-from .sparse_adam_reference import sparse_adam_reference
+from .sparse_adam_eager import sparse_adam_eager
 
-__all__ = ["adam_coefficients", "sparse_adam", "sparse_adam_reference"]
+__all__ = ["adam_coefficients", "sparse_adam"]
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -148,7 +148,7 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
               and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq)))
     rows_np = checked_indices(rows.detach().cpu().numpy(), param.shape[0], "sparse_adam: rows")
     if not kernel:
-        sparse_adam_reference(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
+        sparse_adam_eager(param, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, beta1=beta1, beta2=beta2,
                               eps=eps, weight_decay=weight_decay, decoupled=decoupled, grad_scale=grad_scale)
         return
     if slots is None:

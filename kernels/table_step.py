@@ -19,7 +19,7 @@ that updates nothing, and `table_adam_step(grad_scale=...)` folds the clip facto
 coefficients. A row gets exactly `sparse_adam`'s update (the same `_adam_jit.adam_row`).
 
 Dispatch: float32/float64 contiguous CPU tables go to the Numba kernels (one thread,
-deterministic); anything else to `table_step_reference`. Imports torch and Numba, nothing from twotower.
+deterministic); anything else to `table_step_eager`. Imports torch and Numba, nothing from twotower.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from torch import Tensor
 from . import _table_step_jit as jit
 from ._bounds_jit import checked_indices
 from .sparse_adam import _check_hyper, _check_scale, adam_coefficients
-from .table_step_reference import (
+from .table_step_eager import (
     AdamTable,
     TableScores,
-    table_adam_step_reference,
-    table_grad_sq_norm_reference,
-    table_scores_reference,
+    table_adam_step_eager,
+    table_grad_sq_norm_eager,
+    table_scores_eager,
 )
 
 __all__ = ["AdamTable", "TableScores", "table_adam_step", "table_grad_sq_norm", "table_scores"]
@@ -109,7 +109,7 @@ def table_scores(query_table: Tensor, item_table: Tensor, query_ids: Tensor, ite
     """
     _check(query_table, item_table, query_ids, item_ids, index, eps)
     if not _kernel_tables(query_table, item_table):
-        return table_scores_reference(query_table, item_table, query_ids, item_ids, index, normalize=normalize, eps=eps)
+        return table_scores_eager(query_table, item_table, query_ids, item_ids, index, normalize=normalize, eps=eps)
     query_np = checked_indices(query_ids.numpy(), query_table.shape[0], "table_scores: query_ids")
     item_np = checked_indices(item_ids.numpy(), item_table.shape[0], "table_scores: item_ids")
     index_np = checked_indices(index.numpy(), item_ids.shape[0], "table_scores: index")
@@ -198,7 +198,7 @@ def table_grad_sq_norm(saved: TableScores, grad: Tensor, *, query_slots: np.ndar
             all -1), reused across calls; allocated per call when omitted.
     """
     if not _kernel_tables(saved.query_table, saved.item_table):
-        return table_grad_sq_norm_reference(saved, grad)
+        return table_grad_sq_norm_eager(saved, grad)
     return _run(saved, grad, None, None, 1.0, query_slots, item_slots)
 
 
@@ -221,7 +221,7 @@ def table_adam_step(saved: TableScores, grad: Tensor, query: AdamTable, item: Ad
     """
     _check_scale(grad_scale)
     if not _kernel_tables(saved.query_table, saved.item_table):
-        table_adam_step_reference(saved, grad, query, item, grad_scale=grad_scale)
+        table_adam_step_eager(saved, grad, query, item, grad_scale=grad_scale)
         return
     _run(saved, grad, query, item, grad_scale, None, None)
 

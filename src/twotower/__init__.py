@@ -13,15 +13,19 @@ _LAZY = {
     "ExactIndex": "twotower.retrieval.exact",
     "available_simd": "twotower.retrieval.exact",
     "topk": "twotower.retrieval.exact",
-    "topk_reference": "twotower.retrieval.exact",
+    "topk_eager": "twotower.retrieval.exact",
     "Recommender": "twotower.retrieval.recommend",
     "UnknownIdError": "twotower.retrieval.recommend",
 }
 
 __all__ = [*_LAZY, "__version__"]
 
+# `topk_eager`'s name in earlier READMEs; still importable, no longer listed.
+_RENAMED = {"topk_reference": "topk_eager"}
+
 
 def __getattr__(name: str) -> Any:
+    name = _RENAMED.get(name, name)
     if name in _LAZY:
         import importlib
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.kernels.embedding_scores import embedding_scores, embedding_scores_reference
+from twotower.kernels.embedding_scores import embedding_scores
+from twotower.kernels.embedding_scores_eager import embedding_scores_eager
 
 # (B, C, D, R, U): batch rows, candidates per row, width, table rows, ids
 SHAPES = [(1, 1, 1, 1, 1), (3, 0, 5, 4, 2), (7, 17, 1, 30, 9), (130, 5, 33, 500, 300), (300, 17, 64, 2000, 1500),
@@ -44,7 +45,7 @@ def _run(fn, query, weight, ids, index, upstream, dtype, normalize, sparse, eps=
 def test_matches_float64_reference(B, C, D, R, U, dtype, normalize, sparse):
     inputs = _inputs(B, C, D, R, U, seed=B * 7 + C + D + R)
     got = _run(embedding_scores, *inputs, dtype, normalize, sparse)
-    want = _run(embedding_scores_reference, *inputs, torch.float64, normalize, sparse)
+    want = _run(embedding_scores_eager, *inputs, torch.float64, normalize, sparse)
     for g, w in zip(got, want, strict=True):
         scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
         torch.testing.assert_close(g, w, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale)
@@ -64,12 +65,12 @@ def test_only_the_needed_gradient_is_formed():
     w = weight.clone().requires_grad_()
     embedding_scores(query, w, ids, index, normalize=True).sum().backward()
     want = weight.clone().requires_grad_()
-    embedding_scores_reference(query, want, ids, index, normalize=True).sum().backward()
+    embedding_scores_eager(query, want, ids, index, normalize=True).sum().backward()
     torch.testing.assert_close(w.grad.to_dense(), want.grad.to_dense())
     q = query.clone().requires_grad_()
     embedding_scores(q, weight, ids, index, normalize=True).sum().backward()
     q_ref = query.clone().requires_grad_()
-    embedding_scores_reference(q_ref, weight, ids, index, normalize=True).sum().backward()
+    embedding_scores_eager(q_ref, weight, ids, index, normalize=True).sum().backward()
     torch.testing.assert_close(q.grad, q_ref.grad)
 
 
@@ -88,14 +89,14 @@ def test_non_contiguous_inputs_and_int32_indices():
     q_t = query.t().contiguous().t()
     w_wide = torch.cat([weight, weight], dim=1)[:, ::2]
     got = embedding_scores(q_t, w_wide, ids.int(), index.int(), normalize=True)
-    torch.testing.assert_close(got, embedding_scores_reference(query, w_wide.contiguous(), ids, index, normalize=True))
+    torch.testing.assert_close(got, embedding_scores_eager(query, w_wide.contiguous(), ids, index, normalize=True))
 
 
 def test_half_precision_goes_through_the_reference():
     query, weight, ids, index, _ = _inputs(6, 3, 8, 10, 4, seed=9)
     out = embedding_scores(query.bfloat16(), weight.bfloat16(), ids, index, normalize=False)
     assert out.dtype == torch.bfloat16
-    want = embedding_scores_reference(query, weight, ids, index, normalize=False)
+    want = embedding_scores_eager(query, weight, ids, index, normalize=False)
     torch.testing.assert_close(out.double(), want, rtol=3e-2, atol=5e-2)
 
 

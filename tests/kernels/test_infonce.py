@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 from twotower.kernels import infonce as infonce_mod  # noqa: E402
 from twotower.kernels import infonce_triton as kt  # noqa: E402
 from twotower.kernels.infonce import InfoNCE, infonce, kernel_available  # noqa: E402
-from twotower.kernels.infonce_reference import infonce_reference  # noqa: E402
+from twotower.kernels.infonce_eager import infonce_eager  # noqa: E402
 
 # The Triton kernel runs under the CPU interpreter here: minutes in all (pytest -m "not slow" skips it).
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def run_both(case: Case, inputs: dict, seed: int):
         return loss.detach(), {n: v.grad for n, v in leaves.items()}
 
     loss, grads = go(None, infonce)
-    ref_loss, ref_grads = go(torch.float64, infonce_reference)
+    ref_loss, ref_grads = go(torch.float64, infonce_eager)
     return loss, grads, ref_loss, ref_grads
 
 
@@ -210,7 +210,7 @@ def test_fully_masked_rows_have_zero_loss_and_gradient() -> None:
     extra_ids = torch.full((M,), 7, device=DEVICE)
     opts = dict(item_ids=item_ids, query_ids=query_ids, extra_ids=extra_ids, reduction="none")
     rows = infonce(q, k, temperature=0.5, extra=extra, **opts)
-    ref = infonce_reference(q.double(), k.double(), temperature=0.5, extra=extra.double(), **opts)
+    ref = infonce_eager(q.double(), k.double(), temperature=0.5, extra=extra.double(), **opts)
     assert torch.isfinite(rows).all()
     assert rows[0].item() == pytest.approx(0.0, abs=1e-6)
     assert (rows[1:] > 0).all()  # at least one negative left: strictly positive loss
@@ -249,7 +249,7 @@ def test_split_columns_agree_with_reference(splits: int) -> None:
     # Reference lse: logsumexp over the masked, corrected float64 logits.
     q64, c64 = inp["q"].double(), torch.cat([inp["k"], inp["extra"]]).double()
     s = q64 @ c64.T / 0.3 - torch.cat([inp["logq"], inp["logq_extra"]]).double()[None, :]
-    from twotower.kernels.infonce_reference import accidental_hit_mask
+    from twotower.kernels.infonce_eager import accidental_hit_mask
 
     s = s.masked_fill(
         accidental_hit_mask(
@@ -298,14 +298,14 @@ def test_noncontiguous_rows() -> None:
     q, k = base_q[:, 3:43], base_k[:, 5:45]
     torch.testing.assert_close(
         infonce(q, k, temperature=0.3),
-        infonce_reference(q.double(), k.double(), temperature=0.3).float(),
+        infonce_eager(q.double(), k.double(), temperature=0.3).float(),
         rtol=1e-5, atol=1e-6,
     )
     # A transposed view (stride along D != 1) is made contiguous first.
     qt = torch.randn(40, 33, device=DEVICE).T
     torch.testing.assert_close(
         infonce(qt, k, temperature=0.3),
-        infonce_reference(qt.double(), k.double(), temperature=0.3).float(),
+        infonce_eager(qt.double(), k.double(), temperature=0.3).float(),
         rtol=1e-5, atol=1e-6,
     )
 
@@ -367,7 +367,7 @@ def test_module_learns_temperature() -> None:
     q, k = torch.randn(10, 8, device=DEVICE), torch.randn(10, 8, device=DEVICE)
     loss = loss_fn(q, k)
     loss.backward()
-    ref = infonce_reference(q.double(), k.double(), temperature=torch.tensor(0.1, dtype=torch.float64), symmetric=True)
+    ref = infonce_eager(q.double(), k.double(), temperature=torch.tensor(0.1, dtype=torch.float64), symmetric=True)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert loss_fn.log_temperature.grad is not None and torch.isfinite(loss_fn.log_temperature.grad)
 
@@ -418,7 +418,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("fn", [infonce, infonce_reference], ids=["infonce", "reference"])
+@pytest.mark.parametrize("fn", [infonce, infonce_eager], ids=["infonce", "reference"])
 @pytest.mark.parametrize("bad,exc,match", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
 def test_clear_errors(fn, bad: dict, exc: type, match: str) -> None:
     args = dict(q=torch.randn(4, 8), k=torch.randn(4, 8), temperature=0.1)
@@ -436,7 +436,7 @@ def test_without_triton_everything_runs_the_reference(monkeypatch: pytest.Monkey
     q, k = torch.randn(5, 8), torch.randn(5, 8)
     loss = infonce(q, k, temperature=0.5)
     assert not calls
-    assert loss.item() == pytest.approx(infonce_reference(q, k, temperature=0.5).item())
+    assert loss.item() == pytest.approx(infonce_eager(q, k, temperature=0.5).item())
 
 
 def test_kernels_compile_for_hopper_without_a_gpu() -> None:

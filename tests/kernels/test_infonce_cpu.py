@@ -7,7 +7,7 @@ import torch
 
 from twotower.kernels import infonce_cpu
 from twotower.kernels.infonce import infonce
-from twotower.kernels.infonce_reference import infonce_reference
+from twotower.kernels.infonce_eager import infonce_eager
 
 CASES = [  # (B, M, D, options)
     (1, 0, 8, {}),
@@ -45,7 +45,7 @@ def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch
     monkeypatch.setattr(infonce_cpu, "_BLOCK_ELEMENTS", 257)  # many row blocks even at small sizes
     monkeypatch.setattr(infonce_cpu, "_KEEP_ELEMENTS", 1 << 30 if keep else 0)
     grads = []
-    for fn in (infonce_cpu.infonce_blocked, infonce_reference):
+    for fn in (infonce_cpu.infonce_blocked, infonce_eager):
         q, k, extra, kwargs = make(B, M, D, options, seed=B * 1000 + M)
         temperature = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
         loss = fn(q, k, temperature=temperature, reduction=reduction, **kwargs)
@@ -63,7 +63,7 @@ def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch
 def test_float32_matches_float64_reference_and_dispatches_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, extra, kwargs = make(200, 100, 64, {"logq": True, "masks": True}, seed=3)
-    want = infonce_reference(q, k, temperature=0.1, **kwargs)
+    want = infonce_eager(q, k, temperature=0.1, **kwargs)
     called = []
     real = infonce_cpu.infonce_blocked
     monkeypatch.setattr("twotower.kernels.infonce.infonce_blocked", lambda *a, **kw: called.append(1) or real(*a, **kw))
@@ -92,7 +92,7 @@ def test_a_second_backward_through_a_retained_graph_matches_the_reference():
     """The kept softmax is spent by the first backward; a second one (retain_graph, jacobians) must
     recompute it, not reuse what the first left behind."""
     from twotower.kernels.infonce import infonce
-    from twotower.kernels.infonce_reference import infonce_reference
+    from twotower.kernels.infonce_eager import infonce_eager
 
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(5, 8, generator=gen, requires_grad=True)
@@ -101,7 +101,7 @@ def test_a_second_backward_through_a_retained_graph_matches_the_reference():
     dq = torch.autograd.grad(loss, q, retain_graph=True)[0]
     dk = torch.autograd.grad(loss, k)[0]
     q2, k2 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
-    rq, rk = torch.autograd.grad(infonce_reference(q2, k2, temperature=0.1), (q2, k2))
+    rq, rk = torch.autograd.grad(infonce_eager(q2, k2, temperature=0.1), (q2, k2))
     torch.testing.assert_close(dq.double(), rq, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(dk.double(), rk, rtol=1e-4, atol=1e-5)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from twotower.kernels import samplers as K
-from twotower.kernels import samplers_reference as R
+from twotower.kernels import samplers_eager as R
 
 # Upper 1e-4 tail of the standard normal: the chi-square tests reject a correct sampler 1 time in 10,000.
 Z_1E4 = 3.7190

@@ -1,6 +1,6 @@
 """table_step (Numba: scores of two embedding tables, their gradient and the row-sparse Adam step,
 fused) against its PyTorch reference computed in float64 (autograd through F.embedding and
-F.normalize, then sparse_adam_reference): scores, the squared gradient norm and the updated tables
+F.normalize, then sparse_adam_eager): scores, the squared gradient norm and the updated tables
 and moments, on ragged shapes, repeated ids on both sides, unused rows, zero rows, with and
 without normalisation, weight decay of both kinds and a clip factor."""
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from twotower.kernels.table_step import AdamTable, table_adam_step, table_grad_sq_norm, table_scores
-from twotower.kernels.table_step_reference import (
-    table_adam_step_reference,
-    table_grad_sq_norm_reference,
-    table_scores_reference,
+from twotower.kernels.table_step_eager import (
+    table_adam_step_eager,
+    table_grad_sq_norm_eager,
+    table_scores_eager,
 )
 
 # (B, C, D, R, S, U): batch rows, candidates per row, width, query-table rows, item-table rows, item ids
@@ -53,23 +53,23 @@ def test_scores_norm_and_adam_step_match_the_reference(shape, normalize, dtype):
     got_tables, want_tables = [qt.to(dtype), it.to(dtype)], [qt.clone(), it.clone()]
     got_moments, want_moments = [m.to(dtype) for m in moments], [m.clone() for m in moments]
     got = table_scores(*got_tables, qids, iids, index, normalize=normalize)
-    want = table_scores_reference(*want_tables, qids, iids, index, normalize=normalize)
+    want = table_scores_eager(*want_tables, qids, iids, index, normalize=normalize)
     _close(got.scores, want.scores, dtype, "scores")
     _close(got.query, want.query, dtype, "query vectors")
     _close(got.items, want.items, dtype, "item vectors")
     squares = table_grad_sq_norm(got, grad.to(dtype))
     # (absolute part: with D = 1 a normalised row's gradient is exactly 0, float32 rounding is not)
-    assert squares == pytest.approx(table_grad_sq_norm_reference(want, grad), rel=TOLERANCE[dtype],
+    assert squares == pytest.approx(table_grad_sq_norm_eager(want, grad), rel=TOLERANCE[dtype],
                                     abs=TOLERANCE[dtype] * float(grad.square().sum()))
     settings = {"step": 3, "lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6}
     for decoupled in (True, False):  # two steps, each from fresh scores of the tables as they are
         if not decoupled:
             got = table_scores(*got_tables, qids, iids, index, normalize=normalize)
-            want = table_scores_reference(*want_tables, qids, iids, index, normalize=normalize)
+            want = table_scores_eager(*want_tables, qids, iids, index, normalize=normalize)
         kw = dict(settings, weight_decay=0.1, decoupled=decoupled)
         table_adam_step(got, grad.to(dtype), AdamTable(got_tables[0], *got_moments[:2], **kw),
                         AdamTable(got_tables[1], *got_moments[2:], **kw), grad_scale=0.3)
-        table_adam_step_reference(want, grad, AdamTable(want_tables[0], *want_moments[:2], **kw),
+        table_adam_step_eager(want, grad, AdamTable(want_tables[0], *want_moments[:2], **kw),
                                   AdamTable(want_tables[1], *want_moments[2:], **kw), grad_scale=0.3)
     for name, a, b in zip(("query table", "item table"), got_tables, want_tables, strict=True):
         _close(a, b, dtype, name)
@@ -101,9 +101,9 @@ def test_a_zero_row_takes_pytorchs_clamped_derivative():
     qt[qids[0]] = 0.0
     it[iids[1]] = 0.0
     got = table_scores(qt.clone(), it.clone(), qids, iids, index, normalize=True, eps=1e-3)
-    want = table_scores_reference(qt.clone(), it.clone(), qids, iids, index, normalize=True, eps=1e-3)
+    want = table_scores_eager(qt.clone(), it.clone(), qids, iids, index, normalize=True, eps=1e-3)
     torch.testing.assert_close(got.scores, want.scores)
-    assert table_grad_sq_norm(got, grad) == pytest.approx(table_grad_sq_norm_reference(want, grad), rel=1e-10)
+    assert table_grad_sq_norm(got, grad) == pytest.approx(table_grad_sq_norm_eager(want, grad), rel=1e-10)
 
 
 def test_dirty_scratch_is_refused_before_anything_changes():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import twotower
-from twotower.retrieval.exact_reference import topk_reference
+from twotower.retrieval.exact_eager import topk_eager
 
 SIMD_PATHS = twotower.available_simd()
 THREADS = [1, 2]
@@ -37,7 +37,7 @@ def exact_scores(queries: np.ndarray, items: np.ndarray, ids: np.ndarray) -> np.
 def assert_matches_reference(queries, items, k, got, exclude=None):
     """Ids agree with the float64 reference except inside groups of near-tied scores; scores agree
     to SCORE_RTOL; every returned id is real, unique, not excluded, and scored correctly."""
-    ref_scores, ref_ids = topk_reference(queries, items, k, exclude=exclude)
+    ref_scores, ref_ids = topk_eager(queries, items, k, exclude=exclude)
     scores, ids = got
     assert scores.dtype == np.float32 and ids.dtype == np.int64
     assert scores.shape == ids.shape == (queries.shape[0], k)
@@ -112,7 +112,7 @@ def test_integer_inputs_give_exact_ties_broken_by_lower_id(simd, threads):
             rng.integers(0, num_items, lengths.sum()).astype(np.int32),  # unsorted, with duplicates
         )
         for ex in (None, exclude):
-            want = topk_reference(queries, items, k, exclude=ex)
+            want = topk_eager(queries, items, k, exclude=ex)
             got = twotower.topk(queries, items, k, exclude=ex, num_threads=threads, simd=simd)
             np.testing.assert_array_equal(got[1], want[1], err_msg=f"trial {trial}")
             np.testing.assert_array_equal(got[0], want[0], err_msg=f"trial {trial}")
@@ -156,7 +156,7 @@ def test_nan_scores_rank_last_and_inf_is_a_number(simd):
     assert ids[0].tolist() == [3, 1, 2, 0, 4]  # 2, 1, -inf, then NaNs by id
     assert ids[1].tolist() == [0, 1, 2, 3, 4]  # every score NaN: id order
     assert np.isnan(scores[1]).all()
-    want = topk_reference(queries, items, 5)
+    want = topk_eager(queries, items, 5)
     np.testing.assert_array_equal(ids, want[1])
 
 

@@ -3,7 +3,7 @@
     scoring.py          the one owner of the scoring algebra (dot / cosine / neg_l2, their search
                         forms, the neg_l2 score correction, the HNSW space of each scoring)
     exact.py            exact top-K through the C++ scorer (`topk`, `ExactIndex`)
-    exact_reference.py  the NumPy oracle of the same contract (`topk_reference`)
+    exact_eager.py      the same contract in eager NumPy (`topk_eager`), the simplest correct answer
     checks.py           argument checks shared by the Python side of the scorer
     hnsw.py             approximate top-K with hnswlib (`HNSWIndex`), its files in hnsw_files.py and
                         its readers-writer lock in rwlock.py

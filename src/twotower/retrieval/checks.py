@@ -31,7 +31,7 @@ def check_exclude(
     exclude: object, num_queries: int, num_items: int | None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Validates a per-query CSR exclusion list `(indptr [B+1], indices)`; returns int64 arrays. The
-    one check of every search's exclusions (exact scorer, reference, HNSW). `num_items`: ids must be
+    one check of every search's exclusions (exact scorer, its eager path, HNSW). `num_items`: ids must be
     below it; None where ids are labels with no fixed bound (an HNSW index with items added live)."""
     if exclude is None:
         return None

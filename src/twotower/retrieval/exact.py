@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from twotower import _C
-from twotower.retrieval.exact_reference import topk_reference
+from twotower.retrieval.exact_eager import topk_eager
 
-__all__ = ["ExactIndex", "available_simd", "topk", "topk_reference"]
+__all__ = ["ExactIndex", "available_simd", "topk", "topk_eager"]
 
 Exclude = tuple[Any, Any]
 

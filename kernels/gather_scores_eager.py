@@ -1,12 +1,13 @@
-"""Plain PyTorch reference for `twotower.kernels.gather_scores`: the oracle of its tests, its
-benchmark baseline, and the path for dtypes and devices the Numba kernel does not take."""
+"""Eager PyTorch `gather_scores`: the path for dtypes and devices the Numba kernel does not take
+(CUDA, half precision) and the benchmark baseline. Tests check it, like the kernel, against the
+float64 oracle in `tests/kernels/oracles.py`."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
 
-def gather_scores_reference(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
+def gather_scores_eager(query: Tensor, vectors: Tensor, index: Tensor) -> Tensor:
     """scores[b, j] = query[b] · vectors[index[b, j]], by materialising the gathered [B, C, D] rows.
 
     Args:

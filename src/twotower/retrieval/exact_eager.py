@@ -1,4 +1,6 @@
-"""Plain NumPy exact top-K: the oracle for the C++ scorer's tests and the simplest correct answer.
+"""Eager NumPy exact top-K: the simplest correct answer, with `topk`'s signature (public as
+`twotower.topk_eager`). Tests check it, like the C++ scorer, against the plain-loop oracle in
+`tests/retrieval/oracles.py`.
 
 It materialises the full score matrix (in blocks of queries), masks excluded items and sorts every row
 with a stable total order, so it is slow but obviously right. Scores are computed in float64.
@@ -13,7 +15,7 @@ from twotower.retrieval.checks import check_exclude, check_k, check_matrix
 _BLOCK_ELEMENTS = 1 << 22  # scores held at once: bounds memory for large catalogues
 
 
-def topk_reference(
+def topk_eager(
     queries: np.ndarray,
     items: np.ndarray,
     k: int,
@@ -32,8 +34,8 @@ def topk_reference(
         items: [N, D] float32.
         k: results per query, k >= 1 (k > N pads).
         exclude: optional CSR (indptr [B+1], indices) of item ids to skip per query.
-        num_threads: accepted for signature parity; the reference is single-threaded.
-        simd: accepted for signature parity; the reference has one path.
+        num_threads: accepted for signature parity; this path is single-threaded.
+        simd: accepted for signature parity; this path has one.
 
     Returns:
         (scores float32 [B, k], ids int64 [B, k]).

@@ -1,15 +1,16 @@
-"""Plain PyTorch reference for `twotower.kernels.embedding_scores`: the oracle of its tests, its
-benchmark baseline, and the path for dtypes and devices the Numba kernel does not take."""
+"""Eager PyTorch `embedding_scores`: the path for dtypes and devices the Numba kernel does not take
+(CUDA, half precision) and the benchmark baseline. Tests check it, like the kernel, against the
+float64 oracle in `tests/kernels/oracles.py`."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gather_scores_reference import gather_scores_reference
+from .gather_scores_eager import gather_scores_eager
 
 
-def embedding_scores_reference(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, *, normalize: bool,
+def embedding_scores_eager(query: Tensor, weight: Tensor, ids: Tensor, index: Tensor, *, normalize: bool,
                                eps: float = 1e-12, sparse: bool = True) -> Tensor:
     """scores[b, j] = query[b] · f(weight[ids[index[b, j]]]), by looking the rows up
     (`F.embedding`), normalising them (`F.normalize`) and gathering the [B, C, D] copy.
@@ -29,4 +30,4 @@ def embedding_scores_reference(query: Tensor, weight: Tensor, ids: Tensor, index
     rows = F.embedding(ids, weight, sparse=sparse)
     if normalize:
         rows = F.normalize(rows, dim=1, eps=eps)
-    return gather_scores_reference(query, rows, index)
+    return gather_scores_eager(query, rows, index)

@@ -1,4 +1,6 @@
-"""Plain-PyTorch InfoNCE: the oracle for the fused Triton kernel, the CPU path, and the benchmark baseline.
+"""Eager PyTorch InfoNCE: the path for what neither the fused Triton kernel nor the CPU path takes
+(`symmetric=True` on the CPU, a GPU without Triton, float64 on a GPU) and the benchmark baseline.
+Tests check it, like the kernels, against the float64 oracle in `tests/kernels/oracles.py`.
 
 Same signature and semantics as `twotower.kernels.infonce.infonce`; see that function for the maths.
 This module also holds the input checks both implementations share, so they reject exactly the same
@@ -13,7 +15,7 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["infonce_reference", "check_infonce_inputs", "REDUCTIONS"]
+__all__ = ["infonce_eager", "check_infonce_inputs", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -149,7 +151,7 @@ def accidental_hit_mask(
     return torch.cat([inb, ext], dim=1)
 
 
-def infonce_reference(
+def infonce_eager(
     q: Tensor,
     k: Tensor,
     *,
@@ -169,12 +171,12 @@ def infonce_reference(
     Identical contract to `twotower.kernels.infonce.infonce`. Logits come from a GEMM in the input
     dtype (fp16/bf16 GEMMs accumulate in fp32 but round their output, as eager PyTorch code does) and
     everything after it (correction, masks, log-sum-exp) runs in float32, or float64 for float64
-    inputs, which is how the tests build the exact oracle. The loss is float32 (float64 for float64
+    inputs, as the float64 path. The loss is float32 (float64 for float64
     inputs). `logq`/`logq_extra` are treated as constants (no gradient).
 
     Example:
         >>> q, k = torch.randn(4, 8), torch.randn(4, 8)
-        >>> infonce_reference(q, k, temperature=0.1).shape
+        >>> infonce_eager(q, k, temperature=0.1).shape
         torch.Size([])
     """
     check_infonce_inputs(

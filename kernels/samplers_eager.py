@@ -1,10 +1,11 @@
-"""Plain NumPy references of `twotower.kernels.samplers`, with the same signatures and the same results.
+"""Eager NumPy `samplers`, with the same signatures and the same results as the Numba kernels.
 
-Each reference reads the same counter-based random words as its kernel (see `_rng`), so for the same
-arguments it returns the same ids, bit for bit: the test oracle for the kernels and the vectorised NumPy
-baseline of the benchmark. Rejection is vectorised over all (row, draw) pairs, with membership tested by
-one `np.searchsorted` in the history flattened to sorted keys `row * N + item`. Only rarely taken paths
-(inverse-CDF fallback, hard negatives, Vose's build, the frequency estimator) loop in Python.
+Each function reads the same counter-based random words as its kernel (see `_rng`), so for the same
+arguments it returns the same ids, bit for bit: the vectorised NumPy baseline of the benchmark. Tests
+check both against the plain-loop oracles in `tests/kernels/sampler_oracles.py`. Rejection is
+vectorised over all (row, draw) pairs, with membership tested by one `np.searchsorted` in the history
+flattened to sorted keys `row * N + item`. Only rarely taken paths (inverse-CDF fallback, hard
+negatives, Vose's build, the frequency estimator) loop in Python.
 Argument checking is the kernels' job; these assume valid input.
 """
 

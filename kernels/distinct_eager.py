@@ -1,11 +1,12 @@
-"""NumPy reference for `twotower.kernels.distinct` (sort-based), the oracle of its tests."""
+"""Eager NumPy `distinct` (sort-based `np.unique`): the benchmark baseline of the hash-table kernel.
+Tests check both against the plain-loop oracle in `tests/kernels/oracles.py`."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def distinct_reference(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_eager(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Same contract as `distinct`: (values in first-occurrence order, inverse), by `np.unique`."""
     ids = np.asarray(ids, dtype=np.int64)
     sorted_values, first, inverse_sorted = np.unique(ids, return_index=True, return_inverse=True)

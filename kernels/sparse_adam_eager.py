@@ -1,5 +1,6 @@
-"""Plain PyTorch reference for `twotower.kernels.sparse_adam`: the oracle of its tests, its
-benchmark baseline and the path for CUDA tensors."""
+"""Eager PyTorch `sparse_adam`: the path for tensors the Numba kernel does not take (CUDA,
+non-contiguous) and the benchmark baseline. Tests check it, like the kernel, against the float64
+oracle in `tests/kernels/oracles.py`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def sparse_adam_reference(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, *,
+def sparse_adam_eager(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, *,
                           step: int, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                           weight_decay: float = 0.0, decoupled: bool = True, grad_scale: float = 1.0) -> None:
     """Same contract as `sparse_adam`: sum the gradients of repeated rows, then one Adam(W) step on

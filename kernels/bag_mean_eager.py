@@ -1,5 +1,6 @@
-"""Plain PyTorch reference for `twotower.kernels.bag_mean`: the oracle of its tests, its benchmark
-baseline, and the path for dtypes and devices the Numba kernel does not take."""
+"""Eager PyTorch `bag_mean`: the path for dtypes and devices the Numba kernel does not take (CUDA,
+half precision) and the benchmark baseline. Tests check it, like the kernel, against the float64
+oracle in `tests/kernels/oracles.py`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def bag_mean_reference(
+def bag_mean_eager(
     table: Tensor, values: Tensor, offsets: Tensor, keep: Tensor | None = None, *, sparse: bool = False
 ) -> Tensor:
     """out[b] = mean of table[values[e]] over the kept entries e of bag b (zeros for an empty bag),

@@ -1,6 +1,8 @@
-"""Plain PyTorch reference for `twotower.kernels.table_step`: the oracle of its tests, its benchmark
-baseline and the path for CUDA tensors. The gradient comes from autograd through `F.embedding`,
-`F.normalize` and a gathered product, the update from `sparse_adam_reference`."""
+"""Eager PyTorch `table_step`: the path for tensors the Numba kernels do not take (CUDA, half
+precision) and the benchmark baseline. The gradient comes from autograd through `F.embedding`,
+`F.normalize` and a gathered product, the update from `sparse_adam_eager`. Tests check it, like the
+kernels, against the float64 oracle in `tests/kernels/oracles.py`. Also home of the `TableScores`
+and `AdamTable` records both paths share."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sparse_adam_reference import sparse_adam_reference
+from .sparse_adam_eager import sparse_adam_eager
 
 
 class TableScores(NamedTuple):
@@ -71,7 +73,7 @@ def _vectors(table: Tensor, ids: Tensor, normalize: bool, eps: float) -> Tensor:
     return F.normalize(rows, dim=1, eps=eps) if normalize else rows
 
 
-def table_scores_reference(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor,
+def table_scores_eager(query_table: Tensor, item_table: Tensor, query_ids: Tensor, item_ids: Tensor,
                            index: Tensor, *, normalize: bool, eps: float = 1e-12) -> TableScores:
     """Same contract as `table_scores`."""
     with torch.no_grad():
@@ -100,18 +102,18 @@ def _gradients(saved: TableScores, grad: Tensor) -> tuple[Tensor, Tensor]:
         return torch.autograd.grad(scores, (query_table, item_table), grad.to(scores.dtype))
 
 
-def table_grad_sq_norm_reference(saved: TableScores, grad: Tensor, *, query_slots: np.ndarray | None = None,
+def table_grad_sq_norm_eager(saved: TableScores, grad: Tensor, *, query_slots: np.ndarray | None = None,
                                  item_slots: np.ndarray | None = None) -> float:
     """Same contract as `table_grad_sq_norm` (the slots scratch is not needed here)."""
     return float(sum(g.double().square().sum() for g in _gradients(saved, grad)))
 
 
-def table_adam_step_reference(saved: TableScores, grad: Tensor, query: AdamTable, item: AdamTable, *,
+def table_adam_step_eager(saved: TableScores, grad: Tensor, query: AdamTable, item: AdamTable, *,
                               grad_scale: float = 1.0) -> None:
     """Same contract as `table_adam_step`."""
     grads = _gradients(saved, grad)
     for table, ids, g in ((query, saved.query_ids, grads[0]), (item, saved.item_ids, grads[1])):
         rows = torch.unique(ids)
-        sparse_adam_reference(table.weight.data, table.exp_avg, table.exp_avg_sq, rows, g[rows],
+        sparse_adam_eager(table.weight.data, table.exp_avg, table.exp_avg_sq, rows, g[rows],
                               step=table.step, lr=table.lr, beta1=table.beta1, beta2=table.beta2, eps=table.eps,
                               weight_decay=table.weight_decay, decoupled=table.decoupled, grad_scale=grad_scale)
