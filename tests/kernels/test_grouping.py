@@ -1,5 +1,6 @@
-"""grouping (Numba counting sorts) against its sort-based NumPy references: the stable order by key
-and per-row sorted, duplicate-free CSRs, on ragged inputs (empty, unused keys, heavy repeats)."""
+"""grouping (Numba counting sorts) and its sort-based eager versions against the plain-loop oracles:
+the stable order by key and per-row sorted, duplicate-free CSRs, on ragged inputs (empty, unused
+keys, heavy repeats)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,29 @@ import pytest
 from twotower.kernels.grouping import csr_from_pairs, stable_group_order
 from twotower.kernels.grouping_eager import csr_from_pairs_eager, stable_group_order_eager
 
+from . import oracles
 
+
+@pytest.mark.parametrize("impl", [stable_group_order, stable_group_order_eager], ids=["kernel", "eager"])
 @pytest.mark.parametrize("n,num_keys", [(0, 1), (1, 1), (17, 3), (1000, 5000), (50_000, 300), (3000, 1)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_stable_group_order_matches_stable_argsort(n, num_keys, seed):
+def test_stable_group_order_matches_oracle(n, num_keys, seed, impl):
     keys = np.random.default_rng(seed).integers(0, num_keys, n).astype(np.int32)
-    order = stable_group_order(keys, num_keys)
-    np.testing.assert_array_equal(order, stable_group_order_eager(keys, num_keys))
+    order = impl(keys, num_keys)
+    np.testing.assert_array_equal(order, oracles.stable_group_order(keys, num_keys))
     assert order.dtype == np.int64
 
 
 @pytest.mark.parametrize("n,num_rows,width", [(0, 3, 1), (1, 1, 1), (40, 5, 4), (2000, 100, 50), (60_000, 700, 3000),
                                               (5000, 2, 10), (300, 4, 2**31 - 1)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_csr_from_pairs_matches_the_sort_of_pair_keys(n, num_rows, width, seed):
+@pytest.mark.parametrize("impl", [csr_from_pairs, csr_from_pairs_eager], ids=["kernel", "eager"])
+def test_csr_from_pairs_matches_oracle(n, num_rows, width, seed, impl):
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, num_rows, n)
     cols = rng.integers(0, width, n).astype(np.int32)  # narrow widths: many repeated pairs; the last: wide
-    indptr, indices = csr_from_pairs(rows, cols, num_rows)
-    want_indptr, want_indices = csr_from_pairs_eager(rows, cols, num_rows)
+    indptr, indices = impl(rows, cols, num_rows)
+    want_indptr, want_indices = oracles.csr_from_pairs(rows, cols, num_rows)
     np.testing.assert_array_equal(indptr, want_indptr)
     np.testing.assert_array_equal(indices, want_indices)
     assert indptr.dtype == np.int64 and indices.dtype == np.int32

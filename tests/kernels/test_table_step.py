@@ -1,8 +1,8 @@
 """table_step (Numba: scores of two embedding tables, their gradient and the row-sparse Adam step,
-fused) against its PyTorch reference computed in float64 (autograd through F.embedding and
-F.normalize, then sparse_adam_eager): scores, the squared gradient norm and the updated tables
-and moments, on ragged shapes, repeated ids on both sides, unused rows, zero rows, with and
-without normalisation, weight decay of both kinds and a clip factor."""
+fused) and its eager fallback (autograd through F.embedding and F.normalize, then sparse_adam_eager)
+against the float64 oracle: scores, the squared gradient norm and the updated tables and moments,
+on ragged shapes, repeated ids on both sides, unused rows, zero rows, with and without
+normalisation, weight decay of both kinds and a clip factor."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from twotower.kernels.table_step import AdamTable, table_adam_step, table_grad_sq_norm, table_scores
-from twotower.kernels.table_step_eager import (
-    table_adam_step_eager,
-    table_grad_sq_norm_eager,
-    table_scores_eager,
-)
+from twotower.kernels.table_step_eager import table_adam_step_eager, table_grad_sq_norm_eager, table_scores_eager
+
+from . import oracles
 
 # (B, C, D, R, S, U): batch rows, candidates per row, width, query-table rows, item-table rows, item ids
 SHAPES = [(1, 1, 1, 1, 1, 1), (3, 2, 5, 4, 6, 2), (7, 17, 1, 30, 40, 9), (130, 5, 33, 50, 500, 300),
@@ -45,32 +43,45 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str)
     torch.testing.assert_close(got.double(), want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * scale, msg=what)
 
 
+IMPLS = {"kernel": (table_scores, table_grad_sq_norm, table_adam_step),
+         "eager": (table_scores_eager, table_grad_sq_norm_eager, table_adam_step_eager)}
+
+
+def _oracle_adam_step(tables, moments, ids, index, grad, normalize, settings):
+    """The oracle's step: float64 gradients of both tables as they are, then Adam on each distinct row."""
+    grads = oracles.table_gradients(*tables, *ids, index, grad, normalize=normalize)
+    for t, (table, table_ids, g) in enumerate(zip(tables, ids, grads, strict=True)):
+        rows = torch.unique(table_ids)
+        new = oracles.sparse_adam(table, *moments[2 * t:2 * t + 2], rows, g[rows], grad_scale=0.3, **settings)
+        tables[t], moments[2 * t], moments[2 * t + 1] = (torch.from_numpy(a) for a in new)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_scores_norm_and_adam_step_match_the_reference(shape, normalize, dtype):
+def test_scores_norm_and_adam_step_match_the_oracle(shape, normalize, dtype, impl):
+    scores_fn, sq_norm_fn, adam_fn = IMPLS[impl]
     qt, it, qids, iids, index, grad, moments = _inputs(*shape, seed=sum(shape))
     got_tables, want_tables = [qt.to(dtype), it.to(dtype)], [qt.clone(), it.clone()]
     got_moments, want_moments = [m.to(dtype) for m in moments], [m.clone() for m in moments]
-    got = table_scores(*got_tables, qids, iids, index, normalize=normalize)
-    want = table_scores_eager(*want_tables, qids, iids, index, normalize=normalize)
-    _close(got.scores, want.scores, dtype, "scores")
-    _close(got.query, want.query, dtype, "query vectors")
-    _close(got.items, want.items, dtype, "item vectors")
-    squares = table_grad_sq_norm(got, grad.to(dtype))
+    got = scores_fn(*got_tables, qids, iids, index, normalize=normalize)
+    want = oracles.table_scores(*want_tables, qids, iids, index, normalize=normalize)
+    for name, a, b in zip(("scores", "query vectors", "item vectors"), got[:3], want, strict=True):
+        _close(a, b, dtype, name)
+    want_grads = oracles.table_gradients(*want_tables, qids, iids, index, grad, normalize=normalize)
     # (absolute part: with D = 1 a normalised row's gradient is exactly 0, float32 rounding is not)
-    assert squares == pytest.approx(table_grad_sq_norm_eager(want, grad), rel=TOLERANCE[dtype],
-                                    abs=TOLERANCE[dtype] * float(grad.square().sum()))
+    assert sq_norm_fn(got, grad.to(dtype)) == pytest.approx(
+        float(sum(g.square().sum() for g in want_grads)), rel=TOLERANCE[dtype],
+        abs=TOLERANCE[dtype] * float(grad.square().sum()))
     settings = {"step": 3, "lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6}
     for decoupled in (True, False):  # two steps, each from fresh scores of the tables as they are
         if not decoupled:
-            got = table_scores(*got_tables, qids, iids, index, normalize=normalize)
-            want = table_scores_eager(*want_tables, qids, iids, index, normalize=normalize)
+            got = scores_fn(*got_tables, qids, iids, index, normalize=normalize)
         kw = dict(settings, weight_decay=0.1, decoupled=decoupled)
-        table_adam_step(got, grad.to(dtype), AdamTable(got_tables[0], *got_moments[:2], **kw),
-                        AdamTable(got_tables[1], *got_moments[2:], **kw), grad_scale=0.3)
-        table_adam_step_eager(want, grad, AdamTable(want_tables[0], *want_moments[:2], **kw),
-                                  AdamTable(want_tables[1], *want_moments[2:], **kw), grad_scale=0.3)
+        adam_fn(got, grad.to(dtype), AdamTable(got_tables[0], *got_moments[:2], **kw),
+                AdamTable(got_tables[1], *got_moments[2:], **kw), grad_scale=0.3)
+        _oracle_adam_step(want_tables, want_moments, (qids, iids), index, grad, normalize, kw)
     for name, a, b in zip(("query table", "item table"), got_tables, want_tables, strict=True):
         _close(a, b, dtype, name)
     for name, a, b in zip(
@@ -101,9 +112,10 @@ def test_a_zero_row_takes_pytorchs_clamped_derivative():
     qt[qids[0]] = 0.0
     it[iids[1]] = 0.0
     got = table_scores(qt.clone(), it.clone(), qids, iids, index, normalize=True, eps=1e-3)
-    want = table_scores_eager(qt.clone(), it.clone(), qids, iids, index, normalize=True, eps=1e-3)
-    torch.testing.assert_close(got.scores, want.scores)
-    assert table_grad_sq_norm(got, grad) == pytest.approx(table_grad_sq_norm_eager(want, grad), rel=1e-10)
+    want, _, _ = oracles.table_scores(qt, it, qids, iids, index, normalize=True, eps=1e-3)
+    torch.testing.assert_close(got.scores, want)
+    grads = oracles.table_gradients(qt, it, qids, iids, index, grad, normalize=True, eps=1e-3)
+    assert table_grad_sq_norm(got, grad) == pytest.approx(float(sum(g.square().sum() for g in grads)), rel=1e-10)
 
 
 def test_dirty_scratch_is_refused_before_anything_changes():
