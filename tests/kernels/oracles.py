@@ -59,22 +59,22 @@ def sparse_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
                 lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                 decoupled: bool = True, grad_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """New (param, exp_avg, exp_avg_sq) as float64 arrays: the gradients of each distinct row summed,
-    then Adam (L2 decay in the gradient) or AdamW (decoupled decay) on that row, element by element.
+    then Adam (L2 decay in the gradient) or AdamW (decoupled decay) on that row, a row at a time.
     Rows not in `rows` keep their values; the inputs are not changed."""
     p, m, v = (t.detach().double().numpy().copy() for t in (param, exp_avg, exp_avg_sq))
     summed: dict[int, np.ndarray] = {}
     for r, g in zip(rows.tolist(), grads.detach().double().numpy(), strict=True):
         summed[r] = summed.get(r, 0.0) + g
-    for r, g_row in summed.items():
-        for d, g in enumerate((g_row * grad_scale).tolist()):
-            if weight_decay and not decoupled:
-                g += weight_decay * p[r, d]
-            m[r, d] = beta1 * m[r, d] + (1 - beta1) * g
-            v[r, d] = beta2 * v[r, d] + (1 - beta2) * g * g
-            if weight_decay and decoupled:
-                p[r, d] *= 1 - lr * weight_decay
-            m_hat, v_hat = m[r, d] / (1 - beta1**step), v[r, d] / (1 - beta2**step)
-            p[r, d] -= lr * m_hat / (math.sqrt(v_hat) + eps)
+    for r, g_sum in summed.items():
+        g = g_sum * grad_scale
+        if weight_decay and not decoupled:
+            g = g + weight_decay * p[r]
+        m[r] = beta1 * m[r] + (1 - beta1) * g
+        v[r] = beta2 * v[r] + (1 - beta2) * g * g
+        if weight_decay and decoupled:
+            p[r] *= 1 - lr * weight_decay
+        m_hat, v_hat = m[r] / (1 - beta1**step), v[r] / (1 - beta2**step)
+        p[r] -= lr * m_hat / (np.sqrt(v_hat) + eps)
     return p, m, v
 
 
