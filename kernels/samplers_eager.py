@@ -5,7 +5,7 @@ arguments it returns the same ids, bit for bit: the vectorised NumPy baseline of
 check both against the plain-loop oracles in `tests/kernels/sampler_oracles.py`. Rejection is
 vectorised over all (row, draw) pairs, with membership tested by one `np.searchsorted` in the history
 flattened to sorted keys `row * N + item`. Only rarely taken paths (inverse-CDF fallback, hard
-negatives, Vose's build, the frequency estimator) loop in Python.
+negatives, Vose's build) loop in Python.
 Argument checking is the kernels' job; these assume valid input.
 """
 
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._rng import bits_np, bounded_np, coin_np, derive_seed, row_keys_np, seed_key, uniform_below_np, unit53_np
+from ._rng import bits_np, coin_np, row_keys_np, seed_key, uniform_below_np, unit53_np
 from .samplers import DEFAULT_MAX_TRIES, AliasTable, ExclusionIndex
 
 __all__ = [
-    "StreamingFrequencyEstimator",
     "build_alias_table",
     "hard_negatives",
     "popularity_negatives",
@@ -185,52 +184,3 @@ def hard_negatives(
                 pool[s], pool[j] = pool[j], pool[s]
                 out[r, s] = pool[s]
     return out
-
-
-class StreamingFrequencyEstimator:
-    """Reference of `frequency.StreamingFrequencyEstimator`: same interface and state, Python loops."""
-
-    def __init__(self, num_buckets=1 << 20, *, num_hashes=2, learning_rate=0.05, seed=0):
-        self.learning_rate = float(learning_rate)
-        self.hash_keys = np.array([derive_seed(seed, h) for h in range(num_hashes)], dtype=np.uint64)
-        self.last_step = np.full((num_hashes, num_buckets), -1, dtype=np.int64)
-        self.gap = np.zeros((num_hashes, num_buckets))
-        self.hits = np.zeros((num_hashes, num_buckets))
-        self.count = np.zeros((num_hashes, num_buckets), dtype=np.int64)
-        self.step = 0
-
-    def _buckets(self, items: np.ndarray) -> np.ndarray:
-        """[num_hashes, B] bucket of each item under each hash."""
-        return np.stack([bounded_np(bits_np(np.uint64(k), items), self.gap.shape[1]) for k in self.hash_keys])
-
-    def update(self, items) -> None:
-        items = np.asarray(items, dtype=np.int64)
-        buckets = self._buckets(items)
-        t = self.step
-        for h in range(self.gap.shape[0]):
-            hits_now: dict[int, int] = {}  # bucket -> hits in this batch, in order of first hit
-            for b in buckets[h].tolist():
-                if b in hits_now:
-                    hits_now[b] += 1
-                    continue
-                hits_now[b] = 1
-                if self.last_step[h, b] < 0:
-                    self.gap[h, b] = t + 1.0
-                    self.count[h, b] = 1
-                else:
-                    self.count[h, b] += 1
-                    a = max(self.learning_rate, 1.0 / self.count[h, b])
-                    self.gap[h, b] = (1.0 - a) * self.gap[h, b] + a * (t - self.last_step[h, b])
-                self.last_step[h, b] = t
-            for b, c in hits_now.items():
-                a = max(self.learning_rate, 1.0 / self.count[h, b])
-                self.hits[h, b] = (1.0 - a) * self.hits[h, b] + a * c
-        self.step += 1
-
-    def probability(self, items) -> np.ndarray:
-        items = np.asarray(items, dtype=np.int64)
-        buckets = self._buckets(items)
-        rows = np.arange(self.gap.shape[0])[:, None]
-        seen = (self.last_step[rows, buckets] >= 0).all(axis=0)
-        rate = (self.hits[rows, buckets] / np.where(seen, self.gap[rows, buckets], 1.0)).min(axis=0)
-        return np.where(seen, rate, 0.0)

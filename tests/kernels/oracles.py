@@ -137,7 +137,7 @@ def infonce(q: Tensor, k: Tensor, *, temperature: float | Tensor, extra: Tensor 
     losses = []
     for i in range(B):
         correction = [0.0 if not logq_all or (j == i and not correct_positive) else logq_all[j] for j in range(B + M)]
-        s = u[i] - torch.tensor(correction, dtype=torch.float64)
+        s = u[i] - torch.tensor(correction, dtype=torch.float64, device=u.device)
         kept = [j for j in range(B + M) if not hits[i][j]]
         loss = torch.logsumexp(s[kept], 0) - s[i]
         if symmetric:

@@ -1,4 +1,4 @@
-"""Fused InfoNCE (Triton, run through the CPU interpreter here) against the float64 PyTorch reference.
+"""Fused InfoNCE (Triton, run through the CPU interpreter here) against the float64 oracle.
 
 tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA device, before Triton is imported;
 every test below therefore runs the real kernels, on CPU, at small ragged sizes (B, N <= 512 keeps
@@ -22,12 +22,14 @@ from twotower.kernels import infonce_triton as kt  # noqa: E402
 from twotower.kernels.infonce import InfoNCE, infonce, kernel_available  # noqa: E402
 from twotower.kernels.infonce_eager import infonce_eager  # noqa: E402
 
+from . import oracles  # noqa: E402
+
 # The Triton kernel runs under the CPU interpreter here: minutes in all (pytest -m "not slow" skips it).
 pytestmark = pytest.mark.slow
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# Tolerances per input dtype, relative to the largest magnitude of the float64 reference
+# Tolerances per input dtype, relative to the largest magnitude of the float64 oracle
 # (loss, or each gradient). Logits, exponentials and log-sum-exp are fp32 for every dtype, so the
 # loss stays near fp32 accuracy even for half inputs; gradients of half inputs carry the rounding
 # of dS to the input dtype before the gradient GEMM (as FlashAttention does) and of the output.
@@ -111,8 +113,8 @@ def make_inputs(case: Case, seed: int) -> dict:
 
 
 def run_both(case: Case, inputs: dict, seed: int):
-    """(kernel loss, kernel grads, reference loss, reference grads), grads w.r.t. q, k, extra, tau;
-    the reference runs in float64 on the same (rounded) input values, with the same random
+    """(kernel loss, kernel grads, oracle loss, oracle grads), grads w.r.t. q, k, extra, tau;
+    the oracle runs in float64 on the same (rounded) input values, with the same random
     upstream gradient."""
     g = torch.Generator().manual_seed(seed + 1)
     opts = dict(
@@ -137,7 +139,7 @@ def run_both(case: Case, inputs: dict, seed: int):
         return loss.detach(), {n: v.grad for n, v in leaves.items()}
 
     loss, grads = go(None, infonce)
-    ref_loss, ref_grads = go(torch.float64, infonce_eager)
+    ref_loss, ref_grads = go(torch.float64, oracles.infonce)
     return loss, grads, ref_loss, ref_grads
 
 
@@ -150,7 +152,7 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float, w
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_float64_reference(case: Case) -> None:
+def test_matches_float64_oracle(case: Case) -> None:
     seed = hash(str(case)) % 2**31
     inputs = make_inputs(case, seed)
     loss, grads, ref_loss, ref_grads = run_both(case, inputs, seed)
@@ -199,7 +201,7 @@ def test_fully_masked_rows_have_zero_loss_and_gradient() -> None:
     # Row 0 (item 7, query 0) relates to every other row: odd rows hold item 7 (accidental hits),
     # even rows belong to query 0 (same user). Odd and even rows do not relate to each other. The
     # extra negatives all hold item 7, so row 0 keeps only its positive: loss_0 = s_00 - s_00 = 0,
-    # with zero gradient; the other rows keep some negatives and must match the reference.
+    # with zero gradient; the other rows keep some negatives and must match the oracle.
     B, M, D = 9, 5, 24
     g = torch.Generator().manual_seed(3)
     q = torch.randn(B, D, generator=g).to(DEVICE).requires_grad_(True)
@@ -210,7 +212,7 @@ def test_fully_masked_rows_have_zero_loss_and_gradient() -> None:
     extra_ids = torch.full((M,), 7, device=DEVICE)
     opts = dict(item_ids=item_ids, query_ids=query_ids, extra_ids=extra_ids, reduction="none")
     rows = infonce(q, k, temperature=0.5, extra=extra, **opts)
-    ref = infonce_eager(q.double(), k.double(), temperature=0.5, extra=extra.double(), **opts)
+    ref = oracles.infonce(q.double(), k.double(), temperature=0.5, extra=extra.double(), **opts)
     assert torch.isfinite(rows).all()
     assert rows[0].item() == pytest.approx(0.0, abs=1e-6)
     assert (rows[1:] > 0).all()  # at least one negative left: strictly positive loss
@@ -234,9 +236,9 @@ def test_every_negative_masked_in_symmetric_mode() -> None:
 
 
 @pytest.mark.parametrize("splits", [1, 2, 3])
-def test_split_columns_agree_with_reference(splits: int) -> None:
+def test_split_columns_agree_with_oracle(splits: int) -> None:
     """The forward / row pass with the candidate axis split over 1-3 programs (combined in a fixed
-    order) gives the reference's lse, loss, dQ and temperature term."""
+    order) gives the oracle's lse, loss, dQ and temperature term."""
     B, M, D = 260, 440, 16  # N = 700: 3 column splits of 256; rows split 256 + 4
     case = Case(B, M, D, logq=True, masks=True)
     inp = make_inputs(case, 11)
@@ -246,17 +248,12 @@ def test_split_columns_agree_with_reference(splits: int) -> None:
     )
     temp = torch.tensor(0.3, device=DEVICE)
     lse2, loss = kt.forward_lse(inp["q"], inp["k"], temp, side, splits=splits)
-    # Reference lse: logsumexp over the masked, corrected float64 logits.
+    # Oracle lse: logsumexp over the masked, corrected float64 logits.
     q64, c64 = inp["q"].double(), torch.cat([inp["k"], inp["extra"]]).double()
     s = q64 @ c64.T / 0.3 - torch.cat([inp["logq"], inp["logq_extra"]]).double()[None, :]
-    from twotower.kernels.infonce_eager import accidental_hit_mask
-
-    s = s.masked_fill(
-        accidental_hit_mask(
-            B, M, query_ids=inp["query_ids"], item_ids=inp["item_ids"], extra_ids=inp["extra_ids"], device=s.device
-        ),
-        float("-inf"),
-    )
+    hits = oracles.accidental_hits(B, M, query_ids=inp["query_ids"], item_ids=inp["item_ids"],
+                                   extra_ids=inp["extra_ids"])
+    s = s.masked_fill(torch.tensor(hits, device=s.device), float("-inf"))
     ref_lse = torch.logsumexp(s, 1)
     assert_close_rel(lse2 * kt.LN2, ref_lse, 1e-5, "lse")
     assert_close_rel(loss, ref_lse - s[:, :B].diagonal(), 1e-5, "loss")
@@ -298,14 +295,14 @@ def test_noncontiguous_rows() -> None:
     q, k = base_q[:, 3:43], base_k[:, 5:45]
     torch.testing.assert_close(
         infonce(q, k, temperature=0.3),
-        infonce_eager(q.double(), k.double(), temperature=0.3).float(),
+        oracles.infonce(q.double(), k.double(), temperature=0.3).float(),
         rtol=1e-5, atol=1e-6,
     )
     # A transposed view (stride along D != 1) is made contiguous first.
     qt = torch.randn(40, 33, device=DEVICE).T
     torch.testing.assert_close(
         infonce(qt, k, temperature=0.3),
-        infonce_eager(qt.double(), k.double(), temperature=0.3).float(),
+        oracles.infonce(qt.double(), k.double(), temperature=0.3).float(),
         rtol=1e-5, atol=1e-6,
     )
 
@@ -367,7 +364,7 @@ def test_module_learns_temperature() -> None:
     q, k = torch.randn(10, 8, device=DEVICE), torch.randn(10, 8, device=DEVICE)
     loss = loss_fn(q, k)
     loss.backward()
-    ref = infonce_eager(q.double(), k.double(), temperature=torch.tensor(0.1, dtype=torch.float64), symmetric=True)
+    ref = oracles.infonce(q.double(), k.double(), temperature=torch.tensor(0.1, dtype=torch.float64), symmetric=True)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert loss_fn.log_temperature.grad is not None and torch.isfinite(loss_fn.log_temperature.grad)
 
@@ -386,8 +383,8 @@ def test_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         assert not kernel_available("cpu", torch.float32)
         infonce(q, k, temperature=0.5)
-        assert not calls, "CPU tensors without the interpreter must run the reference"
-    # float64 always takes the exact reference path.
+        assert not calls, "CPU tensors without the interpreter must not run the Triton kernel"
+    # float64 never takes the kernel path.
     infonce(q.double().to(DEVICE), k.double().to(DEVICE), temperature=0.5)
     assert not calls
     assert not kernel_available(DEVICE, torch.float64)
@@ -418,7 +415,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("fn", [infonce, infonce_eager], ids=["infonce", "reference"])
+@pytest.mark.parametrize("fn", [infonce, infonce_eager], ids=["infonce", "eager"])
 @pytest.mark.parametrize("bad,exc,match", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
 def test_clear_errors(fn, bad: dict, exc: type, match: str) -> None:
     args = dict(q=torch.randn(4, 8), k=torch.randn(4, 8), temperature=0.1)
@@ -428,7 +425,7 @@ def test_clear_errors(fn, bad: dict, exc: type, match: str) -> None:
         fn(q, k, **args)
 
 
-def test_without_triton_everything_runs_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_triton_nothing_runs_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(infonce_mod, "_HAS_TRITON", False)
     assert not infonce_mod.kernel_available("cuda", torch.bfloat16)
     calls = []

@@ -1,4 +1,5 @@
-"""The row-blocked CPU InfoNCE against the float64 reference: loss and every gradient."""
+"""The row-blocked CPU InfoNCE and the eager fallback against the float64 oracle: loss and every
+gradient."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 from twotower.kernels import infonce_cpu
 from twotower.kernels.infonce import infonce
 from twotower.kernels.infonce_eager import infonce_eager
+
+from . import oracles
 
 CASES = [  # (B, M, D, options)
     (1, 0, 8, {}),
@@ -37,15 +40,24 @@ def make(B, M, D, options, seed, dtype=torch.float64):
     return q, k, extra, kwargs
 
 
+def _ids(case):
+    return f"B{case[0]}-M{case[1]}-D{case[2]}-{'+'.join(case[3]) or 'plain'}"
+
+
+IMPLS = {"blocked-softmax-kept": (infonce_cpu.infonce_blocked, 1 << 30),
+         "blocked-recomputed": (infonce_cpu.infonce_blocked, 0), "eager": (infonce_eager, 0)}
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-M{c[1]}-D{c[2]}-{'+'.join(c[3]) or 'plain'}")
-@pytest.mark.parametrize("keep", [True, False], ids=["softmax-kept", "recomputed"])
-def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch):
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_float64_oracle(case, reduction, impl, monkeypatch):
     B, M, D, options = case
+    implementation, keep_elements = IMPLS[impl]
     monkeypatch.setattr(infonce_cpu, "_BLOCK_ELEMENTS", 257)  # many row blocks even at small sizes
-    monkeypatch.setattr(infonce_cpu, "_KEEP_ELEMENTS", 1 << 30 if keep else 0)
+    monkeypatch.setattr(infonce_cpu, "_KEEP_ELEMENTS", keep_elements)
     grads = []
-    for fn in (infonce_cpu.infonce_blocked, infonce_eager):
+    for fn in (implementation, oracles.infonce):
         q, k, extra, kwargs = make(B, M, D, options, seed=B * 1000 + M)
         temperature = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
         loss = fn(q, k, temperature=temperature, reduction=reduction, **kwargs)
@@ -60,10 +72,23 @@ def test_blocked_matches_reference_in_float64(case, reduction, keep, monkeypatch
     assert torch.isfinite(grads[0][0]).all()
 
 
+@pytest.mark.parametrize("case", CASES[1:4], ids=_ids)
+def test_symmetric_eager_matches_float64_oracle(case):
+    """`symmetric=True` on the CPU runs the eager path: its item -> query term against the oracle's."""
+    results = []
+    for fn in (infonce_eager, oracles.infonce):
+        q, k, extra, kwargs = make(*case, seed=7)
+        loss = fn(q, k, temperature=0.2, symmetric=True, reduction="none", **kwargs)
+        loss.sum().backward()
+        results.append((loss.detach(), q.grad, k.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def test_float32_matches_float64_reference_and_dispatches_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, extra, kwargs = make(200, 100, 64, {"logq": True, "masks": True}, seed=3)
-    want = infonce_eager(q, k, temperature=0.1, **kwargs)
+    want = oracles.infonce(q, k, temperature=0.1, **kwargs)
     called = []
     real = infonce_cpu.infonce_blocked
     monkeypatch.setattr("twotower.kernels.infonce.infonce_blocked", lambda *a, **kw: called.append(1) or real(*a, **kw))
@@ -75,7 +100,7 @@ def test_float32_matches_float64_reference_and_dispatches_on_cpu(monkeypatch):
     got = infonce(q32, k32, temperature=0.1, **kwargs32)
     assert called == [1] and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-6)
-    sym = infonce(q32, k32, temperature=0.1, symmetric=True, **kwargs32)  # symmetric: the reference
+    sym = infonce(q32, k32, temperature=0.1, symmetric=True, **kwargs32)  # symmetric: the eager path
     assert called == [1] and torch.isfinite(sym)
 
 
@@ -88,12 +113,9 @@ def test_row_with_every_negative_masked_has_zero_loss_and_gradient():
     assert torch.equal(q.grad, torch.zeros_like(q)) and torch.equal(k.grad, torch.zeros_like(k))
 
 
-def test_a_second_backward_through_a_retained_graph_matches_the_reference():
+def test_a_second_backward_through_a_retained_graph_matches_the_oracle():
     """The kept softmax is spent by the first backward; a second one (retain_graph, jacobians) must
     recompute it, not reuse what the first left behind."""
-    from twotower.kernels.infonce import infonce
-    from twotower.kernels.infonce_eager import infonce_eager
-
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(5, 8, generator=gen, requires_grad=True)
     k = torch.randn(5, 8, generator=gen, requires_grad=True)
@@ -101,7 +123,7 @@ def test_a_second_backward_through_a_retained_graph_matches_the_reference():
     dq = torch.autograd.grad(loss, q, retain_graph=True)[0]
     dk = torch.autograd.grad(loss, k)[0]
     q2, k2 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
-    rq, rk = torch.autograd.grad(infonce_eager(q2, k2, temperature=0.1), (q2, k2))
+    rq, rk = torch.autograd.grad(oracles.infonce(q2, k2, temperature=0.1), (q2, k2))
     torch.testing.assert_close(dq.double(), rq, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(dk.double(), rk, rtol=1e-4, atol=1e-5)
 

@@ -1,4 +1,5 @@
-"""Tests of the Numba samplers: exact agreement with the NumPy references, exclusion that never leaks,
+"""Tests of the Numba samplers and their eager NumPy versions: id-for-id agreement with the plain-loop
+oracles, exclusion that never leaks,
 goodness of fit of every sampling path, semi-hard ranks, determinism, fallbacks and argument errors."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import pytest
 
 from twotower.kernels import samplers as K
 from twotower.kernels import samplers_eager as R
+
+from . import sampler_oracles as O
 
 # Upper 1e-4 tail of the standard normal: the chi-square tests reject a correct sampler 1 time in 10,000.
 Z_1E4 = 3.7190
@@ -54,13 +57,19 @@ def row(history, u):
     return indices[indptr[u] : indptr[u + 1]]
 
 
-# ---------------------------------------------------------------------------------- kernel vs reference
+def assert_all_equal(want, *got):
+    for g in got:
+        np.testing.assert_array_equal(g, want)
+
+
+# ---------------------------------------------------------------------------------- kernel and eager vs oracle
 
 
 @pytest.mark.parametrize("case", range(12))
-def test_kernels_equal_references_on_ragged_inputs(case):
-    """Same arguments -> the same ids as the NumPy references, across every path: empty rows, rows over
-    half full (rank selection), full rows (-1), max_tries=0 (fallback only), empty batches, n=0."""
+def test_kernels_and_eager_equal_the_oracles_on_ragged_inputs(case):
+    """Same arguments -> the oracle's ids from the kernel and the eager version, across every path: empty
+    rows, rows over half full (rank selection), full rows (-1), max_tries=0 (fallback only), empty
+    batches, n=0."""
     rng = np.random.default_rng(100 + case)
     num_items = int(rng.integers(1, 300))
     num_users = int(rng.integers(1, 25))
@@ -76,24 +85,27 @@ def test_kernels_equal_references_on_ragged_inputs(case):
     index = K.build_exclusion_index(*history, num_items, memory_ratio=float(rng.choice([0.0, 0.5, 4.0, 1e9])))
 
     got = K.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries)
-    np.testing.assert_array_equal(
-        got, R.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries)
-    )
-    np.testing.assert_array_equal(
-        got, K.uniform_negatives(users, num_items, n, exclude=index, seed=seed, max_tries=tries)
+    assert_all_equal(
+        O.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries), got,
+        R.uniform_negatives(users, num_items, n, exclude=history, seed=seed, max_tries=tries),
+        K.uniform_negatives(users, num_items, n, exclude=index, seed=seed, max_tries=tries),
     )
     assert got.dtype == np.int64 and got.shape == (users.size, n) and got.flags.c_contiguous
 
     weights = rng.random(num_items) ** 3 * (rng.random(num_items) < 0.8)
     weights[rng.integers(num_items)] += 1.0
     table = K.build_alias_table(weights)
-    ref_table = R.build_alias_table(weights)
-    np.testing.assert_array_equal(table.prob, ref_table.prob)
-    np.testing.assert_array_equal(table.alias, ref_table.alias)
+    eager_table = R.build_alias_table(weights)
+    for t in (table, eager_table):
+        np.testing.assert_allclose(O.alias_distribution(t), weights / weights.sum(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(table.prob, eager_table.prob)  # same table, so the draws below agree
+    np.testing.assert_array_equal(table.alias, eager_table.alias)
     for exclude in (None, history, index):
-        got = K.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries)
-        np.testing.assert_array_equal(
-            got, R.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries)
+        assert_all_equal(
+            O.popularity_negatives(users, table, n, exclude=None if exclude is None else history, seed=seed,
+                                   max_tries=tries),
+            K.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries),
+            R.popularity_negatives(users, table, n, exclude=exclude, seed=seed, max_tries=tries),
         )
 
     cand = rng.integers(-1, num_items, size=(users.size, int(rng.integers(0, 30))))
@@ -102,20 +114,23 @@ def test_kernels_equal_references_on_ragged_inputs(case):
             kwargs = dict(
                 num_items=num_items, exclude=history, seed=seed, rank_range=rank_range, replace=replace, max_tries=tries
             )
-            got = K.hard_negatives(users, cand, n, **kwargs)
-            np.testing.assert_array_equal(got, R.hard_negatives(users, cand, n, **kwargs))
-            np.testing.assert_array_equal(got, K.hard_negatives(users, cand, n, **{**kwargs, "exclude": index}))
+            assert_all_equal(
+                O.hard_negatives(users, cand, n, **kwargs), K.hard_negatives(users, cand, n, **kwargs),
+                R.hard_negatives(users, cand, n, **kwargs),
+                K.hard_negatives(users, cand, n, **{**kwargs, "exclude": index}),
+            )
 
     for kwargs in (dict(num_items=num_items), dict(table=table)):
-        ids, log_q = K.shared_negatives(n, seed=seed, **kwargs)
-        ref_ids, ref_log_q = R.shared_negatives(n, seed=seed, **kwargs)
-        np.testing.assert_array_equal(ids, ref_ids)
-        np.testing.assert_allclose(log_q, ref_log_q, rtol=1e-6)
+        want_ids, want_log_q = O.shared_negatives(n, seed=seed, **kwargs)
+        for fn in (K.shared_negatives, R.shared_negatives):
+            ids, log_q = fn(n, seed=seed, **kwargs)
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_allclose(log_q, want_log_q, rtol=1e-6)
 
 
 @pytest.mark.parametrize("memory_ratio", [0.0, 1.0, 1e9])
 @pytest.mark.parametrize("tries", [0, 1, 16])
-def test_one_draw_per_row_equals_reference(memory_ratio, tries):
+def test_one_draw_per_row_equals_the_oracle(memory_ratio, tries):
     """n = 1 takes its own two-pass loop over the batch: same ids, on every kind of row."""
     rng = np.random.default_rng(int(memory_ratio) % 7 + tries)
     num_items = 150
@@ -123,19 +138,18 @@ def test_one_draw_per_row_equals_reference(memory_ratio, tries):
     history = make_history(rng, sizes.size, num_items, sizes)
     index = K.build_exclusion_index(*history, num_items, memory_ratio=memory_ratio)
     users = rng.integers(0, sizes.size, 3000)
-    got = K.uniform_negatives(users, num_items, 1, exclude=index, seed=5, max_tries=tries)
-    np.testing.assert_array_equal(
-        got, R.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries)
-    )
-    np.testing.assert_array_equal(
-        got, K.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries)
+    assert_all_equal(
+        O.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries),
+        K.uniform_negatives(users, num_items, 1, exclude=index, seed=5, max_tries=tries),
+        K.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries),
+        R.uniform_negatives(users, num_items, 1, exclude=history, seed=5, max_tries=tries),
     )
 
 
-def test_frequency_estimator_equals_reference():
+def test_frequency_estimator_equals_the_oracle():
     rng = np.random.default_rng(7)
     kernel = K.StreamingFrequencyEstimator(97, num_hashes=3, learning_rate=0.1, seed=5)
-    ref = R.StreamingFrequencyEstimator(97, num_hashes=3, learning_rate=0.1, seed=5)
+    ref = O.StreamingFrequencyEstimator(97, num_hashes=3, learning_rate=0.1, seed=5)
     for _ in range(60):
         batch = rng.integers(0, 300, size=int(rng.integers(0, 50)))
         kernel.update(batch)
@@ -543,11 +557,11 @@ def test_frequency_state_with_another_number_of_hashes_is_refused():
 def test_uniform_draws_over_a_huge_catalogue_are_exact():
     """At 1.5e9 items multiply-shift gives each id 2 or 3 of the 2**32 top words: ids with 2 were drawn
     30% too rarely (9.5% of draws instead of their 13.7% share). The rejection makes them exact; the
-    kernel and its reference still agree word for word."""
+    kernel, its eager version and the oracle still agree word for word."""
     n = 1_500_000_000
     draws, log_q = K.shared_negatives(200_000, num_items=n, seed=11)
-    ref, _ = R.shared_negatives(200_000, num_items=n, seed=11)
-    np.testing.assert_array_equal(draws, ref)
+    assert_all_equal(O.shared_negatives(200_000, num_items=n, seed=11)[0], draws,
+                     R.shared_negatives(200_000, num_items=n, seed=11)[0])
     # top words w with w * n >> 32 == i: ceil((i + 1) 2**32 / n) - ceil(i 2**32 / n) of them
     ceil = lambda a: -(-a // n)  # noqa: E731
     two = (ceil((draws + 1) * 2**32) - ceil(draws * 2**32)) == 2
