@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import twotower
-from tests.retrieval.test_exact import assert_matches_reference
+from tests.retrieval.test_exact import assert_matches_oracle
 from twotower import _C
 
 pytestmark = pytest.mark.skipif(
@@ -79,14 +79,14 @@ def test_screening_gives_the_float32_answer_bit_for_bit(shape, threads):
             assert_same(got, want)
 
 
-def test_screening_matches_the_float64_reference():
+def test_screening_matches_the_float64_oracle():
     rng = fresh_rng()
     queries = rng.standard_normal((40, 48), dtype=np.float32)
     items = rng.standard_normal((3000, 48), dtype=np.float32) * rng.lognormal(0, 1, (3000, 1)).astype(np.float32)
     exclude = random_exclusions(rng, 40, 3000, 100)
     *got, report = screened(queries, items, 25, exclude, threads=2)
     assert report["screened"]
-    assert_matches_reference(queries, items, 25, tuple(got), exclude=exclude)
+    assert_matches_oracle(queries, items, 25, tuple(got), exclude=exclude)
 
 
 def test_item_norms_spread_over_four_orders_of_magnitude():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from twotower.evaluate import evaluate_ann
-from twotower.retrieval.exact_eager import topk_eager
 from twotower.retrieval.hnsw import HNSWIndex
+
+from . import oracles
 
 
 def data(seed: int = 0, n: int = 2000, dim: int = 16, queries: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +35,7 @@ def built() -> tuple[HNSWIndex, np.ndarray, np.ndarray]:
 def test_recall_against_exact(built) -> None:
     index, items, queries = built
     scores, ids = index.search(queries, 10)
-    exact_scores, exact_ids = topk_eager(queries, items, 10)
+    exact_scores, exact_ids = oracles.topk(queries, items, 10)
     # HNSW with M=16, ef=64 on 2000 Gaussian vectors finds ~99.9% of the exact top-10 (seeded).
     assert overlap(ids, exact_ids) >= 0.95
     same = ids == exact_ids
@@ -44,14 +45,14 @@ def test_recall_against_exact(built) -> None:
 
 def test_seen_items_are_filtered(built) -> None:
     index, items, queries = built
-    _, top = topk_eager(queries[:20], items, 15)
+    _, top = oracles.topk(queries[:20], items, 15)
     # Exclude each query's exact top-15 plus some random items: the results are the next best.
     rng = np.random.default_rng(1)
     rows = [np.unique(np.concatenate([t, rng.integers(0, len(items), 10)])) for t in top]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
     exclude = (indptr, np.concatenate(rows))
     _, ids = index.search(queries[:20], 10, exclude=exclude)
-    _, exact_ids = topk_eager(queries[:20], items, 10, exclude=exclude)
+    _, exact_ids = oracles.topk(queries[:20], items, 10, exclude=exclude)
     for row, got in zip(rows, ids, strict=True):
         assert not np.isin(got, row).any()
     assert overlap(ids, exact_ids) >= 0.95
@@ -74,10 +75,10 @@ def test_light_and_heavy_queries_are_grouped_without_changing_results(built) -> 
 def test_exact_fallback_when_too_few_remain() -> None:
     items, queries = data(2, n=300, queries=5)
     index = HNSWIndex.build(items, ef=32, max_fetch=20)
-    _, top = topk_eager(queries, items, 40)
+    _, top = oracles.topk(queries, items, 40)
     exclude = (np.arange(0, 201, 40), top.ravel())  # each query loses its exact top-40 > max_fetch
     scores, ids = index.search(queries, 10, exclude=exclude)
-    want_scores, want_ids = topk_eager(queries, items, 10, exclude=exclude)
+    want_scores, want_ids = oracles.topk(queries, items, 10, exclude=exclude)
     np.testing.assert_array_equal(ids, want_ids)  # the exact scorer answered
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
 
@@ -98,7 +99,7 @@ def test_fallback_when_hnswlib_cannot_answer() -> None:
 
     index._index = Failing(index._index)
     _, ids = index.search(queries, 5)
-    np.testing.assert_array_equal(ids, topk_eager(queries, items, 5)[1])
+    np.testing.assert_array_equal(ids, oracles.topk(queries, items, 5)[1])
 
 
 def test_small_catalogue_pads() -> None:
@@ -157,7 +158,7 @@ def test_rebuild_when_deletions_pile_up() -> None:
     assert index.num_deleted == 0 and len(index) == 210 and index._index.element_count == 210
     _, ids = index.search(queries, 10)
     live = np.arange(90, 300)
-    _, exact = topk_eager(queries, items[live], 10)
+    _, exact = oracles.topk(queries, items[live], 10)
     assert overlap(ids, live[exact]) >= 0.95
 
 
@@ -251,7 +252,7 @@ def test_neg_l2_is_searched_in_l2_space(tmp_path) -> None:
     products are dominated by the norm column); the L2 graph over the raw vectors finds the exact top-k
     with the exact scorer's scores, also through the exact fallback and after a save/load."""
     queries, items = neg_l2_data()
-    exact_scores, exact_ids = topk_eager(queries, items, 10)
+    exact_scores, exact_ids = oracles.topk(queries, items, 10)
     index = HNSWIndex.build(items, scoring="neg_l2", ef=100, num_threads=1)
     scores, ids = index.search(queries, 10)
     assert overlap(ids, exact_ids) >= 0.95
@@ -264,7 +265,7 @@ def test_neg_l2_is_searched_in_l2_space(tmp_path) -> None:
     exclude = (np.arange(0, len(queries) * (len(items) - 100) + 1, len(items) - 100), np.concatenate(excluded))
     fallback = HNSWIndex.build(items, scoring="neg_l2", max_fetch=64)
     _, got = fallback.search(queries, 10, exclude=exclude)
-    np.testing.assert_array_equal(got, topk_eager(queries, items, 10, exclude=exclude)[1])
+    np.testing.assert_array_equal(got, oracles.topk(queries, items, 10, exclude=exclude)[1])
     index.save(tmp_path)
     assert json.loads((tmp_path / "index.json").read_text())["space"] == "l2"
     loaded = HNSWIndex.load(tmp_path)
@@ -282,7 +283,7 @@ def test_neg_l2_mutations_and_rebuild_keep_the_form() -> None:
     index.rebuild()
     live = np.arange(150, 400)
     _, ids = index.search(queries, 5)
-    _, rows = topk_eager(queries, items[live], 5)
+    _, rows = oracles.topk(queries, items[live], 5)
     assert overlap(ids, live[rows]) >= 0.95
 
 
@@ -345,6 +346,6 @@ def test_numpy_k_and_huge_excluded_ids_work_through_the_fallback() -> None:
     ids_list = np.concatenate([np.arange(40), [2**62 - 1]])
     exclude = (np.arange(0, 5 * 41 + 1, 41), np.tile(ids_list, 5))
     scores, ids = index.search(queries, np.int64(5), exclude=exclude)
-    _, expected = topk_eager(queries, items, 5, exclude=(np.arange(0, 201, 40), np.tile(np.arange(40), 5)))
+    _, expected = oracles.topk(queries, items, 5, exclude=(np.arange(0, 201, 40), np.tile(np.arange(40), 5)))
     assert ids.shape == (5, 5) and not np.isin(ids, np.arange(40)).any()
     assert overlap(ids, expected) >= 0.8
