@@ -1,5 +1,5 @@
 """`bag_mean` (a user's history pooled from the item table, with a coalesced row-sparse gradient)
-against its reference, and what history pooling costs a whole training step.
+against its eager version, and what history pooling costs a whole training step.
 
 - kernel: forward + backward of the pooled histories of one batch, each ending in the coalesced
   sparse gradient the row-sparse optimizer needs, vs `bag_mean_eager` (`F.embedding_bag` with a

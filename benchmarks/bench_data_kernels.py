@@ -1,4 +1,4 @@
-"""Dataset-assembly kernels against their NumPy references, at the size of the end-to-end
+"""Dataset-assembly kernels against their eager NumPy versions, at the size of the end-to-end
 benchmark's generated data (one million interactions, 20,000 users, 20,000 items):
 
 - `stable_group_order` (counting sort) vs `np.argsort(kind="stable")`: the per-user random split;
@@ -52,13 +52,13 @@ def main() -> None:
     write_results("data-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
 
 
-@pytest.mark.parametrize("fn", [csr_from_pairs, csr_from_pairs_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [csr_from_pairs, csr_from_pairs_eager], ids=["kernel", "eager"])
 def test_csr_from_pairs(benchmark, fn):
     users, items = _pairs()
     benchmark.pedantic(fn, args=(users, items, USERS), rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("fn", [stable_group_order, stable_group_order_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [stable_group_order, stable_group_order_eager], ids=["kernel", "eager"])
 def test_stable_group_order(benchmark, fn):
     users, _ = _pairs()
     benchmark.pedantic(fn, args=(users, USERS), rounds=5, warmup_rounds=1)

@@ -8,7 +8,7 @@ for batches of 4096 training rows (users drawn in proportion to their activity, 
   in the user's `set` of positives (sets built once, outside the timing);
 - numpy rejection: vectorised, `Generator.integers` for all draws, membership of the keys
   `user * N + item` by one `np.searchsorted` in the sorted history keys, redraw the rejected;
-- numpy reference: `samplers_eager.uniform_negatives`, the kernel's oracle (same ids, hashed RNG);
+- numpy eager: `samplers_eager.uniform_negatives`, vectorised NumPy with the kernel's ids (hashed RNG);
 - kernel, tuple: `samplers.uniform_negatives(..., exclude=(indptr, indices))`, one thread, with and
   without the per-call validation of the touched rows (binary search or a per-row scratch bitmap);
 - kernel, index: the same with `exclude=build_exclusion_index(indptr, indices, N)`, built once (validated,
@@ -160,7 +160,7 @@ def main() -> None:
         fns = {
             "python loop + set": lambda n=n: python_loop(users[:PYTHON_ROWS], n, positive_sets, num_items),
             "numpy rejection": lambda n=n: numpy_rejection(users, n, keys, num_items, rng),
-            "numpy reference (kernel's oracle)": lambda n=n: samplers_eager.uniform_negatives(
+            "numpy eager (same ids)": lambda n=n: samplers_eager.uniform_negatives(
                 users, num_items, n, exclude=history, seed=2
             ),
             "kernel, tuple, validate=True": lambda n=n: samplers.uniform_negatives(
@@ -253,7 +253,7 @@ def main() -> None:
         lambda: samplers.popularity_negatives(users, table, 1, exclude=index, seed=1, positive_mass=mass), BATCH
     )
     add(
-        f"alias popularity**0.75 numpy reference, excluding, [{BATCH}, {n}]",
+        f"alias popularity**0.75 numpy eager, excluding, [{BATCH}, {n}]",
         lambda: samplers_eager.popularity_negatives(users, table, n, exclude=history, seed=1), BATCH * n
     )
     add(f"alias table build, N = {num_items}", lambda: samplers.build_alias_table(counts**0.75), num_items, "M items/s")
@@ -261,7 +261,7 @@ def main() -> None:
         "alias table build, N = 1,000,000", lambda: samplers.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
     )
     add(
-        "alias table build numpy reference (python loop), N = 1,000,000",
+        "alias table build numpy eager (python loop), N = 1,000,000",
         lambda: samplers_eager.build_alias_table(big_counts**0.75), 1_000_000, "M items/s"
     )
     for m in (4096, 65536):

@@ -1,16 +1,16 @@
-"""The training step's CPU kernels against their plain PyTorch/NumPy references, at the sizes of the
+"""The training step's CPU kernels against their eager PyTorch/NumPy versions, at the sizes of the
 end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tables):
 
 - `gather_scores` (per-row negatives scored in place) vs gather-then-multiply, forward + backward;
 - `l2_normalize` (fused cosine normalisation) vs `F.normalize`, forward + backward;
-- `sparse_adam` (lazy Adam on the touched rows) vs its reference, and vs a dense `torch.optim.AdamW`
+- `sparse_adam` (lazy Adam on the touched rows) vs its eager version, and vs a dense `torch.optim.AdamW`
   step over the whole table (what the trainer did before);
-- `distinct` (hash table) vs `np.unique`-based reference and `torch.unique`;
-- `embedding_scores` (lookup + normalisation + scores fused, sparse table gradient) vs its reference
+- `distinct` (hash table) vs `np.unique`-based eager version and `torch.unique`;
+- `embedding_scores` (lookup + normalisation + scores fused, sparse table gradient) vs its eager version
   (`F.embedding` + `F.normalize` + gather) and vs the unfused kernels (lookup + `l2_normalize` +
   `gather_scores`), forward + backward;
 - `table_step` (user and item tables scored against each other, their gradient and the row-sparse
-  Adam step of both, fused, no autograd) vs its reference (autograd through F.embedding and
+  Adam step of both, fused, no autograd) vs its eager version (autograd through F.embedding and
   F.normalize, then `sparse_adam_eager`) and vs the autograd step's kernels (F.embedding +
   `l2_normalize` for the users, `embedding_scores` for the items, `sparse_adam` on both tables).
 
@@ -38,8 +38,7 @@ from twotower.kernels.l2_normalize_eager import l2_normalize_eager
 from twotower.kernels.sparse_adam import sparse_adam
 from twotower.kernels.sparse_adam_eager import sparse_adam_eager
 from twotower.kernels.table_step import AdamTable, table_adam_step, table_scores
-from twotower.kernels.table_step_eager import table_adam_step_eager
-from twotower.kernels.table_step_eager_eager import table_scores_eager
+from twotower.kernels.table_step_eager import table_adam_step_eager, table_scores_eager
 
 B, N, D, ROWS = 1024, 16, 64, 20_000
 
@@ -111,7 +110,7 @@ class TwoTables:
         saved = scores_fn(*self.tables, self.users, self.unique, self.index, normalize=True)
         adam_fn(saved, self.upstream, self.adam(0), self.adam(1))
 
-    def reference(self) -> None:
+    def eager(self) -> None:
         self.fused(table_scores_eager, table_adam_step_eager)
 
     def autograd_kernels(self) -> None:
@@ -161,7 +160,7 @@ def main() -> None:
 
     add(
         f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam,
-        "reference (unique + index_add + index)"
+        "eager (unique + index_add + index)"
     )
     table = torch.nn.Parameter(torch.randn(ROWS, D))
     dense = torch.optim.AdamW([table], lr=1e-3)
@@ -183,7 +182,7 @@ def main() -> None:
     add("embedding_scores fwd+bwd", lambda: table_scores_step(embedding_scores, x),
         lambda: table_scores_step(unfused_table_scores, x), "lookup + l2_normalize + gather_scores (unfused kernels)")
     ours, theirs, unfused = TwoTables(x, 1), TwoTables(x, 1), TwoTables(x, 1)
-    add("table_step scores + both tables' Adam", ours.fused, theirs.reference,
+    add("table_step scores + both tables' Adam", ours.fused, theirs.eager,
         "F.embedding + F.normalize + gather (autograd) + sparse_adam_eager")
     add("table_step scores + both tables' Adam", ours.fused, unfused.autograd_kernels,
         "the autograd step's kernels (embedding_scores, l2_normalize, sparse_adam x 2)")
@@ -195,35 +194,35 @@ def main() -> None:
     write_results("training-kernels", markdown_table(header, rows) + note, {"rows": rows, "header": header})
 
 
-@pytest.mark.parametrize("fn", [gather_scores, gather_scores_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [gather_scores, gather_scores_eager], ids=["kernel", "eager"])
 def test_gather_scores(benchmark, fn):
     x = _batch()
     benchmark.pedantic(scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [l2_normalize, l2_normalize_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [l2_normalize, l2_normalize_eager], ids=["kernel", "eager"])
 def test_l2_normalize(benchmark, fn):
     x = _batch()
     benchmark.pedantic(normalize_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [sparse_adam, sparse_adam_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [sparse_adam, sparse_adam_eager], ids=["kernel", "eager"])
 def test_sparse_adam(benchmark, fn):
     x = _batch()
     state, grads = adam_tables(), torch.randn(x["unique"].numel(), D)
     benchmark.pedantic(lambda: fn(*state, x["unique"], grads, step=1, lr=1e-3), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("fn", [embedding_scores, embedding_scores_eager], ids=["kernel", "reference"])
+@pytest.mark.parametrize("fn", [embedding_scores, embedding_scores_eager], ids=["kernel", "eager"])
 def test_embedding_scores(benchmark, fn):
     x = _batch()
     benchmark.pedantic(table_scores_step, args=(fn, x), rounds=10, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("variant", ["kernel", "reference"])
+@pytest.mark.parametrize("variant", ["kernel", "eager"])
 def test_table_step(benchmark, variant):
     tables = TwoTables(_batch(), 1)
-    benchmark.pedantic(tables.fused if variant == "kernel" else tables.reference, rounds=10, warmup_rounds=2)
+    benchmark.pedantic(tables.fused if variant == "kernel" else tables.eager, rounds=10, warmup_rounds=2)
 
 
 if __name__ == "__main__":
