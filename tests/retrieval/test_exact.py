@@ -120,13 +120,17 @@ def test_integer_inputs_give_exact_ties_broken_by_lower_id(simd, threads):
             np.testing.assert_array_equal(got[0], want[0], err_msg=f"trial {trial}")
 
 
+@pytest.mark.parametrize("values", ["float", "integer"])  # integers: exact scores, many ties
 @pytest.mark.parametrize("shape", SHAPES[:6], ids=lambda s: "B{}-N{}-D{}-k{}".format(*s))
-def test_eager_topk_matches_the_oracle(shape):
+def test_eager_topk_matches_the_oracle(shape, values):
     """`topk_eager` (public as `twotower.topk_eager`): the oracle's ids and scores, with exclusions."""
     batch, num_items, dim, k = shape
     rng = np.random.default_rng([7, *shape])
     queries = rng.standard_normal((batch, dim), dtype=np.float32)
     items = rng.standard_normal((num_items, dim), dtype=np.float32)
+    if values == "integer":
+        queries, items = np.round(queries), np.round(items)
+        items[rng.random(num_items) < 0.05] = np.nan  # NaN scores rank last
     lengths = rng.integers(0, num_items + 1, batch)
     exclude = (np.concatenate([[0], np.cumsum(lengths)]), rng.integers(0, num_items, lengths.sum()))
     for ex in (None, exclude):
