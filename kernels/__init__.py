@@ -12,7 +12,7 @@ _KERNELS = ("samplers", "frequency", "infonce", "gather_scores", "distinct", "sp
             "embedding_scores", "grouping", "table_step", "bag_mean")
 # `<op>_eager`: the same op in eager PyTorch/NumPy (fallback off the kernel's path, benchmark baseline).
 _EAGER = tuple(op for op in _KERNELS if op != "frequency")  # the estimator's loops live in samplers_eager
-_SUBMODULES = _KERNELS + tuple(f"{op}_eager" for op in _EAGER)
+_SUBMODULES = (*_KERNELS, *(f"{op}_eager" for op in _EAGER), "codes")  # codes: the one integer-code check
 
 
 def __getattr__(name: str) -> Any:

@@ -529,14 +529,3 @@ def _row_mass(users, indptr, indices, p):
             taken += p[indices[j]]
         out[r] = taken
     return out
-
-
-@njit(cache=True, nogil=True)
-def _min_max(values):
-    """(min, max) of a non-empty int64 array in one pass."""
-    lo = values[0]
-    hi = values[0]
-    for v in values:
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return lo, hi

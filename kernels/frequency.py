@@ -26,13 +26,12 @@ Three details differ from the paper, each measured on the Zipf stream of the tes
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numba import njit
 
 from ._rng import derive_seed
 from ._rng_jit import bits, bounded
+from .codes import check_codes
 
 
 @njit(cache=True, nogil=True)
@@ -82,17 +81,6 @@ def _estimate_kernel(items, last_step, gap, hits, hash_keys, out):
         out[i] = est
 
 
-def _check_items(items: Any) -> np.ndarray:
-    arr = np.asarray(items)
-    if arr.ndim != 1:
-        raise ValueError(f"items must be 1-D [B], got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"items must hold integer ids, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise ValueError("items must be non-negative ids")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
 class StreamingFrequencyEstimator:
     """Per-step item frequencies from a stream of batches, in O(num_hashes * num_buckets) memory.
 
@@ -131,7 +119,7 @@ class StreamingFrequencyEstimator:
     def update(self, items: np.ndarray) -> None:
         """Records one batch of item ids [B] as step `self.step`, then advances the step."""
         _update_kernel(
-            _check_items(items),
+            check_codes(items, "items", low=0),
             self.step,
             self.last_step,
             self.gap,
@@ -145,7 +133,7 @@ class StreamingFrequencyEstimator:
 
     def probability(self, items: np.ndarray) -> np.ndarray:
         """[B] float64 estimated occurrences per step (hits / gap); 0 for an item never seen."""
-        items = _check_items(items)
+        items = check_codes(items, "items", low=0)
         out = np.empty(items.size, dtype=np.float64)
         _estimate_kernel(items, self.last_step, self.gap, self.hits, self.hash_keys, out)
         return out

@@ -43,7 +43,6 @@ from ._sampling_jit import (
     _build_row_bitmaps,
     _check_rows,
     _hard_kernel,
-    _min_max,
     _popularity_kernel,
     _row_mass,
     _shared_alias_kernel,
@@ -51,6 +50,7 @@ from ._sampling_jit import (
     _uniform_kernel,
     _vose_kernel,
 )
+from .codes import check_codes
 from .frequency import StreamingFrequencyEstimator
 
 __all__ = [
@@ -94,15 +94,6 @@ def _check_num_items(num_items: Any) -> int:
     return num_items
 
 
-def _check_users(users: Any, name: str = "users") -> np.ndarray:
-    arr = np.asarray(users)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D [B], got shape {arr.shape}")
-    if arr.dtype.kind not in "iu" and arr.size:
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
 _NO_WORDS = np.zeros(0, dtype=np.uint64)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
@@ -131,10 +122,7 @@ def _check_exclude(
     else:
         raise TypeError(f"exclude must be a tuple (indptr, indices) or an ExclusionIndex, got {type(exclude).__name__}")
     num_rows = indptr.size - 1
-    if users.size:
-        lo, hi = _min_max(users)
-        if lo < 0 or hi >= num_rows:
-            raise ValueError(f"users must lie in [0, {num_rows}) (rows of exclude), got range [{lo}, {hi}]")
+    check_codes(users, "users (rows of exclude)", low=0, high=num_rows)
     if validate and users.size:
         code, row = _check_rows(np.unique(users), indptr, indices, num_items)
         _raise_csr_problem(code, row, num_items)
@@ -283,7 +271,7 @@ def uniform_negatives(
         array([[3, 3, 3],
                [3, 3, 3]])
     """
-    users = _check_users(users)
+    users = check_codes(users, "users")
     num_items = _check_num_items(num_items)
     num_negatives = _check_count(num_negatives, "num_negatives")
     max_tries = _check_count(max_tries, "max_tries")
@@ -300,7 +288,7 @@ def uniform_log_q(
 
     -inf never occurs for a valid draw; rows with no free item get +inf (they have no draw to correct).
     """
-    users = _check_users(users)
+    users = check_codes(users, "users")
     num_items = _check_num_items(num_items)
     if exclude is None:
         return np.full(users.size, -np.log(num_items), dtype=np.float32)
@@ -422,7 +410,7 @@ def popularity_negatives(
         array([[0, 0, 0, 3],
                [0, 0, 0, 3]])
     """
-    users = _check_users(users)
+    users = check_codes(users, "users")
     table = _check_table(table)
     num_negatives = _check_count(num_negatives, "num_negatives")
     max_tries = _check_count(max_tries, "max_tries")
@@ -467,7 +455,7 @@ def popularity_log_q(
 ) -> np.ndarray:
     """[B, n] float32 log-probability of each `popularity_negatives` draw: log p_i, minus
     log(1 - mass of the user's positives) when positives are excluded (`positive_mass` as there)."""
-    users = _check_users(users)
+    users = check_codes(users, "users")
     table = _check_table(table)
     negatives = np.asarray(negatives)
     if negatives.ndim != 2 or negatives.shape[0] != users.size:
@@ -565,7 +553,7 @@ def hard_negatives(
         array([[2, 1, 2],
                [0, 2, 6]])
     """
-    users = _check_users(users)
+    users = check_codes(users, "users")
     num_items = _check_num_items(num_items)
     num_negatives = _check_count(num_negatives, "num_negatives")
     max_tries = _check_count(max_tries, "max_tries")

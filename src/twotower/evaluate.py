@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from twotower.data.csr import CSRPair, csr_pair, group_by_user, indptr_from_counts, row_ids, take_rows
+from twotower.kernels.codes import check_codes
 from twotower.metrics import RankingMetrics, hit_matrix
 from twotower.settings.eval import EvalConfig
 
@@ -125,9 +126,7 @@ def evaluate_rankings(
             raise ValueError(f"unreachable must hold one count per user ({num_rows}); got shape {unreachable.shape}")
     if users is None:
         users = np.flatnonzero((np.diff(relevant[0]) + (0 if unreachable is None else unreachable)) > 0)
-    users = np.asarray(users, dtype=np.int64)
-    if len(users) and (users.min() < 0 or users.max() >= num_rows):
-        raise ValueError(f"users must be codes in [0, {num_rows})")
+    users = check_codes(np.asarray(users, dtype=np.int64), "users", low=0, high=num_rows)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     acc = RankingMetrics(ks, num_items)

@@ -502,7 +502,7 @@ def test_streaming_frequency_simple_rates_and_state_roundtrip():
 def test_bad_arguments_raise_clear_errors():
     history = (np.array([0, 2, 3], np.int64), np.array([1, 3, 0], np.int32))
     users = np.array([0, 1])
-    with pytest.raises(ValueError, match="users must lie in"):
+    with pytest.raises(ValueError, match=r"users \(rows of exclude\) must be in \[0, 2\)"):
         K.uniform_negatives(np.array([2]), 5, 1, exclude=history, seed=0)
     with pytest.raises(ValueError, match="row 0 is not sorted"):
         K.uniform_negatives(users, 5, 1, exclude=(history[0], np.array([3, 1, 0], np.int32)), seed=0)

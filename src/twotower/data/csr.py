@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from twotower.kernels.codes import check_codes
+
 __all__ = ["CSR", "CSRPair", "csr_pair", "group_by_user", "indptr_from_counts", "row_ids", "sorted_unique",
            "take_rows", "transpose"]
 
@@ -113,10 +115,8 @@ def group_by_user(users: np.ndarray, items: np.ndarray, num_users: int) -> CSRPa
     items = np.asarray(items, dtype=np.int64)
     if users.shape != items.shape:
         raise ValueError(f"users and items must have one length; got {users.shape} and {items.shape}")
-    if len(users) and (users.min() < 0 or users.max() >= num_users):
-        raise ValueError(f"user codes must be in [0, {num_users})")
-    if len(items) and items.min() < 0:
-        raise ValueError(f"item codes must be >= 0; found {int(items.min())}")
+    users = check_codes(users, "user codes", low=0, high=num_users)
+    items = check_codes(items, "item codes", low=0)
     width = int(items.max(initial=0)) + 1
     if width > np.iinfo(np.int64).max // max(num_users, 1):  # user * width + item would overflow
         order = np.lexsort((items, users))

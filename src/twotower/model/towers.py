@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.kernels.bag_mean import bag_mean
+from twotower.kernels.codes import check_codes
 from twotower.settings.model import FeatureLayout, TowerConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -226,7 +227,7 @@ class Tower(nn.Module):
         for i, (name, card) in enumerate(self.categorical.items()):
             if name not in table.categorical:
                 raise ValueError(f"feature table lacks categorical feature {name!r}")
-            codes = _check_codes(np.asarray(table.categorical[name][0]), card, f"categorical feature {name!r}")
+            codes = check_codes(table.categorical[name][0], f"categorical feature {name!r}", low=0, high=card)
             if codes.shape != (self.num_ids,):
                 raise ValueError(f"categorical feature {name!r} has shape {codes.shape}; expected ({self.num_ids},)")
             getattr(self, f"cat_values_{i}").copy_(torch.from_numpy(codes.astype(np.int64)))
@@ -239,7 +240,7 @@ class Tower(nn.Module):
                 raise ValueError(
                     f"multi-valued feature {name!r} has {indptr.shape[0] - 1} rows; expected {self.num_ids}"
                 )
-            indices = _check_codes(np.asarray(csr.indices), card, f"multi-valued feature {name!r}")
+            indices = check_codes(csr.indices, f"multi-valued feature {name!r}", low=0, high=card)
             getattr(self, f"multi_indptr_{i}").copy_(torch.from_numpy(indptr))
             indptr_buffer = getattr(self, f"multi_indptr_{i}")
             setattr(self, f"multi_indices_{i}", torch.from_numpy(indices.astype(np.int64)).to(indptr_buffer.device))
@@ -260,7 +261,7 @@ class Tower(nn.Module):
         indptr = np.asarray(indptr, dtype=np.int64)
         if indptr.shape != (self.num_ids + 1,):
             raise ValueError(f"history indptr must have {self.num_ids + 1} entries; got {indptr.shape[0]}")
-        indices = _check_codes(np.asarray(indices), self.history_table_rows, "history item codes")
+        indices = check_codes(indices, "history item codes", low=0, high=self.history_table_rows)
         if indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
             raise ValueError("history indptr must start at 0, be non-decreasing and end at len(indices)")
         self.history_indptr.copy_(torch.from_numpy(indptr))
@@ -374,12 +375,9 @@ class Tower(nn.Module):
         """Raise on codes outside [-1, num_ids); True when (on the CPU) every code is known."""
         if codes.device.type != "cpu" or not codes.numel():
             return False
-        values = codes.numpy()  # a batch's few thousand codes: NumPy's min/max cost a tenth of torch's dispatch
-        low, high = int(values.min()), int(values.max())
-        if low < -1 or high >= self.num_ids:
-            bad = (codes < -1) | (codes >= self.num_ids)
-            raise ValueError(f"codes must be in [-1, {self.num_ids}); found {int(codes[bad][0])}")
-        return low >= 0  # the training batches' case: no unknown-id rewriting needed
+        # a batch's few thousand codes: NumPy's min/max cost a tenth of torch's dispatch
+        values = check_codes(codes.numpy(), "codes", low=-1, high=self.num_ids)
+        return int(values.min()) >= 0  # the training batches' case: no unknown-id rewriting needed
 
     def _id_rows(self, codes: torch.Tensor, all_known: bool) -> torch.Tensor:
         ids = codes if all_known else torch.where(codes >= 0, codes, torch.full_like(codes, self.num_ids))
@@ -493,13 +491,3 @@ def _mlp(width: int, config: TowerConfig, out_dim: int) -> nn.Module:
     if layers or width != out_dim:
         layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers) if layers else nn.Identity()
-
-
-def _check_codes(codes: np.ndarray, card: int, what: str) -> np.ndarray:
-    if codes.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integer codes; got dtype {codes.dtype}")
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= card):
-        raise ValueError(
-            f"{what} must be codes in [0, {card}); found values in [{int(codes.min())}, {int(codes.max())}]"
-        )
-    return codes

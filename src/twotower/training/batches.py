@@ -34,6 +34,7 @@ import numpy as np
 from twotower.data.csr import CSR
 from twotower.kernels import samplers
 from twotower.kernels._rng import derive_seed
+from twotower.kernels.codes import check_codes
 from twotower.kernels.distinct import distinct
 from twotower.settings.batches import BatchConfig
 from twotower.training.prefetch import EpochBatches
@@ -134,19 +135,12 @@ class BatchIterator:
             )
         if users.size == 0:
             raise ValueError("no training pairs: users and items are empty")
-        for name, arr in (("users", users), ("items", items)):
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise TypeError(f"{name} must hold integer codes, got dtype {arr.dtype}")
-            if arr.min() < 0:
-                raise ValueError(f"{name} holds negative codes")
         if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 1:
             raise ValueError(f"num_items must be a positive int, got {num_items!r}")
-        if items.max() >= num_items:
-            raise ValueError(f"items holds code {items.max()} >= num_items={num_items}")
         self.config = config
         self.num_items = int(num_items)
-        self._users = np.ascontiguousarray(users, dtype=np.int64)
-        self._items = np.ascontiguousarray(items, dtype=np.int64)
+        self._users = check_codes(users, "users", low=0)
+        self._items = check_codes(items, f"items (num_items={self.num_items})", low=0, high=self.num_items)
         if history is None:
             history = CSR.from_pairs(self._users, self._items, int(self._users.max()) + 1)
         if hasattr(history, "indptr") and hasattr(history, "indices"):  # twotower.data's CSR
