@@ -5,7 +5,7 @@ loads on first use of `twotower.topk` / `twotower.ExactIndex`; torch-based parts
 training, `twotower.Recommender`) load on first use or when their modules are imported.
 """
 
-from typing import Any
+from twotower._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,14 +20,5 @@ _LAZY = {
 
 __all__ = [*_LAZY, "__version__"]
 
-# `topk_eager`'s name in earlier READMEs; still importable, no longer listed.
-_RENAMED = {"topk_reference": "topk_eager"}
-
-
-def __getattr__(name: str) -> Any:
-    name = _RENAMED.get(name, name)
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'twotower' has no attribute {name!r}")
+# `topk_reference`: `topk_eager`'s name in earlier READMEs, still importable, no longer listed.
+__getattr__, __dir__ = lazy_exports(globals(), {**_LAZY, "topk_reference": "twotower.retrieval.exact:topk_eager"})

@@ -11,7 +11,7 @@ Names load on first use, so that importing one module (e.g. `twotower.data.csr`)
 load the file readers (pyarrow) with it.
 """
 
-from typing import Any
+from twotower._lazy import lazy_exports
 
 _LAZY = {
     "assemble": "twotower.data.split",
@@ -55,7 +55,7 @@ _LAZY = {
     "UnknownTargets": "twotower.data.types",
     "Vocabulary": "twotower.data.vocab",
     "with_valid_in_train": "twotower.data.split",
-    "load": "twotower.data.dataset",  # the contract's other name for `build_dataset`
+    "load": "twotower.data.dataset:build_dataset",  # the contract's other name for `build_dataset`
 }
 
 __all__ = [
@@ -103,11 +103,4 @@ __all__ = [
     "with_valid_in_train",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(_LAZY[name])
-        return getattr(module, "build_dataset" if name == "load" else name)
-    raise AttributeError(f"module 'twotower.data' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

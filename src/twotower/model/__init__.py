@@ -9,7 +9,7 @@ The names below load on first use, so that importing one module does not load th
 settings classes are re-exported so that `twotower.model` is the one import a trainer needs.
 """
 
-from typing import Any
+from twotower._lazy import lazy_exports
 
 _LAZY = {
     "FeatureLayout": "twotower.settings.model",
@@ -23,11 +23,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'twotower.model' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -17,7 +17,7 @@ The names below load on first use, so that importing one module (e.g. `training.
 needs no torch) does not load the others.
 """
 
-from typing import Any
+from twotower._lazy import lazy_exports
 
 _LAZY = {
     "TrainResult": "twotower.training.loop",
@@ -27,11 +27,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'twotower.training' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
