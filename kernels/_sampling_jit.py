@@ -459,7 +459,7 @@ def _shared_alias_kernel(prob, alias, key, out):
 
 @njit(cache=True, nogil=True)
 def _vose_kernel(p, prob, alias):
-    """Vose's alias method: O(N), stacks popped last-in first-out (the reference does the same)."""
+    """Vose's alias method: O(N), stacks popped last-in first-out (samplers_eager does the same)."""
     n = p.shape[0]
     scaled = p * n
     small = np.empty(n, dtype=np.int64)

@@ -85,7 +85,7 @@ def test_symmetric_eager_matches_float64_oracle(case):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_float32_matches_float64_reference_and_dispatches_on_cpu(monkeypatch):
+def test_float32_matches_float64_oracle_and_dispatches_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, extra, kwargs = make(200, 100, 64, {"logq": True, "masks": True}, seed=3)
     want = oracles.infonce(q, k, temperature=0.1, **kwargs)
