@@ -10,6 +10,11 @@ backward, which recomputes each block's scores: extra memory is O(B + M) plus on
 `infonce_eager` holds several [B, B + M] temporaries (about 10 GB at B = 8192, M = 65536); below it the
 forward keeps the softmax (at most 64 MiB) and backward skips the recomputation. Same contract as `infonce_eager`
 except `symmetric` (the caller sends that to `infonce_eager`).
+
+bfloat16 inputs (torch.autocast on the CPU casts float32 vectors to it) keep their GEMMs in
+bfloat16, the fast path of CPUs with native bf16 arithmetic (AVX512-BF16, AMX), while the logits,
+the log-sum-exp, the softmax and the sums of the gradients stay float32; the loss and the gradients
+come back in float32, as the float32 path's do.
 """
 
 from __future__ import annotations
@@ -66,8 +71,11 @@ class _Side:
             self.row_query[:] = codes
 
     def logits(self, q_blk: Tensor, cand: Tensor, r0: int, inv_t: float) -> Tensor:
-        """Corrected, masked (-inf) logits of rows [r0, r0 + len(q_blk)) against every candidate."""
+        """Corrected, masked (-inf) logits of rows [r0, r0 + len(q_blk)) against every candidate
+        (float32 from bfloat16 GEMM operands)."""
         s = q_blk @ cand.T
+        if s.dtype == torch.bfloat16:
+            s = s.float()
         jit.block_logits(s.numpy(), r0, s.numpy().dtype.type(inv_t), self.lq, self.cand_item, self.row_item,
                          self.cand_query, self.row_query, self.positive_lq)
         return s
@@ -75,14 +83,16 @@ class _Side:
 
 class InfoNCEBlocked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, cand: Tensor, temperature: Tensor | float, side: _Side, reduction: str) -> Tensor:
+    def forward(ctx, q: Tensor, cand: Tensor, temperature: Tensor | float, side: _Side, reduction: str,
+                gemm_dtype: torch.dtype) -> Tensor:
         B = q.shape[0]
         inv_t = 1.0 / float(temperature)
-        q, cand = q.detach().contiguous(), cand.detach().contiguous()
-        lse = torch.empty(B, dtype=q.dtype)
-        loss = torch.empty(B, dtype=q.dtype)
+        dtype = q.dtype  # of the logits, the softmax and the results: float32 or float64
+        q, cand = q.detach().to(gemm_dtype).contiguous(), cand.detach().to(gemm_dtype).contiguous()
+        lse = torch.empty(B, dtype=dtype)
+        loss = torch.empty(B, dtype=dtype)
         # Small problems keep the softmax for backward (no recomputed GEMM and logits pass).
-        softmax = torch.empty(B, cand.shape[0], dtype=q.dtype) if B * cand.shape[0] <= _KEEP_ELEMENTS else None
+        softmax = torch.empty(B, cand.shape[0], dtype=dtype) if B * cand.shape[0] <= _KEEP_ELEMENTS else None
         step = _block_rows(cand.shape[0])
         for r0 in range(0, B, step):
             s = side.logits(q[r0 : r0 + step], cand, r0, inv_t)
@@ -99,7 +109,7 @@ class InfoNCEBlocked(torch.autograd.Function):
         ctx.save_for_backward(
             q, cand, lse, temperature if isinstance(temperature, Tensor) else torch.tensor(temperature)
         )
-        ctx.side, ctx.reduction, ctx.softmax = side, reduction, softmax
+        ctx.side, ctx.reduction, ctx.softmax, ctx.dtype = side, reduction, softmax, dtype
         if reduction == "mean":
             return loss.mean()
         return loss.sum() if reduction == "sum" else loss
@@ -116,10 +126,12 @@ class InfoNCEBlocked(torch.autograd.Function):
         else:
             g = grad_out
         inv_t = 1.0 / float(temperature)
-        scale = (g.to(q.dtype) * inv_t).contiguous()
-        dq = torch.empty_like(q)
-        dcand = torch.zeros_like(cand)
-        step = _block_rows(cand.shape[0])
+        dtype = ctx.dtype
+        scale = (g.to(dtype) * inv_t).contiguous()
+        dq = torch.empty(q.shape, dtype=dtype)
+        dcand = torch.zeros(cand.shape, dtype=dtype)
+        # bfloat16 GEMMs over a kept softmax run whole: short blocks would waste their speed.
+        step = B if ctx.softmax is not None and q.dtype != dtype else _block_rows(cand.shape[0])
         for r0 in range(0, B, step):
             q_blk = q[r0 : r0 + step]
             if ctx.softmax is not None:
@@ -130,16 +142,21 @@ class InfoNCEBlocked(torch.autograd.Function):
             rows = torch.arange(ds.shape[0])
             ds[rows, rows + r0] -= 1.0  # - onehot(positive)
             ds.mul_(scale[r0 : r0 + step, None])  # d loss / d (q c^T)
-            torch.mm(ds, cand, out=dq[r0 : r0 + step])
-            dcand.addmm_(ds.T, q_blk)
+            if q.dtype == dtype:
+                torch.mm(ds, cand, out=dq[r0 : r0 + step])
+                dcand.addmm_(ds.T, q_blk)
+            else:  # bfloat16 GEMMs, float32 sums
+                ds = ds.to(q.dtype)
+                dq[r0 : r0 + step] = ds @ cand
+                dcand += ds.T @ q_blk
         ctx.softmax = None  # spent; a backward through a retained graph recomputes it from q, cand, lse
         dtemp = None
         if ctx.needs_input_grad[2]:
             # d loss / d tau = -(1/tau) sum_ij dS_ij u_ij with u = q c^T / tau; sum_ij dS_ij (q c^T)_ij
             # = sum_i q_i . (dS c)_i = sum(q * dq) once dq holds dS c / tau, hence the tau below.
-            dtemp = -(q * dq).sum() / temperature
-        # None for side (ids, log-q: constants) and reduction (a flag).
-        return dq, dcand, dtemp, None, None
+            dtemp = -(q.to(dtype) * dq).sum() / temperature
+        # None for side (ids, log-q: constants), reduction and gemm_dtype (flags).
+        return dq, dcand, dtemp, None, None, None
 
 
 def infonce_blocked(
@@ -157,12 +174,16 @@ def infonce_blocked(
     reduction: str = "mean",
 ) -> Tensor:
     """Row-blocked InfoNCE for CPU tensors; inputs already checked by `check_infonce_inputs`.
-    Computes in float32 (float64 for float64 inputs) and returns that dtype, like `infonce_eager`."""
+    Computes in float32 (float64 for float64 inputs) and returns that dtype, like `infonce_eager`;
+    bfloat16 inputs (all of them) keep bfloat16 GEMMs."""
     B = q.shape[0]
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    cand = k if extra is None or extra.shape[0] == 0 else torch.cat([k, extra], dim=0)
+    no_extra = extra is None or extra.shape[0] == 0
+    bf16 = q.dtype == k.dtype == torch.bfloat16 and (no_extra or extra.dtype == torch.bfloat16)
+    gemm_dtype = torch.bfloat16 if bf16 else dtype
+    cand = k if no_extra else torch.cat([k, extra], dim=0)
     if extra is None or extra.shape[0] == 0:
         extra_ids = logq_extra = None
     side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype)
     temp = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
-    return InfoNCEBlocked.apply(q.to(dtype), cand.to(dtype), temp, side, reduction)
+    return InfoNCEBlocked.apply(q.to(dtype), cand.to(dtype), temp, side, reduction, gemm_dtype)

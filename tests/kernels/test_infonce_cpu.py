@@ -147,3 +147,59 @@ def test_a_double_backward_is_an_error_not_a_silent_zero(kernel):
     }[kernel]()
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.grad(out, x, create_graph=True)
+
+
+def _unit_case(B, M, D, seed):
+    """Unit-norm vectors as L2-normalised towers give (cosine logits, the bfloat16 use case), float64
+    leaves, with log-q and accidental hits."""
+    q, k, extra, kwargs = make(B, M, D, {"logq": True, "masks": True}, seed=seed)
+    with torch.no_grad():
+        for x in (q, k, extra):
+            x.div_(x.norm(dim=1, keepdim=True))
+    del kwargs["extra"]
+    return q, k, extra, kwargs
+
+
+def _bf16_rounded(*tensors):
+    return [t.detach().bfloat16().double().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("keep_elements", [1 << 30, 0], ids=["softmax-kept", "recomputed"])
+@pytest.mark.parametrize("case", [(96, 160, 64), (67, 31, 40)], ids=["B96-M160-D64", "B67-M31-D40"])
+def test_bfloat16_inputs_run_bfloat16_gemms_within_their_rounding_of_the_oracle(case, keep_elements, monkeypatch):
+    """bfloat16 q, k, extra: per-row losses (float32) and gradients within bf16 rounding of the
+    float64 oracle on the same (bf16-rounded) inputs, and the losses measurably off it, as logits
+    from GEMMs rounded to bf16 are: float32 GEMMs on these inputs would be ~1e-6 off."""
+    monkeypatch.setattr(infonce_cpu, "_BLOCK_ELEMENTS", 1 << 11)  # several row blocks
+    monkeypatch.setattr(infonce_cpu, "_KEEP_ELEMENTS", keep_elements)
+    q, k, extra, kwargs = _unit_case(*case, seed=case[0] + keep_elements % 7)
+    q64, k64, x64 = _bf16_rounded(q, k, extra)
+    want = oracles.infonce(q64, k64, temperature=0.1, extra=x64, reduction="none", **kwargs)
+    want.sum().backward()
+    qb, kb, xb = (t.detach().bfloat16().requires_grad_() for t in (q, k, extra))
+    kwargs32 = {**kwargs, "logq": kwargs["logq"].float(), "logq_extra": kwargs["logq_extra"].float()}
+    got = infonce_cpu.infonce_blocked(qb, kb, temperature=0.1, extra=xb, reduction="none", **kwargs32)
+    got.sum().backward()
+    assert got.dtype == torch.float32
+    loss_error = (got.double() - want.detach()).abs().max().item()
+    assert 1e-5 < loss_error < 5e-2, f"per-row loss error {loss_error}: bf16 GEMMs give 1e-4 to 1e-2"
+    for mine, oracle in ((qb.grad, q64.grad), (kb.grad, k64.grad), (xb.grad, x64.grad)):
+        assert ((mine.double() - oracle).norm() / oracle.norm()).item() < 2e-2
+
+
+def test_cpu_autocast_gives_float32_loss_and_gradients_close_to_the_oracle(monkeypatch):
+    """`train.cpu_amp`'s path: under torch.autocast("cpu", bfloat16) the public `infonce` takes float32
+    tower outputs, runs bfloat16 GEMMs, and hands float32 back (loss and gradients)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, extra, kwargs = _unit_case(96, 64, 64, seed=11)
+    want = oracles.infonce(q, k, temperature=0.1, extra=extra, **kwargs)
+    want.backward()
+    q32, k32, x32 = (t.detach().float().requires_grad_() for t in (q, k, extra))
+    kwargs32 = {**kwargs, "logq": kwargs["logq"].float(), "logq_extra": kwargs["logq_extra"].float()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = infonce(q32, k32, temperature=0.1, extra=x32, **kwargs32)
+    got.backward()
+    assert got.dtype == torch.float32 and q32.grad.dtype == torch.float32 and x32.grad.dtype == torch.float32
+    assert abs(got.item() - want.item()) < 1e-2 * abs(want.item())
+    for mine, oracle in ((q32.grad, q.grad), (k32.grad, k.grad), (x32.grad, extra.grad)):
+        assert ((mine.double() - oracle).norm() / oracle.norm()).item() < 2e-2

@@ -307,7 +307,8 @@ class Tower(nn.Module):
             pooled = self.history_map(
                 self._pool_history(codes, inputs, history_table, history_sparse, exclude_history, exclude_pairs)
             )
-            parts[0] = torch.lerp(parts[0], pooled, self.history_weight)
+            # Under autocast the map's output is bfloat16; the blend stays in the table's float32.
+            parts[0] = torch.lerp(parts[0], pooled.to(parts[0].dtype), self.history_weight)
         for i, (name, card) in enumerate(self.categorical.items()):
             if name in inputs.categorical:
                 values = self._batch_codes(inputs.categorical[name], card, f"categorical feature {name!r}", codes)

@@ -264,6 +264,10 @@ class TwoTowerModel(nn.Module):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        # float32 vectors whatever autocast ran inside a tower: both sides meet the loss in one dtype
+        # (the losses cast to the autocast dtype themselves where their matrix products pay for it).
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.float()
         if self.config.scoring == "cosine":
             return l2_normalize(out)
         return out

@@ -50,6 +50,11 @@ class LoopConfig:
         hard_candidates: candidates mined per user.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         amp: bf16 autocast on CUDA.
+        cpu_amp: bf16 autocast on the CPU: the matrix products (the towers' layers, the InfoNCE
+            losses' GEMMs) in bfloat16; logits, softmax, the sums of the gradients and the optimizer
+            in float32. Fast where the CPU has bf16 arithmetic (AVX512-BF16, AMX; the run says when
+            it has not, and then it is slower than float32); the weights differ from a float32 run
+            by bf16 rounding (benchmarks/results/infonce-cpu-bf16.md).
         num_threads: CPU threads for torch and the scorer. 0: the scorer uses all cores, the
             training step all but one (the batch worker thread has the other).
         seed: seed of model initialisation and dropout (batches use batches.seed).
@@ -82,6 +87,7 @@ class LoopConfig:
     hard_candidates: int = 100
     device: str = "auto"
     amp: bool = True
+    cpu_amp: bool = False
     num_threads: int = 0
     seed: int = 0
     keep_checkpoints: int = 2

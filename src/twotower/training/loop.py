@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -72,6 +73,8 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 REFIT = "refit"
 _OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
+
+log = logging.getLogger("twotower.training")
 
 
 @dataclass
@@ -153,6 +156,9 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     """
     config.validate()
     device = resolve_device(config.train.device)
+    if config.train.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("train.cpu_amp: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX); bfloat16 is emulated "
+                    "and slower than float32 here")
     previous = torch.get_num_threads()
     torch.set_num_threads(step_threads(config.train.num_threads, device))
     if echo is None:
@@ -166,6 +172,13 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
             return result
     finally:
         torch.set_num_threads(previous)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX), as oneDNN, which
+    runs torch's bfloat16 matrix products on the CPU, can use it."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def step_threads(num_threads: int, device: torch.device) -> int:
@@ -428,7 +441,7 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
     config, model, optimizer, train_step = run.config, run.model, run.optimizer, run.train_step
     loop, device = config.train, run.device
     total_steps = loop.epochs * len(run.batches)
-    autocast = device.type == "cuda" and loop.amp
+    autocast = loop.amp if device.type == "cuda" else loop.cpu_amp and device.type == "cpu"
     model.train()
     started, loss_sum, seen = time.perf_counter(), 0.0, 0
     with run.batches.epoch(epoch) as epoch_batches:
