@@ -267,7 +267,7 @@ def _mean_sparse(param: torch.Tensor, cluster: Cluster) -> torch.Tensor:
     grad = param.grad
     if grad is None:
         grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long, device=param.device),
-                                       param.new_zeros((0, *param.shape[1:])), param.shape)
+                                       param.new_zeros((0, *param.shape[1:])), param.shape, check_invariants=False)
     elif not grad.is_sparse:
         grad = grad.to_sparse(sparse_dim=1)
     grad = grad.coalesce()
@@ -276,7 +276,8 @@ def _mean_sparse(param: torch.Tensor, cluster: Cluster) -> torch.Tensor:
     sizes = [int(c) for c in _gather_rows(counts, [1] * cluster.world, autograd=False)]
     all_rows = torch.cat(_gather_rows(rows, sizes, autograd=False))
     all_values = torch.cat(_gather_rows(values, sizes, autograd=False)) / cluster.world
-    return torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, param.shape).coalesce()
+    return torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, param.shape,
+                                   check_invariants=False).coalesce()  # rows of coalesced tensors: valid
 
 
 class DistributedStep:

@@ -391,7 +391,7 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
                          f"{run.cluster.world}: its batches would differ; resume with {world} (torchrun "
                          "--nproc_per_node x --nnodes) or start a new run")
     saved_state, arrays = load_checkpoint(last, model=run.model, loss_fn=run.loss_fn, optimizer=run.optimizer)
-    restore_rng({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("rng.")}, run.cluster)
+    restore_rng(arrays, run.cluster)
     state = _State(start_epoch=saved_state["epoch"] + 1, step=saved_state["step"], best=saved_state["best"],
                    best_epoch=saved_state["best_epoch"], stale=saved_state["stale"], history=saved_state["history"])
     if not has_optimizer_state(last) and state.start_epoch < run.last_epoch and not state.stale >= loop.patience > 0:
