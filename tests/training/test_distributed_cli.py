@@ -129,3 +129,14 @@ def test_two_nodes_on_loopback_train_as_two_local_ranks(two_ranks, tmp_path) -> 
     for code, _, stderr in finish(*launches):
         assert code == 0, stderr[-3000:]
     assert_same_weights(out, two_ranks)
+
+
+def test_two_ranks_reach_the_quality_of_one_process_on_the_same_global_batch(two_ranks, tmp_path) -> None:
+    """Test NDCG@10 of the 2-rank run (64 rows and 32 shared negatives per rank) and of one process
+    with the global batch (128 rows, 64 shared) agree within seed noise: 0.1012, 0.1136 and 0.0968
+    for one process with seeds 0, 1, 2 when this test was written, 0.1015 for the ranks."""
+    flags = [*TINY, "--batches.batch_size", "128", "--batches.num_shared_negatives", "64", "--train.epochs", "3"]
+    assert main(["train", "--out", str(tmp_path / "one"), *flags]) == 0
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["test"]["metrics"]["ndcg@10"]
+    two = json.loads((two_ranks / "results.json").read_text())["test"]["metrics"]["ndcg@10"]
+    assert abs(one - two) < 0.03
