@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.distributed_worker import CASES, train_case, write_data
+from tests.training.distributed_worker import CASES, case_config, train_case, write_data
+from twotower.datasets import load_dataset
 from twotower.training.distributed import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +79,18 @@ def test_two_ranks_train_as_one_process_on_the_global_batch(case, data, two_rank
         assert trained.keys() == reference.keys()
         for name, expected in reference.items():
             torch.testing.assert_close(trained[name], expected, rtol=1e-9, atol=1e-11, msg=f"rank {rank}: {name}")
+
+
+def test_the_fused_table_step_gives_way_to_the_distributed_step_and_says_so(data) -> None:
+    """An MF model with a per-row loss would take the fused step in one process; across ranks the
+    distributed autograd step trains it, and the run's log says so."""
+    from twotower.training.distributed import DistributedStep
+    from twotower.training.loop import _build_run
+
+    config = case_config("sampled_ids", data)
+    lines: list[str] = []
+    run = _build_run(config, data / "run", torch.device("cpu"), load_dataset(config.data), lines.append, None,
+                     Cluster(0, 2, 0, 2))
+    assert isinstance(run.train_step, DistributedStep)
+    assert any("fused table step (train.fused_step) does not run in distributed training" in line for line in lines)
+    assert run.batches.shard == (0, 2)

@@ -140,3 +140,10 @@ def test_two_ranks_reach_the_quality_of_one_process_on_the_same_global_batch(two
     one = json.loads((tmp_path / "one" / "results.json").read_text())["test"]["metrics"]["ndcg@10"]
     two = json.loads((two_ranks / "results.json").read_text())["test"]["metrics"]["ndcg@10"]
     assert abs(one - two) < 0.03
+
+
+def test_settings_that_cannot_train_across_ranks_end_every_rank_naming_it(tmp_path) -> None:
+    (code, _, stderr), = finish(torchrun(tmp_path / "run", "--loss.symmetric"))
+    assert code != 0
+    for rank in (0, 1):
+        assert f"twotower: error (rank {rank} of 2): loss.symmetric is not supported in distributed" in stderr
