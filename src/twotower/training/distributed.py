@@ -194,9 +194,6 @@ def _own_candidates(x: LossInputs, in_batch: bool) -> tuple[_Candidates, int]:
     own = sum(p[0].shape[0] for p in parts)
     if x.shared_negatives is not None:
         parts.append((x.shared_negatives, x.shared_ids, None, x.shared_log_q))
-    if not parts:
-        empty = x.query.new_zeros((0, x.query.shape[1]))
-        return _Candidates(empty, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), None), 0
     log_qs = [p[3] for p in parts]
     if any(q is None for q in log_qs) and not all(q is None for q in log_qs):
         raise ValueError("distributed training: some candidate sets carry log-q and others not")
@@ -214,12 +211,12 @@ def gather_candidates(x: LossInputs, in_batch: bool, rows: Sequence[int], cluste
     candidates stay where they are (its positives on the diagonal of its in-batch block); the other
     ranks' positives and pooled per-row negatives, and every rank's shared negatives, become the
     shared set, with their ids, their users (in-batch kinds: same-user masking) and their log-q."""
-    mine, own = _own_candidates(x, in_batch)
     n_neg = 0 if x.negatives is None or not in_batch else x.negative_ids.shape[1]
     shared = 0 if x.shared_negatives is None else x.shared_negatives.shape[0]
     sizes = [r * (1 + n_neg) * in_batch + shared for r in rows]
-    if max(sizes) == 0:
+    if max(sizes) == 0:  # per-row kinds without shared negatives: every row has all it needs
         return x
+    mine, own = _own_candidates(x, in_batch)
     vectors = _gather_rows(mine.vectors, sizes, autograd=True)
     ids = _gather_rows(torch.stack([mine.ids, mine.users], dim=1), sizes, autograd=False)
     log_q = None if mine.log_q is None else _gather_rows(mine.log_q, sizes, autograd=False)
@@ -245,7 +242,8 @@ def sync_gradients(params: Sequence[torch.Tensor], cluster: Cluster) -> None:
     ranks counts as zero there; one without a gradient anywhere keeps none (the optimizer skips it)."""
     if not cluster.active:
         return
-    kinds = torch.tensor([0 if p.grad is None else 2 if p.grad.is_sparse else 1 for p in params], dtype=torch.int64)
+    kinds = torch.tensor([0 if p.grad is None else 2 if p.grad.is_sparse else 1 for p in params], dtype=torch.int64,
+                         device=params[0].device)  # NCCL reduces device tensors only
     dist.all_reduce(kinds, op=dist.ReduceOp.MAX)
     dense = [p for p, k in zip(params, kinds.tolist(), strict=True) if k == 1]
     sparse = [p for p, k in zip(params, kinds.tolist(), strict=True) if k == 2]
@@ -325,13 +323,23 @@ class DistributedStep:
 
 
 def rng_states(cluster: Cluster) -> dict[str, np.ndarray]:
-    """Every rank's torch CPU RNG state (dropout draws), for rank 0's checkpoint."""
-    states = cluster.gather(torch.get_rng_state().numpy())
-    return {f"rng.rank{r}": np.asarray(s) for r, s in enumerate(states)}
+    """Every rank's torch RNG states (dropout draws: the CPU's, and its GPU's on CUDA), for rank 0's
+    checkpoint."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    mine = (torch.get_rng_state().numpy(), torch.cuda.get_rng_state().numpy() if cuda else None)
+    arrays = {}
+    for rank, (cpu_state, cuda_state) in enumerate(cluster.gather(mine)):
+        arrays[f"rng.rank{rank}"] = np.asarray(cpu_state)
+        if cuda_state is not None:
+            arrays[f"rng.cuda.rank{rank}"] = np.asarray(cuda_state)
+    return arrays
 
 
 def restore_rng(arrays: dict[str, np.ndarray], cluster: Cluster) -> None:
-    """This rank's RNG state from a checkpoint's `rng_states` (absent: a one-process checkpoint)."""
+    """This rank's RNG states from a checkpoint's `rng_states` (absent: a one-process checkpoint)."""
     state = arrays.get(f"rng.rank{cluster.rank}")
     if state is not None:
         torch.set_rng_state(torch.from_numpy(np.ascontiguousarray(state)))
+    cuda_state = arrays.get(f"rng.cuda.rank{cluster.rank}")
+    if cuda_state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.from_numpy(np.ascontiguousarray(cuda_state)))
