@@ -202,7 +202,7 @@ def infonce(
             other processes' in-batch positives (distributed training); needs `query_ids`: extra m
             leaves row i's softmax when `extra_query_ids[m] == query_ids[i]`, as an in-batch row of
             the same query does (an id no query has, e.g. -1, masks nothing). The Triton kernel does
-            not take it yet: CUDA tensors then run the reference, which holds the [B, B + M] logits.
+            not take it yet: CUDA tensors then run `infonce_eager`, which holds the [B, B + M] logits.
 
     Under torch.autocast (CUDA, or CPU), float32 q / k / extra are cast to the autocast dtype first,
     as a matmul would be.

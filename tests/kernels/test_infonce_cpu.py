@@ -149,11 +149,12 @@ def test_a_double_backward_is_an_error_not_a_silent_zero(kernel):
         torch.autograd.grad(out, x, create_graph=True)
 
 
-@pytest.mark.parametrize("path", [infonce, infonce_reference])
+@pytest.mark.parametrize("path", [infonce, infonce_eager])
 def test_rows_moved_into_extra_keep_their_masks_with_extra_query_ids(path) -> None:
     """The first 5 of 12 rows against all 12 positives + 9 negatives, the other 7 positives passed as
     extras with their item and query ids (how distributed training sees other ranks' rows), give
-    those 5 rows' losses and gradients of the whole batch; -1 (no query) masks nothing."""
+    those 5 rows' losses and gradients of the whole batch (the float64 oracle); -1 (no query) masks
+    nothing."""
     g = torch.Generator().manual_seed(4)
     q, k = torch.randn(12, 6, generator=g, dtype=torch.float64), torch.randn(12, 6, generator=g, dtype=torch.float64)
     neg = torch.randn(9, 6, generator=g, dtype=torch.float64)
@@ -161,8 +162,8 @@ def test_rows_moved_into_extra_keep_their_masks_with_extra_query_ids(path) -> No
     neg_ids = torch.randint(0, 5, (9,), generator=g)
     q.requires_grad_()
     logq_k = -torch.rand(12, generator=g, dtype=torch.float64)
-    full = infonce_reference(q, k, temperature=0.5, extra=neg, logq=logq_k, logq_extra=torch.zeros(9, dtype=q.dtype),
-                             query_ids=users, item_ids=items, extra_ids=neg_ids, reduction="none")[:5]
+    full = oracles.infonce(q, k, temperature=0.5, extra=neg, logq=logq_k, logq_extra=torch.zeros(9, dtype=q.dtype),
+                           query_ids=users, item_ids=items, extra_ids=neg_ids, reduction="none")[:5]
     expected_grad = torch.autograd.grad(full.sum(), q)[0][:5]
     mine = q[:5].detach().clone().requires_grad_()
     local = path(mine, k[:5], temperature=0.5, extra=torch.cat([k[5:], neg]),
