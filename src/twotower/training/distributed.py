@@ -103,12 +103,19 @@ class Cluster:
             raise ValueError(f"RANK {rank} and WORLD_SIZE {world} do not describe a rank of a group")
         return Cluster(rank, world, local_rank, local_world)
 
-    def start(self, device_type: str, timeout_s: float) -> None:
-        """Joins the process group (Gloo on the CPU, NCCL on CUDA) unless it is up or not needed."""
+    def start(self, device_type: str, timeout_s: float) -> bool:
+        """Joins the process group (Gloo on the CPU, NCCL on CUDA) unless it is up or not needed;
+        whether it joined (and so should `stop`)."""
         if not self.active or dist.is_initialized():
-            return
+            return False
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        return True
+
+    def stop(self) -> None:
+        """Leaves the process group `start` joined."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def barrier(self) -> None:
         if self.active:
@@ -135,17 +142,16 @@ ONE_PROCESS = Cluster()  # the run of a single process
 
 
 def unsupported(config: Any) -> str | None:
-    """Why these settings cannot train across processes (the setting named), or None."""
-    if config.loss.symmetric:
-        return "loss.symmetric is not supported in distributed training (its item-to-query direction needs every " \
-               "rank's queries): set loss.symmetric = false"
-    if config.batches.log_q == "streaming":
-        return "batches.log_q = 'streaming' is not supported in distributed training (each rank would estimate " \
-               "from its own slice): use 'static'"
-    if config.model.item_history:
-        return "model.item_history is not supported in distributed training (its pooling leaves out the global " \
-               "batch's pairs): set it to false"
-    return None
+    """Why these settings (a `TrainConfig`) cannot train across processes, the setting named; or None."""
+    reasons = (
+        (config.loss.symmetric, "loss.symmetric is not supported in distributed training (its item-to-query "
+                                "direction needs every rank's queries): set loss.symmetric = false"),
+        (config.batches.log_q == "streaming", "batches.log_q = 'streaming' is not supported in distributed training "
+                                              "(each rank would estimate from its own slice): use 'static'"),
+        (config.model.item_history, "model.item_history is not supported in distributed training (its pooling "
+                                    "leaves out the global batch's pairs): set it to false"),
+    )
+    return next((why for failed, why in reasons if failed), None)
 
 
 def shard_sizes(global_rows: int, world: int) -> list[int]:

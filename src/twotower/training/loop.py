@@ -133,6 +133,9 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
+    Started by torchrun (RANK and WORLD_SIZE in the environment), the processes train as one run
+    with negatives shared across them and rank 0 writing `out_dir` (`twotower.training.distributed`).
+
     `out_dir` receives `checkpoints/` (every `train.checkpoint_every` epochs; a finished run keeps
     the newest, without optimizer state unless `train.keep_optimizer_state`), `best/` (the best
     epoch so far), `model/` (the best epoch on validation, or the last epoch when the data has no
@@ -160,7 +163,7 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         ValueError: inconsistent settings, or a checkpoint from another config or dataset.
     """
     config.validate()
-    cluster = _start_cluster(config)
+    cluster, joined = _start_cluster(config)
     device = resolve_device(config.train.device, cluster)
     previous = torch.get_num_threads()
     torch.set_num_threads(step_threads(config.train.num_threads, device, cluster.local_world))
@@ -176,22 +179,24 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
             result = _fit(config, locked_dir, device, dataset, resume, echo, on_epoch, cluster)
             if config.train.refit:
                 result = _refit(config, locked_dir, device, dataset, result, resume, echo, cluster)
-            return result
+        if joined:  # after the last collective; a failed rank leaves it to the process's exit
+            cluster.stop()
+        return result
     finally:
         torch.set_num_threads(previous)
 
 
-def _start_cluster(config: TrainConfig) -> Cluster:
-    """The ranks of this run (torchrun's environment), its process group joined; settings that
-    cannot train across processes are refused first."""
+def _start_cluster(config: TrainConfig) -> tuple[Cluster, bool]:
+    """The ranks of this run (torchrun's environment) and whether this call joined their process
+    group; settings that cannot train across processes are refused first."""
     cluster = Cluster.from_env()
-    if cluster.active:
-        why = unsupported(config)
-        if why is not None:
-            raise ValueError(why)
-        device_type = "cuda" if resolve_device(config.train.device).type == "cuda" else "cpu"
-        cluster.start(device_type, config.train.distributed_timeout)
-    return cluster
+    if not cluster.active:
+        return cluster, False
+    why = unsupported(config)
+    if why is not None:
+        raise ValueError(why)
+    device_type = "cuda" if resolve_device(config.train.device).type == "cuda" else "cpu"
+    return cluster, cluster.start(device_type, config.train.distributed_timeout)
 
 
 def step_threads(num_threads: int, device: torch.device, local_ranks: int = 1) -> int:
