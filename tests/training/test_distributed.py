@@ -68,6 +68,7 @@ def two_ranks(data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the 2-rank launch of the fixture takes about 20 s
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_train_as_one_process_on_the_global_batch(case, data, two_ranks) -> None:
     """Loss of every step and every parameter after the steps (float64, Adam, gradient clipping, a
