@@ -161,6 +161,7 @@ def infonce(
     extra_ids: Tensor | None = None,
     reduction: str = "mean",
     symmetric: bool = False,
+    extra_query_ids: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE (sampled softmax) of each query against its positive, the other in-batch positives
     and optional shared extra negatives, fused so the [B, B + M] logits never exist in memory.
@@ -197,6 +198,11 @@ def infonce(
             correction would cancel in that softmax anyway). Extra negatives have no positive query
             and take no part in that direction. With reduction="none", entry i is the sum of query
             i's and item i's losses.
+        extra_query_ids: [M] integer ids of the query each extra belongs to, when the extras hold
+            other processes' in-batch positives (distributed training); needs `query_ids`: extra m
+            leaves row i's softmax when `extra_query_ids[m] == query_ids[i]`, as an in-batch row of
+            the same query does (an id no query has, e.g. -1, masks nothing). The Triton kernel does
+            not take it yet: CUDA tensors then run `infonce_eager`, which holds the [B, B + M] logits.
 
     Under torch.autocast (CUDA, or CPU), float32 q / k / extra are cast to the autocast dtype first,
     as a matmul would be.
@@ -214,19 +220,20 @@ def infonce(
     check_infonce_inputs(
         q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
         query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
+        extra_query_ids=extra_query_ids,
     )
     q, k, extra = _autocast(q, k, extra)
-    if not kernel_available(q.device, q.dtype):
+    if not kernel_available(q.device, q.dtype) or extra_query_ids is not None:
         if q.device.type == "cpu" and not symmetric:
             return infonce_blocked(
                 q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
                 correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
-                extra_ids=extra_ids, reduction=reduction,
+                extra_ids=extra_ids, reduction=reduction, extra_query_ids=extra_query_ids,
             )
         return infonce_eager(
             q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
             correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
-            extra_ids=extra_ids, reduction=reduction, symmetric=symmetric,
+            extra_ids=extra_ids, reduction=reduction, symmetric=symmetric, extra_query_ids=extra_query_ids,
         )
     dev = q.device
     if isinstance(temperature, Tensor):

@@ -43,11 +43,11 @@ class _Side:
     Ids become small codes so that a mask is one integer compare: item ids (positives, then the
     extras that carry ids) are numbered by `distinct`; extras without ids get -1, and when item
     masking is off every row gets -3, which nothing matches. Query ids likewise, with -2 for the
-    extras (they are not in-batch rows)."""
+    extras unless `extra_query_ids` names their queries (other processes' in-batch rows)."""
 
     def __init__(self, B: int, N: int, logq: Tensor | None, logq_extra: Tensor | None, correct_positive: bool,
                  query_ids: Tensor | None, item_ids: Tensor | None, extra_ids: Tensor | None,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, extra_query_ids: Tensor | None = None) -> None:
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.B = B
         self.lq = np.zeros(N, dtype=np_dtype)
@@ -66,9 +66,10 @@ class _Side:
         self.cand_query = np.full(N, -2, dtype=np.int64)
         self.row_query = np.full(B, -3, dtype=np.int64)
         if query_ids is not None:
-            codes = distinct(query_ids.detach().cpu().numpy().astype(np.int64))[1]
-            self.cand_query[:B] = codes
-            self.row_query[:] = codes
+            ids = query_ids if extra_query_ids is None else torch.cat([query_ids, extra_query_ids])
+            codes = distinct(ids.detach().cpu().numpy().astype(np.int64))[1]
+            self.cand_query[: codes.size] = codes
+            self.row_query[:] = codes[:B]
 
     def logits(self, q_blk: Tensor, cand: Tensor, r0: int, inv_t: float) -> Tensor:
         """Corrected, masked (-inf) logits of rows [r0, r0 + len(q_blk)) against every candidate
@@ -172,6 +173,7 @@ def infonce_blocked(
     item_ids: Tensor | None = None,
     extra_ids: Tensor | None = None,
     reduction: str = "mean",
+    extra_query_ids: Tensor | None = None,
 ) -> Tensor:
     """Row-blocked InfoNCE for CPU tensors; inputs already checked by `check_infonce_inputs`.
     Computes in float32 (float64 for float64 inputs) and returns that dtype, like `infonce_eager`;
@@ -183,7 +185,8 @@ def infonce_blocked(
     gemm_dtype = torch.bfloat16 if bf16 else dtype
     cand = k if no_extra else torch.cat([k, extra], dim=0)
     if extra is None or extra.shape[0] == 0:
-        extra_ids = logq_extra = None
-    side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype)
+        extra_ids = logq_extra = extra_query_ids = None
+    side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype,
+                 extra_query_ids)
     temp = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
     return InfoNCEBlocked.apply(q.to(dtype), cand.to(dtype), temp, side, reduction, gemm_dtype)

@@ -48,6 +48,7 @@ def check_infonce_inputs(
     item_ids: Tensor | None,
     extra_ids: Tensor | None,
     reduction: str,
+    extra_query_ids: Tensor | None = None,
 ) -> None:
     """Raises `TypeError`/`ValueError` naming the argument when the inputs of `infonce` are malformed.
 
@@ -98,6 +99,9 @@ def check_infonce_inputs(
     _check_vectors("query_ids", query_ids, B, q.device, integer=True)
     _check_vectors("item_ids", item_ids, B, q.device, integer=True)
     _check_vectors("extra_ids", extra_ids, M, q.device, integer=True)
+    if extra_query_ids is not None and (extra is None or query_ids is None):
+        raise ValueError("infonce: extra_query_ids needs extra and query_ids (each row's query, to compare against)")
+    _check_vectors("extra_query_ids", extra_query_ids, M, q.device, integer=True)
     if isinstance(temperature, bool):
         raise TypeError("infonce: temperature must be a positive float or a 0-d floating tensor, got a bool")
     if isinstance(temperature, Tensor):
@@ -125,12 +129,14 @@ def accidental_hit_mask(
     item_ids: Tensor | None,
     extra_ids: Tensor | None,
     device: torch.device,
+    extra_query_ids: Tensor | None = None,
 ) -> Tensor | None:
     """[B, B + M] bool, True where candidate j must leave row i's softmax; None when nothing is masked.
 
     In-batch column j (j != i) leaves row i when it holds the same item as row i's positive
     (`item_ids[j] == item_ids[i]`) or belongs to the same query (`query_ids[j] == query_ids[i]`);
-    extra column m leaves row i when `extra_ids[m] == item_ids[i]`. The positive itself is never masked.
+    extra column m leaves row i when `extra_ids[m] == item_ids[i]` or `extra_query_ids[m] == query_ids[i]`
+    (extras that are other processes' in-batch rows). The positive itself is never masked.
     The in-batch block is symmetric, so the item -> query direction uses its transpose unchanged.
     """
     if query_ids is None and item_ids is None:
@@ -148,6 +154,8 @@ def accidental_hit_mask(
         ext = item_ids[:, None] == extra_ids[None, :]
     else:
         ext = torch.zeros(B, M, dtype=torch.bool, device=device)
+    if extra_query_ids is not None and query_ids is not None:
+        ext = ext | (query_ids[:, None] == extra_query_ids[None, :])
     return torch.cat([inb, ext], dim=1)
 
 
@@ -165,6 +173,7 @@ def infonce_eager(
     extra_ids: Tensor | None = None,
     reduction: str = "mean",
     symmetric: bool = False,
+    extra_query_ids: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE over in-batch (+ shared extra) negatives, materialising the [B, B + M] logits.
 
@@ -182,6 +191,7 @@ def infonce_eager(
     check_infonce_inputs(
         q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
         query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
+        extra_query_ids=extra_query_ids,
     )
     B = q.shape[0]
     M = 0 if extra is None else extra.shape[0]
@@ -202,6 +212,7 @@ def infonce_eager(
     drop = accidental_hit_mask(
         B, M, query_ids=query_ids, item_ids=item_ids,
         extra_ids=extra_ids if M > 0 else None, device=q.device,
+        extra_query_ids=extra_query_ids if M > 0 else None,
     )
     if drop is not None:
         s = s.masked_fill(drop, float("-inf"))

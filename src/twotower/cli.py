@@ -78,8 +78,15 @@ def _bars(args: argparse.Namespace) -> bool:
 
 def _say(silent: bool) -> Callable[[str], None]:
     """Where a command's lines go: stdout, flushed line by line (a log file shows progress as it
-    happens), or nowhere under --silent."""
-    return (lambda line: None) if silent else (lambda line: print(line, flush=True))
+    happens), or nowhere under --silent and on the ranks other than 0 of a distributed run."""
+    quiet = silent or int(os.environ.get("RANK", "0") or 0) > 0
+    return (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+
+
+def _rank() -> str:
+    """" (rank R of W)" in a process of a distributed run (torchrun's environment), else ""."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world not in ("", "1") else ""
 
 
 def _inputs(config: TrainConfig, config_file: str | None) -> str:
@@ -437,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = "; the same command with --resume continues from the newest checkpoint"
         elif args.command == "train":
             hint = "; run it again to continue from the newest checkpoint"
-        print(f"twotower: interrupted{hint}", file=sys.stderr)
+        print(f"twotower: interrupted{_rank()}{hint}", file=sys.stderr)
         return 130
     except KeyError as err:  # a JSON/config file without an entry the command needs
         print(f"twotower: error: a file of {getattr(args, 'model_dir', 'the input')} lacks the entry {err}; "
@@ -446,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, OSError, LookupError, ValueError, TypeError, RuntimeError, _SafetensorError) as err:
         # OSError: unreadable, compressed-but-corrupt or wrong-kind paths; LookupError: an unknown
         # encoding; SafetensorError: a truncated or corrupt weights file.
-        print(f"twotower: error: {err}", file=sys.stderr)
+        print(f"twotower: error{_rank()}: {err}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         # Frames of a failed read can hold a pyarrow reader whose worker threads, if only reaped at

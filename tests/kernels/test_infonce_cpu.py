@@ -203,3 +203,30 @@ def test_cpu_autocast_gives_float32_loss_and_gradients_close_to_the_oracle(monke
     assert abs(got.item() - want.item()) < 1e-2 * abs(want.item())
     for mine, oracle in ((q32.grad, q.grad), (k32.grad, k.grad), (x32.grad, extra.grad)):
         assert ((mine.double() - oracle).norm() / oracle.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("path", [infonce, infonce_eager])
+def test_rows_moved_into_extra_keep_their_masks_with_extra_query_ids(path) -> None:
+    """The first 5 of 12 rows against all 12 positives + 9 negatives, the other 7 positives passed as
+    extras with their item and query ids (how distributed training sees other ranks' rows), give
+    those 5 rows' losses and gradients of the whole batch (the float64 oracle); -1 (no query) masks
+    nothing."""
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(12, 6, generator=g, dtype=torch.float64), torch.randn(12, 6, generator=g, dtype=torch.float64)
+    neg = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    users, items = torch.tensor([0, 1, 2, 0, 3, 1, 4, 2, 5, 0, 6, 3]), torch.randint(0, 5, (12,), generator=g)
+    neg_ids = torch.randint(0, 5, (9,), generator=g)
+    q.requires_grad_()
+    logq_k = -torch.rand(12, generator=g, dtype=torch.float64)
+    full = oracles.infonce(q, k, temperature=0.5, extra=neg, logq=logq_k, logq_extra=torch.zeros(9, dtype=q.dtype),
+                           query_ids=users, item_ids=items, extra_ids=neg_ids, reduction="none")[:5]
+    expected_grad = torch.autograd.grad(full.sum(), q)[0][:5]
+    mine = q[:5].detach().clone().requires_grad_()
+    local = path(mine, k[:5], temperature=0.5, extra=torch.cat([k[5:], neg]),
+                 logq=logq_k[:5], logq_extra=torch.cat([logq_k[5:], torch.zeros(9, dtype=q.dtype)]),
+                 query_ids=users[:5], item_ids=items[:5], extra_ids=torch.cat([items[5:], neg_ids]),
+                 extra_query_ids=torch.cat([users[5:], torch.full((9,), -1)]), reduction="none")
+    torch.testing.assert_close(local, full.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(local.sum(), mine)[0], expected_grad, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="extra_query_ids needs extra and query_ids"):
+        path(mine, k[:5], temperature=0.5, extra=k[5:], extra_query_ids=users[5:])

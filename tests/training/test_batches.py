@@ -3,6 +3,7 @@ and logQ, and argument errors (the worker thread itself: test_prefetch.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -254,3 +255,37 @@ def test_batches_list_their_distinct_items_and_where_each_occurrence_went():
     plain = Batch(users=np.array([0, 1]), items=np.array([5, 5]))
     np.testing.assert_array_equal(plain.distinct_items, [5])
     assert plain.negative_rows is None and plain.shared_rows is None
+
+
+def test_shards_split_the_global_batch_of_one_process() -> None:
+    """Two shards' batches are the halves of the batches one process draws with twice the batch
+    size (the same shuffle), the last global batch split 3 / 2 rows; their negatives differ."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 20, 45), rng.integers(0, 30, 45)
+    config = BatchConfig(batch_size=5, num_negatives=2, negative_kind="uniform", num_shared_negatives=3,
+                         exclude_positives=False)
+    whole = BatchIterator(users, items, num_items=30, config=dataclasses.replace(config, batch_size=10))
+    shards = [BatchIterator(users, items, num_items=30, config=config, shard=(r, 2)) for r in (0, 1)]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 5
+    assert [shards[0].global_rows(i) for i in range(5)] == [10, 10, 10, 10, 5]
+    with whole.epoch(1) as w, shards[0].epoch(1) as s0, shards[1].epoch(1) as s1:
+        for full, first, second in zip(w, s0, s1, strict=True):
+            np.testing.assert_array_equal(np.concatenate([first.users, second.users]), full.users)
+            np.testing.assert_array_equal(np.concatenate([first.items, second.items]), full.items)
+            assert not np.array_equal(first.shared_negatives, second.shared_negatives)
+    assert (len(first.users), len(second.users)) == (3, 2)
+
+
+def test_a_shard_refuses_streaming_log_q_and_bad_ranks() -> None:
+    users, items = np.arange(6), np.arange(6)
+    with pytest.raises(ValueError, match="batches.log_q = 'streaming' is not supported in distributed"):
+        BatchIterator(users, items, num_items=6, config=BatchConfig(batch_size=2, log_q="streaming"), shard=(0, 2))
+    with pytest.raises(ValueError, match="shard must be"):
+        BatchIterator(users, items, num_items=6, config=BatchConfig(batch_size=2), shard=(2, 2))
+
+
+def test_a_last_global_batch_smaller_than_the_world_is_dropped() -> None:
+    users, items = np.arange(9) % 4, np.arange(9) % 5
+    it = BatchIterator(users, items, num_items=5, config=BatchConfig(batch_size=2, negative_kind="none"),
+                       shard=(2, 4))
+    assert len(it) == 1  # 8 rows in one global batch; the 9th alone would leave 3 ranks without a row

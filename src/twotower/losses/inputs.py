@@ -32,6 +32,10 @@ class LossInputs:
         item_log_q: [B] log sampling probability of the positives (in-batch candidates).
         negative_log_q: [B, n] log sampling probability of `negatives`.
         shared_log_q: [M] log sampling probability of `shared_negatives`.
+        shared_user_ids: [M] the query (user) id of each shared candidate that is another process's
+            in-batch positive (distributed training gathers them into the shared set), -1 for
+            sampled ones; in-batch kinds then drop a candidate of row i's user from row i's softmax,
+            as they drop an in-batch row of the same user.
         row_scores: [B, 1 + n] dot products of each query with its positive (column 0) and its
             per-row negatives, computed outside autograd (`twotower.kernels.table_step`: the
             trainer's fused step of id-only towers); the per-row kinds then take their logits from
@@ -50,4 +54,5 @@ class LossInputs:
     item_log_q: Tensor | None = None
     negative_log_q: Tensor | None = None
     shared_log_q: Tensor | None = None
+    shared_user_ids: Tensor | None = None
     row_scores: Tensor | None = None

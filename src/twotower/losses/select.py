@@ -81,6 +81,9 @@ def _check_inputs(x: LossInputs) -> None:
         m = x.shared_negatives.shape[0]
         check_side(x.shared_ids, (m,), "LossInputs.shared_ids", q, integer=True)
         check_side(x.shared_log_q, (m,), "LossInputs.shared_log_q", q, integer=False)
+        check_side(x.shared_user_ids, (m,), "LossInputs.shared_user_ids", q, integer=True)
+    elif x.shared_user_ids is not None:
+        raise ValueError("LossInputs.shared_user_ids was given without LossInputs.shared_negatives")
     if x.row_scores is not None:
         _check_row_scores(x, b)
     check_side(x.user_ids, (b,), "LossInputs.user_ids", q, integer=True)
@@ -132,6 +135,17 @@ def _candidate_sets(x: LossInputs, flatten_per_row: bool) -> list[_Candidates]:
     if x.shared_negatives is not None:
         sets.append(_Candidates(x.shared_negatives, x.shared_ids, x.shared_log_q, "shared"))
     return sets
+
+
+def _extra_query_ids(x: LossInputs, extras: list[_Candidates]) -> Tensor | None:
+    """The query id of every extra candidate of the in-batch kinds ([n * B + M]), when the shared set
+    holds other processes' in-batch rows (`LossInputs.shared_user_ids`); sampled ones get -1."""
+    if x.shared_user_ids is None:
+        return None
+    if x.user_ids is None:
+        raise ValueError("LossInputs.shared_user_ids needs LossInputs.user_ids (the query of each row)")
+    ids = x.shared_user_ids.to(x.user_ids.dtype)
+    return _cat([ids if c.name == "shared" else ids.new_full((c.vectors.shape[0],), -1) for c in extras], dim=0)
 
 
 def _dense_positive(x: LossInputs) -> Tensor:
@@ -222,6 +236,7 @@ class Loss(nn.Module):
             extra_ids=_cat([c.ids for c in extras], dim=0) if mask else None,
             reduction=cfg.reduction,
             symmetric=cfg.symmetric,
+            extra_query_ids=_extra_query_ids(x, extras) if mask else None,
         )
 
     def _row_logits(self, x: LossInputs, corrects: bool) -> tuple[Tensor, Tensor | None]:

@@ -76,6 +76,9 @@ class LoopConfig:
             (a run directory of its own; `OUT/refit/model` is the model to serve). The protocol of
             benchmarks whose published models trained on train + valid; results.json reports
             both models' test metrics. Needs a validation split.
+        distributed_timeout: seconds any collective of distributed training (torchrun) may wait for
+            the other ranks before the job ends with an error naming the rank, instead of hanging;
+            it also bounds how long the ranks wait for rank 0's evaluation and checkpoints.
     """
 
     epochs: int = 30
@@ -96,6 +99,7 @@ class LoopConfig:
     progress: bool = True
     fused_step: bool = True
     refit: bool = False
+    distributed_timeout: float = 900.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -116,6 +120,8 @@ class LoopConfig:
             self.ks = sorted({*self.ks, int(k)})
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
+        if not self.distributed_timeout > 0:
+            raise ValueError(f"train.distributed_timeout must be > 0 seconds; got {self.distributed_timeout}")
 
 
 # Defaults chosen on validation (ML-100K search in benchmarks/results/quality-search.md; Gowalla,

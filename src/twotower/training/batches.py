@@ -7,6 +7,13 @@ whatever the thread timing. `_BatchMaker` builds batch `index` of an epoch (the 
 the prefetch worker calls it in a background thread, where the Numba samplers release the GIL, so
 the training step overlaps with the sampling of the next batches.
 
+Under distributed training (`shard=(rank, world)`) every batch is a slice of a global batch: the
+global batch `index` holds the rows one process would draw with batch size `batch_size * world`
+(the same shuffle), and rank r takes the r-th of `world` near-equal parts of it; per-row and shared
+negatives are drawn per rank from streams that also carry the rank (`num_shared_negatives` is each
+rank's share), so the ranks' batches concatenated are one global batch. A last global batch with
+fewer rows than ranks is dropped (a rank with no row has nothing to train).
+
 The one piece of state carried across batches is the streaming frequency estimate (`log_q="streaming"`):
 it is updated in the consumer's thread, in consumption order, so it too is deterministic and counts
 exactly the batches the trainer used, not the ones prefetched and thrown away at an early stop.
@@ -110,6 +117,8 @@ class BatchIterator:
         history: each user's positives to exclude from per-row negatives, as `twotower.data`'s `CSR`
             (e.g. `SplitDataset.train_history`) or a tuple (indptr int64 [U + 1], indices int32 [nnz]);
             built from the pairs when None.
+        shard: (rank, world): this process's part of every global batch (distributed training; see
+            the module docstring); (0, 1) is the whole batch.
 
     Raises:
         ValueError: mismatched or out-of-range pairs, a bad history, or a user with no possible
@@ -124,9 +133,17 @@ class BatchIterator:
         num_items: int,
         config: BatchConfig,
         history: Any = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not isinstance(config, BatchConfig):
             raise TypeError(f"config must be a BatchConfig, got {type(config).__name__}")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+        if world > 1 and config.log_q == "streaming":
+            raise ValueError("batches.log_q = 'streaming' is not supported in distributed training (each rank "
+                             "would estimate from its own slice): use 'static'")
+        self.shard = (int(rank), int(world))
         users = np.asarray(users)
         items = np.asarray(items)
         if users.ndim != 1 or items.shape != users.shape:
@@ -200,9 +217,16 @@ class BatchIterator:
             )
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n, b = self._users.size, self.config.batch_size
-        return n // b if self.config.drop_last else -(-n // b)
+        """Batches per epoch (global batches under a shard: every rank steps as often)."""
+        world = self.shard[1]
+        n, b = self._users.size, self.config.batch_size * world
+        rest = n % b
+        return n // b + int(rest >= world and not self.config.drop_last)
+
+    def global_rows(self, index: int) -> int:
+        """Rows of global batch `index` over all ranks (the batch itself without a shard)."""
+        b = self.config.batch_size * self.shard[1]
+        return int(min(b, self._users.size - index * b))
 
     def set_candidates(self, candidates: np.ndarray) -> None:
         """Candidate lists for hard negatives, [U, C] item ids ranked best first (e.g. the top-K of the
@@ -271,6 +295,7 @@ class _BatchMaker:
         self.positive_mass = owner._positive_mass
         self.item_log_p = owner._item_log_p
         self.candidates = owner._candidates
+        self.rank, self.world = owner.shard
         self.order: np.ndarray | None = None
 
     def _rows(self, index: int) -> np.ndarray:
@@ -278,8 +303,14 @@ class _BatchMaker:
             n = self.users.size
             rng = np.random.default_rng(derive_seed(self.cfg.seed, self.epoch, _SHUFFLE))
             self.order = rng.permutation(n) if self.cfg.shuffle else np.arange(n)
-        b = self.cfg.batch_size
-        return self.order[index * b : (index + 1) * b]
+        b = self.cfg.batch_size * self.world
+        rows = self.order[index * b : (index + 1) * b]
+        return rows if self.world == 1 else np.array_split(rows, self.world)[self.rank]
+
+    def _seed(self, stream: int, index: int) -> int:
+        """The seed of one sampler of one batch; the rank joins it under distributed training."""
+        parts = (self.epoch, stream, index) if self.world == 1 else (self.epoch, stream, index, self.rank)
+        return derive_seed(self.cfg.seed, *parts)
 
     def __call__(self, index: int) -> Batch:
         cfg = self.cfg
@@ -289,7 +320,7 @@ class _BatchMaker:
         log_q_on = cfg.log_q != "none"
         negatives = negative_log_q = shared = shared_log_q = item_log_q = None
         if cfg.negative_kind != "none":
-            seed = derive_seed(cfg.seed, self.epoch, _NEGATIVES, index)
+            seed = self._seed(_NEGATIVES, index)
             if cfg.negative_kind == "uniform":
                 negatives = samplers.uniform_negatives(
                     users, self.num_items, cfg.num_negatives, exclude=self.exclude, seed=seed, validate=False
@@ -324,7 +355,7 @@ class _BatchMaker:
                     validate=False,
                 )
         if cfg.num_shared_negatives:
-            seed = derive_seed(cfg.seed, self.epoch, _SHARED, index)
+            seed = self._seed(_SHARED, index)
             if cfg.shared_negative_kind == "uniform":
                 shared, shared_log_q = samplers.shared_negatives(
                     cfg.num_shared_negatives, num_items=self.num_items, seed=seed

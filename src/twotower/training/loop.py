@@ -13,6 +13,7 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,6 +45,7 @@ from twotower.data import SplitDataset
 from twotower.data.split import with_valid_in_train
 from twotower.datasets import fingerprint, load_dataset
 from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
+from twotower.kernels._rng import derive_seed
 from twotower.losses import LossConfig, make_loss
 from twotower.model.io import save_model
 from twotower.model.model_dir import save_model_dir
@@ -62,6 +64,7 @@ from twotower.training.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
+from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, restore_rng, rng_states, unsupported
 from twotower.training.fused_step import TableStep
 from twotower.training.optim import learning_rate, make_optimizer
 from twotower.training.run_lock import run_lock
@@ -92,11 +95,16 @@ class TrainResult:
     refit: TrainResult | None = None  # train.refit's model, trained on train + valid
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, cluster: Cluster | None = None) -> torch.device:
+    """The device `train.device` names; under distributed training on CUDA, this rank's GPU
+    (`cuda:LOCAL_RANK`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    if name == "cuda" and cluster is not None and cluster.active:
+        torch.cuda.set_device(cluster.local_rank)
+        return torch.device("cuda", cluster.local_rank)
     return torch.device(name)
 
 
@@ -128,6 +136,9 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Trains a two-tower model as `config` says and writes everything under `out_dir`.
 
+    Started by torchrun (RANK and WORLD_SIZE in the environment), the processes train as one run
+    with negatives shared across them and rank 0 writing `out_dir` (`twotower.training.distributed`).
+
     `out_dir` receives `checkpoints/` (every `train.checkpoint_every` epochs; a finished run keeps
     the newest, without optimizer state unless `train.keep_optimizer_state`), `best/` (the best
     epoch so far), `model/` (the best epoch on validation, or the last epoch when the data has no
@@ -155,21 +166,28 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         ValueError: inconsistent settings, or a checkpoint from another config or dataset.
     """
     config.validate()
-    device = resolve_device(config.train.device)
+    cluster, joined = _start_cluster(config)
+    device = resolve_device(config.train.device, cluster)
     if config.train.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
         log.warning("train.cpu_amp: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX); bfloat16 is emulated "
                     "and slower than float32 here")
     previous = torch.get_num_threads()
-    torch.set_num_threads(step_threads(config.train.num_threads, device))
+    torch.set_num_threads(step_threads(config.train.num_threads, device, cluster.local_world))
+    if not cluster.is_main:  # progress and logs come from rank 0
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
+        echo = _silent
     if echo is None:
         echo = tqdm.write if config.train.progress else _silent
+    lock = run_lock(out_dir) if cluster.is_main else contextlib.nullcontext(Path(out_dir))
     try:
-        with run_lock(out_dir) as locked_dir:
+        with lock as locked_dir:
             dataset = dataset if dataset is not None else load_dataset(config.data)
-            result = _fit(config, locked_dir, device, dataset, resume, echo, on_epoch)
+            result = _fit(config, locked_dir, device, dataset, resume, echo, on_epoch, cluster)
             if config.train.refit:
-                result = _refit(config, locked_dir, device, dataset, result, resume, echo)
-            return result
+                result = _refit(config, locked_dir, device, dataset, result, resume, echo, cluster)
+        if joined:  # after the last collective; a failed rank leaves it to the process's exit
+            cluster.stop()
+        return result
     finally:
         torch.set_num_threads(previous)
 
@@ -181,16 +199,30 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def step_threads(num_threads: int, device: torch.device) -> int:
+def _start_cluster(config: TrainConfig) -> tuple[Cluster, bool]:
+    """The ranks of this run (torchrun's environment) and whether this call joined their process
+    group; settings that cannot train across processes are refused first."""
+    cluster = Cluster.from_env()
+    if not cluster.active:
+        return cluster, False
+    why = unsupported(config)
+    if why is not None:
+        raise ValueError(why)
+    device_type = "cuda" if resolve_device(config.train.device).type == "cuda" else "cpu"
+    return cluster, cluster.start(device_type, config.train.distributed_timeout)
+
+
+def step_threads(num_threads: int, device: torch.device, local_ranks: int = 1) -> int:
     """Torch threads of the training step: `num_threads` when set; on a CPU otherwise all cores
     but one, which the batch iterator's worker thread keeps busy sampling the next batches (on 2
     cores a second torch thread made an ML-100K step 1.9 -> 4.0 ms: a training step is many small
-    ops, each waking the pool); on CUDA torch's current setting."""
+    ops, each waking the pool), the cores shared out among the `local_ranks` processes of this
+    machine; on CUDA torch's current setting."""
     if num_threads:
         return num_threads
     if device.type != "cpu":
         return torch.get_num_threads()
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, (os.cpu_count() or 1) // local_ranks - 1)
 
 
 def _silent(line: str) -> None:
@@ -198,7 +230,7 @@ def _silent(line: str) -> None:
 
 
 def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset, selected: TrainResult,
-           resume: bool, echo: Callable[[str], None]) -> TrainResult:
+           resume: bool, echo: Callable[[str], None], cluster: Cluster) -> TrainResult:
     """`train.refit`: a second run in `out_dir/refit` on train + valid, stopped after the selected
     run's best epoch on the same learning-rate schedule (so it retraces the selected model's
     trajectory with more data), with the temperature the selected run trained with (a data rule
@@ -210,7 +242,9 @@ def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Sp
     resume_refit = resume and resumable_checkpoint(refit_dir / CHECKPOINTS)[0] is not None
     echo(f"refit: training on train + valid for {selected.best_epoch} epochs (the selected epoch) -> {refit_dir}")
     refit = _fit(refit_config, refit_dir, device, with_valid_in_train(dataset), resume_refit,
-                 lambda line: echo(f"refit {line}"), None, stop_after=selected.best_epoch)
+                 lambda line: echo(f"refit {line}"), None, cluster, stop_after=selected.best_epoch)
+    if not cluster.is_main:
+        return dataclasses.replace(selected, refit=refit)
     results = read_json_object(out_dir / "results.json")
     results["refit"] = {"epochs": selected.best_epoch, "train_rows": len(dataset.train) + len(dataset.valid),
                         "model_dir": f"{REFIT}/{MODEL}", "test": refit.test.to_dict()}
@@ -220,12 +254,12 @@ def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Sp
 
 def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset, resume: bool,
          echo: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None] | None,
-         stop_after: int | None = None) -> TrainResult:
+         cluster: Cluster = ONE_PROCESS, stop_after: int | None = None) -> TrainResult:
     """One run in `out_dir`, as phases: build the run, start it or resume it, clear what an earlier
     run left, then every epoch train, evaluate and select, log and checkpoint; finally evaluate the
     selected weights and write the model. `stop_after` ends the run after that epoch on the
     schedule of `train.epochs` (`train.refit`)."""
-    run = _build_run(config, out_dir, device, dataset, echo, stop_after)
+    run = _build_run(config, out_dir, device, dataset, echo, stop_after, cluster)
     state = _start_or_resume(run, resume)
     _clear_earlier_outputs(run, state, resume)
     loop, last_epoch = config.train, run.last_epoch
@@ -264,8 +298,9 @@ class _Run:
     model: TwoTowerModel
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    train_step: AutogradStep | TableStep
+    train_step: AutogradStep | TableStep | DistributedStep
     batches: BatchIterator
+    cluster: Cluster = ONE_PROCESS
 
     @property
     def threads(self) -> int | None:
@@ -298,13 +333,14 @@ class _State:
 
 
 def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset,
-               echo: Callable[[str], None], stop_after: int | None) -> _Run:
+               echo: Callable[[str], None], stop_after: int | None, cluster: Cluster = ONE_PROCESS) -> _Run:
     """Checks the output directory and the settings against the data, then builds the model, the
     loss, the optimizer, the step and the batch iterator from the run's seed."""
     loop = config.train
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output directory {out_dir} is a file; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if cluster.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if loop.refit and len(dataset.valid) == 0:
         raise ValueError("train.refit needs a validation split to choose the epoch on; this data has none")
     last_epoch = min(loop.epochs, stop_after or loop.epochs)
@@ -317,15 +353,34 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
     model = build_model(config, dataset).to(device)
     loss_fn = make_loss(training_loss(config, dataset)).to(device)
     optimizer = make_optimizer([model, loss_fn], config.optim)
-    train_step = make_train_step(config, model, loss_fn, optimizer, device)
     batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                             config=config.batches,
-                            history=(dataset.train_history.indptr, dataset.train_history.indices))
+                            history=(dataset.train_history.indptr, dataset.train_history.indices),
+                            shard=(cluster.rank, cluster.world))
+    train_step = _make_step(config, model, loss_fn, optimizer, device, cluster, batches, echo)
     if len(batches) == 0:
         raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
                          f"training split has {len(dataset.train.users)} rows; lower the batch size")
     return _Run(config, out_dir, device, dataset, echo, last_epoch, saved_config, model, loss_fn, optimizer,
-                train_step, batches)
+                train_step, batches, cluster)
+
+
+def _make_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               device: torch.device, cluster: Cluster, batches: BatchIterator,
+               echo: Callable[[str], None]) -> AutogradStep | TableStep | DistributedStep:
+    """The training step: across ranks the distributed autograd step (the fused table step would
+    step the tables outside autograd, so it gives way, said once), else `make_train_step`'s. The
+    ranks' dropout draws come from streams of their own (rank 0 keeps the one-process stream)."""
+    if not cluster.active:
+        return make_train_step(config, model, loss_fn, optimizer, device)
+    if TableStep.unsupported(config, model, loss_fn, optimizer, device) is None:
+        echo("notice: the fused table step (train.fused_step) does not run in distributed training; the autograd "
+             "step trains instead (the same updates)")
+    if cluster.rank:
+        torch.manual_seed(derive_seed(config.train.seed, cluster.rank))
+    echo(f"distributed: {cluster.world} ranks, global batch {config.batches.batch_size * cluster.world} "
+         f"({config.batches.batch_size} per rank), negatives shared across ranks")
+    return DistributedStep(model, loss_fn, optimizer, device, config.optim.clip_norm, cluster, batches.global_rows)
 
 
 def _start_or_resume(run: _Run, resume: bool) -> _State:
@@ -348,7 +403,13 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
     if changed:
         raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
                          "the settings it was written with")
+    world = int(read_json_object(last / "trainer.json").get("world", 1))
+    if world != run.cluster.world:
+        raise ValueError(f"--resume: {last} was written by a run of {world} process(es) and this run has "
+                         f"{run.cluster.world}: its batches would differ; resume with {world} (torchrun "
+                         "--nproc_per_node x --nnodes) or start a new run")
     saved_state, arrays = load_checkpoint(last, model=run.model, loss_fn=run.loss_fn, optimizer=run.optimizer)
+    restore_rng(arrays, run.cluster)
     state = _State(start_epoch=saved_state["epoch"] + 1, step=saved_state["step"], best=saved_state["best"],
                    best_epoch=saved_state["best_epoch"], stale=saved_state["stale"], history=saved_state["history"])
     if not has_optimizer_state(last) and state.start_epoch < run.last_epoch and not state.stale >= loop.patience > 0:
@@ -399,6 +460,8 @@ def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
     would otherwise log that epoch twice), and on a fresh run removes an earlier run's best
     weights, checkpoints and refit, which are not this run's."""
     out_dir, checkpoint_root = run.out_dir, run.checkpoint_root
+    if not run.cluster.is_main:  # rank 0 alone writes the run directory
+        return
     for directory, name in ((checkpoint_root, "epoch-*"), (checkpoint_root, LATEST), *((out_dir, n) for n in _OUTPUTS)):
         remove_stale_temporaries(directory, name)
     write_text_atomic(run.metrics_log, "".join(json.dumps(record) + "\n" for record in state.history))
@@ -452,7 +515,7 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = train_step.loss(batch)
-            value = float(loss.detach())  # host sync: the NaN check and the progress bar need it
+            value = _loss_value(train_step, loss)  # host sync: the NaN check and the progress bar need it
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {state.step + 1}; training "
                                        f"stopped. {_last_good(run.checkpoint_root)}")
@@ -476,11 +539,30 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
             "samples_per_s": seen / seconds, "epoch_seconds": seconds}
 
 
+def _loss_value(train_step: AutogradStep | TableStep | DistributedStep, loss: torch.Tensor) -> float:
+    """The step's loss as a float: across ranks the global batch's (every rank the same value)."""
+    if isinstance(train_step, DistributedStep):
+        return train_step.value(loss)
+    return float(loss.detach())
+
+
 def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> None:
     """Every `train.eval_every` epochs and at the last: the validation metrics into `record`, and
     the epoch's weights saved as the best when its `train.select_metric` beats the best so far
     (else one more stale evaluation). Without a validation split there is nothing to select on:
-    every evaluated epoch is the newest best (no early stopping), so the model is the last epoch's."""
+    every evaluated epoch is the newest best (no early stopping), so the model is the last epoch's.
+    Across ranks rank 0 evaluates and the others receive its outcome (early stopping included)."""
+    if run.cluster.is_main:
+        _evaluate_here(run, state, record)
+    if run.cluster.active:
+        shared = run.cluster.broadcast((state.best, state.best_epoch, state.stale, record.get("valid")))
+        state.best, state.best_epoch, state.stale = shared[:3]
+        if shared[3] is not None:
+            record["valid"] = shared[3]
+
+
+def _evaluate_here(run: _Run, state: _State, record: dict[str, Any]) -> None:
+    """`_evaluate_and_select` in this process."""
     loop, epoch = run.config.train, record["epoch"]
     if not (epoch % loop.eval_every == 0 or epoch == run.last_epoch):
         return
@@ -506,8 +588,10 @@ def _select(result: EvalResult, metric: str) -> float:
 
 
 def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
-    """The epoch's record joins the history and metrics.jsonl."""
+    """The epoch's record joins the history and metrics.jsonl (rank 0's)."""
     state.history.append(record)
+    if not run.cluster.is_main:
+        return
     try:
         with run.metrics_log.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -521,12 +605,19 @@ def _checkpoint(run: _Run, state: _State, epoch: int) -> None:
     arrays = {f"batches.{k}": v for k, v in run.batches.state_dict().items()}
     if state.candidates is not None:
         arrays["candidates"] = state.candidates
+    if run.cluster.active:  # every rank's RNG, so that each resumes its own dropout stream
+        arrays.update(rng_states(run.cluster))
+        if not run.cluster.is_main:
+            run.cluster.barrier()  # rank 0 writes it
+            return
     vocab_files = {"user_vocab.parquet": run.dataset.user_vocab.save, "item_vocab.parquet": run.dataset.item_vocab.save}
     save_checkpoint(run.checkpoint_root, f"epoch-{epoch + 1:04d}", model=run.model, config=run.saved_config,
                     loss_fn=run.loss_fn, optimizer=run.optimizer, arrays=arrays, keep=run.config.train.keep_checkpoints,
                     extra_files=vocab_files,
                     trainer_state={"epoch": epoch, "step": state.step, "best": state.best,
-                                   "best_epoch": state.best_epoch, "stale": state.stale, "history": state.history})
+                                   "best_epoch": state.best_epoch, "stale": state.stale, "history": state.history,
+                                   "world": run.cluster.world})
+    run.cluster.barrier()
 
 
 def epoch_line(record: dict[str, Any], epochs: int, metric: str, seconds: float, left: float | None) -> str:
@@ -578,7 +669,15 @@ def _last_good(checkpoint_root: Path) -> str:
 def _finish(run: _Run, state: _State) -> TrainResult:
     """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
     the model directory and the plot, then leaves the run directory as small as a finished run can
-    be (`_settle`)."""
+    be (`_settle`). Across ranks rank 0 does it and the others receive its result."""
+    if not run.cluster.active:
+        return _finish_here(run, state)
+    result = _finish_here(run, state) if run.cluster.is_main else None
+    return run.cluster.broadcast(result)
+
+
+def _finish_here(run: _Run, state: _State) -> TrainResult:
+    """`_finish` in this process."""
     from safetensors.torch import load_file
 
     config, out_dir, model, loss_fn, dataset = run.config, run.out_dir, run.model, run.loss_fn, run.dataset

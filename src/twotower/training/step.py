@@ -30,7 +30,7 @@ from twotower.training.optim import clip_grad_norm
 if TYPE_CHECKING:
     from twotower.training.fused_step import TableStep
 
-__all__ = ["AutogradStep", "TrainingDiverged", "batch_loss", "ids_and_log_q", "make_train_step"]
+__all__ = ["AutogradStep", "TrainingDiverged", "batch_inputs", "batch_loss", "ids_and_log_q", "make_train_step"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,7 +45,14 @@ def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | No
 
 
 def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Encodes one batch with both towers and returns its loss.
+    """Encodes one batch with both towers and returns its loss (`batch_inputs`, then the loss)."""
+    return loss_fn(batch_inputs(model, loss_fn, batch, device))
+
+
+def batch_inputs(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device, *,
+                 global_rows: int | None = None, world: int = 1) -> LossInputs:
+    """Encodes one batch with both towers into the loss's inputs (`global_rows`, `world`: the
+    candidate counts of distributed training, see `ids_and_log_q`).
 
     logQ: every candidate set is corrected by the log of its expected count, log(draws * q) (see
     `_expected_count`): the M shared negatives by log(M q); per-row negatives by log(n q), or by
@@ -76,27 +83,31 @@ def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, dev
     positive = distinct[item_rows] if in_batch else IndexedRows(distinct, item_rows.unsqueeze(1))
     negative_rows = None if negatives is None else IndexedRows(distinct, _tensor(batch.negative_rows, device))
     shared_vectors = None if shared is None else distinct[_tensor(batch.shared_rows, device)]
-    inputs = LossInputs(query=query, positive=positive, negatives=negative_rows, shared_negatives=shared_vectors,
-                        **ids_and_log_q(batch, in_batch, device))
-    return loss_fn(inputs)
+    return LossInputs(query=query, positive=positive, negatives=negative_rows, shared_negatives=shared_vectors,
+                      **ids_and_log_q(batch, in_batch, device, global_rows=global_rows, world=world))
 
 
-def ids_and_log_q(batch: Batch, in_batch: bool, device: torch.device) -> dict[str, torch.Tensor | None]:
+def ids_and_log_q(batch: Batch, in_batch: bool, device: torch.device, *, global_rows: int | None = None,
+                  world: int = 1) -> dict[str, torch.Tensor | None]:
     """The `LossInputs` fields beyond the vectors: every candidate's id and log expected count
-    (`in_batch`: the loss pools every row's candidates, so the positives' count is B draws)."""
+    (`in_batch`: the loss pools every row's candidates, so the positives' count is B draws).
+    Distributed training counts the global candidate set: `global_rows` rows over all ranks (B) and
+    `world` ranks' shares of shared negatives (M x world)."""
     items, shared = batch.items, batch.shared_negatives
+    rows = len(items) if global_rows is None else global_rows
     return {
         "user_ids": _tensor(batch.users, device),
         "item_ids": _tensor(items, device),
         "negative_ids": _tensor(batch.negatives, device),
         "shared_ids": _tensor(shared, device),
-        "item_log_q": _tensor(_expected_count(batch.item_log_q, len(items) if in_batch else 1), device),
-        "negative_log_q": _tensor(_negative_log_q(batch, in_batch), device),
-        "shared_log_q": _tensor(_expected_count(batch.shared_log_q, 0 if shared is None else len(shared)), device),
+        "item_log_q": _tensor(_expected_count(batch.item_log_q, rows if in_batch else 1), device),
+        "negative_log_q": _tensor(_negative_log_q(batch, in_batch, rows), device),
+        "shared_log_q": _tensor(_expected_count(batch.shared_log_q, 0 if shared is None else len(shared) * world),
+                                device),
     }
 
 
-def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
+def _negative_log_q(batch: Batch, in_batch: bool, rows: int) -> np.ndarray | None:
     """Per-row negatives' log expected counts; zeros for mined ones when other sets are corrected."""
     if batch.negatives is None:
         return None
@@ -104,7 +115,8 @@ def _negative_log_q(batch: Batch, in_batch: bool) -> np.ndarray | None:
         if batch.item_log_q is None and batch.shared_log_q is None:
             return None
         return np.zeros(batch.negatives.shape, dtype=np.float32)
-    return _expected_count(batch.negative_log_q, batch.negatives.size if in_batch else batch.negatives.shape[1])
+    n = batch.negatives.shape[1]
+    return _expected_count(batch.negative_log_q, rows * n if in_batch else n)
 
 
 def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: bool, exact: bool = False,
