@@ -1,4 +1,4 @@
-"""The `twotower` command: train, tune, evaluate, index, recommend, data stats.
+"""The `twotower` command: train, tune, evaluate, index, recommend, serve, data stats.
 
 Every failure a person can act on (a missing file, a wrong column, a bad option value, a model
 directory that does not match) ends with one line `twotower: error: ...` and exit code 2.
@@ -290,6 +290,25 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from twotower.serve import require_extra
+    from twotower.serve.options import ServeOptions, check_host, token_from_environment
+
+    token = token_from_environment(args.admin_token)
+    check_host(args.host, token)
+    options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
+                           admin_token=token, max_k=args.max_k, workers=args.workers)
+    try:
+        require_extra()
+    except ImportError as err:
+        raise UserError(str(err)) from None
+    from twotower.serve.run import serve
+
+    serve(args.model_dir, host=args.host, port=args.port, ann=args.ann, options=options)
+    return 0
+
+
 # -- data stats -------------------------------------------------------------------------------------
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from twotower.data import describe, format_stats
@@ -393,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--json", action="store_true", help="print JSON")
     recommend.set_defaults(func=cmd_recommend)
 
+    _add_serve_parser(sub)
+
     data = sub.add_parser("data", help="inspect interaction files")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     stats = data_sub.add_parser("stats", help="counts, sparsity, popularity skew of an interaction file")
@@ -411,6 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_data_stats)
     return parser
+
+
+def _add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="an HTTP retrieval service for a saved model (needs the serve extra)",
+                           description="Serve MODEL_DIR over HTTP (FastAPI + uvicorn; API at /docs). "
+                           "See README: Serving.")
+    serve.add_argument("model_dir")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; any other "
+                       "than loopback needs an admin token)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument("--ann", action="store_true", help="search the saved HNSW index instead of every item")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s; item "
+                       "updates and reload need 1)")
+    serve.add_argument("--max-batch", type=int, default=64, help="most queries per search call (default: %(default)s)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+                       help="longest wait for a batch to fill while requests arrive together (default: %(default)s)")
+    serve.add_argument("--no-batching", action="store_true", help="one search call per request")
+    serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask (default: %(default)s)")
+    serve.add_argument("--admin-token", help="bearer token of item updates and reload (default: "
+                       "$TWOTOWER_ADMIN_TOKEN; without one they are off)")
+    serve.set_defaults(func=cmd_serve)
 
 
 def _add_protocol_flag(parser: argparse.ArgumentParser) -> None:

@@ -119,7 +119,7 @@ class Recommender:
         self._scoring = trained.model.config.scoring
         self._lock = threading.Lock()
         self._item_vectors: np.ndarray | None = None
-        self._searcher = self._ann_searcher(ef) if ann else self._exact_searcher()
+        self._searcher: Searcher | None = self._ann_searcher(ef) if ann else None  # exact: packed on first search
         self.ann = ann
 
     @classmethod
@@ -138,9 +138,13 @@ class Recommender:
         """
         return cls(load_model_dir(model_dir), ann=ann, ef=ef)
 
-    def _exact_searcher(self) -> Searcher:
-        self._item_vectors = self._model.item_search_vectors()
-        return ExactIndex(self._item_vectors)
+    def _search(self, queries: np.ndarray, k: int, exclude: CSRPair | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._searcher is None:
+            vectors = self.item_search_vectors()
+            with self._lock:
+                if self._searcher is None:
+                    self._searcher = ExactIndex(vectors)
+        return self._searcher.search(queries, k, exclude=exclude)
 
     def _ann_searcher(self, ef: int | None) -> Searcher:
         index = load_index(self._trained)
@@ -153,6 +157,11 @@ class Recommender:
     def path(self) -> Path:
         """The model directory."""
         return self._trained.path
+
+    @property
+    def trained(self) -> TrainedModel:
+        """The loaded model directory (model, vocabularies, seen items, settings)."""
+        return self._trained
 
     @property
     def scoring(self) -> str:
@@ -184,12 +193,30 @@ class Recommender:
         """
         k = check_k(k)
         users = _as_id_list(user_ids, "user_ids")
-        codes = self._codes(users, "user")
+        queries, exclude = self.user_queries(users, exclude_seen=exclude_seen)
+        return self._answer(users, queries, k, exclude)
+
+    def user_queries(self, user_ids: Sequence[Any], *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
+        """The search vectors [B, D'] of users seen in training and, with `exclude_seen`, their known
+        items as a CSR of item codes: what `recommend` searches with (a service batching many
+        requests into one search calls this, then `answer`).
+
+        Raises:
+            UnknownIdError: listing every id not in the training data.
+        """
+        codes = self._codes(_as_id_list(user_ids, "user_ids"), "user")
         with self._lock:
             queries = self._model.user_search_vectors(codes)
         seen = self._trained.seen
-        exclude = take_rows((seen.indptr, seen.indices), codes) if exclude_seen else None
-        return self._answer(users, queries, k, exclude)
+        return queries, take_rows((seen.indptr, seen.indices), codes) if exclude_seen else None
+
+    def codes(self, ids: Sequence[Any], kind: str) -> np.ndarray:
+        """int64 codes of external `ids` of `kind` "user" or "item", -1 for an id not in the training
+        data (no error: a caller answering each id on its own finds the unknown ones here)."""
+        if kind not in ("user", "item"):
+            raise ValueError(f"kind must be 'user' or 'item'; got {kind!r}")
+        vocab = self._trained.user_vocab if kind == "user" else self._trained.item_vocab
+        return _encode(vocab, _as_id_list(ids, f"{kind}_ids"))
 
     def recommend_for_features(
         self,
@@ -221,12 +248,12 @@ class Recommender:
                 model that pools none.
         """
         k = check_k(k)
-        queries, histories = self._encode_new_users(features, history)
+        queries, histories = self.new_user_queries(features, history=history)
         return self._answer(list(range(len(queries))), queries, k, histories if exclude_history else None)
 
     def encode_new_users(self, features: Any = None, *, history: Sequence[Sequence[Any]] | None = None) -> np.ndarray:
         """The search vectors [B, D'] that `recommend_for_features` searches with (same arguments)."""
-        return self._encode_new_users(features, history)[0]
+        return self.new_user_queries(features, history=history)[0]
 
     def similar_items(self, item_ids: Sequence[Any], k: int = 10) -> list[Recommendation]:
         """The k items nearest each given item in the item tower's space, by the model's scoring
@@ -238,7 +265,7 @@ class Recommender:
         k = check_k(k)
         items = _as_id_list(item_ids, "item_ids")
         codes = self._codes(items, "item")
-        queries = item_queries(self._item_search_vectors()[codes], self._scoring)
+        queries = item_queries(self.item_search_vectors()[codes], self._scoring)
         itself = (np.arange(len(codes) + 1, dtype=np.int64), codes)
         return self._answer(items, queries, k, itself)
 
@@ -247,7 +274,7 @@ class Recommender:
         """Searches, turns search-form scores into the model's scores and decodes the item ids."""
         if not asked:
             return []
-        scores, ids = self._searcher.search(queries, min(k, self.num_items), exclude=exclude)
+        scores, ids = self._search(queries, min(k, self.num_items), exclude)
         scores = true_scores(queries, scores, self._scoring)
         decode = self._trained.item_vocab.decode
         return [Recommendation(query, decode(row_ids[row_ids >= 0]), row_scores[row_ids >= 0])
@@ -261,14 +288,38 @@ class Recommender:
             raise UnknownIdError(kind, unknown, self.path)
         return codes
 
-    def _item_search_vectors(self) -> np.ndarray:
+    def item_search_vectors(self) -> np.ndarray:
+        """The search vectors [N, D'] of every item in code order (encoded once, on first need; read-only)."""
         with self._lock:
-            if self._item_vectors is None:  # an ANN recommender encodes the items on first need only
-                self._item_vectors = self._model.item_search_vectors()
+            if self._item_vectors is None:
+                vectors = self._model.item_search_vectors()
+                vectors.flags.writeable = False
+                self._item_vectors = vectors
             return self._item_vectors
 
-    def _encode_new_users(self, features: Any, history: Any) -> tuple[np.ndarray, CSRPair | None]:
-        """New users' search vectors (code -1 with their inputs) and their histories as item codes."""
+    def new_item_vectors(self, features: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Search vectors [B, D'] of items not seen in training, from their side features through the
+        item tower (item code -1): one mapping per item, in the training item feature table's coding
+        (as `recommend_for_features` takes users').
+
+        Raises:
+            ValueError: the item tower reads no side features, or a feature it does not have.
+        """
+        layout = self._model.item_layout
+        if layout is None:
+            raise ValueError("item features need a model whose item tower reads side features; this one reads none")
+        rows = _as_id_list(features, "features")
+        if not all(isinstance(row, Mapping) for row in rows):
+            raise TypeError("features must be a list of mappings from feature name to value")
+        inputs = _inputs_from_mappings(rows, layout, "item")
+        with self._lock:
+            return self._model.item_search_vectors(np.full(len(rows), -1, dtype=np.int64), inputs=inputs)
+
+    def new_user_queries(
+        self, features: Any = None, *, history: Sequence[Sequence[Any]] | None = None
+    ) -> tuple[np.ndarray, CSRPair | None]:
+        """New users' search vectors [B, D'] (user code -1 with their inputs) and their histories as a
+        CSR of item codes (None without `history`); arguments and errors as `recommend_for_features`."""
         inputs, count = self._new_user_inputs(features, history)
         with self._lock:
             queries = self._model.user_search_vectors(np.full(count, -1, dtype=np.int64), inputs=inputs)
@@ -300,7 +351,7 @@ class Recommender:
         rows = [features] if isinstance(features, Mapping) else _as_id_list(features, "features")
         if not all(isinstance(row, Mapping) for row in rows):
             raise TypeError("features must be a FeatureTable, a mapping of feature values or a list of them")
-        return _inputs_from_mappings(rows, layout), len(rows)
+        return _inputs_from_mappings(rows, layout, "user"), len(rows)
 
     def _history_csr(self, histories: list[Any]) -> CSRPair:
         offsets, flat = _lists_as_csr([_as_id_list(row, f"history[{i}]") for i, row in enumerate(histories)])
@@ -353,14 +404,15 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _inputs_from_mappings(rows: list[Mapping[str, Any]], layout: Any) -> TowerInputs:
-    """`TowerInputs` of new users described one mapping each (see `recommend_for_features`)."""
+def _inputs_from_mappings(rows: list[Mapping[str, Any]], layout: Any, side: str) -> TowerInputs:
+    """`TowerInputs` of new users or items (`side`) described one mapping each (see
+    `recommend_for_features`)."""
     known = {**{n: "categorical" for n in layout.categorical}, **{n: "multi" for n in layout.multi_categorical},
              **{n: "dense" for n in layout.dense}}
     given = sorted({name for row in rows for name in row})
     unknown = [name for name in given if name not in known]
     if unknown:
-        raise ValueError(f"features= names {unknown}, which the user tower does not have; "
+        raise ValueError(f"features= names {unknown}, which the {side} tower does not have; "
                          f"its features: {sorted(known)}")
     inputs = TowerInputs()
     for name in given:
