@@ -94,7 +94,8 @@ def _validation_message(errors: Sequence[Any]) -> tuple[str, str]:
     """(field, message) of FastAPI's first validation error: the field as a dotted path into the body
     (`users.3`, `items.0.vector`), or "body" for a body that is not a JSON object."""
     first = errors[0] if errors else {}
-    kind, loc = first.get("type"), [str(part) for part in first.get("loc", ()) if part != "body"]
+    kind = first.get("type")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _is_type_tag(part)]
     if kind == "json_invalid":
         reason = first.get("ctx", {}).get("error", "invalid")
         return "body", f"the body is not valid JSON ({reason}, at byte {loc[0] if loc else '?'})"
@@ -103,3 +104,9 @@ def _validation_message(errors: Sequence[Any]) -> tuple[str, str]:
                         if kind != "missing" else "this endpoint needs a JSON body")
     field = ".".join(loc)
     return field, f"{field}: {first.get('msg', 'invalid value')}"
+
+
+def _is_type_tag(part: Any) -> bool:
+    """pydantic names the member of a union in an error's location (`id.int`, `vector.list[...]`);
+    no field of the request bodies is called like a type, so such parts are dropped from the field."""
+    return isinstance(part, str) and (part in ("int", "str", "float", "bool", "none") or "[" in part)
