@@ -298,7 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = token_from_environment(args.admin_token)
     check_host(args.host, token)
     options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
-                           admin_token=token, max_k=args.max_k, workers=args.workers)
+                           admin_token=token, max_k=args.max_k, workers=args.workers, search_threads=args.threads)
     try:
         require_extra()
     except ImportError as err:
@@ -449,6 +449,7 @@ def _add_serve_parser(sub: Any) -> None:
     serve.add_argument("--max-wait-ms", type=float, default=2.0,
                        help="longest wait for a batch to fill while requests arrive together (default: %(default)s)")
     serve.add_argument("--no-batching", action="store_true", help="one search call per request")
+    serve.add_argument("--threads", type=int, help="threads of one search call (default: all cores)")
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask (default: %(default)s)")
     serve.add_argument("--admin-token", help="bearer token of item updates and reload (default: "
                        "$TWOTOWER_ADMIN_TOKEN; without one they are off)")

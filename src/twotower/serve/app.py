@@ -42,7 +42,9 @@ def create_app(model_dir: str | os.PathLike[str], *, ann: bool = False, options:
         FileNotFoundError, ValueError: as `Recommender.load`.
     """
     options = options or ServeOptions()
-    holder = ModelHolder(load_served(model_dir, ann=ann, generation=1), ann=ann)
+    threads = options.search_threads
+    holder = ModelHolder(load_served(model_dir, ann=ann, generation=1, search_threads=threads), ann=ann,
+                         search_threads=threads)
     metrics = Metrics()
     batcher = MicroBatcher(run_batch, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
                            enabled=options.batching, observe=metrics.batch.observe)

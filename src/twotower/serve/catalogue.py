@@ -68,9 +68,10 @@ class LiveCatalogue:
     Args:
         recommender: the model whose items start the catalogue (its tower and vocabulary).
         ann: search the model directory's saved HNSW index instead of the exact scorer.
+        num_threads: threads of one search (None: the scorer's and hnswlib's default, all cores).
     """
 
-    def __init__(self, recommender: Recommender, *, ann: bool = False) -> None:
+    def __init__(self, recommender: Recommender, *, ann: bool = False, num_threads: int | None = None) -> None:
         self.recommender = recommender
         self.scoring = recommender.scoring
         self.ann = ann
@@ -79,7 +80,10 @@ class LiveCatalogue:
         self._extra_ids: list[Any] = []  # labels num_trained.. in order; only appended to
         self._write_lock = threading.Lock()
         vectors = recommender.item_search_vectors()
+        self._threads = num_threads
         self._hnsw: HNSWIndex | None = load_index(recommender.trained) if ann else None
+        if self._hnsw is not None and num_threads is not None:
+            self._hnsw.num_threads = num_threads
         alive = np.ones(len(vectors), dtype=bool)
         exact = None if ann else ExactIndex(vectors)
         self._state = _State(vectors, alive, {}, exact, None, None)
@@ -163,7 +167,7 @@ class LiveCatalogue:
             return scores, labels
         if state.label_rows is not None and exclude is not None:
             exclude = _relabel(exclude, state.label_rows)
-        found_scores, found = state.exact.search(queries, min(k, rows), exclude=exclude)
+        found_scores, found = state.exact.search(queries, min(k, rows), exclude=exclude, num_threads=self._threads)
         if state.row_labels is not None:
             found = np.where(found >= 0, state.row_labels[np.maximum(found, 0)], -1)
         scores[:, : found.shape[1]], labels[:, : found.shape[1]] = found_scores, found

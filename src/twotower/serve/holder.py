@@ -33,15 +33,17 @@ class Served:
         return self.recommender.path
 
 
-def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int) -> Served:
-    """Loads a model directory and builds its catalogue (the HNSW index saved in it with `ann`).
+def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int,
+                search_threads: int | None = None) -> Served:
+    """Loads a model directory and builds its catalogue (the HNSW index saved in it with `ann`;
+    `search_threads` per search call).
 
     Raises:
         FileNotFoundError, ValueError: as `Recommender.load` (a missing or inconsistent directory,
             no saved index with `ann`).
     """
     recommender = Recommender(load_model_dir(model_dir))
-    catalogue = LiveCatalogue(recommender, ann=ann)
+    catalogue = LiveCatalogue(recommender, ann=ann, num_threads=search_threads)
     digest = str(recommender.trained.config.get("weights_sha256") or "unhashed")[:12]
     return Served(recommender, catalogue, f"{generation}:{digest}")
 
@@ -55,9 +57,9 @@ class ModelHolder:
         reload_state: "idle", "loading" or "failed"; `reload_error` says why the last one failed.
     """
 
-    def __init__(self, served: Served, *, ann: bool) -> None:
+    def __init__(self, served: Served, *, ann: bool, search_threads: int | None = None) -> None:
         self.current = served
-        self.ann = ann
+        self.ann, self.search_threads = ann, search_threads
         self.reload_state = "idle"
         self.reload_error: str | None = None
         self._generation = int(served.version.split(":")[0])
@@ -77,7 +79,8 @@ class ModelHolder:
             whatever `load_served` raises; the current bundle then stays.
         """
         try:
-            served = load_served(model_dir, ann=self.ann, generation=self._generation + 1)
+            served = load_served(model_dir, ann=self.ann, generation=self._generation + 1,
+                                 search_threads=self.search_threads)
             self._generation += 1
             self.current = served  # the swap: one reference assignment
             self.reload_state = "idle"

@@ -24,6 +24,8 @@ class ServeOptions:
         max_queries: most users or items in one request.
         max_body_bytes: largest request body.
         workers: server processes (each holds its own model, so item updates and reload need 1).
+        search_threads: threads of one scorer / index call (None: the library's default, all cores;
+            fewer keep latency steady on a machine shared with other work).
     """
 
     max_batch: int = 64
@@ -34,12 +36,16 @@ class ServeOptions:
     max_queries: int = 1000
     max_body_bytes: int = 1 << 20
     workers: int = 1
+    search_threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_k", "max_queries", "max_body_bytes", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if self.search_threads is not None and (isinstance(self.search_threads, bool) or
+                                                not isinstance(self.search_threads, int) or self.search_threads < 1):
+            raise ValueError(f"search_threads must be an integer >= 1 or None; got {self.search_threads!r}")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 1000:
             raise ValueError(f"max_wait_ms must be a number of milliseconds in [0, 1000]; got {self.max_wait_ms!r}")
         if self.admin_token is not None and len(self.admin_token) < 8:
