@@ -76,6 +76,7 @@ class LiveCatalogue:
         self.scoring = recommender.scoring
         self.ann = ann
         self._vocab = recommender.trained.item_vocab
+        self._trained_ids = _TrainedIds(self._vocab.ids, integer=self._vocab.is_integer)
         self._num_trained = recommender.num_items
         self._extra_ids: list[Any] = []  # labels num_trained.. in order; only appended to
         self._write_lock = threading.Lock()
@@ -104,9 +105,9 @@ class LiveCatalogue:
 
     def _labels(self, state: _State, ids: list[Any]) -> np.ndarray:
         keys = [self._key(value) for value in ids]
-        codes = self.recommender.codes(ids, "item") if ids else np.zeros(0, dtype=np.int64)
+        codes = self._trained_ids.codes(keys)
         labels = np.array([state.added.get(key, code) if key is not None else -1
-                           for key, code in zip(keys, codes.tolist(), strict=True)], dtype=np.int64)
+                           for key, code in zip(keys, codes, strict=True)], dtype=np.int64)
         known = labels >= 0
         known[known] = state.alive[labels[known]]
         return np.where(known, labels, -1)
@@ -197,8 +198,8 @@ class LiveCatalogue:
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dim}); got {vectors.shape}")
         with self._write_lock:
             state = self._state
-            codes = self.recommender.codes(ids, "item")
-            labels = np.array([state.added.get(key, code) for key, code in zip(keys, codes.tolist(), strict=True)],
+            codes = self._trained_ids.codes(keys)
+            labels = np.array([state.added.get(key, code) for key, code in zip(keys, codes, strict=True)],
                               dtype=np.int64)
             fresh = np.flatnonzero(labels < 0)
             added = dict(state.added)
@@ -245,6 +246,31 @@ class LiveCatalogue:
         label_rows[row_labels] = np.arange(len(row_labels))
         exact = ExactIndex(np.ascontiguousarray(state.vectors[row_labels])) if len(row_labels) else None
         return replace(state, exact=exact, row_labels=row_labels, label_rows=label_rows)
+
+
+class _TrainedIds:
+    """Trained item id -> code, built once per catalogue: `Vocabulary.encode` hashes the whole
+    vocabulary on every call, which for millions of items costs more than the search it serves.
+    Integer ids are found by binary search in a sorted copy, text ids in a dict."""
+
+    def __init__(self, ids: np.ndarray, *, integer: bool) -> None:
+        self._integer = integer
+        if integer:
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted = np.asarray(ids, dtype=np.int64)[self._order]
+        else:
+            self._codes = {value: code for code, value in enumerate(ids.tolist())}
+
+    def codes(self, keys: list[Any]) -> list[int]:
+        """Codes of keys as `LiveCatalogue._key` makes them (None: no id), -1 where not trained."""
+        if not self._integer:
+            return [self._codes.get(key, -1) if key is not None else -1 for key in keys]
+        fits = [key is not None and -(2**63) <= key < 2**63 for key in keys]
+        values = np.array([key if ok else 0 for key, ok in zip(keys, fits, strict=True)], dtype=np.int64)
+        where = np.minimum(np.searchsorted(self._sorted, values), max(len(self._sorted) - 1, 0))
+        found = np.array(fits, dtype=bool) & (self._sorted[where] == values) if len(self._sorted) else \
+            np.zeros(len(keys), dtype=bool)
+        return np.where(found, self._order[where] if len(self._sorted) else -1, -1).tolist()
 
 
 def _relabel(exclude: CSRPair, label_rows: np.ndarray) -> CSRPair:
