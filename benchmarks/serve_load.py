@@ -2,13 +2,16 @@
 generator (httpx), and the batch-size histogram read from the server's /metrics.
 
 The load generator runs `concurrency` clients, each sending its next request as soon as the last
-one is answered, for `duration` seconds (closed loop: the offered load follows the server), and
-counts every non-200 answer and every transport error as a failure.
+one is answered, for `duration` seconds (closed loop: the offered load follows the server), each on
+its own keep-alive connection written with asyncio streams (a general client such as httpx does more
+work per request, and the generator shares the cores with the server), and counts every non-200
+answer and every transport error as a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -86,38 +89,81 @@ def _ready(url: str) -> bool:
         return False
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON: a few lines of asyncio streams, so that the
+    load generator, which shares the cores with the server, spends as little of them as it can."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """(status, lower-cased headers, body); reconnects once the server has closed the connection."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = dict((k.lower(), v.strip()) for k, v in (line.split(":", 1) for line in head[1:] if line))
+            payload = await reader.readexactly(int(headers.get("content-length", "0")))
+        except (OSError, asyncio.IncompleteReadError):
+            self.close()
+            raise
+        if headers.get("connection") == "close":
+            self.close()
+        return int(head[0].split()[1]), headers, payload
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 async def run_load(url: str, *, users: int, k: int, concurrency: int, duration: float, seed: int = 0,
                    during: Callable[[httpx.AsyncClient], Awaitable[None]] | None = None) -> Load:
     """`concurrency` closed-loop clients asking /recommend for one random user each, for `duration`
-    seconds; `during(client)`, if given, runs beside them (e.g. reloads)."""
+    seconds, each on its own keep-alive connection; `during(client)`, if given, runs beside them
+    with an httpx client (e.g. reloads), and the clients go on until it has finished too."""
     result = Load()
-    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        rng = np.random.default_rng(seed)
-        start = time.perf_counter()
-        end = start + duration
+    finished = asyncio.Event()
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    end = start + duration
 
-        async def one_client() -> None:
-            while time.perf_counter() < end:
-                body = {"users": [int(rng.integers(1, users + 1))], "k": k}
+    async def one_client() -> None:
+        connection = Connection(url)
+        try:
+            while time.perf_counter() < end or (during is not None and not finished.is_set()):
+                body = json.dumps({"users": [int(rng.integers(1, users + 1))], "k": k}).encode()
                 sent = time.perf_counter()
                 try:
-                    response = await client.post("/recommend", json=body)
-                    ok = response.status_code == 200
-                    if ok:
-                        result.versions.add(response.headers["x-model-version"])
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                    status, headers, _ = await connection.post("/recommend", body)
+                except (OSError, asyncio.IncompleteReadError):
+                    status, headers = 0, {}
+                if status == 200:
                     result.latencies.append(time.perf_counter() - sent)
+                    result.versions.add(headers.get("x-model-version", "?"))
                 else:
                     result.failures += 1
+        finally:
+            connection.close()
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        async def beside() -> None:
+            try:
+                await during(client)
+            finally:
+                finished.set()
 
         tasks = [one_client() for _ in range(concurrency)]
         if during is not None:
-            tasks.append(during(client))
+            tasks.append(beside())
         await asyncio.gather(*tasks)
-        result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - start
     return result
 
 

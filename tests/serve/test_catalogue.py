@@ -126,7 +126,7 @@ def test_searches_beside_a_writer_never_see_a_deleted_item(recommender, ann) -> 
 @pytest.mark.parametrize("integer", [True, False], ids=["int", "str"])
 def test_trained_id_lookup_matches_the_vocabulary(integer) -> None:
     from twotower.data.vocab import Vocabulary
-    from twotower.serve.catalogue import _TrainedIds
+    from twotower.serve.ids import IdLookup
 
     raw = [50, -3, 7, 2**62, 11] if integer else ["b", "a", "zz", "", "7"]
     vocab = Vocabulary(np.array(raw, dtype=np.int64) if integer else np.array(raw, dtype=object))
@@ -134,5 +134,5 @@ def test_trained_id_lookup_matches_the_vocabulary(integer) -> None:
     want = [int(c) if k is not None and (not integer or k < 2**63) else -1
             for k, c in zip(asked, vocab.encode([k if k is not None and (not integer or k < 2**63) else
                                                  (0 if integer else "\0") for k in asked]), strict=True)]
-    assert _TrainedIds(vocab.ids, integer=integer).codes(asked) == want
+    assert IdLookup(vocab).codes_of_keys(asked) == want
     assert sorted(c for c in want if c >= 0) == sorted(set(c for c in want if c >= 0))

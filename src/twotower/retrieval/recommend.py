@@ -204,7 +204,18 @@ class Recommender:
         Raises:
             UnknownIdError: listing every id not in the training data.
         """
-        codes = self._codes(_as_id_list(user_ids, "user_ids"), "user")
+        return self.code_queries(self._codes(_as_id_list(user_ids, "user_ids"), "user"), exclude_seen=exclude_seen)
+
+    def code_queries(self, codes: Any, *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
+        """`user_queries` for users given by their codes (`codes(ids, "user")`; a caller that keeps
+        its own id lookup skips the vocabulary here).
+
+        Raises:
+            ValueError: a code outside [0, number of users).
+        """
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+        if codes.size and (codes.min() < 0 or codes.max() >= self._model.num_users):
+            raise ValueError(f"user codes must lie in [0, {self._model.num_users}); got [{codes.min()}, {codes.max()}]")
         with self._lock:
             queries = self._model.user_search_vectors(codes)
         seen = self._trained.seen

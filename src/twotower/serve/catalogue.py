@@ -29,6 +29,7 @@ from twotower.retrieval.hnsw import HNSWIndex
 from twotower.retrieval.recommend import Recommender, UnknownIdError, load_index
 from twotower.retrieval.scoring import item_queries, true_scores
 from twotower.retrieval.searcher import CSRPair
+from twotower.serve.ids import IdLookup
 
 __all__ = ["Answer", "LiveCatalogue"]
 
@@ -76,7 +77,7 @@ class LiveCatalogue:
         self.scoring = recommender.scoring
         self.ann = ann
         self._vocab = recommender.trained.item_vocab
-        self._trained_ids = _TrainedIds(self._vocab.ids, integer=self._vocab.is_integer)
+        self._ids = IdLookup(self._vocab)
         self._num_trained = recommender.num_items
         self._extra_ids: list[Any] = []  # labels num_trained.. in order; only appended to
         self._write_lock = threading.Lock()
@@ -104,35 +105,22 @@ class LiveCatalogue:
         return self._labels(self._state, list(ids))
 
     def _labels(self, state: _State, ids: list[Any]) -> np.ndarray:
-        keys = [self._key(value) for value in ids]
-        codes = self._trained_ids.codes(keys)
+        keys = [self._ids.key(value) for value in ids]
+        codes = self._ids.codes_of_keys(keys)
         labels = np.array([state.added.get(key, code) if key is not None else -1
                            for key, code in zip(keys, codes, strict=True)], dtype=np.int64)
         known = labels >= 0
         known[known] = state.alive[labels[known]]
         return np.where(known, labels, -1)
 
-    def _key(self, value: Any) -> Any:
-        """The id as the catalogue keys it: an int for an integer vocabulary (text such as "17" too),
-        text otherwise; None when it cannot be an id of this catalogue."""
-        if isinstance(value, bool):
-            return None
-        if self._vocab.is_integer:
-            if isinstance(value, int):
-                return value
-            try:
-                return int(value) if isinstance(value, str) else None
-            except ValueError:
-                return None
-        return value if isinstance(value, str) else None
-
     def decode(self, labels: np.ndarray) -> list[Any]:
         """External ids of labels (each one once held by the catalogue)."""
-        out = []
-        for label in labels.tolist():
-            value = self._vocab.ids[label] if label < self._num_trained else self._extra_ids[label - self._num_trained]
-            out.append(value.item() if hasattr(value, "item") else value)
-        return out
+        trained = labels < self._num_trained
+        names = self._vocab.ids[np.where(trained, labels, 0)].tolist()
+        if trained.all():
+            return names
+        return [name if known else self._extra_ids[label - self._num_trained]
+                for name, known, label in zip(names, trained.tolist(), labels.tolist(), strict=True)]
 
     def item_queries(self, ids: Sequence[Any]) -> tuple[np.ndarray, CSRPair, np.ndarray]:
         """For item-to-item search: the query vectors of the given items found in the catalogue, the
@@ -186,7 +174,7 @@ class LiveCatalogue:
             ValueError: an id of the wrong kind or given twice, vectors of the wrong shape.
         """
         ids = list(ids)
-        keys = [self._key(value) for value in ids]
+        keys = [self._ids.key(value) for value in ids]
         bad = [value for value, key in zip(ids, keys, strict=True) if key is None]
         if bad:
             kind = "integers" if self._vocab.is_integer else "text"
@@ -198,7 +186,7 @@ class LiveCatalogue:
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dim}); got {vectors.shape}")
         with self._write_lock:
             state = self._state
-            codes = self._trained_ids.codes(keys)
+            codes = self._ids.codes_of_keys(keys)
             labels = np.array([state.added.get(key, code) for key, code in zip(keys, codes, strict=True)],
                               dtype=np.int64)
             fresh = np.flatnonzero(labels < 0)
@@ -246,31 +234,6 @@ class LiveCatalogue:
         label_rows[row_labels] = np.arange(len(row_labels))
         exact = ExactIndex(np.ascontiguousarray(state.vectors[row_labels])) if len(row_labels) else None
         return replace(state, exact=exact, row_labels=row_labels, label_rows=label_rows)
-
-
-class _TrainedIds:
-    """Trained item id -> code, built once per catalogue: `Vocabulary.encode` hashes the whole
-    vocabulary on every call, which for millions of items costs more than the search it serves.
-    Integer ids are found by binary search in a sorted copy, text ids in a dict."""
-
-    def __init__(self, ids: np.ndarray, *, integer: bool) -> None:
-        self._integer = integer
-        if integer:
-            self._order = np.argsort(ids, kind="stable")
-            self._sorted = np.asarray(ids, dtype=np.int64)[self._order]
-        else:
-            self._codes = {value: code for code, value in enumerate(ids.tolist())}
-
-    def codes(self, keys: list[Any]) -> list[int]:
-        """Codes of keys as `LiveCatalogue._key` makes them (None: no id), -1 where not trained."""
-        if not self._integer:
-            return [self._codes.get(key, -1) if key is not None else -1 for key in keys]
-        fits = [key is not None and -(2**63) <= key < 2**63 for key in keys]
-        values = np.array([key if ok else 0 for key, ok in zip(keys, fits, strict=True)], dtype=np.int64)
-        where = np.minimum(np.searchsorted(self._sorted, values), max(len(self._sorted) - 1, 0))
-        found = np.array(fits, dtype=bool) & (self._sorted[where] == values) if len(self._sorted) else \
-            np.zeros(len(keys), dtype=bool)
-        return np.where(found, self._order[where] if len(self._sorted) else -1, -1).tolist()
 
 
 def _relabel(exclude: CSRPair, label_rows: np.ndarray) -> CSRPair:

@@ -109,8 +109,8 @@ async def recommend(body: RecommendBody, request: Request) -> JSONResponse:
     served = service.use(request)
     service.check_k(body.k)
     service.check_count(body.users, "users")
-    codes = served.recommender.codes(body.users, "user").tolist()
-    known = [user for user, code in zip(body.users, codes, strict=True) if code >= 0]
+    codes = served.user_ids.codes(body.users)
+    known = [code for code in codes if code >= 0]
     key = ("users", served, body.k, body.exclude_seen)
     answers = await service.batcher.submit(key, known, len(known)) if known else []
     return _json(served, {"results": _answers(body.users, codes, answers, "user")})

@@ -17,16 +17,19 @@ from pathlib import Path
 from twotower.model.model_dir import load_model_dir
 from twotower.retrieval.recommend import Recommender
 from twotower.serve.catalogue import LiveCatalogue
+from twotower.serve.ids import IdLookup
 
 
 @dataclass(frozen=True)
 class Served:
-    """One servable version: the model's recommender, its live catalogue and the version name
-    ("generation:first 12 hex digits of the weights' SHA-256"), carried by every response."""
+    """One servable version: the model's recommender, its live catalogue, the version name
+    ("generation:first 12 hex digits of the weights' SHA-256", carried by every response) and its
+    user id lookup."""
 
     recommender: Recommender
     catalogue: LiveCatalogue
     version: str
+    user_ids: IdLookup
 
     @property
     def path(self) -> Path:
@@ -45,7 +48,7 @@ def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int
     recommender = Recommender(load_model_dir(model_dir))
     catalogue = LiveCatalogue(recommender, ann=ann, num_threads=search_threads)
     digest = str(recommender.trained.config.get("weights_sha256") or "unhashed")[:12]
-    return Served(recommender, catalogue, f"{generation}:{digest}")
+    return Served(recommender, catalogue, f"{generation}:{digest}", IdLookup(recommender.trained.user_vocab))
 
 
 class ModelHolder:

@@ -1,7 +1,7 @@
 """What one batched call does (`MicroBatcher`'s runner): the jobs of one key become one tower pass and
 one search, and the answers are split back per job.
 
-Keys: ("users", served, k, exclude_seen) with payloads = lists of known user ids (the tower pass is
+Keys: ("users", served, k, exclude_seen) with payloads = lists of user codes (the tower pass is
 batched too), or ("vectors", served, k) with payloads = (queries [b, D'], exclusion CSR or None)
 from cold-start users or item-to-item queries, encoded by their endpoint.
 """
@@ -21,8 +21,8 @@ def run_batch(key: Hashable, payloads: list[Any]) -> list[list[Answer]]:
     """One result per payload: the answers of its queries, in order."""
     kind, served, k = key[0], key[1], key[2]
     if kind == "users":
-        users = [user for payload in payloads for user in payload]
-        queries, exclude = served.recommender.user_queries(users, exclude_seen=key[3])
+        codes = np.array([code for payload in payloads for code in payload], dtype=np.int64)
+        queries, exclude = served.recommender.code_queries(codes, exclude_seen=key[3])
         sizes = [len(payload) for payload in payloads]
     else:
         queries = np.concatenate([payload[0] for payload in payloads])
