@@ -46,7 +46,7 @@ def test_concurrent_jobs_share_calls_and_keys_never_mix() -> None:
     assert len(runner.calls) < 30 and max(sizes) > 1 and sum(sizes) == 30
     for key, payloads in runner.calls:
         assert all(("a" if p % 3 else "b") == key for p in payloads)
-    assert len(runner.threads) == 1  # one worker thread: batches never compete for the cores
+    assert len(runner.threads) <= 2  # the loop's own thread (lone jobs) and one worker: calls never overlap
 
 
 def test_max_batch_caps_a_call() -> None:

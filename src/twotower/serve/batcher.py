@@ -8,7 +8,10 @@ and runs it on one worker thread, so searches never compete for the cores with e
 - everything already queued joins the batch, up to `max_batch` queries;
 - if the previous batch held more than one job (requests are arriving together), the loop waits
   up to `max_wait_ms` for more; a lone request is run at once, so batching costs it no latency;
-- while a batch runs, new jobs queue up and form the next one.
+- while a batch runs, new jobs queue up and form the next one;
+- a batch of one job runs on the event loop's thread itself: handing it to the worker thread and
+  back costs two thread wake-ups, which on a busy machine can outweigh the search; larger batches
+  go to the worker, so the loop keeps reading requests while the scorer (which releases the GIL) runs.
 
 Jobs of one batch are grouped by `key` (e.g. the model version, k and the kind of query) and each
 group is one `run(key, payloads)` call returning one result per payload. With batching off, every
@@ -102,8 +105,12 @@ class MicroBatcher:
             for job in batch:
                 groups.setdefault(job.key, []).append(job)
             for key, jobs in groups.items():
+                payloads = [job.payload for job in jobs]
                 try:
-                    results = await loop.run_in_executor(self._worker, self._run, key, [j.payload for j in jobs])
+                    if len(batch) == 1:
+                        results = self._run(key, payloads)
+                    else:
+                        results = await loop.run_in_executor(self._worker, self._run, key, payloads)
                 except Exception as err:  # every job of the failed call gets the error
                     for job in jobs:
                         if not job.future.done():
