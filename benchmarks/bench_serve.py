@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     make_model_dir(model, num_items=args.items, num_users=args.users, dim=args.dim)
     built = ensure_index(model) if not args.no_hnsw else None
     print(f"model ready in {time.perf_counter() - start:.0f} s (HNSW build: {built and f'{built:.0f} s'})", flush=True)
-    rows, reloads = [], []
+    rows, reloads, load_before = [], [], os.getloadavg()
     for mode in ("exact",) if args.no_hnsw else ("exact", "hnsw"):
         for batching in (True, False):
             rows += _runs(model, mode, batching, args)
         reloads.append(_reload_run(model, mode, args))
-    table = _report(rows, reloads, args, built)
-    extra = {"rows": rows, "reloads": reloads, "settings": {k: str(v) for k, v in vars(args).items()}}
+    load = (load_before, os.getloadavg())
+    table = _report(rows, reloads, args, built, load)
+    extra = {"rows": rows, "reloads": reloads, "load_average": load,
+             "settings": {k: str(v) for k, v in vars(args).items()}}
     path = write_results("serve", table, extra)
     print(table)
     print(f"wrote {path} and {plot_serve(RESULTS_DIR / 'serve.json')}")
@@ -123,12 +126,15 @@ def _row(r: dict[str, Any]) -> list[Any]:
 
 
 def _report(rows: list[dict[str, Any]], reloads: list[dict[str, Any]], args: argparse.Namespace,
-            built: float | None) -> str:
+            built: float | None, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    index = f" HNSW index built in {built:.0f} s (M = 16, ef_construction = 100)." if built else ""
     lines = [f"{args.items:,} items x {args.dim}-d, {args.users:,} users with 20 seen items each (excluded), "
              f"k = {args.k}; /recommend with one random user per request; {args.duration:g} s per run after a "
-             "warm-up; closed-loop httpx clients in one process on the same 2 cores as the server (their cost is "
-             "inside every latency)." + (f" HNSW index built in {built:.0f} s (M = 16, ef_construction = 100)."
-                                         if built else ""), "", markdown_table(HEADER, [_row(r) for r in rows]), ""]
+             "warm-up; closed-loop clients (one keep-alive connection each, `benchmarks/serve_load.py`) in one "
+             f"process on the same cores as the server (their cost is inside every latency).{index} "
+             f"Search threads per call: {args.threads or 'all cores'}. The machine's load average (1, 5, 15 min) "
+             f"was {_loads(load[0])} at the start and {_loads(load[1])} at the end (other jobs share its cores).",
+             "", markdown_table(HEADER, [_row(r) for r in rows]), ""]
     for r in reloads:
         lines.append(f"Reload under load ({r['search']}, batching on, 8 clients, {args.reload_duration:g} s, two "
                      f"reloads of the model and its {'index' if r['search'] == 'hnsw' else 'exact scorer'}): "
@@ -137,6 +143,10 @@ def _report(rows: list[dict[str, Any]], reloads: list[dict[str, Any]], args: arg
                      f"p99 {r['p99']:.1f} ms.")
     lines += ["", *_targets(rows, reloads)]
     return "\n".join(lines)
+
+
+def _loads(values: tuple[float, ...]) -> str:
+    return " / ".join(f"{v:.1f}" for v in values)
 
 
 def _targets(rows: list[dict[str, Any]], reloads: list[dict[str, Any]]) -> list[str]:

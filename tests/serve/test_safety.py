@@ -109,3 +109,15 @@ def test_without_the_extra_the_library_imports_and_names_the_install(plain_model
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "pip install 'twotower[serve]'" in run.stdout and "pip install 'twotower[serve]'" in run.stderr
+
+
+@pytest.mark.slow
+def test_several_workers_answer_and_refuse_item_updates(plain_model, tmp_path) -> None:
+    from tests.serve.conftest import USERS, as_lists, results
+    from twotower.retrieval.recommend import Recommender
+
+    with running_server(plain_model, "--workers", "2", log_dir=tmp_path) as server:
+        answers = [results(httpx.post(f"{server.url}/recommend", json={"users": USERS, "k": 5})) for _ in range(4)]
+        refused = httpx.put(f"{server.url}/items", json={"items": []}, headers=AUTH)
+    assert all(answer == as_lists(Recommender.load(plain_model).recommend(USERS, k=5)) for answer in answers)
+    assert refused.status_code == 409 and "--workers 1" in refused.json()["error"]
