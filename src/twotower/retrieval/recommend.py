@@ -198,8 +198,8 @@ class Recommender:
 
     def user_queries(self, user_ids: Sequence[Any], *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
         """The search vectors [B, D'] of users seen in training and, with `exclude_seen`, their known
-        items as a CSR of item codes: what `recommend` searches with (a service batching many
-        requests into one search calls this, then `answer`).
+        items as a CSR of item codes: what `recommend` searches with (`twotower serve` calls this to
+        batch many requests into one search of its own live catalogue).
 
         Raises:
             UnknownIdError: listing every id not in the training data.
