@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twotower._lazy import lazy_exports
 from twotower.serve.options import ServeOptions
 
 __all__ = ["ServeOptions", "create_app", "require_extra"]
@@ -42,10 +43,11 @@ def require_extra() -> None:
         raise ImportError(f"twotower serve needs the serve extra ({err.name} is not installed): {EXTRA_HINT}") from None
 
 
-def __getattr__(name: str) -> Any:
-    if name == "create_app":  # imported on first use, so the library never needs FastAPI
-        require_extra()
-        from twotower.serve.app import create_app
+_lazy_getattr, __dir__ = lazy_exports(globals(), {"create_app": "twotower.serve.app"})
 
-        return create_app
-    raise AttributeError(f"module 'twotower.serve' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    """`create_app` is imported on first use, after checking the extra, so the library never needs FastAPI."""
+    if name == "create_app":
+        require_extra()
+    return _lazy_getattr(name)
