@@ -14,6 +14,7 @@ def cpu_loss_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
+@pytest.mark.slow  # a training and an evaluation through the CLI: CI only
 def test_train_and_evaluate_into_files_write_lines_and_no_bars(tmp_path, capsys) -> None:
     from twotower.cli import main
 

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from benchmarks.eval_protocols import every_protocol, protocol_rows
 from tests.training.conftest import tiny_config
 from twotower.training.loop import fit
 
 
+@pytest.mark.slow  # a training, then eight evaluations: CI only
 def test_every_combination_is_scored_and_the_default_row_is_the_runs_result(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the CPU loss path, as training users get
     fit(tiny_config(epochs=1), tmp_path)

@@ -12,7 +12,8 @@ from twotower.kernels.bag_mean_eager import bag_mean_eager
 
 from . import oracles
 
-SHAPES = [(1, 1, 1), (5, 3, 1), (7, 9, 40), (130, 33, 300), (64, 64, 1000)]  # (B, D, V)
+# (B, D, V); the largest runs in CI only (-m slow)
+SHAPES = [(1, 1, 1), (5, 3, 1), (7, 9, 40), (130, 33, 300), pytest.param(64, 64, 1000, marks=pytest.mark.slow)]
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-6}
 
 

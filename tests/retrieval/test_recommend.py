@@ -45,7 +45,7 @@ def train(out: Path, *flags: str) -> Path:
     return out / "model"
 
 
-@pytest.fixture(scope="module", params=["dot", "neg_l2"])
+@pytest.fixture(scope="module", params=["dot", pytest.param("neg_l2", marks=pytest.mark.slow)])  # neg_l2: CI only
 def model_dir(request, tmp_path_factory) -> Path:
     """A trained model with its HNSW index saved, per scoring."""
     directory = train(tmp_path_factory.mktemp(request.param), *SYNTHETIC, "--model.scoring", request.param)
@@ -337,6 +337,7 @@ def test_concurrent_readers_get_the_answers_of_one_reader(cold_start_dir, ann) -
             np.testing.assert_array_equal(got.scores, want.scores)
 
 
+@pytest.mark.slow  # a fresh interpreter: CI only
 def test_import_twotower_stays_light_and_exports_the_recommender() -> None:
     code = ("import sys, twotower; light = not {'torch', 'numpy', 'hnswlib'} & set(sys.modules); "
             "print(light, twotower.Recommender.__module__, twotower.UnknownIdError.__mro__[1].__name__)")

@@ -303,6 +303,7 @@ def test_a_fixed_temperature_below_the_learned_clamp_is_used_as_given(tmp_path):
     assert float(load_model_dir(out / "model").model.temperature) == pytest.approx(0.005, rel=1e-5)
 
 
+@pytest.mark.slow  # trainings through the CLI: CI only
 def test_quiet_prints_the_opening_and_one_line_per_epoch_and_silent_nothing(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "quiet"), *TINY[:-4], "--train.epochs", "2",
                  "--train.num_threads", "1"]) == 0
@@ -339,6 +340,7 @@ def _given_split(tmp_path):
     return paths
 
 
+@pytest.mark.slow  # trainings through the CLI: CI only
 def test_the_opening_names_every_input_and_the_rows_left_out_and_results_count_them(tmp_path, capsys):
     paths = _given_split(tmp_path)
     out = tmp_path / "run"

@@ -47,6 +47,7 @@ def test_refit_trains_the_selected_epochs_on_train_plus_valid(tmp_path, monkeypa
     assert not same_weights(weights(tmp_path / "model"), weights(tmp_path / "refit" / "model"))
 
 
+@pytest.mark.slow  # two trainings: CI only
 def test_refit_retraces_the_selected_runs_schedule(tmp_path, monkeypatch) -> None:
     """The refit stops after the best epoch of a 4-epoch cosine schedule: its weights are those of
     a 4-epoch run on train + valid at epoch 2, not of a 2-epoch schedule."""
@@ -76,6 +77,7 @@ def test_refit_retraces_the_selected_runs_schedule(tmp_path, monkeypatch) -> Non
     assert not same_weights(weights(tmp_path / "short" / "model"), at_two)  # the test can tell the schedules apart
 
 
+@pytest.mark.slow  # two trainings: CI only
 def test_a_refit_interrupted_midway_resumes_to_the_same_model(tmp_path, monkeypatch) -> None:
     import twotower.training.loop as train
 
@@ -113,6 +115,7 @@ def test_refit_needs_a_validation_split(tmp_path) -> None:
         fit(config, tmp_path, echo=lambda line: None)
 
 
+@pytest.mark.slow  # two trainings: CI only
 def test_a_fresh_run_removes_an_earlier_runs_refit(tmp_path) -> None:
     from twotower.training.loop import fit
 
@@ -123,6 +126,7 @@ def test_a_fresh_run_removes_an_earlier_runs_refit(tmp_path) -> None:
     assert "refit" not in json.loads((tmp_path / "results.json").read_text())
 
 
+@pytest.mark.slow  # two trainings: CI only
 def test_a_finished_run_resumed_with_refit_adds_the_refit(tmp_path) -> None:
     from twotower.training.loop import fit
 

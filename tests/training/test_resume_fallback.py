@@ -75,6 +75,7 @@ def test_a_safetensors_file_cut_anywhere_is_found(tmp_path, cut: float) -> None:
     assert "truncated" in (safetensors_problem(file) or "") or safetensors_problem(file) == "has a corrupt header"
 
 
+@pytest.mark.slow  # two trainings through the CLI: CI only
 def test_resume_with_the_out_directory_alone_takes_the_stored_settings(tmp_path, capsys) -> None:
     from twotower.cli import main
 

@@ -69,6 +69,7 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # a whole study: CI only
 def test_a_study_reports_its_trials_and_best_toml_trains_the_best_trial_again(tmp_path, capsys):
     config = write_config(tmp_path, "[tune]\ntrials = 4\n" + SPACE)
     run = tmp_path / "run"
@@ -102,6 +103,7 @@ def test_a_study_reports_its_trials_and_best_toml_trains_the_best_trial_again(tm
     assert retrained == pytest.approx(float(best["value"]), rel=1e-6)
 
 
+@pytest.mark.slow  # a whole study: CI only
 def test_trials_that_trail_the_median_are_pruned(tmp_path):
     """lr 1e-6 leaves the model at its initialisation; once a trial with a working lr completed, a
     1e-6 trial is below the median after its first epoch and must stop there."""
@@ -128,8 +130,11 @@ prune_from_epoch = 1
     assert [sorted(t.intermediate_values) for t in pruned] == [[1]] * len(late_bad)
 
 
+@pytest.mark.slow  # a whole study: CI only
 def test_a_study_continues_where_it_stopped(tmp_path):
-    config = write_config(tmp_path, "[tune]\ntrials = 2\n" + SPACE)
+    # One epoch a trial is enough to tell a resumed trial from a rerun one.
+    one_epoch = BASE.replace("epochs = 3", "epochs = 1")
+    config = write_config(tmp_path, "[tune]\ntrials = 2\n" + SPACE, base=one_epoch)
     base, settings = load(config)
     run = tmp_path / "run"
     tune(base, settings, run)
@@ -145,11 +150,12 @@ def test_a_study_continues_where_it_stopped(tmp_path):
     # The resumed sampler must not replay the first trials' draws.
     assert {t.params["optim.lr"] for t in trials[2:]}.isdisjoint(p["optim.lr"] for _, p in first.values())
     assert len(tune(base, dataclasses.replace(settings, trials=4), run).rows) == 4  # already complete: nothing runs
-    other = write_config(tmp_path, "[tune]\ntrials = 4\n" + SPACE.replace("0.05", "0.06"))
+    other = write_config(tmp_path, "[tune]\ntrials = 4\n" + SPACE.replace("0.05", "0.06"), base=one_epoch)
     with pytest.raises(ValueError, match="holds a study of other settings"):
         tune(*load(other), run)
 
 
+@pytest.mark.slow  # a whole study: CI only
 def test_a_trial_interrupted_by_ctrl_c_runs_again_on_resume(tmp_path, monkeypatch):
     config = write_config(tmp_path, "[tune]\ntrials = 3\n" + SPACE)
     base, settings = load(config)
@@ -196,6 +202,7 @@ def test_trials_whose_settings_cannot_train_are_failed_and_counted(tmp_path, cap
     assert not (run / "best.toml").exists()
 
 
+@pytest.mark.slow  # a study through the CLI: CI only
 def test_no_trial_starts_after_the_timeout(tmp_path):
     config = write_config(tmp_path, "[tune]\ntrials = 5\n" + SPACE)
     run = tmp_path / "run"
