@@ -77,7 +77,7 @@ SHAPES = [  # (B, N, D, k): ragged sizes around the panel (16), SIMD widths and 
     (17, 4097, 33, 50),
     (64, 2048, 129, 7),
     (130, 257, 3, 300),
-    (300, 1500, 65, 20),
+    pytest.param((300, 1500, 65, 20), marks=pytest.mark.slow),  # the largest: CI only
 ]
 
 

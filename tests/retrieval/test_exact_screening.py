@@ -176,6 +176,7 @@ def test_tiny_values_near_the_float32_underflow():
         assert_same(got, float32_path(queries, items, 10, threads=2))
 
 
+@pytest.mark.slow  # a 100k-item catalogue: CI only
 def test_the_default_path_screens_only_where_it_pays_off():
     """Asked for by name, the screening runs wherever it applies; by default only where it is faster:
     a large catalogue per result (N * D against k * ln(N / k)) and, for a raw matrix, 128 queries."""

@@ -260,6 +260,7 @@ def test_more_inputs_a_person_gets_wrong_are_one_clear_line(trained, tmp_path, c
         assert wanted in err and "Traceback" not in err, (argv, err)
 
 
+@pytest.mark.slow  # a training through the CLI: CI only
 def test_recommend_reports_neg_l2_scores_as_minus_squared_distances(tmp_path, capsys):
     import torch
 

@@ -26,6 +26,7 @@ def test_on_epoch_sees_each_logged_record(tmp_path):
     assert all("ndcg@10" in r["valid"] for r in seen)
 
 
+@pytest.mark.slow  # two trainings: CI only
 def test_an_exception_from_on_epoch_stops_cleanly_and_the_run_resumes(tmp_path):
     straight = fit(tiny_config(epochs=3), tmp_path / "straight")
 

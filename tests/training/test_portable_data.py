@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from twotower.cli import main
 
 from .test_cli import TINY, _given_split
@@ -29,6 +31,7 @@ def test_evaluate_finds_the_data_from_another_directory(tmp_path, monkeypatch, c
     assert "model, test" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trainings through the CLI: CI only
 def test_moved_data_is_named_with_the_hint_and_found_again_with_data(tmp_path, monkeypatch, capsys):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")

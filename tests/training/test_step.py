@@ -122,6 +122,7 @@ def test_the_autograd_step_serves_everything_else_and_says_why(change, reason):
     )
 
 
+@pytest.mark.slow  # three trainings: CI only
 def test_a_fused_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path, monkeypatch):
     """The table step keeps its Adam state in the optimizer (`LazyAdam.adam_table`): checkpoints carry
     it, and a run stopped after epoch 2 and resumed ends bit for bit as a run never stopped."""
