@@ -11,7 +11,7 @@ from tests.serve.conftest import AUTH, results, running_server, strong_item_for
 from twotower.retrieval.recommend import Recommender
 
 
-@pytest.fixture(scope="module", params=["exact", "ann"])
+@pytest.fixture(scope="module", params=["exact", pytest.param("ann", marks=pytest.mark.slow)])  # ann: CI only
 def served(request, plain_model, tmp_path_factory):
     flags = ["--ann"] if request.param == "ann" else []
     with running_server(plain_model, *flags, log_dir=tmp_path_factory.mktemp("log")) as server:
@@ -76,6 +76,7 @@ def test_item_mistakes_are_named_and_change_nothing(served) -> None:
     assert client.get("/healthz").json()["items"] == 200
 
 
+@pytest.mark.slow  # a feature model and a server: CI only
 def test_items_from_side_features_go_through_the_item_tower(feature_model, tmp_path) -> None:
     recommender = Recommender.load(feature_model)
     features = {"category": 3, "tags": [1, 2], "quality": 0.5}

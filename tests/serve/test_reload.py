@@ -7,12 +7,15 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from tests.serve.conftest import AUTH, as_lists, running_server
 from twotower.retrieval.recommend import Recommender
 
 USERS = [1, 2, 3]
 
 
+@pytest.mark.slow  # two trained models and a server under load: CI only
 def test_reload_under_load_fails_no_request(plain_model, other_model, tmp_path) -> None:
     expected = {str(plain_model): as_lists(Recommender.load(plain_model).recommend(USERS, k=10)),
                 str(other_model): as_lists(Recommender.load(other_model).recommend(USERS, k=10))}

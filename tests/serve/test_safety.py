@@ -32,6 +32,7 @@ def test_admin_endpoints_need_the_bearer_token(server) -> None:
     assert httpx.request("DELETE", f"{server.url}/items", json=body, headers=AUTH).status_code == 404  # past auth
 
 
+@pytest.mark.slow  # one more server: CI only
 def test_without_a_token_admin_endpoints_are_off(plain_model, tmp_path) -> None:
     with running_server(plain_model, log_dir=tmp_path, token=None) as server:
         answer = httpx.put(f"{server.url}/items", json={"items": []}, headers=AUTH)

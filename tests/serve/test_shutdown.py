@@ -9,11 +9,13 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from tests.serve.conftest import as_lists, running_server, stop
 from twotower.retrieval.recommend import Recommender
 
 
+@pytest.mark.slow  # a server's whole life: CI only
 def test_sigterm_finishes_requests_in_flight(plain_model, tmp_path) -> None:
     body = json.dumps({"users": [1, 2], "k": 5}).encode()
     head = (f"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
