@@ -184,7 +184,7 @@ def infonce_blocked(
     bf16 = q.dtype == k.dtype == torch.bfloat16 and (no_extra or extra.dtype == torch.bfloat16)
     gemm_dtype = torch.bfloat16 if bf16 else dtype
     cand = k if no_extra else torch.cat([k, extra], dim=0)
-    if extra is None or extra.shape[0] == 0:
+    if no_extra:
         extra_ids = logq_extra = extra_query_ids = None
     side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype,
                  extra_query_ids)
