@@ -191,7 +191,7 @@ def worker(rank: int, world: int, sizes: list[tuple[int, int]], repeats: int, de
     import torch
     import torch.distributed as dist
 
-    from twotower.training.loop import step_threads
+    from twotower.training.hardware import step_threads
 
     torch.set_num_threads(step_threads(0, torch.device(device_name), world))  # as `twotower train` would
     device = torch.device(device_name if device_name == "cpu" else f"cuda:{rank}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from benchmarks.runner import markdown_table, measure_pair, write_results
 from twotower.kernels.infonce import infonce
-from twotower.training.loop import cpu_has_bf16
+from twotower.training.hardware import cpu_has_bf16
 
 # (B, M, D): the Gowalla example's batch (in-batch + 1024 shared negatives) at 128-d and 256-d, and larger.
 SIZES = [(1024, 1024, 128), (1024, 1024, 256), (1024, 4096, 256), (4096, 4096, 128)]

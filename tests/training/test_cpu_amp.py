@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-import twotower.training.loop as loop_module
+import twotower.training.hardware as hardware
 from twotower.kernels import infonce_cpu
 from twotower.model.model_dir import load_model_dir
 from twotower.training.loop import fit
@@ -38,12 +38,12 @@ def test_cpu_amp_trains_through_bfloat16_gemms_to_the_float32_runs_quality(tmp_p
 
 
 def test_cpu_amp_on_a_cpu_without_bf16_arithmetic_says_so(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(loop_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="twotower.training"):
         fit(tiny_config(epochs=1, cpu_amp=True), tmp_path)
     assert any("train.cpu_amp" in r.getMessage() and "no bf16" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    monkeypatch.setattr(loop_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     with caplog.at_level(logging.WARNING, logger="twotower.training"):
         fit(tiny_config(epochs=1, cpu_amp=True), tmp_path / "native")
     assert not any("train.cpu_amp" in r.getMessage() for r in caplog.records)

@@ -98,7 +98,7 @@ def test_clip_grad_norm_counts_repeated_sparse_rows_once_summed():
 
 
 def test_training_step_threads_leave_one_core_to_the_batch_worker(monkeypatch):
-    from twotower.training import loop as train
+    from twotower.training import hardware as train
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(train.os, "cpu_count", lambda: 8)

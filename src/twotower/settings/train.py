@@ -55,6 +55,10 @@ class LoopConfig:
             in float32. Fast where the CPU has bf16 arithmetic (AVX512-BF16, AMX; the run says when
             it has not, and then it is slower than float32); the weights differ from a float32 run
             by bf16 rounding (benchmarks/results/infonce-cpu-bf16.md).
+        tune_allocator: on a CPU under Linux with glibc, keep the step's large temporaries in the
+            heap between steps instead of returning them to the kernel and faulting them back in
+            (`twotower.training.hardware.tune_allocator`: process-wide, for the life of the process;
+            the same weights, a faster step).
         num_threads: CPU threads for torch and the scorer. 0: the scorer uses all cores, the
             training step all but one (the batch worker thread has the other).
         seed: seed of model initialisation and dropout (batches use batches.seed).
@@ -91,6 +95,7 @@ class LoopConfig:
     device: str = "auto"
     amp: bool = True
     cpu_amp: bool = False
+    tune_allocator: bool = True
     num_threads: int = 0
     seed: int = 0
     keep_checkpoints: int = 2

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from twotower.model.two_tower import TwoTowerModel
 from twotower.plots import plot_training
 from twotower.settings import TrainConfig
 from twotower.settings.data import DataSource
+from twotower.training import hardware
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
     LATEST,
@@ -168,11 +168,13 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
     config.validate()
     cluster, joined = _start_cluster(config)
     device = resolve_device(config.train.device, cluster)
-    if config.train.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
+    if config.train.tune_allocator and device.type == "cpu":
+        hardware.tune_allocator()
+    if config.train.cpu_amp and device.type == "cpu" and not hardware.cpu_has_bf16():
         log.warning("train.cpu_amp: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX); bfloat16 is emulated "
                     "and slower than float32 here")
     previous = torch.get_num_threads()
-    torch.set_num_threads(step_threads(config.train.num_threads, device, cluster.local_world))
+    torch.set_num_threads(hardware.step_threads(config.train.num_threads, device, cluster.local_world))
     if not cluster.is_main:  # progress and logs come from rank 0
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
         echo = _silent
@@ -192,13 +194,6 @@ def fit(config: TrainConfig, out_dir: str | Path, *, dataset: SplitDataset | Non
         torch.set_num_threads(previous)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX), as oneDNN, which
-    runs torch's bfloat16 matrix products on the CPU, can use it."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def _start_cluster(config: TrainConfig) -> tuple[Cluster, bool]:
     """The ranks of this run (torchrun's environment) and whether this call joined their process
     group; settings that cannot train across processes are refused first."""
@@ -210,19 +205,6 @@ def _start_cluster(config: TrainConfig) -> tuple[Cluster, bool]:
         raise ValueError(why)
     device_type = "cuda" if resolve_device(config.train.device).type == "cuda" else "cpu"
     return cluster, cluster.start(device_type, config.train.distributed_timeout)
-
-
-def step_threads(num_threads: int, device: torch.device, local_ranks: int = 1) -> int:
-    """Torch threads of the training step: `num_threads` when set; on a CPU otherwise all cores
-    but one, which the batch iterator's worker thread keeps busy sampling the next batches (on 2
-    cores a second torch thread made an ML-100K step 1.9 -> 4.0 ms: a training step is many small
-    ops, each waking the pool), the cores shared out among the `local_ranks` processes of this
-    machine; on CUDA torch's current setting."""
-    if num_threads:
-        return num_threads
-    if device.type != "cpu":
-        return torch.get_num_threads()
-    return max(1, (os.cpu_count() or 1) // local_ranks - 1)
 
 
 def _silent(line: str) -> None:
@@ -428,7 +410,8 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
 # validation metric, hence the best epoch and early stopping. Where the data files are does not
 # matter: the data fingerprint, checked apart, says whether they hold the same data.)
 _COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state", "refit"), "eval": ("exclude",), "data": DataSource.FILES}
+                       "keep_optimizer_state", "refit", "tune_allocator"),
+             "eval": ("exclude",), "data": DataSource.FILES}
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
