@@ -6,8 +6,9 @@ tuned children take turns (plain, tuned, plain, ...), each timing the median of 
 warm-up; the table gives the median over the children of each kind and their ratio.
 
 Model: the Gowalla example's (`examples/gowalla.toml`: 256-d cosine towers, the user's history gated
-with the user id, in-batch + 1024 shared uniform negatives, batch 1024) on generated data of
-Gowalla's size, in float32 and with `train.cpu_amp` (bfloat16 GEMMs).
+with the user id, in-batch + 1024 shared uniform negatives, batch 1024) on Gowalla's training split
+when `../shared/data/gowalla` is there, else on generated data of its size (the table names which),
+in float32 and with `train.cpu_amp` (bfloat16 GEMMs).
 
     python -m benchmarks.bench_allocator [--rounds 3]   # -> benchmarks/results/allocator.md
 """
@@ -30,8 +31,9 @@ USERS, ITEMS, PER_USER, D = 29_858, 40_981, 24, 256
 WARMUP, STEPS = 10, 40
 
 
-def child(tuned: bool, amp: bool) -> float:
-    """Median milliseconds of a training step in this process, after tuning the allocator or not."""
+def child(tuned: bool, amp: bool) -> tuple[float, str]:
+    """Median milliseconds of a training step in this process, after tuning the allocator or not,
+    and the data it trained on (Gowalla's train.txt when present, else generated data of its size)."""
     import dataclasses
     import time
 
@@ -48,9 +50,11 @@ def child(tuned: bool, amp: bool) -> float:
         raise SystemExit("this system has no glibc mallopt: nothing to compare")
     torch.set_num_threads(1)
     config = TrainConfig.from_toml(EXAMPLE)
+    data = "Gowalla's train.txt (../shared/data/gowalla)"
     if not config.data.path or not Path(config.data.path).exists():
         config.data = DataSource(synthetic_users=USERS, synthetic_items=ITEMS,
                                  synthetic_interactions_per_user=PER_USER)
+        data = f"generated data of Gowalla's size ({USERS:,} users, {ITEMS:,} items, ~{PER_USER} per user)"
     config.model = dataclasses.replace(config.model, embedding_dim=D)
     dataset = load_dataset(config.data)
     torch.manual_seed(0)
@@ -69,16 +73,17 @@ def child(tuned: bool, amp: bool) -> float:
             step.update(loss)
             if i >= WARMUP:
                 samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+    return statistics.median(samples) * 1e3, data
 
 
-def run_child(tuned: bool, amp: bool) -> float:
+def run_child(tuned: bool, amp: bool) -> tuple[float, str]:
     done = subprocess.run([sys.executable, "-m", "benchmarks.bench_allocator", "--child",
                            "tuned" if tuned else "plain", *(["--amp"] if amp else [])],
                           capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"child failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["ms"]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer["ms"], answer["data"]
 
 
 def main() -> None:
@@ -88,14 +93,16 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps({"ms": child(args.child == "tuned", args.amp)}))
+        ms, data = child(args.child == "tuned", args.amp)
+        print(json.dumps({"ms": ms, "data": data}))
         return
     rows = []
     for amp in (False, True):
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for tuned in (False, True):
-                times[tuned].append(run_child(tuned, amp))
+                ms, data = run_child(tuned, amp)
+                times[tuned].append(ms)
                 print(f"{'bf16' if amp else 'fp32'} {'tuned' if tuned else 'plain'}: {times[tuned][-1]:.1f} ms",
                       flush=True)
         plain, tuned = statistics.median(times[False]), statistics.median(times[True])
@@ -105,8 +112,7 @@ def main() -> None:
     header = ["step", "glibc defaults ms", "tuned ms", "speed-up", "defaults, each child", "tuned, each child"]
     note = (f"\n\nOne torch thread; median of {STEPS} steps after {WARMUP} in each child process, children taken "
             f"in turns, {args.rounds} of each kind; the example's model (256-d, history gate, in-batch + 1024 "
-            f"shared negatives, batch 1024) on generated data of Gowalla's size ({USERS:,} users, {ITEMS:,} items, "
-            f"~{PER_USER} per user).")
+            f"shared negatives, batch 1024) on {data}.")
     print(markdown_table(header, rows) + note)
     write_results("allocator", markdown_table(header, rows) + note, {"header": header, "rows": rows})
 
