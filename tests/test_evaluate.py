@@ -210,3 +210,41 @@ def test_group_by_user_checks_item_codes_and_handles_huge_ones() -> None:
     indptr, items = group_by_user(np.array([1, 0, 1, 1]), np.array([2**62, 5, 3, 2**62]), 3)
     np.testing.assert_array_equal(indptr, [0, 1, 3, 3])
     np.testing.assert_array_equal(items, [5, 3, 2**62])
+
+
+def test_shards_combined_give_the_unsharded_metrics() -> None:
+    """Three shards of the users (as three ranks would rank them), their totals summed and their
+    listed items OR-ed, give the one-process metrics, coverage and unreachable users included."""
+    rng = np.random.default_rng(7)
+    num_users, num_items, dim = 61, 40, 5
+    users = rng.normal(size=(num_users, dim)).astype(np.float32)
+    items = rng.normal(size=(num_items, dim)).astype(np.float32)
+    seen = random_sets(rng, num_users, num_items, 0, 10)
+    relevant = sets_to_csr([s - seen[u] for u, s in enumerate(random_sets(rng, num_users, num_items, 0, 6))])
+    unreachable = rng.integers(0, 3, num_users)
+    ranker = exact_ranker(users, items, 10)
+    kwargs = dict(num_items=num_items, ks=[3, 10], exclude=sets_to_csr(seen), batch_size=7, progress=False,
+                  unreachable=unreachable, unreachable_users=4)
+    whole = evaluate_rankings(ranker, relevant, **kwargs)
+    shards = []
+    for index in range(3):
+        evaluate_rankings(ranker, relevant, shard=(index, 3), combine=lambda acc: shards.append(acc.totals()), **kwargs)
+    sums = sum(part[0] for part in shards)
+    count = sum(part[1] for part in shards)
+    listed = np.logical_or.reduce([part[2] for part in shards])
+
+    def combine(acc) -> None:
+        acc.set_totals(sums, count, listed)
+
+    combined = evaluate_rankings(ranker, relevant, shard=(0, 3), combine=combine, **kwargs)
+    assert combined.num_users == whole.num_users
+    assert shards[1][1] < whole.num_users / 2  # each shard ranked a part of the users
+    for key, value in whole.metrics.items():
+        assert combined.metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_a_bad_shard_is_named() -> None:
+    relevant = sets_to_csr([{1}, {2}])
+    ranker = exact_ranker(np.ones((2, 1), np.float32), np.ones((4, 1), np.float32), 2)
+    with pytest.raises(ValueError, match="shard must be"):
+        evaluate_rankings(ranker, relevant, num_items=4, ks=[2], progress=False, shard=(2, 2))

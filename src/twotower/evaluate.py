@@ -90,6 +90,8 @@ def evaluate_rankings(
     desc: str = "evaluate",
     unreachable: np.ndarray | None = None,
     unreachable_users: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    combine: Callable[[RankingMetrics], None] | None = None,
 ) -> EvalResult:
     """Runs `ranker` over users in batches and accumulates the metrics.
 
@@ -109,6 +111,10 @@ def evaluate_rankings(
         batch_size: users per ranker call.
         progress: show a tqdm bar (per user).
         desc: bar label.
+        shard: (index, count): rank every count-th of the users from the index-th on (one process of
+            a distributed evaluation; the unreachable users count in shard 0 only).
+        combine: called with the accumulator before the means are taken, to merge the shards'
+            totals (`RankingMetrics.totals` / `set_totals`; e.g. an all-reduce across ranks).
 
     Returns:
         EvalResult; `extra["rank_seconds"]` is the time spent inside `ranker` only.
@@ -129,6 +135,11 @@ def evaluate_rankings(
     users = check_codes(np.asarray(users, dtype=np.int64), "users", low=0, high=num_rows)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count; got {shard}")
+    users = users[index::count]
+    unreachable_users = unreachable_users if index == 0 else 0
     acc = RankingMetrics(ks, num_items)
     start = time.perf_counter()
     rank_seconds = 0.0
@@ -144,6 +155,8 @@ def evaluate_rankings(
             acc.update(ids, *take_rows(relevant, batch), None if unreachable is None else unreachable[batch])
             bar.update(len(batch))
     acc.add_unreachable_users(unreachable_users)
+    if combine is not None:
+        combine(acc)
     seconds = time.perf_counter() - start
     return EvalResult(
         metrics=acc.result(),
@@ -321,7 +334,8 @@ def _spare_targets(seen: CSRPair, relevant: CSRPair, num_items: int, spare: bool
 
 
 def evaluate_targets(ranker: Ranker, targets: SplitTargets, *, num_items: int, ks: Sequence[int], progress: bool,
-                     desc: str, batch_size: int = 2048) -> EvalResult:
+                     desc: str, batch_size: int = 2048, shard: tuple[int, int] = (0, 1),
+                     combine: Callable[[RankingMetrics], None] | None = None) -> EvalResult:
     """`evaluate_rankings` of `ranker` on one split's targets, with their counts attached."""
     result = evaluate_rankings(
         ranker,
@@ -334,6 +348,8 @@ def evaluate_targets(ranker: Ranker, targets: SplitTargets, *, num_items: int, k
         desc=desc,
         unreachable=targets.unreachable,
         unreachable_users=targets.unreachable_users,
+        shard=shard,
+        combine=combine,
     )
     return dataclasses.replace(result, targets=dict(targets.counts))
 
@@ -383,6 +399,8 @@ def evaluate_model(
     num_threads: int | None = None,
     progress: bool = True,
     protocol: EvalConfig | None = None,
+    shard: tuple[int, int] = (0, 1),
+    combine: Callable[[RankingMetrics], None] | None = None,
 ) -> EvalResult:
     """Encodes every user and item with `model` (eval mode) and evaluates on `split`.
 
@@ -391,13 +409,14 @@ def evaluate_model(
         dataset: a `twotower.data.SplitDataset`.
         split: "valid" (train items excluded) or "test" (train + valid items excluded by default).
         protocol: the evaluation protocol (`twotower.settings.eval.EvalConfig`); default: the defaults.
+        shard, combine: one shard of a distributed evaluation, see `evaluate_rankings`.
     """
     targets = split_targets(dataset, split, protocol)
     item_vectors = model.item_search_vectors()
     ranker = exact_ranker(model.user_search_vectors(), item_vectors, ranking_width(ks, len(item_vectors)),
                           num_threads=num_threads)
     return evaluate_targets(ranker, targets, num_items=len(item_vectors), ks=ks, progress=progress, desc="exact",
-                            batch_size=batch_size)
+                            batch_size=batch_size, shard=shard, combine=combine)
 
 
 def evaluate_popularity(

@@ -177,6 +177,23 @@ class RankingMetrics:
             raise ValueError(f"count must be >= 0; got {count}")
         self.num_users += int(count)
 
+    def totals(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """What the means and coverage come from, to be combined with other accumulators' (the
+        shards of a distributed evaluation): the per-metric sums (float64, in `result()`'s order),
+        the number of users, and bool [len(ks), num_items] of the items each cutoff has listed."""
+        sums = np.array(list(self._sums.values()), dtype=np.float64)
+        return sums, self.num_users, np.stack([self._seen[k] for k in self.ks])
+
+    def set_totals(self, sums: np.ndarray, num_users: int, seen: np.ndarray) -> None:
+        """Replaces the accumulated state with combined `totals()` (sums added, users added, listed
+        items OR-ed over the shards)."""
+        sums, seen = np.asarray(sums, dtype=np.float64), np.asarray(seen, dtype=bool)
+        if sums.shape != (len(self._sums),) or seen.shape != (len(self.ks), self.num_items) or num_users < 0:
+            raise ValueError(f"totals of another accumulator: sums {sums.shape}, seen {seen.shape}, users {num_users}")
+        self._sums = dict(zip(self._sums, sums.tolist(), strict=True))
+        self.num_users = int(num_users)
+        self._seen = {k: seen[i].copy() for i, k in enumerate(self.ks)}
+
     def result(self) -> dict[str, float]:
         """Means over the users seen so far ("<metric>@<k>") plus "coverage@<k>"."""
         out = {key: (total / self.num_users if self.num_users else float("nan")) for key, total in self._sums.items()}

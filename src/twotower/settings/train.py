@@ -80,6 +80,10 @@ class LoopConfig:
             (a run directory of its own; `OUT/refit/model` is the model to serve). The protocol of
             benchmarks whose published models trained on train + valid; results.json reports
             both models' test metrics. Needs a validation split.
+        distributed_eval: how a distributed run (torchrun) validates each epoch: "sharded" (every
+            rank ranks its share of the users, the metric sums all-reduced: the same metrics, in
+            about 1 / world of the time where each rank has a device of its own) or "rank0" (rank 0
+            ranks every user while the others wait).
         distributed_timeout: seconds any collective of distributed training (torchrun) may wait for
             the other ranks before the job ends with an error naming the rank, instead of hanging;
             it also bounds how long the ranks wait for rank 0's evaluation and checkpoints.
@@ -104,6 +108,7 @@ class LoopConfig:
     progress: bool = True
     fused_step: bool = True
     refit: bool = False
+    distributed_eval: str = "sharded"
     distributed_timeout: float = 900.0
 
     def validate(self) -> None:
@@ -125,6 +130,8 @@ class LoopConfig:
             self.ks = sorted({*self.ks, int(k)})
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
+        if self.distributed_eval not in ("sharded", "rank0"):
+            raise ValueError(f"train.distributed_eval must be 'sharded' or 'rank0'; got {self.distributed_eval!r}")
         if not self.distributed_timeout > 0:
             raise ValueError(f"train.distributed_timeout must be > 0 seconds; got {self.distributed_timeout}")
 

@@ -36,12 +36,13 @@ Design (issue 18), in the order a step runs:
   all-reduce with the backward pass (buckets): for these models the dense parameters are small.
 - The fused table step (`train.fused_step`) steps the id tables outside autograd and does not run
   here: the autograd step trains instead, and the run says so.
-- Around the step (`twotower.training.loop`): rank 0 alone evaluates (the exact top-K of a whole
-  catalogue takes a fraction of an epoch, and the other ranks would need every item vector anyway),
-  writes checkpoints, `best/`, the model and the logs, after a barrier; the early-stopping state is
-  broadcast from it. Each rank's torch RNG (dropout) is its own stream and every checkpoint holds all
-  of them, so `--resume` with the same world size continues bit-identically; another world size is
-  refused (its batches would differ).
+- Around the step (`twotower.training.loop`): the validation of each epoch is sharded by users
+  (`train.distributed_eval = "sharded"`: every rank encodes the catalogue and ranks every world-th
+  user, and `Cluster.reduce_metrics` all-reduces the metric sums) or run by rank 0 alone ("rank0");
+  rank 0 selects the epoch, writes checkpoints, `best/`, the model and the logs, after a barrier,
+  and broadcasts the early-stopping state; the final test evaluation is rank 0's. Each rank's torch
+  RNG (dropout) is its own stream and every checkpoint holds all of them, so `--resume` with the
+  same world size continues bit-identically; another world size is refused (its batches would differ).
 
 Not supported (refused with a message naming the setting): `loss.symmetric` (the item-to-query
 direction would need every rank's queries), `batches.log_q = "streaming"` (each rank would estimate
@@ -62,6 +63,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as functional
 
 from twotower.losses import IN_BATCH_KINDS, IndexedRows, LossInputs
+from twotower.metrics import RankingMetrics
 from twotower.model.two_tower import TwoTowerModel
 from twotower.training.batches import Batch
 from twotower.training.optim import clip_grad_norm
@@ -128,6 +130,20 @@ class Cluster:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def reduce_metrics(self, acc: RankingMetrics) -> None:
+        """Every rank's evaluation shard combined, in place, on every rank: metric sums and user
+        counts added, the items each cutoff listed OR-ed (an all-reduce on the group's device)."""
+        if not self.active:
+            return
+        sums, users, seen = acc.totals()
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        totals = torch.from_numpy(np.append(sums, float(users))).to(device)
+        listed = torch.from_numpy(seen.astype(np.uint8)).to(device)
+        dist.all_reduce(totals)
+        dist.all_reduce(listed, op=dist.ReduceOp.MAX)
+        totals, listed = totals.cpu().numpy(), listed.cpu().numpy()
+        acc.set_totals(totals[:-1], int(round(totals[-1])), listed.astype(bool))
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank."""

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16", "step_threads", "tune_allocator"]
+__all__ = ["cpu_has_bf16", "eval_threads", "step_threads", "tune_allocator"]
 
 log = logging.getLogger("twotower.training")
 
@@ -42,6 +42,17 @@ def step_threads(num_threads: int, device: torch.device, local_ranks: int = 1) -
     if device.type != "cpu":
         return torch.get_num_threads()
     return max(1, (os.cpu_count() or 1) // local_ranks - 1)
+
+
+def eval_threads(num_threads: int, local_ranks: int = 1) -> int | None:
+    """Scorer threads of an evaluation: `num_threads` when set; else None (all cores) in one
+    process, or the cores shared out among the `local_ranks` processes of this machine when they
+    evaluate at the same time (a sharded validation)."""
+    if num_threads:
+        return num_threads
+    if local_ranks <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // local_ranks)
 
 
 def tune_allocator() -> bool:

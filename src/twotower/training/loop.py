@@ -410,7 +410,7 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
 # validation metric, hence the best epoch and early stopping. Where the data files are does not
 # matter: the data fingerprint, checked apart, says whether they hold the same data.)
 _COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state", "refit", "tune_allocator"),
+                       "keep_optimizer_state", "refit", "tune_allocator", "distributed_eval"),
              "eval": ("exclude",), "data": DataSource.FILES}
 
 
@@ -534,9 +534,18 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
     the epoch's weights saved as the best when its `train.select_metric` beats the best so far
     (else one more stale evaluation). Without a validation split there is nothing to select on:
     every evaluated epoch is the newest best (no early stopping), so the model is the last epoch's.
-    Across ranks rank 0 evaluates and the others receive its outcome (early stopping included)."""
+    Across ranks the validation is sharded (every rank ranks its share of the users, the metrics
+    combined on all) or rank 0's (`train.distributed_eval`); rank 0 selects, and the others receive
+    its outcome (early stopping included)."""
+    valid = None
+    if run.cluster.active and run.config.train.distributed_eval == "sharded" and _validation_due(run, record):
+        run.model.eval()
+        valid = evaluate_model(run.model, run.dataset, split="valid", ks=run.config.train.ks,
+                               num_threads=hardware.eval_threads(run.config.train.num_threads, run.cluster.local_world),
+                               progress=False, protocol=run.config.eval, shard=(run.cluster.rank, run.cluster.world),
+                               combine=run.cluster.reduce_metrics)
     if run.cluster.is_main:
-        _evaluate_here(run, state, record)
+        _evaluate_here(run, state, record, valid)
     if run.cluster.active:
         shared = run.cluster.broadcast((state.best, state.best_epoch, state.stale, record.get("valid")))
         state.best, state.best_epoch, state.stale = shared[:3]
@@ -544,8 +553,14 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
             record["valid"] = shared[3]
 
 
-def _evaluate_here(run: _Run, state: _State, record: dict[str, Any]) -> None:
-    """`_evaluate_and_select` in this process."""
+def _validation_due(run: _Run, record: dict[str, Any]) -> bool:
+    """Whether the epoch of `record` is validated: every `train.eval_every` epochs, and the last."""
+    epoch = record["epoch"]
+    return len(run.dataset.valid.users) > 0 and (epoch % run.config.train.eval_every == 0 or epoch == run.last_epoch)
+
+
+def _evaluate_here(run: _Run, state: _State, record: dict[str, Any], valid: EvalResult | None = None) -> None:
+    """`_evaluate_and_select` in this process, on `valid` when the ranks have validated together."""
     loop, epoch = run.config.train, record["epoch"]
     if not (epoch % loop.eval_every == 0 or epoch == run.last_epoch):
         return
@@ -554,8 +569,9 @@ def _evaluate_here(run: _Run, state: _State, record: dict[str, Any]) -> None:
         state.best_epoch, state.stale = epoch, 0
         _save_best(run.best_dir, run.model, run.loss_fn, run.saved_config)
         return
-    valid = evaluate_model(run.model, run.dataset, split="valid", ks=loop.ks, num_threads=run.threads,
-                           progress=False, protocol=run.config.eval)
+    if valid is None:
+        valid = evaluate_model(run.model, run.dataset, split="valid", ks=loop.ks, num_threads=run.threads,
+                               progress=False, protocol=run.config.eval)
     record["valid"] = valid.metrics
     score = _select(valid, loop.select_metric)
     if score > state.best:
