@@ -147,3 +147,22 @@ def test_settings_that_cannot_train_across_ranks_end_every_rank_naming_it(tmp_pa
     assert code != 0
     for rank in (0, 1):
         assert f"twotower: error (rank {rank} of 2): loss.symmetric is not supported in distributed" in stderr
+
+
+def test_sharded_validation_gives_rank_zeros_metrics(two_ranks, tmp_path) -> None:
+    """The default sharded validation (each rank ranks half the users, the sums all-reduced) gives
+    every epoch the metrics rank 0 alone computes over all users, and the same run."""
+    out = tmp_path / "rank0"
+    (code, _, stderr), = finish(torchrun(out, "--train.epochs", "3", "--train.distributed_eval", "rank0"))
+    assert code == 0, stderr[-3000:]
+
+    def valid(run: Path) -> list[dict]:
+        return [json.loads(line)["valid"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    sharded, alone = valid(two_ranks), valid(out)
+    assert len(sharded) == len(alone) == 3
+    for ours, theirs in zip(sharded, alone, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-15), key
+    assert_same_weights(out, two_ranks)
