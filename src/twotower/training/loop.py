@@ -536,8 +536,9 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
     every evaluated epoch is the newest best (no early stopping), so the model is the last epoch's.
     Across ranks the validation is sharded (every rank ranks its share of the users, the metrics
     combined on all) or rank 0's (`train.distributed_eval`); rank 0 selects, and the others receive
-    its outcome (early stopping included)."""
-    valid = None
+    its outcome (early stopping included). `record["valid_seconds"]`: the validation's wall time
+    (the ranks' collective one when sharded, rank 0's own otherwise)."""
+    started, valid = time.perf_counter(), None
     if run.cluster.active and run.config.train.distributed_eval == "sharded" and _validation_due(run, record):
         run.model.eval()
         valid = evaluate_model(run.model, run.dataset, split="valid", ks=run.config.train.ks,
@@ -546,6 +547,8 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
                                combine=run.cluster.reduce_metrics)
     if run.cluster.is_main:
         _evaluate_here(run, state, record, valid)
+        if "valid" in record:
+            record["valid_seconds"] = time.perf_counter() - started
     if run.cluster.active:
         shared = run.cluster.broadcast((state.best, state.best_epoch, state.stale, record.get("valid")))
         state.best, state.best_epoch, state.stale = shared[:3]
