@@ -38,7 +38,8 @@ from twotower.data import SplitDataset
 from twotower.datasets import fingerprint, load_dataset
 from twotower.settings import TrainConfig
 from twotower.settings.tune import Param, TuneConfig, trial_config
-from twotower.training.loop import TrainingDiverged, _semantic, fit
+from twotower.training.loop import TrainingDiverged, fit
+from twotower.training.resume_rules import semantic_settings
 
 __all__ = ["TrialRow", "TuneResult", "format_trials", "tune"]
 
@@ -192,7 +193,7 @@ def _open_study(run_dir: Path, base: TrainConfig, settings: TuneConfig, data_fin
     """The study in run_dir/study.db, created on the first run; refused if it searched something else."""
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True)
-    identity = json.dumps({"base": _semantic(json.loads(json.dumps(base.to_dict()))), "data": data_fingerprint,
+    identity = json.dumps({"base": semantic_settings(json.loads(json.dumps(base.to_dict()))), "data": data_fingerprint,
                            "metric": settings.metric,
                            "space": {name: p.as_toml() for name, p in settings.space.items()}}, sort_keys=True)
     if "identity" not in study.user_attrs:

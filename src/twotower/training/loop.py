@@ -51,7 +51,6 @@ from twotower.model.model_dir import save_model_dir
 from twotower.model.two_tower import TwoTowerModel
 from twotower.plots import plot_training
 from twotower.settings import TrainConfig
-from twotower.settings.data import DataSource
 from twotower.training import hardware
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
@@ -67,6 +66,7 @@ from twotower.training.checkpoint import (
 from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, restore_rng, rng_states, unsupported
 from twotower.training.fused_step import TableStep
 from twotower.training.optim import learning_rate, make_optimizer
+from twotower.training.resume_rules import changed_settings, semantic_settings
 from twotower.training.run_lock import run_lock
 from twotower.training.step import AutogradStep, TrainingDiverged, make_train_step
 
@@ -381,7 +381,8 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
     saved = read_json_object(last / "config.json")
     if saved.get("data_fingerprint") != run.saved_config["data_fingerprint"]:
         raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-    changed = _changed_settings(_semantic(saved.get("train_config", {})), _semantic(run.config.to_dict()))
+    changed = changed_settings(semantic_settings(saved.get("train_config", {})),
+                               semantic_settings(run.config.to_dict()))
     if changed:
         raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
                          "the settings it was written with")
@@ -402,39 +403,6 @@ def _start_or_resume(run: _Run, resume: bool) -> _State:
         state.candidates = arrays["candidates"]
         run.batches.set_candidates(state.candidates)
     return state
-
-
-# Settings that do not change what is trained or selected: a resumed run may differ in them (so a
-# finished run can be resumed with --train.refit to add its refit).
-# (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
-# validation metric, hence the best epoch and early stopping. Where the data files are does not
-# matter: the data fingerprint, checked apart, says whether they hold the same data.)
-_COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
-                       "keep_optimizer_state", "refit", "tune_allocator", "distributed_eval"),
-             "eval": ("exclude",), "data": DataSource.FILES}
-
-
-def _semantic(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must share with its checkpoint; a config saved before a section
-    existed reads with that section's defaults."""
-    try:
-        config = TrainConfig.from_dict(config).to_dict()
-    except (TypeError, ValueError):
-        pass  # compared as saved: the comparison then names the difference as different settings
-    config = json.loads(json.dumps(config))  # tuples as lists, as a saved config has them
-    return {**config, **{section: {k: v for k, v in config.get(section, {}).items() if k not in names}
-                         for section, names in _COSMETIC.items()}}
-
-
-def _changed_settings(saved: Any, given: Any, name: str = "") -> list[str]:
-    """'section.key: saved -> given' for every setting that differs (nested sections walked)."""
-    if isinstance(saved, dict) and isinstance(given, dict):
-        changed = []
-        for key in sorted(set(saved) | set(given), key=str):
-            where = f"{name}.{key}" if name else str(key)
-            changed += _changed_settings(saved.get(key, "(unset)"), given.get(key, "(unset)"), where)
-        return changed
-    return [] if saved == given else [f"{name}: {saved!r} -> {given!r}"]
 
 
 def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
