@@ -82,6 +82,7 @@ def merge_runs(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
     time; a changed configuration (another file, or the same file with other settings) starts the
     entry afresh."""
     same = ("config", "settings", "epochs_override")
+    new = json.loads(json.dumps(new))  # as stored: tuples become lists, or a stored entry never compares equal
     if old is None or any(old.get(key) != new.get(key) for key in same):
         return new
     seeds = {run["seed"] for run in new["runs"]}

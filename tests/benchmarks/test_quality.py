@@ -53,3 +53,20 @@ def test_a_missing_data_set_is_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quality, "DATA_ROOT", tmp_path)
     assert quality.main(["--data", "gowalla"]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_a_stored_entry_keeps_its_seeds_when_the_new_settings_hold_tuples(tmp_path):
+    """Settings fresh from a config hold tuples (e.g. batches.hard_rank_range); once stored as JSON
+    they are lists. The same configuration must still merge, not start afresh."""
+    import json
+
+    path = tmp_path / "a.toml"
+    path.write_text('[model]\nembedding_dim = 32\n')
+    settings = quality._settings(str(path))
+    assert any(isinstance(v, tuple) for section in settings.values() if isinstance(section, dict)
+               for v in section.values())  # the case this test is about
+    stored = json.loads(json.dumps({"config": str(path), "settings": settings, "epochs_override": None,
+                                    "runs": [_run(0, 0.17, 0.14)]}))
+    merged = quality.merge_runs(stored, {"config": str(path), "settings": quality._settings(str(path)),
+                                         "epochs_override": None, "runs": [_run(1, 0.18, 0.15)]})
+    assert [r["seed"] for r in merged["runs"]] == [0, 1]
