@@ -76,8 +76,8 @@ def main() -> None:
             f"(one torch thread each, `OMP_NUM_THREADS=1`); generated data, {args.users:,} users x {args.items:,} "
             f"items, 12 interactions per user, {args.dim}-d, the defaults otherwise; {args.epochs} epochs per run, "
             f"{args.launches} runs per mode taken in turns. Sharded, every rank encodes the catalogue and ranks "
-            "every world-th user, the metric sums all-reduced; rank 0 alone ranks every user with the scorer on all "
-            "cores while the others wait.")
+            "every world-th user, the metric sums all-reduced; rank 0 alone ranks every user while the others wait "
+            "(its scorer on OMP_NUM_THREADS threads: 1 here, torchrun's default for several processes per machine).")
     print(markdown_table(header, rows) + note)
     write_results("distributed-eval", markdown_table(header, rows) + note,
                   {"header": header, "rows": rows, "seconds": seconds})
