@@ -5,6 +5,7 @@ stays up, and afterwards its answers still equal the library's."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -99,7 +100,12 @@ def test_random_bytes_get_no_5xx(served, endpoint, raw, content_type) -> None:
 def test_answers_are_still_the_librarys(served, plain_model) -> None:
     server, client, state = served
     if state["mutated"]:  # the fuzz changed items or reloaded: start again from the model's own items
-        assert client.post("/admin/reload", json={"model_dir": str(plain_model), "wait": True}).status_code == 200
+        # A reload the fuzz started in the background may still be loading (409 until it ends).
+        deadline = time.monotonic() + 120
+        while (code := client.post("/admin/reload", json={"model_dir": str(plain_model), "wait": True}
+                                   ).status_code) == 409 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert code == 200
     recommender = Recommender.load(plain_model, ann=state["ann"])
     assert results(client.post("/recommend", json={"users": USERS, "k": 10})) == \
         as_lists(recommender.recommend(USERS, k=10))
