@@ -524,16 +524,21 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
             record["valid"] = shared[3]
 
 
-def _validation_due(run: _Run, record: dict[str, Any]) -> bool:
-    """Whether the epoch of `record` is validated: every `train.eval_every` epochs, and the last."""
+def _evaluated_epoch(run: _Run, record: dict[str, Any]) -> bool:
+    """Whether the epoch of `record` is an evaluation's: every `train.eval_every` epochs, and the last."""
     epoch = record["epoch"]
-    return len(run.dataset.valid.users) > 0 and (epoch % run.config.train.eval_every == 0 or epoch == run.last_epoch)
+    return epoch % run.config.train.eval_every == 0 or epoch == run.last_epoch
+
+
+def _validation_due(run: _Run, record: dict[str, Any]) -> bool:
+    """Whether the epoch of `record` is validated: an evaluation's epoch, with a validation split."""
+    return len(run.dataset.valid.users) > 0 and _evaluated_epoch(run, record)
 
 
 def _evaluate_here(run: _Run, state: _State, record: dict[str, Any], valid: EvalResult | None = None) -> None:
     """`_evaluate_and_select` in this process, on `valid` when the ranks have validated together."""
     loop, epoch = run.config.train, record["epoch"]
-    if not (epoch % loop.eval_every == 0 or epoch == run.last_epoch):
+    if not _evaluated_epoch(run, record):
         return
     run.model.eval()
     if len(run.dataset.valid.users) == 0:
