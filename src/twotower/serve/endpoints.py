@@ -102,13 +102,21 @@ def _answers(queries: list[Any], codes: list[int], answers: list[Any], name: str
 
 
 # -- queries ----------------------------------------------------------------------------------------
+def _begin_query(request: Request, k: int, **counted: list[Any] | None) -> tuple[Service, Served]:
+    """A query's preamble: the service, the version it is answered from, and its k and list sizes
+    checked (in the order given, so the first bad field is the one named)."""
+    service = _service(request)
+    served = service.use(request)
+    service.check_k(k)
+    for field_name, values in counted.items():
+        service.check_count(values, field_name)
+    return service, served
+
+
 @router.post("/recommend")
 async def recommend(body: RecommendBody, request: Request) -> JSONResponse:
     """Top-k items for users seen in training; an unknown user gets an `error` entry, not a failed request."""
-    service = _service(request)
-    served = service.use(request)
-    service.check_k(body.k)
-    service.check_count(body.users, "users")
+    service, served = _begin_query(request, body.k, users=body.users)
     codes = served.user_ids.codes(body.users)
     known = [code for code in codes if code >= 0]
     key = ("users", served, body.k, body.exclude_seen)
@@ -119,11 +127,7 @@ async def recommend(body: RecommendBody, request: Request) -> JSONResponse:
 @router.post("/recommend/features")
 async def recommend_features(body: FeaturesBody, request: Request) -> JSONResponse:
     """Top-k items for new users, from side features and/or the items they used (cold start)."""
-    service = _service(request)
-    served = service.use(request)
-    service.check_k(body.k)
-    service.check_count(body.features, "features")
-    service.check_count(body.history, "history")
+    service, served = _begin_query(request, body.k, features=body.features, history=body.history)
     if body.features is None and body.history is None:
         raise ApiError(422, "give features, history or both", "features")
     count = len(body.features if body.features is not None else body.history)
@@ -145,10 +149,7 @@ async def recommend_features(body: FeaturesBody, request: Request) -> JSONRespon
 @router.post("/similar")
 async def similar(body: SimilarBody, request: Request) -> JSONResponse:
     """The k items nearest each given item (itself left out); an unknown item gets an `error` entry."""
-    service = _service(request)
-    served = service.use(request)
-    service.check_k(body.k)
-    service.check_count(body.items, "items")
+    service, served = _begin_query(request, body.k, items=body.items)
     queries, exclude, labels = served.catalogue.item_queries(body.items)
     codes = labels.tolist()
     answers = await service.batcher.submit(("vectors", served, body.k), (queries, exclude), len(queries)) \
