@@ -214,7 +214,13 @@ def worker(rank: int, world: int, sizes: list[tuple[int, int]], repeats: int, de
     if rank == 0:
         out.write_text(json.dumps(rows))
     if world > 1:
+        dist.barrier()  # no rank tears its Gloo pairs down while a peer still sends
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The batch workers are daemon threads, and C++ threads torn down by the interpreter's exit have
+    # aborted a rank ("terminate called without an active exception"): leave without that teardown.
+    os._exit(0)
 
 
 def _launch(world: int, sizes: list[tuple[int, int]], repeats: int, device: str, timeout: float) -> list[dict]:
