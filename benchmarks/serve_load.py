@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -56,9 +57,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def exit_on_sigterm() -> None:
+    """Turns SIGTERM into SystemExit in the main thread, so `finally` blocks (and the `server`
+    block's stop of its child) run; Python's default for SIGTERM ends the process without them."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def server(model_dir: Path, *flags: str, log: Path, ready_timeout: float = 600) -> Iterator[str]:
-    """`twotower serve MODEL_DIR FLAGS` on a free loopback port until the block ends (SIGTERM, then SIGKILL)."""
+    """`twotower serve MODEL_DIR FLAGS` on a free loopback port until the block ends (SIGTERM, then SIGKILL).
+
+    A SIGTERM to this process ends the block too (`exit_on_sigterm`), so stopping the benchmark
+    stops its server rather than leaving it running."""
+    exit_on_sigterm()
     port = free_port()
     env = {**os.environ, "TWOTOWER_ADMIN_TOKEN": TOKEN}
     with open(log, "ab") as out:

@@ -57,3 +57,41 @@ def test_the_benchmark_model_serves_its_vectors(tmp_path: Path) -> None:
         assert len(e.items) == 10 and len(set(e.items.tolist()) & set(a.items.tolist())) >= 8
     trained = Recommender.load(directory).trained
     assert np.all(np.diff(trained.seen.indptr) <= 20) and trained.seen.indptr[-1] > 0
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from benchmarks.serve_load import server
+with server(Path(sys.argv[1]), log=Path(sys.argv[2])) as url:
+    print(url, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_benchmark_stops_its_server(tmp_path: Path) -> None:
+    """Stopping the benchmark (SIGTERM) must not leave its `twotower serve` child running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    directory = make_model_dir(tmp_path / "m", num_items=500, num_users=20, dim=8)
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), str(tmp_path / "serve.log")],
+                              cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        url = holder.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), (tmp_path / "serve.log").read_text()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(timeout=90) == 128 + signal.SIGTERM
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/healthz", timeout=5)
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.wait()
