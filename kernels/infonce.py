@@ -95,9 +95,10 @@ class _InfoNCEFunction(torch.autograd.Function):
         correct_positive: bool,
         reduction: str,
         symmetric: bool,
+        extra_query_ids: Tensor | None,
     ) -> Tensor:
         kt = _kernels()
-        side = kt.Side(extra, logq, logq_extra, query_ids, item_ids, extra_ids, correct_positive)
+        side = kt.Side(extra, logq, logq_extra, query_ids, item_ids, extra_ids, correct_positive, extra_query_ids)
         lse, loss = kt.forward_lse(q, k, temp, side)
         lse_col = None
         if symmetric:
@@ -106,7 +107,8 @@ class _InfoNCEFunction(torch.autograd.Function):
             col_side = kt.Side(None, None, None, query_ids, item_ids, None, True)
             lse_col, loss_col = kt.forward_lse(k, q, temp, col_side)
             loss = loss + loss_col
-        ctx.save_for_backward(q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col)
+        ctx.save_for_backward(q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col,
+                              extra_query_ids)
         ctx.correct_positive = correct_positive
         ctx.reduction = reduction
         if reduction == "mean":
@@ -118,7 +120,8 @@ class _InfoNCEFunction(torch.autograd.Function):
     @staticmethod
     @first_order_only  # a second derivative is an error, not a silent zero
     def backward(ctx, grad_out: Tensor):
-        q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col = ctx.saved_tensors
+        q, k, extra, temp, logq, logq_extra, query_ids, item_ids, extra_ids, lse, lse_col, extra_query_ids = (
+            ctx.saved_tensors)
         kt = _kernels()
         B = q.shape[0]
         # Upstream gradient of each row's loss (no host sync: expand/divide stay on the device).
@@ -128,7 +131,8 @@ class _InfoNCEFunction(torch.autograd.Function):
             g = grad_out.float().expand(B).contiguous()
         else:
             g = grad_out.float().contiguous()
-        side = kt.Side(extra, logq, logq_extra, query_ids, item_ids, extra_ids, ctx.correct_positive)
+        side = kt.Side(extra, logq, logq_extra, query_ids, item_ids, extra_ids, ctx.correct_positive,
+                       extra_query_ids)
         need_q, need_k, need_e, need_t = ctx.needs_input_grad[0:4]
         dq = dk = de = dtemp = None
         if need_q or need_t:
@@ -143,8 +147,8 @@ class _InfoNCEFunction(torch.autograd.Function):
         if need_e and extra is not None:
             de = kt.backward_dc(q, extra, temp, side, lse, lse_col, g, is_extra=True)
         # None for logq, logq_extra, query_ids, item_ids, extra_ids (constants: sampling estimates and
-        # ids), correct_positive, reduction, symmetric (Python flags).
-        return dq, dk, de, dtemp, None, None, None, None, None, None, None, None
+        # ids), correct_positive, reduction, symmetric (Python flags), extra_query_ids.
+        return dq, dk, de, dtemp, None, None, None, None, None, None, None, None, None
 
 
 def infonce(
@@ -201,8 +205,7 @@ def infonce(
         extra_query_ids: [M] integer ids of the query each extra belongs to, when the extras hold
             other processes' in-batch positives (distributed training); needs `query_ids`: extra m
             leaves row i's softmax when `extra_query_ids[m] == query_ids[i]`, as an in-batch row of
-            the same query does (an id no query has, e.g. -1, masks nothing). The Triton kernel does
-            not take it yet: CUDA tensors then run `infonce_eager`, which holds the [B, B + M] logits.
+            the same query does (an id no query has, e.g. -1, masks nothing).
 
     Under torch.autocast (CUDA, or CPU), float32 q / k / extra are cast to the autocast dtype first,
     as a matmul would be.
@@ -223,7 +226,7 @@ def infonce(
         extra_query_ids=extra_query_ids,
     )
     q, k, extra = _autocast(q, k, extra)
-    if not kernel_available(q.device, q.dtype) or extra_query_ids is not None:
+    if not kernel_available(q.device, q.dtype):
         if q.device.type == "cpu" and not symmetric:
             return infonce_blocked(
                 q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
@@ -241,7 +244,7 @@ def infonce(
     else:
         temp = torch.full((), float(temperature), dtype=torch.float32, device=dev)
     if extra is not None and extra.shape[0] == 0:
-        extra = logq_extra = extra_ids = None
+        extra = logq_extra = extra_ids = extra_query_ids = None
 
     def rows(x: Tensor) -> Tensor:  # unit stride along D; any row stride is fine
         return x if x.stride(-1) == 1 else x.contiguous()
@@ -253,7 +256,7 @@ def infonce(
         rows(q), rows(k), None if extra is None else rows(extra), temp,
         vec(logq, torch.float32), vec(logq_extra, torch.float32),
         vec(query_ids, torch.int64), vec(item_ids, torch.int64), vec(extra_ids, torch.int64),
-        bool(correct_positive), reduction, bool(symmetric),
+        bool(correct_positive), reduction, bool(symmetric), vec(extra_query_ids, torch.int64),
     )
 
 

@@ -272,6 +272,26 @@ def _inbatch_keep(
     return keep, diag
 
 
+@triton.jit
+def _extra_keep(
+    offs_r, offs_c, r_ok, c_ok, IDS_ptr, EIDS_ptr, QIDS_ptr, EQIDS_ptr, HAS_EIDS: tl.constexpr,
+    HAS_EQIDS: tl.constexpr
+):
+    """[R, C] bool: which (anchor r, extra c) pairs enter the softmax: not an extra equal to the
+    row's positive (HAS_EIDS), not an extra that is another process's row of the same query
+    (HAS_EQIDS)."""
+    keep = r_ok[:, None] & c_ok[None, :]
+    if HAS_EIDS:
+        id_r = tl.load(IDS_ptr + offs_r, mask=r_ok, other=0)
+        id_e = tl.load(EIDS_ptr + offs_c, mask=c_ok, other=0)
+        keep = keep & (id_r[:, None] != id_e[None, :])
+    if HAS_EQIDS:
+        qid_r = tl.load(QIDS_ptr + offs_r, mask=r_ok, other=0)
+        qid_e = tl.load(EQIDS_ptr + offs_c, mask=c_ok, other=0)
+        keep = keep & (qid_r[:, None] != qid_e[None, :])
+    return keep
+
+
 # ---------------------------------------------------------------------------------------------------
 # Forward: row log-sum-exp and per-row loss
 # ---------------------------------------------------------------------------------------------------
@@ -282,6 +302,7 @@ def _fwd_kernel(
     A_ptr, P_ptr, E_ptr,  # [B, D], [B, D], [M, D] (E unused unless HAS_EXTRA)
     LQP_ptr, LQE_ptr,  # [B], [M] log sampling probabilities (unused unless HAS_LOGQ)
     IDS_ptr, QIDS_ptr, EIDS_ptr,  # [B] item ids, [B] query ids, [M] extra ids (each optional)
+    EQIDS_ptr,  # [M] the query each extra belongs to (HAS_EQIDS: other processes' in-batch rows)
     TEMP_ptr,  # 0-d fp32 temperature
     LSE_ptr, LOSS_ptr,  # [B] fp32 outputs (one split): base-2 lse, natural-log loss
     PART_ptr,  # [3, n_splits, B] fp32 partial (max2, sum, positive) outputs (IS_SPLIT)
@@ -289,7 +310,7 @@ def _fwd_kernel(
     stride_a, stride_p, stride_e,
     cols_per_split, n_splits,
     HAS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
-    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr, HAS_EQIDS: tl.constexpr,
     IS_SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
@@ -353,11 +374,8 @@ def _fwd_kernel(
             if HAS_LOGQ:
                 lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
                 t = t - lq[None, :]
-            keep = row_ok[:, None] & col_ok[None, :]
-            if HAS_EIDS:
-                id_r = tl.load(IDS_ptr + offs_m, mask=row_ok, other=0)
-                id_e = tl.load(EIDS_ptr + offs_n, mask=col_ok, other=0)
-                keep = keep & (id_r[:, None] != id_e[None, :])
+            keep = _extra_keep(offs_m, offs_n, row_ok, col_ok, IDS_ptr, EIDS_ptr, QIDS_ptr, EQIDS_ptr,
+                               HAS_EIDS, HAS_EQIDS)
             t = tl.where(keep, t, float("-inf"))
             m_i, l_i = _online_lse(m_i, l_i, t)
 
@@ -402,7 +420,7 @@ def _fwd_combine_kernel(PART_ptr, LSE_ptr, LOSS_ptr, B, SPLITS: tl.constexpr, BL
 def _bwd_dq_kernel(
     Q_ptr, K_ptr, E_ptr,
     LQK_ptr, LQE_ptr,
-    IDS_ptr, QIDS_ptr, EIDS_ptr,
+    IDS_ptr, QIDS_ptr, EIDS_ptr, EQIDS_ptr,
     TEMP_ptr,
     LSE_ptr, LSEC_ptr, G_ptr,  # [B] fp32: row lse2, column lse2 (SYMMETRIC), upstream grad per row
     DQ_ptr,  # [B, D] in q's dtype (one split) or [n_splits, B, D] fp32 partials
@@ -411,7 +429,7 @@ def _bwd_dq_kernel(
     stride_q, stride_k, stride_e, stride_dq, stride_dq_split,
     cols_per_split,
     HAS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
-    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_EIDS: tl.constexpr, HAS_EQIDS: tl.constexpr,
     SYMMETRIC: tl.constexpr, COMPUTE_DTAU: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
@@ -491,11 +509,8 @@ def _bwd_dq_kernel(
             if HAS_LOGQ:
                 lq = tl.load(LQE_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32) * _K_LOG2E
                 t = t - lq[None, :]
-            keep = row_ok[:, None] & col_ok[None, :]
-            if HAS_EIDS:
-                id_r = tl.load(IDS_ptr + offs_m, mask=row_ok, other=0)
-                id_e = tl.load(EIDS_ptr + offs_n, mask=col_ok, other=0)
-                keep = keep & (id_r[:, None] != id_e[None, :])
+            keep = _extra_keep(offs_m, offs_n, row_ok, col_ok, IDS_ptr, EIDS_ptr, QIDS_ptr, EQIDS_ptr,
+                               HAS_EIDS, HAS_EQIDS)
             t = tl.where(keep, t, float("-inf"))
             ds = g[:, None] * tl.exp2(t - lse2[:, None])
             if COMPUTE_DTAU:
@@ -526,6 +541,7 @@ def _bwd_dc_kernel(
     Q_ptr, C_ptr,  # [B, D] anchors, [NC, D] this launch's candidates (k, or extra)
     LQC_ptr,  # [NC] log sampling probabilities of these candidates (HAS_LOGQ)
     IDS_ptr, QIDS_ptr, CIDS_ptr,  # [B] item ids, [B] query ids, [NC] extra ids (IS_EXTRA)
+    CQIDS_ptr,  # [NC] the query each extra belongs to (IS_EXTRA and HAS_CQIDS)
     TEMP_ptr,
     LSE_ptr, LSEC_ptr, G_ptr,
     DC_ptr,  # [NC, D] in the candidates' dtype (one split) or [n_splits, NC, D] fp32 partials
@@ -533,7 +549,8 @@ def _bwd_dc_kernel(
     stride_q, stride_c, stride_dc, stride_dc_split,
     rows_per_split,
     IS_EXTRA: tl.constexpr, HAS_LOGQ: tl.constexpr, CORRECT_POS: tl.constexpr,
-    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_CIDS: tl.constexpr, SYMMETRIC: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_QIDS: tl.constexpr, HAS_CIDS: tl.constexpr, HAS_CQIDS: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr,
     INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -559,6 +576,8 @@ def _bwd_dc_kernel(
     if IS_EXTRA:
         if HAS_CIDS:
             id_c = tl.load(CIDS_ptr + offs_n, mask=col_ok, other=0)
+        if HAS_CQIDS:
+            qid_c = tl.load(CQIDS_ptr + offs_n, mask=col_ok, other=0)
     else:
         if SYMMETRIC:
             lsec2 = tl.load(LSEC_ptr + offs_n, mask=col_ok, other=0.0)
@@ -585,6 +604,9 @@ def _bwd_dc_kernel(
             if HAS_CIDS:
                 id_r = tl.load(IDS_ptr + offs_m, mask=row_ok, other=0)
                 keep = keep & (id_c[:, None] != id_r[None, :])
+            if HAS_CQIDS:
+                qid_r = tl.load(QIDS_ptr + offs_m, mask=row_ok, other=0)
+                keep = keep & (qid_c[:, None] != qid_r[None, :])
             t = tl.where(keep, t, float("-inf"))
             dst = g[None, :] * tl.exp2(t - lse2[None, :])
         else:
@@ -679,6 +701,7 @@ class Side:
     item_ids: Tensor | None = None  # [B] int64
     extra_ids: Tensor | None = None  # [M] int64
     correct_positive: bool = True
+    extra_query_ids: Tensor | None = None  # [M] int64; needs query_ids
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -728,11 +751,11 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _side_pointers(side: Side, placeholder: Tensor) -> tuple[Tensor, ...]:
-    """(logq, logq_extra, item_ids, query_ids, extra_ids) for a row-pass launch, `placeholder`
-    standing in for each absent one (never read: its HAS_* flag is off)."""
+    """(logq, logq_extra, item_ids, query_ids, extra_ids, extra_query_ids) for a row-pass launch,
+    `placeholder` standing in for each absent one (never read: its HAS_* flag is off)."""
     return tuple(
         t if t is not None else placeholder
-        for t in (side.logq, side.logq_extra, side.item_ids, side.query_ids, side.extra_ids)
+        for t in (side.logq, side.logq_extra, side.item_ids, side.query_ids, side.extra_ids, side.extra_query_ids)
     )
 
 
@@ -782,6 +805,7 @@ def forward_lse(
             cols, splits,
             HAS_EXTRA=M > 0,
             HAS_EIDS=side.extra_ids is not None and M > 0,
+            HAS_EQIDS=side.extra_query_ids is not None and M > 0,
             IS_SPLIT=splits > 1,
             INTERPRET=interpreting(),
             PRECISION=_precision(a.dtype),
@@ -835,6 +859,7 @@ def backward_dq(
             cols,
             HAS_EXTRA=M > 0,
             HAS_EIDS=side.extra_ids is not None and M > 0,
+            HAS_EQIDS=side.extra_query_ids is not None and M > 0,
             SYMMETRIC=lse_col is not None,
             COMPUTE_DTAU=compute_dtau,
             INTERPRET=interpreting(),
@@ -886,6 +911,7 @@ def backward_dc(
             side.item_ids if side.item_ids is not None else lse,
             side.query_ids if side.query_ids is not None else lse,
             side.extra_ids if (is_extra and side.extra_ids is not None) else lse,
+            side.extra_query_ids if (is_extra and side.extra_query_ids is not None) else lse,
             temp, lse, lse_col if lse_col is not None else lse, g, dc,
             B, NC, D,
             q.stride(0), c.stride(0), D, NC * D if splits > 1 else 0,
@@ -896,6 +922,7 @@ def backward_dc(
             HAS_IDS=side.item_ids is not None,
             HAS_QIDS=side.query_ids is not None,
             HAS_CIDS=is_extra and side.extra_ids is not None,
+            HAS_CQIDS=is_extra and side.extra_query_ids is not None,
             SYMMETRIC=(lse_col is not None) and not is_extra,
             INTERPRET=interpreting(),
             PRECISION=_precision(q.dtype),

@@ -69,22 +69,24 @@ def variants(dtypes=("bf16", "fp32"), dims=(64, 128, 256, 320)) -> Iterator[tupl
                 tag = f"{dt} D={D} {'all-options' if all_on else 'plain'}"
                 launch = {**base, **flags}  # the heuristics see the launch's flags, as at run time
                 ce, opts = _heuristic_values(kt._fwd_heur, launch)
-                ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64"}
+                ptrs = {"A_ptr": dt, "P_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64",
+                        "EQIDS_ptr": "i64"}
                 yield (f"fwd {tag}", kt._fwd_kernel, ptrs,
-                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, IS_SPLIT=all_on, **flags, **ce), opts, D)
+                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, HAS_EQIDS=all_on, IS_SPLIT=all_on, **flags, **ce),
+                       opts, D)
                 ce, opts = _heuristic_values(kt._dq_heur, launch)
                 ptrs = {"Q_ptr": dt, "K_ptr": dt, "E_ptr": dt, "IDS_ptr": "i64", "QIDS_ptr": "i64", "EIDS_ptr": "i64",
-                        "DQ_ptr": "fp32" if all_on else dt}
+                        "EQIDS_ptr": "i64", "DQ_ptr": "fp32" if all_on else dt}
                 yield (f"dq  {tag}", kt._bwd_dq_kernel, ptrs,
-                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, SYMMETRIC=all_on, COMPUTE_DTAU=all_on,
+                       dict(HAS_EXTRA=all_on, HAS_EIDS=all_on, HAS_EQIDS=all_on, SYMMETRIC=all_on, COMPUTE_DTAU=all_on,
                             **flags, **ce), opts, D)
                 ce, opts = _heuristic_values(kt._dc_heur, launch)
                 for is_extra in (False, True):
                     ptrs = {"Q_ptr": dt, "C_ptr": dt, "DC_ptr": "fp32" if all_on else dt, "IDS_ptr": "i64",
-                            "QIDS_ptr": "i64", "CIDS_ptr": "i64"}
+                            "QIDS_ptr": "i64", "CIDS_ptr": "i64", "CQIDS_ptr": "i64"}
                     yield (f"dc{'e' if is_extra else 'k'} {tag}", kt._bwd_dc_kernel, ptrs,
-                           dict(IS_EXTRA=is_extra, HAS_CIDS=all_on and is_extra, SYMMETRIC=all_on and not is_extra,
-                                **flags, **ce), opts, D)
+                           dict(IS_EXTRA=is_extra, HAS_CIDS=all_on and is_extra, HAS_CQIDS=all_on and is_extra,
+                                SYMMETRIC=all_on and not is_extra, **flags, **ce), opts, D)
     yield "combine", kt._fwd_combine_kernel, {}, dict(SPLITS=3, BLOCK=128), dict(num_warps=4, num_stages=1), 16
 
 

@@ -102,12 +102,14 @@ def table_gradients(query_table: Tensor, item_table: Tensor, query_ids: Tensor, 
 
 
 def accidental_hits(B: int, M: int, *, query_ids: Tensor | None, item_ids: Tensor | None,
-                    extra_ids: Tensor | None) -> list[list[bool]]:
+                    extra_ids: Tensor | None, extra_query_ids: Tensor | None = None) -> list[list[bool]]:
     """hits[i][j]: candidate j leaves row i's softmax. In-batch j != i: same item as row i's positive
-    or same query; extra j = B + m: extra_ids[m] is row i's positive item. The positive never leaves."""
+    or same query; extra j = B + m: extra_ids[m] is row i's positive item, or extra_query_ids[m] is
+    row i's query (another process's row of the same user). The positive never leaves."""
     qid = None if query_ids is None else query_ids.tolist()
     iid = None if item_ids is None else item_ids.tolist()
     eid = None if extra_ids is None else extra_ids.tolist()
+    eqid = None if extra_query_ids is None else extra_query_ids.tolist()
     hits = [[False] * (B + M) for _ in range(B)]
     for i in range(B):
         for j in range(B + M):
@@ -116,14 +118,16 @@ def accidental_hits(B: int, M: int, *, query_ids: Tensor | None, item_ids: Tenso
                 same_query = qid is not None and qid[j] == qid[i]
                 hits[i][j] = j != i and (same_item or same_query)
             else:
-                hits[i][j] = eid is not None and iid is not None and eid[j - B] == iid[i]
+                same_item = eid is not None and iid is not None and eid[j - B] == iid[i]
+                same_query = eqid is not None and qid is not None and eqid[j - B] == qid[i]
+                hits[i][j] = same_item or same_query
     return hits
 
 
 def infonce(q: Tensor, k: Tensor, *, temperature: float | Tensor, extra: Tensor | None = None,
             logq: Tensor | None = None, logq_extra: Tensor | None = None, correct_positive: bool = True,
             query_ids: Tensor | None = None, item_ids: Tensor | None = None, extra_ids: Tensor | None = None,
-            reduction: str = "mean", symmetric: bool = False) -> Tensor:
+            reduction: str = "mean", symmetric: bool = False, extra_query_ids: Tensor | None = None) -> Tensor:
     """InfoNCE from its definition, row by row in float64: loss_i = log sum_{j kept} exp(s_ij) - s_ii,
     s_ij = q_i · c_j / tau - logq_j (the positive's correction only if `correct_positive`); with
     `symmetric`, plus the item -> query term of column i over the B queries (no logQ)."""
@@ -132,7 +136,8 @@ def infonce(q: Tensor, k: Tensor, *, temperature: float | Tensor, extra: Tensor 
     tau = _f64(temperature) if isinstance(temperature, Tensor) else float(temperature)
     logq_all = ([] if logq is None else logq.double().tolist()) + ([] if logq_extra is None or not M
                                                                   else logq_extra.double().tolist())
-    hits = accidental_hits(B, M, query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids if M else None)
+    hits = accidental_hits(B, M, query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids if M else None,
+                           extra_query_ids=extra_query_ids if M else None)
     u = torch.stack([cand @ _f64(q)[i] / tau for i in range(B)])  # u[i]: row i's raw logits [B + M]
     losses = []
     for i in range(B):

@@ -109,6 +109,8 @@ def make_inputs(case: Case, seed: int) -> dict:
         inputs["query_ids"] = torch.randint(0, max(2, B // 2), (B,), generator=g).to(DEVICE)
         if M:
             inputs["extra_ids"] = torch.randint(0, n_items, (M,), generator=g).to(DEVICE)
+            # Other processes' rows (distributed training): some share a query with a local row, -1 none.
+            inputs["extra_query_ids"] = torch.randint(-1, max(2, B // 2), (M,), generator=g).to(DEVICE)
     return inputs
 
 
@@ -119,7 +121,8 @@ def run_both(case: Case, inputs: dict, seed: int):
     g = torch.Generator().manual_seed(seed + 1)
     opts = dict(
         correct_positive=case.correct_positive, reduction=case.reduction, symmetric=case.symmetric,
-        **{n: inputs[n] for n in ("logq", "logq_extra", "query_ids", "item_ids", "extra_ids") if n in inputs},
+        **{n: inputs[n] for n in ("logq", "logq_extra", "query_ids", "item_ids", "extra_ids", "extra_query_ids")
+           if n in inputs},
     )
     upstream = torch.randn(case.B if case.reduction == "none" else (), generator=g, dtype=torch.float64)
 
@@ -244,7 +247,7 @@ def test_split_columns_agree_with_oracle(splits: int) -> None:
     inp = make_inputs(case, 11)
     side = kt.Side(
         inp["extra"], inp["logq"].float(), inp["logq_extra"].float(), inp["query_ids"], inp["item_ids"],
-        inp["extra_ids"], True,
+        inp["extra_ids"], True, inp["extra_query_ids"],
     )
     temp = torch.tensor(0.3, device=DEVICE)
     lse2, loss = kt.forward_lse(inp["q"], inp["k"], temp, side, splits=splits)
@@ -252,7 +255,7 @@ def test_split_columns_agree_with_oracle(splits: int) -> None:
     q64, c64 = inp["q"].double(), torch.cat([inp["k"], inp["extra"]]).double()
     s = q64 @ c64.T / 0.3 - torch.cat([inp["logq"], inp["logq_extra"]]).double()[None, :]
     hits = oracles.accidental_hits(B, M, query_ids=inp["query_ids"], item_ids=inp["item_ids"],
-                                   extra_ids=inp["extra_ids"])
+                                   extra_ids=inp["extra_ids"], extra_query_ids=inp["extra_query_ids"])
     s = s.masked_fill(torch.tensor(hits, device=s.device), float("-inf"))
     ref_lse = torch.logsumexp(s, 1)
     assert_close_rel(lse2 * kt.LN2, ref_lse, 1e-5, "lse")
