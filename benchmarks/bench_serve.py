@@ -95,7 +95,8 @@ def _runs(model: Path, mode: str, batching: bool, args: argparse.Namespace) -> l
 
 
 def _reload_run(model: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """8 clients for --reload-duration seconds while the model and its index are reloaded twice."""
+    """8 clients for --reload-duration seconds while the model and its index are reloaded twice (and
+    on, until a while after the second swap, so that the last version serves requests too)."""
     swaps: list[float] = []
 
     async def reload_twice(client: httpx.AsyncClient) -> None:
@@ -109,6 +110,7 @@ def _reload_run(model: Path, mode: str, args: argparse.Namespace) -> dict[str, A
             while (await client.get("/healthz")).json()["model_version"] == version:
                 await asyncio.sleep(0.05)
             swaps.append(time.perf_counter() - started)
+        await asyncio.sleep(args.reload_duration / 6)  # the clients go on, on the last version too
 
     with server(model, *_flags(mode, True, args.threads), log=args.work / "server.log") as url:
         load = asyncio.run(run_load(url, users=args.users, k=args.k, concurrency=8, duration=args.reload_duration,
