@@ -40,6 +40,10 @@ class BatchConfig:
         drop_last: drop the last, smaller batch of an epoch.
         prefetch: about this many batches are kept ready by the worker thread, built and handed over
             ceil(prefetch / 2) at a time (0: prepare each batch in the caller's thread).
+        on_device: build every batch on the training device (`twotower.training.device_batches`):
+            the pairs, histories and sampler tables live there and a step needs no host-to-device
+            copy or host sync for its batch; meant for CUDA (on the CPU the Numba batches in a
+            worker thread are the faster path). No hard negatives and no streaming log_q there.
         seed: the only source of randomness.
     """
 
@@ -58,6 +62,7 @@ class BatchConfig:
     shuffle: bool = True
     drop_last: bool = False
     prefetch: int = 16
+    on_device: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,7 +88,7 @@ class BatchConfig:
                 f"BatchConfig: negative_kind={self.negative_kind!r} with num_negatives={self.num_negatives}; "
                 "set both (a kind and n > 0) or neither"
             )
-        for name in ("exclude_positives", "shuffle", "drop_last"):
+        for name in ("exclude_positives", "shuffle", "drop_last", "on_device"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"BatchConfig.{name} must be a bool")
         if not math.isfinite(self.popularity_alpha) or self.popularity_alpha < 0:

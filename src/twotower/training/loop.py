@@ -63,6 +63,7 @@ from twotower.training.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
+from twotower.training.device_batches import DeviceBatches
 from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, restore_rng, rng_states, unsupported
 from twotower.training.fused_step import TableStep
 from twotower.training.optim import learning_rate, make_optimizer
@@ -281,7 +282,7 @@ class _Run:
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     train_step: AutogradStep | TableStep | DistributedStep
-    batches: BatchIterator
+    batches: BatchIterator | DeviceBatches
     cluster: Cluster = ONE_PROCESS
 
     @property
@@ -335,10 +336,7 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
     model = build_model(config, dataset).to(device)
     loss_fn = make_loss(training_loss(config, dataset)).to(device)
     optimizer = make_optimizer([model, loss_fn], config.optim)
-    batches = BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
-                            config=config.batches,
-                            history=(dataset.train_history.indptr, dataset.train_history.indices),
-                            shard=(cluster.rank, cluster.world))
+    batches = _make_batches(config, dataset, device, cluster)
     train_step = _make_step(config, model, loss_fn, optimizer, device, cluster, batches, echo)
     if len(batches) == 0:
         raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
@@ -347,8 +345,21 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
                 train_step, batches, cluster)
 
 
+def _make_batches(config: TrainConfig, dataset: SplitDataset, device: torch.device,
+                  cluster: Cluster) -> BatchIterator | DeviceBatches:
+    """The epoch iterator: batches built on the host by the Numba samplers, or on the training
+    device (`batches.on_device`)."""
+    train, history = dataset.train, (dataset.train_history.indptr, dataset.train_history.indices)
+    shard = (cluster.rank, cluster.world)
+    if config.batches.on_device:
+        return DeviceBatches(train.users, train.items, num_items=dataset.num_items, config=config.batches,
+                             history=history, device=device, shard=shard)
+    return BatchIterator(train.users, train.items, num_items=dataset.num_items, config=config.batches,
+                         history=history, shard=shard)
+
+
 def _make_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               device: torch.device, cluster: Cluster, batches: BatchIterator,
+               device: torch.device, cluster: Cluster, batches: BatchIterator | DeviceBatches,
                echo: Callable[[str], None]) -> AutogradStep | TableStep | DistributedStep:
     """The training step: across ranks the distributed autograd step (the fused table step would
     step the tables outside autograd, so it gives way, said once), else `make_train_step`'s. The

@@ -37,9 +37,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _tensor(array: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+def _tensor(array: np.ndarray | torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A batch field on `device`: host arrays are wrapped (no copy on the CPU); the fields of a
+    batch built on the device (`DeviceBatch`) are already there."""
     if array is None:
         return None
+    if isinstance(array, torch.Tensor):
+        return array.to(device, non_blocking=True)
     tensor = torch.from_numpy(array)
     return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
@@ -107,13 +111,15 @@ def ids_and_log_q(batch: Batch, in_batch: bool, device: torch.device, *, global_
     }
 
 
-def _negative_log_q(batch: Batch, in_batch: bool, rows: int) -> np.ndarray | None:
+def _negative_log_q(batch: Batch, in_batch: bool, rows: int) -> np.ndarray | torch.Tensor | None:
     """Per-row negatives' log expected counts; zeros for mined ones when other sets are corrected."""
     if batch.negatives is None:
         return None
     if batch.negative_log_q is None:
         if batch.item_log_q is None and batch.shared_log_q is None:
             return None
+        if isinstance(batch.negatives, torch.Tensor):
+            return torch.zeros(batch.negatives.shape, dtype=torch.float32, device=batch.negatives.device)
         return np.zeros(batch.negatives.shape, dtype=np.float32)
     n = batch.negatives.shape[1]
     return _expected_count(batch.negative_log_q, rows * n if in_batch else n)
@@ -134,12 +140,14 @@ def _distinct_item_vectors(model: TwoTowerModel, codes: torch.Tensor, dense: boo
     return EmbeddingRows(table, ids, normalize, sparse=model.item_tower.id_embedding.sparse)
 
 
-def _expected_count(log_q: np.ndarray | None, draws: int) -> np.ndarray | None:
+def _expected_count(log_q: np.ndarray | torch.Tensor | None, draws: int) -> np.ndarray | torch.Tensor | None:
     """log(draws * q): the batch iterator gives per-draw log-probabilities; the sampled-softmax
     correction needs each candidate's expected count in its set, so that the in-batch set (B draws of
     the data distribution) and the shared set (M draws) are weighed correctly against each other."""
     if log_q is None or draws <= 1:
         return log_q
+    if isinstance(log_q, torch.Tensor):
+        return log_q + math.log(draws)
     return (log_q + np.float32(math.log(draws))).astype(np.float32)
 
 

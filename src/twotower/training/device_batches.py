@@ -1,0 +1,226 @@
+"""A device-resident epoch (`DeviceBatches`, `batches.on_device`): the training pairs, each user's
+positives and the sampler tables are copied to the training device once, and every batch is built
+there by torch ops of fixed shapes (`twotower.kernels.device_samplers`): the shuffle, the rows of a
+batch, per-row negatives with exact exclusion of the user's positives, shared negatives, the
+log-probabilities of the logQ correction and the batch's distinct items. A CUDA step then needs no
+host-to-device copy and no host synchronisation to get its batch, which the CPU-built batches of
+`twotower.training.batches.BatchIterator` (Numba samplers in a worker thread) cost every step.
+
+The batches follow the same laws as `BatchIterator`'s (the same uniform and popularity
+distributions, exclusions and log-q definitions, the same sharding of a global batch across ranks)
+from a different random stream: a seed gives the same batches on every run and device type, not
+the batches of the CPU iterator. Each batch draws from generators seeded by (seed, epoch, stream,
+batch index[, rank]), so no draw depends on the order in which batches are built.
+
+Not on the device (refused with a message naming the setting): hard negatives (mined per epoch on
+the host) and the streaming frequency estimate (`batches.log_q = "streaming"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from twotower.kernels import device_samplers as ds
+from twotower.kernels import samplers
+from twotower.kernels._rng import derive_seed
+from twotower.kernels.codes import check_codes
+from twotower.settings.batches import BatchConfig
+from twotower.training.prefetch import EpochBatches
+
+__all__ = ["DeviceBatch", "DeviceBatches", "device_unsupported"]
+
+_SHUFFLE, _NEGATIVES, _SHARED = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceBatch:
+    """One batch as tensors on the training device; the fields of `twotower.training.batches.Batch`.
+
+    `distinct_items` has a fixed length (the batch's item slots: B + B n + M), its distinct ids
+    first, then copies of the smallest as padding that no row refers to (`device_samplers.distinct_rows`).
+    """
+
+    users: Tensor
+    items: Tensor
+    negatives: Tensor | None
+    negative_log_q: Tensor | None
+    shared_negatives: Tensor | None
+    shared_log_q: Tensor | None
+    item_log_q: Tensor | None
+    distinct_items: Tensor
+    item_rows: Tensor
+    negative_rows: Tensor | None
+    shared_rows: Tensor | None
+    epoch: int = 0
+    index: int = 0
+
+
+def device_unsupported(config: BatchConfig) -> str | None:
+    """Why `config` cannot build its batches on the device, or None."""
+    if config.negative_kind == "hard":
+        return "batches.on_device does not draw hard negatives (they are mined on the host): use negative_kind " \
+               "'uniform' or 'popularity', or turn batches.on_device off"
+    if config.log_q == "streaming":
+        return "batches.on_device has no streaming frequency estimate: use batches.log_q 'static', or turn " \
+               "batches.on_device off"
+    return None
+
+
+class DeviceBatches:
+    """Yields `DeviceBatch`es over training pairs on `device`, epoch after epoch: the interface of
+    `BatchIterator` (`epoch`, `len`, `global_rows`, `state_dict`), built on the device.
+
+    Args:
+        users, items: [P] int codes of the training pairs.
+        num_items: catalogue size N.
+        config: `BatchConfig` (`device_unsupported` must be None).
+        history: each user's positives to exclude from per-row negatives (`CSR` or (indptr, indices)).
+        device: where the tables live and the batches are built.
+        shard: (rank, world) as in `BatchIterator`.
+
+    Raises:
+        ValueError: as `BatchIterator` does, and for the settings `device_unsupported` names.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, *, num_items: int, config: BatchConfig,
+                 history: Any, device: torch.device | str, shard: tuple[int, int] = (0, 1)) -> None:
+        problem = device_unsupported(config)
+        if problem is not None:
+            raise ValueError(problem)
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+        users, items = np.asarray(users), np.asarray(items)
+        if users.ndim != 1 or items.shape != users.shape or users.size == 0:
+            raise ValueError(f"users and items must be 1-D, non-empty and of the same length, got shapes "
+                             f"{users.shape} and {items.shape}")
+        self.config, self.num_items, self.shard = config, int(num_items), (int(rank), int(world))
+        self.device = torch.device(device)
+        users = check_codes(users, "users", low=0)
+        items = check_codes(items, f"items (num_items={self.num_items})", low=0, high=self.num_items)
+        if hasattr(history, "indptr"):
+            history = (history.indptr, history.indices)
+        index = samplers.build_exclusion_index(history[0], history[1], self.num_items)  # validates it
+        if users.max() >= index.num_rows:
+            raise ValueError(f"users holds code {users.max()} but history has {index.num_rows} rows")
+        self._count = users.size
+        self._users = torch.from_numpy(users.astype(np.int64)).to(self.device)
+        self._items = torch.from_numpy(items.astype(np.int64)).to(self.device)
+        self._segments = ds.Segments.from_csr(index.indptr, index.indices, self.device)
+        counts = np.bincount(items, minlength=self.num_items).astype(np.float64)
+        self._item_log_p = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum())).float().to(self.device)
+        popular = config.negative_kind == "popularity" or (
+            config.num_shared_negatives and config.shared_negative_kind == "popularity")
+        self._table = (ds.WeightTable.build(samplers.popularity_weights(counts, config.popularity_alpha),
+                                            self._segments) if popular else None)
+        self._check_negatives_possible(users)
+        self._next_epoch = 0
+
+    def _check_negatives_possible(self, users: np.ndarray) -> None:
+        cfg = self.config
+        if cfg.negative_kind == "none" or not cfg.exclude_positives:
+            return
+        present = torch.from_numpy(np.unique(users)).to(self.device)
+        if cfg.negative_kind == "popularity":
+            free = self._table.cumulative[-1] - self._table.positive_mass(self._segments, present)
+            full, what = free <= 0, "every item of nonzero popularity weight"
+        else:
+            full, what = self._segments.degrees(present) >= self.num_items, "every item"
+        if bool(full.any()):
+            example = int(present[full][0])
+            raise ValueError(f"{int(full.sum())} user(s) (e.g. user code {example}) have {what} in their history, "
+                             "so no negative excluding positives exists for them; drop them or set "
+                             "exclude_positives=False")
+
+    def __len__(self) -> int:
+        world = self.shard[1]
+        b = self.config.batch_size * world
+        rest = self._count % b
+        return self._count // b + int(rest >= world and not self.config.drop_last)
+
+    def global_rows(self, index: int) -> int:
+        b = self.config.batch_size * self.shard[1]
+        return int(min(b, self._count - index * b))
+
+    def epoch(self, epoch: int) -> EpochBatches[DeviceBatch]:
+        """The batches of epoch `epoch` (a context manager), built as they are asked for."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._next_epoch = int(epoch) + 1
+        order = self._order(int(epoch))
+        return EpochBatches(lambda index: self._batch(order, int(epoch), index), len(self), 0, lambda b: b)
+
+    def __iter__(self):
+        return self.epoch(self._next_epoch)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._next_epoch = int(state["next_epoch"][0])
+
+    def set_candidates(self, candidates: np.ndarray) -> None:
+        raise ValueError(device_unsupported(dataclasses.replace(self.config, negative_kind="hard")))
+
+    # -- building -------------------------------------------------------------------------------
+    def _generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *parts))
+
+    def _order(self, epoch: int) -> Tensor:
+        if not self.config.shuffle:
+            return torch.arange(self._count, device=self.device)
+        return torch.randperm(self._count, generator=self._generator(epoch, _SHUFFLE), device=self.device)
+
+    def _stream(self, epoch: int, stream: int, index: int) -> torch.Generator:
+        rank, world = self.shard
+        return self._generator(epoch, stream, index) if world == 1 else self._generator(epoch, stream, index, rank)
+
+    def _batch(self, order: Tensor, epoch: int, index: int) -> DeviceBatch:
+        cfg, (rank, world) = self.config, self.shard
+        b = cfg.batch_size * world
+        rows = order[index * b:(index + 1) * b]
+        if world > 1:
+            rows = torch.tensor_split(rows, world)[rank]
+        users, items = self._users[rows], self._items[rows]
+        log_q_on = cfg.log_q != "none"
+        negatives = negative_log_q = shared = shared_log_q = None
+        if cfg.negative_kind != "none":
+            negatives, negative_log_q = self._negatives(users, self._stream(epoch, _NEGATIVES, index))
+            negative_log_q = negative_log_q if log_q_on else None
+        if cfg.num_shared_negatives:
+            generator = self._stream(epoch, _SHARED, index)
+            if cfg.shared_negative_kind == "uniform":
+                shared, shared_log_q = ds.uniform(cfg.num_shared_negatives, self.num_items, generator, self.device)
+            else:
+                shared, shared_log_q = ds.weighted(self._table, cfg.num_shared_negatives, generator)
+            shared_log_q = shared_log_q if log_q_on else None
+        item_log_q = self._item_log_p[items] if cfg.log_q == "static" else None
+        parts = [items] + [p.reshape(-1) for p in (negatives, shared) if p is not None]
+        distinct, slots = ds.distinct_rows(torch.cat(parts) if len(parts) > 1 else items)
+        pieces = torch.split(slots, [p.numel() for p in parts])
+        return DeviceBatch(
+            users=users, items=items, negatives=negatives, negative_log_q=negative_log_q, shared_negatives=shared,
+            shared_log_q=shared_log_q, item_log_q=item_log_q, distinct_items=distinct, item_rows=pieces[0],
+            negative_rows=None if negatives is None else pieces[1].reshape(negatives.shape),
+            shared_rows=None if shared is None else pieces[-1], epoch=epoch, index=index,
+        )
+
+    def _negatives(self, users: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Per-row negatives [B, n] and their per-draw log-probabilities [B, n]."""
+        cfg, n = self.config, self.config.num_negatives
+        if cfg.negative_kind == "uniform":
+            if cfg.exclude_positives:
+                ids, row_log_q = ds.uniform_excluding(self._segments, users, n, self.num_items, generator)
+                return ids, row_log_q[:, None].expand(-1, n).contiguous()
+            ids = torch.randint(0, self.num_items, (users.numel(), n), generator=generator, device=self.device)
+            return ids, torch.full(ids.shape, -math.log(self.num_items), dtype=torch.float32, device=self.device)
+        if cfg.exclude_positives:
+            return ds.weighted_excluding(self._table, self._segments, users, n, generator)
+        ids, log_q = ds.weighted(self._table, users.numel() * n, generator)
+        return ids.reshape(-1, n), log_q.reshape(-1, n)
