@@ -1,5 +1,6 @@
-"""The trainer on one CUDA GPU: the same config trained with bf16 autocast (`train.amp`), in fp32 on
-the GPU and on the CPU, on the built-in synthetic dataset and on a generated one of about one
+"""The trainer on one CUDA GPU: the same config trained with bf16 autocast (`train.amp`), with bf16 and
+batches built on the GPU (`batches.on_device`, against the CPU-fed batches of the other modes), in
+fp32 on the GPU and on the CPU (and the CPU with device-built batches), on the built-in synthetic dataset and on a generated one of about one
 million interactions; epoch time, samples/s and validation / test NDCG@10 and Recall@10 per run.
 
 What it shows: whether AMP keeps the quality of the fp32 run within the spread between seeds, and
@@ -47,10 +48,12 @@ from twotower.data import build_dataset, generate  # noqa: E402
 from twotower.settings import TrainConfig  # noqa: E402
 from twotower.training.loop import fit  # noqa: E402
 
-MODES = {  # name -> (train.device, train.amp)
-    "cuda+amp": ("cuda", True),
-    "cuda fp32": ("cuda", False),
-    "cpu": ("cpu", False),
+MODES = {  # name -> (train.device, train.amp, batches.on_device)
+    "cuda+amp on-device": ("cuda", True, True),
+    "cuda+amp": ("cuda", True, False),
+    "cuda fp32": ("cuda", False, False),
+    "cpu": ("cpu", False, False),
+    "cpu on-device": ("cpu", False, True),
 }
 
 
@@ -74,10 +77,11 @@ def cases(tiny: bool, small_epochs: int, big_epochs: int) -> list[Case]:
 
 
 def config_for(mode: str, epochs: int, seed: int, tiny: bool) -> TrainConfig:
-    device, amp = MODES[mode]
+    device, amp, on_device = MODES[mode]
     config = TrainConfig()
     config.train = dataclasses.replace(config.train, epochs=epochs, patience=0, eval_every=epochs, progress=False,
                                        device=device, amp=amp, seed=seed, keep_checkpoints=1)
+    config.batches = dataclasses.replace(config.batches, on_device=on_device)
     if tiny:
         config.model.embedding_dim = 16
         config.batches = dataclasses.replace(config.batches, batch_size=256, num_shared_negatives=128)
