@@ -102,8 +102,9 @@ def test_a_seed_reproduces_the_draws_and_another_seed_does_not() -> None:
 
     def draw(seed: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
-        return [ds.uniform_excluding(segments, users, 8, 40, g)[0], ds.weighted_excluding(table, segments, users, 8, g)[0],
-                ds.weighted(table, 16, g)[0], ds.uniform(16, 40, g, CPU)[0]]
+        return [ds.uniform_excluding(segments, users, 8, 40, g)[0],
+                ds.weighted_excluding(table, segments, users, 8, g)[0], ds.weighted(table, 16, g)[0],
+                ds.uniform(16, 40, g, CPU)[0]]
 
     for a, b in zip(draw(7), draw(7), strict=True):
         assert torch.equal(a, b)
