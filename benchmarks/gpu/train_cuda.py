@@ -1,7 +1,8 @@
 """The trainer on one CUDA GPU: the same config trained with bf16 autocast (`train.amp`), with bf16 and
 batches built on the GPU (`batches.on_device`, against the CPU-fed batches of the other modes), in
 fp32 on the GPU and on the CPU (and the CPU with device-built batches), on the built-in synthetic
-dataset and on a generated one of about one million interactions; epoch time, samples/s and validation / test NDCG@10 and Recall@10 per run.
+dataset and on a generated one of about one million interactions; epoch time, samples/s and
+validation / test NDCG@10 and Recall@10 per run.
 
 What it shows: whether AMP keeps the quality of the fp32 run within the spread between seeds, and
 what a training epoch costs on the GPU against the CPU of the same machine.
