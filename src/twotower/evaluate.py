@@ -176,15 +176,20 @@ def ranking_width(ks: Sequence[int], num_items: int) -> int:
 
 # -- rankers ------------------------------------------------------------------------------------------
 def exact_ranker(
-    user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, *, num_threads: int | None = None
+    user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, *, num_threads: int | None = None,
+    device: Any = None,
 ) -> Ranker:
-    """Ranks by inner product with the C++ exact scorer (items packed once).
+    """Ranks by inner product with the C++ exact scorer (items packed once), or, with a CUDA
+    `device`, on that device (`twotower.retrieval.exact_torch`, the vectors uploaded once).
 
     Args:
         user_vectors: float32 [num_users, D] (row = user code), e.g. `model.user_search_vectors()`.
         item_vectors: float32 [num_items, D], e.g. `model.item_search_vectors()`.
         k: list length.
+        device: a torch device to rank on; None or the CPU: the C++ scorer.
     """
+    if device is not None and str(device) != "cpu":
+        return _device_ranker(user_vectors, item_vectors, k, device)
     from twotower import ExactIndex
 
     index = ExactIndex(np.ascontiguousarray(item_vectors, dtype=np.float32))
@@ -192,6 +197,21 @@ def exact_ranker(
 
     def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
         return index.search(queries[users], k, exclude=exclude, num_threads=num_threads)[1]
+
+    return rank
+
+
+def _device_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, device: Any) -> Ranker:
+    import torch
+
+    from twotower.retrieval.exact_torch import topk_torch
+
+    queries = torch.from_numpy(np.ascontiguousarray(user_vectors, dtype=np.float32)).to(device)
+    items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32)).to(device)
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        return topk_torch(queries[torch.from_numpy(np.asarray(users, dtype=np.int64)).to(device)], items, k,
+                          exclude=exclude)[1]
 
     return rank
 
@@ -401,6 +421,7 @@ def evaluate_model(
     protocol: EvalConfig | None = None,
     shard: tuple[int, int] = (0, 1),
     combine: Callable[[RankingMetrics], None] | None = None,
+    device: Any = None,
 ) -> EvalResult:
     """Encodes every user and item with `model` (eval mode) and evaluates on `split`.
 
@@ -410,11 +431,12 @@ def evaluate_model(
         split: "valid" (train items excluded) or "test" (train + valid items excluded by default).
         protocol: the evaluation protocol (`twotower.settings.eval.EvalConfig`); default: the defaults.
         shard, combine: one shard of a distributed evaluation, see `evaluate_rankings`.
+        device: rank on this torch device (CUDA: on the GPU; None or the CPU: the C++ scorer).
     """
     targets = split_targets(dataset, split, protocol)
     item_vectors = model.item_search_vectors()
     ranker = exact_ranker(model.user_search_vectors(), item_vectors, ranking_width(ks, len(item_vectors)),
-                          num_threads=num_threads)
+                          num_threads=num_threads, device=device)
     return evaluate_targets(ranker, targets, num_items=len(item_vectors), ks=ks, progress=progress, desc="exact",
                             batch_size=batch_size, shard=shard, combine=combine)
 

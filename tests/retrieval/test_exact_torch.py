@@ -53,3 +53,18 @@ def test_exclusion_edge_cases_padding_and_tensors() -> None:
     assert ids.tolist() == [[2, 0, 1, -1, -1]] and np.all(np.isneginf(scores[0, 3:]))
     with pytest.raises(ValueError, match="same dimension"):
         topk_torch(queries, items[:, :4], 3)
+
+
+def test_the_device_ranker_gives_the_c_scorers_metrics() -> None:
+    """What a CUDA run's validation goes through (`evaluate.exact_ranker(device=...)`), run on the CPU."""
+    from twotower.evaluate import _device_ranker, evaluate_rankings, exact_ranker
+
+    rng = np.random.default_rng(5)
+    users = np.round(rng.standard_normal((200, 8)).astype(np.float32) * 4)
+    items = np.round(rng.standard_normal((300, 8)).astype(np.float32) * 4)  # integer scores: many ties
+    relevant = (np.arange(201, dtype=np.int64) * 3, rng.integers(0, 300, 600))
+    seen = (np.arange(201, dtype=np.int64) * 5, rng.integers(0, 300, 1000))
+    results = [evaluate_rankings(ranker, relevant, num_items=300, ks=(5, 20), exclude=seen, progress=False)
+               for ranker in (exact_ranker(users, items, 20), _device_ranker(users, items, 20, "cpu"))]
+    assert results[0].metrics == results[1].metrics
+    assert results[0].metrics["ndcg@20"] > 0

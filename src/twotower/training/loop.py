@@ -523,7 +523,7 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
         valid = evaluate_model(run.model, run.dataset, split="valid", ks=run.config.train.ks,
                                num_threads=hardware.eval_threads(run.config.train.num_threads, run.cluster.local_world),
                                progress=False, protocol=run.config.eval, shard=(run.cluster.rank, run.cluster.world),
-                               combine=run.cluster.reduce_metrics)
+                               combine=run.cluster.reduce_metrics, device=run.device)
     if run.cluster.is_main:
         _evaluate_here(run, state, record, valid)
         if "valid" in record:
@@ -558,7 +558,7 @@ def _evaluate_here(run: _Run, state: _State, record: dict[str, Any], valid: Eval
         return
     if valid is None:
         valid = evaluate_model(run.model, run.dataset, split="valid", ks=loop.ks, num_threads=run.threads,
-                               progress=False, protocol=run.config.eval)
+                               progress=False, protocol=run.config.eval, device=run.device)
     record["valid"] = valid.metrics
     score = _select(valid, loop.select_metric)
     if score > state.best:
