@@ -87,6 +87,31 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert not (tmp_path / "model").exists()
 
 
+def test_losses_read_every_few_steps_give_the_same_run_and_stop_at_the_nan_step(tmp_path, monkeypatch):
+    """The deferred reads of a CUDA run (`loss_read_every` > 1), forced on the CPU: the same logged
+    losses as per-step reads, and a NaN still stops the run naming its step, with nothing saved."""
+    config = tiny_config(epochs=2)
+    each = fit(config, tmp_path / "each")
+    monkeypatch.setattr(train_module, "loss_read_every", lambda device, step: 4)
+    grouped = fit(config, tmp_path / "grouped")
+    for a, b in zip(each.history, grouped.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["valid"]["ndcg@10"] == pytest.approx(b["valid"]["ndcg@10"], abs=1e-9)
+    real = train_step_module.batch_loss
+
+    def poisoned(model, loss_fn, batch, device):
+        loss = real(model, loss_fn, batch, device)
+        return loss * float("nan") if (batch.epoch, batch.index) == (1, 1) else loss  # second step of epoch 2
+
+    monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
+    with pytest.raises(TrainingDiverged) as caught:
+        fit(config, tmp_path / "nan")
+    steps_per_epoch = each.history[0]["step"]
+    assert f"loss is nan at epoch 2, step {steps_per_epoch + 2};" in str(caught.value)
+    assert latest_checkpoint(tmp_path / "nan" / "checkpoints").name == "epoch-0001"
+    assert not (tmp_path / "nan" / "model").exists()
+
+
 RUN = """
 import dataclasses, sys
 from twotower.training.loop import fit

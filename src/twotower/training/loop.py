@@ -461,14 +461,15 @@ def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int
 
 def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
     """One pass over the epoch's batches, each step at the scheduled learning rate; the epoch's
-    record (loss, speed). A non-finite loss or update stops the run naming the step and the last
-    good checkpoint, before anything of it is saved."""
+    record (loss, speed). A non-finite loss stops the run naming the step and the last good
+    checkpoint, before anything of it is saved (on the CPU before its update; on CUDA, whose
+    losses are read back every few steps so the GPU can run ahead, at the next read)."""
     config, model, optimizer, train_step = run.config, run.model, run.optimizer, run.train_step
     loop, device = config.train, run.device
     total_steps = loop.epochs * len(run.batches)
     autocast = loop.amp if device.type == "cuda" else loop.cpu_amp and device.type == "cpu"
+    reads = _LossReads(run, epoch, loss_read_every(device, train_step))
     model.train()
-    started, loss_sum, seen = time.perf_counter(), 0.0, 0
     with run.batches.epoch(epoch) as epoch_batches:
         bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{run.last_epoch}", disable=not loop.progress, leave=False)
         for batch in bar:
@@ -477,28 +478,76 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = train_step.loss(batch)
-            value = _loss_value(train_step, loss)  # host sync: the NaN check and the progress bar need it
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, step {state.step + 1}; training "
-                                       f"stopped. {_last_good(run.checkpoint_root)}")
+            if reads.every == 1:  # host sync: the NaN check before the update, and the progress bar
+                reads.check(state.step, [_loss_value(train_step, loss)], [len(batch.users)])
             try:
                 train_step.update(loss)
             except TrainingDiverged as error:
                 raise TrainingDiverged(f"{error} at epoch {epoch + 1}, step {state.step + 1}; training stopped. "
                                        f"{_last_good(run.checkpoint_root)}") from None
             state.step += 1
-            loss_sum += value * len(batch.users)
-            seen += len(batch.users)
-            bar.set_postfix(
-                loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / (time.perf_counter() - started):.0f}"
-            )
-    seconds = time.perf_counter() - started
+            if reads.every > 1:
+                reads.add(state.step, loss.detach(), len(batch.users))
+            bar.set_postfix(loss=f"{reads.last:.4f}", lr=f"{lr:.2e}", samples_s=f"{reads.samples_per_s():.0f}")
+        reads.flush(state.step)
+    seconds = time.perf_counter() - reads.started
     bad = _non_finite_parameter([model, run.loss_fn])
     if bad is not None:  # the loss of the epoch's last step was finite, its update was not
         raise TrainingDiverged(f"{bad} holds NaN or infinite values after epoch {epoch + 1} (step {state.step}); "
                                f"training stopped before saving them. {_last_good(run.checkpoint_root)}")
-    return {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / max(seen, 1),
-            "samples_per_s": seen / seconds, "epoch_seconds": seconds}
+    return {"epoch": epoch + 1, "step": state.step, "train_loss": reads.loss_sum / max(reads.seen, 1),
+            "samples_per_s": reads.seen / seconds, "epoch_seconds": seconds}
+
+
+# Steps between reads of the loss on CUDA: each read waits for the GPU to finish every queued step.
+CUDA_LOSS_READ_EVERY = 32
+
+
+def loss_read_every(device: torch.device, train_step: Any) -> int:
+    """How many steps' losses are read back at once: 1 on the CPU (a read costs nothing there, and
+    the check then comes before the update), `CUDA_LOSS_READ_EVERY` on CUDA; 1 across ranks, whose
+    global loss is an all-reduce per step anyway."""
+    if device.type != "cuda" or isinstance(train_step, DistributedStep):
+        return 1
+    return CUDA_LOSS_READ_EVERY
+
+
+class _LossReads:
+    """The epoch's losses on the host: read each step (`check`), or kept on the device and read
+    `every` steps at once (`add`, `flush`), checked for NaN / inf in step order either way."""
+
+    def __init__(self, run: _Run, epoch: int, every: int) -> None:
+        self.run, self.epoch, self.every = run, epoch, every
+        self.started = time.perf_counter()
+        self.loss_sum, self.seen, self.last = 0.0, 0, float("nan")
+        self._pending: list[torch.Tensor] = []
+        self._rows: list[int] = []
+
+    def samples_per_s(self) -> float:
+        return self.seen / max(time.perf_counter() - self.started, 1e-9)
+
+    def add(self, step: int, loss: torch.Tensor, rows: int) -> None:
+        self._pending.append(loss)
+        self._rows.append(rows)
+        if len(self._pending) >= self.every:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        """Reads the pending losses (of the steps up to `step`)."""
+        if self._pending:
+            values = torch.stack(self._pending).float().cpu().tolist()
+            rows, self._pending, self._rows = self._rows, [], []
+            self.check(step - len(values), values, rows)
+
+    def check(self, before: int, values: list[float], rows: list[int]) -> None:
+        """Steps before + 1, before + 2, ... had these losses: stop at the first non-finite one."""
+        for offset, (value, count) in enumerate(zip(values, rows, strict=True)):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss is {value} at epoch {self.epoch + 1}, step {before + offset + 1}; "
+                                       f"training stopped. {_last_good(self.run.checkpoint_root)}")
+            self.loss_sum += value * count
+            self.seen += count
+            self.last = value
 
 
 def _loss_value(train_step: AutogradStep | TableStep | DistributedStep, loss: torch.Tensor) -> float:
