@@ -66,6 +66,7 @@ from twotower.training.checkpoint import (
 from twotower.training.device_batches import DeviceBatches
 from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, restore_rng, rng_states, unsupported
 from twotower.training.fused_step import TableStep
+from twotower.training.loss_reads import LossReads, loss_read_every
 from twotower.training.optim import learning_rate, make_optimizer
 from twotower.training.resume_rules import changed_settings, semantic_settings
 from twotower.training.run_lock import run_lock
@@ -468,7 +469,7 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
     loop, device = config.train, run.device
     total_steps = loop.epochs * len(run.batches)
     autocast = loop.amp if device.type == "cuda" else loop.cpu_amp and device.type == "cpu"
-    reads = _LossReads(run, epoch, loss_read_every(device, train_step))
+    reads = LossReads(epoch, loss_read_every(device, train_step), lambda: _last_good(run.checkpoint_root))
     model.train()
     with run.batches.epoch(epoch) as epoch_batches:
         bar = tqdm(epoch_batches, desc=f"epoch {epoch + 1}/{run.last_epoch}", disable=not loop.progress, leave=False)
@@ -497,57 +498,6 @@ def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
                                f"training stopped before saving them. {_last_good(run.checkpoint_root)}")
     return {"epoch": epoch + 1, "step": state.step, "train_loss": reads.loss_sum / max(reads.seen, 1),
             "samples_per_s": reads.seen / seconds, "epoch_seconds": seconds}
-
-
-# Steps between reads of the loss on CUDA: each read waits for the GPU to finish every queued step.
-CUDA_LOSS_READ_EVERY = 32
-
-
-def loss_read_every(device: torch.device, train_step: Any) -> int:
-    """How many steps' losses are read back at once: 1 on the CPU (a read costs nothing there, and
-    the check then comes before the update), `CUDA_LOSS_READ_EVERY` on CUDA; 1 across ranks, whose
-    global loss is an all-reduce per step anyway."""
-    if device.type != "cuda" or isinstance(train_step, DistributedStep):
-        return 1
-    return CUDA_LOSS_READ_EVERY
-
-
-class _LossReads:
-    """The epoch's losses on the host: read each step (`check`), or kept on the device and read
-    `every` steps at once (`add`, `flush`), checked for NaN / inf in step order either way."""
-
-    def __init__(self, run: _Run, epoch: int, every: int) -> None:
-        self.run, self.epoch, self.every = run, epoch, every
-        self.started = time.perf_counter()
-        self.loss_sum, self.seen, self.last = 0.0, 0, float("nan")
-        self._pending: list[torch.Tensor] = []
-        self._rows: list[int] = []
-
-    def samples_per_s(self) -> float:
-        return self.seen / max(time.perf_counter() - self.started, 1e-9)
-
-    def add(self, step: int, loss: torch.Tensor, rows: int) -> None:
-        self._pending.append(loss)
-        self._rows.append(rows)
-        if len(self._pending) >= self.every:
-            self.flush(step)
-
-    def flush(self, step: int) -> None:
-        """Reads the pending losses (of the steps up to `step`)."""
-        if self._pending:
-            values = torch.stack(self._pending).float().cpu().tolist()
-            rows, self._pending, self._rows = self._rows, [], []
-            self.check(step - len(values), values, rows)
-
-    def check(self, before: int, values: list[float], rows: list[int]) -> None:
-        """Steps before + 1, before + 2, ... had these losses: stop at the first non-finite one."""
-        for offset, (value, count) in enumerate(zip(values, rows, strict=True)):
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"loss is {value} at epoch {self.epoch + 1}, step {before + offset + 1}; "
-                                       f"training stopped. {_last_good(self.run.checkpoint_root)}")
-            self.loss_sum += value * count
-            self.seen += count
-            self.last = value
 
 
 def _loss_value(train_step: AutogradStep | TableStep | DistributedStep, loss: torch.Tensor) -> float:
