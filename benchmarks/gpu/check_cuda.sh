@@ -5,7 +5,8 @@
 #              in .whl/fallback/ is used if the build fails), nvidia-smi, versions
 #   infonce    pytest tests/kernels/test_infonce.py (compiled Triton kernels on CUDA)   } run side
 #   trainer    pytest tests/training tests/model tests/test_losses.py                   } by side
-#              tests/test_evaluate.py tests/retrieval/test_hnsw.py (trainer device "auto" = CUDA)
+#              tests/test_evaluate.py tests/retrieval/test_hnsw.py tests/retrieval/test_exact_torch.py
+#              tests/kernels/test_device_samplers.py (trainer device "auto" = CUDA)
 #   train-cuda python -m benchmarks.gpu.train_cuda (AMP vs fp32 vs CPU training; alone on the GPU)
 #   extras     python -m benchmarks.gpu.profile_train (where a CUDA training step's time goes), then
 #              the C++ scorer's tests on the device's CPU (its SIMD dispatch; the paths listed)
@@ -85,7 +86,8 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   run_step infonce-tests 180 1 "${PYTEST[@]}" tests/kernels/test_infonce.py &
   pid=$!
   run_step trainer-tests 180 1 "${PYTEST[@]}" tests/training tests/model tests/test_losses.py \
-    tests/test_evaluate.py tests/retrieval/test_hnsw.py
+    tests/test_evaluate.py tests/retrieval/test_hnsw.py tests/retrieval/test_exact_torch.py \
+    tests/kernels/test_device_samplers.py
   wait "$pid"
   for name in infonce-tests trainer-tests; do
     echo "--- $name: last lines"

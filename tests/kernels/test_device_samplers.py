@@ -13,7 +13,7 @@ from twotower.kernels import device_samplers as ds
 
 from .test_samplers import chi2_fits, make_history
 
-CPU = torch.device("cpu")
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU check runs these on CUDA
 
 
 def segments_of(rng: np.random.Generator, sizes, num_items: int) -> tuple[ds.Segments, list[np.ndarray]]:
@@ -22,32 +22,32 @@ def segments_of(rng: np.random.Generator, sizes, num_items: int) -> tuple[ds.Seg
     for u in range(len(sizes)):  # from_csr sorts each row itself
         rng.shuffle(shuffled[indptr[u]:indptr[u + 1]])
     rows = [indices[indptr[u]:indptr[u + 1]].astype(np.int64) for u in range(len(sizes))]
-    return ds.Segments.from_csr(indptr, shuffled, CPU), rows
+    return ds.Segments.from_csr(indptr, shuffled, DEV), rows
 
 
 def test_segment_count_le_matches_a_search_of_each_segment() -> None:
     rng = np.random.default_rng(1)
     sizes = [0, 1, 2, 3, 7, 64, 65, 200]
     values = [np.sort(rng.integers(0, 50, size=k)) for k in sizes]  # repeats included
-    flat = torch.from_numpy(np.concatenate(values))
+    flat = torch.from_numpy(np.concatenate(values)).to(DEV)
     indptr = np.concatenate([[0], np.cumsum(sizes)])
     seg_of = rng.integers(0, len(sizes), size=5000)
     x = rng.integers(-2, 53, size=5000)
-    got = ds.segment_count_le(flat, torch.from_numpy(indptr[seg_of]), torch.from_numpy(indptr[seg_of + 1]),
-                              torch.from_numpy(x), max(1, max(sizes).bit_length()))
+    lo, hi = (torch.from_numpy(indptr[s]).to(DEV) for s in (seg_of, seg_of + 1))
+    got = ds.segment_count_le(flat, lo, hi, torch.from_numpy(x).to(DEV), max(1, max(sizes).bit_length()))
     expected = [np.searchsorted(values[s], v, side="right") for s, v in zip(seg_of, x, strict=True)]
-    np.testing.assert_array_equal(got.numpy(), expected)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
 
 
 def test_uniform_excluding_never_draws_a_positive_and_is_uniform_over_the_rest() -> None:
     rng = np.random.default_rng(2)
     num_items = 60
     segments, rows = segments_of(rng, [0, 1, 30, 59, 12], num_items)
-    users = torch.arange(5).repeat_interleave(4000)
-    ids, log_q = ds.uniform_excluding(segments, users, 3, num_items, torch.Generator().manual_seed(0))
+    users = torch.arange(5, device=DEV).repeat_interleave(4000)
+    ids, log_q = ds.uniform_excluding(segments, users, 3, num_items, torch.Generator(device=DEV).manual_seed(0))
     assert ids.shape == (20000, 3) and ids.dtype == torch.int64
     for u, positives in enumerate(rows):
-        drawn = ids[users == u].numpy()
+        drawn = ids[users == u].cpu().numpy()
         free = np.setdiff1d(np.arange(num_items), positives)
         assert not np.isin(drawn, positives).any()
         if free.size > 1:
@@ -67,10 +67,10 @@ def test_weighted_excluding_follows_the_weights_over_the_free_items() -> None:
     zero = np.setdiff1d([7, 8, 50], free3)
     weights[zero] = 0.0  # never drawn
     table = ds.WeightTable.build(weights, segments)
-    users = torch.arange(5).repeat_interleave(6000)
-    ids, log_q = ds.weighted_excluding(table, segments, users, 2, torch.Generator().manual_seed(1))
+    users = torch.arange(5, device=DEV).repeat_interleave(6000)
+    ids, log_q = ds.weighted_excluding(table, segments, users, 2, torch.Generator(device=DEV).manual_seed(1))
     for u, positives in enumerate(rows):
-        drawn = ids[users == u].numpy()
+        drawn = ids[users == u].cpu().numpy()
         assert not np.isin(drawn, positives).any() and not np.isin(drawn, zero).any()
         free = np.setdiff1d(np.arange(num_items), positives)
         free = free[weights[free] > 0]
@@ -78,7 +78,7 @@ def test_weighted_excluding_follows_the_weights_over_the_free_items() -> None:
             stat, threshold = chi2_fits(drawn, free, weights[free])
             assert stat < threshold, (u, stat, threshold)
         p = weights[drawn] / weights[free].sum()
-        np.testing.assert_allclose(log_q[users == u].numpy(), np.log(p), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(log_q[users == u].cpu().numpy(), np.log(p), rtol=1e-5, atol=1e-6)
 
 
 def test_weighted_draws_follow_the_weights() -> None:
@@ -87,24 +87,24 @@ def test_weighted_draws_follow_the_weights() -> None:
     weights[:10] = 0.0
     segments, _ = segments_of(rng, [1], 300)
     table = ds.WeightTable.build(weights, segments)
-    ids, log_q = ds.weighted(table, 200_000, torch.Generator().manual_seed(2))
+    ids, log_q = ds.weighted(table, 200_000, torch.Generator(device=DEV).manual_seed(2))
     support = np.nonzero(weights)[0]
-    stat, threshold = chi2_fits(ids.numpy(), support, weights[support])
+    stat, threshold = chi2_fits(ids.cpu().numpy(), support, weights[support])
     assert stat < threshold
-    np.testing.assert_allclose(log_q.numpy(), np.log(weights[ids.numpy()] / weights.sum()), rtol=1e-5)
+    np.testing.assert_allclose(log_q.cpu().numpy(), np.log(weights[ids.cpu().numpy()] / weights.sum()), rtol=1e-5)
 
 
 def test_a_seed_reproduces_the_draws_and_another_seed_does_not() -> None:
     rng = np.random.default_rng(5)
     segments, _ = segments_of(rng, [4, 9, 0], 40)
     table = ds.WeightTable.build(rng.random(40) + 0.1, segments)
-    users = torch.tensor([0, 1, 2, 1])
+    users = torch.tensor([0, 1, 2, 1], device=DEV)
 
     def draw(seed: int) -> list[torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=DEV).manual_seed(seed)
         return [ds.uniform_excluding(segments, users, 8, 40, g)[0],
                 ds.weighted_excluding(table, segments, users, 8, g)[0], ds.weighted(table, 16, g)[0],
-                ds.uniform(16, 40, g, CPU)[0]]
+                ds.uniform(16, 40, g, DEV)[0]]
 
     for a, b in zip(draw(7), draw(7), strict=True):
         assert torch.equal(a, b)
@@ -112,7 +112,7 @@ def test_a_seed_reproduces_the_draws_and_another_seed_does_not() -> None:
 
 
 def test_distinct_rows_has_a_fixed_length_and_maps_back_to_the_ids() -> None:
-    generator = torch.Generator().manual_seed(3)
+    generator = torch.Generator(device=DEV).manual_seed(3)
     for length in (1, 2, 17, 500):
         ids = torch.randint(0, max(2, length // 3), (length,), generator=generator)
         distinct, rows = ds.distinct_rows(ids)

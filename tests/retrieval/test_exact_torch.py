@@ -12,6 +12,8 @@ from twotower.retrieval.exact_torch import topk_torch
 from . import oracles
 from .test_exact import SHAPES, assert_matches_oracle, csr
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU check runs these on CUDA
+
 
 @pytest.mark.parametrize("shape", SHAPES[:8], ids=lambda s: "B{}-N{}-D{}-k{}".format(*s))
 def test_random_float_inputs_match_oracle(shape) -> None:
@@ -22,7 +24,7 @@ def test_random_float_inputs_match_oracle(shape) -> None:
     lengths = rng.integers(0, num_items + 1, batch)
     exclude = (np.concatenate([[0], np.cumsum(lengths)]), rng.integers(0, num_items, lengths.sum()))
     for ex in (None, exclude):
-        assert_matches_oracle(queries, items, k, topk_torch(queries, items, k, exclude=ex), exclude=ex)
+        assert_matches_oracle(queries, items, k, topk_torch(queries, items, k, exclude=ex, device=DEVICE), exclude=ex)
 
 
 @pytest.mark.parametrize("shape", SHAPES[:8], ids=lambda s: "B{}-N{}-D{}-k{}".format(*s))
@@ -35,7 +37,8 @@ def test_integer_inputs_give_the_oracles_ids_ties_by_lower_id_and_nan_last(shape
     lengths = rng.integers(0, num_items + 1, batch)
     exclude = (np.concatenate([[0], np.cumsum(lengths)]), rng.integers(0, num_items, lengths.sum()))
     for ex in (None, exclude):
-        want, got = oracles.topk(queries, items, k, exclude=ex), topk_torch(queries, items, k, exclude=ex)
+        want = oracles.topk(queries, items, k, exclude=ex)
+        got = topk_torch(queries, items, k, exclude=ex, device=DEVICE)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
 
@@ -65,6 +68,6 @@ def test_the_device_ranker_gives_the_c_scorers_metrics() -> None:
     relevant = (np.arange(201, dtype=np.int64) * 3, rng.integers(0, 300, 600))
     seen = (np.arange(201, dtype=np.int64) * 5, rng.integers(0, 300, 1000))
     results = [evaluate_rankings(ranker, relevant, num_items=300, ks=(5, 20), exclude=seen, progress=False)
-               for ranker in (exact_ranker(users, items, 20), _device_ranker(users, items, 20, "cpu"))]
+               for ranker in (exact_ranker(users, items, 20), _device_ranker(users, items, 20, DEVICE))]
     assert results[0].metrics == results[1].metrics
     assert results[0].metrics["ndcg@20"] > 0

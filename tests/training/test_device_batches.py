@@ -21,6 +21,7 @@ from twotower.training.loop import fit
 from .conftest import tiny_config
 
 NUM_ITEMS = 40
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU check runs these on CUDA
 
 
 def pairs(seed: int = 0, num_users: int = 30) -> tuple[np.ndarray, np.ndarray, CSR]:
@@ -36,7 +37,7 @@ def pairs(seed: int = 0, num_users: int = 30) -> tuple[np.ndarray, np.ndarray, C
 
 def device_batches(config: BatchConfig, shard=(0, 1), seed: int = 0) -> DeviceBatches:
     users, items, history = pairs(seed)
-    return DeviceBatches(users, items, num_items=NUM_ITEMS, config=config, history=history, device="cpu",
+    return DeviceBatches(users, items, num_items=NUM_ITEMS, config=config, history=history, device=DEVICE,
                          shard=shard)
 
 
@@ -94,11 +95,12 @@ def test_log_q_fields_follow_the_host_iterators_definitions() -> None:
     host = next(iter(BatchIterator(users, items, num_items=NUM_ITEMS, config=config, history=history)))
     # The same item and user log-probabilities, looked up for this batch's (other) rows.
     item_log_p = dict(zip(host.items.tolist(), host.item_log_q.tolist(), strict=True))
-    np.testing.assert_allclose(dev.item_log_q.numpy(), [item_log_p[i] for i in dev.items.tolist()], rtol=1e-6)
+    np.testing.assert_allclose(dev.item_log_q.cpu().numpy(), [item_log_p[i] for i in dev.items.tolist()], rtol=1e-6)
     degree = np.diff(history.indptr)
-    np.testing.assert_allclose(dev.negative_log_q.numpy()[:, 0], -np.log(NUM_ITEMS - degree[dev.users.numpy()]),
+    free = NUM_ITEMS - degree[dev.users.cpu().numpy()]
+    np.testing.assert_allclose(dev.negative_log_q.cpu().numpy()[:, 0], -np.log(free),
                                rtol=1e-6)
-    np.testing.assert_allclose(dev.shared_log_q.numpy(), -np.log(NUM_ITEMS), rtol=1e-6)
+    np.testing.assert_allclose(dev.shared_log_q.cpu().numpy(), -np.log(NUM_ITEMS), rtol=1e-6)
     none = next(iter(device_batches(dataclasses.replace(config, log_q="none"))))
     assert none.item_log_q is None and none.negative_log_q is None and none.shared_log_q is None
 
@@ -124,7 +126,7 @@ def test_settings_the_device_cannot_build_are_refused_naming_them() -> None:
     items = np.array([0, 0, 1])
     with pytest.raises(ValueError, match="user code 1"):
         DeviceBatches(users, items, num_items=2, config=BatchConfig(num_negatives=1, negative_kind="uniform"),
-                      history=CSR.from_pairs(users, items, 2), device="cpu")
+                      history=CSR.from_pairs(users, items, 2), device=DEVICE)
 
 
 def test_training_on_device_batches_reaches_the_host_paths_quality(tmp_path) -> None:
