@@ -6,7 +6,7 @@
 #   infonce    pytest tests/kernels/test_infonce.py (compiled Triton kernels on CUDA)   } run side
 #   trainer    pytest tests/training tests/model tests/test_losses.py                   } by side
 #              tests/test_evaluate.py tests/retrieval/test_hnsw.py tests/retrieval/test_exact_torch.py
-#              tests/kernels/test_device_samplers.py (trainer device "auto" = CUDA)
+#              tests/kernels/test_device_samplers.py tests/kernels/test_frequency_device.py (trainer device "auto" = CUDA)
 #   train-cuda python -m benchmarks.gpu.train_cuda (AMP vs fp32 vs CPU training; alone on the GPU)
 #   extras     python -m benchmarks.gpu.profile_train (where a CUDA training step's time goes), then
 #              the C++ scorer's tests on the device's CPU (its SIMD dispatch; the paths listed)
@@ -87,7 +87,7 @@ if [[ $(cut -d' ' -f1 "$RCDIR/setup") == 0 ]]; then
   pid=$!
   run_step trainer-tests 180 1 "${PYTEST[@]}" tests/training tests/model tests/test_losses.py \
     tests/test_evaluate.py tests/retrieval/test_hnsw.py tests/retrieval/test_exact_torch.py \
-    tests/kernels/test_device_samplers.py
+    tests/kernels/test_device_samplers.py tests/kernels/test_frequency_device.py
   wait "$pid"
   for name in infonce-tests trainer-tests; do
     echo "--- $name: last lines"

@@ -105,6 +105,31 @@ def test_log_q_fields_follow_the_host_iterators_definitions() -> None:
     assert none.item_log_q is None and none.negative_log_q is None and none.shared_log_q is None
 
 
+def test_streaming_log_q_is_the_host_estimators_and_resumes() -> None:
+    """Positives' log-q from the device estimator equal the host estimator's on the same stream of
+    batches, and a state_dict taken between epochs continues the estimate exactly."""
+    from twotower.kernels._rng import derive_seed
+    from twotower.kernels.frequency import StreamingFrequencyEstimator
+
+    config = BatchConfig(batch_size=8, log_q="streaming", streaming_buckets=64, seed=2)
+    it = device_batches(config)
+    host = StreamingFrequencyEstimator(64, num_hashes=config.streaming_hashes,
+                                       learning_rate=config.streaming_learning_rate, seed=derive_seed(2, 3))
+    for epoch in range(2):
+        with it.epoch(epoch) as batches:
+            for batch in batches:
+                items = batch.items.cpu().numpy()
+                host.update(items)
+                want = np.log(host.probability(items) / 8)
+                np.testing.assert_allclose(batch.item_log_q.cpu().numpy(), want, rtol=1e-6)
+    resumed = device_batches(config)
+    resumed.load_state_dict(it.state_dict())
+    first = [b.item_log_q for b in resumed.epoch(2)]
+    again = [b.item_log_q for b in it.epoch(2)]
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_ranks_take_disjoint_parts_of_the_one_process_global_batch() -> None:
     config = dataclasses.replace(MIXED, batch_size=8)
     whole = device_batches(dataclasses.replace(config, batch_size=16))
@@ -120,8 +145,8 @@ def test_ranks_take_disjoint_parts_of_the_one_process_global_batch() -> None:
 def test_settings_the_device_cannot_build_are_refused_naming_them() -> None:
     with pytest.raises(ValueError, match="hard negatives"):
         device_batches(BatchConfig(num_negatives=2, negative_kind="hard"))
-    with pytest.raises(ValueError, match="log_q 'static'"):
-        device_batches(BatchConfig(log_q="streaming"))
+    with pytest.raises(ValueError, match="not supported in distributed training"):
+        device_batches(BatchConfig(log_q="streaming"), shard=(0, 2))
     users = np.array([0, 1, 1])
     items = np.array([0, 0, 1])
     with pytest.raises(ValueError, match="user code 1"):

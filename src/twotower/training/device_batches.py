@@ -12,8 +12,9 @@ from a different random stream: a seed gives the same batches on every run and d
 the batches of the CPU iterator. Each batch draws from generators seeded by (seed, epoch, stream,
 batch index[, rank]), so no draw depends on the order in which batches are built.
 
-Not on the device (refused with a message naming the setting): hard negatives (mined per epoch on
-the host) and the streaming frequency estimate (`batches.log_q = "streaming"`).
+The streaming frequency estimate (`batches.log_q = "streaming"`) is updated on the device too
+(`twotower.kernels.frequency_device`, the host estimator's numbers), in consumption order. Not on
+the device (refused with a message naming the setting): hard negatives (mined per epoch on the host).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from twotower.kernels import device_samplers as ds
 from twotower.kernels import samplers
 from twotower.kernels._rng import derive_seed
 from twotower.kernels.codes import check_codes
+from twotower.kernels.frequency_device import DeviceFrequencyEstimator
 from twotower.settings.batches import BatchConfig
 from twotower.training.prefetch import EpochBatches
 
@@ -66,9 +68,6 @@ def device_unsupported(config: BatchConfig) -> str | None:
     if config.negative_kind == "hard":
         return "batches.on_device does not draw hard negatives (they are mined on the host): use negative_kind " \
                "'uniform' or 'popularity', or turn batches.on_device off"
-    if config.log_q == "streaming":
-        return "batches.on_device has no streaming frequency estimate: use batches.log_q 'static', or turn " \
-               "batches.on_device off"
     return None
 
 
@@ -96,6 +95,9 @@ class DeviceBatches:
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+        if world > 1 and config.log_q == "streaming":
+            raise ValueError("batches.log_q = 'streaming' is not supported in distributed training (each rank "
+                             "would estimate from its own slice): use 'static'")
         users, items = np.asarray(users), np.asarray(items)
         if users.ndim != 1 or items.shape != users.shape or users.size == 0:
             raise ValueError(f"users and items must be 1-D, non-empty and of the same length, got shapes "
@@ -120,6 +122,10 @@ class DeviceBatches:
         self._table = (ds.WeightTable.build(samplers.popularity_weights(counts, config.popularity_alpha),
                                             self._segments) if popular else None)
         self._check_negatives_possible(users)
+        self._estimator = (DeviceFrequencyEstimator(config.streaming_buckets, num_hashes=config.streaming_hashes,
+                                                    learning_rate=config.streaming_learning_rate,
+                                                    seed=derive_seed(config.seed, 3), device=self.device)
+                           if config.log_q == "streaming" else None)
         self._next_epoch = 0
 
     def _check_negatives_possible(self, users: np.ndarray) -> None:
@@ -154,16 +160,31 @@ class DeviceBatches:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self._next_epoch = int(epoch) + 1
         order = self._order(int(epoch))
-        return EpochBatches(lambda index: self._batch(order, int(epoch), index), len(self), 0, lambda b: b)
+        return EpochBatches(lambda index: self._batch(order, int(epoch), index), len(self), 0, self._finish)
 
     def __iter__(self):
         return self.epoch(self._next_epoch)
 
+    def _finish(self, batch: DeviceBatch) -> DeviceBatch:
+        """The streaming estimate, updated with each batch in consumption order (as `BatchIterator`'s)."""
+        if self._estimator is None:
+            return batch
+        self._estimator.update(batch.items)
+        per_draw = self._estimator.probability(batch.items) / self.config.batch_size
+        return dataclasses.replace(batch, item_log_q=torch.log(per_draw).float())
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
+        """Arrays to resume from (the names of `BatchIterator.state_dict`)."""
+        state = {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
+        if self._estimator is not None:
+            state.update({f"estimator.{k}": v for k, v in self._estimator.state_dict().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._next_epoch = int(state["next_epoch"][0])
+        if self._estimator is not None:
+            self._estimator.load_state_dict(
+                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")})
 
     def set_candidates(self, candidates: np.ndarray) -> None:
         raise ValueError(device_unsupported(dataclasses.replace(self.config, negative_kind="hard")))
