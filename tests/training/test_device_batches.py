@@ -1,7 +1,8 @@
 """Batches built on the training device (`batches.on_device`, here the CPU): an epoch covers every
 pair once, a seed reproduces every batch whatever the order they are built in, negatives never hit
-a positive, the log-q fields follow the host iterator's definitions, ranks share a global batch,
-refusals name the setting, and training on them reaches the host path's quality."""
+a positive, hard negatives come from the eligible candidates, the log-q fields follow the host
+iterator's definitions (the streaming estimate included), ranks share a global batch, refusals name
+the setting, and training on them reaches the host path's quality."""
 
 from __future__ import annotations
 
@@ -142,9 +143,33 @@ def test_ranks_take_disjoint_parts_of_the_one_process_global_batch() -> None:
             assert not torch.equal(a.shared_negatives, b.shared_negatives)  # rank-distinct streams
 
 
-def test_settings_the_device_cannot_build_are_refused_naming_them() -> None:
-    with pytest.raises(ValueError, match="hard negatives"):
-        device_batches(BatchConfig(num_negatives=2, negative_kind="hard"))
+def test_hard_negatives_come_from_eligible_candidates_from_the_next_epoch_on() -> None:
+    users, items, history = pairs()
+    config = BatchConfig(batch_size=64, num_negatives=6, negative_kind="hard", hard_rank_range=(1, 5))
+    it = device_batches(config)
+    positives = [set(history.indices[history.indptr[u]:history.indptr[u + 1]].tolist()) for u in range(30)]
+    rng = np.random.default_rng(0)
+    candidates = np.stack([rng.permutation(NUM_ITEMS)[:8] for _ in range(30)])
+    candidates[3, 1:5] = -1  # user 3: nothing eligible -> uniform draws
+    candidates[4, 1:5] = sorted(positives[4])[0]  # user 4: only a positive in range -> uniform draws
+    for epoch, mined in ((0, False), (1, True)):
+        with it.epoch(epoch) as batches:
+            if epoch == 0:
+                it.set_candidates(candidates)  # mid-epoch: from the next epoch on
+            rows = [(u, row) for b in batches for u, row in zip(b.users.tolist(), b.negatives.tolist(), strict=True)]
+        for u, row in rows:
+            assert not positives[u] & set(row)
+            window = {c for c in candidates[u, 1:5].tolist() if c >= 0} - positives[u]
+            if mined and window:
+                assert set(row) <= window, (u, row, window)
+        if not mined:  # uniform draws before the candidates: most rows leave the window
+            assert sum(set(row) <= set(candidates[u, 1:5].tolist()) for u, row in rows) < len(rows) / 2
+    assert next(iter(it)).negative_log_q is None  # mined, not drawn from a known law
+    with pytest.raises(ValueError, match=r"candidates must be \[U=30, C\]"):
+        it.set_candidates(candidates[:5])
+
+
+def test_bad_settings_and_impossible_negatives_are_refused_naming_them() -> None:
     with pytest.raises(ValueError, match="not supported in distributed training"):
         device_batches(BatchConfig(log_q="streaming"), shard=(0, 2))
     users = np.array([0, 1, 1])

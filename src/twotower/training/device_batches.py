@@ -13,8 +13,10 @@ the batches of the CPU iterator. Each batch draws from generators seeded by (see
 batch index[, rank]), so no draw depends on the order in which batches are built.
 
 The streaming frequency estimate (`batches.log_q = "streaming"`) is updated on the device too
-(`twotower.kernels.frequency_device`, the host estimator's numbers), in consumption order. Not on
-the device (refused with a message naming the setting): hard negatives (mined per epoch on the host).
+(`twotower.kernels.frequency_device`, the host estimator's numbers), in consumption order. Hard
+negatives are mined on the host once per epoch (`set_candidates`); each user's eligible candidates
+(ranks in `hard_rank_range`, no padding, no positive) are then compacted and uploaded once, and
+every batch draws ranks among them on the device, falling back to uniform draws for a user with none.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from twotower.kernels.frequency_device import DeviceFrequencyEstimator
 from twotower.settings.batches import BatchConfig
 from twotower.training.prefetch import EpochBatches
 
-__all__ = ["DeviceBatch", "DeviceBatches", "device_unsupported"]
+__all__ = ["DeviceBatch", "DeviceBatches"]
 
 _SHUFFLE, _NEGATIVES, _SHARED = 0, 1, 2
 
@@ -63,14 +65,6 @@ class DeviceBatch:
     index: int = 0
 
 
-def device_unsupported(config: BatchConfig) -> str | None:
-    """Why `config` cannot build its batches on the device, or None."""
-    if config.negative_kind == "hard":
-        return "batches.on_device does not draw hard negatives (they are mined on the host): use negative_kind " \
-               "'uniform' or 'popularity', or turn batches.on_device off"
-    return None
-
-
 class DeviceBatches:
     """Yields `DeviceBatch`es over training pairs on `device`, epoch after epoch: the interface of
     `BatchIterator` (`epoch`, `len`, `global_rows`, `state_dict`), built on the device.
@@ -78,20 +72,17 @@ class DeviceBatches:
     Args:
         users, items: [P] int codes of the training pairs.
         num_items: catalogue size N.
-        config: `BatchConfig` (`device_unsupported` must be None).
+        config: `BatchConfig`.
         history: each user's positives to exclude from per-row negatives (`CSR` or (indptr, indices)).
         device: where the tables live and the batches are built.
         shard: (rank, world) as in `BatchIterator`.
 
     Raises:
-        ValueError: as `BatchIterator` does, and for the settings `device_unsupported` names.
+        ValueError: as `BatchIterator` does.
     """
 
     def __init__(self, users: np.ndarray, items: np.ndarray, *, num_items: int, config: BatchConfig,
                  history: Any, device: torch.device | str, shard: tuple[int, int] = (0, 1)) -> None:
-        problem = device_unsupported(config)
-        if problem is not None:
-            raise ValueError(problem)
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
@@ -115,6 +106,10 @@ class DeviceBatches:
         self._users = torch.from_numpy(users.astype(np.int64)).to(self.device)
         self._items = torch.from_numpy(items.astype(np.int64)).to(self.device)
         self._segments = ds.Segments.from_csr(index.indptr, index.indices, self.device)
+        self._index = index
+        # set_candidates' (eligible [U, W], counts [U]): pending until the next epoch starts, then in use.
+        self._pending_candidates: tuple[Tensor, Tensor] | None = None
+        self._candidates: tuple[Tensor, Tensor] | None = None
         counts = np.bincount(items, minlength=self.num_items).astype(np.float64)
         self._item_log_p = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum())).float().to(self.device)
         popular = config.negative_kind == "popularity" or (
@@ -159,6 +154,7 @@ class DeviceBatches:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self._next_epoch = int(epoch) + 1
+        self._candidates = self._pending_candidates
         order = self._order(int(epoch))
         return EpochBatches(lambda index: self._batch(order, int(epoch), index), len(self), 0, self._finish)
 
@@ -187,7 +183,30 @@ class DeviceBatches:
                 {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")})
 
     def set_candidates(self, candidates: np.ndarray) -> None:
-        raise ValueError(device_unsupported(dataclasses.replace(self.config, negative_kind="hard")))
+        """Candidate lists for hard negatives, [U, C] item ids ranked best first (-1 pads), as
+        `BatchIterator.set_candidates`; each user's eligible ones are compacted here, on the host,
+        and uploaded once. Takes effect at the next epoch started."""
+        cand = np.asarray(candidates)
+        users = self._index.num_rows
+        if cand.ndim != 2 or cand.shape[0] != users:
+            raise ValueError(f"candidates must be [U={users}, C], got shape {cand.shape}")
+        if cand.size and not np.issubdtype(cand.dtype, np.integer):
+            raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
+        if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
+            raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
+        a, b = self.config.hard_rank_range
+        window = cand[:, a:b].astype(np.int64)
+        eligible = window >= 0
+        if self.config.exclude_positives and window.size:
+            keys = np.repeat(np.arange(users, dtype=np.int64), np.diff(self._index.indptr)) * self.num_items \
+                + self._index.indices
+            asked = np.arange(users, dtype=np.int64)[:, None] * self.num_items + np.maximum(window, 0)
+            found = np.searchsorted(keys, asked).clip(max=max(keys.size - 1, 0))
+            eligible &= ~((keys.size > 0) & (keys[found] == asked))
+        order = np.argsort(~eligible, axis=1, kind="stable")  # eligible first, in rank order
+        compact = np.take_along_axis(window, order, axis=1)
+        self._pending_candidates = (torch.from_numpy(np.ascontiguousarray(compact)).to(self.device),
+                                    torch.from_numpy(eligible.sum(axis=1)).to(self.device))
 
     # -- building -------------------------------------------------------------------------------
     def _generator(self, *parts: int) -> torch.Generator:
@@ -232,9 +251,12 @@ class DeviceBatches:
             shared_rows=None if shared is None else pieces[-1], epoch=epoch, index=index,
         )
 
-    def _negatives(self, users: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Per-row negatives [B, n] and their per-draw log-probabilities [B, n]."""
+    def _negatives(self, users: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Per-row negatives [B, n] and their per-draw log-probabilities [B, n] (None for hard ones:
+        mined, not drawn from a known law)."""
         cfg, n = self.config, self.config.num_negatives
+        if cfg.negative_kind == "hard":
+            return self._hard(users, generator), None
         if cfg.negative_kind == "uniform":
             if cfg.exclude_positives:
                 ids, row_log_q = ds.uniform_excluding(self._segments, users, n, self.num_items, generator)
@@ -245,3 +267,18 @@ class DeviceBatches:
             return ds.weighted_excluding(self._table, self._segments, users, n, generator)
         ids, log_q = ds.weighted(self._table, users.numel() * n, generator)
         return ids.reshape(-1, n), log_q.reshape(-1, n)
+
+    def _hard(self, users: Tensor, generator: torch.Generator) -> Tensor:
+        """[B, n] draws, with replacement, among each user's eligible candidates; uniform ones (with the
+        exclusion setting) for a user with none, or before the first `set_candidates`."""
+        n = self.config.num_negatives
+        if self.config.exclude_positives:
+            fallback, _ = ds.uniform_excluding(self._segments, users, n, self.num_items, generator)
+        else:
+            fallback = torch.randint(0, self.num_items, (users.numel(), n), generator=generator, device=self.device)
+        if self._candidates is None or self._candidates[0].shape[1] == 0:
+            return fallback
+        eligible, counts = self._candidates[0][users], self._candidates[1][users]
+        rank = (torch.rand((users.numel(), n), generator=generator, device=self.device, dtype=torch.float64)
+                * counts[:, None]).long().clamp(max=eligible.shape[1] - 1)
+        return torch.where(counts[:, None] > 0, eligible.gather(1, rank), fallback)
