@@ -43,7 +43,7 @@ class BatchConfig:
         on_device: build every batch on the training device (`twotower.training.device_batches`):
             the pairs, histories and sampler tables live there and a step needs no host-to-device
             copy or host sync for its batch; meant for CUDA (on the CPU the Numba batches in a
-            worker thread are the faster path). No hard negatives there.
+            worker thread are the faster path).
         seed: the only source of randomness.
     """
 
