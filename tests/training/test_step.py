@@ -106,6 +106,7 @@ def test_table_step_trains_as_the_autograd_step(case):
     ({"model__scoring": "neg_l2"}, "neg_l2"),
     ({"loss__kind": "infonce"}, "not a per-row kind"),
     ({"batches__num_shared_negatives": 8}, "no shared ones"),
+    ({"batches__on_device": True}, "batches.on_device"),
 ])
 def test_the_autograd_step_serves_everything_else_and_says_why(change, reason):
     config = per_row_config(**change)

@@ -58,6 +58,7 @@ class TableStep:
             (kind is None or kind in IN_BATCH_KINDS, f"loss kind {kind!r} is not a per-row kind"),
             (config.batches.num_negatives == 0 or config.batches.num_shared_negatives > 0,
              "it needs per-row negatives and no shared ones"),
+            (config.batches.on_device, "it reads batches built on the host (batches.on_device is on)"),
         )
         for failed, why in reasons:
             if failed:
