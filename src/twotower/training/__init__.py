@@ -20,7 +20,7 @@ needs no torch) does not load the others.
 from twotower._lazy import lazy_exports
 
 _LAZY = {
-    "TrainResult": "twotower.training.loop",
+    "TrainResult": "twotower.training.run_outputs",
     "TrainingDiverged": "twotower.training.step",
     "build_model": "twotower.training.loop",
     "fit": "twotower.training.loop",

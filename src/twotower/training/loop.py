@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from twotower import __version__
 from twotower.atomic import (
     disk_usage,
-    link_if_identical,
     named_error,
     read_json_object,
     remove_stale_temporaries,
@@ -43,23 +42,19 @@ from twotower.atomic import (
 from twotower.data import SplitDataset
 from twotower.data.split import with_valid_in_train
 from twotower.datasets import fingerprint, load_dataset
-from twotower.evaluate import EvalResult, evaluate_model, evaluate_popularity
+from twotower.evaluate import EvalResult, evaluate_model
 from twotower.kernels._rng import derive_seed
 from twotower.losses import LossConfig, make_loss
 from twotower.model.io import save_model
-from twotower.model.model_dir import save_model_dir
 from twotower.model.two_tower import TwoTowerModel
-from twotower.plots import plot_training
 from twotower.settings import TrainConfig
 from twotower.training import hardware
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
     LATEST,
-    drop_optimizer_state,
     has_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     resumable_checkpoint,
     save_checkpoint,
 )
@@ -70,31 +65,15 @@ from twotower.training.loss_reads import LossReads, loss_read_every
 from twotower.training.optim import learning_rate, make_optimizer
 from twotower.training.resume_rules import changed_settings, semantic_settings
 from twotower.training.run_lock import run_lock
+from twotower.training.run_outputs import CHECKPOINTS, MODEL, TrainResult, finish_run
 from twotower.training.step import AutogradStep, TrainingDiverged, make_train_step
 
 __all__ = ["TrainResult", "TrainingDiverged", "build_model", "fit", "training_loss"]
 
-CHECKPOINTS = "checkpoints"
-MODEL = "model"
 REFIT = "refit"
 _OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
 
 log = logging.getLogger("twotower.training")
-
-
-@dataclass
-class TrainResult:
-    """What a finished run produced."""
-
-    model_dir: Path
-    best_epoch: int
-    valid: EvalResult
-    test: EvalResult
-    popularity_valid: EvalResult
-    popularity_test: EvalResult
-    history: list[dict[str, Any]]
-    disk_bytes: int = 0  # the run directory once finished, hard links counted once
-    refit: TrainResult | None = None  # train.refit's model, trained on train + valid
 
 
 def resolve_device(name: str, cluster: Cluster | None = None) -> torch.device:
@@ -654,7 +633,7 @@ def _last_good(checkpoint_root: Path) -> str:
 def _finish(run: _Run, state: _State) -> TrainResult:
     """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
     the model directory and the plot, then leaves the run directory as small as a finished run can
-    be (`_settle`). Across ranks rank 0 does it and the others receive its result."""
+    be (`run_outputs.settle`). Across ranks rank 0 does it and the others receive its result."""
     if not run.cluster.active:
         return _finish_here(run, state)
     result = _finish_here(run, state) if run.cluster.is_main else None
@@ -663,57 +642,5 @@ def _finish(run: _Run, state: _State) -> TrainResult:
 
 def _finish_here(run: _Run, state: _State) -> TrainResult:
     """`_finish` in this process."""
-    from safetensors.torch import load_file
-
-    config, out_dir, model, loss_fn, dataset = run.config, run.out_dir, run.model, run.loss_fn, run.dataset
-    saved_config, best_epoch, history, threads = run.saved_config, state.best_epoch, state.history, run.threads
-    loop = config.train
-    best_weights = out_dir / "best" / "model.safetensors"
-    if best_weights.is_file():
-        model.load_state_dict(load_file(str(best_weights)))  # the temperature of that epoch included
-    else:
-        model.set_temperature(loss_fn.temperature)
-    temperature = float(model.temperature)
-    model.eval()
-    kwargs = {"ks": loop.ks, "progress": False, "protocol": config.eval}
-    valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
-    test = evaluate_model(model, dataset, split="test", num_threads=threads, **kwargs)
-    pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
-    pop_test = evaluate_popularity(dataset, split="test", **kwargs)
-    results = {
-        "best_epoch": best_epoch,
-        "temperature": temperature,
-        "valid": valid.to_dict(),
-        "test": test.to_dict(),
-        "popularity": {"valid": pop_valid.to_dict(), "test": pop_test.to_dict()},
-        "protocol": dataclasses.asdict(config.eval),
-        "data": {"users": dataset.num_users, "items": dataset.num_items, "train": len(dataset.train.users),
-                 "valid": len(dataset.valid.users), "test": len(dataset.test.users),
-                 **{key: dataset.stats[key] for key in _LEFT_OUT if key in dataset.stats}},
-    }
-    model_dir = save_model_dir(out_dir / MODEL, model, dataset, saved_config, results)
-    write_json_atomic(out_dir / "results.json", results)
-    plot_training(history, out_dir / "training.png", select_metric=loop.select_metric)
-    _settle(out_dir, keep_optimizer_state=loop.keep_optimizer_state)
-    return TrainResult(model_dir, best_epoch, valid, test, pop_valid, pop_test, history, disk_usage(out_dir))
-
-
-# What the data layer left out and why, copied into results.json.
-_LEFT_OUT = ("rows_skipped", "non_positive_rows", "duplicates_removed", "kcore_rows_removed", "unknown_targets")
-
-
-def _settle(out_dir: Path, *, keep_optimizer_state: bool) -> None:
-    """A finished run keeps one copy of each weight file and no state it no longer needs: `model/`
-    and the newest checkpoint share `best/`'s weights where they are the same bytes (hard links),
-    older checkpoints go, and the optimizer's moments go unless `keep_optimizer_state`. The
-    checkpoint left still lets `--resume` redo the final evaluation."""
-    best_weights = out_dir / "best" / "model.safetensors"
-    link_if_identical(best_weights, out_dir / MODEL / "model.safetensors")
-    checkpoint_root = out_dir / CHECKPOINTS
-    prune_checkpoints(checkpoint_root, keep=1)
-    newest = latest_checkpoint(checkpoint_root)
-    if newest is None:
-        return
-    if not keep_optimizer_state:
-        drop_optimizer_state(newest)
-    link_if_identical(best_weights, newest / "model.safetensors")
+    return finish_run(run.config, run.out_dir, run.model, run.loss_fn, run.dataset, run.saved_config,
+                      state.best_epoch, state.history, run.threads)
