@@ -177,6 +177,10 @@ def test_bad_settings_and_impossible_negatives_are_refused_naming_them() -> None
     with pytest.raises(ValueError, match="user code 1"):
         DeviceBatches(users, items, num_items=2, config=BatchConfig(num_negatives=1, negative_kind="uniform"),
                       history=CSR.from_pairs(users, items, 2), device=DEVICE)
+    # Popularity: item 2 has no training row (weight 0), so user 1 holds every item that can be drawn.
+    with pytest.raises(ValueError, match=r"user code 1\) have every item of nonzero popularity weight"):
+        DeviceBatches(users, items, num_items=3, config=BatchConfig(num_negatives=1, negative_kind="popularity"),
+                      history=CSR.from_pairs(users, items, 2), device=DEVICE)
 
 
 def test_training_on_device_batches_reaches_the_host_paths_quality(tmp_path) -> None:

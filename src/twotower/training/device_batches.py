@@ -128,9 +128,12 @@ class DeviceBatches:
         if cfg.negative_kind == "none" or not cfg.exclude_positives:
             return
         present = torch.from_numpy(np.unique(users)).to(self.device)
-        if cfg.negative_kind == "popularity":
-            free = self._table.cumulative[-1] - self._table.positive_mass(self._segments, present)
-            full, what = free <= 0, "every item of nonzero popularity weight"
+        if cfg.negative_kind == "popularity":  # counted, not weighed: a float difference can miss a zero
+            weighted = (self._table.weights > 0).long()
+            prefix = torch.cat([weighted.new_zeros(1), torch.cumsum(weighted[self._segments.items], 0)])
+            indptr = self._segments.indptr
+            held = prefix[indptr[present + 1]] - prefix[indptr[present]]
+            full, what = held >= weighted.sum(), "every item of nonzero popularity weight"
         else:
             full, what = self._segments.degrees(present) >= self.num_items, "every item"
         if bool(full.any()):
