@@ -4,7 +4,8 @@ checkpoints that survive a crash, and `--resume` that continues exactly where a 
 Reads top to bottom: `fit` takes the run directory's lock and runs `_fit` (and `_refit` with
 `train.refit`); `_fit` is the run as named phases on one screen (build, start or resume, clear
 earlier outputs, then per epoch: mine, train, evaluate and select, log, checkpoint; then finish),
-each phase a function below it. Each epoch's batches are a pure function of (seed, epoch), the
+each phase a function below it or in its own module (`run_state`: the run's shared pieces, start
+or resume; `loss_reads`: reading the step losses; `run_outputs`: what a finished run leaves). Each epoch's batches are a pure function of (seed, epoch), the
 torch RNG is saved with every checkpoint (at the end of every `train.checkpoint_every`-th epoch),
 and the learning rate is a pure function of the step, so a run killed at any point and resumed
 from its last checkpoint replays the epochs after it and finishes with the same weights as one
@@ -17,11 +18,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +32,8 @@ from twotower.atomic import (
     disk_usage,
     named_error,
     read_json_object,
-    remove_stale_temporaries,
     write_dir_atomic,
     write_json_atomic,
-    write_text_atomic,
 )
 from twotower.data import SplitDataset
 from twotower.data.split import with_valid_in_train
@@ -51,27 +47,22 @@ from twotower.settings import TrainConfig
 from twotower.training import hardware
 from twotower.training.batches import BatchIterator
 from twotower.training.checkpoint import (
-    LATEST,
-    has_optimizer_state,
     latest_checkpoint,
-    load_checkpoint,
     resumable_checkpoint,
     save_checkpoint,
 )
 from twotower.training.device_batches import DeviceBatches
-from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, restore_rng, rng_states, unsupported
+from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, rng_states, unsupported
 from twotower.training.fused_step import TableStep
 from twotower.training.loss_reads import LossReads, loss_read_every
 from twotower.training.optim import learning_rate, make_optimizer
-from twotower.training.resume_rules import changed_settings, semantic_settings
 from twotower.training.run_lock import run_lock
 from twotower.training.run_outputs import CHECKPOINTS, MODEL, TrainResult, finish_run
+from twotower.training.run_state import REFIT, Run, State, clear_earlier_outputs, start_or_resume
 from twotower.training.step import AutogradStep, TrainingDiverged, make_train_step
 
 __all__ = ["TrainResult", "TrainingDiverged", "build_model", "fit", "training_loss"]
 
-REFIT = "refit"
-_OUTPUTS = ("best", MODEL, "results.json", "training.png", "metrics.jsonl")  # written atomically into out_dir
 
 log = logging.getLogger("twotower.training")
 
@@ -223,8 +214,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     selected weights and write the model. `stop_after` ends the run after that epoch on the
     schedule of `train.epochs` (`train.refit`)."""
     run = _build_run(config, out_dir, device, dataset, echo, stop_after, cluster)
-    state = _start_or_resume(run, resume)
-    _clear_earlier_outputs(run, state, resume)
+    state = start_or_resume(run, resume)
+    clear_earlier_outputs(run, state, resume)
     loop, last_epoch = config.train, run.last_epoch
     run_started = time.perf_counter()
     for epoch in range(state.start_epoch, last_epoch):
@@ -246,57 +237,8 @@ def _fit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Spli
     return _finish(run, state)
 
 
-@dataclass
-class _Run:
-    """What a run builds once and its phases share: the settings, the data, the model, the loss,
-    the optimizer and step, the batch iterator, and where its files go."""
-
-    config: TrainConfig
-    out_dir: Path
-    device: torch.device
-    dataset: SplitDataset
-    echo: Callable[[str], None]
-    last_epoch: int  # train.epochs, or the refit's stop_after
-    saved_config: dict[str, Any]  # the config.json of checkpoints and models
-    model: TwoTowerModel
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    train_step: AutogradStep | TableStep | DistributedStep
-    batches: BatchIterator | DeviceBatches
-    cluster: Cluster = ONE_PROCESS
-
-    @property
-    def threads(self) -> int | None:
-        return self.config.train.num_threads or None
-
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.out_dir / CHECKPOINTS
-
-    @property
-    def best_dir(self) -> Path:
-        return self.out_dir / "best"
-
-    @property
-    def metrics_log(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
-
-
-@dataclass
-class _State:
-    """What changes from epoch to epoch: a checkpoint saves it and `--resume` restores it."""
-
-    start_epoch: int = 0  # the first epoch this process trains
-    step: int = 0
-    best: float = -math.inf  # the best validation score so far, of `best_epoch` (1-based; -1: none)
-    best_epoch: int = -1
-    stale: int = 0  # evaluations since the best one (early stopping)
-    history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records
-    candidates: np.ndarray | None = None  # the mined hard-negative candidates
-
-
 def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset: SplitDataset,
-               echo: Callable[[str], None], stop_after: int | None, cluster: Cluster = ONE_PROCESS) -> _Run:
+               echo: Callable[[str], None], stop_after: int | None, cluster: Cluster = ONE_PROCESS) -> Run:
     """Checks the output directory and the settings against the data, then builds the model, the
     loss, the optimizer, the step and the batch iterator from the run's seed."""
     loop = config.train
@@ -321,7 +263,7 @@ def _build_run(config: TrainConfig, out_dir: Path, device: torch.device, dataset
     if len(batches) == 0:
         raise ValueError(f"batches.batch_size {config.batches.batch_size} with batches.drop_last leaves no batch: the "
                          f"training split has {len(dataset.train.users)} rows; lower the batch size")
-    return _Run(config, out_dir, device, dataset, echo, last_epoch, saved_config, model, loss_fn, optimizer,
+    return Run(config, out_dir, device, dataset, echo, last_epoch, saved_config, model, loss_fn, optimizer,
                 train_step, batches, cluster)
 
 
@@ -356,69 +298,7 @@ def _make_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Modu
     return DistributedStep(model, loss_fn, optimizer, device, config.optim.clip_norm, cluster, batches.global_rows)
 
 
-def _start_or_resume(run: _Run, resume: bool) -> _State:
-    """A fresh run's state; with `resume`, the newest intact checkpoint's (weights, optimizer, RNG,
-    batch iterator, mined candidates and trainer state), once it is known to come from the same
-    data and the same settings, and to hold what the epochs left need."""
-    if not resume:
-        return _State()
-    loop, checkpoint_root = run.config.train, run.checkpoint_root
-    last, skipped = resumable_checkpoint(checkpoint_root)
-    for path, problem in skipped:
-        run.echo(f"notice: --resume skips {path.name}: {problem}")
-    if last is None:
-        found = f" ({len(skipped)} damaged: see above)" if skipped else ""
-        raise ValueError(f"--resume: no intact checkpoint in {checkpoint_root}{found}")
-    saved = read_json_object(last / "config.json")
-    if saved.get("data_fingerprint") != run.saved_config["data_fingerprint"]:
-        raise ValueError(f"--resume: {last} was trained on different data (fingerprint mismatch)")
-    changed = changed_settings(semantic_settings(saved.get("train_config", {})),
-                               semantic_settings(run.config.to_dict()))
-    if changed:
-        raise ValueError(f"--resume: {last} was written with other settings: {'; '.join(changed)}; resume with "
-                         "the settings it was written with")
-    world = int(read_json_object(last / "trainer.json").get("world", 1))
-    if world != run.cluster.world:
-        raise ValueError(f"--resume: {last} was written by a run of {world} process(es) and this run has "
-                         f"{run.cluster.world}: its batches would differ; resume with {world} (torchrun "
-                         "--nproc_per_node x --nnodes) or start a new run")
-    saved_state, arrays = load_checkpoint(last, model=run.model, loss_fn=run.loss_fn, optimizer=run.optimizer)
-    restore_rng(arrays, run.cluster)
-    state = _State(start_epoch=saved_state["epoch"] + 1, step=saved_state["step"], best=saved_state["best"],
-                   best_epoch=saved_state["best_epoch"], stale=saved_state["stale"], history=saved_state["history"])
-    if not has_optimizer_state(last) and state.start_epoch < run.last_epoch and not state.stale >= loop.patience > 0:
-        raise ValueError(f"--resume: {last} holds no optimizer state (deleted when its run finished, as "
-                         "train.keep_optimizer_state was off), so training cannot go on from it")
-    run.batches.load_state_dict({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("batches.")})
-    if "candidates" in arrays:
-        state.candidates = arrays["candidates"]
-        run.batches.set_candidates(state.candidates)
-    return state
-
-
-def _clear_earlier_outputs(run: _Run, state: _State, resume: bool) -> None:
-    """Removes what a killed run left mid-write, rewrites metrics.jsonl as the run's history (a
-    resumed run's log is its checkpoint's: a run killed between its log line and its checkpoint
-    would otherwise log that epoch twice), and on a fresh run removes an earlier run's best
-    weights, checkpoints and refit, which are not this run's."""
-    out_dir, checkpoint_root = run.out_dir, run.checkpoint_root
-    if not run.cluster.is_main:  # rank 0 alone writes the run directory
-        return
-    for directory, name in ((checkpoint_root, "epoch-*"), (checkpoint_root, LATEST), *((out_dir, n) for n in _OUTPUTS)):
-        remove_stale_temporaries(directory, name)
-    write_text_atomic(run.metrics_log, "".join(json.dumps(record) + "\n" for record in state.history))
-    if resume:
-        return
-    earlier = latest_checkpoint(checkpoint_root)
-    if earlier is not None:
-        run.echo(f"notice: {out_dir} holds an earlier run's checkpoints (newest: {earlier.name}); this fresh run "
-                 "replaces them (--resume continues that run instead)")
-    shutil.rmtree(run.best_dir, ignore_errors=True)
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
-    shutil.rmtree(out_dir / REFIT, ignore_errors=True)
-
-
-def _mine_if_due(run: _Run, state: _State, epoch: int) -> None:
+def _mine_if_due(run: Run, state: State, epoch: int) -> None:
     """With hard negatives, every `train.hard_mining_every` epochs (not before the first): the
     current model's best-scoring items of every user become the candidates of the epochs after."""
     loop = run.config.train
@@ -439,7 +319,7 @@ def _mine_hard_negatives(model: TwoTowerModel, dataset: SplitDataset, count: int
     return ids
 
 
-def _train_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
+def _train_epoch(run: Run, state: State, epoch: int) -> dict[str, Any]:
     """One pass over the epoch's batches, each step at the scheduled learning rate; the epoch's
     record (loss, speed). A non-finite loss stops the run naming the step and the last good
     checkpoint, before anything of it is saved (on the CPU before its update; on CUDA, whose
@@ -486,7 +366,7 @@ def _loss_value(train_step: AutogradStep | TableStep | DistributedStep, loss: to
     return float(loss.detach())
 
 
-def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> None:
+def _evaluate_and_select(run: Run, state: State, record: dict[str, Any]) -> None:
     """Every `train.eval_every` epochs and at the last: the validation metrics into `record`, and
     the epoch's weights saved as the best when its `train.select_metric` beats the best so far
     (else one more stale evaluation). Without a validation split there is nothing to select on:
@@ -513,18 +393,18 @@ def _evaluate_and_select(run: _Run, state: _State, record: dict[str, Any]) -> No
             record["valid"] = shared[3]
 
 
-def _evaluated_epoch(run: _Run, record: dict[str, Any]) -> bool:
+def _evaluated_epoch(run: Run, record: dict[str, Any]) -> bool:
     """Whether the epoch of `record` is an evaluation's: every `train.eval_every` epochs, and the last."""
     epoch = record["epoch"]
     return epoch % run.config.train.eval_every == 0 or epoch == run.last_epoch
 
 
-def _validation_due(run: _Run, record: dict[str, Any]) -> bool:
+def _validation_due(run: Run, record: dict[str, Any]) -> bool:
     """Whether the epoch of `record` is validated: an evaluation's epoch, with a validation split."""
     return len(run.dataset.valid.users) > 0 and _evaluated_epoch(run, record)
 
 
-def _evaluate_here(run: _Run, state: _State, record: dict[str, Any], valid: EvalResult | None = None) -> None:
+def _evaluate_here(run: Run, state: State, record: dict[str, Any], valid: EvalResult | None = None) -> None:
     """`_evaluate_and_select` in this process, on `valid` when the ranks have validated together."""
     loop, epoch = run.config.train, record["epoch"]
     if not _evaluated_epoch(run, record):
@@ -551,7 +431,7 @@ def _select(result: EvalResult, metric: str) -> float:
     return float(result.metrics[metric])
 
 
-def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
+def _log_epoch(run: Run, state: State, record: dict[str, Any]) -> None:
     """The epoch's record joins the history and metrics.jsonl (rank 0's)."""
     state.history.append(record)
     if not run.cluster.is_main:
@@ -563,7 +443,7 @@ def _log_epoch(run: _Run, state: _State, record: dict[str, Any]) -> None:
         raise named_error(err, run.metrics_log) from err
 
 
-def _checkpoint(run: _Run, state: _State, epoch: int) -> None:
+def _checkpoint(run: Run, state: State, epoch: int) -> None:
     """checkpoints/epoch-NNNN: weights, optimizer and RNG state, the batch iterator's state, the
     mined candidates, the trainer state and the vocabularies; the newest `train.keep_checkpoints` stay."""
     arrays = {f"batches.{k}": v for k, v in run.batches.state_dict().items()}
@@ -630,7 +510,7 @@ def _last_good(checkpoint_root: Path) -> str:
     return f"The last good checkpoint is {last} (try a lower optim.lr or optim.clip_norm)."
 
 
-def _finish(run: _Run, state: _State) -> TrainResult:
+def _finish(run: Run, state: State) -> TrainResult:
     """Restores the best weights, evaluates valid and test next to the popularity baseline, writes
     the model directory and the plot, then leaves the run directory as small as a finished run can
     be (`run_outputs.settle`). Across ranks rank 0 does it and the others receive its result."""
@@ -640,7 +520,7 @@ def _finish(run: _Run, state: _State) -> TrainResult:
     return run.cluster.broadcast(result)
 
 
-def _finish_here(run: _Run, state: _State) -> TrainResult:
+def _finish_here(run: Run, state: State) -> TrainResult:
     """`_finish` in this process."""
     return finish_run(run.config, run.out_dir, run.model, run.loss_fn, run.dataset, run.saved_config,
                       state.best_epoch, state.history, run.threads)
