@@ -4,12 +4,12 @@ checkpoints that survive a crash, and `--resume` that continues exactly where a 
 Reads top to bottom: `fit` takes the run directory's lock and runs `_fit` (and `_refit` with
 `train.refit`); `_fit` is the run as named phases on one screen (build, start or resume, clear
 earlier outputs, then per epoch: mine, train, evaluate and select, log, checkpoint; then finish),
-each phase a function below it or in its own module (`run_state`: the run's shared pieces, start
-or resume; `loss_reads`: reading the step losses; `run_outputs`: what a finished run leaves). Each epoch's batches are a pure function of (seed, epoch), the
-torch RNG is saved with every checkpoint (at the end of every `train.checkpoint_every`-th epoch),
-and the learning rate is a pure function of the step, so a run killed at any point and resumed
-from its last checkpoint replays the epochs after it and finishes with the same weights as one
-that was never interrupted.
+each phase a function below it or in its own module (`run_state`: the run's shared pieces, start or
+resume; `loss_reads`: reading the step losses; `run_outputs`: what a finished run leaves). Each
+epoch's batches are a pure function of (seed, epoch), the torch RNG is saved with every checkpoint
+(at the end of every `train.checkpoint_every`-th epoch), and the learning rate is a pure function of
+the step, so a run killed at any point and resumed from its last checkpoint replays the epochs after
+it and finishes with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
