@@ -65,15 +65,20 @@ def test_early_stopping_stops_after_patience(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "results.json").read_text())["best_epoch"] == 4
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = tiny_config(epochs=3)
+def poison_loss(monkeypatch, epoch: int, index: int) -> None:
+    """Batch `index` of epoch `epoch` (both 0-based) gets a NaN loss."""
     real = train_step_module.batch_loss
 
     def poisoned(model, loss_fn, batch, device):
         loss = real(model, loss_fn, batch, device)
-        return loss * float("nan") if (batch.epoch, batch.index) == (1, 2) else loss  # third step of epoch 2
+        return loss * float("nan") if (batch.epoch, batch.index) == (epoch, index) else loss
 
     monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(epochs=3)
+    poison_loss(monkeypatch, 1, 2)  # third step of epoch 2
     with pytest.raises(TrainingDiverged) as caught:
         fit(config, tmp_path)
     steps_per_epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["step"]
@@ -97,13 +102,7 @@ def test_losses_read_every_few_steps_give_the_same_run_and_stop_at_the_nan_step(
     for a, b in zip(each.history, grouped.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["valid"]["ndcg@10"] == pytest.approx(b["valid"]["ndcg@10"], abs=1e-9)
-    real = train_step_module.batch_loss
-
-    def poisoned(model, loss_fn, batch, device):
-        loss = real(model, loss_fn, batch, device)
-        return loss * float("nan") if (batch.epoch, batch.index) == (1, 1) else loss  # second step of epoch 2
-
-    monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
+    poison_loss(monkeypatch, 1, 1)  # second step of epoch 2
     with pytest.raises(TrainingDiverged) as caught:
         fit(config, tmp_path / "nan")
     steps_per_epoch = each.history[0]["step"]

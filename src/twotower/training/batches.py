@@ -106,7 +106,101 @@ class Batch:
             object.__setattr__(self, name, value)
 
 
-class BatchIterator:
+def check_shard(shard: tuple[int, int], config: BatchConfig) -> tuple[int, int]:
+    """(rank, world) of a batch iterator, checked (the streaming estimate is one process's)."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    if world > 1 and config.log_q == "streaming":
+        raise ValueError("batches.log_q = 'streaming' is not supported in distributed training (each rank "
+                         "would estimate from its own slice): use 'static'")
+    return int(rank), int(world)
+
+
+def check_pairs(users: Any, items: Any, num_items: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """The training pairs' codes and the catalogue size, checked."""
+    users = np.asarray(users)
+    items = np.asarray(items)
+    if users.ndim != 1 or items.shape != users.shape:
+        raise ValueError(f"users and items must be 1-D of the same length, got shapes {users.shape} and {items.shape}")
+    if users.size == 0:
+        raise ValueError("no training pairs: users and items are empty")
+    if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 1:
+        raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+    num_items = int(num_items)
+    return (check_codes(users, "users", low=0),
+            check_codes(items, f"items (num_items={num_items})", low=0, high=num_items), num_items)
+
+
+def check_candidates(candidates: Any, num_users: int, num_items: int) -> np.ndarray:
+    """Hard-negative candidate lists [U, C] (item ids ranked best first, -1 pads), checked."""
+    cand = np.asarray(candidates)
+    if cand.ndim != 2 or cand.shape[0] != num_users:
+        raise ValueError(f"candidates must be [U={num_users}, C], got shape {cand.shape}")
+    if cand.size and not np.issubdtype(cand.dtype, np.integer):
+        raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
+    if cand.size and (cand.min() < -1 or cand.max() >= num_items):
+        raise ValueError(f"candidates must be item ids in [0, {num_items}) or -1")
+    return cand
+
+
+def no_negative_error(count: int, example: int, what: str) -> ValueError:
+    """The error for users whose history leaves no negative to draw."""
+    return ValueError(f"{count} user(s) (e.g. user code {example}) have {what} in their history, so no negative "
+                      "excluding positives exists for them; drop them or set exclude_positives=False")
+
+
+class EpochIterator:
+    """What the host and the device batch iterators share: the epoch count, the batches per epoch
+    (global batches under a shard), the rows of a global batch, and the state to resume from (the
+    next epoch and the streaming estimate). Subclasses set `config`, `shard`, `_pairs`,
+    `_estimator` and `_next_epoch`, and build an epoch's batches in `epoch`."""
+
+    config: BatchConfig
+    shard: tuple[int, int]
+    _pairs: int
+    _estimator: Any
+    _next_epoch: int
+
+    def __len__(self) -> int:
+        """Batches per epoch (global batches under a shard: every rank steps as often)."""
+        world = self.shard[1]
+        n, b = self._pairs, self.config.batch_size * world
+        rest = n % b
+        return n // b + int(rest >= world and not self.config.drop_last)
+
+    def global_rows(self, index: int) -> int:
+        """Rows of global batch `index` over all ranks (the batch itself without a shard)."""
+        b = self.config.batch_size * self.shard[1]
+        return int(min(b, self._pairs - index * b))
+
+    def _start_epoch(self, epoch: Any) -> int:
+        """`epoch`, checked, with the next epoch of `iter` set after it."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._next_epoch = int(epoch) + 1
+        return int(epoch)
+
+    def __iter__(self) -> Iterator:
+        """The batches of the next epoch (0, then 1, ...)."""
+        return self.epoch(self._next_epoch)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays to resume from: the next epoch and the streaming estimator (no pickle)."""
+        state = {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
+        if self._estimator is not None:
+            state.update({f"estimator.{k}": v for k, v in self._estimator.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._next_epoch = int(state["next_epoch"][0])
+        if self._estimator is not None:
+            self._estimator.load_state_dict(
+                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")}
+            )
+
+
+class BatchIterator(EpochIterator):
     """Yields `Batch`es over training pairs, epoch after epoch.
 
     Args:
@@ -137,27 +231,10 @@ class BatchIterator:
     ) -> None:
         if not isinstance(config, BatchConfig):
             raise TypeError(f"config must be a BatchConfig, got {type(config).__name__}")
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-        if world > 1 and config.log_q == "streaming":
-            raise ValueError("batches.log_q = 'streaming' is not supported in distributed training (each rank "
-                             "would estimate from its own slice): use 'static'")
-        self.shard = (int(rank), int(world))
-        users = np.asarray(users)
-        items = np.asarray(items)
-        if users.ndim != 1 or items.shape != users.shape:
-            raise ValueError(
-                f"users and items must be 1-D of the same length, got shapes {users.shape} and {items.shape}"
-            )
-        if users.size == 0:
-            raise ValueError("no training pairs: users and items are empty")
-        if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or num_items < 1:
-            raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+        self.shard = check_shard(shard, config)
         self.config = config
-        self.num_items = int(num_items)
-        self._users = check_codes(users, "users", low=0)
-        self._items = check_codes(items, f"items (num_items={self.num_items})", low=0, high=self.num_items)
+        self._users, self._items, self.num_items = check_pairs(users, items, num_items)
+        self._pairs = self._users.size
         if history is None:
             history = CSR.from_pairs(self._users, self._items, int(self._users.max()) + 1)
         if hasattr(history, "indptr") and hasattr(history, "indices"):  # twotower.data's CSR
@@ -211,33 +288,12 @@ class BatchIterator:
             what = "every item"
         full = full[np.isin(full, self._users)]
         if full.size:
-            raise ValueError(
-                f"{full.size} user(s) (e.g. user code {full[0]}) have {what} in their history, so no negative "
-                "excluding positives exists for them; drop them or set exclude_positives=False"
-            )
-
-    def __len__(self) -> int:
-        """Batches per epoch (global batches under a shard: every rank steps as often)."""
-        world = self.shard[1]
-        n, b = self._users.size, self.config.batch_size * world
-        rest = n % b
-        return n // b + int(rest >= world and not self.config.drop_last)
-
-    def global_rows(self, index: int) -> int:
-        """Rows of global batch `index` over all ranks (the batch itself without a shard)."""
-        b = self.config.batch_size * self.shard[1]
-        return int(min(b, self._users.size - index * b))
+            raise no_negative_error(full.size, full[0], what)
 
     def set_candidates(self, candidates: np.ndarray) -> None:
         """Candidate lists for hard negatives, [U, C] item ids ranked best first (e.g. the top-K of the
         current model for every user; -1 pads). Takes effect at the next epoch started."""
-        cand = np.asarray(candidates)
-        if cand.ndim != 2 or cand.shape[0] != self._history[0].size - 1:
-            raise ValueError(f"candidates must be [U={self._history[0].size - 1}, C], got shape {cand.shape}")
-        if cand.size and not np.issubdtype(cand.dtype, np.integer):
-            raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
-        if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
-            raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
+        cand = check_candidates(candidates, self._history[0].size - 1, self.num_items)
         # int32 lists stay int32 (half the memory for U x C); each batch's rows are widened when drawn.
         self._candidates = np.ascontiguousarray(
             cand, dtype=cand.dtype if cand.dtype in (np.int32, np.int64) else np.int64
@@ -245,15 +301,8 @@ class BatchIterator:
 
     def epoch(self, epoch: int) -> EpochBatches[Batch]:
         """The batches of epoch `epoch` (a context manager; close it to stop early)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._next_epoch = int(epoch) + 1
-        make = _BatchMaker(self, int(epoch))
+        make = _BatchMaker(self, self._start_epoch(epoch))
         return EpochBatches(make, len(self), self.config.prefetch, self._finish)
-
-    def __iter__(self) -> Iterator[Batch]:
-        """The batches of the next epoch (0, then 1, ...)."""
-        return self.epoch(self._next_epoch)
 
     def _finish(self, batch: Batch) -> Batch:
         """Consumer-side step: the streaming estimate, in consumption order."""
@@ -264,20 +313,6 @@ class BatchIterator:
             per_draw = self._estimator.probability(batch.items) / self.config.batch_size
             log_q = np.log(per_draw).astype(np.float32)
         return dataclasses.replace(batch, item_log_q=log_q)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Arrays to resume from: the next epoch and the streaming estimator (no pickle)."""
-        state = {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
-        if self._estimator is not None:
-            state.update({f"estimator.{k}": v for k, v in self._estimator.state_dict().items()})
-        return state
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self._next_epoch = int(state["next_epoch"][0])
-        if self._estimator is not None:
-            self._estimator.load_state_dict(
-                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")}
-            )
 
 
 class _BatchMaker:

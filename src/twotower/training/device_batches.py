@@ -32,9 +32,9 @@ from torch import Tensor
 from twotower.kernels import device_samplers as ds
 from twotower.kernels import samplers
 from twotower.kernels._rng import derive_seed
-from twotower.kernels.codes import check_codes
 from twotower.kernels.frequency_device import DeviceFrequencyEstimator
 from twotower.settings.batches import BatchConfig
+from twotower.training.batches import EpochIterator, check_candidates, check_pairs, check_shard, no_negative_error
 from twotower.training.prefetch import EpochBatches
 
 __all__ = ["DeviceBatch", "DeviceBatches"]
@@ -65,7 +65,7 @@ class DeviceBatch:
     index: int = 0
 
 
-class DeviceBatches:
+class DeviceBatches(EpochIterator):
     """Yields `DeviceBatch`es over training pairs on `device`, epoch after epoch: the interface of
     `BatchIterator` (`epoch`, `len`, `global_rows`, `state_dict`), built on the device.
 
@@ -83,26 +83,16 @@ class DeviceBatches:
 
     def __init__(self, users: np.ndarray, items: np.ndarray, *, num_items: int, config: BatchConfig,
                  history: Any, device: torch.device | str, shard: tuple[int, int] = (0, 1)) -> None:
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-        if world > 1 and config.log_q == "streaming":
-            raise ValueError("batches.log_q = 'streaming' is not supported in distributed training (each rank "
-                             "would estimate from its own slice): use 'static'")
-        users, items = np.asarray(users), np.asarray(items)
-        if users.ndim != 1 or items.shape != users.shape or users.size == 0:
-            raise ValueError(f"users and items must be 1-D, non-empty and of the same length, got shapes "
-                             f"{users.shape} and {items.shape}")
-        self.config, self.num_items, self.shard = config, int(num_items), (int(rank), int(world))
+        self.shard = check_shard(shard, config)
+        self.config = config
+        users, items, self.num_items = check_pairs(users, items, num_items)
         self.device = torch.device(device)
-        users = check_codes(users, "users", low=0)
-        items = check_codes(items, f"items (num_items={self.num_items})", low=0, high=self.num_items)
         if hasattr(history, "indptr"):
             history = (history.indptr, history.indices)
         index = samplers.build_exclusion_index(history[0], history[1], self.num_items)  # validates it
         if users.max() >= index.num_rows:
             raise ValueError(f"users holds code {users.max()} but history has {index.num_rows} rows")
-        self._count = users.size
+        self._pairs = users.size
         self._users = torch.from_numpy(users.astype(np.int64)).to(self.device)
         self._items = torch.from_numpy(items.astype(np.int64)).to(self.device)
         self._segments = ds.Segments.from_csr(index.indptr, index.indices, self.device)
@@ -137,32 +127,14 @@ class DeviceBatches:
         else:
             full, what = self._segments.degrees(present) >= self.num_items, "every item"
         if bool(full.any()):
-            example = int(present[full][0])
-            raise ValueError(f"{int(full.sum())} user(s) (e.g. user code {example}) have {what} in their history, "
-                             "so no negative excluding positives exists for them; drop them or set "
-                             "exclude_positives=False")
-
-    def __len__(self) -> int:
-        world = self.shard[1]
-        b = self.config.batch_size * world
-        rest = self._count % b
-        return self._count // b + int(rest >= world and not self.config.drop_last)
-
-    def global_rows(self, index: int) -> int:
-        b = self.config.batch_size * self.shard[1]
-        return int(min(b, self._count - index * b))
+            raise no_negative_error(int(full.sum()), int(present[full][0]), what)
 
     def epoch(self, epoch: int) -> EpochBatches[DeviceBatch]:
         """The batches of epoch `epoch` (a context manager), built as they are asked for."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._next_epoch = int(epoch) + 1
+        epoch = self._start_epoch(epoch)
         self._candidates = self._pending_candidates
-        order = self._order(int(epoch))
-        return EpochBatches(lambda index: self._batch(order, int(epoch), index), len(self), 0, self._finish)
-
-    def __iter__(self):
-        return self.epoch(self._next_epoch)
+        order = self._order(epoch)
+        return EpochBatches(lambda index: self._batch(order, epoch, index), len(self), 0, self._finish)
 
     def _finish(self, batch: DeviceBatch) -> DeviceBatch:
         """The streaming estimate, updated with each batch in consumption order (as `BatchIterator`'s)."""
@@ -172,31 +144,12 @@ class DeviceBatches:
         per_draw = self._estimator.probability(batch.items) / self.config.batch_size
         return dataclasses.replace(batch, item_log_q=torch.log(per_draw).float())
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Arrays to resume from (the names of `BatchIterator.state_dict`)."""
-        state = {"next_epoch": np.array([self._next_epoch], dtype=np.int64)}
-        if self._estimator is not None:
-            state.update({f"estimator.{k}": v for k, v in self._estimator.state_dict().items()})
-        return state
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self._next_epoch = int(state["next_epoch"][0])
-        if self._estimator is not None:
-            self._estimator.load_state_dict(
-                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("estimator.")})
-
     def set_candidates(self, candidates: np.ndarray) -> None:
         """Candidate lists for hard negatives, [U, C] item ids ranked best first (-1 pads), as
         `BatchIterator.set_candidates`; each user's eligible ones are compacted here, on the host,
         and uploaded once. Takes effect at the next epoch started."""
-        cand = np.asarray(candidates)
         users = self._index.num_rows
-        if cand.ndim != 2 or cand.shape[0] != users:
-            raise ValueError(f"candidates must be [U={users}, C], got shape {cand.shape}")
-        if cand.size and not np.issubdtype(cand.dtype, np.integer):
-            raise TypeError(f"candidates must hold integer ids, got dtype {cand.dtype}")
-        if cand.size and (cand.min() < -1 or cand.max() >= self.num_items):
-            raise ValueError(f"candidates must be item ids in [0, {self.num_items}) or -1")
+        cand = check_candidates(candidates, users, self.num_items)
         a, b = self.config.hard_rank_range
         window = cand[:, a:b].astype(np.int64)
         eligible = window >= 0
@@ -217,8 +170,8 @@ class DeviceBatches:
 
     def _order(self, epoch: int) -> Tensor:
         if not self.config.shuffle:
-            return torch.arange(self._count, device=self.device)
-        return torch.randperm(self._count, generator=self._generator(epoch, _SHUFFLE), device=self.device)
+            return torch.arange(self._pairs, device=self.device)
+        return torch.randperm(self._pairs, generator=self._generator(epoch, _SHUFFLE), device=self.device)
 
     def _stream(self, epoch: int, stream: int, index: int) -> torch.Generator:
         rank, world = self.shard
