@@ -159,17 +159,19 @@ def weighted_excluding(table: WeightTable, segments: Segments, users: Tensor, n:
     ids = table.invert(x + shift)
     # A draw within rounding of a positive's bounds can land on it: move it to the free item the
     # uniform map gives for the same rank (a change of order 1e-16 in the law).
-    hit = segment_count_le(segments.items, lo[:, None], hi[:, None], ids, segments.depth) \
-        - segment_count_le(segments.items, lo[:, None], hi[:, None], ids - 1, segments.depth)
     if segments.items.numel():
-        ids = torch.where(hit > 0, _next_free(segments, lo, hi, ids, table.weights.numel()), ids)
+        at_or_below = segment_count_le(segments.items, lo[:, None], hi[:, None], ids, segments.depth)
+        hit = at_or_below - segment_count_le(segments.items, lo[:, None], hi[:, None], ids - 1, segments.depth)
+        ids = torch.where(hit > 0, _next_free(segments, lo, hi, ids, at_or_below, table.weights.numel()), ids)
     log_q = torch.log(table.weights[ids]) - torch.log(free_mass)[:, None]
     return ids, log_q.float()
 
 
-def _next_free(segments: Segments, lo: Tensor, hi: Tensor, ids: Tensor, num_items: int) -> Tensor:
-    """The smallest item above `ids` not in the segment (the largest below, if none is above)."""
-    rank = ids - segment_count_le(segments.items, lo[:, None], hi[:, None], ids, segments.depth) + 1
+def _next_free(segments: Segments, lo: Tensor, hi: Tensor, ids: Tensor, at_or_below: Tensor,
+               num_items: int) -> Tensor:
+    """The smallest item above `ids` not in the segment (the largest below, if none is above);
+    `at_or_below`: the segment's items <= each id."""
+    rank = ids - at_or_below + 1
     free = num_items - (hi - lo)
     rank = torch.minimum(rank, free[:, None] - 1)
     return rank + segment_count_le(segments.shifted, lo[:, None], hi[:, None], rank, segments.depth)

@@ -122,3 +122,14 @@ def test_distinct_rows_has_a_fixed_length_and_maps_back_to_the_ids() -> None:
         assert torch.equal(distinct[: unique.numel()], unique)  # distinct first, in increasing order
         assert (distinct[unique.numel():] == unique[0]).all()  # then padding no row refers to
         assert int(rows.max()) == unique.numel() - 1
+
+
+def test_a_draw_rounded_onto_a_positive_moves_to_the_next_free_item() -> None:
+    """The rounding fallback of `weighted_excluding`: a positive id maps to the smallest free item
+    above it, or the largest free one when none is above."""
+    segments = ds.Segments.from_csr(np.array([0, 4]), np.array([2, 3, 4, 9]), DEV)  # items 0-9; free: 0 1 5 6 7 8
+    ids = torch.tensor([[2, 3, 4, 9]], device=DEV)
+    lo, hi = segments.indptr[:1], segments.indptr[1:]
+    at_or_below = ds.segment_count_le(segments.items, lo[:, None], hi[:, None], ids, segments.depth)
+    moved = ds._next_free(segments, lo, hi, ids, at_or_below, 10)
+    assert moved.cpu().tolist() == [[5, 5, 5, 8]]
