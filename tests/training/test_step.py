@@ -107,6 +107,7 @@ def test_table_step_trains_as_the_autograd_step(case):
     ({"loss__kind": "infonce"}, "not a per-row kind"),
     ({"batches__num_shared_negatives": 8}, "no shared ones"),
     ({"batches__on_device": True}, "batches.on_device"),
+    ({"optim__replay_skipped_steps": True}, "replay_skipped_steps"),
 ])
 def test_the_autograd_step_serves_everything_else_and_says_why(change, reason):
     config = per_row_config(**change)

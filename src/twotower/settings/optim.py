@@ -27,6 +27,11 @@ class OptimConfig:
             step that reads and writes only the rows a batch touched, as TensorFlow's LazyAdam and
             torch's SparseAdam do; rows a batch does not touch keep their weights and moments.
             False: every row of every table steps every batch (torch.optim.Adam/AdamW).
+        replay_skipped_steps: with `sparse_embeddings`, give the rows dense Adam's trajectory at the
+            row-sparse cost: the steps a row sat out (dense Adam keeps moving it on its fading
+            momentum, about ten steps after each touch) are applied in closed form when a batch
+            touches it again, and to every row before each evaluation. Needs `adamw` or no
+            embedding weight decay.
     """
 
     optimizer: str = "adamw"
@@ -37,6 +42,7 @@ class OptimConfig:
     schedule: str = "cosine"
     clip_norm: float = 1.0
     sparse_embeddings: bool = True
+    replay_skipped_steps: bool = False
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -47,6 +53,9 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be a finite number > 0; got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
+        if self.replay_skipped_steps and self.optimizer == "adam" and self.embedding_weight_decay > 0:
+            raise ValueError("optim.replay_skipped_steps needs optim.optimizer 'adamw' or optim.embedding_weight_decay "
+                             "0: Adam's L2 decay puts a gradient on every skipped step, which has no closed form")
         for name in ("weight_decay", "embedding_weight_decay", "clip_norm"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:

@@ -55,7 +55,7 @@ from twotower.training.device_batches import DeviceBatches
 from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, rng_states, unsupported
 from twotower.training.fused_step import TableStep
 from twotower.training.loss_reads import LossReads, loss_read_every
-from twotower.training.optim import learning_rate, make_optimizer
+from twotower.training.optim import LazyAdam, learning_rate, make_optimizer
 from twotower.training.run_lock import run_lock
 from twotower.training.run_outputs import CHECKPOINTS, MODEL, TrainResult, finish_run
 from twotower.training.run_state import REFIT, Run, State, clear_earlier_outputs, start_or_resume
@@ -350,6 +350,8 @@ def _train_epoch(run: Run, state: State, epoch: int) -> dict[str, Any]:
                 reads.add(state.step, loss.detach(), len(batch.users))
             bar.set_postfix(loss=f"{reads.last:.4f}", lr=f"{lr:.2e}", samples_s=f"{reads.samples_per_s():.0f}")
         reads.flush(state.step)
+    if isinstance(optimizer, LazyAdam):
+        optimizer.flush()  # with optim.replay_skipped_steps: every row up to date before validation and saving
     seconds = time.perf_counter() - reads.started
     bad = _non_finite_parameter([model, run.loss_fn])
     if bad is not None:  # the loss of the epoch's last step was finite, its update was not

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from twotower.kernels.adam_replay import StepLog, replay_rows
 from twotower.kernels.sparse_adam import sparse_adam
 from twotower.kernels.table_step import AdamTable
 from twotower.settings.optim import OptimConfig
@@ -37,10 +38,17 @@ class LazyAdam(torch.optim.Optimizer):
     same update on every element, so a model without sparse tables trains as with torch.optim.AdamW
     (`decoupled=True`) or Adam (`decoupled=False`, weight decay as L2 in the gradient). State keys
     and `state_dict()` follow torch's Adam (step, exp_avg, exp_avg_sq).
+
+    With `replay_skipped`, a sparse table follows dense Adam(W)'s trajectory instead: the steps a
+    row sat out (its momentum still moving it, its moments decaying) are applied in closed form
+    when a batch touches the row again (`twotower.kernels.adam_replay`), and to every row by
+    `flush()`, which the trainer calls before it evaluates or saves. Between flushes the rows'
+    step counters live here, not in `state_dict()`: save after `flush()`.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = True) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = True,
+                 replay_skipped: bool = False) -> None:
         if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(
                 f"LazyAdam: bad hyper-parameters lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
@@ -48,7 +56,12 @@ class LazyAdam(torch.optim.Optimizer):
         super().__init__(
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled}
         )
+        if replay_skipped:
+            for group in self.param_groups:
+                StepLog(*group["betas"])  # refuses betas whose momentum does not fade
+        self.replay_skipped = bool(replay_skipped)
         self._slots: dict[int, np.ndarray] = {}  # per-table scratch of the kernel, not state
+        self._replays: dict[int, tuple[StepLog, torch.Tensor]] = {}  # per sparse table: its steps, rows' last step
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
@@ -69,15 +82,65 @@ class LazyAdam(torch.optim.Optimizer):
                         raise ValueError(
                             f"LazyAdam: a sparse gradient needs a 2-d table, got shape {tuple(param.shape)}"
                         )
-                    sparse_adam(param, state["exp_avg"], state["exp_avg_sq"], grad._indices()[0], grad._values(),
+                    rows = grad._indices()[0]
+                    last = self._replay_rows(param, group, step, rows)
+                    sparse_adam(param, state["exp_avg"], state["exp_avg_sq"], rows, grad._values(),
                                 step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay,
                                 decoupled=decoupled, slots=self.table_slots(param))
+                    if last is not None:
+                        last[rows.to(last.device)] = step
                 else:
+                    if id(param) in self._replays:  # a sparse table stepped densely: every row up to date first
+                        self._replays[id(param)][0].record(step, lr, decay if decoupled else 0.0)
+                        self._replay_all(param, step - 1)
+                        self._replays[id(param)][1].fill_(step)
                     _dense_adam(
                         param, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, decay,
                         decoupled
                     )
         return loss
+
+    def _replay_rows(self, param: torch.Tensor, group: dict, step: int, rows: torch.Tensor) -> torch.Tensor | None:
+        """With `replay_skipped`: logs step `step` and brings `rows` up to the step before it;
+        returns the table's per-row last steps (the caller marks the rows it steps)."""
+        if not self.replay_skipped:
+            return None
+        log, last = self._replay_state(param, group, step - 1)
+        log.record(step, group["lr"], group["weight_decay"] if group["decoupled"] else 0.0)
+        replay_rows(param, self.state[param]["exp_avg"], self.state[param]["exp_avg_sq"], rows, last, log,
+                    through=step - 1, eps=group["eps"])
+        return last
+
+    def _replay_state(self, param: torch.Tensor, group: dict, current: int) -> tuple[StepLog, torch.Tensor]:
+        """The table's step log and rows' last steps, made on first use with every row current at
+        `current` (a fresh table, or one restored from a checkpoint saved after `flush()`)."""
+        entry = self._replays.get(id(param))
+        if entry is None:
+            if group["weight_decay"] and not group["decoupled"]:
+                raise ValueError("LazyAdam: replay_skipped needs decoupled weight decay (AdamW) or none on a sparse "
+                                 "table: L2 decay in the gradient moves a skipped row, with no closed form")
+            entry = (StepLog(*group["betas"], first=current),
+                     torch.full((param.shape[0],), current, dtype=torch.int64, device=param.device))
+            self._replays[id(param)] = entry
+        return entry
+
+    def _replay_all(self, param: torch.Tensor, through: int) -> None:
+        log, last = self._replays[id(param)]
+        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+        rows = torch.arange(param.shape[0], device=param.device)
+        replay_rows(param, self.state[param]["exp_avg"], self.state[param]["exp_avg_sq"], rows, last, log,
+                    through=through, eps=group["eps"])
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """With `replay_skipped`: brings every row of every sparse table up to the last step taken,
+        so the weights and moments are dense Adam(W)'s; call it before evaluating or saving. The
+        step logs restart from there (nothing older is needed again). Without: nothing to do."""
+        for entry_id, (log, last) in list(self._replays.items()):
+            param = next(p for g in self.param_groups for p in g["params"] if id(p) == entry_id)
+            self._replay_all(param, log.last_step)
+            group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+            self._replays[entry_id] = (StepLog(*group["betas"], first=log.last_step), last)
 
     def adam_table(self, param: torch.Tensor) -> AdamTable:
         """Counts a step of the 2-d table `param` and returns it with its moments, its group's
@@ -149,7 +212,8 @@ def make_optimizer(modules: list[nn.Module], config: OptimConfig) -> torch.optim
     ]
     groups = [g for g in groups if g["params"]]
     if config.sparse_embeddings:
-        return LazyAdam(groups, lr=config.lr, decoupled=config.optimizer == "adamw")
+        return LazyAdam(groups, lr=config.lr, decoupled=config.optimizer == "adamw",
+                        replay_skipped=config.replay_skipped_steps)
     if config.optimizer == "adam":
         # Adam's weight_decay is L2 in the gradient; AdamW's is decoupled.
         return torch.optim.Adam(groups, lr=config.lr)

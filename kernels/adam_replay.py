@@ -1,0 +1,209 @@
+"""Replays, in closed form, the Adam(W) steps a row-sparse optimizer skipped on rows no batch touched.
+
+    log = StepLog(beta1=0.9, beta2=0.999)
+    log.record(step, lr, weight_decay)                          # every optimizer step, in order
+    replay_rows(table, exp_avg, exp_avg_sq, rows, last, log, through=step - 1)   # then the usual step
+
+Dense Adam keeps moving a row on the steps where its gradient is zero: the moments decay
+(m <- beta1 m, v <- beta2 v) and the row takes the step m_hat / sqrt(v_hat), about ten more steps
+of a fading momentum after each touch at beta1 = 0.9; lazy Adam freezes the row instead, so a
+rarely touched row (most users of a large data set) moves several times less per touch. Those
+skipped steps need no gradient, so they can be applied late, all at once, when the row is touched
+again: for a row current through step t0, the steps s = t0 + 1 .. T give
+
+    w_T = w_t0 * P(t0, T) - (m / sqrt(v)) * sum_s P(s, T) a_s r^(s - t0)
+    m_T = beta1^(T - t0) m,   v_T = beta2^(T - t0) v
+
+with r = beta1 / sqrt(beta2), a_s = lr_s sqrt(1 - beta2^s) / (1 - beta1^s) (Adam's bias-corrected
+step size at step s) and P(s, T) the product of AdamW's decoupled shrink (1 - lr_u wd) over
+u = s + 1 .. T. The momentum terms fade as r^j, so the sum stops after `horizon` steps
+(r^horizon < 1e-10); the shrink is exact over the whole gap (prefix sums of its log). Dense Adam's
+denominators on the skipped steps add eps to sqrt(v_hat_s); the replay adds it as at the first
+skipped step (which carries the most weight) to all of them, a difference only where sqrt(v_hat) is
+as small as eps. Weight decay as L2 in the gradient (Adam, not
+AdamW) puts a gradient on every skipped step and has no such closed form: `StepLog` refuses it.
+
+`last` [R] holds the step through which each row is current; `replay_rows` brings the given rows
+to `through` and records it. Dispatch: contiguous float32/float64 CPU tensors go to the Numba
+kernel, anything else (CUDA) to `replay_rows_eager`, fixed-shape torch ops with no host sync.
+Imports torch and Numba, nothing from twotower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+from ._bounds_jit import checked_indices
+
+__all__ = ["StepLog", "replay_rows", "replay_rows_eager"]
+
+_FADE = 1e-10  # the momentum term r^j below which the replay stops summing
+_MAX_HORIZON = 100_000
+
+
+class StepLog:
+    """Per-step scalars of one table's optimizer steps, indexed by step (entry 0: before step 1):
+    `step_size[s]` = lr_s sqrt(1 - beta2^s) / (1 - beta1^s) and `log_shrink[s]` = the sum over
+    u <= s of log(1 - lr_u wd). Steps before `first` (the step the log started after, e.g. a
+    resumed run's) are not known: rows must be current through `first` or later."""
+
+    def __init__(self, beta1: float, beta2: float, first: int = 0) -> None:
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"StepLog: betas must lie in [0, 1), got {beta1}, {beta2}")
+        ratio = beta1 / math.sqrt(beta2) if beta2 > 0 else math.inf
+        if ratio >= 1:
+            raise ValueError(f"StepLog: replaying skipped steps needs beta1 < sqrt(beta2) (the momentum must "
+                             f"fade); got beta1 = {beta1}, beta2 = {beta2}")
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise ValueError(f"StepLog: first must be an int >= 0, got {first!r}")
+        self.beta1, self.beta2, self.ratio, self.first = float(beta1), float(beta2), ratio, first
+        self.horizon = 1 if ratio == 0 else min(_MAX_HORIZON, max(1, math.ceil(math.log(_FADE) / math.log(ratio))))
+        self.last_step = first
+        self._step_size = np.zeros(64, dtype=np.float64)
+        self._log_shrink = np.zeros(64, dtype=np.float64)
+
+    def record(self, step: int, lr: float, weight_decay: float = 0.0) -> None:
+        """Logs step `step` (the next one: last_step + 1) taken at `lr` with decoupled `weight_decay`."""
+        if step != self.last_step + 1:
+            raise ValueError(f"StepLog.record: step {step} is not the next step ({self.last_step + 1})")
+        shrink = 1.0 - lr * weight_decay
+        if not (lr >= 0 and math.isfinite(lr) and weight_decay >= 0 and shrink > 0):
+            raise ValueError(f"StepLog.record: lr {lr} and weight_decay {weight_decay} must be finite, >= 0, "
+                             "with lr * weight_decay < 1")
+        index = step - self.first
+        if index >= self._step_size.shape[0]:
+            grown = 2 * index
+            self._step_size = np.concatenate([self._step_size, np.zeros(grown - self._step_size.shape[0])])
+            self._log_shrink = np.concatenate([self._log_shrink, np.zeros(grown - self._log_shrink.shape[0])])
+        self._step_size[index] = lr * math.sqrt(1.0 - self.beta2**step) / (1.0 - self.beta1**step)
+        self._log_shrink[index] = self._log_shrink[index - 1] + math.log(shrink)
+        self.last_step = step
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(step_size, log_shrink) over steps first .. last_step, position i = step first + i."""
+        n = self.last_step - self.first + 1
+        return self._step_size[:n], self._log_shrink[:n]
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _replay(param, exp_avg, exp_avg_sq, rows, last, through, first, step_size, log_shrink, beta1, beta2, ratio,
+            eps, horizon):
+    """Returns -1 when done, else the position in `rows` of a row current after `through` or
+    before `first` (nothing of that row is changed; earlier rows are)."""
+    dim = param.shape[1]
+    end = log_shrink[through - first]
+    for p in range(rows.shape[0]):
+        row = rows[p]
+        t0 = last[row]
+        gap = through - t0
+        if gap == 0:
+            continue
+        if gap < 0 or t0 < first:
+            return p
+        momentum = 0.0
+        fade = 1.0
+        for j in range(1, min(gap, horizon) + 1):
+            fade *= ratio
+            s = t0 + j - first
+            momentum += step_size[s] * fade * np.exp(end - log_shrink[s])
+        shrink = np.exp(end - log_shrink[t0 - first])
+        floor = eps * np.sqrt(1.0 - beta2 ** (t0 + 1)) / np.sqrt(beta2)  # eps as at the first skipped step
+        decay1 = beta1**gap
+        decay2 = beta2**gap
+        for d in range(dim):
+            m = exp_avg[row, d]
+            v = exp_avg_sq[row, d]
+            param[row, d] = param[row, d] * shrink - momentum * m / (np.sqrt(v) + floor)
+            exp_avg[row, d] = m * decay1
+            exp_avg_sq[row, d] = v * decay2
+        last[row] = through
+    return -1
+
+
+def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, last: Tensor, log: StepLog,
+           through: int) -> None:
+    if param.dim() != 2:
+        raise ValueError(f"replay_rows: param must be a 2-d table [R, D], got shape {tuple(param.shape)}")
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        if t.shape != param.shape or t.dtype != param.dtype or t.device != param.device:
+            raise ValueError(f"replay_rows: {name} must match param {tuple(param.shape)} {param.dtype} {param.device}")
+    if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
+        raise TypeError(f"replay_rows: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
+    if last.shape != (param.shape[0],) or last.dtype != torch.int64 or last.device != param.device:
+        raise ValueError(f"replay_rows: last must be an int64 tensor of shape ({param.shape[0]},) on {param.device}")
+    if not isinstance(log, StepLog):
+        raise TypeError(f"replay_rows: log must be a StepLog, got {type(log).__name__}")
+    if isinstance(through, bool) or not isinstance(through, int) or not log.first <= through <= log.last_step:
+        raise ValueError(f"replay_rows: through must be a logged step in [{log.first}, {log.last_step}], "
+                         f"got {through!r}")
+
+
+def replay_rows(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, last: Tensor, log: StepLog, *,
+                through: int, eps: float = 1e-8) -> None:
+    """In place: brings each of `rows` (repeats allowed) from step last[row] to step `through` as
+    dense Adam(W) would with zero gradients (see the module docstring), and sets last[row] = through.
+
+    Args:
+        param: [R, D] table; exp_avg, exp_avg_sq: its Adam moments (all updated in place).
+        rows: [P] integer rows in [0, R).
+        last: int64 [R], the step through which each row is current (updated in place).
+        log: the table's `StepLog`, holding steps up to `through`.
+        through: the step to bring the rows to.
+        eps: Adam's eps.
+
+    Raises:
+        ValueError / TypeError: shapes, dtypes or `through` wrong (named); a row current after
+            `through` or before the log's first step (its position and value named).
+        IndexError: a row outside [0, R).
+    """
+    _check(param, exp_avg, exp_avg_sq, rows, last, log, through)
+    kernel = (param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64)
+              and all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq, last)))
+    if not kernel:
+        replay_rows_eager(param, exp_avg, exp_avg_sq, rows, last, log, through=through, eps=eps)
+        return
+    rows_np = checked_indices(rows.detach().cpu().numpy(), param.shape[0], "replay_rows: rows")
+    step_size, log_shrink = log.arrays()
+    bad = _replay(param.detach().numpy(), exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np,
+                  last.numpy(), through, log.first, step_size, log_shrink, log.beta1, log.beta2, log.ratio,
+                  float(eps), log.horizon)
+    if bad >= 0:
+        row = int(rows_np[bad])
+        raise ValueError(f"replay_rows: rows[{bad}] = {row} is current through step {int(last[row])}, outside "
+                         f"[{log.first}, {through}]")
+
+
+@torch.no_grad()
+def replay_rows_eager(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, last: Tensor, log: StepLog,
+                      *, through: int, eps: float = 1e-8) -> None:
+    """`replay_rows` in torch ops of fixed shape ([P, horizon] coefficients), on any device, with
+    no host synchronisation; rows current after `through` or before the log's first step are left
+    as they are (the kernel raises for them; checking here would need a sync)."""
+    device = param.device
+    step_size, log_shrink = (torch.from_numpy(a).to(device) for a in log.arrays())
+    rows = torch.unique(rows.to(device=device, dtype=torch.int64))
+    t0 = last[rows]
+    gap = through - t0
+    ok = (gap > 0) & (t0 >= log.first)
+    t0 = torch.where(ok, t0, through)
+    gap = torch.where(ok, gap, 0)
+    j = torch.arange(1, log.horizon + 1, device=device)
+    steps = torch.minimum(t0[:, None] + j, torch.tensor(through, device=device)) - log.first
+    end = log_shrink[through - log.first]
+    fade = log.ratio ** j.to(torch.float64)
+    terms = step_size[steps] * fade * torch.exp(end - log_shrink[steps])
+    momentum = torch.where(j <= gap[:, None], terms, 0.0).sum(1)
+    shrink = torch.exp(end - log_shrink[t0 - log.first])
+    gap_f = gap.to(torch.float64)
+    p, m, v = param[rows], exp_avg[rows], exp_avg_sq[rows]
+    dtype = param.dtype
+    floor = (eps * torch.sqrt(1.0 - log.beta2 ** (t0 + 1).to(torch.float64)) / math.sqrt(log.beta2)).to(dtype)
+    param[rows] = p * shrink.to(dtype)[:, None] - momentum.to(dtype)[:, None] * m / (v.sqrt() + floor[:, None])
+    exp_avg[rows] = m * (log.beta1**gap_f).to(dtype)[:, None]
+    exp_avg_sq[rows] = v * (log.beta2**gap_f).to(dtype)[:, None]
+    last[rows] = torch.where(ok, through, last[rows])
