@@ -106,7 +106,8 @@ def test_a_row_touched_every_step_is_not_replayed():
 def test_one_skipped_step_is_the_momentum_step():
     """By hand: a row current at step 1 brought to step 2 moves by lr a_2 * beta1 m / sqrt(beta2 v)."""
     f64 = torch.float64
-    p, m, v = torch.zeros(1, 2, dtype=f64), torch.tensor([[0.1, -0.2]], dtype=f64), torch.tensor([[0.04, 0.01]], dtype=f64)
+    p = torch.zeros(1, 2, dtype=f64)
+    m, v = torch.tensor([[0.1, -0.2]], dtype=f64), torch.tensor([[0.04, 0.01]], dtype=f64)
     log = StepLog(*BETAS)
     log.record(1, 0.01)
     log.record(2, 0.03)
