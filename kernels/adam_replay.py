@@ -65,6 +65,7 @@ class StepLog:
         self.horizon = 1 if ratio == 0 else min(_MAX_HORIZON, max(1, math.ceil(math.log(_FADE) / math.log(ratio))))
         self.last_step = first
         self._step_size = np.zeros(64, dtype=np.float64)
+        self._unshrink = np.ones(64, dtype=np.float64)
         self._log_shrink = np.zeros(64, dtype=np.float64)
 
     def record(self, step: int, lr: float, weight_decay: float = 0.0) -> None:
@@ -77,22 +78,25 @@ class StepLog:
                              "with lr * weight_decay < 1")
         index = step - self.first
         if index >= self._step_size.shape[0]:
-            grown = 2 * index
-            self._step_size = np.concatenate([self._step_size, np.zeros(grown - self._step_size.shape[0])])
-            self._log_shrink = np.concatenate([self._log_shrink, np.zeros(grown - self._log_shrink.shape[0])])
+            more = index
+            self._step_size = np.concatenate([self._step_size, np.zeros(more)])
+            self._unshrink = np.concatenate([self._unshrink, np.ones(more)])
+            self._log_shrink = np.concatenate([self._log_shrink, np.zeros(more)])
         self._step_size[index] = lr * math.sqrt(1.0 - self.beta2**step) / (1.0 - self.beta1**step)
+        self._unshrink[index] = 1.0 / shrink
         self._log_shrink[index] = self._log_shrink[index - 1] + math.log(shrink)
         self.last_step = step
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(step_size, log_shrink) over steps first .. last_step, position i = step first + i."""
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(step_size, unshrink, log_shrink) over steps first .. last_step, position i = step first + i
+        (unshrink = 1 / (1 - lr wd) of that step, log_shrink the running sum of log(1 - lr wd))."""
         n = self.last_step - self.first + 1
-        return self._step_size[:n], self._log_shrink[:n]
+        return self._step_size[:n], self._unshrink[:n], self._log_shrink[:n]
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _replay(param, exp_avg, exp_avg_sq, rows, last, through, first, step_size, log_shrink, beta1, beta2, ratio,
-            eps, horizon):
+def _replay(param, exp_avg, exp_avg_sq, rows, last, through, first, step_size, unshrink, log_shrink, beta1, beta2,
+            ratio, eps, horizon):
     """Returns -1 when done, else the position in `rows` of a row current after `through` or
     before `first` (nothing of that row is changed; earlier rows are)."""
     dim = param.shape[1]
@@ -105,13 +109,15 @@ def _replay(param, exp_avg, exp_avg_sq, rows, last, through, first, step_size, l
             continue
         if gap < 0 or t0 < first:
             return p
+        shrink = np.exp(end - log_shrink[t0 - first])
+        after = shrink  # the shrink of the steps after step s, for s = t0 + j (no exp per step)
         momentum = 0.0
         fade = 1.0
         for j in range(1, min(gap, horizon) + 1):
             fade *= ratio
             s = t0 + j - first
-            momentum += step_size[s] * fade * np.exp(end - log_shrink[s])
-        shrink = np.exp(end - log_shrink[t0 - first])
+            after *= unshrink[s]
+            momentum += step_size[s] * fade * after
         floor = eps * np.sqrt(1.0 - beta2 ** (t0 + 1)) / np.sqrt(beta2)  # eps as at the first skipped step
         decay1 = beta1**gap
         decay2 = beta2**gap
@@ -168,9 +174,9 @@ def replay_rows(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor
         replay_rows_eager(param, exp_avg, exp_avg_sq, rows, last, log, through=through, eps=eps)
         return
     rows_np = checked_indices(rows.detach().cpu().numpy(), param.shape[0], "replay_rows: rows")
-    step_size, log_shrink = log.arrays()
+    step_size, unshrink, log_shrink = log.arrays()
     bad = _replay(param.detach().numpy(), exp_avg.detach().numpy(), exp_avg_sq.detach().numpy(), rows_np,
-                  last.numpy(), through, log.first, step_size, log_shrink, log.beta1, log.beta2, log.ratio,
+                  last.numpy(), through, log.first, step_size, unshrink, log_shrink, log.beta1, log.beta2, log.ratio,
                   float(eps), log.horizon)
     if bad >= 0:
         row = int(rows_np[bad])
@@ -185,7 +191,7 @@ def replay_rows_eager(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: 
     no host synchronisation; rows current after `through` or before the log's first step are left
     as they are (the kernel raises for them; checking here would need a sync)."""
     device = param.device
-    step_size, log_shrink = (torch.from_numpy(a).to(device) for a in log.arrays())
+    step_size, _, log_shrink = (torch.from_numpy(a).to(device) for a in log.arrays())
     rows = torch.unique(rows.to(device=device, dtype=torch.int64))
     t0 = last[rows]
     gap = through - t0
