@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from benchmarks.runner import markdown_table, measure_pair, write_results
-from twotower.kernels.adam_replay import StepLog, replay_rows, replay_rows_eager
+from twotower.kernels.adam_replay import StepLog, replay_rows
+from twotower.kernels.adam_replay_eager import replay_rows_eager
 from twotower.kernels.sparse_adam import sparse_adam
 
 

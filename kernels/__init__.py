@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _KERNELS = ("samplers", "frequency", "infonce", "gather_scores", "distinct", "sparse_adam", "l2_normalize",
-            "embedding_scores", "grouping", "table_step", "bag_mean")
+            "embedding_scores", "grouping", "table_step", "bag_mean", "adam_replay")
 # `<op>_eager`: the same op in eager PyTorch/NumPy (fallback off the kernel's path, benchmark baseline).
 _EAGER = tuple(op for op in _KERNELS if op != "frequency")  # the estimator's loops live in samplers_eager
 _SUBMODULES = (*_KERNELS, *(f"{op}_eager" for op in _EAGER), "codes")  # codes: the one integer-code check

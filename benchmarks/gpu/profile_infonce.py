@@ -107,7 +107,10 @@ def sweep(torch, kt, B: int, D: int) -> None:
         if not (bm == 128 and bn == 128)
     ]
     os.environ["TWOTOWER_INFONCE_AUTOTUNE"] = "1"
-    kt._tune_configs = lambda: configs
+    import importlib
+
+    tiles = importlib.import_module(f"{kt.__package__}.infonce_triton_tiles")  # where _tuned_kernels looks them up
+    tiles._tune_configs = lambda: configs
     kt._tuned_kernels.cache_clear()
     leaves, _ = make_inputs(torch, B, 0, D, torch.bfloat16, "cuda", seed=5, options=False)
     q, k = leaves["q"].detach(), leaves["k"].detach()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.kernels.adam_replay import StepLog, replay_rows, replay_rows_eager
+from twotower.kernels.adam_replay import StepLog, replay_rows
+from twotower.kernels.adam_replay_eager import replay_rows_eager
 from twotower.kernels.sparse_adam import sparse_adam
 
 from . import oracles

@@ -346,8 +346,10 @@ def test_autotune_opt_in_is_wired(monkeypatch: pytest.MonkeyPatch) -> None:
     # lambdas and the heuristics they keep (BLOCK_D, SINGLE_D) end to end.
     import triton
 
+    from twotower.kernels import infonce_triton_tiles as tiles
+
     monkeypatch.setattr(
-        kt, "_tune_configs", lambda: [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
+        tiles, "_tune_configs", lambda: [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
     )
     kt._tuned_kernels.cache_clear()
     try:
