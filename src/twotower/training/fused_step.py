@@ -53,7 +53,9 @@ class TableStep:
             (not config.train.fused_step, "train.fused_step is off"),
             (device.type != "cpu", "it runs on the CPU"),
             (not isinstance(optimizer, LazyAdam), "it needs optim.sparse_embeddings (the row-sparse optimizer)"),
-            (getattr(optimizer, "replay_skipped", False), "optim.replay_skipped_steps is on (it steps rows itself)"),
+            (getattr(optimizer, "replay_skipped", False),
+             "optim.replay_skipped_steps is on (the fused pass re-reads a row for its gradient, after a replay "
+             "would have moved it)"),
             (not all(t.is_id_lookup for t in towers), "a tower has more than an id embedding"),
             (model.config.scoring not in ("dot", "cosine"), f"scoring {model.config.scoring!r} is not dot or cosine"),
             (kind is None or kind in IN_BATCH_KINDS, f"loss kind {kind!r} is not a per-row kind"),
