@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,27 @@ def tiny_config(**train: object) -> TrainConfig:
     for key, value in train.items():
         setattr(config.train, key, value)
     return config
+
+
+def straight_and_resumed(config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """(an uninterrupted run, a run stopped at batch 3 of epoch 3 and resumed) of `config`, which
+    must train 3 epochs with a checkpoint each: the stop stands for a kill after epoch 2's checkpoint."""
+    import twotower.training.step as step_module
+    from twotower.training.loop import fit
+
+    straight = fit(config, tmp_path / "straight")
+    real = step_module.batch_loss
+
+    def interrupted(model, loss_fn, batch, device):  # noqa: ANN001, ANN202 - batch_loss's signature
+        if (batch.epoch, batch.index) == (2, 3):
+            raise KeyboardInterrupt
+        return real(model, loss_fn, batch, device)
+
+    monkeypatch.setattr(step_module, "batch_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed")
+    monkeypatch.setattr(step_module, "batch_loss", real)
+    return straight, fit(config, tmp_path / "resumed", resume=True)
 
 
 @pytest.fixture

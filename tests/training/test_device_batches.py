@@ -19,7 +19,7 @@ from twotower.training.batches import BatchIterator
 from twotower.training.device_batches import DeviceBatches
 from twotower.training.loop import fit
 
-from .conftest import tiny_config
+from .conftest import straight_and_resumed, tiny_config
 
 NUM_ITEMS = 40
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU check runs these on CUDA
@@ -196,23 +196,9 @@ def test_training_on_device_batches_reaches_the_host_paths_quality(tmp_path) -> 
 def test_a_run_on_device_batches_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
     """An interrupted run on device-built batches, resumed from its last checkpoint, ends where an
     uninterrupted one does (the shuffle and the draws are functions of seed, epoch and batch)."""
-    import twotower.training.step as step_module
-
     config = tiny_config(epochs=3)
     config.batches = dataclasses.replace(config.batches, on_device=True, num_negatives=2, negative_kind="uniform")
-    straight = fit(config, tmp_path / "straight")
-    real = step_module.batch_loss
-
-    def interrupted(model, loss_fn, batch, device):
-        if (batch.epoch, batch.index) == (2, 3):
-            raise KeyboardInterrupt  # stands for a kill in epoch 3, after epoch 2's checkpoint
-        return real(model, loss_fn, batch, device)
-
-    monkeypatch.setattr(step_module, "batch_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "resumed")
-    monkeypatch.setattr(step_module, "batch_loss", real)
-    resumed = fit(config, tmp_path / "resumed", resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch)
     assert resumed.valid.metrics == straight.valid.metrics
     assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in straight.history],
                                                                         rel=1e-9)

@@ -4,6 +4,7 @@ gradient clipping over sparse gradients."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 
 from twotower.settings import OptimConfig
 from twotower.training.optim import LazyAdam, clip_grad_norm, make_optimizer
+
+from .conftest import straight_and_resumed, tiny_config
 
 
 class Toy(nn.Module):
@@ -186,26 +189,8 @@ def test_replay_refuses_adam_l2_decay_on_tables():
 def test_a_run_with_replay_resumes_to_the_same_results(tmp_path, monkeypatch):
     """Checkpoints are written after `flush()`, so a resumed run rebuilds the replay's state (every
     row current at the checkpoint's step) and ends where an uninterrupted run does."""
-    import dataclasses
-
-    import twotower.training.step as step_module
-    from tests.training.conftest import tiny_config
-    from twotower.training.loop import fit
-
     config = tiny_config(epochs=3)
     config.optim = dataclasses.replace(config.optim, replay_skipped_steps=True)
-    straight = fit(config, tmp_path / "straight")
-    real = step_module.batch_loss
-
-    def interrupted(model, loss_fn, batch, device):
-        if (batch.epoch, batch.index) == (2, 3):
-            raise KeyboardInterrupt  # stands for a kill in epoch 3, after epoch 2's checkpoint
-        return real(model, loss_fn, batch, device)
-
-    monkeypatch.setattr(step_module, "batch_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "resumed")
-    monkeypatch.setattr(step_module, "batch_loss", real)
-    resumed = fit(config, tmp_path / "resumed", resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch)
     assert resumed.valid.metrics == straight.valid.metrics
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
