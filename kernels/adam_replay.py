@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ._bounds_jit import checked_indices
 from .adam_replay_eager import StepLog, replay_rows_eager
+from .sparse_adam import check_table_rows
 
 __all__ = ["StepLog", "replay_rows"]
 
@@ -82,13 +83,7 @@ def _replay(param, exp_avg, exp_avg_sq, rows, last, through, first, step_size, u
 
 def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, last: Tensor, log: StepLog,
            through: int) -> None:
-    if param.dim() != 2:
-        raise ValueError(f"replay_rows: param must be a 2-d table [R, D], got shape {tuple(param.shape)}")
-    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-        if t.shape != param.shape or t.dtype != param.dtype or t.device != param.device:
-            raise ValueError(f"replay_rows: {name} must match param {tuple(param.shape)} {param.dtype} {param.device}")
-    if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
-        raise TypeError(f"replay_rows: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
+    check_table_rows("replay_rows", param, exp_avg, exp_avg_sq, rows)
     if last.shape != (param.shape[0],) or last.dtype != torch.int64 or last.device != param.device:
         raise ValueError(f"replay_rows: last must be an int64 tensor of shape ({param.shape[0]},) on {param.device}")
     if not isinstance(log, StepLog):

@@ -12,10 +12,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["StepLog", "replay_rows_eager"]
+__all__ = ["StepLog", "fading_ratio", "replay_rows_eager"]
 
 _FADE = 1e-10  # the momentum term r^j below which the replay stops summing
 _MAX_HORIZON = 100_000
+
+
+def fading_ratio(beta1: float, beta2: float) -> float:
+    """r = beta1 / sqrt(beta2), the factor by which each skipped step's momentum term shrinks.
+
+    Raises:
+        ValueError: a beta outside [0, 1), or r >= 1 (the momentum does not fade: no closed form).
+    """
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ValueError(f"StepLog: betas must lie in [0, 1), got {beta1}, {beta2}")
+    ratio = beta1 / math.sqrt(beta2) if beta2 > 0 else math.inf
+    if ratio >= 1:
+        raise ValueError(f"StepLog: replaying skipped steps needs beta1 < sqrt(beta2) (the momentum must "
+                         f"fade); got beta1 = {beta1}, beta2 = {beta2}")
+    return ratio
 
 
 class StepLog:
@@ -25,12 +40,7 @@ class StepLog:
     resumed run's) are not known: rows must be current through `first` or later."""
 
     def __init__(self, beta1: float, beta2: float, first: int = 0) -> None:
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"StepLog: betas must lie in [0, 1), got {beta1}, {beta2}")
-        ratio = beta1 / math.sqrt(beta2) if beta2 > 0 else math.inf
-        if ratio >= 1:
-            raise ValueError(f"StepLog: replaying skipped steps needs beta1 < sqrt(beta2) (the momentum must "
-                             f"fade); got beta1 = {beta1}, beta2 = {beta2}")
+        ratio = fading_ratio(beta1, beta2)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise ValueError(f"StepLog: first must be an int >= 0, got {first!r}")
         self.beta1, self.beta2, self.ratio, self.first = float(beta1), float(beta2), ratio, first
@@ -73,7 +83,8 @@ def replay_rows_eager(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: 
     no host synchronisation; rows current after `through` or before the log's first step are left
     as they are (the kernel raises for them; checking here would need a sync)."""
     device = param.device
-    step_size, _, log_shrink = (torch.from_numpy(a).to(device) for a in log.arrays())
+    step_size, _, log_shrink = log.arrays()
+    step_size, log_shrink = torch.from_numpy(step_size).to(device), torch.from_numpy(log_shrink).to(device)
     rows = torch.unique(rows.to(device=device, dtype=torch.int64))
     t0 = last[rows]
     gap = through - t0

@@ -77,14 +77,19 @@ def _step(param, exp_avg, exp_avg_sq, rows, grads, slots, order, coefficients):
     return True
 
 
-def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, step: int) -> None:
+def check_table_rows(op: str, param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor) -> None:
+    """A 2-d table, its two Adam moments alike, and a 1-d integer tensor of rows (`op` names the caller)."""
     if param.dim() != 2:
-        raise ValueError(f"sparse_adam: param must be a 2-d table [R, D], got shape {tuple(param.shape)}")
+        raise ValueError(f"{op}: param must be a 2-d table [R, D], got shape {tuple(param.shape)}")
     for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         if t.shape != param.shape or t.dtype != param.dtype or t.device != param.device:
-            raise ValueError(f"sparse_adam: {name} must match param {tuple(param.shape)} {param.dtype} {param.device}")
+            raise ValueError(f"{op}: {name} must match param {tuple(param.shape)} {param.dtype} {param.device}")
     if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
-        raise TypeError(f"sparse_adam: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
+        raise TypeError(f"{op}: rows must be a 1-d integer tensor, got {rows.dtype} {tuple(rows.shape)}")
+
+
+def _check(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, grads: Tensor, step: int) -> None:
+    check_table_rows("sparse_adam", param, exp_avg, exp_avg_sq, rows)
     if grads.dim() != 2 or grads.shape != (rows.shape[0], param.shape[1]):
         raise ValueError(
             f"sparse_adam: grads must be [P, D] = [{rows.shape[0]}, {param.shape[1]}], got {tuple(grads.shape)}"

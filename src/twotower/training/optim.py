@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from twotower.kernels.adam_replay import StepLog, replay_rows
+from twotower.kernels.adam_replay_eager import fading_ratio
 from twotower.kernels.sparse_adam import sparse_adam
 from twotower.kernels.table_step import AdamTable
 from twotower.settings.optim import OptimConfig
@@ -58,7 +59,7 @@ class LazyAdam(torch.optim.Optimizer):
         )
         if replay_skipped:
             for group in self.param_groups:
-                StepLog(*group["betas"])  # refuses betas whose momentum does not fade
+                fading_ratio(*group["betas"])  # refuses betas whose momentum does not fade
         self.replay_skipped = bool(replay_skipped)
         self._slots: dict[int, np.ndarray] = {}  # per-table scratch of the kernel, not state
         self._replays: dict[int, tuple[StepLog, torch.Tensor]] = {}  # per sparse table: its steps, rows' last step
@@ -92,7 +93,7 @@ class LazyAdam(torch.optim.Optimizer):
                 else:
                     if id(param) in self._replays:  # a sparse table stepped densely: every row up to date first
                         self._replays[id(param)][0].record(step, lr, decay if decoupled else 0.0)
-                        self._replay_all(param, step - 1)
+                        self._replay_all(param, group, step - 1)
                         self._replays[id(param)][1].fill_(step)
                     _dense_adam(
                         param, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, decay,
@@ -124,9 +125,8 @@ class LazyAdam(torch.optim.Optimizer):
             self._replays[id(param)] = entry
         return entry
 
-    def _replay_all(self, param: torch.Tensor, through: int) -> None:
+    def _replay_all(self, param: torch.Tensor, group: dict, through: int) -> None:
         log, last = self._replays[id(param)]
-        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
         rows = torch.arange(param.shape[0], device=param.device)
         replay_rows(param, self.state[param]["exp_avg"], self.state[param]["exp_avg_sq"], rows, last, log,
                     through=through, eps=group["eps"])
@@ -136,11 +136,13 @@ class LazyAdam(torch.optim.Optimizer):
         """With `replay_skipped`: brings every row of every sparse table up to the last step taken,
         so the weights and moments are dense Adam(W)'s; call it before evaluating or saving. The
         step logs restart from there (nothing older is needed again). Without: nothing to do."""
-        for entry_id, (log, last) in list(self._replays.items()):
-            param = next(p for g in self.param_groups for p in g["params"] if id(p) == entry_id)
-            self._replay_all(param, log.last_step)
-            group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
-            self._replays[entry_id] = (StepLog(*group["betas"], first=log.last_step), last)
+        for group in self.param_groups:
+            for param in group["params"]:
+                entry = self._replays.get(id(param))
+                if entry is not None:
+                    log, last = entry
+                    self._replay_all(param, group, log.last_step)
+                    self._replays[id(param)] = (StepLog(*group["betas"], first=log.last_step), last)
 
     def adam_table(self, param: torch.Tensor) -> AdamTable:
         """Counts a step of the 2-d table `param` and returns it with its moments, its group's
