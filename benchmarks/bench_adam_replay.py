@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 import torch
 
+from benchmarks.bench_training_kernels import dense_adamw_step
 from benchmarks.runner import markdown_table, measure_pair, write_results
 from twotower.kernels.adam_replay import StepLog, replay_rows
 from twotower.kernels.adam_replay_eager import replay_rows_eager
@@ -71,15 +72,7 @@ def main() -> None:
         table.replay(touched, replay_rows)
         lazy()
 
-    dense_weight = torch.nn.Parameter(table.weight.clone())
-    dense = torch.optim.AdamW([dense_weight], lr=0.005, weight_decay=0.0)
-    dense_grad = torch.zeros(rows_n, dim)
-    dense_grad[touched] = grads
-
-    def dense_step() -> None:
-        dense_weight.grad = dense_grad
-        dense.step()
-
+    dense_step = dense_adamw_step(table.weight, touched, grads, lr=0.005, weight_decay=0.0)
     add(f"sparse_adam + replay, {batch:,} of {rows_n:,} rows", lazy_with_replay, lazy, "sparse_adam alone")
     add(f"sparse_adam + replay, {batch:,} of {rows_n:,} rows", lazy_with_replay, dense_step,
         "torch.optim.AdamW, whole table")

@@ -21,6 +21,7 @@ end-to-end benchmark's batches (B = 1024 rows, 16 negatives, D = 64, 20k-row tab
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -41,6 +42,22 @@ from twotower.kernels.table_step import AdamTable, table_adam_step, table_scores
 from twotower.kernels.table_step_eager import table_adam_step_eager, table_scores_eager
 
 B, N, D, ROWS = 1024, 16, 64, 20_000
+
+
+def dense_adamw_step(weight: torch.Tensor, touched: torch.Tensor, grads: torch.Tensor, *, lr: float,
+                     weight_decay: float) -> Callable[[], None]:
+    """torch.optim.AdamW stepping the whole of a copy of `weight`, whose gradient is `grads` on the
+    `touched` rows and zero elsewhere: the dense baseline of the row-sparse steps."""
+    table = torch.nn.Parameter(weight.clone())
+    dense = torch.optim.AdamW([table], lr=lr, weight_decay=weight_decay)
+    dense_grad = torch.zeros_like(weight)
+    dense_grad[touched] = grads
+
+    def step() -> None:
+        table.grad = dense_grad
+        dense.step()
+
+    return step
 
 
 def _batch(seed: int = 0) -> dict:
@@ -162,15 +179,7 @@ def main() -> None:
         f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, ref_adam,
         "eager (unique + index_add + index)"
     )
-    table = torch.nn.Parameter(torch.randn(ROWS, D))
-    dense = torch.optim.AdamW([table], lr=1e-3)
-    dense_grad = torch.zeros(ROWS, D)
-    dense_grad[touched] = grads
-
-    def dense_adam() -> None:
-        table.grad = dense_grad
-        dense.step()
-
+    dense_adam = dense_adamw_step(torch.randn(ROWS, D), touched, grads, lr=1e-3, weight_decay=0.01)
     add(f"sparse_adam, {touched.numel():,} of {ROWS:,} rows", ours_adam, dense_adam, "torch.optim.AdamW, whole table")
     add(f"distinct, {x['ids'].size:,} ids", lambda: distinct(x["ids"]), lambda: distinct_eager(x["ids"]),
         "np.unique + first-occurrence order")
