@@ -27,7 +27,7 @@ class OptimConfig:
             step that reads and writes only the rows a batch touched, as TensorFlow's LazyAdam and
             torch's SparseAdam do; rows a batch does not touch keep their weights and moments.
             False: every row of every table steps every batch (torch.optim.Adam/AdamW).
-        replay_skipped_steps: with `sparse_embeddings`, give the rows dense Adam's trajectory at the
+        replay_skipped_steps: with `sparse_embeddings`, give the rows dense Adam's updates at the
             row-sparse cost: the steps a row sat out (dense Adam keeps moving it on its fading
             momentum, about ten steps after each touch) are applied in closed form when a batch
             touches it again, and to every row before each evaluation. Needs `adamw` or no

@@ -40,10 +40,11 @@ class LazyAdam(torch.optim.Optimizer):
     (`decoupled=True`) or Adam (`decoupled=False`, weight decay as L2 in the gradient). State keys
     and `state_dict()` follow torch's Adam (step, exp_avg, exp_avg_sq).
 
-    With `replay_skipped`, a sparse table follows dense Adam(W)'s trajectory instead: the steps a
-    row sat out (its momentum still moving it, its moments decaying) are applied in closed form
-    when a batch touches the row again (`twotower.kernels.adam_replay`), and to every row by
-    `flush()`, which the trainer calls before it evaluates or saves. Between flushes the rows'
+    With `replay_skipped`, a sparse table takes dense Adam(W)'s updates instead: the steps a row
+    sat out (its momentum still moving it, its moments decaying) are applied in closed form when a
+    batch touches the row again (`twotower.kernels.adam_replay`), and to every row by `flush()`,
+    which the trainer calls before it evaluates or saves. A returning row's gradient is taken
+    before its skipped steps are applied (dense Adam takes it after). Between flushes the rows'
     step counters live here, not in `state_dict()`: save after `flush()`.
     """
 
