@@ -166,6 +166,7 @@ def infonce(
     reduction: str = "mean",
     symmetric: bool = False,
     extra_query_ids: Tensor | None = None,
+    masked_pairs: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE (sampled softmax) of each query against its positive, the other in-batch positives
     and optional shared extra negatives, fused so the [B, B + M] logits never exist in memory.
@@ -206,6 +207,12 @@ def infonce(
             other processes' in-batch positives (distributed training); needs `query_ids`: extra m
             leaves row i's softmax when `extra_query_ids[m] == query_ids[i]`, as an in-batch row of
             the same query does (an id no query has, e.g. -1, masks nothing).
+        masked_pairs: [P, 2] integer (row, column) pairs: candidate `column` of k ++ extra leaves
+            row's softmax, as an accidental hit does (e.g. the items the row's user is known to
+            like: `twotower.losses.known_positives`). A pair naming the row's own positive is
+            ignored; pairs may repeat or name candidates the id masks drop already. Not with
+            `symmetric`. The CPU and eager paths mask the logits; the Triton path subtracts the
+            pairs' share from each row's softmax (`infonce_pairs`).
 
     Under torch.autocast (CUDA, or CPU), float32 q / k / extra are cast to the autocast dtype first,
     as a matmul would be.
@@ -223,7 +230,7 @@ def infonce(
     check_infonce_inputs(
         q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
         query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
-        extra_query_ids=extra_query_ids,
+        extra_query_ids=extra_query_ids, masked_pairs=masked_pairs, symmetric=symmetric,
     )
     q, k, extra = _autocast(q, k, extra)
     if not kernel_available(q.device, q.dtype):
@@ -232,11 +239,13 @@ def infonce(
                 q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
                 correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
                 extra_ids=extra_ids, reduction=reduction, extra_query_ids=extra_query_ids,
+                masked_pairs=masked_pairs,
             )
         return infonce_eager(
             q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
             correct_positive=correct_positive, query_ids=query_ids, item_ids=item_ids,
             extra_ids=extra_ids, reduction=reduction, symmetric=symmetric, extra_query_ids=extra_query_ids,
+            masked_pairs=masked_pairs,
         )
     dev = q.device
     if isinstance(temperature, Tensor):
@@ -252,12 +261,22 @@ def infonce(
     def vec(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         return None if x is None else x.detach().to(dtype).contiguous()
 
-    return _apply_kernel(
-        rows(q), rows(k), None if extra is None else rows(extra), temp,
-        vec(logq, torch.float32), vec(logq_extra, torch.float32),
-        vec(query_ids, torch.int64), vec(item_ids, torch.int64), vec(extra_ids, torch.int64),
-        bool(correct_positive), reduction, bool(symmetric), vec(extra_query_ids, torch.int64),
-    )
+    q, k, extra = rows(q), rows(k), None if extra is None else rows(extra)
+    ids = vec(query_ids, torch.int64), vec(item_ids, torch.int64), vec(extra_ids, torch.int64)
+    lq, lq_extra, extra_query_ids = vec(logq, torch.float32), vec(logq_extra, torch.float32), vec(extra_query_ids,
+                                                                                                  torch.int64)
+    kernel_reduction = reduction if masked_pairs is None else "none"
+    losses = _apply_kernel(q, k, extra, temp, lq, lq_extra, *ids, bool(correct_positive), kernel_reduction,
+                           bool(symmetric), extra_query_ids)
+    if masked_pairs is None:
+        return losses
+    from .infonce_pairs import masked_pair_losses
+
+    cand = k if extra is None else torch.cat([k, extra])
+    lq_all = None if lq is None else (lq if lq_extra is None else torch.cat([lq, lq_extra]))
+    losses = masked_pair_losses(losses, q, cand, temp, lq_all, bool(correct_positive), masked_pairs,
+                                ids[0], ids[1], ids[2], extra_query_ids)
+    return losses.mean() if reduction == "mean" else losses.sum() if reduction == "sum" else losses
 
 
 @torch.compiler.disable

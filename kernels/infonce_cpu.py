@@ -2,7 +2,8 @@
 block of rows at a time.
 
 Each block's raw scores come from torch's GEMM (sized to stay in a core's L2 cache); temperature,
-log-q correction and accidental-hit masks are then one Numba pass over the block
+log-q correction and accidental-hit masks are then one Numba pass over the block (and `masked_pairs`
+one scatter of -inf)
 (`_infonce_cpu_jit`, integer codes instead of boolean [rows, N] masks: the PyTorch form of that
 step took about ten passes), and torch's vectorised exp does the log-sum-exp forward and
 dS = g * (softmax - onehot) / tau backward. Above `_KEEP_ELEMENTS` logits only lse[B] is kept for
@@ -47,7 +48,8 @@ class _Side:
 
     def __init__(self, B: int, N: int, logq: Tensor | None, logq_extra: Tensor | None, correct_positive: bool,
                  query_ids: Tensor | None, item_ids: Tensor | None, extra_ids: Tensor | None,
-                 dtype: torch.dtype, extra_query_ids: Tensor | None = None) -> None:
+                 dtype: torch.dtype, extra_query_ids: Tensor | None = None,
+                 masked_pairs: Tensor | None = None) -> None:
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.B = B
         self.lq = np.zeros(N, dtype=np_dtype)
@@ -70,6 +72,11 @@ class _Side:
             codes = distinct(ids.detach().cpu().numpy().astype(np.int64))[1]
             self.cand_query[: codes.size] = codes
             self.row_query[:] = codes[:B]
+        self.N = N
+        self.pairs = None  # sorted flat indices row * N + column of the masked pairs
+        if masked_pairs is not None and masked_pairs.numel():
+            rows, cols = masked_pairs[:, 0].long(), masked_pairs[:, 1].long()
+            self.pairs = torch.sort((rows * N + cols)[cols != rows]).values.numpy()
 
     def logits(self, q_blk: Tensor, cand: Tensor, r0: int, inv_t: float) -> Tensor:
         """Corrected, masked (-inf) logits of rows [r0, r0 + len(q_blk)) against every candidate
@@ -79,6 +86,9 @@ class _Side:
             s = s.float()
         jit.block_logits(s.numpy(), r0, s.numpy().dtype.type(inv_t), self.lq, self.cand_item, self.row_item,
                          self.cand_query, self.row_query, self.positive_lq)
+        if self.pairs is not None:
+            lo, hi = np.searchsorted(self.pairs, [r0 * self.N, (r0 + s.shape[0]) * self.N])
+            s.view(-1)[torch.from_numpy(self.pairs[lo:hi] - r0 * self.N)] = float("-inf")
         return s
 
 
@@ -174,6 +184,7 @@ def infonce_blocked(
     extra_ids: Tensor | None = None,
     reduction: str = "mean",
     extra_query_ids: Tensor | None = None,
+    masked_pairs: Tensor | None = None,
 ) -> Tensor:
     """Row-blocked InfoNCE for CPU tensors; inputs already checked by `check_infonce_inputs`.
     Computes in float32 (float64 for float64 inputs) and returns that dtype, like `infonce_eager`;
@@ -187,6 +198,6 @@ def infonce_blocked(
     if no_extra:
         extra_ids = logq_extra = extra_query_ids = None
     side = _Side(B, cand.shape[0], logq, logq_extra, correct_positive, query_ids, item_ids, extra_ids, dtype,
-                 extra_query_ids)
+                 extra_query_ids, masked_pairs)
     temp = temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature)
     return InfoNCEBlocked.apply(q.to(dtype), cand.to(dtype), temp, side, reduction, gemm_dtype)

@@ -49,6 +49,8 @@ def check_infonce_inputs(
     extra_ids: Tensor | None,
     reduction: str,
     extra_query_ids: Tensor | None = None,
+    masked_pairs: Tensor | None = None,
+    symmetric: bool = False,
 ) -> None:
     """Raises `TypeError`/`ValueError` naming the argument when the inputs of `infonce` are malformed.
 
@@ -102,6 +104,7 @@ def check_infonce_inputs(
     if extra_query_ids is not None and (extra is None or query_ids is None):
         raise ValueError("infonce: extra_query_ids needs extra and query_ids (each row's query, to compare against)")
     _check_vectors("extra_query_ids", extra_query_ids, M, q.device, integer=True)
+    _check_pairs(masked_pairs, q.device, symmetric, B, B + M)
     if isinstance(temperature, bool):
         raise TypeError("infonce: temperature must be a positive float or a 0-d floating tensor, got a bool")
     if isinstance(temperature, Tensor):
@@ -119,6 +122,36 @@ def check_infonce_inputs(
         raise TypeError(f"infonce: temperature must be a float or a 0-d tensor, got {type(temperature).__name__}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"infonce: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_pairs(pairs: Tensor | None, device: torch.device, symmetric: bool, B: int, N: int) -> None:
+    if pairs is None:
+        return
+    if not isinstance(pairs, Tensor):
+        raise TypeError(f"infonce: masked_pairs must be a torch.Tensor or None, got {type(pairs).__name__}")
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise TypeError(f"infonce: masked_pairs must be an integer tensor, got {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"infonce: masked_pairs must be [P, 2] (row, column) pairs, got shape {list(pairs.shape)}")
+    if pairs.device != device:
+        raise ValueError(f"infonce: masked_pairs is on {pairs.device} but q is on {device}")
+    if symmetric:
+        raise ValueError("infonce: masked_pairs with symmetric=True is not supported (the item -> query "
+                         "direction would need its own pairs)")
+    if device.type == "cpu" and pairs.numel():  # read only where it costs no device synchronisation
+        rows, cols = pairs[:, 0], pairs[:, 1]
+        if int(rows.min()) < 0 or int(rows.max()) >= B or int(cols.min()) < 0 or int(cols.max()) >= N:
+            raise ValueError(f"infonce: masked_pairs must hold rows in [0, {B}) and columns in [0, {N}) (the B "
+                             f"positives, then the M extras), got rows {int(rows.min())}..{int(rows.max())} and "
+                             f"columns {int(cols.min())}..{int(cols.max())}")
+
+
+def pair_mask(pairs: Tensor, B: int, N: int) -> Tensor:
+    """[B, N] bool, True at the (row, column) pairs other than a row's own positive (column = row)."""
+    rows, cols = pairs[:, 0].long(), pairs[:, 1].long()
+    flat = torch.zeros(B * N, dtype=torch.bool, device=pairs.device)
+    flat = flat.index_fill(0, (rows * N + cols)[cols != rows], True)
+    return flat.view(B, N)
 
 
 def accidental_hit_mask(
@@ -174,6 +207,7 @@ def infonce_eager(
     reduction: str = "mean",
     symmetric: bool = False,
     extra_query_ids: Tensor | None = None,
+    masked_pairs: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE over in-batch (+ shared extra) negatives, materialising the [B, B + M] logits.
 
@@ -191,7 +225,7 @@ def infonce_eager(
     check_infonce_inputs(
         q, k, temperature=temperature, extra=extra, logq=logq, logq_extra=logq_extra,
         query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids, reduction=reduction,
-        extra_query_ids=extra_query_ids,
+        extra_query_ids=extra_query_ids, masked_pairs=masked_pairs, symmetric=symmetric,
     )
     B = q.shape[0]
     M = 0 if extra is None else extra.shape[0]
@@ -214,6 +248,9 @@ def infonce_eager(
         extra_ids=extra_ids if M > 0 else None, device=q.device,
         extra_query_ids=extra_query_ids if M > 0 else None,
     )
+    if masked_pairs is not None:
+        pairs = pair_mask(masked_pairs, B, B + M)
+        drop = pairs if drop is None else drop | pairs
     if drop is not None:
         s = s.masked_fill(drop, float("-inf"))
     loss = torch.logsumexp(s, dim=1) - s[:, :B].diagonal()  # [B]

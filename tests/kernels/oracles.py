@@ -127,10 +127,12 @@ def accidental_hits(B: int, M: int, *, query_ids: Tensor | None, item_ids: Tenso
 def infonce(q: Tensor, k: Tensor, *, temperature: float | Tensor, extra: Tensor | None = None,
             logq: Tensor | None = None, logq_extra: Tensor | None = None, correct_positive: bool = True,
             query_ids: Tensor | None = None, item_ids: Tensor | None = None, extra_ids: Tensor | None = None,
-            reduction: str = "mean", symmetric: bool = False, extra_query_ids: Tensor | None = None) -> Tensor:
+            reduction: str = "mean", symmetric: bool = False, extra_query_ids: Tensor | None = None,
+            masked_pairs: Tensor | None = None) -> Tensor:
     """InfoNCE from its definition, row by row in float64: loss_i = log sum_{j kept} exp(s_ij) - s_ii,
     s_ij = q_i · c_j / tau - logq_j (the positive's correction only if `correct_positive`); with
-    `symmetric`, plus the item -> query term of column i over the B queries (no logQ)."""
+    `symmetric`, plus the item -> query term of column i over the B queries (no logQ). A (row, column)
+    pair of `masked_pairs` drops that candidate from that row, unless it is the row's positive."""
     cand = _f64(k) if extra is None or extra.shape[0] == 0 else torch.cat([_f64(k), _f64(extra)])
     B, M = q.shape[0], cand.shape[0] - k.shape[0]
     tau = _f64(temperature) if isinstance(temperature, Tensor) else float(temperature)
@@ -138,6 +140,8 @@ def infonce(q: Tensor, k: Tensor, *, temperature: float | Tensor, extra: Tensor 
                                                                   else logq_extra.double().tolist())
     hits = accidental_hits(B, M, query_ids=query_ids, item_ids=item_ids, extra_ids=extra_ids if M else None,
                            extra_query_ids=extra_query_ids if M else None)
+    for i, j in ([] if masked_pairs is None else masked_pairs.tolist()):
+        hits[i][j] = hits[i][j] or j != i
     u = torch.stack([cand @ _f64(q)[i] / tau for i in range(B)])  # u[i]: row i's raw logits [B + M]
     losses = []
     for i in range(B):

@@ -59,9 +59,10 @@ class Case:
     reduction: str = "mean"
     learned_temperature: bool = True
     temperature: float = 0.2
+    pairs: bool = False  # masked_pairs (the known-positive masks), with repeats and positives among them
 
     def __str__(self) -> str:
-        flags = [n for n in ("logq", "masks", "symmetric") if getattr(self, n)]
+        flags = [n for n in ("logq", "masks", "symmetric", "pairs") if getattr(self, n)]
         if not self.correct_positive:
             flags.append("rawpos")
         return f"B{self.B}-M{self.M}-D{self.D}-{str(self.dtype)[6:]}-{self.reduction}-{'+'.join(flags) or 'plain'}"
@@ -83,6 +84,9 @@ CASES = [
     Case(300, 0, 8, logq=True, symmetric=True, correct_positive=False, temperature=0.05),
     Case(300, 1, 96, torch.bfloat16, logq=True, masks=True),
     Case(64, 64, 16, torch.float16, masks=True, reduction="sum"),  # exact multiples of the blocks
+    Case(130, 70, 64, logq=True, masks=True, pairs=True, reduction="none"),
+    Case(7, 300, 96, torch.bfloat16, logq=True, masks=True, correct_positive=False, pairs=True),
+    Case(64, 0, 16, pairs=True, reduction="sum"),
 ]
 
 
@@ -111,6 +115,10 @@ def make_inputs(case: Case, seed: int) -> dict:
             inputs["extra_ids"] = torch.randint(0, n_items, (M,), generator=g).to(DEVICE)
             # Other processes' rows (distributed training): some share a query with a local row, -1 none.
             inputs["extra_query_ids"] = torch.randint(-1, max(2, B // 2), (M,), generator=g).to(DEVICE)
+    if case.pairs:
+        count = 4 * B
+        inputs["masked_pairs"] = torch.stack([torch.randint(0, B, (count,), generator=g),
+                                              torch.randint(0, B + M, (count,), generator=g)], dim=1).to(DEVICE)
     return inputs
 
 
@@ -121,8 +129,8 @@ def run_both(case: Case, inputs: dict, seed: int):
     g = torch.Generator().manual_seed(seed + 1)
     opts = dict(
         correct_positive=case.correct_positive, reduction=case.reduction, symmetric=case.symmetric,
-        **{n: inputs[n] for n in ("logq", "logq_extra", "query_ids", "item_ids", "extra_ids", "extra_query_ids")
-           if n in inputs},
+        **{n: inputs[n] for n in ("logq", "logq_extra", "query_ids", "item_ids", "extra_ids", "extra_query_ids",
+                                  "masked_pairs") if n in inputs},
     )
     upstream = torch.randn(case.B if case.reduction == "none" else (), generator=g, dtype=torch.float64)
 

@@ -22,6 +22,9 @@ CASES = [  # (B, M, D, options)
     (64, 300, 96, {"logq": True, "masks": True, "query_ids": True}),
     (19, 11, 8, {"logq": True, "masks": True, "correct_positive": False}),
     (16, 40, 12, {"logq": True, "masks": True, "query_ids": True}),
+    (23, 0, 8, {"pairs": True}),
+    (40, 90, 16, {"logq": True, "masks": True, "query_ids": True, "pairs": True}),
+    (9, 13, 8, {"logq": True, "masks": True, "correct_positive": False, "pairs": True}),
 ]
 ORACLE_CASES = [pytest.param(case, marks=SLOW) if case[0] >= 300 or case[1] >= 300 else case for case in CASES]
 
@@ -40,6 +43,10 @@ def make(B, M, D, options, seed, dtype=torch.float64):
         kwargs["extra_ids"] = torch.randint(0, max(2, B // 3), (M,), generator=g) if M else None
     if options.get("query_ids"):
         kwargs["query_ids"] = torch.randint(0, max(2, B // 4), (B,), generator=g)
+    if options.get("pairs"):  # repeats, positives and already-masked candidates among them
+        count = 3 * B
+        kwargs["masked_pairs"] = torch.stack([torch.randint(0, B, (count,), generator=g),
+                                              torch.randint(0, B + M, (count,), generator=g)], dim=1)
     kwargs["correct_positive"] = options.get("correct_positive", True)
     return q, k, extra, kwargs
 
@@ -234,3 +241,17 @@ def test_rows_moved_into_extra_keep_their_masks_with_extra_query_ids(path) -> No
     torch.testing.assert_close(torch.autograd.grad(local.sum(), mine)[0], expected_grad, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="extra_query_ids needs extra and query_ids"):
         path(mine, k[:5], temperature=0.5, extra=k[5:], extra_query_ids=users[5:])
+
+
+@pytest.mark.parametrize("path", [infonce, infonce_eager])
+def test_masked_pairs_are_checked(path) -> None:
+    q, k = torch.randn(4, 8), torch.randn(4, 8)
+    extra = torch.randn(3, 8)
+    with pytest.raises(ValueError, match=r"masked_pairs must hold rows in \[0, 4\) and columns in \[0, 7\)"):
+        path(q, k, temperature=0.5, extra=extra, masked_pairs=torch.tensor([[0, 7]]))
+    with pytest.raises(ValueError, match=r"masked_pairs must be \[P, 2\]"):
+        path(q, k, temperature=0.5, masked_pairs=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="masked_pairs must be an integer tensor"):
+        path(q, k, temperature=0.5, masked_pairs=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="masked_pairs with symmetric=True is not supported"):
+        path(q, k, temperature=0.5, symmetric=True, masked_pairs=torch.tensor([[0, 1]]))

@@ -36,10 +36,10 @@ def straight_and_resumed(config: TrainConfig, tmp_path: Path, monkeypatch: pytes
     straight = fit(config, tmp_path / "straight")
     real = step_module.batch_loss
 
-    def interrupted(model, loss_fn, batch, device):  # noqa: ANN001, ANN202 - batch_loss's signature
+    def interrupted(model, loss_fn, batch, device, known=None):  # noqa: ANN001, ANN202 - batch_loss's signature
         if (batch.epoch, batch.index) == (2, 3):
             raise KeyboardInterrupt
-        return real(model, loss_fn, batch, device)
+        return real(model, loss_fn, batch, device, known)
 
     monkeypatch.setattr(step_module, "batch_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -26,6 +26,7 @@ from twotower.settings import TrainConfig
 from twotower.settings.model import TowerConfig
 from twotower.training.batches import Batch, BatchIterator
 from twotower.training.distributed import Cluster, DistributedStep
+from twotower.training.known_positives import KnownPositives
 from twotower.training.loop import build_model, training_loss
 from twotower.training.optim import make_optimizer
 from twotower.training.step import AutogradStep
@@ -46,6 +47,15 @@ CASES = {
     "sampled_shared_features": {"loss": "sampled_softmax", "features": True,
                                 "batches": {"num_negatives": 3, "negative_kind": "uniform",
                                             "num_shared_negatives": 8, "log_q": "static"}},
+    # Known positives: each rank names them among the candidates it has after the gather, so the
+    # masked set is the one process's on the global batch (other ranks' rows included).
+    "mixed_known_positives": {"loss": "mixed", "batches": {"num_negatives": 1, "negative_kind": "uniform",
+                                                          "num_shared_negatives": 24, "log_q": "static",
+                                                          "mask_known_positives": True}},
+    "sampled_known_positives": {"loss": "sampled_softmax",
+                                "batches": {"num_negatives": 3, "negative_kind": "uniform", "exclude_positives": False,
+                                            "num_shared_negatives": 8, "log_q": "static",
+                                            "mask_known_positives": True}},
 }
 
 
@@ -100,11 +110,13 @@ def train_case(case: str, data: Path, cluster: Cluster, reference: int = 0) -> d
     iterators = [BatchIterator(dataset.train.users, dataset.train.items, num_items=dataset.num_items,
                                config=config.batches, history=dataset.train_history, shard=(r, world))
                  for r in (range(world) if reference else [cluster.rank])]
+    known = (KnownPositives(*iterators[0].history, dataset.num_items, device)
+             if config.batches.mask_known_positives else None)
     if reference:
-        step = AutogradStep(model, loss_fn, optimizer, device, config.optim.clip_norm)
+        step = AutogradStep(model, loss_fn, optimizer, device, config.optim.clip_norm, known)
     else:
         step = DistributedStep(model, loss_fn, optimizer, device, config.optim.clip_norm, cluster,
-                               iterators[0].global_rows)
+                               iterators[0].global_rows, known)
     epochs = [it.epoch(0) for it in iterators]
     losses = []
     for _ in range(CASES[case].get("steps", 5)):

@@ -69,8 +69,8 @@ def poison_loss(monkeypatch, epoch: int, index: int) -> None:
     """Batch `index` of epoch `epoch` (both 0-based) gets a NaN loss."""
     real = train_step_module.batch_loss
 
-    def poisoned(model, loss_fn, batch, device):
-        loss = real(model, loss_fn, batch, device)
+    def poisoned(model, loss_fn, batch, device, known=None):
+        loss = real(model, loss_fn, batch, device, known)
         return loss * float("nan") if (batch.epoch, batch.index) == (epoch, index) else loss
 
     monkeypatch.setattr(train_step_module, "batch_loss", poisoned)
@@ -125,10 +125,10 @@ if len(sys.argv) > 3 and sys.argv[3].startswith("mark="):  # touch a file at ste
     import pathlib
     import twotower.training.step as step
     real_loss, mark = step.batch_loss, pathlib.Path(sys.argv.pop(3)[len("mark="):])
-    def marking(model, loss_fn, batch, device):
+    def marking(model, loss_fn, batch, device, known=None):
         if (batch.epoch, batch.index) == (1, 5):
             mark.touch()
-        return real_loss(model, loss_fn, batch, device)
+        return real_loss(model, loss_fn, batch, device, known)
     step.batch_loss = marking
 result = fit(config, sys.argv[1], resume=len(sys.argv) > 3)
 print("RESULT", result.test.metrics["ndcg@10"], result.valid.metrics["ndcg@10"], result.best_epoch)
@@ -483,8 +483,8 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch, epoch):
     dataset, batches = _num_batches(config)
     real = train_step_module.batch_loss
 
-    def poisoned(model, loss_fn, batch, device):
-        loss = real(model, loss_fn, batch, device)
+    def poisoned(model, loss_fn, batch, device, known=None):
+        loss = real(model, loss_fn, batch, device, known)
         if (batch.epoch, batch.index) == (epoch, batches - 1):
             with torch.no_grad():
                 model.user_tower.id_embedding.weight[3, 0] = float("inf")  # after the loss: it stays finite

@@ -41,6 +41,10 @@ class LossInputs:
             trainer's fused step of id-only towers); the per-row kinds then take their logits from
             them and differentiate only them (the temperature too, when learned). `positive` and
             `negatives` must still be the `IndexedRows` they were scored from (shapes, ids).
+        known_positives: [P, 2] (row, column) pairs: column c of the batch's candidates (the B
+            positives, then the per-row negatives flattened row by row, then the shared negatives)
+            is one of row's user's known positives; it leaves that row's softmax (the per-row and
+            in-batch softmax kinds, BCE, BPR, hinge and CCL alike; `twotower.losses.known_positives`).
     """
 
     query: Tensor
@@ -56,3 +60,4 @@ class LossInputs:
     shared_log_q: Tensor | None = None
     shared_user_ids: Tensor | None = None
     row_scores: Tensor | None = None
+    known_positives: Tensor | None = None

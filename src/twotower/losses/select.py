@@ -31,6 +31,7 @@ from twotower.losses._common import (
 )
 from twotower.losses.functional import bce_rows, bpr_rows, ccl_rows, directau, hinge_rows, softmax_loss
 from twotower.losses.inputs import LossInputs
+from twotower.losses.known_positives import check_known_positives, per_row_mask
 from twotower.settings.loss import LossConfig
 
 __all__ = ["Loss", "make_loss"]
@@ -89,6 +90,7 @@ def _check_inputs(x: LossInputs) -> None:
     check_side(x.user_ids, (b,), "LossInputs.user_ids", q, integer=True)
     check_side(x.item_ids, (b,), "LossInputs.item_ids", q, integer=True)
     check_side(x.item_log_q, (b,), "LossInputs.item_log_q", q, integer=False)
+    check_known_positives(x)
 
 
 def _check_row_scores(x: LossInputs, b: int) -> None:
@@ -166,6 +168,10 @@ def _joint_rows(x: LossInputs, first: _Candidates) -> IndexedRows | None:
     return IndexedRows(p.vectors, torch.cat([p.index, n.index.to(p.index.dtype)], dim=1))
 
 
+def _negative_count(negatives: Negatives) -> int:
+    return negatives.index.shape[1] if isinstance(negatives, IndexedRows) else negatives.shape[1]
+
+
 def _cat(tensors: list[Tensor], dim: int) -> Tensor | None:
     if not tensors:
         return None
@@ -237,6 +243,7 @@ class Loss(nn.Module):
             reduction=cfg.reduction,
             symmetric=cfg.symmetric,
             extra_query_ids=_extra_query_ids(x, extras) if mask else None,
+            masked_pairs=x.known_positives,  # its columns are the kernel's: positives, then the extras in order
         )
 
     def _row_logits(self, x: LossInputs, corrects: bool) -> tuple[Tensor, Tensor | None]:
@@ -283,7 +290,10 @@ class Loss(nn.Module):
             )
             parts.append(s_neg)
             masks.append(valid)
-        return _cat(parts, dim=1), _cat(masks, dim=1) if mask else None
+        valid = _cat(masks, dim=1) if mask else None
+        n = 0 if x.negatives is None else _negative_count(x.negatives)
+        m = 0 if x.shared_negatives is None else x.shared_negatives.shape[0]
+        return _cat(parts, dim=1), per_row_mask(x, valid, n, m)
 
     def _sampled_softmax(self, x: LossInputs) -> Tensor:
         logits, valid = self._row_logits(x, corrects=True)

@@ -24,6 +24,12 @@ class BatchConfig:
         negative_kind: "none", "uniform", "popularity" (count**popularity_alpha) or "hard" (from
             candidate lists given with `BatchIterator.set_candidates`; uniform until then).
         exclude_positives: per-row negatives skip the user's training positives.
+        mask_known_positives: the other candidates of a row (in-batch positives of other rows,
+            pooled per-row negatives, shared negatives) that are among the row's user's training
+            positives leave that row's loss, as accidental hits do
+            (`twotower.training.known_positives`): drawn without looking at the user, they would
+            be pushed below the positive. Learns faster early, ends level (a short-budget option;
+            benchmarks/results/quality-gowalla-search.md).
         popularity_alpha: exponent of the popularity sampler (0.75 as in word2vec).
         num_shared_negatives: M negatives drawn once per batch and shared by all rows (0: none).
         shared_negative_kind: "uniform" or "popularity".
@@ -51,6 +57,7 @@ class BatchConfig:
     num_negatives: int = 0
     negative_kind: str = "none"
     exclude_positives: bool = True
+    mask_known_positives: bool = False
     popularity_alpha: float = 0.75
     num_shared_negatives: int = 0
     shared_negative_kind: str = "uniform"
@@ -88,7 +95,7 @@ class BatchConfig:
                 f"BatchConfig: negative_kind={self.negative_kind!r} with num_negatives={self.num_negatives}; "
                 "set both (a kind and n > 0) or neither"
             )
-        for name in ("exclude_positives", "shuffle", "drop_last", "on_device"):
+        for name in ("exclude_positives", "mask_known_positives", "shuffle", "drop_last", "on_device"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"BatchConfig.{name} must be a bool")
         if not math.isfinite(self.popularity_alpha) or self.popularity_alpha < 0:

@@ -290,6 +290,12 @@ class BatchIterator(EpochIterator):
         if full.size:
             raise no_negative_error(full.size, full[0], what)
 
+    @property
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training history (indptr, indices) the batches were built with, validated: each
+        user's positives, sorted."""
+        return self._index.indptr, self._index.indices
+
     def set_candidates(self, candidates: np.ndarray) -> None:
         """Candidate lists for hard negatives, [U, C] item ids ranked best first (e.g. the top-K of the
         current model for every user; -1 pads). Takes effect at the next epoch started."""

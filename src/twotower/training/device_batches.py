@@ -113,6 +113,12 @@ class DeviceBatches(EpochIterator):
                            if config.log_q == "streaming" else None)
         self._next_epoch = 0
 
+    @property
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training history (indptr, indices) the batches were built with, validated: each
+        user's positives, sorted."""
+        return self._index.indptr, self._index.indices
+
     def _check_negatives_possible(self, users: np.ndarray) -> None:
         cfg = self.config
         if cfg.negative_kind == "none" or not cfg.exclude_positives:

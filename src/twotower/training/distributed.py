@@ -66,6 +66,7 @@ from twotower.losses import IN_BATCH_KINDS, IndexedRows, LossInputs
 from twotower.metrics import RankingMetrics
 from twotower.model.two_tower import TwoTowerModel
 from twotower.training.batches import Batch
+from twotower.training.known_positives import KnownPositives
 from twotower.training.optim import clip_grad_norm
 from twotower.training.step import batch_inputs
 
@@ -305,11 +306,13 @@ class DistributedStep:
     candidates (`gather_candidates`), takes the local loss scaled as the module docstring says, and
     after backward averages the gradients (`sync_gradients`) before clipping and the optimizer.
 
-    `global_rows(index)` gives the rows of global batch `index` (`BatchIterator.global_rows`)."""
+    `global_rows(index)` gives the rows of global batch `index` (`BatchIterator.global_rows`);
+    `known` names each batch's known positives (`batches.mask_known_positives`)."""
 
     def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, clip_norm: float, cluster: Cluster, global_rows: Any) -> None:
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+                 device: torch.device, clip_norm: float, cluster: Cluster, global_rows: Any,
+                 known: KnownPositives | None = None) -> None:
+        self.model, self.loss_fn, self.optimizer, self.known = model, loss_fn, optimizer, known
         self.device, self.clip_norm, self.cluster = device, clip_norm, cluster
         self.global_rows = global_rows
         self.in_batch = getattr(getattr(loss_fn, "config", None), "kind", None) in IN_BATCH_KINDS
@@ -322,6 +325,8 @@ class DistributedStep:
         inputs = batch_inputs(self.model, self.loss_fn, batch, self.device, global_rows=total,
                               world=self.cluster.world)
         inputs = gather_candidates(inputs, self.in_batch, rows, self.cluster)
+        if self.known is not None:  # after the gather: the other ranks' candidates are checked too
+            inputs = self.known.attach(inputs)
         loss = self.loss_fn(inputs)
         mine = rows[self.cluster.rank]
         scale = self.cluster.world if self.loss_fn.config.reduction == "sum" else self.cluster.world * mine / total

@@ -56,6 +56,9 @@ class TableStep:
             (getattr(optimizer, "replay_skipped", False),
              "optim.replay_skipped_steps is on (the fused pass re-reads a row for its gradient, after a replay "
              "would have moved it)"),
+            (config.batches.mask_known_positives and not config.batches.exclude_positives,
+             "batches.mask_known_positives is on with exclude_positives off (its per-row negatives may then be "
+             "known positives, which the fused step does not mask)"),
             (not all(t.is_id_lookup for t in towers), "a tower has more than an id embedding"),
             (model.config.scoring not in ("dot", "cosine"), f"scoring {model.config.scoring!r} is not dot or cosine"),
             (kind is None or kind in IN_BATCH_KINDS, f"loss kind {kind!r} is not a per-row kind"),

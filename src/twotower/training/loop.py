@@ -54,6 +54,7 @@ from twotower.training.checkpoint import (
 from twotower.training.device_batches import DeviceBatches
 from twotower.training.distributed import ONE_PROCESS, Cluster, DistributedStep, rng_states, unsupported
 from twotower.training.fused_step import TableStep
+from twotower.training.known_positives import KnownPositives
 from twotower.training.loss_reads import LossReads, loss_read_every
 from twotower.training.optim import LazyAdam, learning_rate, make_optimizer
 from twotower.training.run_lock import run_lock
@@ -286,8 +287,9 @@ def _make_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Modu
     """The training step: across ranks the distributed autograd step (the fused table step would
     step the tables outside autograd, so it gives way, said once), else `make_train_step`'s. The
     ranks' dropout draws come from streams of their own (rank 0 keeps the one-process stream)."""
+    known = _known_positives(config, batches, device)
     if not cluster.active:
-        return make_train_step(config, model, loss_fn, optimizer, device)
+        return make_train_step(config, model, loss_fn, optimizer, device, known)
     if TableStep.unsupported(config, model, loss_fn, optimizer, device) is None:
         echo("notice: the fused table step (train.fused_step) does not run in distributed training; the autograd "
              "step trains instead (the same updates)")
@@ -295,7 +297,18 @@ def _make_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Modu
         torch.manual_seed(derive_seed(config.train.seed, cluster.rank))
     echo(f"distributed: {cluster.world} ranks, global batch {config.batches.batch_size * cluster.world} "
          f"({config.batches.batch_size} per rank), negatives shared across ranks")
-    return DistributedStep(model, loss_fn, optimizer, device, config.optim.clip_norm, cluster, batches.global_rows)
+    return DistributedStep(model, loss_fn, optimizer, device, config.optim.clip_norm, cluster, batches.global_rows,
+                           known)
+
+
+def _known_positives(config: TrainConfig, batches: BatchIterator | DeviceBatches,
+                     device: torch.device) -> KnownPositives | None:
+    """The history that names each batch's known positives (`batches.mask_known_positives`): the
+    one the batches exclude from per-row negatives."""
+    if not config.batches.mask_known_positives:
+        return None
+    indptr, indices = batches.history
+    return KnownPositives(indptr, indices, batches.num_items, device)
 
 
 def _mine_if_due(run: Run, state: State, epoch: int) -> None:

@@ -29,6 +29,7 @@ from twotower.training.optim import clip_grad_norm
 
 if TYPE_CHECKING:
     from twotower.training.fused_step import TableStep
+    from twotower.training.known_positives import KnownPositives
 
 __all__ = ["AutogradStep", "TrainingDiverged", "batch_inputs", "batch_loss", "ids_and_log_q", "make_train_step"]
 
@@ -48,9 +49,12 @@ def _tensor(array: np.ndarray | torch.Tensor | None, device: torch.device) -> to
     return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
 
-def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Encodes one batch with both towers and returns its loss (`batch_inputs`, then the loss)."""
-    return loss_fn(batch_inputs(model, loss_fn, batch, device))
+def batch_loss(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device,
+               known: KnownPositives | None = None) -> torch.Tensor:
+    """Encodes one batch with both towers and returns its loss (`batch_inputs`, then the loss),
+    with the batch's known positives named by `known` (`batches.mask_known_positives`)."""
+    inputs = batch_inputs(model, loss_fn, batch, device)
+    return loss_fn(inputs if known is None else known.attach(inputs))
 
 
 def batch_inputs(model: TwoTowerModel, loss_fn: torch.nn.Module, batch: Batch, device: torch.device, *,
@@ -152,17 +156,17 @@ def _expected_count(log_q: np.ndarray | torch.Tensor | None, draws: int) -> np.n
 
 
 class AutogradStep:
-    """The general step: both towers encode the batch (`batch_loss`), autograd differentiates the
-    loss through them, then clipping and the optimizer."""
+    """The general step: both towers encode the batch (`batch_loss`, which names its known positives
+    with `known`), autograd differentiates the loss through them, then clipping and the optimizer."""
 
     def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, clip_norm: float) -> None:
+                 device: torch.device, clip_norm: float, known: KnownPositives | None = None) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.device, self.clip_norm = device, clip_norm
+        self.device, self.clip_norm, self.known = device, clip_norm, known
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The batch's loss (a 0-d tensor, differentiable)."""
-        return batch_loss(self.model, self.loss_fn, batch, self.device)
+        return batch_loss(self.model, self.loss_fn, batch, self.device, self.known)
 
     def update(self, loss: torch.Tensor) -> None:
         """Backward, clipping, one optimizer step."""
@@ -174,10 +178,12 @@ class AutogradStep:
 
 
 def make_train_step(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device) -> AutogradStep | TableStep:
-    """The fused `TableStep` where it applies (see `TableStep.unsupported`), else `AutogradStep`."""
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    known: KnownPositives | None = None) -> AutogradStep | TableStep:
+    """The fused `TableStep` where it applies (see `TableStep.unsupported`), else `AutogradStep`
+    (`known`: the history that names each batch's known positives, `batches.mask_known_positives`)."""
     from twotower.training.fused_step import TableStep  # imported here: fused_step builds on this module
 
     if TableStep.unsupported(config, model, loss_fn, optimizer, device) is None:
         return TableStep(model, loss_fn, optimizer, config.optim.clip_norm)
-    return AutogradStep(model, loss_fn, optimizer, device, config.optim.clip_norm)
+    return AutogradStep(model, loss_fn, optimizer, device, config.optim.clip_norm, known)
