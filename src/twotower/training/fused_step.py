@@ -2,7 +2,8 @@
 alone, a per-row loss on per-row negatives, the row-sparse optimizer, the CPU. The one piece of the
 trainer that steps the towers' id tables itself, on the optimizer's own slots: it scores the
 tables, takes their gradient and steps their rows without autograd (`twotower.kernels.table_step`),
-and gives the same updates as `twotower.training.step.AutogradStep`.
+and gives the same updates as `twotower.training.step.AutogradStep` (with `optim.replay_skipped_steps`
+exactly dense Adam's: see `TableStep`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ class TableStep:
     negatives straight from the tables; the loss takes them as `LossInputs.row_scores`, so autograd
     sees only the small scores tensor (and a learned temperature); the tables' gradient and their
     Adam step are then one kernel pass per table, on the optimizer's own state (`LazyAdam.adam_table`).
-    Id dropout draws from the towers (`id_rows`) as the autograd step does."""
+    Id dropout draws from the towers (`id_rows`) as the autograd step does.
+
+    With `optim.replay_skipped_steps` the rows a batch reads are brought up to the last step before
+    they are scored (`LazyAdam.catch_up`), so the tables follow dense Adam(W) exactly; the autograd
+    step replays a row after its gradient is taken instead (`LazyAdam`), so the two differ there by
+    the gradient's timing on returning rows."""
 
     def __init__(self, model: TwoTowerModel, loss_fn: torch.nn.Module, optimizer: LazyAdam, clip_norm: float) -> None:
         self.model, self.loss_fn, self.optimizer, self.clip_norm = model, loss_fn, optimizer, clip_norm
@@ -42,6 +48,7 @@ class TableStep:
         tables = {id(self.user_table), id(self.item_table)}
         self._others = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in tables]
         self._saved = None
+        self._rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # read by the batch in flight
 
     @staticmethod
     def unsupported(config: TrainConfig, model: TwoTowerModel, loss_fn: torch.nn.Module,
@@ -53,9 +60,6 @@ class TableStep:
             (not config.train.fused_step, "train.fused_step is off"),
             (device.type != "cpu", "it runs on the CPU"),
             (not isinstance(optimizer, LazyAdam), "it needs optim.sparse_embeddings (the row-sparse optimizer)"),
-            (getattr(optimizer, "replay_skipped", False),
-             "optim.replay_skipped_steps is on (the fused pass re-reads a row for its gradient, after a replay "
-             "would have moved it)"),
             (config.batches.mask_known_positives and not config.batches.exclude_positives,
              "batches.mask_known_positives is on with exclude_positives off (its per-row negatives may then be "
              "known positives, which the fused step does not mask)"),
@@ -81,6 +85,11 @@ class TableStep:
         users = torch.from_numpy(batch.users)
         query_ids = self.model.user_tower.id_rows(users)
         item_ids = self.model.item_tower.id_rows(torch.from_numpy(batch.distinct_items))
+        self._rows = (None, None)
+        if self.optimizer.replay_skipped:  # the rows read, up to dense Adam's weights before they are scored
+            self._rows = (torch.unique(query_ids), torch.unique(item_ids))
+            self.optimizer.catch_up(self.user_table, self._rows[0])
+            self.optimizer.catch_up(self.item_table, self._rows[1])
         index = torch.from_numpy(np.concatenate([batch.item_rows[:, None], batch.negative_rows], axis=1))
         saved = table_scores(self.user_table, self.item_table, query_ids, item_ids, index, normalize=self.normalize)
         self._saved = saved
@@ -111,7 +120,7 @@ class TableStep:
             scale = min(1.0, self.clip_norm / (total + 1e-6))
             for g in others:
                 g.mul_(scale)
-        table_adam_step(saved, grad, self.optimizer.adam_table(self.user_table),
-                        self.optimizer.adam_table(self.item_table), grad_scale=scale)
+        table_adam_step(saved, grad, self.optimizer.adam_table(self.user_table, self._rows[0]),
+                        self.optimizer.adam_table(self.item_table, self._rows[1]), grad_scale=scale)
         if any(p.grad is not None for p in self._others):
             self.optimizer.step()  # a learned temperature; the tables have no .grad

@@ -145,21 +145,48 @@ class LazyAdam(torch.optim.Optimizer):
                     self._replay_all(param, group, log.last_step)
                     self._replays[id(param)] = (StepLog(*group["betas"], first=log.last_step), last)
 
-    def adam_table(self, param: torch.Tensor) -> AdamTable:
+    @torch.no_grad()
+    def catch_up(self, param: torch.Tensor, rows: torch.Tensor) -> None:
+        """With `replay_skipped`: brings `rows` of the table `param` up to the last step taken, for a
+        caller that reads the rows before it steps them (`twotower.training.fused_step.TableStep`,
+        which then passes the same rows to `adam_table`). The gradient is then taken at dense
+        Adam's weights, so the rows follow dense Adam(W) exactly. Without: nothing to do."""
+        if not self.replay_skipped:
+            return
+        group = self._group_of(param, "catch_up")
+        state = self.state[param]
+        if not state:  # no step taken yet: every row is current
+            return
+        log, last = self._replay_state(param, group, int(state["step"].item()))
+        replay_rows(param, state["exp_avg"], state["exp_avg_sq"], rows, last, log, through=log.last_step,
+                    eps=group["eps"])
+
+    def adam_table(self, param: torch.Tensor, rows: torch.Tensor | None = None) -> AdamTable:
         """Counts a step of the 2-d table `param` and returns it with its moments, its group's
         settings and its scratch, for a caller that steps the rows itself
         (`twotower.kernels.table_step`): the same state `step()` keeps, so checkpoints, resume and
-        a later `step()` see one history. Call it only for tables the caller updates this step."""
-        group = next((g for g in self.param_groups if any(p is param for p in g["params"])), None)
-        if group is None:
-            raise ValueError("LazyAdam.adam_table: the parameter is not in this optimizer")
+        a later `step()` see one history. Call it only for tables the caller updates this step;
+        with `replay_skipped`, `rows` are the rows it steps (brought current by `catch_up`)."""
+        group = self._group_of(param, "adam_table")
         if param.dim() != 2:
             raise ValueError(f"LazyAdam.adam_table: a 2-d table is needed, got shape {tuple(param.shape)}")
         state, step = self._count_step(param)
+        if self.replay_skipped:
+            if rows is None:
+                raise ValueError("LazyAdam.adam_table: with replay_skipped, pass the rows the caller steps")
+            log, last = self._replay_state(param, group, step - 1)
+            log.record(step, group["lr"], group["weight_decay"] if group["decoupled"] else 0.0)
+            last[rows.to(last.device)] = step
         beta1, beta2 = group["betas"]
         return AdamTable(param, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"], beta1=beta1,
                          beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                          decoupled=group["decoupled"], slots=self.table_slots(param))
+
+    def _group_of(self, param: torch.Tensor, caller: str) -> dict:
+        group = next((g for g in self.param_groups if any(p is param for p in g["params"])), None)
+        if group is None:
+            raise ValueError(f"LazyAdam.{caller}: the parameter is not in this optimizer")
+        return group
 
     def _count_step(self, param: torch.Tensor) -> tuple[dict, int]:
         state = self.state[param]
