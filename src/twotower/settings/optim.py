@@ -31,7 +31,7 @@ class OptimConfig:
             row-sparse cost: the steps a row sat out (dense Adam keeps moving it on its fading
             momentum, about ten steps after each touch) are applied in closed form when a batch
             touches it again, and to every row before each evaluation. Needs `adamw` or no
-            embedding weight decay.
+            embedding weight decay. False: the lazy step (rows a batch does not touch stand still).
     """
 
     optimizer: str = "adamw"
@@ -42,7 +42,7 @@ class OptimConfig:
     schedule: str = "cosine"
     clip_norm: float = 1.0
     sparse_embeddings: bool = True
-    replay_skipped_steps: bool = False
+    replay_skipped_steps: bool = True
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -54,8 +54,9 @@ class OptimConfig:
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"optim.warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
         if self.replay_skipped_steps and self.optimizer == "adam" and self.embedding_weight_decay > 0:
-            raise ValueError("optim.replay_skipped_steps needs optim.optimizer 'adamw' or optim.embedding_weight_decay "
-                             "0: Adam's L2 decay puts a gradient on every skipped step, which has no closed form")
+            raise ValueError("optim.replay_skipped_steps (on by default) needs optim.optimizer 'adamw' or "
+                             "optim.embedding_weight_decay 0: Adam's L2 decay puts a gradient on every skipped step, "
+                             "which has no closed form; set optim.replay_skipped_steps = false for the lazy step")
         for name in ("weight_decay", "embedding_weight_decay", "clip_norm"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:
