@@ -21,8 +21,9 @@ _MAX_SHARE = 1.0 - 1e-6
 
 def _unmasked_pairs(pairs: Tensor, B: int, N: int, query_ids: Tensor | None, item_ids: Tensor | None,
                     extra_ids: Tensor | None, extra_query_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows, columns, weight): each distinct pair once; weight 0 where the kernel masks the
-    candidate already (the row's positive, an accidental hit, a candidate of the row's query)."""
+    """(rows, columns, weight): each distinct pair once (`torch.unique`, one host sync: the pairs'
+    count is data-dependent); weight 0 where the kernel masks the candidate already (the row's
+    positive, an accidental hit, a candidate of the row's query)."""
     flat = torch.unique(pairs[:, 0].long() * N + pairs[:, 1].long())
     rows, cols = flat // N, flat % N
     keep = cols != rows
