@@ -289,6 +289,9 @@ def test_recommend_reports_neg_l2_scores_as_minus_squared_distances(tmp_path, ca
         (["--batches.batch_size", "100000", "--batches.drop_last"], "leaves no batch"),
         (["--model.user.id_dim", "0"], "user tower: tower has no inputs"),
         (["--train.keep_checkpoints", "0"], "keep_checkpoints must be >= 1"),
+        (["--batches.mask_known_positives", "--loss.symmetric"], "loss.symmetric adds the item-to-user direction"),
+        (["--batches.mask_known_positives", "--loss.kind", "directau", "--batches.num_shared_negatives", "0",
+          "--batches.log_q", "none"], "loss.kind 'directau' has none"),
     ],
 )
 def test_combinations_that_cannot_train_are_refused_in_settings_terms(tmp_path, capsys, flags, message):

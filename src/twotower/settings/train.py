@@ -191,6 +191,11 @@ class TrainConfig:
             raise ValueError("loss.kind 'directau' compares the batch's users and items with each other and takes no "
                              f"negatives: set batches.num_negatives (got {b.num_negatives}) and "
                              f"batches.num_shared_negatives (got {b.num_shared_negatives}) to 0")
+        if b.mask_known_positives and (kind == "directau" or (self.loss.symmetric and kind in IN_BATCH_KINDS)):
+            raise ValueError("batches.mask_known_positives takes candidates out of each row's softmax over items; "
+                             + ("loss.kind 'directau' has none" if kind == "directau" else
+                                "loss.symmetric adds the item-to-user direction, which it does not cover")
+                             + ": turn one of them off")
         if kind not in IN_BATCH_KINDS and b.num_negatives == 0 and b.num_shared_negatives == 0:
             raise ValueError(f"loss.kind {kind!r} scores each row against explicit negatives: set "
                              "batches.num_negatives > 0 (with batches.negative_kind) or "
