@@ -16,14 +16,25 @@ def history_keys(indptr: Tensor, indices: Tensor, num_items: int) -> Tensor:
     return rows * num_items + indices.long()
 
 
+_BLOCK_ELEMENTS = 1 << 24  # (row, candidate) keys searched at once: 128 MiB of int64 and its temporaries
+
+
 def pairs_from_keys(keys: Tensor, num_items: int, users: Tensor, candidates: Tensor) -> Tensor:
     """[P, 2] int64 (row, column) pairs, rows then columns ascending: candidate c is in row r's
-    user's history, found by searching users[r] * num_items + candidates[c] among `keys`."""
+    user's history, found by searching users[r] * num_items + candidates[c] among `keys` (a block
+    of rows at a time, so a batch of 8k rows against 70k candidates stays within memory)."""
     if keys.numel() == 0 or users.numel() == 0 or candidates.numel() == 0:
         return torch.empty((0, 2), dtype=torch.int64, device=users.device)
-    asked = users.long().unsqueeze(1) * num_items + candidates.long().unsqueeze(0)
-    found = torch.searchsorted(keys, asked).clamp(max=keys.numel() - 1)
-    return torch.nonzero((keys[found] == asked) & (candidates.long() >= 0).unsqueeze(0))
+    cand = candidates.long().unsqueeze(0)
+    step = max(1, _BLOCK_ELEMENTS // candidates.numel())
+    found = []
+    for r0 in range(0, users.numel(), step):
+        asked = users[r0 : r0 + step].long().unsqueeze(1) * num_items + cand
+        at = torch.searchsorted(keys, asked).clamp(max=keys.numel() - 1)
+        hits = torch.nonzero((keys[at] == asked) & (cand >= 0))
+        hits[:, 0] += r0
+        found.append(hits)
+    return torch.cat(found)
 
 
 def known_positive_pairs_eager(indptr: Tensor, indices: Tensor, users: Tensor, candidates: Tensor,

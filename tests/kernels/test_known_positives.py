@@ -84,3 +84,14 @@ def test_bad_inputs_are_named():
         known_positive_pairs(indptr, indices, np.zeros((2, 2), np.int64), np.array([1]), 20)
     with pytest.raises(ValueError, match="num_items must be an int >= 0"):
         known_positive_pairs(indptr, indices, np.array([0]), np.array([1]), -1)
+
+
+def test_the_key_search_gives_the_same_pairs_a_block_of_rows_at_a_time(monkeypatch):
+    from twotower.kernels import known_positives_eager
+
+    indptr, indices = history(7, 40, 70, 12)
+    rng = np.random.default_rng(8)
+    users, candidates = rng.integers(0, 40, 90), rng.integers(0, 70, 50)
+    monkeypatch.setattr(known_positives_eager, "_BLOCK_ELEMENTS", 7 * 50 + 3)  # blocks of 7 rows
+    np.testing.assert_array_equal(eager(indptr, indices, users, candidates, 70),
+                                  oracle(indptr, indices, users, candidates))

@@ -24,9 +24,10 @@ __all__ = ["KnownPositives"]
 class KnownPositives:
     """The training history, and the pairs of a batch's candidates it holds.
 
-    On the CPU the Numba kernel (`twotower.kernels.known_positives`) searches each row's history
-    among the sorted candidates; on another device every (row, candidate) key is searched among the
-    history's sorted keys there, kept on the device, with no host round trip."""
+    On the CPU the Numba kernel (`twotower.kernels.known_positives`) looks each row's history items
+    up in a table of where each candidate sits; on another device every (row, candidate) key is
+    searched among the history's sorted keys, kept there (`known_positives_eager.pairs_from_keys`).
+    Both return the pairs in the same order."""
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, num_items: int, device: torch.device) -> None:
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
