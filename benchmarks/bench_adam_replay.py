@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_training_kernels import dense_adamw_step
-from benchmarks.runner import markdown_table, measure_pair, write_results
+from benchmarks.runner import PAIR_HEADER, markdown_table, pair_row, write_results
 from twotower.kernels.adam_replay import StepLog, replay_rows
 from twotower.kernels.adam_replay_eager import replay_rows_eager
 from twotower.kernels.sparse_adam import sparse_adam
@@ -56,10 +56,7 @@ def main() -> None:
     results = []
 
     def add(name: str, ours, reference, reference_name: str) -> None:
-        a, b = measure_pair(ours, reference, warmup=2, repeats=repeats)
-        results.append([name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}",
-                        f"{b.median / a.median:.2f}x"])
-        print(results[-1], flush=True)
+        results.append(pair_row(name, ours, reference, reference_name, repeats))
 
     add(f"replay_rows, {batch:,} rows", lambda: table.replay(touched, replay_rows),
         lambda: table.replay(touched, replay_rows_eager), "replay_rows_eager (torch)")
@@ -76,14 +73,14 @@ def main() -> None:
     add(f"sparse_adam + replay, {batch:,} of {rows_n:,} rows", lazy_with_replay, lazy, "sparse_adam alone")
     add(f"sparse_adam + replay, {batch:,} of {rows_n:,} rows", lazy_with_replay, dense_step,
         "torch.optim.AdamW, whole table")
-    header = ["step", "twotower ms", "baseline", "baseline ms", "baseline / twotower"]
     note = (f"\n\nOne thread, float32, D = {dim}, median of {repeats} calls of each taken in turns after 2 "
             f"warm-ups; rows last touched uniformly over the {steps} earlier steps of the epoch (a gap beyond "
             f"the replay's horizon of {table.log.horizon} steps costs what the horizon costs). A ratio below 1 "
             f"means the baseline is faster.")
-    print(markdown_table(header, results) + note)
+    print(markdown_table(PAIR_HEADER, results) + note)
     if not args.quick:
-        write_results("adam-replay", markdown_table(header, results) + note, {"rows": results, "header": header})
+        write_results("adam-replay", markdown_table(PAIR_HEADER, results) + note,
+                      {"rows": results, "header": PAIR_HEADER})
 
 
 if __name__ == "__main__":

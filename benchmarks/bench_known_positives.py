@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks.runner import markdown_table, measure_pair, write_results
+from benchmarks.runner import PAIR_HEADER, markdown_table, pair_row, write_results
 from twotower.kernels.infonce import infonce
 from twotower.kernels.known_positives import known_positive_pairs
 from twotower.kernels.known_positives_eager import known_positive_pairs_eager
@@ -55,10 +55,7 @@ def main() -> None:
     results = []
 
     def add(name: str, ours, reference, reference_name: str) -> None:
-        a, b = measure_pair(ours, reference, warmup=2, repeats=repeats)
-        results.append([name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}",
-                        f"{b.median / a.median:.2f}x"])
-        print(results[-1], flush=True)
+        results.append(pair_row(name, ours, reference, reference_name, repeats))
 
     add(f"known_positive_pairs, {batch:,} rows x {candidates.size:,} candidates",
         lambda: known_positive_pairs(indptr, indices, batch_users, candidates, items),
@@ -77,16 +74,16 @@ def main() -> None:
         return run
 
     add(f"infonce forward + backward, {len(pairs):,} pairs masked", step(True), step(False), "infonce unmasked")
-    header = ["step", "twotower ms", "baseline", "baseline ms", "baseline / twotower"]
     note = (f"\n\nOne thread, a log-normal history of {users:,} users over {items:,} items ({indices.size:,} entries), "
             f"a batch of {batch:,} interactions drawn uniformly (heavy users on many rows) and {shared:,} uniform "
             f"shared negatives, D = {dim} float32, glibc's allocator tuned as the trainer tunes it; "
             f"{len(pairs):,} known positives among the candidates "
             f"({len(pairs) / batch:.1f} per row). Median of {repeats} calls of each taken in turns after 2 warm-ups. "
             f"A ratio below 1 means the baseline is faster.")
-    print(markdown_table(header, results) + note)
+    print(markdown_table(PAIR_HEADER, results) + note)
     if not args.quick:
-        write_results("known-positives", markdown_table(header, results) + note, {"rows": results, "header": header})
+        write_results("known-positives", markdown_table(PAIR_HEADER, results) + note,
+                      {"rows": results, "header": PAIR_HEADER})
 
 
 if __name__ == "__main__":

@@ -59,6 +59,19 @@ def measure_pair(first: Callable[[], Any], second: Callable[[], Any], *, warmup:
     return tuple(Timing(statistics.median(s), min(s), max(s), repeats) for s in samples)  # type: ignore[return-value]
 
 
+PAIR_HEADER = ["step", "twotower ms", "baseline", "baseline ms", "baseline / twotower"]
+
+
+def pair_row(name: str, ours: Callable[[], Any], reference: Callable[[], Any], reference_name: str,
+             repeats: int) -> list[str]:
+    """One row of a PAIR_HEADER table: the medians of `ours` and `reference` (`measure_pair`, 2
+    warm-ups) and their ratio; printed as it is measured."""
+    a, b = measure_pair(ours, reference, warmup=2, repeats=repeats)
+    row = [name, f"{a.median * 1e3:.3f}", reference_name, f"{b.median * 1e3:.3f}", f"{b.median / a.median:.2f}x"]
+    print(row, flush=True)
+    return row
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
