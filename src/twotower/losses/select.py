@@ -26,6 +26,7 @@ from twotower.losses._common import (
     check_side,
     check_vectors,
     negative_logits,
+    negatives_shape,
     positive_logits,
     reduce,
 )
@@ -168,10 +169,6 @@ def _joint_rows(x: LossInputs, first: _Candidates) -> IndexedRows | None:
     return IndexedRows(p.vectors, torch.cat([p.index, n.index.to(p.index.dtype)], dim=1))
 
 
-def _negative_count(negatives: Negatives) -> int:
-    return negatives.index.shape[1] if isinstance(negatives, IndexedRows) else negatives.shape[1]
-
-
 def _cat(tensors: list[Tensor], dim: int) -> Tensor | None:
     if not tensors:
         return None
@@ -291,7 +288,7 @@ class Loss(nn.Module):
             parts.append(s_neg)
             masks.append(valid)
         valid = _cat(masks, dim=1) if mask else None
-        n = 0 if x.negatives is None else _negative_count(x.negatives)
+        n = 0 if x.negatives is None else negatives_shape(x.query, x.negatives)[1]
         m = 0 if x.shared_negatives is None else x.shared_negatives.shape[0]
         return _cat(parts, dim=1), per_row_mask(x, valid, n, m)
 
