@@ -216,6 +216,85 @@ def _device_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, d
     return rank
 
 
+def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair, k: int) -> Ranker:
+    """Ranks by the towers' inner products blended with a graph filter's scores at `graph.weight`
+    (`twotower.model.graph_filter.blend`), over the whole catalogue in torch.
+
+    Args:
+        user_vectors, item_vectors: as `exact_ranker`'s.
+        graph: a `twotower.model.graph_filter.GraphFilter`.
+        history: CSR over users (row = user code) of the histories the filter reads (the training split).
+        k: list length.
+    """
+    return GraphSweep(user_vectors, item_vectors, graph, history, k, (graph.weight,)).ranker(graph.weight)
+
+
+class GraphSweep:
+    """Rankers for several blend weights that score each batch of users once: the first ranker
+    asked for a batch computes the top-k of every weight, the others read theirs (each list is
+    dropped once read), so a sweep over W weights costs one scoring pass, not W."""
+
+    def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair, k: int,
+                 weights: Sequence[float]) -> None:
+        import torch
+
+        self._queries = torch.from_numpy(np.array(user_vectors, dtype=np.float32))  # copies: inputs may be read-only
+        self._items = torch.from_numpy(np.array(item_vectors, dtype=np.float32))
+        if graph.num_items != len(item_vectors):
+            raise ValueError(f"the graph filter covers {graph.num_items} items; the model has {len(item_vectors)}")
+        self._graph, self._history, self._k = graph, csr_pair(history), int(k)
+        self._weights = tuple(float(w) for w in weights)
+        self._pending: dict[bytes, dict[float, np.ndarray]] = {}
+
+    def ranker(self, weight: float) -> Ranker:
+        """The ranker of one of the sweep's weights."""
+        weight = float(weight)
+        if weight not in self._weights:
+            raise ValueError(f"weight {weight} is not one of the sweep's {list(self._weights)}")
+
+        def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+            users = np.asarray(users, dtype=np.int64)
+            key = users.tobytes()
+            if key not in self._pending:
+                self._pending[key] = self._rank_all(users, exclude)
+            lists = self._pending[key]
+            ids = lists.pop(weight)
+            if not lists:
+                del self._pending[key]
+            return ids
+
+        return rank
+
+    def _rank_all(self, users: np.ndarray, exclude: CSRPair | None) -> dict[float, np.ndarray]:
+        from twotower.model.graph_filter import standardise
+
+        num_items = len(self._items)
+        step = max(1, (1 << 24) // max(num_items, 1))  # bounds the [rows, items] score matrices in memory
+        out: dict[float, list[np.ndarray]] = {w: [] for w in self._weights}
+        for start in range(0, len(users), step):
+            rows = users[start:start + step]
+            towers = standardise((self._queries[rows] @ self._items.T).numpy())
+            graph = standardise(self._graph.scores(*take_rows(self._history, rows)))
+            excluded = None if exclude is None else take_rows(exclude, np.arange(start, start + len(rows)))
+            for weight in self._weights:
+                out[weight].append(_top_k(towers + np.float32(weight) * graph if weight else towers, excluded,
+                                          self._k))
+        return {w: np.concatenate(parts) for w, parts in out.items()}
+
+
+def _top_k(scores: np.ndarray, exclude: CSRPair | None, k: int) -> np.ndarray:
+    """int64 [rows, k] the best columns of each row, excluded ones (and slots beyond them) as -1."""
+    import torch
+
+    scores = torch.from_numpy(np.array(scores, dtype=np.float32))
+    if exclude is not None and len(exclude[1]):
+        scores[torch.from_numpy(row_ids(exclude[0])), torch.from_numpy(np.asarray(exclude[1], dtype=np.int64))] = \
+            float("-inf")
+    values, ids = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    ids[values == float("-inf")] = -1
+    return ids.numpy()
+
+
 def popularity_ranker(item_counts: np.ndarray, k: int) -> Ranker:
     """Most-popular baseline: every user gets the items with the highest counts (ties: lower id),
     minus the excluded ones; runs through the exact scorer as a 1-D inner product."""
@@ -422,6 +501,7 @@ def evaluate_model(
     shard: tuple[int, int] = (0, 1),
     combine: Callable[[RankingMetrics], None] | None = None,
     device: Any = None,
+    graph: Any = None,
 ) -> EvalResult:
     """Encodes every user and item with `model` (eval mode) and evaluates on `split`.
 
@@ -432,11 +512,16 @@ def evaluate_model(
         protocol: the evaluation protocol (`twotower.settings.eval.EvalConfig`); default: the defaults.
         shard, combine: one shard of a distributed evaluation, see `evaluate_rankings`.
         device: rank on this torch device (CUDA: on the GPU; None or the CPU: the C++ scorer).
+        graph: a `GraphFilter` whose weight is > 0 blends its scores (read from the dataset's training
+            histories) into the towers' (`graph_ranker`, on the CPU); None or weight 0: the towers alone.
     """
     targets = split_targets(dataset, split, protocol)
     item_vectors = model.item_search_vectors()
-    ranker = exact_ranker(model.user_search_vectors(), item_vectors, ranking_width(ks, len(item_vectors)),
-                          num_threads=num_threads, device=device)
+    width = ranking_width(ks, len(item_vectors))
+    if graph is not None and graph.weight > 0:
+        ranker = graph_ranker(model.user_search_vectors(), item_vectors, graph, csr_pair(dataset.train_history), width)
+    else:
+        ranker = exact_ranker(model.user_search_vectors(), item_vectors, width, num_threads=num_threads, device=device)
     return evaluate_targets(ranker, targets, num_items=len(item_vectors), ks=ks, progress=progress, desc="exact",
                             batch_size=batch_size, shard=shard, combine=combine)
 

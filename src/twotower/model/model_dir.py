@@ -5,6 +5,8 @@
     user_vocab.parquet     external user id <-> code
     item_vocab.parquet     external item id <-> code
     seen.safetensors       every user's known items (train + valid + test) as CSR, for filtering
+    graph_filter.safetensors   (with `model.graph_filter`, when validation chose a weight > 0) the
+                           graph filter blended into the exact rankings (`twotower.model.graph_filter`)
     results.json           validation / test metrics and the baselines of the run
     manifest.json          the SHA-256 of every other file but the weights (config.json holds theirs),
                            checked on every load: a changed file is refused, named
@@ -30,6 +32,7 @@ from twotower.atomic import (
     write_manifest,
 )
 from twotower.data import CSR, SplitDataset, Vocabulary
+from twotower.model.graph_filter import GRAPH_FILTER_FILE, GraphFilter
 from twotower.model.io import WEIGHTS_FILE, load_model, save_model
 from twotower.model.two_tower import TwoTowerModel
 
@@ -46,6 +49,7 @@ class TrainedModel:
     seen: CSR
     config: dict[str, Any]
     path: Path
+    graph: GraphFilter | None = None
 
 
 def all_seen(dataset: SplitDataset) -> CSR:
@@ -56,9 +60,11 @@ def all_seen(dataset: SplitDataset) -> CSR:
 
 
 def save_model_dir(
-    path: Path, model: TwoTowerModel, dataset: SplitDataset, config: dict[str, Any], results: dict[str, Any]
+    path: Path, model: TwoTowerModel, dataset: SplitDataset, config: dict[str, Any], results: dict[str, Any],
+    *, graph: GraphFilter | None = None,
 ) -> Path:
-    """Writes a complete model directory at `path` (replacing an older one only once complete)."""
+    """Writes a complete model directory at `path` (replacing an older one only once complete), with
+    `graph` (a blended graph filter) when given."""
     seen = all_seen(dataset)
 
     def fill(tmp: Path) -> None:
@@ -68,6 +74,8 @@ def save_model_dir(
         arrays = {"indptr": np.ascontiguousarray(seen.indptr), "indices": np.ascontiguousarray(seen.indices)}
         atomic_write(tmp / "seen.safetensors", lambda file: save_file(arrays, str(file)))  # names it when it fails
         write_json_atomic(tmp / "results.json", results)
+        if graph is not None:
+            graph.save(tmp / GRAPH_FILTER_FILE)
         write_manifest(tmp, skip=(WEIGHTS_FILE,))  # config.json, in the manifest, holds the weights' hash
 
     return write_dir_atomic(path, fill)
@@ -142,4 +150,7 @@ def load_model_dir(path: str | Path) -> TrainedModel:
     if seen.num_rows != model.num_users:
         raise ValueError(f"{path / 'seen.safetensors'} has {seen.num_rows} users; the model has {model.num_users}")
     config = read_json_object(path / "config.json")
-    return TrainedModel(model, user_vocab, item_vocab, seen, config, path)
+    graph = GraphFilter.load(path / GRAPH_FILTER_FILE) if (path / GRAPH_FILTER_FILE).is_file() else None
+    if graph is not None and graph.num_items != model.num_items:
+        raise ValueError(f"{path / GRAPH_FILTER_FILE} covers {graph.num_items} items; the model has {model.num_items}")
+    return TrainedModel(model, user_vocab, item_vocab, seen, config, path, graph)

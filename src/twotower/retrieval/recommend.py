@@ -57,7 +57,8 @@ class Recommendation:
     Attributes:
         query: the user id or item id as given; for new users, their position in the request.
         items: external item ids [n <= k].
-        scores: float32 [n] in the model's own scoring (for "neg_l2": -||u - v||^2).
+        scores: float32 [n] in the model's own scoring (for "neg_l2": -||u - v||^2): the towers'
+            scores, also where a graph filter's blend ordered the items (`Recommender.recommend`).
     """
 
     query: Any
@@ -178,7 +179,9 @@ class Recommender:
 
     # -- queries ----------------------------------------------------------------------------------
     def recommend(self, user_ids: Sequence[Any], k: int = 10, *, exclude_seen: bool = True) -> list[Recommendation]:
-        """Top-k items for users seen in training.
+        """Top-k items for users seen in training; for a model saved with a graph filter
+        (`model.graph_filter`) and the exact search, ranked by the blend of the towers and the
+        filter, as the model was evaluated (the HNSW index and the other queries: the towers alone).
 
         Args:
             user_ids: external user ids (ints, or their text, for integer vocabularies).
@@ -193,8 +196,28 @@ class Recommender:
         """
         k = check_k(k)
         users = _as_id_list(user_ids, "user_ids")
+        if self._trained.graph is not None and not self.ann:
+            return self._blended_answer(users, k, exclude_seen)
         queries, exclude = self.user_queries(users, exclude_seen=exclude_seen)
         return self._answer(users, queries, k, exclude)
+
+    def _blended_answer(self, users: list[Any], k: int, exclude_seen: bool) -> list[Recommendation]:
+        """`recommend` of a model saved with a graph filter: the exact ranking of the blend, the
+        filter reading each user's known items (train, valid and test)."""
+        from twotower.evaluate import graph_ranker
+
+        codes = self._codes(users, "user")
+        queries, exclude = self.code_queries(codes, exclude_seen=exclude_seen)
+        seen = self._trained.seen
+        items = self.item_search_vectors()
+        rank = graph_ranker(queries, items, self._trained.graph, take_rows((seen.indptr, seen.indices), codes),
+                            min(k, self.num_items))
+        ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
+        scores = np.einsum("bd,bkd->bk", queries, items[np.maximum(ids, 0)]).astype(np.float32)
+        scores = true_scores(queries, scores, self._scoring)
+        decode = self._trained.item_vocab.decode
+        return [Recommendation(user, decode(row_ids[row_ids >= 0]), row_scores[row_ids >= 0])
+                for user, row_scores, row_ids in zip(users, scores, ids, strict=True)]
 
     def user_queries(self, user_ids: Sequence[Any], *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
         """The search vectors [B, D'] of users seen in training and, with `exclude_seen`, their known

@@ -9,6 +9,7 @@ new model directory's own items.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from twotower.model.model_dir import load_model_dir
 from twotower.retrieval.recommend import Recommender
 from twotower.serve.catalogue import LiveCatalogue
 from twotower.serve.ids import IdLookup
+
+log = logging.getLogger("twotower")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int
             no saved index with `ann`).
     """
     recommender = Recommender(load_model_dir(model_dir))
+    if recommender.trained.graph is not None:
+        log.warning("%s carries a graph filter (model.graph_filter): the service ranks by the towers alone (its live "
+                    "catalogue takes new items the filter never saw); `twotower recommend` ranks by the blend",
+                    model_dir)
     catalogue = LiveCatalogue(recommender, ann=ann, num_threads=search_threads)
     digest = str(recommender.trained.config.get("weights_sha256") or "unhashed")[:12]
     return Served(recommender, catalogue, f"{generation}:{digest}", IdLookup(recommender.trained.user_vocab))

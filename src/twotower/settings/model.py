@@ -8,6 +8,7 @@ from `model.safetensors`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,15 @@ class ModelConfig:
             0.02 costs no measurable accuracy (ML-100K, valid NDCG@10 within noise of 0) and makes
             an unseen user or item get a trained vector (close to "what everyone likes").
         init_std: standard deviation of the normal init of every embedding table.
+        graph_filter: after training, blend GF-CF's closed-form graph filter into the ranking
+            (`twotower.model.graph_filter`): each user's tower scores and filter scores are
+            standardised over the catalogue and added, the filter's with the weight among
+            `graph_filter_weights` that scores best on validation (`train.select_metric`; 0, the
+            towers alone, is always a candidate). Needs a validation split to choose the weight.
+            The exact rankings (`evaluate`, `recommend`) use the blend; an HNSW index and `serve`
+            rank by the towers alone.
+        graph_filter_weights: the candidate weights (each >= 0).
+        graph_filter_rank: singular vectors of the filter's low-pass term (GF-CF's 256; 0 leaves it out).
     """
 
     embedding_dim: int = 64
@@ -140,6 +150,9 @@ class ModelConfig:
     item_history_length: int = 0
     id_dropout: float = 0.02
     init_std: float = 0.05
+    graph_filter: bool = False
+    graph_filter_weights: list[float] = field(default_factory=lambda: [0.0, 0.025, 0.05, 0.1, 0.2])
+    graph_filter_rank: int = 256
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -169,6 +182,12 @@ class ModelConfig:
             raise ValueError(f"id_dropout must be in [0, 1); got {self.id_dropout}")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be > 0; got {self.init_std}")
+        weights = self.graph_filter_weights
+        if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                              for w in weights):
+            raise ValueError(f"graph_filter_weights must be a non-empty list of finite floats >= 0; got {weights}")
+        if self.graph_filter_rank < 0:
+            raise ValueError(f"graph_filter_rank must be >= 0 (0 = no low-pass term); got {self.graph_filter_rank}")
 
     def _check_gate_widths(self) -> None:
         """The gate blends the history into the user id embedding: both need the same width."""

@@ -20,6 +20,7 @@ from twotower.model.two_tower import TwoTowerModel
 from twotower.plots import plot_training
 from twotower.settings import TrainConfig
 from twotower.training.checkpoint import drop_optimizer_state, latest_checkpoint, prune_checkpoints
+from twotower.training.graph_blend import choose_graph_blend
 
 __all__ = ["CHECKPOINTS", "MODEL", "TrainResult", "finish_run", "settle"]
 
@@ -60,6 +61,13 @@ def finish_run(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn
     kwargs = {"ks": loop.ks, "progress": False, "protocol": config.eval}
     valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
     test = evaluate_model(model, dataset, split="test", num_threads=threads, **kwargs)
+    blend = choose_graph_blend(config, model, dataset)
+    graph = blend.graph if blend is not None and blend.graph.weight > 0 else None
+    graph_results = {} if blend is None else {"graph_filter": {
+        **blend.describe(), "towers": {"valid": valid.to_dict(), "test": test.to_dict()}}}
+    if graph is not None:  # the blend is the model's ranking from here on
+        valid = evaluate_model(model, dataset, split="valid", graph=graph, **kwargs)
+        test = evaluate_model(model, dataset, split="test", graph=graph, **kwargs)
     pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
     pop_test = evaluate_popularity(dataset, split="test", **kwargs)
     results = {
@@ -68,12 +76,13 @@ def finish_run(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn
         "valid": valid.to_dict(),
         "test": test.to_dict(),
         "popularity": {"valid": pop_valid.to_dict(), "test": pop_test.to_dict()},
+        **graph_results,
         "protocol": dataclasses.asdict(config.eval),
         "data": {"users": dataset.num_users, "items": dataset.num_items, "train": len(dataset.train.users),
                  "valid": len(dataset.valid.users), "test": len(dataset.test.users),
                  **{key: dataset.stats[key] for key in _LEFT_OUT if key in dataset.stats}},
     }
-    model_dir = save_model_dir(out_dir / MODEL, model, dataset, saved_config, results)
+    model_dir = save_model_dir(out_dir / MODEL, model, dataset, saved_config, results, graph=graph)
     write_json_atomic(out_dir / "results.json", results)
     plot_training(history, out_dir / "training.png", select_metric=loop.select_metric)
     settle(out_dir, keep_optimizer_state=loop.keep_optimizer_state)

@@ -1,0 +1,101 @@
+"""The graph filter's blend (`model.graph_filter`) on already trained runs, valid and test.
+
+For each run directory (what `twotower train --out RUN` wrote), fits the filter on the run's training
+split, chooses the blend weight on validation exactly as training does with `model.graph_filter`
+on (`twotower.training.graph_blend`), and reports the towers alone against the blend on valid and
+test, per run and as mean and spread, with the time the filter took:
+
+    python -m benchmarks.graph_filter RUN [RUN ...] --name gowalla-example
+
+Writes benchmarks/results/graph-filter-<name>.md and .json (the CPU named). A run trained with the
+setting on already carries its blend in results.json; this re-derives it from the towers, so the
+same command compares runs trained before the setting existed. A run directory that is missing
+is named and skipped (exit 0 when none is left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.runner import markdown_table, write_results
+
+
+def blend_run(run: Path, weights: list[float] | None) -> dict[str, Any]:
+    """Towers and blend metrics of one run (its select metric's @k, recall at the same k)."""
+    from twotower.evaluate import evaluate_model
+    from twotower.model.model_dir import load_model_dir, trained_dataset
+    from twotower.settings import TrainConfig
+    from twotower.training.graph_blend import choose_graph_blend
+
+    trained = load_model_dir(run / "model")
+    dataset = trained_dataset(trained)
+    config = TrainConfig.from_dict(trained.config["train_config"])
+    model_settings = dataclasses.replace(config.model, graph_filter=True,
+                                         graph_filter_weights=weights or config.model.graph_filter_weights)
+    config = dataclasses.replace(config, model=model_settings)
+    metric = config.train.select_metric
+    recall = "recall@" + metric.split("@")[1]
+    started = time.perf_counter()
+    blend = choose_graph_blend(config, trained.model, dataset)
+    row: dict[str, Any] = {"run": str(run), "metric": metric, "weight": blend.graph.weight,
+                           "valid_by_weight": blend.describe()["valid_by_weight"]}
+    for split in ("valid", "test"):
+        towers = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
+                                protocol=config.eval)
+        mixed = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
+                               protocol=config.eval, graph=blend.graph)
+        for name, result in (("towers", towers), ("blend", mixed)):
+            row[f"{split}_{name}_{recall.split('@')[0]}"] = result[recall]
+            row[f"{split}_{name}_{metric.split('@')[0]}"] = result[metric]
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    row["fit_and_choose_seconds"] = round(blend.seconds, 1)
+    return row
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> str:
+    values = [row[key] for row in rows]
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories written by `twotower train --out`")
+    parser.add_argument("--name", required=True, help="results go to benchmarks/results/graph-filter-NAME.md")
+    parser.add_argument("--weights", type=float, nargs="+", help="candidate weights (default: the setting's)")
+    args = parser.parse_args(argv)
+    runs = [run for run in args.runs if (run / "model").is_dir()]
+    for run in sorted(set(args.runs) - set(runs)):
+        print(f"{run}: no model directory (RUN/model); skipped")
+    if not runs:
+        return 0
+    rows = []
+    for run in runs:
+        row = blend_run(run, args.weights)
+        rows.append(row)
+        print(f"{run}: weight {row['weight']}, validation by weight {row['valid_by_weight']}, "
+              + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k.startswith(("valid_", "test_"))), flush=True)
+    metric = rows[0]["metric"]
+    name, k = metric.split("@")
+    keys = [f"{split}_{kind}_{m}" for split in ("valid", "test") for kind in ("towers", "blend")
+            for m in ("recall", name)]
+    header = ["run", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys], "filter + choice (s)"]
+    table_rows = [[Path(row["run"]).name, row["weight"], *[f"{row[key]:.4f}" for key in keys],
+                   row["fit_and_choose_seconds"]] for row in rows]
+    table_rows.append(["mean ± spread", "", *[_mean(rows, key) for key in keys], ""])
+    command = "python -m benchmarks.graph_filter " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = f"`{command}`\n\n" + markdown_table(header, table_rows)
+    path = write_results(f"graph-filter-{args.name}", table, {"rows": rows})
+    print(table)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""A closed-form graph filter over the training interactions, blended into the towers' scores.
+
+GF-CF (Shen et al., "How Powerful is Graph Convolution for Recommendation?", CIKM 2021) scores an
+item for a user straight from the training graph, without training: with R the binary user x item
+matrix and R~ = D_u^-1/2 R D_i^-1/2 its degree-normalised form, a user whose history is the row
+r scores
+
+    g(r) = r R~^T R~  +  a * r D_i^-1/2 V V^T D_i^1/2
+
+where the first term (the linear filter) sums the normalised co-occurrence paths user - item -
+user - item, and the second (the ideal low-pass filter, weight a = 0.3 as published) projects the
+history onto the top right singular vectors V of R~ (rank 256 as published). On Gowalla's LightGCN
+split it alone gives the published LightGCN's test recall; blended into a trained two-tower (each
+user's scores standardised, the filter's added with a weight chosen on validation) it adds what
+the towers miss (benchmarks/results/quality-gowalla-search.md).
+
+Both terms read only the user's history, so new users with a history get them too; items without
+training rows score 0. The filter is fitted once from the training split in seconds to a minute
+(a sparse truncated SVD) and saved next to the model (`save` / `load`, safetensors, no pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from twotower.atomic import atomic_write
+
+__all__ = ["GRAPH_FILTER_FILE", "GraphFilter", "blend", "standardise"]
+
+GRAPH_FILTER_FILE = "graph_filter.safetensors"
+
+# Below this many cells the SVD is taken of the dense matrix (exact, and svds needs rank < min(shape)).
+_DENSE_SVD_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class GraphFilter:
+    """GF-CF's filter fitted on one training split, and the weight of its blend into the towers.
+
+    Attributes:
+        indptr, indices, values: R~ (users x items, CSR, float32 values).
+        item_scale: float32 [num_items] D_i^-1/2 (0 for items without training rows).
+        spectrum: float32 [rank, num_items] the top right singular vectors of R~ (rows).
+        ideal_weight: weight of the low-pass term against the linear one.
+        weight: weight of the filter's standardised scores added to the towers' (0: towers alone).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    item_scale: np.ndarray
+    spectrum: np.ndarray
+    ideal_weight: float = 0.3
+    weight: float = 0.0
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_scale)
+
+    @property
+    def rank(self) -> int:
+        return self.spectrum.shape[0]
+
+    @classmethod
+    def fit(cls, indptr: np.ndarray, indices: np.ndarray, num_items: int, *, rank: int = 256,
+            ideal_weight: float = 0.3, seed: int = 0) -> GraphFilter:
+        """The filter of a training split given as CSR over users (`indptr`, `indices`: item codes
+        in [0, num_items); repeated entries count once). `rank` is capped below the matrix's
+        smaller side; 0 leaves the low-pass term out."""
+        from scipy.sparse.linalg import svds
+
+        if rank < 0:
+            raise ValueError(f"graph filter rank must be >= 0; got {rank}")
+        if not np.isfinite(ideal_weight) or ideal_weight < 0:
+            raise ValueError(f"graph filter ideal_weight must be a finite float >= 0; got {ideal_weight}")
+        matrix = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), num_items)
+        user_degree = np.asarray(matrix.sum(axis=1)).ravel()
+        item_degree = np.asarray(matrix.sum(axis=0)).ravel()
+        user_scale, item_scale = _inverse_sqrt(user_degree), _inverse_sqrt(item_degree)
+        normalised = (matrix.multiply(user_scale[:, None]).multiply(item_scale[None, :])).tocsr().astype(np.float64)
+        rank = min(rank, min(normalised.shape) - 1)
+        if rank <= 0 or normalised.nnz == 0:
+            spectrum = np.zeros((0, num_items), dtype=np.float32)
+        elif normalised.shape[0] * normalised.shape[1] <= _DENSE_SVD_CELLS:
+            spectrum = np.linalg.svd(normalised.toarray(), full_matrices=False)[2][:rank]
+        else:
+            _, singular, vt = svds(normalised, k=rank, random_state=np.random.default_rng(seed))
+            spectrum = vt[np.argsort(-singular)]
+        normalised.sort_indices()
+        return cls(normalised.indptr.astype(np.int64), normalised.indices.astype(np.int64),
+                   normalised.data.astype(np.float32), item_scale.astype(np.float32),
+                   np.ascontiguousarray(spectrum, dtype=np.float32), float(ideal_weight))
+
+    def scores(self, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """float32 [B, num_items]: g(r) for B histories given as CSR (item codes; repeats count once)."""
+        import scipy.sparse as sp
+
+        rows = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), self.num_items)
+        normalised = sp.csr_matrix((self.values, self.indices, self.indptr),
+                                   shape=(len(self.indptr) - 1, self.num_items))
+        # the B x users paths dense, then the catalogue through R~'s transpose (CSC times dense):
+        # the sparse-times-sparse product would build a mostly dense sparse matrix first
+        paths = _dense(rows @ normalised.T).astype(np.float32)
+        linear = np.ascontiguousarray((normalised.T @ paths.T).T, dtype=np.float32)
+        if self.rank == 0 or self.ideal_weight == 0:
+            return linear
+        projected = _dense(rows.multiply(self.item_scale[None, :]).tocsr() @ self.spectrum.T)
+        ideal = (projected @ self.spectrum) * _sqrt_or_zero(self.item_scale)[None, :]
+        return linear + np.float32(self.ideal_weight) * ideal.astype(np.float32)
+
+    def with_weight(self, weight: float) -> GraphFilter:
+        """The same filter with another blend weight (>= 0)."""
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"graph filter weight must be a finite float >= 0; got {weight}")
+        return GraphFilter(self.indptr, self.indices, self.values, self.item_scale, self.spectrum,
+                           self.ideal_weight, float(weight))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the filter to `path` (safetensors; the weights in its metadata), atomically."""
+        arrays = {"indptr": self.indptr, "indices": self.indices, "values": self.values,
+                  "item_scale": self.item_scale, "spectrum": self.spectrum}
+        metadata = {"ideal_weight": repr(self.ideal_weight), "weight": repr(self.weight)}
+        atomic_write(Path(path), lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                                        str(tmp), metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GraphFilter:
+        """Reads a filter written by `save`; a damaged or inconsistent file is refused, named."""
+        from safetensors import safe_open
+
+        try:
+            arrays = load_file(str(path))
+            with safe_open(str(path), framework="numpy") as handle:
+                metadata = handle.metadata() or {}
+            ideal_weight, weight = float(metadata["ideal_weight"]), float(metadata["weight"])
+        except Exception as err:  # safetensors' error for a truncated file; a missing or bad metadata entry
+            raise ValueError(f"{path} is not a readable graph filter file ({type(err).__name__}: {err})") from None
+        missing = {"indptr", "indices", "values", "item_scale", "spectrum"} - set(arrays)
+        if missing:
+            raise ValueError(f"{path} is not a graph filter file: it lacks {sorted(missing)}")
+        graph = cls(arrays["indptr"], arrays["indices"], arrays["values"], arrays["item_scale"], arrays["spectrum"],
+                    ideal_weight, weight)
+        problem = graph._problem()
+        if problem is not None:
+            raise ValueError(f"{path}: {problem}")
+        return graph
+
+    def _problem(self) -> str | None:
+        """What makes the arrays inconsistent, or None."""
+        if self.indptr.ndim != 1 or len(self.indptr) < 1 or self.indptr[0] != 0:
+            return "indptr must be a 1-d array starting at 0"
+        if np.any(np.diff(self.indptr) < 0) or self.indptr[-1] != len(self.indices):
+            return "indptr does not delimit indices"
+        if len(self.indices) != len(self.values):
+            return f"indices ({len(self.indices)}) and values ({len(self.values)}) differ in length"
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= self.num_items):
+            return f"item codes outside [0, {self.num_items})"
+        if self.spectrum.ndim != 2 or self.spectrum.shape[1] != self.num_items:
+            return f"spectrum has shape {self.spectrum.shape}; expected (rank, {self.num_items})"
+        if not (np.isfinite(self.ideal_weight) and np.isfinite(self.weight)) or self.weight < 0:
+            return f"weights must be finite and the blend weight >= 0 (ideal {self.ideal_weight}, blend {self.weight})"
+        return None
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, over its standard deviation (a constant row becomes zeros), so two
+    scorers' rows can be added on one scale whatever their units."""
+    scores = np.asarray(scores, dtype=np.float32)
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+
+
+def blend(tower_scores: np.ndarray, graph_scores: np.ndarray, weight: float) -> np.ndarray:
+    """standardise(towers) + weight * standardise(graph), rows = users, over the whole catalogue."""
+    out = standardise(tower_scores)
+    if weight:
+        out += np.float32(weight) * standardise(graph_scores)
+    return out
+
+
+def _binary(indptr: np.ndarray, indices: np.ndarray, num_items: int):  # -> scipy.sparse.csr_matrix
+    import scipy.sparse as sp
+
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_items):
+        raise ValueError(f"history item codes must be in [0, {num_items})")
+    matrix = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                           shape=(len(indptr) - 1, num_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _inverse_sqrt(degree: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(degree), dtype=np.float64)
+    np.divide(1.0, np.sqrt(degree), out=out, where=degree > 0)
+    return out
+
+
+def _sqrt_or_zero(inverse_sqrt: np.ndarray) -> np.ndarray:
+    """D^1/2 from D^-1/2 (0 stays 0)."""
+    out = np.zeros(len(inverse_sqrt), dtype=np.float32)
+    np.divide(1.0, inverse_sqrt, out=out, where=inverse_sqrt > 0)
+    return out
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)

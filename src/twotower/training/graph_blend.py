@@ -1,0 +1,67 @@
+"""`model.graph_filter`: after training, fit the closed-form graph filter on the training split and
+choose the weight of its blend into the towers on validation (`twotower.model.graph_filter`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from twotower.data import SplitDataset
+from twotower.data.csr import csr_pair
+from twotower.evaluate import GraphSweep, evaluate_targets, ranking_width, split_targets
+from twotower.model.graph_filter import GraphFilter
+from twotower.model.two_tower import TwoTowerModel
+from twotower.settings import TrainConfig
+
+__all__ = ["GraphBlend", "choose_graph_blend"]
+
+log = logging.getLogger("twotower")
+
+
+@dataclass(frozen=True)
+class GraphBlend:
+    """The fitted filter (with the chosen weight) and what validation said of each candidate."""
+
+    graph: GraphFilter
+    metric: str
+    valid_by_weight: dict[float, float]
+    seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for results.json."""
+        return {"weight": self.graph.weight, "rank": self.graph.rank, "ideal_weight": self.graph.ideal_weight,
+                "select_metric": self.metric, "valid_by_weight": {repr(w): v for w, v in self.valid_by_weight.items()},
+                "seconds": round(self.seconds, 1)}
+
+
+def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: SplitDataset) -> GraphBlend | None:
+    """The blend `config.model` asks for: with several candidate weights, the one (0 included) with
+    the best validation `train.select_metric` (ties go to the smaller weight); a single candidate
+    is used as given (the refit of `train.refit` passes the weight its selection run chose). None
+    when the setting is off, or when there are candidates to choose from and no validation split
+    to choose on (logged)."""
+    settings = config.model
+    if not settings.graph_filter:
+        return None
+    given = sorted({float(w) for w in settings.graph_filter_weights})
+    if len(given) > 1 and len(dataset.valid.users) == 0:
+        log.warning("model.graph_filter chooses its weight on validation and this data has no validation split: "
+                    "the towers rank alone (set one weight in model.graph_filter_weights to blend without a choice)")
+        return None
+    started = time.perf_counter()
+    history = csr_pair(dataset.train_history)
+    graph = GraphFilter.fit(*history, dataset.num_items, rank=settings.graph_filter_rank, seed=config.train.seed)
+    metric = config.train.select_metric
+    if len(given) == 1:
+        return GraphBlend(graph.with_weight(given[0]), metric, {}, time.perf_counter() - started)
+    weights = sorted({0.0, *given})
+    ks = config.train.ks
+    sweep = GraphSweep(model.user_search_vectors(), model.item_search_vectors(), graph, history,
+                       ranking_width(ks, dataset.num_items), weights)
+    targets = split_targets(dataset, "valid", config.eval)
+    scores = {w: evaluate_targets(sweep.ranker(w), targets, num_items=dataset.num_items, ks=ks, progress=False,
+                                  desc="graph filter")[metric] for w in weights}
+    best = max(weights, key=lambda w: (scores[w], -w))
+    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started)
