@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         row = blend_run(run, args.weights)
         rows.append(row)
-        print(f"{run}: weight {row['weight']}, validation by weight {row['valid_by_weight']}, "
-              + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k.startswith(("valid_", "test_"))), flush=True)
+        figures = ", ".join(f"{key} {value:.4f}" for key, value in row.items()
+                            if isinstance(value, float) and key.startswith(("valid_", "test_")))
+        print(f"{run}: weight {row['weight']}, validation by weight {row['valid_by_weight']}, {figures}", flush=True)
     metric = rows[0]["metric"]
     name, k = metric.split("@")
     keys = [f"{split}_{kind}_{m}" for split in ("valid", "test") for kind in ("towers", "blend")

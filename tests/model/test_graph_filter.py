@@ -87,7 +87,8 @@ def test_standardise_and_blend() -> None:
     np.testing.assert_allclose(z.std(1), 1, rtol=1e-5)
     mixed = blend(towers, graph, 0.5)
     want = (towers - towers.mean(1, keepdims=True)) / towers.std(1, keepdims=True)
-    gz = (graph - graph.mean(1, keepdims=True)) / np.where(graph.std(1, keepdims=True) > 0, graph.std(1, keepdims=True), 1)
+    spread = graph.std(1, keepdims=True)
+    gz = (graph - graph.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1)
     np.testing.assert_allclose(mixed, want + 0.5 * gz, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mixed[2], want[2], rtol=1e-5, atol=1e-6)
 
