@@ -10,7 +10,7 @@ from typing import Any
 
 from twotower.data import SplitDataset
 from twotower.data.csr import csr_pair
-from twotower.evaluate import GraphSweep, evaluate_targets, ranking_width, split_targets
+from twotower.evaluate import EvalResult, GraphSweep, evaluate_targets, ranking_width, split_targets
 from twotower.model.graph_filter import GraphFilter
 from twotower.model.two_tower import TwoTowerModel
 from twotower.settings import TrainConfig
@@ -28,6 +28,7 @@ class GraphBlend:
     metric: str
     valid_by_weight: dict[float, float]
     seconds: float
+    valid: EvalResult | None = None  # the chosen weight's validation result, when it was chosen here
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for results.json."""
@@ -61,7 +62,8 @@ def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: Split
     sweep = GraphSweep(model.user_search_vectors(), model.item_search_vectors(), graph, history,
                        ranking_width(ks, dataset.num_items), weights)
     targets = split_targets(dataset, "valid", config.eval)
-    scores = {w: evaluate_targets(sweep.ranker(w), targets, num_items=dataset.num_items, ks=ks, progress=False,
-                                  desc="graph filter")[metric] for w in weights}
+    results = {w: evaluate_targets(sweep.ranker(w), targets, num_items=dataset.num_items, ks=ks, progress=False,
+                                   desc="graph filter") for w in weights}
+    scores = {w: result[metric] for w, result in results.items()}
     best = max(weights, key=lambda w: (scores[w], -w))
-    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started)
+    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started, results[best])

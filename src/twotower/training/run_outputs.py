@@ -66,7 +66,7 @@ def finish_run(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn
     graph_results = {} if blend is None else {"graph_filter": {
         **blend.describe(), "towers": {"valid": valid.to_dict(), "test": test.to_dict()}}}
     if graph is not None:  # the blend is the model's ranking from here on
-        valid = evaluate_model(model, dataset, split="valid", graph=graph, **kwargs)
+        valid = blend.valid or evaluate_model(model, dataset, split="valid", graph=graph, **kwargs)
         test = evaluate_model(model, dataset, split="test", graph=graph, **kwargs)
     pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
     pop_test = evaluate_popularity(dataset, split="test", **kwargs)
