@@ -147,12 +147,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     for split, evaluated in (("valid", result.valid), ("test", result.test)):
         say(_targets_line(split, evaluated.targets))
     say(f"\nbest epoch {result.best_epoch} (by valid {config.train.select_metric}); model saved to {result.model_dir}")
+    graph_line = _graph_filter_line(out / "results.json")
+    if graph_line:
+        say(graph_line)
     if result.refit is not None:
         say(f"refit on train + valid for {result.refit.best_epoch} epochs; model saved to {result.refit.model_dir} "
             "(serve this one)")
     say(f"metrics per epoch: {out / 'metrics.jsonl'}, plot: {out / 'training.png'}")
     say(f"run directory: {result.disk_bytes / 1e6:.1f} MB on disk ({out}; hard-linked weights counted once)")
     return 0
+
+
+def _graph_filter_line(results_path: Path) -> str:
+    """What `model.graph_filter` chose, from results.json ("" when the run has no blend)."""
+    from twotower.atomic import read_json_object
+
+    section = read_json_object(results_path).get("graph_filter") if results_path.is_file() else None
+    if not section:
+        return ""
+    metric, weight = section["select_metric"], section["weight"]
+    towers = section["towers"]["valid"]["metrics"][metric]
+    chosen = section["valid_by_weight"].get(repr(float(weight)))
+    how = (f"chosen on valid {metric} ({towers:.4f} for the towers alone, {chosen:.4f} with it)"
+           if chosen is not None else "as set")
+    rows = "the model's rows above are the blend" if weight > 0 else "the towers rank alone"
+    return f"graph filter: weight {weight} {how}; {rows} ({section['seconds']} s to fit and choose)"
 
 
 # -- tune -------------------------------------------------------------------------------------------
