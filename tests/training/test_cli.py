@@ -386,3 +386,18 @@ def test_evaluate_takes_a_protocol_preset_and_single_rules_over_it(trained, caps
     assert test_row("--eval.exclude", "train")[0] == train_only
     assert main(["evaluate", str(trained / "model"), "--eval.repeat_targets", "twice"]) == 2
     assert "eval.repeat_targets must be one of 'exclude', 'rank'; got 'twice'" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_with_the_graph_filter(tmp_path, capsys):
+    """`--model.graph_filter`: training says what it chose, `evaluate` reproduces the blended metrics."""
+    out = tmp_path / "run"
+    tiny = [arg if arg != "5" else "2" for arg in TINY]
+    assert main(["train", "--out", str(out), *tiny, "--model.graph_filter", "--model.graph_filter_weights", "2.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "graph filter: weight 2.0 as set; the model's rows above are the blend" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["graph_filter"]["towers"]["test"]["metrics"] != results["test"]["metrics"]
+    assert main(["evaluate", str(out / "model"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    test_line = next(line for line in table.splitlines() if line.startswith("model + graph filter, test"))
+    assert f"{results['test']['metrics']['recall@10']:.4f}" in test_line
