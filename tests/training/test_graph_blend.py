@@ -119,3 +119,16 @@ def test_bad_settings_are_named() -> None:
     config.model.graph_filter_rank = -1
     with pytest.raises(ValueError, match="graph_filter_rank must be >= 0"):
         config.validate()
+
+
+def test_a_finished_run_resumed_with_the_filter_gains_the_blend(tmp_path) -> None:
+    """The filter comes after training: resuming a finished run with it only redoes the finish."""
+    from twotower.training.loop import fit
+
+    first = fit(tiny_config(), tmp_path, echo=lambda line: None)
+    assert "graph_filter" not in json.loads((tmp_path / "results.json").read_text())
+    again = fit(graph_config([2.0]), tmp_path, resume=True, echo=lambda line: None)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["graph_filter"]["weight"] == 2.0 and again.best_epoch == first.best_epoch
+    assert results["graph_filter"]["towers"]["valid"]["metrics"] == first.valid.to_dict()["metrics"]
+    assert (tmp_path / "model" / "graph_filter.safetensors").is_file()

@@ -14,13 +14,15 @@ __all__ = ["COSMETIC", "changed_settings", "semantic_settings"]
 
 
 # Settings that do not change what is trained or selected: a resumed run may differ in them (so a
-# finished run can be resumed with --train.refit to add its refit).
+# finished run can be resumed with --train.refit to add its refit, or with --model.graph_filter to
+# add the graph filter's blend, which comes after training).
 # (eval.exclude concerns the test ranking only; unknown_targets and repeat_targets change the
 # validation metric, hence the best epoch and early stopping. Where the data files are does not
 # matter: the data fingerprint, checked apart, says whether they hold the same data.)
 COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
                        "keep_optimizer_state", "refit", "tune_allocator", "distributed_eval"),
-             "eval": ("exclude",), "data": DataSource.FILES}
+             "eval": ("exclude",), "data": DataSource.FILES,
+             "model": ("graph_filter", "graph_filter_weights", "graph_filter_rank")}
 
 
 def semantic_settings(config: dict[str, Any]) -> dict[str, Any]:
