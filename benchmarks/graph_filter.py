@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     name, k = metric.split("@")
     keys = [f"{split}_{kind}_{m}" for split in ("valid", "test") for kind in ("towers", "blend")
             for m in ("recall", name)]
-    header = ["run", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys], "filter + choice (s)"]
+    header = ["run", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys], "filter, choice and test (s)"]
     table_rows = [[Path(row["run"]).name, row["weight"], *[f"{row[key]:.4f}" for key in keys],
                    row["fit_and_choose_seconds"]] for row in rows]
     table_rows.append(["mean ± spread", "", *[_mean(rows, key) for key in keys], ""])

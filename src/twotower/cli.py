@@ -171,7 +171,7 @@ def _graph_filter_line(results_path: Path) -> str:
     how = (f"chosen on valid {metric} ({towers:.4f} for the towers alone, {chosen:.4f} with it)"
            if chosen is not None else "as set")
     rows = "the model's rows above are the blend" if weight > 0 else "the towers rank alone"
-    return f"graph filter: weight {weight} {how}; {rows} ({section['seconds']} s to fit and choose)"
+    return f"graph filter: weight {weight} {how}; {rows} ({section['seconds']} s to fit, choose and rank test)"
 
 
 # -- tune -------------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def _device_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, d
 
 def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair, k: int) -> Ranker:
     """Ranks by the towers' inner products blended with a graph filter's scores at `graph.weight`
-    (`twotower.model.graph_filter.blend`), over the whole catalogue in torch.
+    (`twotower.model.graph_filter.blend`), over the whole catalogue.
 
     Args:
         user_vectors, item_vectors: as `exact_ranker`'s.
@@ -226,67 +226,100 @@ def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any,
         history: CSR over users (row = user code) of the histories the filter reads (the training split).
         k: list length.
     """
-    return GraphSweep(user_vectors, item_vectors, graph, history, k, (graph.weight,)).ranker(graph.weight)
+    blended = _BlendedScores(user_vectors, item_vectors, graph, history)
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        parts = []
+        for start, towers, filtered in blended.chunks(np.asarray(users, dtype=np.int64)):
+            rows = np.arange(start, start + len(towers))
+            parts.append(_top_k(towers + np.float32(graph.weight) * filtered, None if exclude is None
+                                else take_rows(exclude, rows), k))
+        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+
+    return rank
 
 
 class GraphSweep:
-    """Rankers for several blend weights that score each batch of users once: the first ranker
-    asked for a batch computes the top-k of every weight, the others read theirs (each list is
-    dropped once read), so a sweep over W weights costs one scoring pass, not W."""
+    """The blended top-k lists of several weights and several exclusion rules (one per split),
+    computed in one pass over the users: each user's blended scores are computed once, whichever
+    weight and split asks first, and every (split, weight) list is kept by user code. So choosing
+    a weight on validation and ranking test with it costs one scoring pass, not one per weight and
+    split.
+
+    Args:
+        user_vectors, item_vectors, graph, history, k: as `graph_ranker`'s.
+        weights: the blend weights.
+        excludes: per split name, the CSR over all users of the items its rankings leave out (the
+            split's `SplitTargets.exclude`); a split's rankers read theirs from here.
+    """
 
     def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair, k: int,
-                 weights: Sequence[float]) -> None:
-        import torch
+                 weights: Sequence[float], excludes: dict[str, CSRPair | None]) -> None:
+        self._blended = _BlendedScores(user_vectors, item_vectors, graph, history)
+        self._k, self._weights, self._excludes = int(k), tuple(float(w) for w in weights), dict(excludes)
+        num_users = len(user_vectors)
+        self._done = np.zeros(num_users, dtype=bool)
+        self._lists = {(split, w): np.full((num_users, self._k), -1, dtype=np.int32)
+                       for split in self._excludes for w in self._weights}
 
-        self._queries = torch.from_numpy(np.array(user_vectors, dtype=np.float32))  # copies: inputs may be read-only
-        self._items = torch.from_numpy(np.array(item_vectors, dtype=np.float32))
-        if graph.num_items != len(item_vectors):
-            raise ValueError(f"the graph filter covers {graph.num_items} items; the model has {len(item_vectors)}")
-        self._graph, self._history, self._k = graph, csr_pair(history), int(k)
-        self._weights = tuple(float(w) for w in weights)
-        self._pending: dict[bytes, dict[float, np.ndarray]] = {}
-
-    def ranker(self, weight: float) -> Ranker:
-        """The ranker of one of the sweep's weights."""
-        weight = float(weight)
-        if weight not in self._weights:
-            raise ValueError(f"weight {weight} is not one of the sweep's {list(self._weights)}")
+    def ranker(self, weight: float, split: str) -> Ranker:
+        """The ranker of one weight and split (the `exclude` it is called with is the split's own
+        rows, which the sweep already holds)."""
+        key = (split, float(weight))
+        if key not in self._lists:
+            raise ValueError(f"weight {weight} and split {split!r} are not among the sweep's weights "
+                             f"{list(self._weights)} and splits {list(self._excludes)}")
 
         def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
             users = np.asarray(users, dtype=np.int64)
-            key = users.tobytes()
-            if key not in self._pending:
-                self._pending[key] = self._rank_all(users, exclude)
-            lists = self._pending[key]
-            ids = lists.pop(weight)
-            if not lists:
-                del self._pending[key]
-            return ids
+            self._fill(users[~self._done[users]])
+            return self._lists[key][users].astype(np.int64)
 
         return rank
 
-    def _rank_all(self, users: np.ndarray, exclude: CSRPair | None) -> dict[float, np.ndarray]:
+    def _fill(self, users: np.ndarray) -> None:
+        users = np.unique(users)
+        for start, towers, filtered in self._blended.chunks(users):
+            rows = users[start:start + len(towers)]
+            for split, exclude in self._excludes.items():
+                excluded = None if exclude is None else take_rows(exclude, rows)
+                for weight in self._weights:
+                    scores = towers + np.float32(weight) * filtered if weight else towers.copy()
+                    self._lists[(split, weight)][rows] = _top_k(scores, excluded, self._k)
+        self._done[users] = True
+
+
+class _BlendedScores:
+    """The two standardised halves of the blend for chunks of users, bounded in memory."""
+
+    def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair) -> None:
+        import torch
+
+        if graph.num_items != len(item_vectors):
+            raise ValueError(f"the graph filter covers {graph.num_items} items; the model has {len(item_vectors)}")
+        self._queries = torch.from_numpy(np.array(user_vectors, dtype=np.float32))  # copies: inputs may be read-only
+        self._items = torch.from_numpy(np.array(item_vectors, dtype=np.float32))
+        self._graph, self._history = graph, csr_pair(history)
+
+    def chunks(self, users: np.ndarray) -> Any:
+        """Yields (offset into `users`, standardised tower scores, standardised filter scores)."""
+        import torch
+
         from twotower.model.graph_filter import standardise
 
-        num_items = len(self._items)
-        step = max(1, (1 << 24) // max(num_items, 1))  # bounds the [rows, items] score matrices in memory
-        out: dict[float, list[np.ndarray]] = {w: [] for w in self._weights}
+        step = max(1, (1 << 24) // max(len(self._items), 1))  # bounds the [rows, items] matrices
         for start in range(0, len(users), step):
             rows = users[start:start + step]
-            towers = standardise((self._queries[rows] @ self._items.T).numpy())
-            graph = standardise(self._graph.scores(*take_rows(self._history, rows)))
-            excluded = None if exclude is None else take_rows(exclude, np.arange(start, start + len(rows)))
-            for weight in self._weights:
-                out[weight].append(_top_k(towers + np.float32(weight) * graph if weight else towers, excluded,
-                                          self._k))
-        return {w: np.concatenate(parts) for w, parts in out.items()}
+            towers = standardise((self._queries[torch.from_numpy(rows)] @ self._items.T).numpy())
+            yield start, towers, standardise(self._graph.scores(*take_rows(self._history, rows)))
 
 
 def _top_k(scores: np.ndarray, exclude: CSRPair | None, k: int) -> np.ndarray:
-    """int64 [rows, k] the best columns of each row, excluded ones (and slots beyond them) as -1."""
+    """int64 [rows, k] the best columns of each row (`scores` is changed), excluded ones (and
+    slots beyond them) as -1."""
     import torch
 
-    scores = torch.from_numpy(np.array(scores, dtype=np.float32))
+    scores = torch.from_numpy(np.asarray(scores, dtype=np.float32))
     if exclude is not None and len(exclude[1]):
         scores[torch.from_numpy(row_ids(exclude[0])), torch.from_numpy(np.asarray(exclude[1], dtype=np.int64))] = \
             float("-inf")

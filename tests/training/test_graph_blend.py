@@ -40,6 +40,9 @@ def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluatio
         independent = evaluate_model(trained.model, dataset, split="valid", ks=config.train.ks, progress=False,
                                      graph=blend.graph.with_weight(weight))
         assert independent[metric] == pytest.approx(score, abs=1e-12)
+    chosen_test = evaluate_model(trained.model, dataset, split="test", ks=config.train.ks, progress=False,
+                                 graph=blend.graph)
+    assert blend.test.metrics == pytest.approx(chosen_test.metrics, abs=1e-12)  # the sweep's test ranking
     best = max(blend.valid_by_weight.values())
     assert blend.valid_by_weight[blend.graph.weight] == best
     assert blend.graph.weight == min(w for w, s in blend.valid_by_weight.items() if s == best)

@@ -28,7 +28,8 @@ class GraphBlend:
     metric: str
     valid_by_weight: dict[float, float]
     seconds: float
-    valid: EvalResult | None = None  # the chosen weight's validation result, when it was chosen here
+    valid: EvalResult | None = None  # the chosen weight's validation and test results, when it was chosen here
+    test: EvalResult | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for results.json."""
@@ -59,11 +60,14 @@ def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: Split
         return GraphBlend(graph.with_weight(given[0]), metric, {}, time.perf_counter() - started)
     weights = sorted({0.0, *given})
     ks = config.train.ks
+    targets = {split: split_targets(dataset, split, config.eval) for split in ("valid", "test")}
     sweep = GraphSweep(model.user_search_vectors(), model.item_search_vectors(), graph, history,
-                       ranking_width(ks, dataset.num_items), weights)
-    targets = split_targets(dataset, "valid", config.eval)
-    results = {w: evaluate_targets(sweep.ranker(w), targets, num_items=dataset.num_items, ks=ks, progress=False,
-                                   desc="graph filter") for w in weights}
+                       ranking_width(ks, dataset.num_items), weights,
+                       {split: target.exclude for split, target in targets.items()})
+    results = {w: evaluate_targets(sweep.ranker(w, "valid"), targets["valid"], num_items=dataset.num_items, ks=ks,
+                                   progress=False, desc="graph filter") for w in weights}
     scores = {w: result[metric] for w, result in results.items()}
     best = max(weights, key=lambda w: (scores[w], -w))
-    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started, results[best])
+    test = evaluate_targets(sweep.ranker(best, "test"), targets["test"], num_items=dataset.num_items, ks=ks,
+                            progress=False, desc="graph filter")
+    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started, results[best], test)

@@ -67,7 +67,7 @@ def finish_run(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn
         **blend.describe(), "towers": {"valid": valid.to_dict(), "test": test.to_dict()}}}
     if graph is not None:  # the blend is the model's ranking from here on
         valid = blend.valid or evaluate_model(model, dataset, split="valid", graph=graph, **kwargs)
-        test = evaluate_model(model, dataset, split="test", graph=graph, **kwargs)
+        test = blend.test or evaluate_model(model, dataset, split="test", graph=graph, **kwargs)
     pop_valid = evaluate_popularity(dataset, split="valid", **kwargs)
     pop_test = evaluate_popularity(dataset, split="test", **kwargs)
     results = {
