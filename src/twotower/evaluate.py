@@ -218,7 +218,8 @@ def _device_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, d
 
 def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Any, history: CSRPair, k: int) -> Ranker:
     """Ranks by the towers' inner products blended with a graph filter's scores at `graph.weight`
-    (`twotower.model.graph_filter.blend`), over the whole catalogue.
+    (`twotower.model.graph_filter.blend`), over the whole catalogue. Equal blended scores are
+    ordered as torch.topk leaves them (the exact scorer breaks ties by the lower item id).
 
     Args:
         user_vectors, item_vectors: as `exact_ranker`'s.
