@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twotower.evaluate import GraphSweep, graph_ranker
 from twotower.model.graph_filter import GraphFilter
+from twotower.retrieval.graph_rank import GraphSweep, graph_ranker
 
 
 def setup(seed: int, num_users: int = 30, num_items: int = 25):

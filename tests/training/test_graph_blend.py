@@ -50,8 +50,9 @@ def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluatio
 
 def test_a_run_with_the_filter_reports_saves_and_recommends_the_blend(tmp_path) -> None:
     from twotower.datasets import load_dataset
-    from twotower.evaluate import evaluate_model, graph_ranker
+    from twotower.evaluate import evaluate_model
     from twotower.model.model_dir import load_model_dir
+    from twotower.retrieval.graph_rank import graph_ranker
     from twotower.retrieval.recommend import Recommender
     from twotower.training.loop import fit
 

@@ -8,6 +8,7 @@
     hnsw.py             approximate top-K with hnswlib (`HNSWIndex`), its files in hnsw_files.py and
                         its readers-writer lock in rwlock.py
     searcher.py         the `Searcher` protocol both indexes follow
+    graph_rank.py       exact rankings of the towers blended with a graph filter (`model.graph_filter`)
     recommend.py        `Recommender`: a saved model directory answering recommendations by external id
 
 Nothing is imported here, so `import twotower.retrieval.scoring` stays light.

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from twotower.retrieval.checks import check_exclude, check_k, check_matrix
 
-__all__ = ["topk_torch"]
+__all__ = ["scores_topk", "topk_torch"]
 
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once per block of queries
 # Sort keys below every float32 score, for the scores that must rank last but still appear.
@@ -82,7 +82,13 @@ def _block_exclude(exclude: tuple[np.ndarray, np.ndarray] | None, start: int, st
 
 
 def _block_topk(q: Tensor, v: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-    scores = q @ v.T
+    return scores_topk(q @ v.T, k, excluded)
+
+
+def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """(scores, ids) [rows, k] of a float32 score matrix under `topk_torch`'s contract: best first,
+    ties lowest id first, NaN after every number, the (row, column) pairs of `excluded` never
+    listed, missing slots id -1 and score -inf (k <= columns)."""
     key = scores.double()
     key = torch.where(scores == float("-inf"), _KEY_NEG_INF, key)
     key = torch.where(torch.isnan(scores), _KEY_NAN, key)

@@ -204,7 +204,7 @@ class Recommender:
     def _blended_answer(self, users: list[Any], k: int, exclude_seen: bool) -> list[Recommendation]:
         """`recommend` of a model saved with a graph filter: the exact ranking of the blend, the
         filter reading each user's known items (train, valid and test)."""
-        from twotower.evaluate import graph_ranker
+        from twotower.retrieval.graph_rank import graph_ranker
 
         codes = self._codes(users, "user")
         queries, exclude = self.code_queries(codes, exclude_seen=exclude_seen)

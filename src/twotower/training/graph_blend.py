@@ -10,9 +10,10 @@ from typing import Any
 
 from twotower.data import SplitDataset
 from twotower.data.csr import csr_pair
-from twotower.evaluate import EvalResult, GraphSweep, evaluate_targets, ranking_width, split_targets
+from twotower.evaluate import EvalResult, evaluate_targets, ranking_width, split_targets
 from twotower.model.graph_filter import GraphFilter
 from twotower.model.two_tower import TwoTowerModel
+from twotower.retrieval.graph_rank import GraphSweep
 from twotower.settings import TrainConfig
 
 __all__ = ["GraphBlend", "choose_graph_blend"]
