@@ -214,10 +214,7 @@ class Recommender:
                             min(k, self.num_items))
         ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
         scores = np.einsum("bd,bkd->bk", queries, items[np.maximum(ids, 0)]).astype(np.float32)
-        scores = true_scores(queries, scores, self._scoring)
-        decode = self._trained.item_vocab.decode
-        return [Recommendation(user, decode(row_ids[row_ids >= 0]), row_scores[row_ids >= 0])
-                for user, row_scores, row_ids in zip(users, scores, ids, strict=True)]
+        return self._decoded(users, queries, scores, ids)
 
     def user_queries(self, user_ids: Sequence[Any], *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
         """The search vectors [B, D'] of users seen in training and, with `exclude_seen`, their known
@@ -309,6 +306,11 @@ class Recommender:
         if not asked:
             return []
         scores, ids = self._search(queries, min(k, self.num_items), exclude)
+        return self._decoded(asked, queries, scores, ids)
+
+    def _decoded(self, asked: list[Any], queries: np.ndarray, scores: np.ndarray,
+                 ids: np.ndarray) -> list[Recommendation]:
+        """Search-form scores [B, k] turned into the model's scores, item codes into ids (-1 slots dropped)."""
         scores = true_scores(queries, scores, self._scoring)
         decode = self._trained.item_vocab.decode
         return [Recommendation(query, decode(row_ids[row_ids >= 0]), row_scores[row_ids >= 0])
