@@ -48,8 +48,8 @@ def blend_run(run: Path, weights: list[float] | None) -> dict[str, Any]:
     for split in ("valid", "test"):
         towers = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
                                 protocol=config.eval)
-        mixed = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
-                               protocol=config.eval, graph=blend.graph)
+        mixed = getattr(blend, split) or evaluate_model(trained.model, dataset, split=split, ks=config.train.ks,
+                                                        progress=False, protocol=config.eval, graph=blend.graph)
         for name, result in (("towers", towers), ("blend", mixed)):
             row[f"{split}_{name}_{recall.split('@')[0]}"] = result[recall]
             row[f"{split}_{name}_{metric.split('@')[0]}"] = result[metric]
