@@ -1,19 +1,23 @@
 """Ranking by the towers blended with a graph filter (`model.graph_filter`): `graph_ranker` for one
-weight, `GraphSweep` for choosing the weight on validation and ranking test in one scoring pass.
+weight, `GraphSweep` for choosing the weight on validation and ranking test in one scoring pass,
+`blended_topk` over given score rows (a live catalogue), and `rerank_candidates` for approximate
+search (HNSW), which blends the candidates of the towers and of the filter with the catalogue's
+own statistics (`TowerMoments`), so it orders them as the exact blend would.
 The blend is `twotower.model.graph_filter.blend`; the lists follow `topk_torch`'s contract."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from twotower.data.csr import CSRPair, csr_pair, row_ids, take_rows
-from twotower.model.graph_filter import GraphFilter, standardise
+from twotower.model.graph_filter import GraphFilter, blend, standardise
 from twotower.retrieval.exact_torch import scores_topk
 
-__all__ = ["GraphSweep", "graph_ranker"]
+__all__ = ["GraphSweep", "TowerMoments", "blended_topk", "candidate_count", "graph_ranker", "rerank_candidates"]
 
 # (user codes [b], their exclusion CSR) -> top-K item ids [b, K], as `twotower.evaluate.Ranker`.
 Ranker = Callable[[np.ndarray, CSRPair | None], np.ndarray]
@@ -111,6 +115,118 @@ class _BlendedScores:
             rows = users[start:start + step]
             towers = standardise((self._queries[torch.from_numpy(rows)] @ self._items.T).numpy())
             yield start, towers, standardise(self._graph.scores(*take_rows(self._history, rows)))
+
+
+def blended_topk(tower_scores: np.ndarray, filter_scores: np.ndarray, weight: float, exclude: CSRPair | None,
+                 k: int) -> np.ndarray:
+    """int64 [B, k] the columns of the best blended scores (`twotower.model.graph_filter.blend`, each
+    row standardised over all its columns), in `topk_torch`'s order; `exclude` a CSR of columns
+    to leave out per row (-1 slots where fewer than k are left)."""
+    return _top_k(blend(tower_scores, filter_scores, weight), exclude, k)
+
+
+def candidate_count(k: int, available: int) -> int:
+    """How many candidates the approximate blend takes from each of the towers and the filter per
+    query: 4k, at least 200 (the filter's weight is small, so the blend's top k lie among the
+    towers' best few k and the filter's own best), at most every item."""
+    return max(1, min(max(4 * int(k), 200), int(available)))
+
+
+@dataclass(frozen=True)
+class TowerMoments:
+    """The first two moments of a catalogue's search vectors, so the mean and spread of a query's
+    tower scores over the whole catalogue come without scoring it: mean = q . mu, variance =
+    q^T (S / n) q - (q . mu)^2 (population, as `standardise`). Kept as running sums (float64), so
+    item changes update them in O(changed x D^2).
+
+    Attributes:
+        count: items counted.
+        total: float64 [D] sum of their vectors.
+        outer: float64 [D, D] sum of their outer products.
+    """
+
+    count: int
+    total: np.ndarray
+    outer: np.ndarray
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> TowerMoments:
+        """The moments of `vectors` [n, D]."""
+        vectors = np.asarray(vectors, dtype=np.float64)
+        return cls(len(vectors), vectors.sum(axis=0), vectors.T @ vectors)
+
+    def changed(self, removed: np.ndarray, added: np.ndarray) -> TowerMoments:
+        """The moments after `removed` [r, D] left the catalogue and `added` [a, D] joined it."""
+        removed, added = (np.asarray(v, dtype=np.float64).reshape(-1, len(self.total)) for v in (removed, added))
+        total = self.total - removed.sum(axis=0) + added.sum(axis=0)
+        outer = self.outer - removed.T @ removed + added.T @ added
+        return TowerMoments(self.count - len(removed) + len(added), total, outer)
+
+    def standardised(self, queries: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """float32 scores [B, C] of `queries` [B, D] standardised as over the whole catalogue (a
+        query whose scores are all equal gives zeros)."""
+        if self.count <= 0:
+            return np.zeros(np.shape(scores), dtype=np.float32)
+        q = np.asarray(queries, dtype=np.float64)
+        mean = q @ (self.total / self.count)
+        variance = np.einsum("bd,de,be->b", q, self.outer / self.count, q) - mean ** 2
+        spread = np.sqrt(np.maximum(variance, 0.0))
+        centred = np.asarray(scores, dtype=np.float64) - mean[:, None]
+        tiny = spread <= 1e-12 * np.maximum(np.abs(mean), 1.0)  # rounding, not spread
+        out = np.divide(centred, spread[:, None], out=np.zeros_like(centred), where=~tiny[:, None])
+        return out.astype(np.float32)
+
+
+def rerank_candidates(queries: np.ndarray, vectors: np.ndarray, moments: TowerMoments, filter_rows: np.ndarray,
+                      alive: np.ndarray | None, weight: float, found: np.ndarray, exclude: CSRPair | None,
+                      k: int) -> np.ndarray:
+    """The approximate blend: int64 labels [B, k] (-1 where none is left), best first, ties to the
+    lower label.
+
+    The candidates of each query are the towers' (`found`, from an approximate search that already
+    left `exclude` out) and the filter's own best `candidate_count` live, not excluded labels; each
+    is scored by the blend with the towers' scores standardised by `moments` and the filter's over
+    the live labels. Where the exact blend's top k lie among both lists, the order is the same.
+
+    Args:
+        queries: float32 [B, D] search vectors.
+        vectors: float32 [L, D] search vectors by label.
+        moments: of the live labels' vectors.
+        filter_rows: float32 [B, L] the filter's scores by label (0 for labels it never saw).
+        alive: bool [L] the live labels (None: all).
+        weight: the filter's blend weight.
+        found: int64 [B, C] the towers' candidate labels (-1 padding).
+        exclude: CSR of labels never to return per query.
+        k: list length.
+    """
+    num, labels = len(queries), filter_rows.shape[1]
+    live = np.ones(labels, dtype=bool) if alive is None else np.asarray(alive, dtype=bool)
+    filter_z = np.zeros(filter_rows.shape, dtype=np.float32)
+    filter_z[:, live] = standardise(filter_rows[:, live])
+    pick = np.where(live[None, :], filter_z, -np.inf)
+    if exclude is not None:
+        pick[row_ids(exclude[0]), np.asarray(exclude[1], dtype=np.int64)] = -np.inf
+    count = candidate_count(k, int(live.sum()))
+    if count < labels:
+        own = np.argpartition(-pick, count - 1, axis=1)[:, :count]
+    else:
+        own = np.tile(np.arange(labels), (num, 1))
+    own = np.where(np.take_along_axis(pick, own, axis=1) > -np.inf, own, -1)
+    pool = np.concatenate([np.asarray(found, dtype=np.int64).reshape(num, -1), own], axis=1)
+    pool = np.sort(pool, axis=1)
+    repeat = np.zeros(pool.shape, dtype=bool)
+    repeat[:, 1:] = pool[:, 1:] == pool[:, :-1]
+    usable = (pool >= 0) & ~repeat
+    safe = np.maximum(pool, 0)
+    towers = np.einsum("bd,bcd->bc", np.asarray(queries, dtype=np.float32), vectors[safe])
+    score = moments.standardised(queries, towers) + np.float32(weight) * np.take_along_axis(filter_z, safe, axis=1)
+    score = np.where(usable, score, -np.inf)
+    order = np.lexsort((pool, -score), axis=1)[:, :k]
+    out = np.take_along_axis(pool, order, axis=1)
+    out[~np.take_along_axis(usable, order, axis=1)] = -1
+    if out.shape[1] < k:
+        out = np.concatenate([out, np.full((num, k - out.shape[1]), -1, dtype=np.int64)], axis=1)
+    return out
 
 
 def _top_k(scores: np.ndarray, exclude: CSRPair | None, k: int) -> np.ndarray:

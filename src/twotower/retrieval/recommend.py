@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from twotower.retrieval.exact import ExactIndex
 from twotower.retrieval.hnsw import INDEX_FILE, HNSWIndex
 from twotower.retrieval.scoring import item_queries, true_scores
 from twotower.retrieval.searcher import CSRPair, Searcher
+
+if TYPE_CHECKING:
+    from twotower.retrieval.graph_rank import TowerMoments
 
 __all__ = ["INDEX_DIR", "Recommendation", "Recommender", "UnknownIdError", "build_index", "load_index", "save_index"]
 
@@ -120,6 +123,7 @@ class Recommender:
         self._scoring = trained.model.config.scoring
         self._lock = threading.Lock()
         self._item_vectors: np.ndarray | None = None
+        self._moments: TowerMoments | None = None
         self._searcher: Searcher | None = self._ann_searcher(ef) if ann else None  # exact: packed on first search
         self.ann = ann
 
@@ -180,8 +184,9 @@ class Recommender:
     # -- queries ----------------------------------------------------------------------------------
     def recommend(self, user_ids: Sequence[Any], k: int = 10, *, exclude_seen: bool = True) -> list[Recommendation]:
         """Top-k items for users seen in training; for a model saved with a graph filter
-        (`model.graph_filter`) and the exact search, ranked by the blend of the towers and the
-        filter, as the model was evaluated (the HNSW index and the other queries: the towers alone).
+        (`model.graph_filter`), ranked by the blend of the towers and the filter as the model was
+        evaluated (exactly, or with `ann` over the HNSW index's and the filter's candidates:
+        `twotower.retrieval.graph_rank.rerank_candidates`).
 
         Args:
             user_ids: external user ids (ints, or their text, for integer vocabularies).
@@ -196,25 +201,45 @@ class Recommender:
         """
         k = check_k(k)
         users = _as_id_list(user_ids, "user_ids")
-        if self._trained.graph is not None and not self.ann:
+        if self._trained.graph is not None:
             return self._blended_answer(users, k, exclude_seen)
         queries, exclude = self.user_queries(users, exclude_seen=exclude_seen)
         return self._answer(users, queries, k, exclude)
 
     def _blended_answer(self, users: list[Any], k: int, exclude_seen: bool) -> list[Recommendation]:
-        """`recommend` of a model saved with a graph filter: the exact ranking of the blend, the
-        filter reading each user's known items (train, valid and test)."""
-        from twotower.retrieval.graph_rank import graph_ranker
+        """`recommend` of a model saved with a graph filter: the blend's ranking, the filter reading
+        each user's known items (train, valid and test)."""
+        from twotower.retrieval.graph_rank import candidate_count, graph_ranker, rerank_candidates  # torch: on use
 
         codes = self._codes(users, "user")
         queries, exclude = self.code_queries(codes, exclude_seen=exclude_seen)
-        seen = self._trained.seen
-        items = self.item_search_vectors()
-        rank = graph_ranker(queries, items, self._trained.graph, take_rows((seen.indptr, seen.indices), codes),
-                            min(k, self.num_items))
-        ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
+        graph, items, k = self._trained.graph, self.item_search_vectors(), min(k, self.num_items)
+        history = self.histories(codes)
+        if self.ann:
+            found = self._search(queries, candidate_count(k, self.num_items), exclude)[1]
+            ids = rerank_candidates(queries, items, self._tower_moments(), graph.scores(*history), None,
+                                    graph.weight, found, exclude, k)
+        else:
+            rank = graph_ranker(queries, items, graph, history, k)
+            ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
         scores = np.einsum("bd,bkd->bk", queries, items[np.maximum(ids, 0)]).astype(np.float32)
         return self._decoded(users, queries, scores, ids)
+
+    def histories(self, codes: np.ndarray) -> CSRPair:
+        """The known items (train, valid and test) of users given by code, as a CSR of item codes:
+        what a graph filter reads for them."""
+        seen = self._trained.seen
+        return take_rows((seen.indptr, seen.indices), np.asarray(codes, dtype=np.int64))
+
+    def _tower_moments(self) -> TowerMoments:
+        """The item vectors' moments (computed once), which the approximate blend standardises by."""
+        from twotower.retrieval.graph_rank import TowerMoments
+
+        vectors = self.item_search_vectors()
+        with self._lock:
+            if self._moments is None:
+                self._moments = TowerMoments.of(vectors)
+            return self._moments
 
     def user_queries(self, user_ids: Sequence[Any], *, exclude_seen: bool = True) -> tuple[np.ndarray, CSRPair | None]:
         """The search vectors [B, D'] of users seen in training and, with `exclude_seen`, their known

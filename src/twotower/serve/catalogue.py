@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from twotower.model.graph_filter import GraphFilter
 from twotower.retrieval.exact import ExactIndex
+from twotower.retrieval.graph_rank import TowerMoments, blended_topk, candidate_count, rerank_candidates
 from twotower.retrieval.hnsw import HNSWIndex
 from twotower.retrieval.recommend import Recommender, UnknownIdError, load_index
 from twotower.retrieval.scoring import item_queries, true_scores
@@ -52,6 +54,7 @@ class _State:
     exact: the exact index over the alive rows, None with HNSW.
     row_labels: label of each row of `exact`; label_rows: row of each label (-1: deleted), None when
         rows are labels (nothing deleted).
+    moments: of the alive vectors, for the approximate blend with a graph filter (HNSW only; else None).
     """
 
     vectors: np.ndarray
@@ -60,6 +63,7 @@ class _State:
     exact: ExactIndex | None
     row_labels: np.ndarray | None
     label_rows: np.ndarray | None
+    moments: TowerMoments | None = None
 
 
 class LiveCatalogue:
@@ -88,7 +92,8 @@ class LiveCatalogue:
             self._hnsw.num_threads = num_threads
         alive = np.ones(len(vectors), dtype=bool)
         exact = None if ann else ExactIndex(vectors)
-        self._state = _State(vectors, alive, {}, exact, None, None)
+        moments = TowerMoments.of(vectors) if ann and recommender.trained.graph is not None else None
+        self._state = _State(vectors, alive, {}, exact, None, None, moments)
 
     # -- reading ----------------------------------------------------------------------------------
     @property
@@ -137,6 +142,44 @@ class LiveCatalogue:
         if not len(queries):
             return []
         scores, labels = self.search(queries, k, exclude=exclude)
+        return self._decoded(queries, scores, labels)
+
+    def blended_answer(self, queries: np.ndarray, graph: GraphFilter, histories: CSRPair, k: int,
+                       exclude: CSRPair | None) -> list[Answer]:
+        """`answer` for users of a model with a graph filter: ranked by the blend of the towers and
+        the filter (`twotower.retrieval.graph_rank`), as `Recommender.recommend` ranks them, over the
+        live catalogue (items added live score 0 in the filter; both halves are standardised over
+        the items alive now). Exact, or with HNSW over the index's and the filter's candidates.
+
+        Args:
+            queries: the users' search vectors [B, D'].
+            graph: the model's filter, its blend weight included.
+            histories: CSR of each user's known item codes, which the filter reads.
+            k: results per user.
+            exclude: CSR of labels to leave out per user.
+        """
+        if not len(queries):
+            return []
+        state = self._state
+        filtered = np.zeros((len(queries), len(state.vectors)), dtype=np.float32)
+        filtered[:, : self._num_trained] = graph.scores(*histories)
+        if self._hnsw is not None:
+            found = self._hnsw.search(queries, candidate_count(k, len(self)), exclude=exclude)[1]
+            labels = rerank_candidates(queries, state.vectors, state.moments, filtered, state.alive, graph.weight,
+                                       found, exclude, k)
+        else:
+            live = state.row_labels if state.row_labels is not None else np.arange(len(state.vectors))
+            if state.label_rows is not None and exclude is not None:
+                exclude = _relabel(exclude, state.label_rows)
+            towers = queries @ state.vectors[live].T
+            rows = blended_topk(towers, filtered[:, live], graph.weight, exclude, min(k, len(live)))
+            labels = np.full((len(queries), k), -1, dtype=np.int64)
+            labels[:, : rows.shape[1]] = np.where(rows >= 0, live[np.maximum(rows, 0)], -1)
+        scores = np.einsum("bd,bkd->bk", queries, state.vectors[np.maximum(labels, 0)]).astype(np.float32)
+        return self._decoded(queries, np.where(labels >= 0, scores, -np.inf).astype(np.float32), labels)
+
+    def _decoded(self, queries: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[Answer]:
+        """Search-form scores [B, k] as the model's scores and labels as external ids (-1 slots dropped)."""
         scores = true_scores(queries, scores, self.scoring)
         out = []
         for row_scores, row_labels in zip(scores, labels, strict=True):
@@ -197,12 +240,15 @@ class LiveCatalogue:
                 added[keys[position]] = start + offset
                 self._extra_ids.append(keys[position])  # decodable before any search can find it
             grown = np.concatenate([state.vectors, np.zeros((len(fresh), self.dim), np.float32)])
+            replaced = labels[(labels < len(state.alive))]
+            replaced = replaced[state.alive[replaced]]
+            moments = None if state.moments is None else state.moments.changed(state.vectors[replaced], vectors)
             grown[labels] = vectors
             alive = np.concatenate([state.alive, np.zeros(len(fresh), bool)])
             alive[labels] = True
             if self._hnsw is not None:
                 self._hnsw.add(vectors, labels)
-            self._state = self._rebuilt(replace(state, vectors=grown, alive=alive, added=added))
+            self._state = self._rebuilt(replace(state, vectors=grown, alive=alive, added=added, moments=moments))
 
     def delete(self, ids: Sequence[Any]) -> None:
         """Deletes items by external id, all or none.
@@ -219,9 +265,11 @@ class LiveCatalogue:
                 raise UnknownIdError("item", unknown, "the catalogue")
             alive = state.alive.copy()
             alive[labels] = False
+            gone = state.vectors[np.unique(labels)]
+            moments = None if state.moments is None else state.moments.changed(gone, gone[:0])
             if self._hnsw is not None:
                 self._hnsw.remove(labels)  # out of the graph before the state says so
-            self._state = self._rebuilt(replace(state, alive=alive))
+            self._state = self._rebuilt(replace(state, alive=alive, moments=moments))
 
     def _rebuilt(self, state: _State) -> _State:
         """`state` with its exact index over the alive rows (nothing to do with HNSW)."""

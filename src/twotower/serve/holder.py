@@ -49,10 +49,10 @@ def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int
             no saved index with `ann`).
     """
     recommender = Recommender(load_model_dir(model_dir))
-    if recommender.trained.graph is not None:
-        log.warning("%s carries a graph filter (model.graph_filter): the service ranks by the towers alone (its live "
-                    "catalogue takes new items the filter never saw); `twotower recommend` ranks by the blend",
-                    model_dir)
+    graph = recommender.trained.graph
+    if graph is not None:
+        log.info("%s carries a graph filter (model.graph_filter, weight %g): known users are ranked by its blend "
+                 "with the towers; new users and similar items by the towers alone", model_dir, graph.weight)
     catalogue = LiveCatalogue(recommender, ann=ann, num_threads=search_threads)
     digest = str(recommender.trained.config.get("weights_sha256") or "unhashed")[:12]
     return Served(recommender, catalogue, f"{generation}:{digest}", IdLookup(recommender.trained.user_vocab))

@@ -2,8 +2,9 @@
 one search, and the answers are split back per job.
 
 Keys: ("users", served, k, exclude_seen) with payloads = lists of user codes (the tower pass is
-batched too), or ("vectors", served, k) with payloads = (queries [b, D'], exclusion CSR or None)
-from cold-start users or item-to-item queries, encoded by their endpoint.
+batched too; a model with a graph filter ranks them by its blend), or ("vectors", served, k) with
+payloads = (queries [b, D'], exclusion CSR or None) from cold-start users or item-to-item queries,
+encoded by their endpoint.
 """
 
 from __future__ import annotations
@@ -22,13 +23,22 @@ def run_batch(key: Hashable, payloads: list[Any]) -> list[list[Answer]]:
     kind, served, k = key[0], key[1], key[2]
     if kind == "users":
         codes = np.array([code for payload in payloads for code in payload], dtype=np.int64)
-        queries, exclude = served.recommender.code_queries(codes, exclude_seen=key[3])
+        recommender = served.recommender
+        queries, exclude = recommender.code_queries(codes, exclude_seen=key[3])
         sizes = [len(payload) for payload in payloads]
+        graph = recommender.trained.graph
+        if graph is not None:  # known users of a model with a graph filter: ranked by the blend
+            answers = served.catalogue.blended_answer(queries, graph, recommender.histories(codes), k, exclude)
+            return _split(answers, sizes)
     else:
         queries = np.concatenate([payload[0] for payload in payloads])
         exclude = concat_csr([payload[1] for payload in payloads], [len(payload[0]) for payload in payloads])
         sizes = [len(payload[0]) for payload in payloads]
-    answers = served.catalogue.answer(queries, k, exclude)
+    return _split(served.catalogue.answer(queries, k, exclude), sizes)
+
+
+def _split(answers: list[Answer], sizes: list[int]) -> list[list[Answer]]:
+    """The answers of one batched call, back per payload."""
     bounds = np.cumsum([0, *sizes]).tolist()
     return [answers[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
