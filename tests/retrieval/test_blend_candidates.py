@@ -36,7 +36,8 @@ def case(seed: int, num_items: int = 40, num_queries: int = 6, dim: int = 5):
     rng = np.random.default_rng(seed)
     queries = rng.normal(size=(num_queries, dim)).astype(np.float32)
     vectors = rng.normal(size=(num_items, dim)).astype(np.float32)
-    filter_rows = (rng.random((num_queries, num_items)) * (rng.random((num_queries, num_items)) < 0.5)).astype(np.float32)
+    sparse = rng.random((num_queries, num_items)) < 0.5  # most items 0, as a filter scores unrelated items
+    filter_rows = (rng.random((num_queries, num_items)) * sparse).astype(np.float32)
     exclude_dense = rng.random((num_queries, num_items)) < 0.2
     return rng, queries, vectors, filter_rows, exclude_dense
 

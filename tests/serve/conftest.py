@@ -46,6 +46,15 @@ def other_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def graph_model(tmp_path_factory) -> Path:
+    """The plain model's data and settings with a graph filter blended in at weight 2 (its HNSW index too)."""
+    directory = train(tmp_path_factory.mktemp("graph"), *SYNTHETIC, "--model.scoring", "dot", "--model.graph_filter",
+                      "--model.graph_filter_weights", "2.0", "--model.graph_filter_rank", "8")
+    assert main(["index", "build", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="session")
 def feature_model(tmp_path_factory) -> Path:
     """A cosine model whose user tower reads a segment and pools histories, and whose item tower
     reads a category, tags and a dense quality score (for cold-start users and items by features)."""

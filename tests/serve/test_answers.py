@@ -98,3 +98,18 @@ def test_cold_start_equals_recommend_for_features(feature_model, tmp_path) -> No
     assert results(alone) == as_lists(recommender.recommend_for_features(history=history, k=8,
                                                                          exclude_history=False))
     assert unknown.status_code == 422 and unknown.json()["field"] == "history" and "99999" in unknown.json()["error"]
+
+
+@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
+def test_a_model_with_a_graph_filter_is_served_by_its_blend(graph_model, tmp_path, ann) -> None:
+    """/recommend ranks known users as `Recommender.recommend` does (the blend), not by the towers alone."""
+    import dataclasses
+
+    flags = ["--ann"] if ann else []
+    recommender = Recommender.load(graph_model, ann=ann)
+    assert recommender.trained.graph is not None and recommender.trained.graph.weight == 2.0
+    towers_alone = Recommender(dataclasses.replace(recommender.trained, graph=None))
+    with running_server(graph_model, *flags, log_dir=tmp_path) as server:
+        answer = httpx.post(f"{server.url}/recommend", json={"users": USERS, "k": 7})
+    assert results(answer) == as_lists(recommender.recommend(USERS, k=7))
+    assert results(answer) != as_lists(towers_alone.recommend(USERS, k=7))

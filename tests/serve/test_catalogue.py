@@ -136,3 +136,103 @@ def test_trained_id_lookup_matches_the_vocabulary(integer) -> None:
                                                  (0 if integer else "\0") for k in asked]), strict=True)]
     assert IdLookup(vocab).codes_of_keys(asked) == want
     assert sorted(c for c in want if c >= 0) == sorted(set(c for c in want if c >= 0))
+
+
+# -- a model with a graph filter: known users ranked by the blend -----------------------------------
+@pytest.fixture(scope="module")
+def graph_recommender(recommender):
+    """The plain model with a graph filter fitted on its known items, weighted heavily so the
+    filter's order shows in every answer."""
+    import dataclasses
+
+    from twotower.model.graph_filter import GraphFilter
+
+    seen = recommender.trained.seen
+    graph = GraphFilter.fit(seen.indptr, seen.indices, recommender.num_items, rank=8).with_weight(2.0)
+    return Recommender(dataclasses.replace(recommender.trained, graph=graph))
+
+
+def blend_oracle(recommender, codes, vectors, alive, exclude, k):
+    """float64 labels of the k best alive, non-excluded labels by the blend: each half standardised
+    over the alive labels, the filter's scores 0 for labels it never saw; ties to the lower label."""
+    graph = recommender.trained.graph
+    queries = recommender.code_queries(codes, exclude_seen=False)[0]
+    filtered = np.zeros((len(codes), len(vectors)))
+    filtered[:, : recommender.num_items] = graph.scores(*recommender.histories(codes))
+    live = np.flatnonzero(alive)
+
+    def z(x):
+        sd = x.std(1, keepdims=True)
+        return np.where(sd > 0, (x - x.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1), 0)
+
+    scores = np.full((len(codes), len(vectors)), -np.inf)
+    scores[:, live] = z(queries.astype(np.float64) @ vectors[live].astype(np.float64).T) + graph.weight * z(
+        filtered[:, live])
+    indptr, indices = exclude
+    for row in range(len(codes)):
+        scores[row, indices[indptr[row]:indptr[row + 1]]] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(vectors)), scores.shape), -scores), axis=1)[:, :k]
+    return [row[np.isfinite(s[row])].tolist() for row, s in zip(order, scores, strict=True)]
+
+
+def blended_labels(catalogue, recommender, codes, k):
+    queries, exclude = recommender.code_queries(codes)
+    answers = catalogue.blended_answer(queries, recommender.trained.graph, recommender.histories(codes), k, exclude)
+    return [catalogue.labels(answer.items).tolist() for answer in answers], exclude
+
+
+@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
+def test_the_blend_over_the_trained_catalogue_is_the_recommenders(graph_recommender, ann) -> None:
+    catalogue = LiveCatalogue(graph_recommender, ann=ann)
+    codes = graph_recommender.codes(USERS, "user")
+    got, _ = blended_labels(catalogue, graph_recommender, codes, 12)
+    recommended = graph_recommender.recommend(USERS, k=12)
+    assert got == [graph_recommender.trained.item_vocab.encode(a.items).tolist() for a in recommended]
+    queries, exclude = graph_recommender.user_queries(USERS)
+    assert got != [catalogue.labels(a.items).tolist() for a in catalogue.answer(queries, 12, exclude)]
+    answers = catalogue.blended_answer(queries, graph_recommender.trained.graph, graph_recommender.histories(codes),
+                                       12, exclude)
+    vectors = graph_recommender.item_search_vectors()
+    for query, answer in zip(queries, answers, strict=True):  # the towers' own scores, in the blend's order
+        np.testing.assert_allclose(answer.scores, query @ vectors[catalogue.labels(answer.items)].T, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
+def test_the_blend_after_changes_equals_the_oracle_over_the_live_items(graph_recommender, ann) -> None:
+    """Deleted items never come back, items added live take part with filter score 0, both halves
+    are standardised over the items alive now, and (HNSW) the moments follow every change."""
+    from twotower.retrieval.graph_rank import TowerMoments
+
+    catalogue = LiveCatalogue(graph_recommender, ann=ann)
+    rng = np.random.default_rng(5)
+    vectors = graph_recommender.item_search_vectors().copy()
+    alive = np.ones(len(vectors), dtype=bool)
+    codes = graph_recommender.codes(USERS, "user")
+    exact_before = blended_labels(catalogue, graph_recommender, codes, 10)[0]
+    favourite = exact_before[0][0]  # user 1's best item, deleted below
+    gone = [*rng.choice(np.arange(1, 201), size=30, replace=False).tolist()]
+    gone_ids = sorted(set(gone) | set(graph_recommender.trained.item_vocab.decode(np.array([favourite])).tolist()))
+    catalogue.delete(gone_ids)
+    alive[graph_recommender.codes(gone_ids, "item")] = False
+    new = (3 * rng.normal(size=(4, vectors.shape[1]))).astype(np.float32)
+    catalogue.upsert([5001, 5002, 5003, gone_ids[0]], new)
+    vectors = np.concatenate([vectors, new[:3]])
+    alive = np.concatenate([alive, np.ones(3, dtype=bool)])
+    back = graph_recommender.codes([gone_ids[0]], "item")[0]
+    vectors[back], alive[back] = new[3], True
+    got, exclude = blended_labels(catalogue, graph_recommender, codes, 10)
+    assert got == blend_oracle(graph_recommender, codes, vectors, alive, exclude, 10)
+    assert all(favourite not in row for row in got[:1]) and any(label >= 200 for row in got for label in row)
+    if ann:
+        state = catalogue._state
+        want = TowerMoments.of(state.vectors[state.alive])
+        assert state.moments.count == want.count == int(alive.sum())
+        np.testing.assert_allclose(state.moments.outer, want.outer, rtol=1e-6, atol=1e-6)
+
+
+def test_the_recommenders_hnsw_blend_equals_its_exact_blend(graph_recommender) -> None:
+    import dataclasses
+
+    approximate = Recommender(dataclasses.replace(graph_recommender.trained), ann=True, ef=200)
+    assert [a.items.tolist() for a in approximate.recommend(USERS, k=9)] == \
+        [a.items.tolist() for a in graph_recommender.recommend(USERS, k=9)]

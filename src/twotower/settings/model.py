@@ -130,8 +130,8 @@ class ModelConfig:
             standardised over the catalogue and added, the filter's with the weight among
             `graph_filter_weights` that scores best on validation (`train.select_metric`; 0, the
             towers alone, is always a candidate). Needs a validation split to choose the weight.
-            The exact rankings (`evaluate`, `recommend`) use the blend; an HNSW index and `serve`
-            rank by the towers alone.
+            Known users' rankings (`evaluate`, `recommend`, `serve`, exact or HNSW) use the blend;
+            new users and similar items rank by the towers.
         graph_filter_weights: the candidate weights (each >= 0).
         graph_filter_rank: singular vectors of the filter's low-pass term (GF-CF's 256; 0 leaves it out).
     """
