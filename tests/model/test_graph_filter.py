@@ -23,8 +23,11 @@ def random_csr(rng: np.random.Generator, rows: int, cols: int, density: float, *
     return np.array(indptr, dtype=np.int64), np.array(indices, dtype=np.int64), dense
 
 
-def oracle(train: np.ndarray, history: np.ndarray, rank: int, ideal_weight: float) -> np.ndarray:
-    """GF-CF's scores in float64 from the dense formulas: r R~^T R~ + a r D^-1/2 V V^T D^1/2."""
+def oracle(train: np.ndarray, history: np.ndarray, rank: int, ideal_weight: float,
+           sharpening: float = 0.0) -> np.ndarray:
+    """The filter's scores in float64 from the dense formulas: g0 = r R~^T R~ + a r D^-1/2 V V^T D^1/2
+    (GF-CF), then g0 times the fourth-order Taylor polynomial of exp(-T P), P = R~^T R~ (BSPM's
+    sharpening, one RK4 step of ds/dt = -s P: written out here as the four Runge-Kutta stages)."""
     train = train.astype(np.float64)
     du, di = train.sum(1), train.sum(0)
     inv_u = np.where(du > 0, 1 / np.sqrt(np.maximum(du, 1e-300)), 0.0)
@@ -34,7 +37,18 @@ def oracle(train: np.ndarray, history: np.ndarray, rank: int, ideal_weight: floa
     linear = r @ norm.T @ norm
     v = np.linalg.svd(norm)[2][:rank]
     ideal = ((r * inv_i) @ v.T @ v) * np.sqrt(di)[None, :]
-    return linear + ideal_weight * ideal
+    blurred = linear + ideal_weight * ideal
+    if sharpening == 0:
+        return blurred
+    p = norm.T @ norm
+    def f(s):  # noqa: E306 - the ODE's right-hand side
+        return -s @ p
+    h = sharpening
+    k1 = f(blurred)
+    k2 = f(blurred + h / 2 * k1)
+    k3 = f(blurred + h / 2 * k2)
+    k4 = f(blurred + h * k3)
+    return blurred + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -57,6 +71,37 @@ def test_scores_match_the_float64_oracle(seed: int) -> None:
     assert np.all(got[~h_dense.any(1)] == 0)  # an empty history scores nothing
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("sharpening", [0.7, 2.5])
+def test_sharpened_scores_match_the_float64_runge_kutta_step(seed: int, sharpening: float) -> None:
+    rng = np.random.default_rng(10 + seed)
+    indptr, indices, dense = random_csr(rng, 35, 28, 0.2, repeats=True)
+    graph = GraphFilter.fit(indptr, indices, 28, rank=4, ideal_weight=0.2).with_weight(0.1, sharpening=sharpening)
+    h_indptr, h_indices, h_dense = random_csr(rng, 5, 28, 0.3)
+    want = oracle(dense, h_dense, 4, 0.2, sharpening)
+    np.testing.assert_allclose(graph.scores(h_indptr, h_indices), want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(want, oracle(dense, h_dense, 4, 0.2))  # the sharpening changes the scores
+
+
+def test_several_sharpening_times_share_one_set_of_propagations(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    indptr, indices, dense = random_csr(rng, 30, 20, 0.25)
+    graph = GraphFilter.fit(indptr, indices, 20, rank=3)
+    calls = []
+    real = GraphFilter._propagate
+    monkeypatch.setattr(GraphFilter, "_propagate", lambda self, rows: calls.append(1) or real(self, rows))
+    times = [0.0, 1.0, 2.5]
+    got = graph.sharpened_scores(indptr[:6], indices[:indptr[5]], times)
+    assert len(calls) == 5  # the blur, then four powers of P for every time at once
+    for time, scores in zip(times, got, strict=True):
+        np.testing.assert_allclose(scores, oracle(dense, dense[:5], 3, 0.2, time), rtol=1e-4, atol=1e-5)
+    calls.clear()
+    graph.sharpened_scores(indptr[:6], indices[:indptr[5]], [0.0])
+    assert len(calls) == 1  # GF-CF alone: no sharpening products
+    with pytest.raises(ValueError, match="sharpening times must be finite floats >= 0"):
+        graph.sharpened_scores(indptr[:6], indices[:indptr[5]], [-1.0])
+
+
 def test_rank_zero_is_the_linear_filter_alone_and_rank_is_capped() -> None:
     rng = np.random.default_rng(3)
     indptr, indices, dense = random_csr(rng, 12, 9, 0.3)
@@ -75,7 +120,7 @@ def test_the_sparse_svd_path_matches_the_dense_one(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(module, "_DENSE_SVD_CELLS", 0)
     sparse = GraphFilter.fit(indptr, indices, 60, rank=6)
     np.testing.assert_allclose(sparse.scores(indptr[:11], indices[:indptr[10]]),
-                               oracle(dense, dense[:10], 6, 0.3), rtol=1e-4, atol=1e-5)
+                               oracle(dense, dense[:10], 6, 0.2), rtol=1e-4, atol=1e-5)
 
 
 def test_standardise_and_blend() -> None:
@@ -96,10 +141,10 @@ def test_standardise_and_blend() -> None:
 def test_save_load_round_trip_and_damage(tmp_path) -> None:
     rng = np.random.default_rng(6)
     indptr, indices, _ = random_csr(rng, 15, 11, 0.3)
-    graph = GraphFilter.fit(indptr, indices, 11, rank=3).with_weight(0.05)
+    graph = GraphFilter.fit(indptr, indices, 11, rank=3).with_weight(0.05, sharpening=1.5)
     graph.save(tmp_path / "g.safetensors")
     loaded = GraphFilter.load(tmp_path / "g.safetensors")
-    assert (loaded.weight, loaded.ideal_weight, loaded.rank) == (0.05, 0.3, 3)
+    assert (loaded.weight, loaded.ideal_weight, loaded.rank, loaded.sharpening) == (0.05, 0.2, 3, 1.5)
     np.testing.assert_array_equal(loaded.scores(indptr, indices), graph.scores(indptr, indices))
     data = (tmp_path / "g.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
@@ -120,3 +165,5 @@ def test_bad_arguments_are_named() -> None:
     graph = GraphFilter.fit(np.array([0, 1, 2]), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="weight must be a finite float >= 0"):
         graph.with_weight(-0.1)
+    with pytest.raises(ValueError, match="sharpening must be a finite float >= 0"):
+        graph.with_weight(0.1, sharpening=float("nan"))

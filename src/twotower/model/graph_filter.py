@@ -2,19 +2,27 @@
 
 GF-CF (Shen et al., "How Powerful is Graph Convolution for Recommendation?", CIKM 2021) scores an
 item for a user straight from the training graph, without training: with R the binary user x item
-matrix and R~ = D_u^-1/2 R D_i^-1/2 its degree-normalised form, a user whose history is the row
-r scores
+matrix, R~ = D_u^-1/2 R D_i^-1/2 its degree-normalised form and P = R~^T R~, a user whose history
+is the row r scores
 
-    g(r) = r R~^T R~  +  a * r D_i^-1/2 V V^T D_i^1/2
+    g0(r) = r P  +  a * r D_i^-1/2 V V^T D_i^1/2
 
 where the first term (the linear filter) sums the normalised co-occurrence paths user - item -
-user - item, and the second (the ideal low-pass filter, weight a = 0.3 as published) projects the
-history onto the top right singular vectors V of R~ (rank 256 as published). On Gowalla's LightGCN
-split it alone gives the published LightGCN's test recall; blended into a trained two-tower (each
-user's scores standardised, the filter's added with a weight chosen on validation) it adds what
-the towers miss (benchmarks/results/quality-gowalla-search.md).
+user - item, and the second (the ideal low-pass filter, weight a) projects the history onto the
+top right singular vectors V of R~. BSPM (Choi et al., "Blurring-Sharpening Process Models for
+Collaborative Filtering", SIGIR 2023) then sharpens the blurred scores by running the reverse of
+the heat equation, ds/dt = -s P, for a time T, in one fourth-order Runge-Kutta step, which for
+this linear equation is the Taylor polynomial of exp(-T P):
 
-Both terms read only the user's history, so new users with a history get them too; items without
+    g(r) = g0(r) (I - T P + T^2 P^2 / 2 - T^3 P^3 / 6 + T^4 P^4 / 24)
+
+(T = 0: GF-CF itself). The sharpening takes back the smoothing that makes the blurred scores
+favour popular items. On Gowalla's LightGCN split BSPM alone scores above the published LightGCN;
+blended into a trained two-tower (each user's scores standardised, the filter's added with a
+weight; T and the weight chosen on validation) it adds what the towers miss
+(benchmarks/results/quality-gowalla-search.md).
+
+Every term reads only the user's history, so new users with a history get them too; items without
 training rows score 0. The filter is fitted once from the training split in seconds to a minute
 (a sparse truncated SVD) and saved next to the model (`save` / `load`, safetensors, no pickle).
 """
@@ -22,6 +30,7 @@ training rows score 0. The filter is fitted once from the training split in seco
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +49,8 @@ _DENSE_SVD_CELLS = 4_000_000
 
 @dataclass(frozen=True)
 class GraphFilter:
-    """GF-CF's filter fitted on one training split, and the weight of its blend into the towers.
+    """The filter fitted on one training split, its sharpening, and the weight of its blend into
+    the towers.
 
     Attributes:
         indptr, indices, values: R~ (users x items, CSR, float32 values).
@@ -48,6 +58,7 @@ class GraphFilter:
         spectrum: float32 [rank, num_items] the top right singular vectors of R~ (rows).
         ideal_weight: weight of the low-pass term against the linear one.
         weight: weight of the filter's standardised scores added to the towers' (0: towers alone).
+        sharpening: the time T of the sharpening step (0: none, GF-CF's filter).
     """
 
     indptr: np.ndarray
@@ -55,8 +66,9 @@ class GraphFilter:
     values: np.ndarray
     item_scale: np.ndarray
     spectrum: np.ndarray
-    ideal_weight: float = 0.3
+    ideal_weight: float = 0.2
     weight: float = 0.0
+    sharpening: float = 0.0
 
     @property
     def num_items(self) -> int:
@@ -68,7 +80,7 @@ class GraphFilter:
 
     @classmethod
     def fit(cls, indptr: np.ndarray, indices: np.ndarray, num_items: int, *, rank: int = 256,
-            ideal_weight: float = 0.3, seed: int = 0) -> GraphFilter:
+            ideal_weight: float = 0.2, seed: int = 0) -> GraphFilter:
         """The filter of a training split given as CSR over users (`indptr`, `indices`: item codes
         in [0, num_items); repeated entries count once). `rank` is capped below the matrix's
         smaller side; 0 leaves the low-pass term out."""
@@ -97,34 +109,63 @@ class GraphFilter:
                    np.ascontiguousarray(spectrum, dtype=np.float32), float(ideal_weight))
 
     def scores(self, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """float32 [B, num_items]: g(r) for B histories given as CSR (item codes; repeats count once)."""
+        """float32 [B, num_items]: g(r) for B histories given as CSR (item codes; repeats count once),
+        sharpened for `self.sharpening`."""
+        return self.sharpened_scores(indptr, indices, [self.sharpening])[0]
+
+    def sharpened_scores(self, indptr: np.ndarray, indices: np.ndarray, times: Sequence[float]) -> list[np.ndarray]:
+        """g(r) for each sharpening time of `times` (float32 [B, num_items] each), from one set of
+        propagations: the blurred scores and their four products with P are shared by every time."""
+        times = [float(t) for t in times]
+        if any(not np.isfinite(t) or t < 0 for t in times):
+            raise ValueError(f"sharpening times must be finite floats >= 0; got {times}")
+        rows = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), self.num_items)
+        blurred = self._propagate(rows)
+        if self.rank and self.ideal_weight:
+            projected = _dense(rows.multiply(self.item_scale[None, :]).tocsr() @ self.spectrum.T)
+            ideal = (projected @ self.spectrum) * _sqrt_or_zero(self.item_scale)[None, :]
+            blurred += np.float32(self.ideal_weight) * ideal.astype(np.float32)
+        powers = [blurred]
+        for _ in range(4 if any(times) else 0):
+            powers.append(self._propagate(powers[-1]))
+        out = []
+        for time in times:
+            if time == 0:
+                out.append(blurred)
+                continue
+            coefficients = [1.0, -time, time ** 2 / 2, -(time ** 3) / 6, time ** 4 / 24]
+            sharpened = powers[0].copy()
+            for coefficient, power in zip(coefficients[1:], powers[1:], strict=True):
+                sharpened += np.float32(coefficient) * power
+            out.append(sharpened)
+        return out
+
+    def _propagate(self, rows) -> np.ndarray:  # rows: [B, num_items] scipy sparse or dense
+        """float32 [B, num_items] rows @ P = (rows R~^T) R~."""
         import scipy.sparse as sp
 
-        rows = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), self.num_items)
         normalised = sp.csr_matrix((self.values, self.indices, self.indptr),
                                    shape=(len(self.indptr) - 1, self.num_items))
         # the B x users paths dense, then the catalogue through R~'s transpose (CSC times dense):
         # the sparse-times-sparse product would build a mostly dense sparse matrix first
-        paths = _dense(rows @ normalised.T).astype(np.float32)
-        linear = np.ascontiguousarray((normalised.T @ paths.T).T, dtype=np.float32)
-        if self.rank == 0 or self.ideal_weight == 0:
-            return linear
-        projected = _dense(rows.multiply(self.item_scale[None, :]).tocsr() @ self.spectrum.T)
-        ideal = (projected @ self.spectrum) * _sqrt_or_zero(self.item_scale)[None, :]
-        return linear + np.float32(self.ideal_weight) * ideal.astype(np.float32)
+        paths = _dense(normalised @ rows.T).astype(np.float32)
+        return np.ascontiguousarray((normalised.T @ paths).T, dtype=np.float32)
 
-    def with_weight(self, weight: float) -> GraphFilter:
-        """The same filter with another blend weight (>= 0)."""
-        if not np.isfinite(weight) or weight < 0:
-            raise ValueError(f"graph filter weight must be a finite float >= 0; got {weight}")
+    def with_weight(self, weight: float, sharpening: float | None = None) -> GraphFilter:
+        """The same filter with another blend weight (>= 0) and, when given, sharpening time (>= 0)."""
+        sharpening = self.sharpening if sharpening is None else sharpening
+        for name, value in (("weight", weight), ("sharpening", sharpening)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"graph filter {name} must be a finite float >= 0; got {value}")
         return GraphFilter(self.indptr, self.indices, self.values, self.item_scale, self.spectrum,
-                           self.ideal_weight, float(weight))
+                           self.ideal_weight, float(weight), float(sharpening))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the filter to `path` (safetensors; the weights in its metadata), atomically."""
         arrays = {"indptr": self.indptr, "indices": self.indices, "values": self.values,
                   "item_scale": self.item_scale, "spectrum": self.spectrum}
-        metadata = {"ideal_weight": repr(self.ideal_weight), "weight": repr(self.weight)}
+        metadata = {"ideal_weight": repr(self.ideal_weight), "weight": repr(self.weight),
+                    "sharpening": repr(self.sharpening)}
         atomic_write(Path(path), lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                                                         str(tmp), metadata=metadata))
 
@@ -138,13 +179,14 @@ class GraphFilter:
             with safe_open(str(path), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
             ideal_weight, weight = float(metadata["ideal_weight"]), float(metadata["weight"])
+            sharpening = float(metadata.get("sharpening", "0.0"))  # files saved before sharpening: none
         except Exception as err:  # safetensors' error for a truncated file; a missing or bad metadata entry
             raise ValueError(f"{path} is not a readable graph filter file ({type(err).__name__}: {err})") from None
         missing = {"indptr", "indices", "values", "item_scale", "spectrum"} - set(arrays)
         if missing:
             raise ValueError(f"{path} is not a graph filter file: it lacks {sorted(missing)}")
         graph = cls(arrays["indptr"], arrays["indices"], arrays["values"], arrays["item_scale"], arrays["spectrum"],
-                    ideal_weight, weight)
+                    ideal_weight, weight, sharpening)
         problem = graph._problem()
         if problem is not None:
             raise ValueError(f"{path}: {problem}")
@@ -164,6 +206,8 @@ class GraphFilter:
             return f"spectrum has shape {self.spectrum.shape}; expected (rank, {self.num_items})"
         if not (np.isfinite(self.ideal_weight) and np.isfinite(self.weight)) or self.weight < 0:
             return f"weights must be finite and the blend weight >= 0 (ideal {self.ideal_weight}, blend {self.weight})"
+        if not np.isfinite(self.sharpening) or self.sharpening < 0:
+            return f"the sharpening time must be a finite float >= 0; got {self.sharpening}"
         return None
 
 
