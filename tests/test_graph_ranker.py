@@ -60,31 +60,36 @@ def test_weight_zero_is_the_towers_ranking() -> None:
     np.testing.assert_array_equal(got, np.argsort(-(users[rows] @ items.T), axis=1, kind="stable")[:, :6])
 
 
-def test_the_sweep_scores_each_user_once_for_every_weight_and_split(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sweep_scores_each_user_once_for_every_weight_sharpening_and_split(monkeypatch: pytest.MonkeyPatch) -> None:
     rng, dense, history, users, items, graph = setup(3)
-    weights = (0.0, 0.3, 2.0)
+    weights, times = (0.0, 0.3, 2.0), (0.0, 1.5)
     other = rng.random(dense.shape) < 0.3  # a second split's exclusions
     excludes = {"valid": (np.concatenate([[0], np.cumsum(dense.sum(1))]).astype(np.int64),
                           np.concatenate([np.flatnonzero(r) for r in dense]).astype(np.int64)),
                 "test": (np.concatenate([[0], np.cumsum(other.sum(1))]).astype(np.int64),
                          np.concatenate([np.flatnonzero(r) for r in other]).astype(np.int64))}
     calls = []
-    real = GraphFilter.scores
-    monkeypatch.setattr(GraphFilter, "scores", lambda self, *a: calls.append(len(a[0]) - 1) or real(self, *a))
-    sweep = GraphSweep(users, items, graph, history, 4, weights, excludes)
+    real = GraphFilter.sharpened_scores
+    monkeypatch.setattr(GraphFilter, "sharpened_scores",
+                        lambda self, *a: calls.append((len(a[0]) - 1, tuple(a[2]))) or real(self, *a))
+    sweep = GraphSweep(users, items, graph, history, 4, weights, excludes, sharpenings=times)
     rows = np.array([1, 5, 9])
-    lists = {(split, w): sweep.ranker(w, split)(rows, None) for split in excludes for w in weights}
-    assert calls == [3]  # one pass over the three users served six rankings
-    later = sweep.ranker(0.3, "test")(np.array([9, 2]), None)  # user 2 is new: scored then, alone
-    assert calls == [3, 1]
-    for (split, w), got in lists.items():
+    lists = {(split, t, w): sweep.ranker(w, split, t)(rows, None) for split in excludes for t in times for w in weights}
+    assert calls == [(3, times)]  # one pass over the three users served every ranking
+    later = sweep.ranker(0.3, "test", 1.5)(np.array([9, 2]), None)  # user 2 is new: scored then, alone
+    assert calls == [(3, times), (1, times)]
+    for (split, t, w), got in lists.items():
         mask = (dense if split == "valid" else other)[rows]
-        np.testing.assert_array_equal(got, brute_force(users, items, graph, dense, rows, w, mask, 4))
-    np.testing.assert_array_equal(later, brute_force(users, items, graph, dense, np.array([9, 2]), 0.3,
-                                                     other[[9, 2]], 4))
-    assert not np.array_equal(lists[("valid", 0.0)], lists[("valid", 2.0)])  # the weight changes the ranking here
-    with pytest.raises(ValueError, match="weight 0.5 and split 'valid' are not among the sweep's"):
+        want = brute_force(users, items, graph.with_weight(0.0, t), dense, rows, w, mask, 4)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(later, brute_force(users, items, graph.with_weight(0.0, 1.5), dense,
+                                                     np.array([9, 2]), 0.3, other[[9, 2]], 4))
+    assert not np.array_equal(lists[("valid", 0.0, 0.0)], lists[("valid", 0.0, 2.0)])  # the weight matters here
+    assert not np.array_equal(lists[("valid", 0.0, 2.0)], lists[("valid", 1.5, 2.0)])  # and the sharpening
+    with pytest.raises(ValueError, match="weight 0.5, sharpening 0.0 and split 'valid' are not among the sweep's"):
         sweep.ranker(0.5, "valid")
+    with pytest.raises(ValueError, match="sharpening 1.0"):
+        sweep.ranker(0.3, "valid", 1.0)
 
 
 def test_a_filter_for_another_catalogue_is_refused() -> None:

@@ -40,43 +40,53 @@ def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Grap
         parts = []
         for start, towers, filtered in blended.chunks(np.asarray(users, dtype=np.int64)):
             rows = np.arange(start, start + len(towers))
-            parts.append(_top_k(towers + np.float32(graph.weight) * filtered, None if exclude is None
-                                else take_rows(exclude, rows), k))
+            scores = towers + np.float32(graph.weight) * filtered[graph.sharpening]
+            parts.append(_top_k(scores, None if exclude is None else take_rows(exclude, rows), k))
         return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
     return rank
 
 
 class GraphSweep:
-    """The blended top-k lists of several weights and several exclusion rules (one per split),
-    computed in one pass over the users: each user's blended scores are computed once, whichever
-    weight and split asks first, and every (split, weight) list is kept by user code. So choosing
-    a weight on validation and ranking test with it costs one scoring pass, not one per weight and
-    split.
+    """The blended top-k lists of several (sharpening time, weight) pairs and several exclusion
+    rules (one per split), computed in one pass over the users: each user's tower scores and
+    filter scores (every sharpening time from one set of propagations) are computed once, whichever
+    pair and split asks first, and every (split, sharpening, weight) list is kept by user code. So
+    choosing the filter on validation and ranking test with it costs one scoring pass, not one per
+    candidate and split.
 
     Args:
-        user_vectors, item_vectors, graph, history, k: as `graph_ranker`'s.
+        user_vectors, item_vectors, graph, history, k: as `graph_ranker`'s (`graph`'s own
+            sharpening is not used: `sharpenings` are).
         weights: the blend weights.
         excludes: per split name, the CSR over all users of the items its rankings leave out (the
             split's `SplitTargets.exclude`); a split's rankers read theirs from here.
+        sharpenings: the filter's sharpening times (`GraphFilter.sharpened_scores`).
     """
 
     def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: GraphFilter, history: CSRPair, k: int,
-                 weights: Sequence[float], excludes: dict[str, CSRPair | None]) -> None:
-        self._blended = _BlendedScores(user_vectors, item_vectors, graph, history)
+                 weights: Sequence[float], excludes: dict[str, CSRPair | None],
+                 sharpenings: Sequence[float] = (0.0,)) -> None:
+        self._times = tuple(sorted({float(t) for t in sharpenings}))
+        self._blended = _BlendedScores(user_vectors, item_vectors, graph, history, self._times)
         self._k, self._weights, self._excludes = int(k), tuple(float(w) for w in weights), dict(excludes)
         num_users = len(user_vectors)
         self._done = np.zeros(num_users, dtype=bool)
-        self._lists = {(split, w): np.full((num_users, self._k), -1, dtype=np.int32)
-                       for split in self._excludes for w in self._weights}
+        self._lists = {self._key(split, t, w): np.full((num_users, self._k), -1, dtype=np.int32)
+                       for split in self._excludes for t in self._times for w in self._weights}
 
-    def ranker(self, weight: float, split: str) -> Ranker:
-        """The ranker of one weight and split (the `exclude` it is called with is the split's own
-        rows, which the sweep already holds)."""
-        key = (split, float(weight))
-        if key not in self._lists:
-            raise ValueError(f"weight {weight} and split {split!r} are not among the sweep's weights "
-                             f"{list(self._weights)} and splits {list(self._excludes)}")
+    def _key(self, split: str, sharpening: float, weight: float) -> tuple[str, float, float]:
+        """Weight 0 is the towers alone whatever the sharpening: one list serves them all."""
+        return (split, float(sharpening) if weight else self._times[0], float(weight))
+
+    def ranker(self, weight: float, split: str, sharpening: float = 0.0) -> Ranker:
+        """The ranker of one weight, sharpening time and split (the `exclude` it is called with is
+        the split's own rows, which the sweep already holds)."""
+        key = self._key(split, sharpening, weight)
+        if key not in self._lists or float(sharpening) not in self._times:
+            raise ValueError(f"weight {weight}, sharpening {sharpening} and split {split!r} are not among the "
+                             f"sweep's weights {list(self._weights)}, sharpenings {list(self._times)} and splits "
+                             f"{list(self._excludes)}")
 
         def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
             users = np.asarray(users, dtype=np.int64)
@@ -91,30 +101,37 @@ class GraphSweep:
             rows = users[start:start + len(towers)]
             for split, exclude in self._excludes.items():
                 excluded = None if exclude is None else take_rows(exclude, rows)
-                for weight in self._weights:
-                    scores = towers + np.float32(weight) * filtered if weight else towers.copy()
-                    self._lists[(split, weight)][rows] = _top_k(scores, excluded, self._k)
+                for key in self._lists:
+                    if key[0] != split:
+                        continue
+                    _, time, weight = key
+                    scores = towers + np.float32(weight) * filtered[time] if weight else towers.copy()
+                    self._lists[key][rows] = _top_k(scores, excluded, self._k)
         self._done[users] = True
 
 
 class _BlendedScores:
-    """The two standardised halves of the blend for chunks of users, bounded in memory."""
+    """The two standardised halves of the blend for chunks of users, bounded in memory: the towers'
+    scores and the filter's for each sharpening time."""
 
     def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: GraphFilter,
-                 history: CSRPair) -> None:
+                 history: CSRPair, sharpenings: Sequence[float] | None = None) -> None:
         if graph.num_items != len(item_vectors):
             raise ValueError(f"the graph filter covers {graph.num_items} items; the model has {len(item_vectors)}")
         self._queries = torch.from_numpy(np.array(user_vectors, dtype=np.float32))  # copies: inputs may be read-only
         self._items = torch.from_numpy(np.array(item_vectors, dtype=np.float32))
         self._graph, self._history = graph, csr_pair(history)
+        self._times = (graph.sharpening,) if sharpenings is None else tuple(sharpenings)
 
-    def chunks(self, users: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yields (offset into `users`, standardised tower scores, standardised filter scores)."""
+    def chunks(self, users: np.ndarray) -> Iterator[tuple[int, np.ndarray, dict[float, np.ndarray]]]:
+        """Yields (offset into `users`, standardised tower scores, standardised filter scores by
+        sharpening time)."""
         step = max(1, (1 << 24) // max(len(self._items), 1))  # bounds the [rows, items] matrices
         for start in range(0, len(users), step):
             rows = users[start:start + step]
             towers = standardise((self._queries[torch.from_numpy(rows)] @ self._items.T).numpy())
-            yield start, towers, standardise(self._graph.scores(*take_rows(self._history, rows)))
+            filtered = self._graph.sharpened_scores(*take_rows(self._history, rows), self._times)
+            yield start, towers, {t: standardise(f) for t, f in zip(self._times, filtered, strict=True)}
 
 
 def blended_topk(tower_scores: np.ndarray, filter_scores: np.ndarray, weight: float, exclude: CSRPair | None,
