@@ -1,8 +1,9 @@
 """The graph filter's blend (`model.graph_filter`) on already trained runs, valid and test.
 
 For each run directory (what `twotower train --out RUN` wrote), fits the filter on the run's training
-split, chooses the blend weight on validation exactly as training does with `model.graph_filter`
-on (`twotower.training.graph_blend`), and reports the towers alone against the blend on valid and
+split, chooses the sharpening time and the blend weight on validation exactly as training does with
+`model.graph_filter` on (`twotower.training.graph_blend`; the candidates: the settings' defaults, or
+as given), and reports the towers alone against the blend on valid and
 test, per run and as mean and spread, with the time the filter took:
 
     python -m benchmarks.graph_filter RUN [RUN ...] --name gowalla-example
@@ -26,7 +27,8 @@ from typing import Any
 from benchmarks.runner import markdown_table, write_results
 
 
-def blend_run(run: Path, weights: list[float] | None) -> dict[str, Any]:
+def blend_run(run: Path, weights: list[float] | None, sharpening: list[float] | None = None,
+              rank: int | None = None) -> dict[str, Any]:
     """Towers and blend metrics of one run (its select metric's @k, recall at the same k)."""
     from twotower.evaluate import evaluate_model
     from twotower.model.model_dir import load_model_dir, trained_dataset
@@ -36,15 +38,19 @@ def blend_run(run: Path, weights: list[float] | None) -> dict[str, Any]:
     trained = load_model_dir(run / "model")
     dataset = trained_dataset(trained)
     config = TrainConfig.from_dict(trained.config["train_config"])
-    model_settings = dataclasses.replace(config.model, graph_filter=True,
-                                         graph_filter_weights=weights or config.model.graph_filter_weights)
+    defaults = type(config.model)()  # a run trained before a setting existed carries the setting's default
+    model_settings = dataclasses.replace(
+        config.model, graph_filter=True, graph_filter_weights=weights or defaults.graph_filter_weights,
+        graph_filter_sharpening=sharpening or defaults.graph_filter_sharpening,
+        graph_filter_rank=defaults.graph_filter_rank if rank is None else rank)
     config = dataclasses.replace(config, model=model_settings)
     metric = config.train.select_metric
     recall = "recall@" + metric.split("@")[1]
     started = time.perf_counter()
     blend = choose_graph_blend(config, trained.model, dataset)
     row: dict[str, Any] = {"run": str(run), "metric": metric, "weight": blend.graph.weight,
-                           "valid_by_weight": blend.describe()["valid_by_weight"]}
+                           "sharpening": blend.graph.sharpening, "rank": blend.graph.rank,
+                           "valid_by_choice": blend.describe()["valid_by_choice"]}
     for split in ("valid", "test"):
         towers = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
                                 protocol=config.eval)
@@ -68,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories written by `twotower train --out`")
     parser.add_argument("--name", required=True, help="results go to benchmarks/results/graph-filter-NAME.md")
-    parser.add_argument("--weights", type=float, nargs="+", help="candidate weights (default: the setting's)")
+    parser.add_argument("--weights", type=float, nargs="+", help="candidate weights (default: the setting's default)")
+    parser.add_argument("--sharpening", type=float, nargs="+", help="candidate sharpening times (default: the "
+                        "setting's default)")
+    parser.add_argument("--rank", type=int, help="the low-pass term's rank (default: the setting's default)")
     args = parser.parse_args(argv)
     runs = [run for run in args.runs if (run / "model").is_dir()]
     for run in sorted(set(args.runs) - set(runs)):
@@ -77,19 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for run in runs:
-        row = blend_run(run, args.weights)
+        row = blend_run(run, args.weights, args.sharpening, args.rank)
         rows.append(row)
         figures = ", ".join(f"{key} {value:.4f}" for key, value in row.items()
                             if isinstance(value, float) and key.startswith(("valid_", "test_")))
-        print(f"{run}: weight {row['weight']}, validation by weight {row['valid_by_weight']}, {figures}", flush=True)
+        choices = ", ".join(f"{c['sharpening']}/{c['weight']}: {c['score']:.4f}" for c in row["valid_by_choice"])
+        print(f"{run}: weight {row['weight']}, sharpening {row['sharpening']}, validation by sharpening/weight "
+              f"{choices}; {figures}", flush=True)
     metric = rows[0]["metric"]
     name, k = metric.split("@")
     keys = [f"{split}_{kind}_{m}" for split in ("valid", "test") for kind in ("towers", "blend")
             for m in ("recall", name)]
-    header = ["run", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys], "filter, choice and test (s)"]
-    table_rows = [[Path(row["run"]).name, row["weight"], *[f"{row[key]:.4f}" for key in keys],
-                   row["fit_and_choose_seconds"]] for row in rows]
-    table_rows.append(["mean ± spread", "", *[_mean(rows, key) for key in keys], ""])
+    header = ["run", "sharpening", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys],
+              "filter, choice and test (s)"]
+    table_rows = [[Path(row["run"]).name, row["sharpening"], row["weight"], *[f"{row[key]:.4f}" for key in keys],
+                  row["fit_and_choose_seconds"]] for row in rows]
+    table_rows.append(["mean ± spread", "", "", *[_mean(rows, key) for key in keys], ""])
     command = "python -m benchmarks.graph_filter " + " ".join(sys.argv[1:] if argv is None else argv)
     table = f"`{command}`\n\n" + markdown_table(header, table_rows)
     path = write_results(f"graph-filter-{args.name}", table, {"rows": rows})

@@ -165,13 +165,15 @@ def _graph_filter_line(results_path: Path) -> str:
     section = read_json_object(results_path).get("graph_filter") if results_path.is_file() else None
     if not section:
         return ""
-    metric, weight = section["select_metric"], section["weight"]
+    metric, weight, sharpening = section["select_metric"], section["weight"], section.get("sharpening", 0.0)
     towers = section["towers"]["valid"]["metrics"][metric]
-    chosen = section["valid_by_weight"].get(repr(float(weight)))
-    how = (f"chosen on valid {metric} ({towers:.4f} for the towers alone, {chosen:.4f} with it)"
-           if chosen is not None else "as set")
+    chosen = [entry["score"] for entry in section.get("valid_by_choice", [])
+              if entry["weight"] == weight and (weight == 0 or entry["sharpening"] == sharpening)]
+    how = (f"chosen on valid {metric} ({towers:.4f} for the towers alone, {chosen[0]:.4f} with it)"
+           if chosen else "as set")
     rows = "the model's rows above are the blend" if weight > 0 else "the towers rank alone"
-    return f"graph filter: weight {weight} {how}; {rows} ({section['seconds']} s to fit, choose and rank test)"
+    return (f"graph filter: weight {weight}, sharpening {sharpening} {how}; {rows} "
+            f"({section['seconds']} s to fit, choose and rank test)")
 
 
 # -- tune -------------------------------------------------------------------------------------------

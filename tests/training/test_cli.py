@@ -392,9 +392,10 @@ def test_train_and_evaluate_with_the_graph_filter(tmp_path, capsys):
     """`--model.graph_filter`: training says what it chose, `evaluate` reproduces the blended metrics."""
     out = tmp_path / "run"
     tiny = [arg if arg != "5" else "2" for arg in TINY]
-    assert main(["train", "--out", str(out), *tiny, "--model.graph_filter", "--model.graph_filter_weights", "2.0"]) == 0
+    assert main(["train", "--out", str(out), *tiny, "--model.graph_filter", "--model.graph_filter_weights", "2.0",
+                 "--model.graph_filter_sharpening", "1.0"]) == 0
     printed = capsys.readouterr().out
-    assert "graph filter: weight 2.0 as set; the model's rows above are the blend" in printed
+    assert "graph filter: weight 2.0, sharpening 1.0 as set; the model's rows above are the blend" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["graph_filter"]["towers"]["test"]["metrics"] != results["test"]["metrics"]
     assert main(["evaluate", str(out / "model"), "--quiet"]) == 0

@@ -1,5 +1,5 @@
-"""`model.graph_filter`: the weight chosen on validation, the blend in results, the model directory,
-`evaluate` and `recommend`, and the refit."""
+"""`model.graph_filter`: the weight and sharpening chosen on validation, the blend in results, the
+model directory, `evaluate` and `recommend`, and the refit."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from .conftest import tiny_config
 
 
-def graph_config(weights: list[float], **train: object):
+def graph_config(weights: list[float], sharpening: tuple[float, ...] = (0.0,), **train: object):
     config = tiny_config(**train)
     config.model = dataclasses.replace(config.model, graph_filter=True, graph_filter_weights=weights,
-                                       graph_filter_rank=8)
+                                       graph_filter_sharpening=list(sharpening), graph_filter_rank=8)
     return config
 
 
@@ -33,19 +33,25 @@ def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluatio
     trained = load_model_dir(tmp_path / "model")
     dataset = load_dataset(config.data)
     config.model.graph_filter_weights = [0.2, 1.0, 5.0]
+    config.model.graph_filter_sharpening = [0.0, 1.5]
     blend = choose_graph_blend(config, trained.model, dataset)
-    assert sorted(blend.valid_by_weight) == [0.0, 0.2, 1.0, 5.0]  # the towers alone always compete
+    # the towers alone (weight 0, whatever the sharpening) always compete, once
+    assert sorted(blend.valid_by_choice) == [(0.0, 0.0), (0.0, 0.2), (0.0, 1.0), (0.0, 5.0), (1.5, 0.2), (1.5, 1.0),
+                                             (1.5, 5.0)]
     metric = config.train.select_metric
-    for weight, score in blend.valid_by_weight.items():
+    for (time, weight), score in blend.valid_by_choice.items():
         independent = evaluate_model(trained.model, dataset, split="valid", ks=config.train.ks, progress=False,
-                                     graph=blend.graph.with_weight(weight))
+                                     graph=blend.graph.with_weight(weight, time))
         assert independent[metric] == pytest.approx(score, abs=1e-12)
+    assert len({round(s, 12) for (t, w), s in blend.valid_by_choice.items() if w == 1.0}) == 2  # the time matters
     chosen_test = evaluate_model(trained.model, dataset, split="test", ks=config.train.ks, progress=False,
                                  graph=blend.graph)
     assert blend.test.metrics == pytest.approx(chosen_test.metrics, abs=1e-12)  # the sweep's test ranking
-    best = max(blend.valid_by_weight.values())
-    assert blend.valid_by_weight[blend.graph.weight] == best
-    assert blend.graph.weight == min(w for w, s in blend.valid_by_weight.items() if s == best)
+    best = max(blend.valid_by_choice.values())
+    chosen = (blend.graph.sharpening, blend.graph.weight)
+    assert blend.valid_by_choice[chosen] == best
+    assert chosen == min(((t, w) for (t, w), s in blend.valid_by_choice.items() if s == best),
+                         key=lambda pair: (pair[1], pair[0]))
 
 
 def test_a_run_with_the_filter_reports_saves_and_recommends_the_blend(tmp_path) -> None:
@@ -56,13 +62,13 @@ def test_a_run_with_the_filter_reports_saves_and_recommends_the_blend(tmp_path) 
     from twotower.retrieval.recommend import Recommender
     from twotower.training.loop import fit
 
-    config = graph_config([1.5])  # one weight: used as given
+    config = graph_config([1.5], sharpening=(1.0,))  # one weight and one time: used as given
     result = fit(config, tmp_path, echo=lambda line: None)
     results = json.loads((tmp_path / "results.json").read_text())
     section = results["graph_filter"]
-    assert section["weight"] == 1.5 and section["valid_by_weight"] == {} and section["rank"] == 8
+    assert (section["weight"], section["sharpening"], section["valid_by_choice"], section["rank"]) == (1.5, 1.0, [], 8)
     trained = load_model_dir(tmp_path / "model")
-    assert trained.graph is not None and trained.graph.weight == 1.5
+    assert trained.graph is not None and (trained.graph.weight, trained.graph.sharpening) == (1.5, 1.0)
     dataset = load_dataset(config.data)
     kwargs = {"ks": config.train.ks, "progress": False}
     blended = evaluate_model(trained.model, dataset, split="test", graph=trained.graph, **kwargs)
@@ -99,16 +105,19 @@ def test_without_validation_several_weights_leave_the_towers_alone(tmp_path, cap
     assert not (tmp_path / "model" / "graph_filter.safetensors").exists()
 
 
-def test_the_refit_blends_with_the_weight_its_selection_chose(tmp_path) -> None:
+def test_the_refit_blends_with_the_weight_and_sharpening_its_selection_chose(tmp_path) -> None:
     from twotower.model.model_dir import load_model_dir
     from twotower.training.loop import fit
 
-    fit(graph_config([0.0, 3.0], epochs=2, patience=0, refit=True), tmp_path, echo=lambda line: None)
-    chosen = json.loads((tmp_path / "results.json").read_text())["graph_filter"]["weight"]
+    fit(graph_config([0.0, 3.0], sharpening=(0.0, 2.0), epochs=2, patience=0, refit=True), tmp_path,
+        echo=lambda line: None)
+    chosen = json.loads((tmp_path / "results.json").read_text())["graph_filter"]
     refit = json.loads((tmp_path / "refit" / "results.json").read_text())["graph_filter"]
-    assert refit["weight"] == chosen and refit["valid_by_weight"] == {}
+    assert (refit["weight"], refit["sharpening"]) == (chosen["weight"], chosen["sharpening"])
+    assert refit["valid_by_choice"] == []
     graph = load_model_dir(tmp_path / "refit" / "model").graph
-    assert (graph is None) == (chosen == 0) and (graph is None or graph.weight == chosen)
+    assert (graph is None) == (chosen["weight"] == 0)
+    assert graph is None or (graph.weight, graph.sharpening) == (chosen["weight"], chosen["sharpening"])
 
 
 def test_bad_settings_are_named() -> None:
@@ -119,6 +128,15 @@ def test_bad_settings_are_named() -> None:
         config.model.graph_filter_weights = weights
         with pytest.raises(ValueError, match="graph_filter_weights must be a non-empty list of finite floats >= 0"):
             config.validate()
+    for times in ([], [-0.5], [float("inf")], [True]):
+        config = TrainConfig()
+        config.model.graph_filter_sharpening = times
+        with pytest.raises(ValueError, match="graph_filter_sharpening must be a non-empty list of finite floats >= 0"):
+            config.validate()
+    config = TrainConfig()
+    config.model.graph_filter_ideal_weight = -0.1
+    with pytest.raises(ValueError, match="graph_filter_ideal_weight must be a finite float >= 0"):
+        config.validate()
     config = TrainConfig()
     config.model.graph_filter_rank = -1
     with pytest.raises(ValueError, match="graph_filter_rank must be >= 0"):

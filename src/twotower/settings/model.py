@@ -125,15 +125,19 @@ class ModelConfig:
             0.02 costs no measurable accuracy (ML-100K, valid NDCG@10 within noise of 0) and makes
             an unseen user or item get a trained vector (close to "what everyone likes").
         init_std: standard deviation of the normal init of every embedding table.
-        graph_filter: after training, blend GF-CF's closed-form graph filter into the ranking
-            (`twotower.model.graph_filter`): each user's tower scores and filter scores are
-            standardised over the catalogue and added, the filter's with the weight among
-            `graph_filter_weights` that scores best on validation (`train.select_metric`; 0, the
-            towers alone, is always a candidate). Needs a validation split to choose the weight.
+        graph_filter: after training, blend a closed-form graph filter into the ranking
+            (`twotower.model.graph_filter`: GF-CF's filter, sharpened as BSPM does): each user's
+            tower scores and filter scores are standardised over the catalogue and added, the
+            filter's with the weight among `graph_filter_weights` and the sharpening time among
+            `graph_filter_sharpening` that score best on validation (`train.select_metric`; weight
+            0, the towers alone, is always a candidate). Needs a validation split to choose them.
             Known users' rankings (`evaluate`, `recommend`, `serve`, exact or HNSW) use the blend;
             new users and similar items rank by the towers.
         graph_filter_weights: the candidate weights (each >= 0).
-        graph_filter_rank: singular vectors of the filter's low-pass term (GF-CF's 256; 0 leaves it out).
+        graph_filter_sharpening: the candidate sharpening times (each >= 0; 0 = GF-CF's filter
+            unsharpened). Any number of times > 0 costs the same four extra propagations.
+        graph_filter_rank: singular vectors of the filter's low-pass term (0 leaves it out).
+        graph_filter_ideal_weight: weight of the low-pass term against the linear one (BSPM's 0.2).
     """
 
     embedding_dim: int = 64
@@ -152,7 +156,9 @@ class ModelConfig:
     init_std: float = 0.05
     graph_filter: bool = False
     graph_filter_weights: list[float] = field(default_factory=lambda: [0.0, 0.025, 0.05, 0.1, 0.2])
+    graph_filter_sharpening: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.5])
     graph_filter_rank: int = 256
+    graph_filter_ideal_weight: float = 0.2
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -186,6 +192,13 @@ class ModelConfig:
         if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
                               for w in weights):
             raise ValueError(f"graph_filter_weights must be a non-empty list of finite floats >= 0; got {weights}")
+        times = self.graph_filter_sharpening
+        if not times or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0
+                            for t in times):
+            raise ValueError(f"graph_filter_sharpening must be a non-empty list of finite floats >= 0; got {times}")
+        ideal = self.graph_filter_ideal_weight
+        if isinstance(ideal, bool) or not isinstance(ideal, (int, float)) or not math.isfinite(ideal) or ideal < 0:
+            raise ValueError(f"graph_filter_ideal_weight must be a finite float >= 0; got {ideal}")
         if self.graph_filter_rank < 0:
             raise ValueError(f"graph_filter_rank must be >= 0 (0 = no low-pass term); got {self.graph_filter_rank}")
 

@@ -1,5 +1,6 @@
 """`model.graph_filter`: after training, fit the closed-form graph filter on the training split and
-choose the weight of its blend into the towers on validation (`twotower.model.graph_filter`)."""
+choose its sharpening time and the weight of its blend into the towers on validation
+(`twotower.model.graph_filter`)."""
 
 from __future__ import annotations
 
@@ -23,52 +24,61 @@ log = logging.getLogger("twotower")
 
 @dataclass(frozen=True)
 class GraphBlend:
-    """The fitted filter (with the chosen weight) and what validation said of each candidate."""
+    """The fitted filter (with the chosen weight and sharpening) and what validation said of each
+    candidate (sharpening time, weight)."""
 
     graph: GraphFilter
     metric: str
-    valid_by_weight: dict[float, float]
+    valid_by_choice: dict[tuple[float, float], float]
     seconds: float
-    valid: EvalResult | None = None  # the chosen weight's validation and test results, when it was chosen here
+    valid: EvalResult | None = None  # the chosen pair's validation and test results, when it was chosen here
     test: EvalResult | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for results.json."""
-        return {"weight": self.graph.weight, "rank": self.graph.rank, "ideal_weight": self.graph.ideal_weight,
-                "select_metric": self.metric, "valid_by_weight": {repr(w): v for w, v in self.valid_by_weight.items()},
+        return {"weight": self.graph.weight, "sharpening": self.graph.sharpening, "rank": self.graph.rank,
+                "ideal_weight": self.graph.ideal_weight, "select_metric": self.metric,
+                "valid_by_choice": [{"sharpening": t, "weight": w, "score": v}
+                                    for (t, w), v in sorted(self.valid_by_choice.items())],
                 "seconds": round(self.seconds, 1)}
 
 
 def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: SplitDataset) -> GraphBlend | None:
-    """The blend `config.model` asks for: with several candidate weights, the one (0 included) with
-    the best validation `train.select_metric` (ties go to the smaller weight); a single candidate
-    is used as given (the refit of `train.refit` passes the weight its selection run chose). None
-    when the setting is off, or when there are candidates to choose from and no validation split
-    to choose on (logged)."""
+    """The blend `config.model` asks for: with several candidates, the (sharpening time, weight)
+    pair with the best validation `train.select_metric` (weight 0, the towers alone, always
+    competes; ties go to the smaller weight, then the shorter time); a single candidate of each is
+    used as given (the refit of `train.refit` passes the pair its selection run chose). None when
+    the setting is off, or when there are candidates to choose from and no validation split to
+    choose on (logged)."""
     settings = config.model
     if not settings.graph_filter:
         return None
     given = sorted({float(w) for w in settings.graph_filter_weights})
-    if len(given) > 1 and len(dataset.valid.users) == 0:
-        log.warning("model.graph_filter chooses its weight on validation and this data has no validation split: "
-                    "the towers rank alone (set one weight in model.graph_filter_weights to blend without a choice)")
+    times = sorted({float(t) for t in settings.graph_filter_sharpening})
+    if (len(given) > 1 or len(times) > 1) and len(dataset.valid.users) == 0:
+        log.warning("model.graph_filter chooses its weight and sharpening on validation and this data has no "
+                    "validation split: the towers rank alone (set one weight in model.graph_filter_weights and one "
+                    "time in model.graph_filter_sharpening to blend without a choice)")
         return None
     started = time.perf_counter()
     history = csr_pair(dataset.train_history)
-    graph = GraphFilter.fit(*history, dataset.num_items, rank=settings.graph_filter_rank, seed=config.train.seed)
+    graph = GraphFilter.fit(*history, dataset.num_items, rank=settings.graph_filter_rank,
+                            ideal_weight=settings.graph_filter_ideal_weight, seed=config.train.seed)
     metric = config.train.select_metric
-    if len(given) == 1:
-        return GraphBlend(graph.with_weight(given[0]), metric, {}, time.perf_counter() - started)
+    if len(given) == 1 and len(times) == 1:
+        return GraphBlend(graph.with_weight(given[0], times[0]), metric, {}, time.perf_counter() - started)
     weights = sorted({0.0, *given})
+    candidates = [(times[0], 0.0), *[(t, w) for t in times for w in weights if w > 0]]
     ks = config.train.ks
     targets = {split: split_targets(dataset, split, config.eval) for split in ("valid", "test")}
     sweep = GraphSweep(model.user_search_vectors(), model.item_search_vectors(), graph, history,
                        ranking_width(ks, dataset.num_items), weights,
-                       {split: target.exclude for split, target in targets.items()})
-    results = {w: evaluate_targets(sweep.ranker(w, "valid"), targets["valid"], num_items=dataset.num_items, ks=ks,
-                                   progress=False, desc="graph filter") for w in weights}
-    scores = {w: result[metric] for w, result in results.items()}
-    best = max(weights, key=lambda w: (scores[w], -w))
-    test = evaluate_targets(sweep.ranker(best, "test"), targets["test"], num_items=dataset.num_items, ks=ks,
-                            progress=False, desc="graph filter")
-    return GraphBlend(graph.with_weight(best), metric, scores, time.perf_counter() - started, results[best], test)
+                       {split: target.exclude for split, target in targets.items()}, sharpenings=times)
+    results = {(t, w): evaluate_targets(sweep.ranker(w, "valid", t), targets["valid"], num_items=dataset.num_items,
+                                        ks=ks, progress=False, desc="graph filter") for t, w in candidates}
+    scores = {pair: result[metric] for pair, result in results.items()}
+    best = max(candidates, key=lambda pair: (scores[pair], -pair[1], -pair[0]))
+    test = evaluate_targets(sweep.ranker(best[1], "test", best[0]), targets["test"], num_items=dataset.num_items,
+                            ks=ks, progress=False, desc="graph filter")
+    return GraphBlend(graph.with_weight(best[1], best[0]), metric, scores, time.perf_counter() - started,
+                      results[best], test)

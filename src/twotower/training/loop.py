@@ -189,13 +189,15 @@ def _refit(config: TrainConfig, out_dir: Path, device: torch.device, dataset: Sp
     """`train.refit`: a second run in `out_dir/refit` on train + valid, stopped after the selected
     run's best epoch on the same learning-rate schedule (so it retraces the selected model's
     trajectory with more data), with the temperature the selected run trained with (a data rule
-    would read the larger split) and the graph filter weight it chose; results.json gains its test
-    metrics."""
+    would read the larger split) and the graph filter weight and sharpening it chose; results.json
+    gains its test metrics."""
     selection = out_dir / "results.json"
-    chosen = read_json_object(selection).get("graph_filter", {}).get("weight") if selection.is_file() else None
+    chosen = read_json_object(selection).get("graph_filter", {}) if selection.is_file() else {}
+    model = config.model if "weight" not in chosen else dataclasses.replace(
+        config.model, graph_filter_weights=[chosen["weight"]],
+        graph_filter_sharpening=[chosen.get("sharpening", 0.0)])
     refit_config = dataclasses.replace(
-        config, loss=training_loss(config, dataset),
-        model=config.model if chosen is None else dataclasses.replace(config.model, graph_filter_weights=[chosen]),
+        config, loss=training_loss(config, dataset), model=model,
         train=dataclasses.replace(config.train, refit=False, patience=0, eval_every=config.train.epochs))
     refit_dir = out_dir / REFIT
     resume_refit = resume and resumable_checkpoint(refit_dir / CHECKPOINTS)[0] is not None

@@ -22,7 +22,8 @@ __all__ = ["COSMETIC", "changed_settings", "semantic_settings"]
 COSMETIC = {"train": ("progress", "num_threads", "keep_checkpoints", "fused_step", "checkpoint_every",
                        "keep_optimizer_state", "refit", "tune_allocator", "distributed_eval"),
              "eval": ("exclude",), "data": DataSource.FILES,
-             "model": ("graph_filter", "graph_filter_weights", "graph_filter_rank")}
+             "model": ("graph_filter", "graph_filter_weights", "graph_filter_sharpening", "graph_filter_rank",
+                       "graph_filter_ideal_weight")}
 
 
 def semantic_settings(config: dict[str, Any]) -> dict[str, Any]:
