@@ -96,3 +96,34 @@ def test_a_filter_for_another_catalogue_is_refused() -> None:
     _, _, history, users, items, graph = setup(4)
     with pytest.raises(ValueError, match="the graph filter covers 25 items; the model has 24"):
         graph_ranker(users, items[:24], graph, history, 3)
+
+
+def test_the_approximate_blend_through_an_exhaustive_index_is_the_exact_blend() -> None:
+    """`graph_ann_ranker` over an HNSW index searched exhaustively (ef = every item) and
+    `evaluate_ann` with the filter: the same lists and metrics as the exact blend."""
+    from twotower.evaluate import evaluate_ann, evaluate_rankings
+    from twotower.retrieval.graph_rank import graph_ann_ranker
+    from twotower.retrieval.hnsw import HNSWIndex
+
+    rng, dense, history, users, items, graph = setup(5, num_users=40, num_items=300)
+    graph = graph.with_weight(1.5, sharpening=1.0)
+    index = HNSWIndex.build(items, scoring="dot", M=16, ef_construction=300, ef=300)
+    rows = np.arange(40)
+    exclude_dense = dense.copy()
+    exclude = (np.concatenate([[0], np.cumsum(exclude_dense.sum(1))]).astype(np.int64),
+               np.concatenate([np.flatnonzero(r) for r in exclude_dense]).astype(np.int64))
+    got = graph_ann_ranker(index, users, items, graph, history, 10)(rows, exclude)
+    want = graph_ranker(users, items, graph, history, 10)(rows, exclude)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, brute_force(users, items, graph, dense, rows, 1.5, exclude_dense, 10))
+    relevant_dense = (rng.random(dense.shape) < 0.05) & ~dense
+    relevant = (np.concatenate([[0], np.cumsum(relevant_dense.sum(1))]).astype(np.int64),
+                np.concatenate([np.flatnonzero(r) for r in relevant_dense]).astype(np.int64))
+    result = evaluate_ann(index, users, items, relevant, exclude=exclude, ks=(10,), progress=False, graph=graph,
+                          history=history)
+    exact = evaluate_rankings(graph_ranker(users, items, graph, history, 10), relevant, num_items=300, ks=(10,),
+                              exclude=exclude, progress=False)
+    assert result.metrics == pytest.approx(exact.metrics, abs=1e-12)
+    assert result.extra["ann_recall@10"] == 1.0
+    towers = evaluate_ann(index, users, items, relevant, exclude=exclude, ks=(10,), progress=False)
+    assert towers.metrics != result.metrics  # the filter's blend ranks differently here

@@ -246,11 +246,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         items = trained.model.item_search_vectors()
         ann = evaluate_ann(index, users, items, targets.relevant, exclude=targets.exclude, ks=ks,
                            progress=_bars(args), unreachable=targets.unreachable,
-                           unreachable_users=targets.unreachable_users)
+                           unreachable_users=targets.unreachable_users, graph=trained.graph,
+                           history=dataset.train_history)
         k = ranking_width(ks, trained.model.num_items)
         if trained.graph is not None:
-            print("\nThe HNSW index ranks by the towers alone (no graph filter): it is compared with the towers' exact "
-                  "ranking below.")
+            print("\nWith the graph filter: the index's and the filter's candidates re-ranked by the blend, against "
+                  "the exact blend.")
         print(f"\nHNSW (test): ndcg@{ks[0]} {ann.metrics[f'ndcg@{ks[0]}']:.4f} "
               f"vs exact {ann.extra[f'exact/ndcg@{ks[0]}']:.4f}; "
               f"recall of ANN top-{k} vs exact top-{k}: {ann.extra[f'ann_recall@{k}']:.4f}; "

@@ -484,9 +484,13 @@ def evaluate_ann(
     progress: bool = True,
     unreachable: np.ndarray | None = None,
     unreachable_users: int = 0,
+    graph: Any = None,
+    history: Any = None,
 ) -> EvalResult:
     """Metrics through the HNSW index, next to the exact scorer's (`unreachable`,
-    `unreachable_users`: see `evaluate_rankings`).
+    `unreachable_users`: see `evaluate_rankings`). With a `graph` filter whose weight is > 0 (and
+    the `history` CSR over users it reads), both rank by its blend: the exact blend
+    (`graph_ranker`) against the index's and the filter's candidates re-ranked (`graph_ann_ranker`).
 
     `extra` holds, for K = `ranking_width(ks, num_items)`: "ann_recall@K" (mean over users of
     |ANN top-K ∩ exact top-K| / |exact top-K|, both with the same exclusions), "exact_qps" and "ann_qps"
@@ -494,8 +498,14 @@ def evaluate_ann(
     """
     k = ranking_width(ks, len(item_vectors))
     exact_ids: deque[np.ndarray] = deque()  # per batch; both passes visit the same batches in the same order
-    exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
-    ann = ann_ranker(index, user_vectors, k)
+    if graph is not None and graph.weight > 0:
+        from twotower.retrieval.graph_rank import graph_ann_ranker, graph_ranker
+
+        exact = graph_ranker(user_vectors, item_vectors, graph, csr_pair(history), k)
+        ann = graph_ann_ranker(index, user_vectors, item_vectors, graph, csr_pair(history), k)
+    else:
+        exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
+        ann = ann_ranker(index, user_vectors, k)
 
     def exact_recording(batch: np.ndarray, excl: CSRPair | None) -> np.ndarray:
         ids = exact(batch, excl)

@@ -25,8 +25,8 @@ from twotower.model.model_dir import load_model_dir, trained_dataset
 from twotower.model.towers import TowerInputs
 from twotower.retrieval.recommend import Recommender, UnknownIdError
 
-SMALL = [
-    "--silent", "--model.embedding_dim", "16", "--batches.batch_size", "256",
+SMALL = [  # the towers alone: these tests check their search (the graph filter's blend: tests/serve, tests/training)
+    "--silent", "--no-model.graph_filter", "--model.embedding_dim", "16", "--batches.batch_size", "256",
     "--batches.num_shared_negatives", "128", "--train.epochs", "2", "--train.num_threads", "1",
 ]
 SYNTHETIC = ["--data.synthetic_users", "300", "--data.synthetic_items", "200",

@@ -12,8 +12,10 @@ from twotower.settings import TrainConfig
 
 
 def tiny_config(**train: object) -> TrainConfig:
-    """~6k interactions, 2 epochs of a small model: a few seconds on 2 cores."""
+    """~6k interactions, 2 epochs of a small model: a few seconds on 2 cores. The towers alone (the
+    graph filter's blend, on by default, has its own tests: test_graph_blend.py)."""
     config = TrainConfig()
+    config.model.graph_filter = False
     config.data.synthetic_users = 300
     config.data.synthetic_items = 200
     config.data.synthetic_interactions_per_user = 20

@@ -54,6 +54,28 @@ def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluatio
                          key=lambda pair: (pair[1], pair[0]))
 
 
+def test_the_defaults_choose_the_filter_on_validation(tmp_path) -> None:
+    """The filter is on by default: a run with the default filter settings chooses among every
+    default (sharpening, weight) pair, the towers alone included, and reports the choice."""
+    from twotower.settings import TrainConfig
+    from twotower.training.loop import fit
+
+    defaults = TrainConfig().model
+    assert defaults.graph_filter
+    config = tiny_config()
+    config.model = dataclasses.replace(config.model, graph_filter=True)
+    fit(config, tmp_path, echo=lambda line: None)
+    section = json.loads((tmp_path / "results.json").read_text())["graph_filter"]
+    pairs = {(c["sharpening"], c["weight"]) for c in section["valid_by_choice"]}
+    times = sorted(defaults.graph_filter_sharpening)
+    assert pairs == {(times[0], 0.0)} | {(t, w) for t in times for w in defaults.graph_filter_weights if w > 0}
+    best = max(c["score"] for c in section["valid_by_choice"])
+    assert [c["score"] for c in section["valid_by_choice"]
+            if (c["sharpening"], c["weight"]) == (section["sharpening"], section["weight"])
+            or (section["weight"] == 0 and c["weight"] == 0)] == [best]
+    assert (tmp_path / "model" / "graph_filter.safetensors").is_file() == (section["weight"] > 0)
+
+
 def test_a_run_with_the_filter_reports_saves_and_recommends_the_blend(tmp_path) -> None:
     from twotower.datasets import load_dataset
     from twotower.evaluate import evaluate_model

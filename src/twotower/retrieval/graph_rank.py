@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from twotower.data.csr import CSRPair, csr_pair, row_ids, take_rows
 from twotower.model.graph_filter import GraphFilter, blend, standardise
 from twotower.retrieval.exact_torch import scores_topk
 
-__all__ = ["GraphSweep", "TowerMoments", "blended_topk", "candidate_count", "graph_ranker", "rerank_candidates"]
+__all__ = ["GraphSweep", "TowerMoments", "blended_topk", "candidate_count", "graph_ann_ranker", "graph_ranker",
+           "rerank_candidates"]
 
 # (user codes [b], their exclusion CSR) -> top-K item ids [b, K], as `twotower.evaluate.Ranker`.
 Ranker = Callable[[np.ndarray, CSRPair | None], np.ndarray]
@@ -244,6 +246,37 @@ def rerank_candidates(queries: np.ndarray, vectors: np.ndarray, moments: TowerMo
     if out.shape[1] < k:
         out = np.concatenate([out, np.full((num, k - out.shape[1]), -1, dtype=np.int64)], axis=1)
     return out
+
+
+def graph_ann_ranker(index: Any, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: GraphFilter,
+                     history: CSRPair, k: int, moments: TowerMoments | None = None) -> Ranker:
+    """The approximate blend as a ranker (`graph_ranker`'s contract): each user's candidates from
+    `index` (a `Searcher`, e.g. `HNSWIndex`, over `item_vectors`) and from the filter, re-ranked by
+    `rerank_candidates`.
+
+    Args:
+        index: searches the item vectors by inner product, leaving out `exclude`.
+        user_vectors, item_vectors, graph, history, k: as `graph_ranker`'s.
+        moments: `TowerMoments.of(item_vectors)`, when the caller keeps it.
+    """
+    moments = TowerMoments.of(item_vectors) if moments is None else moments
+    vectors = np.asarray(item_vectors, dtype=np.float32)
+    count = candidate_count(k, len(vectors))
+    step = max(1, (1 << 24) // max(len(vectors), 1))  # bounds the [rows, items] filter scores
+
+    def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        parts = []
+        for start in range(0, len(users), step):
+            rows = np.arange(start, min(start + step, len(users)))
+            queries = np.ascontiguousarray(user_vectors[users[rows]], dtype=np.float32)
+            excluded = None if exclude is None else take_rows(exclude, rows)
+            found = index.search(queries, count, exclude=excluded)[1]
+            filtered = graph.scores(*take_rows(history, users[rows]))
+            parts.append(rerank_candidates(queries, vectors, moments, filtered, None, graph.weight, found, excluded, k))
+        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+
+    return rank
 
 
 def _top_k(scores: np.ndarray, exclude: CSRPair | None, k: int) -> np.ndarray:

@@ -209,19 +209,17 @@ class Recommender:
     def _blended_answer(self, users: list[Any], k: int, exclude_seen: bool) -> list[Recommendation]:
         """`recommend` of a model saved with a graph filter: the blend's ranking, the filter reading
         each user's known items (train, valid and test)."""
-        from twotower.retrieval.graph_rank import candidate_count, graph_ranker, rerank_candidates  # torch: on use
+        from twotower.retrieval.graph_rank import graph_ann_ranker, graph_ranker  # torch: on use
 
         codes = self._codes(users, "user")
         queries, exclude = self.code_queries(codes, exclude_seen=exclude_seen)
         graph, items, k = self._trained.graph, self.item_search_vectors(), min(k, self.num_items)
         history = self.histories(codes)
         if self.ann:
-            found = self._search(queries, candidate_count(k, self.num_items), exclude)[1]
-            ids = rerank_candidates(queries, items, self._tower_moments(), graph.scores(*history), None,
-                                    graph.weight, found, exclude, k)
+            rank = graph_ann_ranker(self._searcher, queries, items, graph, history, k, self._tower_moments())
         else:
             rank = graph_ranker(queries, items, graph, history, k)
-            ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
+        ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
         scores = np.einsum("bd,bkd->bk", queries, items[np.maximum(ids, 0)]).astype(np.float32)
         return self._decoded(users, queries, scores, ids)
 

@@ -154,7 +154,7 @@ class ModelConfig:
     item_history_length: int = 0
     id_dropout: float = 0.02
     init_std: float = 0.05
-    graph_filter: bool = False
+    graph_filter: bool = True
     graph_filter_weights: list[float] = field(default_factory=lambda: [0.0, 0.025, 0.05, 0.1, 0.2])
     graph_filter_sharpening: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.5])
     graph_filter_rank: int = 256
