@@ -236,3 +236,49 @@ def test_the_recommenders_hnsw_blend_equals_its_exact_blend(graph_recommender) -
     approximate = Recommender(dataclasses.replace(graph_recommender.trained), ann=True, ef=200)
     assert [a.items.tolist() for a in approximate.recommend(USERS, k=9)] == \
         [a.items.tolist() for a in graph_recommender.recommend(USERS, k=9)]
+
+
+@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
+def test_blended_searches_beside_a_writer_never_fail_or_see_a_deleted_item(graph_recommender, ann) -> None:
+    """New labels every cycle: an HNSW search may find an item added after the request read its
+    state, which the blend must leave out rather than index past its arrays."""
+    catalogue = LiveCatalogue(graph_recommender, ann=ann)
+    codes = graph_recommender.codes([5], "user")
+    queries, exclude = graph_recommender.code_queries(codes)
+    histories = graph_recommender.histories(codes)
+    graph = graph_recommender.trained.graph
+    strong = queries * 100
+    phase = {"cycle": 0, "deleted": True, "id": 0}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            item = 9000 + phase["cycle"]
+            phase["deleted"], phase["id"] = False, item
+            catalogue.upsert([item], strong)
+            catalogue.delete([item])
+            phase["cycle"] += 1
+            phase["deleted"] = True
+
+    def reader() -> None:
+        while not stop.is_set():
+            before = (phase["cycle"], phase["deleted"], phase["id"])
+            try:
+                answers = catalogue.blended_answer(queries, graph, histories, 10, exclude)
+            except Exception as err:  # noqa: BLE001 - any failure of a search is what this test looks for
+                failures.append(repr(err))
+                return
+            after = (phase["cycle"], phase["deleted"], phase["id"])
+            if before[1] and before == after and before[2] in answers[0].items:
+                failures.append(f"deleted item returned in cycle {before[0]}")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures[:3]
+    assert phase["cycle"] > 5

@@ -165,6 +165,7 @@ class LiveCatalogue:
         filtered[:, : self._num_trained] = graph.scores(*histories)
         if self._hnsw is not None:
             found = self._hnsw.search(queries, candidate_count(k, len(self)), exclude=exclude)[1]
+            found[found >= len(state.vectors)] = -1  # added after this state was read: not in its arrays
             labels = rerank_candidates(queries, state.vectors, state.moments, filtered, state.alive, graph.weight,
                                        found, exclude, k)
         else:
