@@ -71,3 +71,49 @@ def test_the_device_ranker_gives_the_c_scorers_metrics() -> None:
                for ranker in (exact_ranker(users, items, 20), _device_ranker(users, items, 20, DEVICE))]
     assert results[0].metrics == results[1].metrics
     assert results[0].metrics["ndcg@20"] > 0
+
+
+def rows_oracle(scores: np.ndarray, k: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's order (`oracles._rank_key`) over given score rows."""
+    out_scores = np.full((len(scores), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(scores), k), -1, dtype=np.int64)
+    for b, row in enumerate(scores.tolist()):
+        banned = set() if exclude is None else set(exclude[1][exclude[0][b]:exclude[0][b + 1]].tolist())
+        ranked = sorted((i for i in range(len(row)) if i not in banned), key=lambda i: oracles._rank_key(row[i], i))[:k]
+        out_scores[b, : len(ranked)] = [row[i] for i in ranked]
+        out_ids[b, : len(ranked)] = ranked
+    return out_scores, out_ids
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_topk_fast_path_agrees_with_the_exact_path(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scores_topk` decides rows without a tie across the k-th place by one torch.topk; on scores
+    full of ties (inside the top k and across its boundary), infinities, NaN and exclusions it gives
+    the float64 oracle's lists, and the exact path alone is taken only by the rows that need it."""
+    import twotower.retrieval.exact_torch as module
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 12, size=(60, 40)).astype(np.float32)
+    scores[3, 5] = np.inf
+    scores[4, 7] = -np.inf
+    scores[5, 9] = np.nan
+    scores[6] = np.arange(40)[::-1]  # no tie at all: ids 0, 1, 2, ...
+    scores[7, :4] = [9, 9, 9, 1]
+    scores[7, 4:] = 0  # ties inside the top 3 only (k = 3): the fast path orders them by id
+    lengths = rng.integers(0, 41, 60)
+    exclude = (np.concatenate([[0], np.cumsum(lengths)]), rng.integers(0, 40, lengths.sum()))
+    rows = torch.from_numpy(np.repeat(np.arange(60), lengths))
+    cols = torch.from_numpy(exclude[1].astype(np.int64))
+    slow_rows = []
+    real = module._exact_topk
+    monkeypatch.setattr(module, "_exact_topk", lambda s, k, e: slow_rows.append(len(s)) or real(s, k, e))
+    for k in (1, 3, 10, 40):
+        for excluded, ex in ((None, None), ((rows, cols), exclude)):
+            got_scores, got_ids = module.scores_topk(torch.from_numpy(scores), k, excluded)
+            want_scores, want_ids = rows_oracle(scores, k, ex)
+            np.testing.assert_array_equal(got_ids.numpy(), want_ids)
+            np.testing.assert_array_equal(got_scores.numpy(), want_scores)
+    assert 0 < sum(slow_rows) < 8 * 60  # some rows, never all of them
+    slow_rows.clear()
+    module.scores_topk(torch.from_numpy(scores[6:8]), 3)
+    assert slow_rows == []  # rows 6 and 7: no boundary tie, all finite

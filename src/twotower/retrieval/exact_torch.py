@@ -88,7 +88,46 @@ def _block_topk(q: Tensor, v: Tensor, k: int, excluded: tuple[Tensor, Tensor] | 
 def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """(scores, ids) [rows, k] of a float32 score matrix under `topk_torch`'s contract: best first,
     ties lowest id first, NaN after every number, the (row, column) pairs of `excluded` never
-    listed, missing slots id -1 and score -inf (k <= columns)."""
+    listed, missing slots id -1 and score -inf (k <= columns).
+
+    One `torch.topk` decides most rows: where the k-th and (k+1)-th scores differ the k best are
+    fixed and only their order among equal scores needs the ids. Rows with a tie across that
+    boundary, a NaN or an infinite score take the exact path (`_exact_topk`)."""
+    columns = scores.shape[1]
+    work = scores.clone()
+    if excluded is not None:
+        work[excluded[0], excluded[1]] = float("-inf")
+    values, ids = torch.topk(work, min(k + 1, columns), dim=1)
+    slow = ~torch.isfinite(scores).all(dim=1)
+    if values.shape[1] > k:
+        slow |= (values[:, k - 1] == values[:, k]) & (values[:, k - 1] > float("-inf"))
+    values, ids = values[:, :k], ids[:, :k]
+    ids, by_id = torch.sort(ids, dim=1)  # equal scores: the lower id first, by the stable sort below
+    values = values.gather(1, by_id)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    values, ids = values.gather(1, order), ids.gather(1, order)
+    missing = values == float("-inf")  # excluded: fewer than k items were left
+    ids = ids.masked_fill(missing, -1)
+    if bool(slow.any()):
+        rows = slow.nonzero().squeeze(1)
+        values[rows], ids[rows] = _exact_topk(scores[rows], k, _rows_of(excluded, rows, len(scores)))
+    return values, ids
+
+
+def _rows_of(excluded: tuple[Tensor, Tensor] | None, rows: Tensor, num_rows: int) -> tuple[Tensor, Tensor] | None:
+    """The excluded (row, column) pairs of `rows`, renumbered 0.. in their order."""
+    if excluded is None:
+        return None
+    position = torch.full((num_rows,), -1, dtype=torch.int64, device=rows.device)
+    position[rows] = torch.arange(len(rows), device=rows.device)
+    new_rows = position[excluded[0]]
+    keep = new_rows >= 0
+    return new_rows[keep], excluded[1][keep]
+
+
+def _exact_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """`scores_topk` for any rows: every score as a float64 key (NaN and -inf as keys below every
+    number), the k-th key's ties taken lowest id first."""
     key = scores.double()
     key = torch.where(scores == float("-inf"), _KEY_NEG_INF, key)
     key = torch.where(torch.isnan(scores), _KEY_NAN, key)
