@@ -114,6 +114,11 @@ def test_scores_topk_fast_path_agrees_with_the_exact_path(seed: int, monkeypatch
             np.testing.assert_array_equal(got_ids.numpy(), want_ids)
             np.testing.assert_array_equal(got_scores.numpy(), want_scores)
     assert 0 < sum(slow_rows) < 8 * 60  # some rows, never all of them
+    given = torch.from_numpy(scores.copy())
+    module.scores_topk(given, 3, (rows, cols))
+    np.testing.assert_array_equal(given.numpy(), scores)  # left as it was, unless overwrite=True
+    module.scores_topk(given, 3, (rows, cols), overwrite=True)
+    assert np.isneginf(given.numpy()[rows.numpy(), cols.numpy()]).all()
     slow_rows.clear()
     module.scores_topk(torch.from_numpy(scores[6:8]), 3)
     assert slow_rows == []  # rows 6 and 7: no boundary tie, all finite

@@ -82,23 +82,25 @@ def _block_exclude(exclude: tuple[np.ndarray, np.ndarray] | None, start: int, st
 
 
 def _block_topk(q: Tensor, v: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-    return scores_topk(q @ v.T, k, excluded)
+    return scores_topk(q @ v.T, k, excluded, overwrite=True)
 
 
-def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None = None, *,
+                overwrite: bool = False) -> tuple[Tensor, Tensor]:
     """(scores, ids) [rows, k] of a float32 score matrix under `topk_torch`'s contract: best first,
     ties lowest id first, NaN after every number, the (row, column) pairs of `excluded` never
-    listed, missing slots id -1 and score -inf (k <= columns).
+    listed, missing slots id -1 and score -inf (k <= columns). With `overwrite` the excluded
+    entries of `scores` are set to -inf in place (for a caller whose matrix is a temporary).
 
     One `torch.topk` decides most rows: where the k-th and (k+1)-th scores differ the k best are
     fixed and only their order among equal scores needs the ids. Rows with a tie across that
     boundary, a NaN or an infinite score take the exact path (`_exact_topk`)."""
     columns = scores.shape[1]
-    work = scores.clone()
+    slow = ~(torch.isfinite(torch.amax(scores, dim=1)) & torch.isfinite(torch.amin(scores, dim=1)))  # NaN: both NaN
+    work = scores if overwrite or excluded is None else scores.clone()
     if excluded is not None:
-        work[excluded[0], excluded[1]] = float("-inf")
+        work[excluded[0], excluded[1]] = float("-inf")  # an excluded entry's value no longer matters, below too
     values, ids = torch.topk(work, min(k + 1, columns), dim=1)
-    slow = ~torch.isfinite(scores).all(dim=1)
     if values.shape[1] > k:
         slow |= (values[:, k - 1] == values[:, k]) & (values[:, k - 1] > float("-inf"))
     values, ids = values[:, :k], ids[:, :k]
@@ -110,7 +112,7 @@ def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None =
     ids = ids.masked_fill(missing, -1)
     if bool(slow.any()):
         rows = slow.nonzero().squeeze(1)
-        values[rows], ids[rows] = _exact_topk(scores[rows], k, _rows_of(excluded, rows, len(scores)))
+        values[rows], ids[rows] = _exact_topk(work[rows], k, _rows_of(excluded, rows, len(scores)))
     return values, ids
 
 

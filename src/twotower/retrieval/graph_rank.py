@@ -281,8 +281,9 @@ def graph_ann_ranker(index: Any, user_vectors: np.ndarray, item_vectors: np.ndar
 
 def _top_k(scores: np.ndarray, exclude: CSRPair | None, k: int) -> np.ndarray:
     """int64 [rows, k] the best columns of each row, as the exact rankers order them (ties: lower
-    id), excluded ones (and slots beyond them) as -1."""
+    id), excluded ones (and slots beyond them) as -1. `scores` is a temporary of the caller's: its
+    excluded entries are overwritten."""
     excluded = None if exclude is None else (torch.from_numpy(row_ids(exclude[0])),
                                              torch.from_numpy(np.asarray(exclude[1], dtype=np.int64)))
     return scores_topk(torch.from_numpy(np.asarray(scores, dtype=np.float32)), min(k, scores.shape[1]),
-                       excluded)[1].numpy()
+                       excluded, overwrite=True)[1].numpy()
