@@ -120,36 +120,35 @@ class GraphFilter:
         if any(not np.isfinite(t) or t < 0 for t in times):
             raise ValueError(f"sharpening times must be finite floats >= 0; got {times}")
         rows = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), self.num_items)
-        blurred = self._propagate(rows)
+        # Everything in items x B (one column per history) so the sparse products need no transposes;
+        # one transpose per time at the end.
+        blurred = self._propagate(rows.T.tocsr())
         if self.rank and self.ideal_weight:
-            projected = _dense(rows.multiply(self.item_scale[None, :]).tocsr() @ self.spectrum.T)
-            ideal = (projected @ self.spectrum) * _sqrt_or_zero(self.item_scale)[None, :]
-            blurred += np.float32(self.ideal_weight) * ideal.astype(np.float32)
+            projected = _dense(self.spectrum @ rows.multiply(self.item_scale[None, :]).T.tocsr())  # [rank, B]
+            ideal = (self.spectrum.T @ projected) * _sqrt_or_zero(self.item_scale)[:, None]
+            blurred += np.float32(self.ideal_weight) * np.asarray(ideal, dtype=np.float32)
         powers = [blurred]
         for _ in range(4 if any(times) else 0):
             powers.append(self._propagate(powers[-1]))
         out = []
         for time in times:
-            if time == 0:
-                out.append(blurred)
-                continue
-            coefficients = [1.0, -time, time ** 2 / 2, -(time ** 3) / 6, time ** 4 / 24]
-            sharpened = powers[0].copy()
-            for coefficient, power in zip(coefficients[1:], powers[1:], strict=True):
-                sharpened += np.float32(coefficient) * power
-            out.append(sharpened)
+            sharpened = blurred
+            if time:
+                coefficients = [-time, time ** 2 / 2, -(time ** 3) / 6, time ** 4 / 24]
+                sharpened = blurred.copy()
+                for coefficient, power in zip(coefficients, powers[1:], strict=True):
+                    sharpened += np.float32(coefficient) * power
+            out.append(_transposed(sharpened))
         return out
 
-    def _propagate(self, rows) -> np.ndarray:  # rows: [B, num_items] scipy sparse or dense
-        """float32 [B, num_items] rows @ P = (rows R~^T) R~."""
+    def _propagate(self, columns) -> np.ndarray:  # columns: [num_items, B] scipy sparse or dense
+        """float32 [num_items, B] P @ columns = R~^T (R~ columns), P being symmetric."""
         import scipy.sparse as sp
 
         normalised = sp.csr_matrix((self.values, self.indices, self.indptr),
                                    shape=(len(self.indptr) - 1, self.num_items))
-        # the B x users paths dense, then the catalogue through R~'s transpose (CSC times dense):
-        # the sparse-times-sparse product would build a mostly dense sparse matrix first
-        paths = _dense(normalised @ rows.T).astype(np.float32)
-        return np.ascontiguousarray((normalised.T @ paths).T, dtype=np.float32)
+        paths = np.asarray(_dense(normalised @ columns), dtype=np.float32)  # [users, B]
+        return np.asarray(normalised.T @ paths, dtype=np.float32)
 
     def with_weight(self, weight: float, sharpening: float | None = None) -> GraphFilter:
         """The same filter with another blend weight (>= 0) and, when given, sharpening time (>= 0)."""
@@ -251,6 +250,14 @@ def _sqrt_or_zero(inverse_sqrt: np.ndarray) -> np.ndarray:
     out = np.zeros(len(inverse_sqrt), dtype=np.float32)
     np.divide(1.0, inverse_sqrt, out=out, where=inverse_sqrt > 0)
     return out
+
+
+def _transposed(matrix: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of matrix.T (torch's blocked, threaded copy: a plain NumPy transpose of a
+    tall float32 matrix is cache-bound)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(matrix)).T.contiguous().numpy()
 
 
 def _dense(matrix) -> np.ndarray:
