@@ -20,6 +20,16 @@ TINY = [
 ]
 
 
+
+def model_row(out: str, split: str) -> str:
+    """The figures of `evaluate`'s model row for `split` ("model, test" or, with a graph filter
+    blended in, "model + graph filter, test")."""
+    for line in out.splitlines():
+        for label in (f"model, {split}", f"model + graph filter, {split}"):
+            if line.startswith(label):
+                return line[len(label):]
+    raise AssertionError(f"no model row for {split} in:\n{out}")
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
@@ -56,7 +66,7 @@ def test_evaluate_reproduces_the_training_metrics(trained, capsys):
     assert main(["evaluate", str(trained / "model"), "--quiet"]) == 0
     out = capsys.readouterr().out
     results = json.loads((trained / "results.json").read_text())
-    test_line = next(line for line in out.splitlines() if line.startswith("model, test"))
+    test_line = model_row(out, "test")
     assert f"{results['test']['metrics']['recall@10']:.4f}" in test_line
 
 
@@ -363,7 +373,7 @@ def test_the_opening_names_every_input_and_the_rows_left_out_and_results_count_t
     def test_recall(*flags):
         assert main(["evaluate", str(out / "model"), "--quiet", *flags]) == 0
         printed = capsys.readouterr().out
-        return float(next(line for line in printed.splitlines() if line.startswith("model, test")).split()[3]), printed
+        return float(model_row(printed, "test").split()[0]), printed
 
     dropped, _ = test_recall()
     kept, printed = test_recall("--eval.unknown_targets", "keep")
@@ -375,7 +385,7 @@ def test_evaluate_takes_a_protocol_preset_and_single_rules_over_it(trained, caps
     def test_row(*flags):
         assert main(["evaluate", str(trained / "model"), "--quiet", *flags]) == 0
         out = capsys.readouterr().out
-        return next(line for line in out.splitlines() if line.startswith("model, test")), out
+        return model_row(out, "test"), out
 
     default, _ = test_row()
     train_only, out = test_row("--protocol", "lightgcn++")
