@@ -20,7 +20,6 @@ TINY = [
 ]
 
 
-
 def model_row(out: str, split: str) -> str:
     """The figures of `evaluate`'s model row for `split` ("model, test" or, with a graph filter
     blended in, "model + graph filter, test")."""
