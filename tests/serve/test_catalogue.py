@@ -82,33 +82,34 @@ def test_bad_ids_and_shapes_are_refused_and_change_nothing(recommender) -> None:
     assert len(catalogue) == 200
 
 
-@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
-def test_searches_beside_a_writer_never_see_a_deleted_item(recommender, ann) -> None:
-    catalogue = LiveCatalogue(recommender, ann=ann)
-    queries, _ = recommender.user_queries([5])
-    strong = queries * 100  # outscores every trained item for this user
-    phase = {"cycle": 0, "deleted": True}
+def churn(catalogue: LiveCatalogue, search, vector: np.ndarray, *, fresh_ids: bool) -> tuple[list[str], int]:
+    """Runs a writer that adds and deletes one item over and over (id 777, or a new id every cycle
+    with `fresh_ids`) beside three readers calling `search()` (-> answers, the first one checked)
+    for 1.5 s. Returns (what went wrong: a search that failed, or one that returned the item while
+    it was deleted for the whole search; the writer's number of cycles)."""
+    phase = {"cycle": 0, "deleted": True, "id": 777}
     failures: list[str] = []
     stop = threading.Event()
 
     def writer() -> None:
         while not stop.is_set():
-            phase["deleted"] = False
-            catalogue.upsert([777], strong)
-            catalogue.delete([777])
+            item = 9000 + phase["cycle"] if fresh_ids else 777
+            phase["deleted"], phase["id"] = False, item
+            catalogue.upsert([item], vector)
+            catalogue.delete([item])
             phase["cycle"] += 1
             phase["deleted"] = True
 
     def reader() -> None:
         while not stop.is_set():
-            before = (phase["cycle"], phase["deleted"])
+            before = (phase["cycle"], phase["deleted"], phase["id"])
             try:
-                answers = catalogue.answer(queries, 10, None)
+                answers = search()
             except Exception as err:  # noqa: BLE001 - any failure of a search is what this test looks for
                 failures.append(repr(err))
                 return
-            after = (phase["cycle"], phase["deleted"])
-            if before[1] and before == after and 777 in answers[0].items:
+            after = (phase["cycle"], phase["deleted"], phase["id"])
+            if before[1] and before == after and before[2] in answers[0].items:
                 failures.append(f"deleted item returned in cycle {before[0]}")
 
     threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
@@ -118,8 +119,17 @@ def test_searches_beside_a_writer_never_see_a_deleted_item(recommender, ann) -> 
     stop.set()
     for thread in threads:
         thread.join(30)
+    return failures, phase["cycle"]
+
+
+@pytest.mark.parametrize("ann", [False, True], ids=["exact", "hnsw"])
+def test_searches_beside_a_writer_never_see_a_deleted_item(recommender, ann) -> None:
+    catalogue = LiveCatalogue(recommender, ann=ann)
+    queries, _ = recommender.user_queries([5])
+    strong = queries * 100  # outscores every trained item for this user
+    failures, cycles = churn(catalogue, lambda: catalogue.answer(queries, 10, None), strong, fresh_ids=False)
     assert not failures, failures[:3]
-    assert phase["cycle"] > 5
+    assert cycles > 5
     assert 777 not in catalogue.answer(queries, 200, None)[0].items
 
 
@@ -247,38 +257,10 @@ def test_blended_searches_beside_a_writer_never_fail_or_see_a_deleted_item(graph
     queries, exclude = graph_recommender.code_queries(codes)
     histories = graph_recommender.histories(codes)
     graph = graph_recommender.trained.graph
-    strong = queries * 100
-    phase = {"cycle": 0, "deleted": True, "id": 0}
-    failures: list[str] = []
-    stop = threading.Event()
 
-    def writer() -> None:
-        while not stop.is_set():
-            item = 9000 + phase["cycle"]
-            phase["deleted"], phase["id"] = False, item
-            catalogue.upsert([item], strong)
-            catalogue.delete([item])
-            phase["cycle"] += 1
-            phase["deleted"] = True
+    def search():
+        return catalogue.blended_answer(queries, graph, histories, 10, exclude)
 
-    def reader() -> None:
-        while not stop.is_set():
-            before = (phase["cycle"], phase["deleted"], phase["id"])
-            try:
-                answers = catalogue.blended_answer(queries, graph, histories, 10, exclude)
-            except Exception as err:  # noqa: BLE001 - any failure of a search is what this test looks for
-                failures.append(repr(err))
-                return
-            after = (phase["cycle"], phase["deleted"], phase["id"])
-            if before[1] and before == after and before[2] in answers[0].items:
-                failures.append(f"deleted item returned in cycle {before[0]}")
-
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    failures, cycles = churn(catalogue, search, queries * 100, fresh_ids=True)
     assert not failures, failures[:3]
-    assert phase["cycle"] > 5
+    assert cycles > 5
