@@ -501,8 +501,9 @@ def evaluate_ann(
     if graph is not None and graph.weight > 0:
         from twotower.retrieval.graph_rank import graph_ann_ranker, graph_ranker
 
-        exact = graph_ranker(user_vectors, item_vectors, graph, csr_pair(history), k)
-        ann = graph_ann_ranker(index, user_vectors, item_vectors, graph, csr_pair(history), k)
+        history = csr_pair(history)
+        exact = graph_ranker(user_vectors, item_vectors, graph, history, k)
+        ann = graph_ann_ranker(index, user_vectors, item_vectors, graph, history, k)
     else:
         exact = exact_ranker(user_vectors, item_vectors, k, num_threads=num_threads)
         ann = ann_ranker(index, user_vectors, k)

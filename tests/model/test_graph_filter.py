@@ -88,8 +88,10 @@ def test_several_sharpening_times_share_one_set_of_propagations(monkeypatch: pyt
     indptr, indices, dense = random_csr(rng, 30, 20, 0.25)
     graph = GraphFilter.fit(indptr, indices, 20, rank=3)
     calls = []
-    real = GraphFilter._propagate
-    monkeypatch.setattr(GraphFilter, "_propagate", lambda self, rows: calls.append(1) or real(self, rows))
+    import twotower.model.graph_filter as module
+
+    real = module._propagate
+    monkeypatch.setattr(module, "_propagate", lambda matrix, columns: calls.append(1) or real(matrix, columns))
     times = [0.0, 1.0, 2.5]
     got = graph.sharpened_scores(indptr[:6], indices[:indptr[5]], times)
     assert len(calls) == 5  # the blur, then four powers of P for every time at once

@@ -122,14 +122,15 @@ class GraphFilter:
         rows = _binary(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64), self.num_items)
         # Everything in items x B (one column per history) so the sparse products need no transposes;
         # one transpose per time at the end.
-        blurred = self._propagate(rows.T.tocsr())
+        normalised = self._normalised()
+        blurred = _propagate(normalised, rows.T.tocsr())
         if self.rank and self.ideal_weight:
             projected = _dense(self.spectrum @ rows.multiply(self.item_scale[None, :]).T.tocsr())  # [rank, B]
             ideal = (self.spectrum.T @ projected) * _sqrt_or_zero(self.item_scale)[:, None]
             blurred += np.float32(self.ideal_weight) * np.asarray(ideal, dtype=np.float32)
         powers = [blurred]
         for _ in range(4 if any(times) else 0):
-            powers.append(self._propagate(powers[-1]))
+            powers.append(_propagate(normalised, powers[-1]))
         out = []
         for time in times:
             sharpened = blurred
@@ -141,14 +142,11 @@ class GraphFilter:
             out.append(_transposed(sharpened))
         return out
 
-    def _propagate(self, columns) -> np.ndarray:  # columns: [num_items, B] scipy sparse or dense
-        """float32 [num_items, B] P @ columns = R~^T (R~ columns), P being symmetric."""
+    def _normalised(self):  # -> scipy.sparse.csr_matrix
+        """R~ as a SciPy CSR matrix (built once per scoring call, shared by its five products)."""
         import scipy.sparse as sp
 
-        normalised = sp.csr_matrix((self.values, self.indices, self.indptr),
-                                   shape=(len(self.indptr) - 1, self.num_items))
-        paths = np.asarray(_dense(normalised @ columns), dtype=np.float32)  # [users, B]
-        return np.asarray(normalised.T @ paths, dtype=np.float32)
+        return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(len(self.indptr) - 1, self.num_items))
 
     def with_weight(self, weight: float, sharpening: float | None = None) -> GraphFilter:
         """The same filter with another blend weight (>= 0) and, when given, sharpening time (>= 0)."""
@@ -250,6 +248,12 @@ def _sqrt_or_zero(inverse_sqrt: np.ndarray) -> np.ndarray:
     out = np.zeros(len(inverse_sqrt), dtype=np.float32)
     np.divide(1.0, inverse_sqrt, out=out, where=inverse_sqrt > 0)
     return out
+
+
+def _propagate(normalised, columns) -> np.ndarray:  # scipy CSR R~; [num_items, B] sparse or dense
+    """float32 [num_items, B] P @ columns = R~^T (R~ columns), P being symmetric."""
+    paths = np.asarray(_dense(normalised @ columns), dtype=np.float32)  # [users, B]
+    return np.asarray(normalised.T @ paths, dtype=np.float32)
 
 
 def _transposed(matrix: np.ndarray) -> np.ndarray:
