@@ -90,8 +90,8 @@ def test_several_sharpening_times_share_one_set_of_propagations(monkeypatch: pyt
     calls = []
     import twotower.model.graph_filter as module
 
-    real = module._propagate
-    monkeypatch.setattr(module, "_propagate", lambda matrix, columns: calls.append(1) or real(matrix, columns))
+    real = module._Propagation.__call__
+    monkeypatch.setattr(module._Propagation, "__call__", lambda self, columns: calls.append(1) or real(self, columns))
     times = [0.0, 1.0, 2.5]
     got = graph.sharpened_scores(indptr[:6], indices[:indptr[5]], times)
     assert len(calls) == 5  # the blur, then four powers of P for every time at once
@@ -138,6 +138,8 @@ def test_standardise_and_blend() -> None:
     gz = (graph - graph.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1)
     np.testing.assert_allclose(mixed, want + 0.5 * gz, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mixed[2], want[2], rtol=1e-5, atol=1e-6)
+    for value in (0.1, 7.0, 123.456):  # catalogue-wide constant rows: rounding in the mean must not blow up
+        assert not standardise(np.full((2, 40_000), value, dtype=np.float32)).any()
 
 
 def test_save_load_round_trip_and_damage(tmp_path) -> None:

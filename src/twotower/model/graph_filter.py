@@ -123,24 +123,16 @@ class GraphFilter:
         # Everything in items x B (one column per history) so the sparse products need no transposes;
         # one transpose per time at the end.
         normalised = self._normalised()
-        blurred = _propagate(normalised, rows.T.tocsr())
+        propagate = _Propagation(normalised)
+        blurred = propagate(rows.T.tocsr())
         if self.rank and self.ideal_weight:
             projected = _dense(self.spectrum @ rows.multiply(self.item_scale[None, :]).T.tocsr())  # [rank, B]
             ideal = (self.spectrum.T @ projected) * _sqrt_or_zero(self.item_scale)[:, None]
             blurred += np.float32(self.ideal_weight) * np.asarray(ideal, dtype=np.float32)
         powers = [blurred]
         for _ in range(4 if any(times) else 0):
-            powers.append(_propagate(normalised, powers[-1]))
-        out = []
-        for time in times:
-            sharpened = blurred
-            if time:
-                coefficients = [-time, time ** 2 / 2, -(time ** 3) / 6, time ** 4 / 24]
-                sharpened = blurred.copy()
-                for coefficient, power in zip(coefficients, powers[1:], strict=True):
-                    sharpened += np.float32(coefficient) * power
-            out.append(_transposed(sharpened))
-        return out
+            powers.append(propagate(powers[-1]))
+        return [_transposed(_polynomial(powers, time)) for time in times]
 
     def _normalised(self):  # -> scipy.sparse.csr_matrix
         """R~ as a SciPy CSR matrix (built once per scoring call, shared by its five products)."""
@@ -211,10 +203,15 @@ class GraphFilter:
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Each row minus its mean, over its standard deviation (a constant row becomes zeros), so two
     scorers' rows can be added on one scale whatever their units."""
-    scores = np.asarray(scores, dtype=np.float32)
-    centred = scores - scores.mean(axis=1, keepdims=True)
-    spread = centred.std(axis=1, keepdims=True)
-    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+    import torch
+
+    matrix = torch.from_numpy(np.asarray(scores, dtype=np.float32))  # on torch's threads, no full-size temporaries
+    spread, mean = torch.std_mean(matrix, dim=1, correction=0, keepdim=True)
+    constant = spread <= 0
+    out = matrix - mean
+    out.div_(torch.where(constant, torch.ones_like(spread), spread))
+    out.masked_fill_(constant, 0.0)
+    return out.numpy()
 
 
 def blend(tower_scores: np.ndarray, graph_scores: np.ndarray, weight: float) -> np.ndarray:
@@ -250,18 +247,55 @@ def _sqrt_or_zero(inverse_sqrt: np.ndarray) -> np.ndarray:
     return out
 
 
-def _propagate(normalised, columns) -> np.ndarray:  # scipy CSR R~; [num_items, B] sparse or dense
-    """float32 [num_items, B] P @ columns = R~^T (R~ columns), P being symmetric."""
-    paths = np.asarray(_dense(normalised @ columns), dtype=np.float32)  # [users, B]
-    return np.asarray(normalised.T @ paths, dtype=np.float32)
+class _Propagation:
+    """columns -> P @ columns = R~^T (R~ columns) (float32 [num_items, B]; P is symmetric). A sparse
+    `columns` (a batch of histories) goes through SciPy's sparse x sparse product; dense ones through
+    torch's CSR x dense products, which run on torch's intra-op threads where SciPy's run on one."""
+
+    def __init__(self, normalised) -> None:  # scipy CSR R~
+        self._normalised = normalised
+        self._forward, self._backward = _torch_csr(normalised), _torch_csr(normalised.T.tocsr())
+
+    def __call__(self, columns) -> np.ndarray:
+        import torch
+
+        if hasattr(columns, "toarray"):  # R~ times a sparse batch is sparse: SciPy's sparse x sparse product
+            paths = torch.from_numpy(np.asarray(_dense(self._normalised @ columns), dtype=np.float32))
+        else:
+            paths = self._forward @ torch.from_numpy(np.ascontiguousarray(columns, dtype=np.float32))
+        return (self._backward @ paths).numpy()  # [num_items, B]
 
 
-def _transposed(matrix: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of matrix.T (torch's blocked, threaded copy: a plain NumPy transpose of a
-    tall float32 matrix is cache-bound)."""
+def _torch_csr(matrix):  # scipy CSR -> torch sparse CSR (float32)
+    import warnings
+
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(matrix)).T.contiguous().numpy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data.astype(np.float32, copy=False)), size=matrix.shape, check_invariants=False)
+
+
+def _polynomial(powers: list[np.ndarray], time: float):  # -> torch.Tensor [num_items, B]
+    """The RK4 step's sum g0 (I - T P + T^2 P^2 / 2 - T^3 P^3 / 6 + T^4 P^4 / 24) from powers[k] = g0 P^k,
+    accumulated in place on torch's threads (no temporaries of the full matrix)."""
+    import torch
+
+    if not time:
+        return torch.from_numpy(powers[0])
+    coefficients = [-time, time ** 2 / 2, -(time ** 3) / 6, time ** 4 / 24]
+    total = torch.from_numpy(powers[0]).clone()
+    for coefficient, power in zip(coefficients, powers[1:], strict=True):
+        total.add_(torch.from_numpy(power), alpha=coefficient)
+    return total
+
+
+def _transposed(matrix) -> np.ndarray:  # torch.Tensor
+    """A C-contiguous NumPy copy of matrix.T (torch's blocked, threaded copy: a plain NumPy transpose
+    of a tall float32 matrix is cache-bound)."""
+    return matrix.T.contiguous().numpy()
 
 
 def _dense(matrix) -> np.ndarray:

@@ -42,8 +42,8 @@ def graph_ranker(user_vectors: np.ndarray, item_vectors: np.ndarray, graph: Grap
         parts = []
         for start, towers, filtered in blended.chunks(np.asarray(users, dtype=np.int64)):
             rows = np.arange(start, start + len(towers))
-            scores = towers + np.float32(graph.weight) * filtered[graph.sharpening]
-            parts.append(_top_k(scores, None if exclude is None else take_rows(exclude, rows), k))
+            scores = torch.add(towers, filtered[graph.sharpening], alpha=graph.weight)
+            parts.append(_top_k(scores.numpy(), None if exclude is None else take_rows(exclude, rows), k))
         return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
     return rank
@@ -101,14 +101,15 @@ class GraphSweep:
         users = np.unique(users)
         for start, towers, filtered in self._blended.chunks(users):
             rows = users[start:start + len(towers)]
+            scores = torch.empty_like(towers)  # one buffer for every list of the chunk (_top_k overwrites it)
             for split, exclude in self._excludes.items():
                 excluded = None if exclude is None else take_rows(exclude, rows)
                 for key in self._lists:
                     if key[0] != split:
                         continue
                     _, time, weight = key
-                    scores = towers + np.float32(weight) * filtered[time] if weight else towers.copy()
-                    self._lists[key][rows] = _top_k(scores, excluded, self._k)
+                    torch.add(towers, filtered[time], alpha=weight, out=scores) if weight else scores.copy_(towers)
+                    self._lists[key][rows] = _top_k(scores.numpy(), excluded, self._k)
         self._done[users] = True
 
 
@@ -125,15 +126,16 @@ class _BlendedScores:
         self._graph, self._history = graph, csr_pair(history)
         self._times = (graph.sharpening,) if sharpenings is None else tuple(sharpenings)
 
-    def chunks(self, users: np.ndarray) -> Iterator[tuple[int, np.ndarray, dict[float, np.ndarray]]]:
+    def chunks(self, users: np.ndarray) -> Iterator[tuple[int, torch.Tensor, dict[float, torch.Tensor]]]:
         """Yields (offset into `users`, standardised tower scores, standardised filter scores by
-        sharpening time)."""
+        sharpening time), float32 [rows, items] each."""
         step = max(1, (1 << 24) // max(len(self._items), 1))  # bounds the [rows, items] matrices
         for start in range(0, len(users), step):
             rows = users[start:start + step]
             towers = standardise((self._queries[torch.from_numpy(rows)] @ self._items.T).numpy())
             filtered = self._graph.sharpened_scores(*take_rows(self._history, rows), self._times)
-            yield start, towers, {t: standardise(f) for t, f in zip(self._times, filtered, strict=True)}
+            yield start, torch.from_numpy(towers), {t: torch.from_numpy(standardise(f))
+                                                    for t, f in zip(self._times, filtered, strict=True)}
 
 
 def blended_topk(tower_scores: np.ndarray, filter_scores: np.ndarray, weight: float, exclude: CSRPair | None,
