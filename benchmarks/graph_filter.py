@@ -3,8 +3,9 @@
 For each run directory (what `twotower train --out RUN` wrote), fits the filter on the run's training
 split, chooses the sharpening time and the blend weight on validation exactly as training does with
 `model.graph_filter` on (`twotower.training.graph_blend`; the candidates: the settings' defaults, or
-as given), and reports the towers alone against the blend on valid and
-test, per run and as mean and spread, with the time the filter took:
+as given), and reports the towers alone against the blend on valid and test, per run and as mean
+and spread, with the time the filter took; next to it, the pair the blend's validation score alone
+would choose (the rule before the two-step choice) and its test figures:
 
     python -m benchmarks.graph_filter RUN [RUN ...] --name gowalla-example
 
@@ -48,9 +49,11 @@ def blend_run(run: Path, weights: list[float] | None, sharpening: list[float] | 
     recall = "recall@" + metric.split("@")[1]
     started = time.perf_counter()
     blend = choose_graph_blend(config, trained.model, dataset)
+    described = blend.describe()
     row: dict[str, Any] = {"run": str(run), "metric": metric, "weight": blend.graph.weight,
                            "sharpening": blend.graph.sharpening, "rank": blend.graph.rank,
-                           "valid_by_choice": blend.describe()["valid_by_choice"]}
+                           "valid_alone_by_sharpening": described["valid_alone_by_sharpening"],
+                           "valid_by_choice": described["valid_by_choice"]}
     for split in ("valid", "test"):
         towers = evaluate_model(trained.model, dataset, split=split, ks=config.train.ks, progress=False,
                                 protocol=config.eval)
@@ -60,8 +63,29 @@ def blend_run(run: Path, weights: list[float] | None, sharpening: list[float] | 
             row[f"{split}_{name}_{recall.split('@')[0]}"] = result[recall]
             row[f"{split}_{name}_{metric.split('@')[0]}"] = result[metric]
     row["seconds"] = round(time.perf_counter() - started, 1)
+    row.update(_joint_choice(blend, trained, dataset, config, recall, metric, row))
     row["fit_and_choose_seconds"] = round(blend.seconds, 1)
     return row
+
+
+def _joint_choice(blend: Any, trained: Any, dataset: Any, config: Any, recall: str, metric: str,
+                  row: dict[str, Any]) -> dict[str, Any]:
+    """For comparison with training's two-step choice: the (time, weight) pair the blend's
+    validation score alone would choose (ties: smaller weight, then shorter time) and its test
+    figures (re-ranked only when it differs from the chosen pair)."""
+    from twotower.evaluate import evaluate_model
+
+    if not blend.valid_by_choice:
+        return {}
+    time, weight = max(blend.valid_by_choice, key=lambda pair: (blend.valid_by_choice[pair], -pair[1], -pair[0]))
+    same = weight == blend.graph.weight and (weight == 0 or time == blend.graph.sharpening)
+    if same:
+        test = {recall: row[f"test_blend_{recall.split('@')[0]}"], metric: row[f"test_blend_{metric.split('@')[0]}"]}
+    else:
+        test = evaluate_model(trained.model, dataset, split="test", ks=config.train.ks, progress=False,
+                              protocol=config.eval, graph=blend.graph.with_weight(weight, time)).metrics
+    return {"joint_sharpening": time, "joint_weight": weight, f"joint_test_{recall.split('@')[0]}": test[recall],
+            f"joint_test_{metric.split('@')[0]}": test[metric]}
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> str:
@@ -97,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     name, k = metric.split("@")
     keys = [f"{split}_{kind}_{m}" for split in ("valid", "test") for kind in ("towers", "blend")
             for m in ("recall", name)]
+    joint = [f"joint_test_{m}" for m in ("recall", name)] if all("joint_weight" in row for row in rows) else []
     header = ["run", "sharpening", "weight", *[key.replace("_", " ") + f"@{k}" for key in keys],
+              *(["joint choice (time, weight)", *[key.replace("_", " ") + f"@{k}" for key in joint]] if joint else []),
               "filter, choice and test (s)"]
     table_rows = [[Path(row["run"]).name, row["sharpening"], row["weight"], *[f"{row[key]:.4f}" for key in keys],
+                   *([f"({row['joint_sharpening']}, {row['joint_weight']})", *[f"{row[key]:.4f}" for key in joint]]
+                     if joint else []),
                   row["fit_and_choose_seconds"]] for row in rows]
-    table_rows.append(["mean ± spread", "", "", *[_mean(rows, key) for key in keys], ""])
+    table_rows.append(["mean ± spread", "", "", *[_mean(rows, key) for key in keys],
+                       *(["", *[_mean(rows, key) for key in joint]] if joint else []), ""])
     command = "python -m benchmarks.graph_filter " + " ".join(sys.argv[1:] if argv is None else argv)
     table = f"`{command}`\n\n" + markdown_table(header, table_rows)
     path = write_results(f"graph-filter-{args.name}", table, {"rows": rows})

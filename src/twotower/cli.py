@@ -138,10 +138,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ks = config.train.ks
     names = [f"{m}@{k}" for k in ks[:2] for m in ("recall", "ndcg", "mrr")]
     say("")
-    rows = [("model, valid", result.valid.metrics), ("most-popular, valid", result.popularity_valid.metrics),
-            ("model, test", result.test.metrics), ("most-popular, test", result.popularity_test.metrics)]
+    model = "model" + _blended(result.model_dir)  # as `twotower evaluate` labels it
+    rows = [(f"{model}, valid", result.valid.metrics), ("most-popular, valid", result.popularity_valid.metrics),
+            (f"{model}, test", result.test.metrics), ("most-popular, test", result.popularity_test.metrics)]
     if result.refit is not None:
-        rows.insert(3, ("refit on train + valid, test", result.refit.test.metrics))
+        rows.insert(3, (f"refit{_blended(result.refit.model_dir)} on train + valid, test", result.refit.test.metrics))
     say(_metrics_table(rows, names))
     say("")
     for split, evaluated in (("valid", result.valid), ("test", result.test)):
@@ -158,6 +159,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blended(model_dir: Path) -> str:
+    """" + graph filter" when the model directory ranks by a blend, else ""."""
+    from twotower.model.graph_filter import GRAPH_FILTER_FILE
+
+    return " + graph filter" if (Path(model_dir) / GRAPH_FILTER_FILE).is_file() else ""
+
+
 def _graph_filter_line(results_path: Path) -> str:
     """What `model.graph_filter` chose, from results.json ("" when the run has no blend)."""
     from twotower.atomic import read_json_object
@@ -169,9 +177,12 @@ def _graph_filter_line(results_path: Path) -> str:
     towers = section["towers"]["valid"]["metrics"][metric]
     chosen = [entry["score"] for entry in section.get("valid_by_choice", [])
               if entry["weight"] == weight and (weight == 0 or entry["sharpening"] == sharpening)]
-    how = (f"chosen on valid {metric} ({towers:.4f} for the towers alone, {chosen[0]:.4f} with it)"
+    alone = [entry["score"] for entry in section.get("valid_alone_by_sharpening", [])
+             if entry["sharpening"] == sharpening]
+    time_how = f"the filter alone {alone[0]:.4f}; " if alone else ""
+    how = (f"chosen on valid {metric} ({time_how}{towers:.4f} for the towers alone, {chosen[0]:.4f} blended)"
            if chosen else "as set")
-    rows = "the model's rows above are the blend" if weight > 0 else "the towers rank alone"
+    rows = "the rows above marked + graph filter are the blend" if weight > 0 else "the towers rank alone"
     return (f"graph filter: weight {weight}, sharpening {sharpening} {how}; {rows} "
             f"({section['seconds']} s to fit, choose and rank test)")
 

@@ -404,8 +404,11 @@ def test_train_and_evaluate_with_the_graph_filter(tmp_path, capsys):
     assert main(["train", "--out", str(out), *tiny, "--model.graph_filter", "--model.graph_filter_weights", "2.0",
                  "--model.graph_filter_sharpening", "1.0"]) == 0
     printed = capsys.readouterr().out
-    assert "graph filter: weight 2.0, sharpening 1.0 as set; the model's rows above are the blend" in printed
+    assert "graph filter: weight 2.0, sharpening 1.0 as set; the rows above marked + graph filter are the blend" \
+        in printed
     results = json.loads((out / "results.json").read_text())
+    train_line = next(line for line in printed.splitlines() if line.startswith("model + graph filter, test"))
+    assert f"{results['test']['metrics']['recall@10']:.4f}" in train_line  # labelled as evaluate labels it
     assert results["graph_filter"]["towers"]["test"]["metrics"] != results["test"]["metrics"]
     assert main(["evaluate", str(out / "model"), "--quiet"]) == 0
     table = capsys.readouterr().out

@@ -20,9 +20,28 @@ def graph_config(weights: list[float], sharpening: tuple[float, ...] = (0.0,), *
     return config
 
 
-def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluation(tmp_path) -> None:
+def filter_alone_ranker(graph, history, k: int):
+    """float64 NumPy ranking by the filter's own scores (no towers; ties to the lower id, excluded
+    items last), independent of the sweep's torch path."""
+    from twotower.data.csr import take_rows
+
+    def rank(users: np.ndarray, exclude) -> np.ndarray:
+        scores = graph.scores(*take_rows(history, users)).astype(np.float64)
+        for row, (start, stop) in enumerate(zip(exclude[0][:-1], exclude[0][1:], strict=True)):
+            scores[row, exclude[1][start:stop]] = -np.inf
+        order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+        return np.where(np.take_along_axis(scores, order, 1) > -np.inf, order, -1)
+
+    return rank
+
+
+def test_the_time_is_chosen_on_the_filter_alone_then_the_weight_on_the_blend(tmp_path) -> None:
+    """Two steps, each checked against an independent evaluation: the sharpening time whose filter
+    alone ranks validation best, then the weight whose blend at that time does (the towers alone,
+    weight 0, competing); the chosen pair's test ranking is the sweep's."""
+    from twotower.data.csr import csr_pair
     from twotower.datasets import load_dataset
-    from twotower.evaluate import evaluate_model
+    from twotower.evaluate import evaluate_model, evaluate_targets, split_targets
     from twotower.training.graph_blend import choose_graph_blend
     from twotower.training.loop import fit
 
@@ -33,25 +52,32 @@ def test_the_chosen_weight_is_the_best_on_validation_of_an_independent_evaluatio
     trained = load_model_dir(tmp_path / "model")
     dataset = load_dataset(config.data)
     config.model.graph_filter_weights = [0.2, 1.0, 5.0]
-    config.model.graph_filter_sharpening = [0.0, 1.5]
+    config.model.graph_filter_sharpening = [0.0, 1.5, 3.0]
     blend = choose_graph_blend(config, trained.model, dataset)
+    metric, ks = config.train.select_metric, config.train.ks
     # the towers alone (weight 0, whatever the sharpening) always compete, once
-    assert sorted(blend.valid_by_choice) == [(0.0, 0.0), (0.0, 0.2), (0.0, 1.0), (0.0, 5.0), (1.5, 0.2), (1.5, 1.0),
-                                             (1.5, 5.0)]
-    metric = config.train.select_metric
+    assert sorted(blend.valid_by_choice) == [(0.0, 0.0), *[(t, w) for t in (0.0, 1.5, 3.0) for w in (0.2, 1.0, 5.0)]]
     for (time, weight), score in blend.valid_by_choice.items():
-        independent = evaluate_model(trained.model, dataset, split="valid", ks=config.train.ks, progress=False,
+        independent = evaluate_model(trained.model, dataset, split="valid", ks=ks, progress=False,
                                      graph=blend.graph.with_weight(weight, time))
         assert independent[metric] == pytest.approx(score, abs=1e-12)
-    assert len({round(s, 12) for (t, w), s in blend.valid_by_choice.items() if w == 1.0}) == 2  # the time matters
-    chosen_test = evaluate_model(trained.model, dataset, split="test", ks=config.train.ks, progress=False,
-                                 graph=blend.graph)
+    targets = split_targets(dataset, "valid")
+    history = csr_pair(dataset.train_history)
+    assert sorted(blend.valid_alone) == [0.0, 1.5, 3.0]
+    for time, score in blend.valid_alone.items():
+        ranker = filter_alone_ranker(blend.graph.with_weight(1.0, time), history, max(ks))
+        independent = evaluate_targets(ranker, targets, num_items=dataset.num_items, ks=ks, progress=False, desc="")
+        assert independent[metric] == pytest.approx(score, abs=1e-9)
+    assert len({round(s, 12) for s in blend.valid_alone.values()}) == 3  # the time matters here
+    best_alone = max(blend.valid_alone.values())
+    chosen_time = min(t for t, s in blend.valid_alone.items() if s == best_alone)
+    assert blend.graph.sharpening == chosen_time
+    at_time = {w: s for (t, w), s in blend.valid_by_choice.items() if t == chosen_time or w == 0}
+    assert blend.graph.weight == min(w for w, s in at_time.items() if s == max(at_time.values()))
+    chosen_test = evaluate_model(trained.model, dataset, split="test", ks=ks, progress=False, graph=blend.graph)
     assert blend.test.metrics == pytest.approx(chosen_test.metrics, abs=1e-12)  # the sweep's test ranking
-    best = max(blend.valid_by_choice.values())
-    chosen = (blend.graph.sharpening, blend.graph.weight)
-    assert blend.valid_by_choice[chosen] == best
-    assert chosen == min(((t, w) for (t, w), s in blend.valid_by_choice.items() if s == best),
-                         key=lambda pair: (pair[1], pair[0]))
+    described = blend.describe()
+    assert [entry["sharpening"] for entry in described["valid_alone_by_sharpening"]] == [0.0, 1.5, 3.0]
 
 
 def test_the_defaults_choose_the_filter_on_validation(tmp_path) -> None:
@@ -69,10 +95,13 @@ def test_the_defaults_choose_the_filter_on_validation(tmp_path) -> None:
     pairs = {(c["sharpening"], c["weight"]) for c in section["valid_by_choice"]}
     times = sorted(defaults.graph_filter_sharpening)
     assert pairs == {(times[0], 0.0)} | {(t, w) for t in times for w in defaults.graph_filter_weights if w > 0}
-    best = max(c["score"] for c in section["valid_by_choice"])
+    alone = {c["sharpening"]: c["score"] for c in section["valid_alone_by_sharpening"]}
+    assert sorted(alone) == times and section["sharpening"] == max(times, key=lambda t: (alone[t], -t))
+    at_time = [c["score"] for c in section["valid_by_choice"] if c["sharpening"] == section["sharpening"]
+               or c["weight"] == 0]
     assert [c["score"] for c in section["valid_by_choice"]
             if (c["sharpening"], c["weight"]) == (section["sharpening"], section["weight"])
-            or (section["weight"] == 0 and c["weight"] == 0)] == [best]
+            or (section["weight"] == 0 and c["weight"] == 0)] == [max(at_time)]
     assert (tmp_path / "model" / "graph_filter.safetensors").is_file() == (section["weight"] > 0)
 
 

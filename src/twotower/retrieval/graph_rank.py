@@ -7,6 +7,7 @@ The blend is `twotower.model.graph_filter.blend`; the lists follow `topk_torch`'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,11 @@ from twotower.data.csr import CSRPair, csr_pair, row_ids, take_rows
 from twotower.model.graph_filter import GraphFilter, blend, standardise
 from twotower.retrieval.exact_torch import scores_topk
 
-__all__ = ["GraphSweep", "TowerMoments", "blended_topk", "candidate_count", "graph_ann_ranker", "graph_ranker",
+__all__ = ["ALONE", "GraphSweep", "TowerMoments", "blended_topk", "candidate_count", "graph_ann_ranker", "graph_ranker",
            "rerank_candidates"]
+
+# GraphSweep's weight for the filter's own ranking, without the towers.
+ALONE = math.inf
 
 # (user codes [b], their exclusion CSR) -> top-K item ids [b, K], as `twotower.evaluate.Ranker`.
 Ranker = Callable[[np.ndarray, CSRPair | None], np.ndarray]
@@ -64,31 +68,36 @@ class GraphSweep:
         excludes: per split name, the CSR over all users of the items its rankings leave out (the
             split's `SplitTargets.exclude`); a split's rankers read theirs from here.
         sharpenings: the filter's sharpening times (`GraphFilter.sharpened_scores`).
+        alone: the splits for which the filter's own rankings (no towers; `ranker(ALONE, ...)`) are
+            kept too, for each sharpening time.
     """
 
     def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, graph: GraphFilter, history: CSRPair, k: int,
                  weights: Sequence[float], excludes: dict[str, CSRPair | None],
-                 sharpenings: Sequence[float] = (0.0,)) -> None:
+                 sharpenings: Sequence[float] = (0.0,), alone: Sequence[str] = ()) -> None:
         self._times = tuple(sorted({float(t) for t in sharpenings}))
         self._blended = _BlendedScores(user_vectors, item_vectors, graph, history, self._times)
         self._k, self._weights, self._excludes = int(k), tuple(float(w) for w in weights), dict(excludes)
+        if unknown := sorted(set(alone) - set(self._excludes)):
+            raise ValueError(f"alone names splits {unknown} the sweep does not rank ({list(self._excludes)})")
         num_users = len(user_vectors)
         self._done = np.zeros(num_users, dtype=bool)
-        self._lists = {self._key(split, t, w): np.full((num_users, self._k), -1, dtype=np.int32)
-                       for split in self._excludes for t in self._times for w in self._weights}
+        keys = {self._key(split, t, w) for split in self._excludes for t in self._times for w in self._weights}
+        keys |= {self._key(split, t, ALONE) for split in alone for t in self._times}
+        self._lists = {key: np.full((num_users, self._k), -1, dtype=np.int32) for key in sorted(keys)}
 
     def _key(self, split: str, sharpening: float, weight: float) -> tuple[str, float, float]:
         """Weight 0 is the towers alone whatever the sharpening: one list serves them all."""
         return (split, float(sharpening) if weight else self._times[0], float(weight))
 
     def ranker(self, weight: float, split: str, sharpening: float = 0.0) -> Ranker:
-        """The ranker of one weight, sharpening time and split (the `exclude` it is called with is
-        the split's own rows, which the sweep already holds)."""
+        """The ranker of one weight (`ALONE`: the filter's own ranking), sharpening time and split
+        (the `exclude` it is called with is the split's own rows, which the sweep already holds)."""
         key = self._key(split, sharpening, weight)
         if key not in self._lists or float(sharpening) not in self._times:
             raise ValueError(f"weight {weight}, sharpening {sharpening} and split {split!r} are not among the "
                              f"sweep's weights {list(self._weights)}, sharpenings {list(self._times)} and splits "
-                             f"{list(self._excludes)}")
+                             f"{list(self._excludes)} (the filter alone: the splits given as alone)")
 
         def rank(users: np.ndarray, exclude: CSRPair | None) -> np.ndarray:
             users = np.asarray(users, dtype=np.int64)
@@ -108,7 +117,12 @@ class GraphSweep:
                     if key[0] != split:
                         continue
                     _, time, weight = key
-                    torch.add(towers, filtered[time], alpha=weight, out=scores) if weight else scores.copy_(towers)
+                    if weight == ALONE:
+                        scores.copy_(filtered[time])
+                    elif weight:
+                        torch.add(towers, filtered[time], alpha=weight, out=scores)
+                    else:
+                        scores.copy_(towers)
                     self._lists[key][rows] = _top_k(scores.numpy(), excluded, self._k)
         self._done[users] = True
 

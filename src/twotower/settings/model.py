@@ -128,8 +128,9 @@ class ModelConfig:
         graph_filter: after training, blend a closed-form graph filter into the ranking
             (`twotower.model.graph_filter`: GF-CF's filter, sharpened as BSPM does): each user's
             tower scores and filter scores are standardised over the catalogue and added, the
-            filter's with the weight among `graph_filter_weights` and the sharpening time among
-            `graph_filter_sharpening` that score best on validation (`train.select_metric`; weight
+            filter's with a weight among `graph_filter_weights`. Both are chosen on validation
+            (`train.select_metric`): the sharpening time among `graph_filter_sharpening` whose
+            filter alone ranks best, then the weight whose blend at that time ranks best (weight
             0, the towers alone, is always a candidate). Needs a validation split to choose them.
             Known users' rankings (`evaluate`, `recommend`, `serve`, exact or HNSW) use the blend;
             new users and similar items rank by the towers.

@@ -1,12 +1,12 @@
 """`model.graph_filter`: after training, fit the closed-form graph filter on the training split and
-choose its sharpening time and the weight of its blend into the towers on validation
-(`twotower.model.graph_filter`)."""
+choose its sharpening time (on the filter's own ranking) and the weight of its blend into the towers
+on validation (`twotower.model.graph_filter`)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twotower.data import SplitDataset
@@ -14,7 +14,7 @@ from twotower.data.csr import csr_pair
 from twotower.evaluate import EvalResult, evaluate_targets, ranking_width, split_targets
 from twotower.model.graph_filter import GraphFilter
 from twotower.model.two_tower import TwoTowerModel
-from twotower.retrieval.graph_rank import GraphSweep
+from twotower.retrieval.graph_rank import ALONE, GraphSweep
 from twotower.settings import TrainConfig
 
 __all__ = ["GraphBlend", "choose_graph_blend"]
@@ -25,7 +25,7 @@ log = logging.getLogger("twotower")
 @dataclass(frozen=True)
 class GraphBlend:
     """The fitted filter (with the chosen weight and sharpening) and what validation said of each
-    candidate (sharpening time, weight)."""
+    candidate: the filter alone at each sharpening time, and the blend at each (time, weight)."""
 
     graph: GraphFilter
     metric: str
@@ -33,23 +33,29 @@ class GraphBlend:
     seconds: float
     valid: EvalResult | None = None  # the chosen pair's validation and test results, when it was chosen here
     test: EvalResult | None = None
+    valid_alone: dict[float, float] = field(default_factory=dict)  # the filter's own ranking, by sharpening time
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for results.json."""
         return {"weight": self.graph.weight, "sharpening": self.graph.sharpening, "rank": self.graph.rank,
                 "ideal_weight": self.graph.ideal_weight, "select_metric": self.metric,
+                "valid_alone_by_sharpening": [{"sharpening": t, "score": v}
+                                              for t, v in sorted(self.valid_alone.items())],
                 "valid_by_choice": [{"sharpening": t, "weight": w, "score": v}
                                     for (t, w), v in sorted(self.valid_by_choice.items())],
                 "seconds": round(self.seconds, 1)}
 
 
 def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: SplitDataset) -> GraphBlend | None:
-    """The blend `config.model` asks for: with several candidates, the (sharpening time, weight)
-    pair with the best validation `train.select_metric` (weight 0, the towers alone, always
-    competes; ties go to the smaller weight, then the shorter time); a single candidate of each is
-    used as given (the refit of `train.refit` passes the pair its selection run chose). None when
-    the setting is off, or when there are candidates to choose from and no validation split to
-    choose on (logged)."""
+    """The blend `config.model` asks for, chosen on validation `train.select_metric` in two steps:
+    the sharpening time that ranks best with the filter alone, then, at that time, the weight that
+    ranks best blended into the towers (weight 0, the towers alone, always competes). Ties go to
+    the shorter time and the smaller weight. The time is a property of the filter, and at the small
+    weights the blend chooses, the towers dominate its validation score, which then barely tells the
+    times apart; the filter's own ranking does (benchmarks/results/quality-gowalla-search.md). A
+    single candidate of each is used as given (the refit of `train.refit` passes the pair its
+    selection run chose). None when the setting is off, or when there are candidates to choose from
+    and no validation split to choose on (logged)."""
     settings = config.model
     if not settings.graph_filter:
         return None
@@ -73,12 +79,19 @@ def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: Split
     targets = {split: split_targets(dataset, split, config.eval) for split in ("valid", "test")}
     sweep = GraphSweep(model.user_search_vectors(), model.item_search_vectors(), graph, history,
                        ranking_width(ks, dataset.num_items), weights,
-                       {split: target.exclude for split, target in targets.items()}, sharpenings=times)
-    results = {(t, w): evaluate_targets(sweep.ranker(w, "valid", t), targets["valid"], num_items=dataset.num_items,
-                                        ks=ks, progress=False, desc="graph filter") for t, w in candidates}
+                       {split: target.exclude for split, target in targets.items()}, sharpenings=times,
+                       alone=("valid",) if len(times) > 1 else ())
+
+    def valid_score(weight: float, sharpening: float) -> EvalResult:
+        return evaluate_targets(sweep.ranker(weight, "valid", sharpening), targets["valid"],
+                                num_items=dataset.num_items, ks=ks, progress=False, desc="graph filter")
+
+    alone = {t: valid_score(ALONE, t)[metric] for t in times} if len(times) > 1 else {}
+    results = {(t, w): valid_score(w, t) for t, w in candidates}
     scores = {pair: result[metric] for pair, result in results.items()}
-    best = max(candidates, key=lambda pair: (scores[pair], -pair[1], -pair[0]))
-    test = evaluate_targets(sweep.ranker(best[1], "test", best[0]), targets["test"], num_items=dataset.num_items,
+    chosen_time = max(times, key=lambda t: (alone.get(t, 0.0), -t))
+    best = max([(chosen_time if w else times[0], w) for w in weights], key=lambda pair: (scores[pair], -pair[1]))
+    test = evaluate_targets(sweep.ranker(best[1], "test", chosen_time), targets["test"], num_items=dataset.num_items,
                             ks=ks, progress=False, desc="graph filter")
-    return GraphBlend(graph.with_weight(best[1], best[0]), metric, scores, time.perf_counter() - started,
-                      results[best], test)
+    return GraphBlend(graph.with_weight(best[1], chosen_time), metric, scores, time.perf_counter() - started,
+                      results[best], test, alone)
