@@ -342,8 +342,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     from twotower.serve.run import serve
 
+    _log_to_stderr(logging.INFO)  # what the service says of its model and its errors (uvicorn logs its own)
     serve(args.model_dir, host=args.host, port=args.port, ann=args.ann, options=options)
     return 0
+
+
+def _log_to_stderr(level: int) -> None:
+    """The "twotower" logger's records at `level` and above on stderr, once."""
+    logger = logging.getLogger("twotower")
+    logger.setLevel(level)
+    if not any(getattr(handler, "_twotower_stderr", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        handler._twotower_stderr = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 # -- data stats -------------------------------------------------------------------------------------

@@ -109,7 +109,15 @@ def test_a_model_with_a_graph_filter_is_served_by_its_blend(graph_model, tmp_pat
     recommender = Recommender.load(graph_model, ann=ann)
     assert recommender.trained.graph is not None and recommender.trained.graph.weight == 2.0
     towers_alone = Recommender(dataclasses.replace(recommender.trained, graph=None))
+    ids = recommender.trained.item_vocab.ids
+    history = [[int(ids[1]), int(ids[2]), int(ids[30])], [int(ids[5])]]
     with running_server(graph_model, *flags, log_dir=tmp_path) as server:
         answer = httpx.post(f"{server.url}/recommend", json={"users": USERS, "k": 7})
+        new_users = httpx.post(f"{server.url}/recommend/features", json={"history": history, "k": 7})
     assert results(answer) == as_lists(recommender.recommend(USERS, k=7))
     assert results(answer) != as_lists(towers_alone.recommend(USERS, k=7))
+    assert "carries a graph filter (model.graph_filter, weight 2" in server.log.read_text()  # the operator is told
+    # new users with a history: the blend reads it (their tower vectors are the same: no features, no pooling)
+    assert results(new_users) == as_lists(recommender.recommend_for_features(history=history, k=7))
+    first, second = results(new_users)
+    assert first != second

@@ -144,6 +144,49 @@ def test_a_run_with_the_filter_reports_saves_and_recommends_the_blend(tmp_path) 
     assert any(not np.array_equal(a.items, b) for a, b in zip(answers, towers_only, strict=True))
 
 
+def test_new_users_with_a_history_rank_by_the_blend_of_that_history(tmp_path) -> None:
+    """`recommend_for_features(history=...)` of a model with a filter (whose towers pool no
+    history): the unknown user's tower vector blended with the filter's scores of the given
+    history, as a float64 brute force ranks them; the history left out; an empty history is the
+    towers alone. Without a filter the same call is refused, naming both ways to take a history."""
+    from twotower.model.model_dir import load_model_dir
+    from twotower.retrieval.recommend import Recommender
+    from twotower.training.loop import fit
+
+    fit(graph_config([1.5], sharpening=(1.0,)), tmp_path / "blend", echo=lambda line: None)
+    trained = load_model_dir(tmp_path / "blend" / "model")
+    assert trained.graph is not None and not trained.model.config.user_history
+    ids = trained.item_vocab.ids
+    rows = [[ids[3], ids[40], ids[41]], [ids[7]], []]
+    recommender = Recommender(trained)
+    got = recommender.recommend_for_features(history=rows, k=6)
+    queries = recommender.encode_new_users(history=rows).astype(np.float64)
+    codes = [trained.item_vocab.encode(np.array(row, dtype=ids.dtype)) if row else np.zeros(0, np.int64)
+             for row in rows]
+    indptr = np.concatenate([[0], np.cumsum([len(c) for c in codes])]).astype(np.int64)
+    filtered = trained.graph.scores(indptr, np.concatenate(codes).astype(np.int64)).astype(np.float64)
+    towers = queries @ trained.model.item_search_vectors().astype(np.float64).T
+
+    def z(x):
+        spread = x.std(1, keepdims=True)
+        return np.where(spread > 0, (x - x.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1), 0)
+
+    scores = z(towers) + trained.graph.weight * z(filtered)
+    for row, row_codes in enumerate(codes):
+        scores[row, row_codes] = -np.inf
+    for answer, row_scores, row_codes in zip(got, scores, codes, strict=True):
+        want = np.argsort(-row_scores, kind="stable")[:6]
+        np.testing.assert_array_equal(answer.items, trained.item_vocab.decode(want))
+        assert not set(answer.items.tolist()) & set(trained.item_vocab.decode(row_codes).tolist())
+    towers_only = np.argsort(-towers[2], kind="stable")[:6]
+    np.testing.assert_array_equal(got[2].items, trained.item_vocab.decode(towers_only))
+    assert not np.array_equal(got[0].items, trained.item_vocab.decode(np.argsort(-towers[0], kind="stable")[:6]))
+
+    plain = Recommender(dataclasses.replace(trained, graph=None))
+    with pytest.raises(ValueError, match=r"pools histories \(model.user_history\) or that blends a graph filter"):
+        plain.recommend_for_features(history=rows, k=6)
+
+
 def test_without_validation_several_weights_leave_the_towers_alone(tmp_path, caplog) -> None:
     from twotower.training.loop import fit
 

@@ -209,19 +209,23 @@ class Recommender:
     def _blended_answer(self, users: list[Any], k: int, exclude_seen: bool) -> list[Recommendation]:
         """`recommend` of a model saved with a graph filter: the blend's ranking, the filter reading
         each user's known items (train, valid and test)."""
-        from twotower.retrieval.graph_rank import graph_ann_ranker, graph_ranker  # torch: on use
-
         codes = self._codes(users, "user")
         queries, exclude = self.code_queries(codes, exclude_seen=exclude_seen)
+        return self._blend(users, queries, self.histories(codes), k, exclude)
+
+    def _blend(self, asked: list[Any], queries: np.ndarray, histories: CSRPair, k: int,
+               exclude: CSRPair | None) -> list[Recommendation]:
+        """The blend's top k for queries [B, D'] whose filter reads `histories` (CSR, row = query)."""
+        from twotower.retrieval.graph_rank import graph_ann_ranker, graph_ranker  # torch: on use
+
         graph, items, k = self._trained.graph, self.item_search_vectors(), min(k, self.num_items)
-        history = self.histories(codes)
         if self.ann:
-            rank = graph_ann_ranker(self._searcher, queries, items, graph, history, k, self._tower_moments())
+            rank = graph_ann_ranker(self._searcher, queries, items, graph, histories, k, self._tower_moments())
         else:
-            rank = graph_ranker(queries, items, graph, history, k)
-        ids = rank(np.arange(len(codes), dtype=np.int64), exclude)
+            rank = graph_ranker(queries, items, graph, histories, k)
+        ids = rank(np.arange(len(queries), dtype=np.int64), exclude)
         scores = np.einsum("bd,bkd->bk", queries, items[np.maximum(ids, 0)]).astype(np.float32)
-        return self._decoded(users, queries, scores, ids)
+        return self._decoded(asked, queries, scores, ids)
 
     def histories(self, codes: np.ndarray) -> CSRPair:
         """The known items (train, valid and test) of users given by code, as a CSR of item codes:
@@ -280,7 +284,9 @@ class Recommender:
         k: int = 10,
         exclude_history: bool = True,
     ) -> list[Recommendation]:
-        """Top-k items for users not seen in training, through the user tower (cold start).
+        """Top-k items for users not seen in training, through the user tower (cold start); for a
+        model saved with a graph filter and users given with a `history`, ranked by the blend of
+        the towers and the filter, which reads that history (as `recommend` ranks known users).
 
         Args:
             features: the users' side features: a `twotower.data.FeatureTable` with one row per user,
@@ -289,7 +295,7 @@ class Recommender:
                 codes for a multi-valued feature, a number or list of numbers for a dense one.
                 Features left out are missing.
             history: per user, the external ids of the items they interacted with (for models that
-                pool histories: `model.user_history`).
+                pool histories, `model.user_history`, or blend a graph filter, `model.graph_filter`).
             k: results per user (>= 1).
             exclude_history: leave each user's history items out of their results.
 
@@ -299,11 +305,14 @@ class Recommender:
         Raises:
             UnknownIdError: an item of `history` is not in the training data.
             ValueError: neither argument, a feature the user tower does not have, or a history for a
-                model that pools none.
+                model that neither pools histories nor blends a filter.
         """
         k = check_k(k)
         queries, histories = self.new_user_queries(features, history=history)
-        return self._answer(list(range(len(queries))), queries, k, histories if exclude_history else None)
+        asked, exclude = list(range(len(queries))), histories if exclude_history else None
+        if self._trained.graph is not None and histories is not None:
+            return self._blend(asked, queries, histories, k, exclude)
+        return self._answer(asked, queries, k, exclude)
 
     def encode_new_users(self, features: Any = None, *, history: Sequence[Sequence[Any]] | None = None) -> np.ndarray:
         """The search vectors [B, D'] that `recommend_for_features` searches with (same arguments)."""
@@ -379,27 +388,32 @@ class Recommender:
     ) -> tuple[np.ndarray, CSRPair | None]:
         """New users' search vectors [B, D'] (user code -1 with their inputs) and their histories as a
         CSR of item codes (None without `history`); arguments and errors as `recommend_for_features`."""
-        inputs, count = self._new_user_inputs(features, history)
+        inputs, count, histories = self._new_user_inputs(features, history)
         with self._lock:
             queries = self._model.user_search_vectors(np.full(count, -1, dtype=np.int64), inputs=inputs)
-        return queries, inputs.history
+        return queries, histories
 
-    def _new_user_inputs(self, features: Any, history: Sequence[Sequence[Any]] | None) -> tuple[TowerInputs, int]:
-        """`TowerInputs` for new users and their number, from the arguments as given."""
+    def _new_user_inputs(self, features: Any, history: Sequence[Sequence[Any]] | None
+                         ) -> tuple[TowerInputs, int, CSRPair | None]:
+        """`TowerInputs` for new users, their number and their histories (CSR of item codes, or None),
+        from the arguments as given. The user tower reads the histories only if it pools them."""
         if features is None and history is None:
             raise ValueError("recommend_for_features needs features=, history= or both")
-        inputs, count = TowerInputs(), None
+        inputs, count, histories = TowerInputs(), None, None
         if features is not None:
             inputs, count = self._feature_inputs(features)
         if history is not None:
-            if not self._model.config.user_history:
-                raise ValueError("history= needs a model whose user tower pools histories (model.user_history); "
-                                 "this one does not")
-            histories = _as_id_list(history, "history")
-            if count is not None and len(histories) != count:
-                raise ValueError(f"features describe {count} users but history has {len(histories)}")
-            inputs.history, count = self._history_csr(histories), len(histories)
-        return inputs, count
+            pools = self._model.config.user_history
+            if not pools and self._trained.graph is None:
+                raise ValueError("history= needs a model whose user tower pools histories (model.user_history) or "
+                                 "that blends a graph filter (model.graph_filter); this one does neither")
+            rows = _as_id_list(history, "history")
+            if count is not None and len(rows) != count:
+                raise ValueError(f"features describe {count} users but history has {len(rows)}")
+            histories, count = self._history_csr(rows), len(rows)
+            if pools:
+                inputs.history = histories
+        return inputs, count, histories
 
     def _feature_inputs(self, features: Any) -> tuple[TowerInputs, int]:
         layout = self._model.user_layout

@@ -141,7 +141,11 @@ async def recommend_features(body: FeaturesBody, request: Request) -> JSONRespon
     except INPUT_ERRORS as err:
         raise ApiError(422, str(err), "history" if "history" in str(err) else "features") from None
     exclude = history if body.exclude_history else None
-    answers = await service.batcher.submit(("vectors", served, body.k), (queries, exclude), len(queries))
+    if history is not None and served.recommender.trained.graph is not None:  # the filter reads the history
+        key, payload = ("histories", served, body.k), (queries, exclude, history)
+    else:
+        key, payload = ("vectors", served, body.k), (queries, exclude)
+    answers = await service.batcher.submit(key, payload, len(queries))
     return _json(served, {"results": [{"user": i, "items": a.items, "scores": a.scores}
                                       for i, a in enumerate(answers)]})
 

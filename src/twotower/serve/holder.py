@@ -51,8 +51,9 @@ def load_served(model_dir: str | os.PathLike[str], *, ann: bool, generation: int
     recommender = Recommender(load_model_dir(model_dir))
     graph = recommender.trained.graph
     if graph is not None:
-        log.info("%s carries a graph filter (model.graph_filter, weight %g): known users are ranked by its blend "
-                 "with the towers; new users and similar items by the towers alone", model_dir, graph.weight)
+        log.info("%s carries a graph filter (model.graph_filter, weight %g, sharpening %g): known users, and new "
+                 "users given with a history, are ranked by its blend with the towers; new users without a history "
+                 "and similar items by the towers alone", model_dir, graph.weight, graph.sharpening)
     catalogue = LiveCatalogue(recommender, ann=ann, num_threads=search_threads)
     digest = str(recommender.trained.config.get("weights_sha256") or "unhashed")[:12]
     return Served(recommender, catalogue, f"{generation}:{digest}", IdLookup(recommender.trained.user_vocab))

@@ -2,9 +2,11 @@
 one search, and the answers are split back per job.
 
 Keys: ("users", served, k, exclude_seen) with payloads = lists of user codes (the tower pass is
-batched too; a model with a graph filter ranks them by its blend), or ("vectors", served, k) with
+batched too; a model with a graph filter ranks them by its blend), ("vectors", served, k) with
 payloads = (queries [b, D'], exclusion CSR or None) from cold-start users or item-to-item queries,
-encoded by their endpoint.
+encoded by their endpoint, or ("histories", served, k) with payloads = (queries, exclusion CSR or
+None, history CSR): cold-start users with a history, of a model with a graph filter, ranked by its
+blend, the filter reading that history.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ def run_batch(key: Hashable, payloads: list[Any]) -> list[list[Answer]]:
             return _split(answers, sizes)
     else:
         queries = np.concatenate([payload[0] for payload in payloads])
-        exclude = concat_csr([payload[1] for payload in payloads], [len(payload[0]) for payload in payloads])
         sizes = [len(payload[0]) for payload in payloads]
+        exclude = concat_csr([payload[1] for payload in payloads], sizes)
+        if kind == "histories":
+            histories = concat_csr([payload[2] for payload in payloads], sizes)
+            graph = served.recommender.trained.graph
+            return _split(served.catalogue.blended_answer(queries, graph, histories, k, exclude), sizes)
     return _split(served.catalogue.answer(queries, k, exclude), sizes)
 
 
