@@ -17,7 +17,7 @@ from twotower.model.two_tower import TwoTowerModel
 from twotower.retrieval.graph_rank import ALONE, GraphSweep
 from twotower.settings import TrainConfig
 
-__all__ = ["GraphBlend", "choose_graph_blend"]
+__all__ = ["GraphBlend", "choose_graph_blend", "two_step_choice"]
 
 log = logging.getLogger("twotower")
 
@@ -89,9 +89,20 @@ def choose_graph_blend(config: TrainConfig, model: TwoTowerModel, dataset: Split
     alone = {t: valid_score(ALONE, t)[metric] for t in times} if len(times) > 1 else {}
     results = {(t, w): valid_score(w, t) for t, w in candidates}
     scores = {pair: result[metric] for pair, result in results.items()}
-    chosen_time = max(times, key=lambda t: (alone.get(t, 0.0), -t))
-    best = max([(chosen_time if w else times[0], w) for w in weights], key=lambda pair: (scores[pair], -pair[1]))
-    test = evaluate_targets(sweep.ranker(best[1], "test", chosen_time), targets["test"], num_items=dataset.num_items,
+    chosen_time, weight = two_step_choice(alone, scores)
+    best = (chosen_time if weight else times[0], weight)
+    test = evaluate_targets(sweep.ranker(weight, "test", chosen_time), targets["test"], num_items=dataset.num_items,
                             ks=ks, progress=False, desc="graph filter")
-    return GraphBlend(graph.with_weight(best[1], chosen_time), metric, scores, time.perf_counter() - started,
+    return GraphBlend(graph.with_weight(weight, chosen_time), metric, scores, time.perf_counter() - started,
                       results[best], test, alone)
+
+
+def two_step_choice(alone: dict[float, float], blended: dict[tuple[float, float], float]) -> tuple[float, float]:
+    """(sharpening time, weight) from validation scores: the time with the best `alone` score (the
+    filter's own ranking; ties: the shorter; no entries: the shortest time of `blended`), then the
+    weight with the best `blended` score at that time ((time, weight) keys; weight 0, the towers
+    alone, under any time; ties: the smaller weight)."""
+    times = sorted({t for t, _ in blended})
+    chosen = max(times, key=lambda t: (alone.get(t, 0.0), -t))
+    pool = [(t, w) for (t, w) in blended if t == chosen or w == 0]
+    return chosen, max(pool, key=lambda pair: (blended[pair], -pair[1]))[1]
