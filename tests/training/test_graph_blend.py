@@ -187,6 +187,26 @@ def test_new_users_with_a_history_rank_by_the_blend_of_that_history(tmp_path) ->
         plain.recommend_for_features(history=rows, k=6)
 
 
+def test_the_filter_runs_on_every_core_after_training(tmp_path, monkeypatch) -> None:
+    """With `train.num_threads` unset the step leaves a core to the batch worker; the filter's fit,
+    choice and test ranking come after it and take every core."""
+    import os
+
+    import torch
+
+    import twotower.training.run_outputs as outputs
+    from twotower.training.loop import fit
+
+    seen = []
+    real = outputs.choose_graph_blend
+    monkeypatch.setattr(outputs, "choose_graph_blend",
+                        lambda *args: seen.append(torch.get_num_threads()) or real(*args))
+    before = torch.get_num_threads()
+    fit(graph_config([1.0], sharpening=(1.0,), num_threads=0, epochs=1), tmp_path, echo=lambda line: None)
+    assert seen == [os.cpu_count()]
+    assert torch.get_num_threads() == before
+
+
 def test_without_validation_several_weights_leave_the_towers_alone(tmp_path, caplog) -> None:
     from twotower.training.loop import fit
 

@@ -51,3 +51,24 @@ def test_tune_allocator_says_it_is_tuned_and_is_idempotent():
 
     assert tune_allocator() is True
     assert tune_allocator() is True
+
+
+def test_torch_threads_sets_the_count_inside_the_block_and_restores_it_after():
+    import os
+
+    import torch
+
+    from twotower.training.hardware import torch_threads
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch_threads(None):
+            assert torch.get_num_threads() == (os.cpu_count() or 1)  # None: every core
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError, match="inside"), torch_threads(3):
+            assert torch.get_num_threads() == 3
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 1  # restored after an error too
+    finally:
+        torch.set_num_threads(previous)

@@ -1,17 +1,19 @@
-"""What the training run asks of the machine it runs on: torch threads for the step, whether the
+"""What the training run asks of the machine it runs on: torch threads for the step and after it, whether the
 CPU does bfloat16 arithmetic, and how the C allocator treats the step's large temporaries."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["cpu_has_bf16", "eval_threads", "step_threads", "tune_allocator"]
+__all__ = ["cpu_has_bf16", "eval_threads", "step_threads", "torch_threads", "tune_allocator"]
 
 log = logging.getLogger("twotower.training")
 
@@ -53,6 +55,19 @@ def eval_threads(num_threads: int, local_ranks: int = 1) -> int | None:
     if local_ranks <= 1:
         return None
     return max(1, (os.cpu_count() or 1) // local_ranks)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` (None: every core) inside the block, restored after
+    it: work after training (the graph filter's sparse products, its rankings) gets the cores the
+    batch worker no longer needs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def tune_allocator() -> bool:

@@ -21,6 +21,7 @@ from twotower.plots import plot_training
 from twotower.settings import TrainConfig
 from twotower.training.checkpoint import drop_optimizer_state, latest_checkpoint, prune_checkpoints
 from twotower.training.graph_blend import choose_graph_blend
+from twotower.training.hardware import torch_threads
 
 __all__ = ["CHECKPOINTS", "MODEL", "TrainResult", "finish_run", "settle"]
 
@@ -61,7 +62,8 @@ def finish_run(config: TrainConfig, out_dir: Path, model: TwoTowerModel, loss_fn
     kwargs = {"ks": loop.ks, "progress": False, "protocol": config.eval}
     valid = evaluate_model(model, dataset, split="valid", num_threads=threads, **kwargs)
     test = evaluate_model(model, dataset, split="test", num_threads=threads, **kwargs)
-    blend = choose_graph_blend(config, model, dataset)
+    with torch_threads(threads):  # every core: the batch worker is done
+        blend = choose_graph_blend(config, model, dataset)
     graph = blend.graph if blend is not None and blend.graph.weight > 0 else None
     graph_results = {} if blend is None else {"graph_filter": {
         **blend.describe(), "towers": {"valid": valid.to_dict(), "test": test.to_dict()}}}
