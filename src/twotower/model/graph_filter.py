@@ -215,11 +215,15 @@ def standardise(scores: np.ndarray) -> np.ndarray:
 
 
 def blend(tower_scores: np.ndarray, graph_scores: np.ndarray, weight: float) -> np.ndarray:
-    """standardise(towers) + weight * standardise(graph), rows = users, over the whole catalogue."""
-    out = standardise(tower_scores)
+    """standardise(towers) + weight * standardise(graph), rows = users, over the whole catalogue
+    (torch's add with alpha: the same arithmetic as the rankers of `twotower.retrieval.graph_rank`,
+    so a served blend and an evaluated one order near-ties alike)."""
+    import torch
+
+    out = torch.from_numpy(standardise(tower_scores))
     if weight:
-        out += np.float32(weight) * standardise(graph_scores)
-    return out
+        out.add_(torch.from_numpy(standardise(graph_scores)), alpha=weight)
+    return out.numpy()
 
 
 def _binary(indptr: np.ndarray, indices: np.ndarray, num_items: int):  # -> scipy.sparse.csr_matrix
