@@ -159,11 +159,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_BLEND_LABEL = " + graph filter"  # after "model" in train's and evaluate's tables when the model ranks by a blend
+
+
 def _blended(model_dir: Path) -> str:
-    """" + graph filter" when the model directory ranks by a blend, else ""."""
+    """`_BLEND_LABEL` when the model directory ranks by a blend, else ""."""
     from twotower.model.graph_filter import GRAPH_FILTER_FILE
 
-    return " + graph filter" if (Path(model_dir) / GRAPH_FILTER_FILE).is_file() else ""
+    return _BLEND_LABEL if (Path(model_dir) / GRAPH_FILTER_FILE).is_file() else ""
 
 
 def _graph_filter_line(results_path: Path) -> str:
@@ -242,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for split in ("valid", "test"):
         result = evaluate_model(trained.model, dataset, split=split, ks=ks, progress=_bars(args), protocol=protocol,
                                 graph=trained.graph)
-        rows.append((f"model{' + graph filter' if trained.graph is not None else ''}, {split}", result.metrics))
+        rows.append((f"model{_BLEND_LABEL if trained.graph is not None else ''}, {split}", result.metrics))
         popular = evaluate_popularity(dataset, split=split, ks=ks, progress=False, protocol=protocol)
         rows.append((f"most-popular, {split}", popular.metrics))
         counts.append(_targets_line(split, result.targets))
