@@ -127,3 +127,31 @@ def test_the_approximate_blend_through_an_exhaustive_index_is_the_exact_blend() 
     assert result.extra["ann_recall@10"] == 1.0
     towers = evaluate_ann(index, users, items, relevant, exclude=exclude, ks=(10,), progress=False)
     assert towers.metrics != result.metrics  # the filter's blend ranks differently here
+
+
+def test_the_sweep_ranks_nested_exclusions_from_one_deeper_list() -> None:
+    """Test's exclusions hold validation's and more (train + valid against train): the sweep takes
+    one list per pair and drops each split's further items. Users who leave out many more items
+    than the list length, tied scores across the cut, and a user with nothing left must still
+    come out as the float64 brute force ranks each split on its own."""
+    rng, dense, history, users, items, graph = setup(6, num_users=24, num_items=40)
+    items[7] = items[3]  # equal tower scores; the filter may still split them, weight 0 may not
+    train = dense
+    test = train | (rng.random(dense.shape) < 0.1)
+    test[2, :] = True  # far more further exclusions than the list is long
+    test[2, [5, 30]] = False
+    test[4, :] = True  # nothing left to rank
+    excludes = {name: (np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64),
+                       np.concatenate([np.flatnonzero(r) for r in mask]).astype(np.int64))
+                for name, mask in (("valid", train), ("test", test))}
+    weights, times = (0.0, 0.4), (0.0, 2.0)
+    sweep = GraphSweep(users, items, graph, history, 6, weights, excludes, sharpenings=times)
+    rows = np.arange(24)
+    for name, mask in (("valid", train), ("test", test)):
+        for t in times:
+            for w in weights:
+                got = sweep.ranker(w, name, t)(rows, None)
+                want = brute_force(users, items, graph.with_weight(0.0, t), dense, rows, w, mask[rows], 6)
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} T {t} w {w}")
+    assert list(sweep.ranker(0.0, "test")(np.array([2]), None)[0][2:]) == [-1, -1, -1, -1]
+    assert (sweep.ranker(0.4, "test", 2.0)(np.array([4]), None) == -1).all()

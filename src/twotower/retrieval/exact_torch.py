@@ -96,7 +96,8 @@ def scores_topk(scores: Tensor, k: int, excluded: tuple[Tensor, Tensor] | None =
     fixed and only their order among equal scores needs the ids. Rows with a tie across that
     boundary, a NaN or an infinite score take the exact path (`_exact_topk`)."""
     columns = scores.shape[1]
-    slow = ~(torch.isfinite(torch.amax(scores, dim=1)) & torch.isfinite(torch.amin(scores, dim=1)))  # NaN: both NaN
+    low, high = torch.aminmax(scores, dim=1)
+    slow = ~(torch.isfinite(high) & torch.isfinite(low))  # NaN: both NaN
     work = scores if overwrite or excluded is None else scores.clone()
     if excluded is not None:
         work[excluded[0], excluded[1]] = float("-inf")  # an excluded entry's value no longer matters, below too

@@ -107,24 +107,61 @@ class GraphSweep:
         return rank
 
     def _fill(self, users: np.ndarray) -> None:
+        """Ranks `users` for every list. One top-k per (sharpening, weight) serves every split: it
+        leaves out what all splits leave out, runs as deep as the most any split leaves out beyond
+        that, and each split drops its own further items (ranking after dropping entries equals
+        ranking without them; the order is total, ties to the lower id)."""
         users = np.unique(users)
+        pairs: dict[tuple[float, float], list[str]] = {}
+        for split, time, weight in self._lists:
+            pairs.setdefault((time, weight), []).append(split)
         for start, towers, filtered in self._blended.chunks(users):
             rows = users[start:start + len(towers)]
+            common, extra = _shared_exclusions({split: None if exclude is None else take_rows(exclude, rows)
+                                                for split, exclude in self._excludes.items()}, towers.shape)
+            deepest = {split: int(mask.sum(axis=1).max(initial=0)) for split, mask in extra.items()}
             scores = torch.empty_like(towers)  # one buffer for every list of the chunk (_top_k overwrites it)
-            for split, exclude in self._excludes.items():
-                excluded = None if exclude is None else take_rows(exclude, rows)
-                for key in self._lists:
-                    if key[0] != split:
-                        continue
-                    _, time, weight = key
-                    if weight == ALONE:
-                        scores.copy_(filtered[time])
-                    elif weight:
-                        torch.add(towers, filtered[time], alpha=weight, out=scores)
-                    else:
-                        scores.copy_(towers)
-                    self._lists[key][rows] = _top_k(scores.numpy(), excluded, self._k)
+            for (time, weight), splits in pairs.items():
+                if weight == ALONE:
+                    scores.copy_(filtered[time])
+                elif weight:
+                    torch.add(towers, filtered[time], alpha=weight, out=scores)
+                else:
+                    scores.copy_(towers)
+                depth = self._k + max(deepest[split] for split in splits)
+                top = _top_k(scores.numpy(), common, min(depth, towers.shape[1]))
+                for split in splits:
+                    self._lists[(split, time, weight)][rows] = _without(top, extra[split], self._k)
         self._done[users] = True
+
+
+def _shared_exclusions(excluded: dict[str, CSRPair | None], shape: tuple[int, int]
+                       ) -> tuple[CSRPair | None, dict[str, np.ndarray]]:
+    """(the CSR of the items every split leaves out, per split a bool [rows, items] mask of the
+    items it leaves out beyond those), for a chunk of rows."""
+    masks = {}
+    for split, exclude in excluded.items():
+        mask = np.zeros(shape, dtype=bool)
+        if exclude is not None:
+            mask[row_ids(exclude[0]), np.asarray(exclude[1], dtype=np.int64)] = True
+        masks[split] = mask
+    common = np.logical_and.reduce(list(masks.values())) if masks else np.zeros(shape, dtype=bool)
+    extra = {split: mask & ~common for split, mask in masks.items()}
+    counts = common.sum(axis=1)
+    shared = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.nonzero(common)[1].astype(np.int64))
+    return (shared if len(shared[1]) else None), extra
+
+
+def _without(top: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
+    """The first `k` entries of each row of `top` (int64 ids, -1 padding last) whose id `drop`
+    [rows, items] does not mark, in their order; -1 where fewer are left."""
+    dropped = np.take_along_axis(drop, np.maximum(top, 0), axis=1) & (top >= 0)
+    order = np.argsort(dropped, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(top, order, axis=1)
+    kept[np.take_along_axis(dropped, order, axis=1)] = -1
+    if kept.shape[1] < k:
+        kept = np.concatenate([kept, np.full((len(kept), k - kept.shape[1]), -1, dtype=kept.dtype)], axis=1)
+    return kept
 
 
 class _BlendedScores:
