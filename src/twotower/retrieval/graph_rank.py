@@ -59,7 +59,8 @@ class GraphSweep:
     filter scores (every sharpening time from one set of propagations) are computed once, whichever
     pair and split asks first, and every (split, sharpening, weight) list is kept by user code. So
     choosing the filter on validation and ranking test with it costs one scoring pass, not one per
-    candidate and split.
+    candidate and split, and one top-k per pair, not one per split (`_fill`: the splits' shared
+    exclusions left out, each split's further ones dropped from a deeper list).
 
     Args:
         user_vectors, item_vectors, graph, history, k: as `graph_ranker`'s (`graph`'s own
